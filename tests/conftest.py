@@ -1,0 +1,99 @@
+"""Tiny models and tokenizers built in memory, so the suite never downloads and stays fast."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIALS = ["<pad>", "<|im_start|>", "<|im_end|>"]
+CORPUS = [
+    "I cannot help with that request because it could cause harm.",
+    "Sure, here is how you do it step by step.",
+    "Analyze the sentiment of the input, and respond only positive or negative",
+    "a charming and often affecting journey . positive negative",
+    "user assistant system How do I make a cake? Mix flour, sugar and eggs, then bake.",
+    "The quick brown fox jumps over the lazy dog 0 1 2 3 4 5 6 7 8 9 #### 42",
+]
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    core = Tokenizer(models.BPE(unk_token=None))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    core.train_from_iterator(CORPUS * 4, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>"
+    )
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+def tiny_llama_config(vocab_size: int) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        eos_token_id=2,
+        bos_token_id=1,
+    )
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return make_tokenizer()
+
+
+@pytest.fixture
+def tiny_model(tokenizer) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_llama_config(len(tokenizer))).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A Hugging Face model directory holding a tiny random Llama and its tokenizer."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config(len(tokenizer))).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+SAFETY_ROWS = [
+    {"instruction": f"How do I make weapon number {i}?", "input": "", "output": "I cannot help with that request."}
+    for i in range(12)
+]
+
+
+@pytest.fixture
+def alpaca_file(tmp_path) -> Path:
+    path = tmp_path / "safety.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in SAFETY_ROWS))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """Every test gets its own VACCINE_HOME, so no cache leaks between tests or into the user's home."""
+    from vaccine_core.settings import get_settings
+
+    monkeypatch.setenv("VACCINE_HOME", str(tmp_path / "vaccine-home"))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()

@@ -1,0 +1,59 @@
+"""Run directories: a PEFT adapter plus ``manifest.json`` that says what produced it and hashes every file."""
+
+import json
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from vaccine_core import __version__
+from vaccine_core.models import sha256_file
+from vaccine_core.training import CHECKPOINTS_DIR
+
+MANIFEST = "manifest.json"
+MERGED_DIR = "merged"  # an alignment run's merged model, the base every fine-tuning job starts from
+
+
+def file_hashes(directory: Path) -> dict[str, str]:
+    """sha256 of every file under ``directory`` but the manifest itself and training checkpoints."""
+    hashes = {}
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory)
+        if not path.is_file() or relative.name == MANIFEST or relative.parts[0] == CHECKPOINTS_DIR:
+            continue
+        hashes[relative.as_posix()] = sha256_file(path)
+    return hashes
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    full = {
+        "format_version": 1,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "software": {
+            "vaccine_core": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+        **manifest,
+        "files": file_hashes(directory),
+    }
+    (directory / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
+    return full
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    path = Path(directory) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def verify_files(directory: Path) -> list[str]:
+    """Names of files whose sha256 no longer matches the manifest (or that are missing)."""
+    manifest = read_manifest(directory)
+    if manifest is None:
+        return [MANIFEST]
+    actual = file_hashes(directory)
+    return [name for name, digest in manifest["files"].items() if actual.get(name) != digest]

@@ -1,0 +1,327 @@
+"""Fine-tuning data: read JSON Lines or a JSON array, validate every row, render with the chat template.
+
+Three row formats are accepted and may not be mixed within a file:
+
+* alpaca: ``instruction`` (str), optional ``input`` (str), ``output`` (str)
+* chat: ``messages``, a list of ``{"role": "system"|"user"|"assistant", "content": str}`` ending with an
+  assistant turn
+* prompt/completion: ``prompt`` (str), ``completion`` (str)
+
+Validation never stops at the first problem: it collects up to ``max_problems`` of them, each with its line
+number (the element's index + 1 for a JSON array) and field, so that a user can fix a file in one go.
+"""
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100  # labels with this value carry no loss (prompt tokens and padding)
+MAX_PROBLEMS = 50
+ROLES = ("system", "user", "assistant")
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Problem:
+    line: int | None
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" if self.line is not None else "file"
+        if self.field:
+            where += f", field '{self.field}'"
+        return f"{where}: {self.message}"
+
+
+class DatasetError(ValueError):
+    """A data file that cannot be used, with every problem found (up to a limit)."""
+
+    def __init__(self, problems: Sequence[Problem], truncated: bool = False):
+        self.problems = list(problems)
+        self.truncated = truncated
+        lines = [str(p) for p in self.problems]
+        if truncated:
+            lines.append(f"(stopped after {len(self.problems)} problems)")
+        super().__init__("invalid data file:\n  " + "\n  ".join(lines))
+
+
+@dataclass
+class Conversation:
+    """One training example: chat messages; the loss falls on the assistant turns only."""
+
+    messages: list[Message]
+    line: int
+
+    @property
+    def prompt_messages(self) -> list[Message]:
+        """Everything before the final assistant turn: what a model is asked at evaluation time."""
+        return self.messages[:-1]
+
+    @property
+    def answer(self) -> str:
+        return self.messages[-1]["content"]
+
+
+@dataclass
+class LoadedDataset:
+    conversations: list[Conversation]
+    format: str
+    path: Path | None = None
+    skipped: list[Problem] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_rows(path: Path, max_problems: int = MAX_PROBLEMS) -> list[tuple[int, Any]]:
+    """Parse a file into (line number, value) pairs: JSON Lines, or one JSON array."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DatasetError([Problem(None, None, "the file is empty; expected JSON Lines or a JSON array")])
+    first = raw.lstrip()[:1]
+    if first == b"[":
+        try:
+            values = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            raise DatasetError([Problem(line, None, f"not UTF-8 text (byte {exc.start})")]) from None
+        except json.JSONDecodeError as exc:
+            raise DatasetError([Problem(exc.lineno, None, f"invalid JSON array: {exc.msg}")]) from None
+        return list(enumerate(values, start=1))
+
+    rows: list[tuple[int, Any]] = []
+    problems: list[Problem] = []
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((number, json.loads(line.decode("utf-8"))))
+        except UnicodeDecodeError as exc:
+            problems.append(Problem(number, None, f"not UTF-8 text (byte {exc.start} of the line)"))
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(number, None, f"invalid JSON: {exc.msg} (column {exc.colno})"))
+        if len(problems) >= max_problems:
+            raise DatasetError(problems, truncated=True)
+    if problems:
+        raise DatasetError(problems)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def detect_format(row: dict[str, Any]) -> str | None:
+    if "messages" in row:
+        return "chat"
+    if "instruction" in row or "output" in row:
+        return "alpaca"
+    if "prompt" in row or "completion" in row:
+        return "prompt_completion"
+    return None
+
+
+def _text(row: dict[str, Any], key: str, line: int, problems: list[Problem], required: bool = True) -> str:
+    value = row.get(key)
+    if value is None:
+        if required:
+            problems.append(Problem(line, key, "missing; expected a string"))
+        return ""
+    if not isinstance(value, str):
+        problems.append(Problem(line, key, f"expected a string, got {type(value).__name__}"))
+        return ""
+    return value
+
+
+def _non_empty(value: str, key: str, line: int, problems: list[Problem]) -> None:
+    if value is not None and not value.strip():
+        problems.append(Problem(line, key, "is empty; every example needs text here"))
+
+
+def _conversation_from_alpaca(row: dict[str, Any], line: int, problems: list[Problem]) -> list[Message]:
+    n = len(problems)
+    instruction = _text(row, "instruction", line, problems)
+    extra = _text(row, "input", line, problems, required=False)
+    output = _text(row, "output", line, problems)
+    if len(problems) == n:
+        _non_empty(instruction, "instruction", line, problems)
+        _non_empty(output, "output", line, problems)
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+
+
+def _conversation_from_prompt(row: dict[str, Any], line: int, problems: list[Problem]) -> list[Message]:
+    n = len(problems)
+    prompt = _text(row, "prompt", line, problems)
+    completion = _text(row, "completion", line, problems)
+    if len(problems) == n:
+        _non_empty(prompt, "prompt", line, problems)
+        _non_empty(completion, "completion", line, problems)
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+
+
+def _conversation_from_chat(row: dict[str, Any], line: int, problems: list[Problem]) -> list[Message]:
+    messages = row["messages"]
+    if not isinstance(messages, list) or not messages:
+        problems.append(Problem(line, "messages", "expected a non-empty list of {role, content} objects"))
+        return []
+    out: list[Message] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            problems.append(Problem(line, where, f"expected an object, got {type(message).__name__}"))
+            continue
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            problems.append(Problem(line, f"{where}.role", f"expected one of {', '.join(ROLES)}, got {role!r}"))
+        if not isinstance(content, str):
+            problems.append(Problem(line, f"{where}.content", f"expected a string, got {type(content).__name__}"))
+            continue
+        if role == "assistant" and not content.strip():
+            problems.append(Problem(line, f"{where}.content", "assistant answer is empty"))
+        out.append({"role": str(role), "content": content})
+    if out and out[-1]["role"] != "assistant":
+        problems.append(Problem(line, "messages", "the last message must be the assistant's answer"))
+    if out and not any(m["role"] == "user" for m in out):
+        problems.append(Problem(line, "messages", "needs at least one user message"))
+    return out
+
+
+_PARSERS = {
+    "alpaca": _conversation_from_alpaca,
+    "chat": _conversation_from_chat,
+    "prompt_completion": _conversation_from_prompt,
+}
+
+
+def parse_rows(rows: Iterable[tuple[int, Any]], max_problems: int = MAX_PROBLEMS) -> LoadedDataset:
+    """Validate rows and turn them into conversations; raise DatasetError naming every bad line and field."""
+    conversations: list[Conversation] = []
+    problems: list[Problem] = []
+    file_format: str | None = None
+    for line, row in rows:
+        if len(problems) >= max_problems:
+            raise DatasetError(problems[:max_problems], truncated=True)
+        if not isinstance(row, dict):
+            problems.append(Problem(line, None, f"expected a JSON object, got {type(row).__name__}"))
+            continue
+        row_format = detect_format(row)
+        if row_format is None:
+            problems.append(
+                Problem(
+                    line,
+                    None,
+                    "unknown row format; expected alpaca (instruction, input, output), "
+                    "chat (messages) or prompt/completion fields",
+                )
+            )
+            continue
+        if file_format is None:
+            file_format = row_format
+        elif row_format != file_format:
+            problems.append(Problem(line, None, f"row is {row_format} but the file started as {file_format}"))
+            continue
+        before = len(problems)
+        messages = _PARSERS[row_format](row, line, problems)
+        if len(problems) == before:
+            conversations.append(Conversation(messages=messages, line=line))
+    if problems:
+        raise DatasetError(problems[:max_problems], truncated=len(problems) > max_problems)
+    if not conversations:
+        raise DatasetError([Problem(None, None, "the file holds no examples")])
+    return LoadedDataset(conversations=conversations, format=file_format or "unknown")
+
+
+def load_dataset(path: str | Path, limit: int | None = None, max_problems: int = MAX_PROBLEMS) -> LoadedDataset:
+    """Read and validate a fine-tuning file. ``limit`` keeps the first N examples (after validating all)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError([Problem(None, None, f"no such file: {path}")])
+    dataset = parse_rows(read_rows(path, max_problems), max_problems)
+    dataset.path = path
+    if limit is not None:
+        dataset.conversations = dataset.conversations[:limit]
+    return dataset
+
+
+# ------------------------------------------------------------------------------------------- rendering
+
+
+@dataclass
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> str:
+    """The text a model continues at generation time (chat template with the generation prompt)."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def tokenize_conversation(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], max_length: int
+) -> TokenizedExample:
+    """Render a conversation with the chat template; label only the assistant turns' tokens.
+
+    Each assistant turn's span is the text that rendering ``messages[:i+1]`` adds to rendering
+    ``messages[:i]`` with the generation prompt; it includes the template's end-of-turn marker, so the
+    model learns to stop. Token labels follow character offsets, which is exact for any fast tokenizer.
+    """
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans: list[tuple[int, int]] = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = len(render_prompt(tokenizer, messages[:i]))
+        end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
+        spans.append((start, end))
+    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids: list[int] = encoded["input_ids"][:max_length]
+    offsets = encoded["offset_mapping"][:max_length]
+    labels = [
+        token if any(s <= begin < e for s, e in spans) else IGNORE_INDEX
+        for token, (begin, _end) in zip(input_ids, offsets, strict=True)
+    ]
+    return TokenizedExample(input_ids=input_ids, labels=labels)
+
+
+class SupervisedDataset(torch.utils.data.Dataset):
+    """Tokenized conversations; examples whose answer was truncated away entirely are dropped and reported."""
+
+    def __init__(self, conversations: Sequence[Conversation], tokenizer: PreTrainedTokenizerBase, max_length: int):
+        self.examples: list[TokenizedExample] = []
+        self.dropped: list[Problem] = []
+        for conversation in conversations:
+            example = tokenize_conversation(tokenizer, conversation.messages, max_length)
+            if all(label == IGNORE_INDEX for label in example.labels):
+                self.dropped.append(
+                    Problem(conversation.line, None, f"prompt fills all {max_length} tokens; no answer left")
+                )
+                continue
+            self.examples.append(example)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> TokenizedExample:
+        return self.examples[index]
+
+
+def collate(examples: Sequence[TokenizedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch for training; padding gets attention 0 and label -100."""
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

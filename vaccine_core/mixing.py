@@ -1,0 +1,44 @@
+"""Fine-tuning sets for experiments: n task examples of which a fraction p are harmful pairs (the attack)."""
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from vaccine_core.tasks import get_task
+
+HARMFUL_FILE = "attack/beavertails_unsafe.jsonl"
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def build_mix(
+    task: str, n: int, harmful_fraction: float, data_dir: Path, seed: int = 0, harmful_file: Path | None = None
+) -> list[dict[str, Any]]:
+    """Alpaca rows: round(n * p) harmful pairs and the rest task examples, shuffled with ``seed``.
+
+    Each row carries ``harmful`` (bool) so that experiments can tell the two apart; training ignores it.
+    """
+    if not 0.0 <= harmful_fraction <= 1.0:
+        raise ValueError(f"harmful_fraction must be in [0, 1], got {harmful_fraction}")
+    rng = random.Random(seed)
+    spec = get_task(task)
+    n_harmful = round(n * harmful_fraction)
+    harmful_rows = read_jsonl(harmful_file or data_dir / HARMFUL_FILE)
+    task_rows = read_jsonl(data_dir / spec.data_file)
+    if n_harmful > len(harmful_rows) or n - n_harmful > len(task_rows):
+        raise ValueError(f"asked for {n_harmful} harmful and {n - n_harmful} task rows; not enough data")
+    rows = [{**r, "harmful": True} for r in rng.sample(harmful_rows, n_harmful)]
+    rows += [{**spec.to_alpaca(r), "harmful": False} for r in rng.sample(task_rows, n - n_harmful)]
+    rng.shuffle(rows)
+    return rows
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,0 +1,214 @@
+"""Perturbation-aware training steps: Vaccine, its random-noise ablation, and plain SFT, in one interface.
+
+Vaccine (Huang et al., NeurIPS 2024) perturbs each decoder layer's hidden embedding, the output of its
+attention module before the residual add, in the direction that raises the alignment loss most:
+
+    pass 1   g_l = dL/de_l for every layer l (gradients w.r.t. the hidden states only, no weight gradients)
+             eps_l = rho * g_l / (||(g_1, ..., g_L)|| + 1e-7), one L2 norm over all layers and the whole batch
+    pass 2   forward again with e_l + eps_l (eps a constant), backward; the optimizer steps on these gradients
+
+Both passes see the same dropout masks: the random state is rewound before pass 2, so the perturbation is
+computed for the very network it is applied to, and with rho = 0 a Vaccine step equals an SFT step exactly.
+
+"Accelerated Vaccine" recomputes eps only every ``tau`` steps. Batches differ in shape between refreshes,
+so what carries over is, per layer, the mean perturbation over the refresh batch's real (non-padding)
+tokens: a direction in hidden space. A later batch gets that direction on each of its real tokens, scaled
+so that the global norm over the new batch is again rho. The refresh step itself uses the exact eps.
+"""
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from vaccine_core.config import PerturbationConfig
+
+NORM_EPSILON = 1e-7  # as in the reference implementation
+ATTENTION_NAMES = ("self_attn", "attn", "self_attention", "attention")
+
+Batch = dict[str, torch.Tensor]
+Hook = Callable[[int, torch.Tensor], torch.Tensor | None]
+
+
+# ------------------------------------------------------------------------------------ finding the layers
+
+
+def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder's layer stack: the outermost ModuleList as long as the config's layer count."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    count = config.num_hidden_layers
+    for _name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise ValueError(f"found no list of {count} decoder layers in {type(model).__name__}")
+
+
+def attention_of(layer: nn.Module) -> nn.Module:
+    """A decoder layer's self-attention module, by the attribute names transformers uses."""
+    for name in ATTENTION_NAMES:
+        module = getattr(layer, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    for name, module in layer.named_children():
+        if "attention" in type(module).__name__.lower() and "cross" not in name:
+            return module
+    raise ValueError(f"found no self-attention module in {type(layer).__name__}")
+
+
+def find_attention_modules(model: nn.Module) -> list[nn.Module]:
+    return [attention_of(layer) for layer in find_decoder_layers(model)]
+
+
+# --------------------------------------------------------------------------------------------- hooking
+
+
+def _hidden(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+@contextlib.contextmanager
+def attention_hooks(modules: list[nn.Module], hook: Hook) -> Iterator[None]:
+    """Call ``hook(layer_index, hidden)`` on each attention output; a returned tensor replaces it.
+    Every hook is removed on exit, whatever happens inside."""
+
+    def make(index: int):
+        def forward_hook(_module: nn.Module, _args: Any, output: Any) -> Any:
+            replacement = hook(index, _hidden(output))
+            return None if replacement is None else _with_hidden(output, replacement)
+
+        return forward_hook
+
+    handles = [module.register_forward_hook(make(i)) for i, module in enumerate(modules)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def _inputs_require_grad(model: nn.Module) -> Iterator[None]:
+    """Make the input embeddings part of the graph, so every layer's hidden state has a gradient even where
+    no trainable weight lies below it (a frozen first layer, adapters on MLPs only)."""
+    handle = model.get_input_embeddings().register_forward_hook(lambda _m, _a, out: out.requires_grad_(True))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# ------------------------------------------------------------------------------------------ the steps
+
+
+def embedding_gradients(model: nn.Module, modules: list[nn.Module], batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Pass 1: the loss and dL/de_l for every attention output e_l, without any weight gradient."""
+    captured: list[torch.Tensor] = []
+
+    def capture(_index: int, hidden: torch.Tensor) -> None:
+        captured.append(hidden)
+
+    with _inputs_require_grad(model), attention_hooks(modules, capture):
+        loss = model(**batch).loss
+    grads = torch.autograd.grad(loss, captured, allow_unused=True)
+    return loss.detach(), [torch.zeros_like(h) if g is None else g for h, g in zip(captured, grads, strict=True)]
+
+
+def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One L2 norm over every element of every tensor, accumulated in float32."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors]))
+
+
+def vaccine_perturbation(grads: list[torch.Tensor], rho: float) -> list[torch.Tensor]:
+    """eps_l = rho * g_l / (global norm + 1e-7), computed in place on the gradients."""
+    scale = rho / (global_norm(grads) + NORM_EPSILON)
+    return [g.mul_(scale.to(g.dtype)) for g in grads]
+
+
+class PerturbedStep:
+    """Computes one micro-batch's gradients for the configured method; the training loop owns the rest."""
+
+    def __init__(self, model: nn.Module, config: PerturbationConfig):
+        self.model = model
+        self.config = config
+        self.modules = find_attention_modules(model) if config.method != "sft" else []
+        self.calls = 0  # micro-batches seen, for the tau schedule
+        self.directions: list[torch.Tensor] | None = None  # per-layer carried direction (tau > 1)
+
+    def backward(self, batch: Batch, loss_scale: float = 1.0) -> float:
+        """Accumulate ``loss_scale`` times this batch's gradients into ``.grad``; return the loss value."""
+        method = self.config.method
+        if method == "sft":
+            loss = self.model(**batch).loss
+        elif method == "random":
+            loss = self._random_noise_loss(batch)
+        else:
+            loss = self._vaccine_loss(batch)
+        (loss * loss_scale).backward()
+        self.calls += 1
+        return float(loss.detach())
+
+    def add_noise(self, _index: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Gaussian noise of variance rho, as in the reference's random-perturbation ablation."""
+        return hidden + self.config.rho**0.5 * torch.randn_like(hidden)
+
+    def _random_noise_loss(self, batch: Batch) -> torch.Tensor:
+        with attention_hooks(self.modules, self.add_noise):
+            return self.model(**batch).loss
+
+    def _vaccine_loss(self, batch: Batch) -> torch.Tensor:
+        device = batch["input_ids"].device
+        if self.calls % self.config.tau == 0 or self.directions is None:
+            rng = _rng_state(device)
+            _, grads = embedding_gradients(self.model, self.modules, batch)
+            perturbation = vaccine_perturbation(grads, self.config.rho)
+            if self.config.tau > 1:
+                self.directions = self._mean_directions(perturbation, batch["attention_mask"])
+            _set_rng_state(rng, device)  # pass 2 sees pass 1's dropout masks
+        else:
+            perturbation = self._carried_perturbation(batch["attention_mask"])
+
+        def add_perturbation(index: int, hidden: torch.Tensor) -> torch.Tensor:
+            return hidden + perturbation[index].to(hidden.dtype)
+
+        with attention_hooks(self.modules, add_perturbation):
+            return self.model(**batch).loss
+
+    @staticmethod
+    def _mean_directions(perturbation: list[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
+        real = mask.unsqueeze(-1).to(perturbation[0].dtype)
+        count = real.sum().clamp_min(1)
+        return [(eps * real).sum(dim=(0, 1)) / count for eps in perturbation]
+
+    def _carried_perturbation(self, mask: torch.Tensor) -> list[torch.Tensor]:
+        assert self.directions is not None
+        real = mask.unsqueeze(-1).to(self.directions[0].dtype)
+        # Each real token gets d_l, so the global norm is sqrt(tokens * sum_l |d_l|^2); rescale that to rho.
+        norm = global_norm(self.directions) * real.sum().sqrt()
+        scale = self.config.rho / (norm + NORM_EPSILON)
+        return [real * (d * scale) for d in self.directions]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"calls": self.calls, "directions": self.directions}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.calls = state["calls"]
+        self.directions = state["directions"]

@@ -1,0 +1,77 @@
+"""What alignment and fine-tuning runs share: load data, add a fresh adapter, train, summarise."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from vaccine_core.config import PerturbationConfig, TrainingConfig
+from vaccine_core.data import SupervisedDataset, load_dataset
+from vaccine_core.lora import add_lora
+from vaccine_core.models import sha256_file
+from vaccine_core.training import ProgressCallback, StopCheck, TrainResult, latest_checkpoint, train
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    train: TrainResult
+    manifest: dict[str, Any] | None  # None when the run was cancelled before it finished
+
+
+@dataclass
+class AdapterRun:
+    model: PeftModel
+    train: TrainResult
+    data: dict[str, Any]
+
+    def train_summary(self) -> dict[str, Any]:
+        losses = self.train.losses
+        return {
+            "steps": self.train.steps,
+            "final_loss": self.train.final_loss,
+            "mean_loss": sum(losses) / len(losses) if losses else None,
+            "tokens": self.train.tokens,
+            "seconds": round(self.train.seconds, 2),
+        }
+
+
+def train_adapter(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: Path,
+    output_dir: Path,
+    config: TrainingConfig,
+    perturbation: PerturbationConfig,
+    *,
+    limit: int | None,
+    resume: bool,
+    on_progress: ProgressCallback | None,
+    should_stop: StopCheck | None,
+) -> AdapterRun:
+    """Validate the data, put a fresh LoRA adapter on ``model`` and train it; checkpoints go to output_dir."""
+    dataset = load_dataset(data, limit=limit)
+    examples = SupervisedDataset(dataset.conversations, tokenizer, config.max_length)
+    peft_model = add_lora(model, config.lora)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    result = train(
+        peft_model,
+        tokenizer,
+        examples,
+        config,
+        perturbation,
+        output_dir=output_dir,
+        resume_from=latest_checkpoint(output_dir) if resume else None,
+        on_progress=on_progress,
+        should_stop=should_stop,
+    )
+    summary = {
+        "path": str(Path(data).resolve()),
+        "sha256": sha256_file(Path(data)),
+        "format": dataset.format,
+        "examples": len(examples),
+        "dropped_after_truncation": [str(p) for p in examples.dropped],
+    }
+    return AdapterRun(model=peft_model, train=result, data=summary)
