@@ -1,0 +1,111 @@
+import copy
+
+import pytest
+import torch
+
+from helpers import PAIRS, lora_model, trainable_state
+from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
+from vaccine_core.data import Conversation, SupervisedDataset
+from vaccine_core.training import CHECKPOINTS_DIR, latest_checkpoint, plan_steps, train
+
+
+def dataset(tokenizer, repeat: int = 3) -> SupervisedDataset:
+    conversations = [
+        Conversation([{"role": "user", "content": q}, {"role": "assistant", "content": a}], line=i + 1)
+        for i, (q, a) in enumerate(PAIRS * repeat)
+    ]
+    return SupervisedDataset(conversations, tokenizer, max_length=64)
+
+
+def config(**overrides) -> TrainingConfig:
+    base = {
+        "epochs": 2.0,
+        "batch_size": 3,
+        "learning_rate": 5e-3,
+        "gradient_accumulation_steps": 2,
+        "warmup_ratio": 0.2,
+        "lora": LoraSettings(r=4, alpha=8, dropout=0.2),
+    }
+    return TrainingConfig(**{**base, **overrides})
+
+
+def test_plan_counts_steps_over_epochs_and_accumulation():
+    assert plan_steps(12, config()) == (4, 4)  # 4 micro-batches an epoch, 2 per step, 2 epochs
+    assert plan_steps(12, config(max_steps=3)) == (4, 3)
+    assert plan_steps(13, config(epochs=1.0, gradient_accumulation_steps=1)) == (5, 5)
+
+
+@pytest.mark.parametrize("perturbation", [PerturbationConfig("vaccine", rho=1.0, tau=3), PerturbationConfig("sft")])
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_model, tokenizer, tmp_path, perturbation):
+    data = dataset(tokenizer)
+    settings = config()
+
+    straight = lora_model(copy.deepcopy(tiny_model), dropout=0.2)
+    full = train(straight, tokenizer, data, settings, perturbation)
+    assert full.steps == full.total_steps == 4
+
+    interrupted = lora_model(copy.deepcopy(tiny_model), dropout=0.2)
+    calls = iter(range(100))
+    first = train(
+        interrupted, tokenizer, data, settings, perturbation, output_dir=tmp_path, should_stop=lambda: next(calls) >= 2
+    )
+    assert first.cancelled and first.steps == 2
+    checkpoint = latest_checkpoint(tmp_path)
+    assert checkpoint is not None and checkpoint.name == "step-000002"
+    assert (checkpoint / "adapter_model.safetensors").is_file()  # usable as a PEFT adapter too
+
+    # a fresh process would build a new model with another adapter initialisation: resume must not care
+    resumed_model = lora_model(copy.deepcopy(tiny_model), dropout=0.2, seed=99)
+    torch.manual_seed(12345)  # and another global random state
+    second = train(resumed_model, tokenizer, data, settings, perturbation, output_dir=tmp_path, resume_from=checkpoint)
+    assert second.steps == 4 and not second.cancelled
+    assert second.losses == pytest.approx(full.losses, rel=0, abs=0)
+    expected, actual = trainable_state(straight), trainable_state(resumed_model)
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
+def test_progress_reports_and_periodic_checkpoints(tiny_model, tokenizer, tmp_path):
+    events = []
+    model = lora_model(tiny_model)
+    result = train(
+        model, tokenizer, dataset(tokenizer), config(checkpoint_every=2), PerturbationConfig("vaccine", rho=0.5),
+        output_dir=tmp_path, on_progress=events.append,
+    )
+    assert [e.step for e in events] == [1, 2, 3, 4] and all(e.total_steps == 4 for e in events)
+    assert events[0].learning_rate == 0.0  # warm-up starts at zero
+    assert max(e.learning_rate for e in events) == pytest.approx(5e-3)
+    assert all(e.tokens_per_second > 0 and e.loss > 0 for e in events)
+    assert events[-1].eta_seconds == 0
+    assert sorted(p.name for p in (tmp_path / CHECKPOINTS_DIR).iterdir()) == ["step-000002", "step-000004"]
+    assert result.last_checkpoint.name == "step-000004"
+
+
+def test_training_lowers_the_loss_for_every_method(tiny_model, tokenizer):
+    data = dataset(tokenizer)
+    for method in ("sft", "vaccine", "random"):
+        model = lora_model(copy.deepcopy(tiny_model), dropout=0.0)
+        result = train(
+            model, tokenizer, data, config(epochs=10.0, learning_rate=5e-2, gradient_accumulation_steps=1, warmup_ratio=0.0),
+            PerturbationConfig(method, rho=0.1),
+        )
+        assert result.losses[-1] < 0.7 * result.losses[0], method
+
+
+def test_cancel_before_the_first_step_trains_nothing(tiny_model, tokenizer, tmp_path):
+    model = lora_model(tiny_model)
+    before = trainable_state(model)
+    result = train(model, tokenizer, dataset(tokenizer), config(), output_dir=tmp_path, should_stop=lambda: True)
+    assert result.cancelled and result.steps == 0 and latest_checkpoint(tmp_path) is None
+    assert all(torch.equal(before[n], p) for n, p in trainable_state(model).items())
+
+
+def test_rejects_bad_hyperparameters():
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainingConfig(batch_size=0)
+    with pytest.raises(ValueError, match="rho"):
+        PerturbationConfig("vaccine", rho=-1.0)
+    with pytest.raises(ValueError, match="method"):
+        PerturbationConfig("magic")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tau"):
+        PerturbationConfig("vaccine", tau=0)
