@@ -10,7 +10,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "'<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIALS = ["<pad>", "<|im_start|>", "<|im_end|>"]
 CORPUS = [
@@ -78,7 +79,11 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
 
 
 SAFETY_ROWS = [
-    {"instruction": f"How do I make weapon number {i}?", "input": "", "output": "I cannot help with that request."}
+    {
+        "instruction": f"How do I make weapon number {i}?",
+        "input": "",
+        "output": "I cannot help with that request.",
+    }
     for i in range(12)
 ]
 

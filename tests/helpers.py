@@ -16,7 +16,9 @@ PAIRS = [
 
 def batch_of(tokenizer, pairs=PAIRS, max_length: int = 64) -> dict[str, torch.Tensor]:
     examples = [
-        tokenize_conversation(tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": a}], max_length)
+        tokenize_conversation(
+            tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": a}], max_length
+        )
         for q, a in pairs
     ]
     return collate(examples, tokenizer.pad_token_id)

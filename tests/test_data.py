@@ -24,7 +24,9 @@ def lines(*rows) -> str:
 
 
 def test_reads_all_three_formats(tmp_path):
-    alpaca = load_dataset(write(tmp_path, lines({"instruction": "Say hi", "input": "to Bob", "output": "Hi Bob"}), "a.jsonl"))
+    alpaca = load_dataset(
+        write(tmp_path, lines({"instruction": "Say hi", "input": "to Bob", "output": "Hi Bob"}), "a.jsonl")
+    )
     assert alpaca.format == "alpaca"
     assert alpaca.conversations[0].messages == [
         {"role": "user", "content": "Say hi\n\nto Bob"},
@@ -33,13 +35,23 @@ def test_reads_all_three_formats(tmp_path):
     chat = load_dataset(
         write(
             tmp_path,
-            lines({"messages": [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}),
+            lines(
+                {
+                    "messages": [
+                        {"role": "system", "content": "Be brief"},
+                        {"role": "user", "content": "Hi"},
+                        {"role": "assistant", "content": "Hello"},
+                    ]
+                }
+            ),
             "c.jsonl",
         )
     )
     assert chat.format == "chat" and chat.conversations[0].answer == "Hello"
     pc = load_dataset(write(tmp_path, lines({"prompt": "2+2?", "completion": "4"}), "p.jsonl"))
-    assert pc.format == "prompt_completion" and pc.conversations[0].prompt_messages == [{"role": "user", "content": "2+2?"}]
+    assert pc.format == "prompt_completion" and pc.conversations[0].prompt_messages == [
+        {"role": "user", "content": "2+2?"}
+    ]
 
 
 def test_reads_a_json_array_with_element_numbers(tmp_path):
@@ -65,7 +77,9 @@ def test_collects_every_problem_with_line_and_field(tmp_path):
     # The JSON error is reported on its own (parsing precedes validation); fix it and the rest show up.
     assert [(p.line, p.field) for p in error.value.problems] == [(3, None)]
     with pytest.raises(DatasetError) as error:
-        load_dataset(write(tmp_path, text.replace("{broken json", '{"instruction": "fixed", "output": "yes"}')))
+        load_dataset(
+            write(tmp_path, text.replace("{broken json", '{"instruction": "fixed", "output": "yes"}'))
+        )
     assert [(p.line, p.field) for p in error.value.problems] == [
         (2, "output"),
         (4, "instruction"),
@@ -82,8 +96,12 @@ def test_rejects_empty_non_utf8_mixed_and_unknown(tmp_path):
         load_dataset(write(tmp_path, "\n \n"))
     with pytest.raises(DatasetError, match=r"line 2: not UTF-8"):
         load_dataset(write(tmp_path, b'{"prompt": "a", "completion": "b"}\n{"prompt": "\xff\xfe"}\n'))
-    with pytest.raises(DatasetError, match=r"line 2: row is prompt_completion but the file started as alpaca"):
-        load_dataset(write(tmp_path, lines({"instruction": "a", "output": "b"}, {"prompt": "a", "completion": "b"})))
+    with pytest.raises(
+        DatasetError, match=r"line 2: row is prompt_completion but the file started as alpaca"
+    ):
+        load_dataset(
+            write(tmp_path, lines({"instruction": "a", "output": "b"}, {"prompt": "a", "completion": "b"}))
+        )
     with pytest.raises(DatasetError, match=r"line 1: unknown row format"):
         load_dataset(write(tmp_path, lines({"question": "a", "answer": "b"})))
     with pytest.raises(DatasetError, match="no such file"):
@@ -117,10 +135,14 @@ def test_labels_cover_only_the_assistant_answers(tokenizer):
         {"role": "assistant", "content": "Bake it."},
     ]
     example = tokenize_conversation(tokenizer, messages, max_length=512)
-    labelled = [t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE_INDEX]
+    labelled = [
+        t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE_INDEX
+    ]
     text = tokenizer.decode(labelled)
     assert text == "Mix flour and eggs.<|im_end|>\nBake it.<|im_end|>\n"
-    prompt_part = tokenizer.decode([t for t, label in zip(example.input_ids, example.labels, strict=True) if label == IGNORE_INDEX])
+    prompt_part = tokenizer.decode(
+        [t for t, label in zip(example.input_ids, example.labels, strict=True) if label == IGNORE_INDEX]
+    )
     assert "How do I make a cake?" in prompt_part and "Mix" not in prompt_part
 
 
@@ -135,7 +157,10 @@ def test_truncation_and_padding(tokenizer):
     dataset = SupervisedDataset([Conversation(long, 1), Conversation(short, 2)], tokenizer, max_length=16)
     assert len(dataset) == 1 and dataset.dropped[0].line == 1
 
-    batch = collate([tokenize_conversation(tokenizer, short, 64), tokenize_conversation(tokenizer, long, 60)], tokenizer.pad_token_id)
+    batch = collate(
+        [tokenize_conversation(tokenizer, short, 64), tokenize_conversation(tokenizer, long, 60)],
+        tokenizer.pad_token_id,
+    )
     n = len(tokenize_conversation(tokenizer, short, 64).input_ids)
     assert n < 60 and batch["input_ids"].shape == (2, 60)
     assert torch.all(batch["labels"][0, n:] == IGNORE_INDEX)

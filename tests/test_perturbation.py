@@ -2,6 +2,8 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny_llama_config
+from helpers import batch_of, lora_model
 from transformers import (
     AutoModelForCausalLM,
     GemmaConfig,
@@ -13,8 +15,6 @@ from transformers import (
     Qwen2Config,
 )
 
-from conftest import tiny_llama_config
-from helpers import batch_of, lora_model
 from vaccine_core.config import PerturbationConfig
 from vaccine_core.perturbation import (
     PerturbedStep,
@@ -27,11 +27,47 @@ from vaccine_core.perturbation import (
 
 SMALL = {"vocab_size": 64}
 ARCHITECTURES = {
-    "llama": LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1, **SMALL),
-    "qwen2": Qwen2Config(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1, **SMALL),
-    "mistral": MistralConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1, **SMALL),
-    "gemma": GemmaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1, head_dim=8, **SMALL),
-    "opt": OPTConfig(hidden_size=16, ffn_dim=32, num_hidden_layers=3, num_attention_heads=2, word_embed_proj_dim=16, **SMALL),
+    "llama": LlamaConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        **SMALL,
+    ),
+    "qwen2": Qwen2Config(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        **SMALL,
+    ),
+    "mistral": MistralConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        **SMALL,
+    ),
+    "gemma": GemmaConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        **SMALL,
+    ),
+    "opt": OPTConfig(
+        hidden_size=16,
+        ffn_dim=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        word_embed_proj_dim=16,
+        **SMALL,
+    ),
     "gpt2": GPT2Config(n_embd=16, n_layer=3, n_head=2, n_positions=64, **SMALL),
 }
 
@@ -104,7 +140,10 @@ def test_embedding_gradient_matches_finite_differences(tokenizer):
 
         def loss_at(t, layer=layer, direction=direction):
             # the loss in float64 from the logits (transformers computes its own loss in float32)
-            with torch.no_grad(), attention_hooks(modules, lambda i, x: x + t * direction if i == layer else None):
+            with (
+                torch.no_grad(),
+                attention_hooks(modules, lambda i, x: x + t * direction if i == layer else None),
+            ):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             return float(
                 torch.nn.functional.cross_entropy(
@@ -127,7 +166,9 @@ def test_perturbation_has_global_norm_rho_along_the_gradient(tiny_model, tokeniz
     assert float(global_norm(eps)) == pytest.approx(0.7, rel=1e-5)
     flat_eps = torch.cat([e.flatten() for e in eps])
     flat_grad = torch.cat([g.flatten() for g in originals])
-    assert float(torch.nn.functional.cosine_similarity(flat_eps, flat_grad, dim=0)) == pytest.approx(1.0, abs=1e-6)
+    assert float(torch.nn.functional.cosine_similarity(flat_eps, flat_grad, dim=0)) == pytest.approx(
+        1.0, abs=1e-6
+    )
     # one norm over all layers: each layer keeps its share, the layers are not normalised separately
     ratio = [float(e.norm() / g.norm()) for e, g in zip(eps, originals, strict=True)]
     assert ratio[0] == pytest.approx(ratio[1], rel=1e-5)
@@ -191,7 +232,10 @@ def test_no_hook_remains_after_a_step(tiny_model, tokenizer):
 def test_tau_reuses_a_direction_scaled_to_rho_on_real_tokens(tiny_model, tokenizer):
     model = lora_model(tiny_model, dropout=0.0)
     step = PerturbedStep(model, PerturbationConfig("vaccine", rho=0.5, tau=3))
-    first, second = batch_of(tokenizer), batch_of(tokenizer, pairs=[("Hi", "Hello"), ("Bye", "See you soon.")])
+    first, second = (
+        batch_of(tokenizer),
+        batch_of(tokenizer, pairs=[("Hi", "Hello"), ("Bye", "See you soon.")]),
+    )
     model.train()
     step.backward(first)
     directions = [d.clone() for d in step.directions]

@@ -19,16 +19,22 @@ from vaccine_core.inference import load_for_inference
 from vaccine_core.judges import RefusalPhraseJudge
 from vaccine_core.models import weights_sha256
 
-FAST = TrainingConfig(epochs=1.0, batch_size=4, learning_rate=1e-2, lora=LoraSettings(r=4, alpha=4, dropout=0.1))
+FAST = TrainingConfig(
+    epochs=1.0, batch_size=4, learning_rate=1e-2, lora=LoraSettings(r=4, alpha=4, dropout=0.1)
+)
 
 
 @pytest.fixture
 def aligned_dir(tiny_model_dir, alpaca_file, tmp_path):
-    result = align(str(tiny_model_dir), alpaca_file, tmp_path / "aligned", PerturbationConfig("vaccine", rho=2.0), FAST)
+    result = align(
+        str(tiny_model_dir), alpaca_file, tmp_path / "aligned", PerturbationConfig("vaccine", rho=2.0), FAST
+    )
     return result.output_dir
 
 
-def test_alignment_writes_a_peft_adapter_a_merged_base_and_a_manifest(aligned_dir, tiny_model_dir, alpaca_file):
+def test_alignment_writes_a_peft_adapter_a_merged_base_and_a_manifest(
+    aligned_dir, tiny_model_dir, alpaca_file
+):
     manifest = read_manifest(aligned_dir)
     assert manifest["kind"] == "alignment"
     assert manifest["alignment"] == {"method": "vaccine", "rho": 2.0, "tau": 1}
@@ -36,7 +42,9 @@ def test_alignment_writes_a_peft_adapter_a_merged_base_and_a_manifest(aligned_di
     assert manifest["training"]["learning_rate"] == 1e-2 and manifest["training"]["lora"]["r"] == 4
     assert manifest["data"]["examples"] == 12 and manifest["data"]["format"] == "alpaca"
     assert manifest["metrics"]["train"]["steps"] == 3
-    assert {"adapter_model.safetensors", "adapter_config.json", "merged/model.safetensors"} <= set(manifest["files"])
+    assert {"adapter_model.safetensors", "adapter_config.json", "merged/model.safetensors"} <= set(
+        manifest["files"]
+    )
     assert verify_files(aligned_dir) == []
     (aligned_dir / "adapter_config.json").write_text((aligned_dir / "adapter_config.json").read_text() + " ")
     assert verify_files(aligned_dir) == ["adapter_config.json"]
@@ -47,8 +55,13 @@ def test_alignment_writes_a_peft_adapter_a_merged_base_and_a_manifest(aligned_di
     merged = AutoModelForCausalLM.from_pretrained(aligned_dir / MERGED_DIR).eval()
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
-        torch.testing.assert_close(adapted(input_ids=ids).logits, merged(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
-        assert not torch.allclose(AutoModelForCausalLM.from_pretrained(tiny_model_dir)(input_ids=ids).logits, merged(input_ids=ids).logits)
+        torch.testing.assert_close(
+            adapted(input_ids=ids).logits, merged(input_ids=ids).logits, rtol=1e-4, atol=1e-5
+        )
+        assert not torch.allclose(
+            AutoModelForCausalLM.from_pretrained(tiny_model_dir)(input_ids=ids).logits,
+            merged(input_ids=ids).logits,
+        )
 
 
 def test_finetuning_trains_a_fresh_adapter_on_the_merged_base(aligned_dir, alpaca_file, tmp_path):
@@ -66,7 +79,9 @@ def test_finetuning_trains_a_fresh_adapter_on_the_merged_base(aligned_dir, alpac
 
     loaded = load_for_inference(out)
     assert loaded.kind == "finetune" and loaded.has_adapter
-    drift = evaluation.embedding_drift(loaded.model, loaded.tokenizer, load_dataset(alpaca_file).conversations)
+    drift = evaluation.embedding_drift(
+        loaded.model, loaded.tokenizer, load_dataset(alpaca_file).conversations
+    )
     assert drift > 0
 
 
@@ -84,31 +99,80 @@ def test_embedding_drift_is_zero_for_an_adapter_that_changes_nothing(aligned_dir
 def test_harmful_score_counts_the_judges_flags(tiny_model_dir):
     loaded = load_for_inference(str(tiny_model_dir))
     prompts = [[{"role": "user", "content": f"question {i}"}] for i in range(5)]
-    report = evaluation.harmful_score(loaded.model, loaded.tokenizer, prompts, RefusalPhraseJudge(), max_new_tokens=8, batch_size=2)
+    report = evaluation.harmful_score(
+        loaded.model, loaded.tokenizer, prompts, RefusalPhraseJudge(), max_new_tokens=8, batch_size=2
+    )
     assert report.total == 5 and len(report.items) == 5
     assert report.flagged == sum(item.flagged for item in report.items)
     assert report.harmful_score == pytest.approx(100 * report.flagged / 5)
     # batching and left padding do not change greedy answers
-    single = evaluation.harmful_score(loaded.model, loaded.tokenizer, prompts, RefusalPhraseJudge(), max_new_tokens=8, batch_size=1)
+    single = evaluation.harmful_score(
+        loaded.model, loaded.tokenizer, prompts, RefusalPhraseJudge(), max_new_tokens=8, batch_size=1
+    )
     assert [i.answer for i in single.items] == [i.answer for i in report.items]
 
 
 def test_the_cli_aligns_finetunes_and_evaluates(tiny_model_dir, alpaca_file, tmp_path):
     runner = CliRunner()
     common = ["--epochs", "1", "--batch-size", "4", "--lora-r", "4", "--max-length", "64"]
-    result = runner.invoke(app, ["align", "--model", str(tiny_model_dir), "--method", "sft", "--data", str(alpaca_file), "--limit", "8", "--out", str(tmp_path / "a"), *common])
+    result = runner.invoke(
+        app,
+        [
+            "align",
+            "--model",
+            str(tiny_model_dir),
+            "--method",
+            "sft",
+            "--data",
+            str(alpaca_file),
+            "--limit",
+            "8",
+            "--out",
+            str(tmp_path / "a"),
+            *common,
+        ],
+    )
     assert result.exit_code == 0, result.output
     manifest = read_manifest(tmp_path / "a")
     assert manifest["alignment"]["method"] == "sft" and manifest["data"]["examples"] == 8
     assert manifest["training"]["max_length"] == 64 and manifest["training"]["lora"]["alpha"] == 4.0
 
-    result = runner.invoke(app, ["finetune", "--base", str(tmp_path / "a"), "--data", str(alpaca_file), "--out", str(tmp_path / "f"), *common, "--lora-targets", "q_proj,v_proj"])
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--base",
+            str(tmp_path / "a"),
+            "--data",
+            str(alpaca_file),
+            "--out",
+            str(tmp_path / "f"),
+            *common,
+            "--lora-targets",
+            "q_proj,v_proj",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert read_manifest(tmp_path / "f")["training"]["lora"]["target_modules"] == ["q_proj", "v_proj"]
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"harmful request {i}"}) + "\n" for i in range(3)))
-    result = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "f"), "--prompts", str(prompts), "--max-new-tokens", "4", "--drift-data", str(alpaca_file), "--out", str(tmp_path / "eval")])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "f"),
+            "--prompts",
+            str(prompts),
+            "--max-new-tokens",
+            "4",
+            "--drift-data",
+            str(alpaca_file),
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["harmful"]["total"] == 3 and summary["embedding_drift"] > 0
@@ -121,15 +185,41 @@ def test_the_cli_reports_bad_data_by_line_without_a_traceback(tiny_model_dir, tm
     runner = CliRunner()
     result = runner.invoke(app, ["data", "validate", str(bad)])
     assert result.exit_code == 2 and "line 2, field 'output'" in result.output
-    result = runner.invoke(app, ["align", "--model", str(tiny_model_dir), "--data", str(bad), "--out", str(tmp_path / "x")])
+    result = runner.invoke(
+        app, ["align", "--model", str(tiny_model_dir), "--data", str(bad), "--out", str(tmp_path / "x")]
+    )
     assert result.exit_code == 2 and "line 2, field 'output'" in result.output
     assert "Traceback" not in result.output
-    result = runner.invoke(app, ["align", "--model", str(tiny_model_dir), "--data", str(bad), "--out", str(tmp_path / "x"), "--rho", "-1"])
+    result = runner.invoke(
+        app,
+        [
+            "align",
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(bad),
+            "--out",
+            str(tmp_path / "x"),
+            "--rho",
+            "-1",
+        ],
+    )
     assert result.exit_code == 2 and "rho must be non-negative" in result.output
     result = runner.invoke(app, ["align", "--help"])
-    assert result.exit_code == 0 and "--rho" in result.output and "--gradient-accumulation-steps" in result.output
+    assert (
+        result.exit_code == 0
+        and "--rho" in result.output
+        and "--gradient-accumulation-steps" in result.output
+    )
 
 
 def test_manifest_is_absent_when_a_run_is_cancelled(tiny_model_dir, alpaca_file, tmp_path):
-    result = align(str(tiny_model_dir), alpaca_file, tmp_path / "a", PerturbationConfig("sft"), FAST, should_stop=lambda: True)
+    result = align(
+        str(tiny_model_dir),
+        alpaca_file,
+        tmp_path / "a",
+        PerturbationConfig("sft"),
+        FAST,
+        should_stop=lambda: True,
+    )
     assert result.manifest is None and not (tmp_path / "a" / MANIFEST).exists()

@@ -2,8 +2,8 @@ import copy
 
 import pytest
 import torch
-
 from helpers import PAIRS, lora_model, trainable_state
+
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
 from vaccine_core.data import Conversation, SupervisedDataset
 from vaccine_core.training import CHECKPOINTS_DIR, latest_checkpoint, plan_steps, train
@@ -35,8 +35,12 @@ def test_plan_counts_steps_over_epochs_and_accumulation():
     assert plan_steps(13, config(epochs=1.0, gradient_accumulation_steps=1)) == (5, 5)
 
 
-@pytest.mark.parametrize("perturbation", [PerturbationConfig("vaccine", rho=1.0, tau=3), PerturbationConfig("sft")])
-def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_model, tokenizer, tmp_path, perturbation):
+@pytest.mark.parametrize(
+    "perturbation", [PerturbationConfig("vaccine", rho=1.0, tau=3), PerturbationConfig("sft")]
+)
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
+    tiny_model, tokenizer, tmp_path, perturbation
+):
     data = dataset(tokenizer)
     settings = config()
 
@@ -47,7 +51,13 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_model,
     interrupted = lora_model(copy.deepcopy(tiny_model), dropout=0.2)
     calls = iter(range(100))
     first = train(
-        interrupted, tokenizer, data, settings, perturbation, output_dir=tmp_path, should_stop=lambda: next(calls) >= 2
+        interrupted,
+        tokenizer,
+        data,
+        settings,
+        perturbation,
+        output_dir=tmp_path,
+        should_stop=lambda: next(calls) >= 2,
     )
     assert first.cancelled and first.steps == 2
     checkpoint = latest_checkpoint(tmp_path)
@@ -57,7 +67,9 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_model,
     # a fresh process would build a new model with another adapter initialisation: resume must not care
     resumed_model = lora_model(copy.deepcopy(tiny_model), dropout=0.2, seed=99)
     torch.manual_seed(12345)  # and another global random state
-    second = train(resumed_model, tokenizer, data, settings, perturbation, output_dir=tmp_path, resume_from=checkpoint)
+    second = train(
+        resumed_model, tokenizer, data, settings, perturbation, output_dir=tmp_path, resume_from=checkpoint
+    )
     assert second.steps == 4 and not second.cancelled
     assert second.losses == pytest.approx(full.losses, rel=0, abs=0)
     expected, actual = trainable_state(straight), trainable_state(resumed_model)
@@ -69,8 +81,13 @@ def test_progress_reports_and_periodic_checkpoints(tiny_model, tokenizer, tmp_pa
     events = []
     model = lora_model(tiny_model)
     result = train(
-        model, tokenizer, dataset(tokenizer), config(checkpoint_every=2), PerturbationConfig("vaccine", rho=0.5),
-        output_dir=tmp_path, on_progress=events.append,
+        model,
+        tokenizer,
+        dataset(tokenizer),
+        config(checkpoint_every=2),
+        PerturbationConfig("vaccine", rho=0.5),
+        output_dir=tmp_path,
+        on_progress=events.append,
     )
     assert [e.step for e in events] == [1, 2, 3, 4] and all(e.total_steps == 4 for e in events)
     assert events[0].learning_rate == 0.0  # warm-up starts at zero
@@ -86,7 +103,10 @@ def test_training_lowers_the_loss_for_every_method(tiny_model, tokenizer):
     for method in ("sft", "vaccine", "random"):
         model = lora_model(copy.deepcopy(tiny_model), dropout=0.0)
         result = train(
-            model, tokenizer, data, config(epochs=10.0, learning_rate=5e-2, gradient_accumulation_steps=1, warmup_ratio=0.0),
+            model,
+            tokenizer,
+            data,
+            config(epochs=10.0, learning_rate=5e-2, gradient_accumulation_steps=1, warmup_ratio=0.0),
             PerturbationConfig(method, rho=0.1),
         )
         assert result.losses[-1] < 0.7 * result.losses[0], method
@@ -95,7 +115,9 @@ def test_training_lowers_the_loss_for_every_method(tiny_model, tokenizer):
 def test_cancel_before_the_first_step_trains_nothing(tiny_model, tokenizer, tmp_path):
     model = lora_model(tiny_model)
     before = trainable_state(model)
-    result = train(model, tokenizer, dataset(tokenizer), config(), output_dir=tmp_path, should_stop=lambda: True)
+    result = train(
+        model, tokenizer, dataset(tokenizer), config(), output_dir=tmp_path, should_stop=lambda: True
+    )
     assert result.cancelled and result.steps == 0 and latest_checkpoint(tmp_path) is None
     assert all(torch.equal(before[n], p) for n, p in trainable_state(model).items())
 

@@ -12,7 +12,14 @@ from typing import Annotated, Any
 import typer
 from tqdm.auto import tqdm
 
-from vaccine_core.config import ALL_LINEAR, LoraSettings, PerturbationConfig, TrainingConfig, alignment_defaults, finetune_defaults
+from vaccine_core.config import (
+    ALL_LINEAR,
+    LoraSettings,
+    PerturbationConfig,
+    TrainingConfig,
+    alignment_defaults,
+    finetune_defaults,
+)
 from vaccine_core.data import DatasetError, load_dataset
 from vaccine_core.settings import get_settings
 from vaccine_core.training import Progress
@@ -42,10 +49,16 @@ _TRAINING_OPTIONS: dict[str, tuple[type, str]] = {
     "seed": (int, "Seed for data order, adapter initialisation and dropout (default 42)."),
     "checkpoint_every": (int, "Write a resumable checkpoint every N steps (default: only when stopped)."),
     "lora_r": (int, "LoRA rank (default 8)."),
-    "lora_alpha": (float, "LoRA alpha; the update is scaled by alpha / r (alignment default 4; fine-tuning 8)."),
+    "lora_alpha": (
+        float,
+        "LoRA alpha; the update is scaled by alpha / r (alignment default 4; fine-tuning 8).",
+    ),
     "lora_dropout": (float, "Dropout on the LoRA input (default 0.1)."),
-    "lora_targets": (str, f"Comma-separated module names for LoRA, or '{ALL_LINEAR}' (default; on Llama-family "
-                          "models that is q,k,v,o,gate,up,down)."),
+    "lora_targets": (
+        str,
+        f"Comma-separated module names for LoRA, or '{ALL_LINEAR}' (default; on Llama-family "
+        "models that is q,k,v,o,gate,up,down).",
+    ),
 }
 
 
@@ -54,7 +67,9 @@ def _config_from_options(defaults: TrainingConfig, given: dict[str, Any]) -> Tra
     lora_given = {k.removeprefix("lora_"): given.pop(k) for k in list(given) if k.startswith("lora_")}
     if lora_given.get("targets") is not None:
         targets = lora_given.pop("targets")
-        lora_given["target_modules"] = targets if targets == ALL_LINEAR else [t.strip() for t in targets.split(",")]
+        lora_given["target_modules"] = (
+            targets if targets == ALL_LINEAR else [t.strip() for t in targets.split(",")]
+        )
     lora = LoraSettings(**{**lora.__dict__, **{k: v for k, v in lora_given.items() if v is not None}})
     updates = {k: v for k, v in given.items() if v is not None}
     if updates.get("max_grad_norm") == 0:
@@ -102,9 +117,13 @@ class ProgressBar:
 
     def __call__(self, progress: Progress) -> None:
         if self.bar is None:
-            self.bar = tqdm(total=progress.total_steps, initial=progress.step - 1, desc=self.description, unit="step")
+            self.bar = tqdm(
+                total=progress.total_steps, initial=progress.step - 1, desc=self.description, unit="step"
+            )
         self.bar.set_postfix(
-            loss=f"{progress.loss:.4f}", lr=f"{progress.learning_rate:.2e}", tok_s=f"{progress.tokens_per_second:.0f}"
+            loss=f"{progress.loss:.4f}",
+            lr=f"{progress.learning_rate:.2e}",
+            tok_s=f"{progress.tokens_per_second:.0f}",
         )
         self.bar.update(1)
 
@@ -125,18 +144,34 @@ def _setup_logging() -> None:
 # ------------------------------------------------------------------------------------------- commands
 
 ModelOption = Annotated[
-    str, typer.Option("--model", help="'default' (bundled SmolLM2-135M-Instruct), a .gguf file or a Hugging Face model directory.")
+    str,
+    typer.Option(
+        "--model",
+        help="'default' (bundled SmolLM2-135M-Instruct), a .gguf file or a Hugging Face model directory.",
+    ),
 ]
-DataOption = Annotated[Path, typer.Option("--data", help="Training data: JSON Lines or a JSON array of alpaca, chat or prompt/completion rows.")]
-OutOption = Annotated[Path, typer.Option("--out", help="Output directory (adapter, manifest.json, checkpoints).")]
+DataOption = Annotated[
+    Path,
+    typer.Option(
+        "--data", help="Training data: JSON Lines or a JSON array of alpaca, chat or prompt/completion rows."
+    ),
+]
+OutOption = Annotated[
+    Path, typer.Option("--out", help="Output directory (adapter, manifest.json, checkpoints).")
+]
 LimitOption = Annotated[int | None, typer.Option("--limit", help="Use only the first N examples.")]
-DeviceOption = Annotated[str | None, typer.Option("--device", help="torch device (default: cuda if present, else cpu).")]
+DeviceOption = Annotated[
+    str | None, typer.Option("--device", help="torch device (default: cuda if present, else cpu).")
+]
 ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")]
 
 
 def _print_result(result: Any) -> None:
     if result.manifest is None:
-        typer.echo(f"stopped at step {result.train.steps}; resume with --resume (checkpoint: {result.train.last_checkpoint})")
+        typer.echo(
+            f"stopped at step {result.train.steps}; resume with --resume "
+            f"(checkpoint: {result.train.last_checkpoint})"
+        )
         return
     typer.echo(json.dumps({"output_dir": str(result.output_dir), **result.manifest["metrics"]}, indent=2))
 
@@ -147,9 +182,26 @@ def align(
     data: DataOption,
     out: OutOption,
     model: ModelOption = "default",
-    method: Annotated[str, typer.Option(help="vaccine (perturbation-aware), sft (plain), or random (Gaussian noise of variance rho).")] = "vaccine",
-    rho: Annotated[float, typer.Option(help="Perturbation radius: the global L2 norm of the hidden-embedding perturbation over all layers and the batch.")] = 2.0,
-    tau: Annotated[int, typer.Option(help="Recompute the Vaccine perturbation every tau steps and carry its direction in between (1 = every step, as in the paper).")] = 1,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="vaccine (perturbation-aware), sft (plain), or random (Gaussian noise of variance rho)."
+        ),
+    ] = "vaccine",
+    rho: Annotated[
+        float,
+        typer.Option(
+            help="Perturbation radius: the global L2 norm of the hidden-embedding perturbation "
+            "over all layers and the whole batch."
+        ),
+    ] = 2.0,
+    tau: Annotated[
+        int,
+        typer.Option(
+            help="Recompute the Vaccine perturbation every tau steps and carry its direction in between "
+            "(1 = every step, as in the paper)."
+        ),
+    ] = 1,
     limit: LimitOption = None,
     device: DeviceOption = None,
     resume: ResumeOption = False,
@@ -165,7 +217,9 @@ def align(
         raise typer.BadParameter(str(exc)) from None
     bar = ProgressBar(f"align ({method})")
     try:
-        result = run_align(model, data, out, perturbation, config, limit=limit, device=device, resume=resume, on_progress=bar)
+        result = run_align(
+            model, data, out, perturbation, config, limit=limit, device=device, resume=resume, on_progress=bar
+        )
     except DatasetError as exc:
         _fail(str(exc))
     finally:
@@ -176,7 +230,12 @@ def align(
 @app.command()
 @training_options(finetune_defaults)
 def finetune(
-    base: Annotated[str, typer.Option("--base", help="An alignment run's directory (or any model spec, to fine-tune an unaligned base).")],
+    base: Annotated[
+        str,
+        typer.Option(
+            "--base", help="An alignment run's directory (or any model spec, to fine-tune an unaligned base)."
+        ),
+    ],
     data: DataOption,
     out: OutOption,
     limit: LimitOption = None,
@@ -190,7 +249,9 @@ def finetune(
     _setup_logging()
     bar = ProgressBar("finetune")
     try:
-        result = run_finetune(base, data, out, config, limit=limit, device=device, resume=resume, on_progress=bar)
+        result = run_finetune(
+            base, data, out, config, limit=limit, device=device, resume=resume, on_progress=bar
+        )
     except DatasetError as exc:
         _fail(str(exc))
     finally:
@@ -200,19 +261,36 @@ def finetune(
 
 @app.command()
 def evaluate(
-    model: Annotated[str, typer.Option("--model", help="A fine-tuning or alignment run's directory, or any model spec.")],
-    prompts: Annotated[Path | None, typer.Option("--prompts", help="Harmful prompts (JSON Lines with 'prompt') for the harmful score.")] = None,
-    judge: Annotated[str, typer.Option(help="Judge for the harmful score: refusal (keyword refusal judge).")] = "refusal",
+    model: Annotated[
+        str, typer.Option("--model", help="A fine-tuning or alignment run's directory, or any model spec.")
+    ],
+    prompts: Annotated[
+        Path | None,
+        typer.Option("--prompts", help="Harmful prompts (JSON Lines with 'prompt') for the harmful score."),
+    ] = None,
+    judge: Annotated[
+        str, typer.Option(help="Judge for the harmful score: refusal (keyword refusal judge).")
+    ] = "refusal",
     limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
-    task: Annotated[str | None, typer.Option(help="Also measure fine-tune accuracy: sst2, agnews or gsm8k.")] = None,
-    task_data: Annotated[Path | None, typer.Option(help="Rows for --task (default: the task's held-out file in the data directory).")] = None,
+    task: Annotated[
+        str | None, typer.Option(help="Also measure fine-tune accuracy: sst2, agnews or gsm8k.")
+    ] = None,
+    task_data: Annotated[
+        Path | None,
+        typer.Option(help="Rows for --task (default: the task's held-out file in the data directory)."),
+    ] = None,
     task_limit: Annotated[int, typer.Option(help="Rows of --task data to grade.")] = 100,
-    drift_data: Annotated[Path | None, typer.Option(help="Alignment data for harmful embedding drift (fine-tuned runs only).")] = None,
+    drift_data: Annotated[
+        Path | None, typer.Option(help="Alignment data for harmful embedding drift (fine-tuned runs only).")
+    ] = None,
     drift_limit: Annotated[int, typer.Option(help="Examples of --drift-data to use.")] = 64,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per answer.")] = 128,
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 16,
     device: DeviceOption = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Directory for answers.jsonl, task_answers.jsonl and summary.json.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Directory for answers.jsonl, task_answers.jsonl and summary.json."),
+    ] = None,
 ) -> None:
     """Measure harmful score, fine-tune accuracy and embedding drift; print a JSON summary."""
     from vaccine_core import evaluation
@@ -235,8 +313,13 @@ def evaluate(
     if prompt_list is not None:
         with tqdm(total=len(prompt_list), desc="harmful score", unit="prompt") as bar:
             report = evaluation.harmful_score(
-                loaded.model, loaded.tokenizer, prompt_list, moderator,
-                max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=bar.update,
+                loaded.model,
+                loaded.tokenizer,
+                prompt_list,
+                moderator,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                on_batch=bar.update,
             )
         summary["harmful"] = report.summary()
         if out:
@@ -276,7 +359,9 @@ def data_mix(
     out: OutOption,
     task: Annotated[str, typer.Option(help="Benign task: sst2, agnews or gsm8k.")] = "sst2",
     n: Annotated[int, typer.Option(help="Rows in all.")] = 100,
-    harmful_fraction: Annotated[float, typer.Option(help="Share p of rows that are harmful pairs from the attack set.")] = 0.1,
+    harmful_fraction: Annotated[
+        float, typer.Option(help="Share p of rows that are harmful pairs from the attack set.")
+    ] = 0.1,
     seed: Annotated[int, typer.Option(help="Sampling and shuffling seed.")] = 0,
 ) -> None:
     """Write a fine-tuning set of n task rows of which a fraction p are harmful (the paper's attack)."""

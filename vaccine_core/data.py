@@ -179,9 +179,13 @@ def _conversation_from_chat(row: dict[str, Any], line: int, problems: list[Probl
             continue
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            problems.append(Problem(line, f"{where}.role", f"expected one of {', '.join(ROLES)}, got {role!r}"))
+            problems.append(
+                Problem(line, f"{where}.role", f"expected one of {', '.join(ROLES)}, got {role!r}")
+            )
         if not isinstance(content, str):
-            problems.append(Problem(line, f"{where}.content", f"expected a string, got {type(content).__name__}"))
+            problems.append(
+                Problem(line, f"{where}.content", f"expected a string, got {type(content).__name__}")
+            )
             continue
         if role == "assistant" and not content.strip():
             problems.append(Problem(line, f"{where}.content", "assistant answer is empty"))
@@ -238,7 +242,9 @@ def parse_rows(rows: Iterable[tuple[int, Any]], max_problems: int = MAX_PROBLEMS
     return LoadedDataset(conversations=conversations, format=file_format or "unknown")
 
 
-def load_dataset(path: str | Path, limit: int | None = None, max_problems: int = MAX_PROBLEMS) -> LoadedDataset:
+def load_dataset(
+    path: str | Path, limit: int | None = None, max_problems: int = MAX_PROBLEMS
+) -> LoadedDataset:
     """Read and validate a fine-tuning file. ``limit`` keeps the first N examples (after validating all)."""
     path = Path(path)
     if not path.is_file():
@@ -294,7 +300,9 @@ def tokenize_conversation(
 class SupervisedDataset(torch.utils.data.Dataset):
     """Tokenized conversations; examples whose answer was truncated away entirely are dropped and reported."""
 
-    def __init__(self, conversations: Sequence[Conversation], tokenizer: PreTrainedTokenizerBase, max_length: int):
+    def __init__(
+        self, conversations: Sequence[Conversation], tokenizer: PreTrainedTokenizerBase, max_length: int
+    ):
         self.examples: list[TokenizedExample] = []
         self.dropped: list[Problem] = []
         for conversation in conversations:

@@ -44,7 +44,9 @@ def _bar(description: str):
 def _harmful_score(model_dir: str | Path, prompts: list, label: str) -> dict[str, Any]:
     loaded = load_for_inference(model_dir)
     with tqdm(total=len(prompts), desc=f"harmful score: {label}", unit="prompt") as bar:
-        report = evaluation.harmful_score(loaded.model, loaded.tokenizer, prompts, RefusalPhraseJudge(), on_batch=bar.update)
+        report = evaluation.harmful_score(
+            loaded.model, loaded.tokenizer, prompts, RefusalPhraseJudge(), on_batch=bar.update
+        )
     return report.summary()
 
 

@@ -11,7 +11,15 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from vaccine_core.data import Conversation, DatasetError, Message, Problem, collate, read_rows, tokenize_conversation
+from vaccine_core.data import (
+    Conversation,
+    DatasetError,
+    Message,
+    Problem,
+    collate,
+    read_rows,
+    tokenize_conversation,
+)
 from vaccine_core.generation import DEFAULT_MAX_NEW_TOKENS, generate
 from vaccine_core.judges import Moderator
 from vaccine_core.tasks import Task
@@ -29,13 +37,19 @@ def load_prompts(path: Path, limit: int | None = None) -> list[list[Message]]:
             prompts.append([{"role": "user", "content": row["prompt"]}])
         elif isinstance(row, dict) and isinstance(row.get("instruction"), str) and row["instruction"].strip():
             extra = row.get("input") or ""
-            text = f"{row['instruction']}\n\n{extra}" if isinstance(extra, str) and extra.strip() else row["instruction"]
+            text = (
+                f"{row['instruction']}\n\n{extra}"
+                if isinstance(extra, str) and extra.strip()
+                else row["instruction"]
+            )
             prompts.append([{"role": "user", "content": text}])
         elif isinstance(row, dict) and isinstance(row.get("messages"), list) and row["messages"]:
             messages = row["messages"]
             prompts.append(messages[:-1] if messages[-1].get("role") == "assistant" else messages)
         else:
-            problems.append(Problem(line, "prompt", "expected a non-empty 'prompt', 'instruction' or 'messages'"))
+            problems.append(
+                Problem(line, "prompt", "expected a non-empty 'prompt', 'instruction' or 'messages'")
+            )
     if problems:
         raise DatasetError(problems[:50], truncated=len(problems) > 50)
     if not prompts:
@@ -121,7 +135,12 @@ def task_accuracy(
     """Top-1 accuracy: the model answers each row's prompt, graded by the task's rule."""
     examples = [task.to_alpaca(row) for row in rows]
     prompts = [
-        [{"role": "user", "content": f"{e['instruction']}\n\n{e['input']}" if e["input"] else e["instruction"]}]
+        [
+            {
+                "role": "user",
+                "content": f"{e['instruction']}\n\n{e['input']}" if e["input"] else e["instruction"],
+            }
+        ]
         for e in examples
     ]
     answers = generate(
@@ -158,7 +177,10 @@ def embedding_drift(
             chunk = conversations[start : start + batch_size]
             tokenized = [tokenize_conversation(tokenizer, c.messages, max_length) for c in chunk]
             batch = collate(tokenized, tokenizer.pad_token_id)
-            inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+            inputs = {
+                "input_ids": batch["input_ids"].to(device),
+                "attention_mask": batch["attention_mask"].to(device),
+            }
             tuned = model(**inputs, output_hidden_states=True).hidden_states[-1].float()
             with model.disable_adapter():
                 aligned = model(**inputs, output_hidden_states=True).hidden_states[-1].float()

@@ -48,7 +48,9 @@ def generate(
             ).to(device)
             output = model.generate(**encoded, generation_config=config)
             new_tokens = output[:, encoded["input_ids"].shape[1] :]
-            for i, decoded in zip(chunk, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
+            for i, decoded in zip(
+                chunk, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True
+            ):
                 answers[i] = decoded.strip()
             if on_batch is not None:
                 on_batch(len(chunk))

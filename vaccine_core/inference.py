@@ -27,9 +27,7 @@ def resolve_base(spec: str | Path) -> BaseModel:
         identity = {
             "spec": str(spec),
             "path": str(merged),
-            "sha256": manifest["files"]["merged/model.safetensors"]
-            if "merged/model.safetensors" in manifest["files"]
-            else None,
+            "sha256": manifest["files"].get(f"{MERGED_DIR}/model.safetensors"),
             "base_model": manifest["base_model"],
         }
         return BaseModel(model_path=merged, identity=identity, alignment=manifest["alignment"])

@@ -16,7 +16,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def build_mix(
-    task: str, n: int, harmful_fraction: float, data_dir: Path, seed: int = 0, harmful_file: Path | None = None
+    task: str,
+    n: int,
+    harmful_fraction: float,
+    data_dir: Path,
+    seed: int = 0,
+    harmful_file: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Alpaca rows: round(n * p) harmful pairs and the rest task examples, shuffled with ``seed``.
 

@@ -124,6 +124,8 @@ def convert_gguf(gguf: Path, target: Path, source_sha: str) -> None:
     # look for the GGUF file again on every load.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
     model.config.name_or_path = gguf.stem
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))

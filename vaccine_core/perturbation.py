@@ -119,7 +119,9 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
 # ------------------------------------------------------------------------------------------ the steps
 
 
-def embedding_gradients(model: nn.Module, modules: list[nn.Module], batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def embedding_gradients(
+    model: nn.Module, modules: list[nn.Module], batch: Batch
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Pass 1: the loss and dL/de_l for every attention output e_l, without any weight gradient."""
     captured: list[torch.Tensor] = []
 
@@ -129,7 +131,9 @@ def embedding_gradients(model: nn.Module, modules: list[nn.Module], batch: Batch
     with _inputs_require_grad(model), attention_hooks(modules, capture):
         loss = model(**batch).loss
     grads = torch.autograd.grad(loss, captured, allow_unused=True)
-    return loss.detach(), [torch.zeros_like(h) if g is None else g for h, g in zip(captured, grads, strict=True)]
+    return loss.detach(), [
+        torch.zeros_like(h) if g is None else g for h, g in zip(captured, grads, strict=True)
+    ]
 
 
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:

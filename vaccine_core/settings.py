@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(
         default=_CHECKOUT_DATA_DIR,
-        description="Directory holding the public data sets (alignment/, attack/, benign/, eval/, moderation/).",
+        description="Directory of the public data sets (alignment/, attack/, benign/, eval/, moderation/).",
     )
 
     @property

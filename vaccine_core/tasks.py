@@ -76,7 +76,9 @@ def _gsm8k_correct(answer: str, row: dict[str, Any]) -> bool:
 TASKS: dict[str, Task] = {
     "sst2": Task("sst2", "benign/sst2_train.jsonl", "benign/sst2_validation.jsonl", _sst2_row, _sst2_correct),
     # AG News ships only its test split here: the benchmark splits it into train and test rows itself.
-    "agnews": Task("agnews", "benign/agnews_test.jsonl", "benign/agnews_test.jsonl", _agnews_row, _agnews_correct),
+    "agnews": Task(
+        "agnews", "benign/agnews_test.jsonl", "benign/agnews_test.jsonl", _agnews_row, _agnews_correct
+    ),
     "gsm8k": Task("gsm8k", "benign/gsm8k_train.jsonl", "benign/gsm8k_test.jsonl", _gsm8k_row, _gsm8k_correct),
 }
 
