@@ -259,3 +259,17 @@ def test_random_noise_has_variance_rho_and_changes_the_loss(tiny_model, tokenize
     with torch.no_grad():
         clean = float(model(**batch).loss)
     assert step.backward(batch) != pytest.approx(clean, rel=1e-3)
+
+
+def test_vaccine_step_is_the_same_under_activation_checkpointing(tiny_model, tokenizer):
+    batch = batch_of(tokenizer)
+    plain = lora_model(copy.deepcopy(tiny_model), dropout=0.0)
+    checkpointed = lora_model(copy.deepcopy(tiny_model), dropout=0.0)
+    checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert PerturbedStep(checkpointed, PerturbationConfig("vaccine"))._recomputes_forward()
+    for model in (plain, checkpointed):
+        model.train()
+        PerturbedStep(model, PerturbationConfig("vaccine", rho=1.0)).backward(batch)
+    for (name, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters(), strict=True):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, msg=name)

@@ -21,8 +21,8 @@ from vaccine_core.config import (
     finetune_defaults,
 )
 from vaccine_core.data import DatasetError, load_dataset
+from vaccine_core.progress import ProgressBar
 from vaccine_core.settings import get_settings
-from vaccine_core.training import Progress
 
 app = typer.Typer(
     help="Vaccine: perturbation-aware safety alignment and LoRA fine-tuning that resists harmful data.",
@@ -106,30 +106,6 @@ def training_options(defaults: Callable[[], TrainingConfig]) -> Callable:
         return wrapper
 
     return decorate
-
-
-class ProgressBar:
-    """A tqdm bar fed by the training loop's progress callback."""
-
-    def __init__(self, description: str):
-        self.description = description
-        self.bar: tqdm | None = None
-
-    def __call__(self, progress: Progress) -> None:
-        if self.bar is None:
-            self.bar = tqdm(
-                total=progress.total_steps, initial=progress.step - 1, desc=self.description, unit="step"
-            )
-        self.bar.set_postfix(
-            loss=f"{progress.loss:.4f}",
-            lr=f"{progress.learning_rate:.2e}",
-            tok_s=f"{progress.tokens_per_second:.0f}",
-        )
-        self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _fail(message: str) -> None:

@@ -22,23 +22,10 @@ from vaccine_core.finetune import finetune
 from vaccine_core.inference import load_for_inference
 from vaccine_core.judges import RefusalPhraseJudge
 from vaccine_core.mixing import build_mix, read_jsonl, write_rows
+from vaccine_core.progress import ProgressBar
 from vaccine_core.tasks import get_task
-from vaccine_core.training import Progress
 
 log = logging.getLogger(__name__)
-
-
-def _bar(description: str):
-    bars: dict[str, tqdm] = {}
-
-    def update(progress: Progress) -> None:
-        bar = bars.setdefault("bar", tqdm(total=progress.total_steps, desc=description, unit="step"))
-        bar.set_postfix(loss=f"{progress.loss:.3f}")
-        bar.update(1)
-        if progress.step == progress.total_steps:
-            bar.close()
-
-    return update
 
 
 def _harmful_score(model_dir: str | Path, prompts: list, label: str) -> dict[str, Any]:
@@ -61,11 +48,13 @@ def run_demo(data_dir: Path, out: Path, *, limit: int = 64, prompts: int = 32) -
         PerturbationConfig(method="vaccine", rho=2.0),
         replace(alignment_defaults(), epochs=2.0),
         limit=limit,
-        on_progress=_bar("align"),
+        on_progress=ProgressBar("align"),
     )
     log.info("2/4 fine-tuning the aligned base on 50 SST-2 rows, 10 %% of them harmful")
     write_rows(attack_file, build_mix("sst2", 50, 0.1, data_dir, seed=0))
-    finetune(aligned_dir, attack_file, finetuned_dir, finetune_defaults(), on_progress=_bar("finetune"))
+    finetune(
+        aligned_dir, attack_file, finetuned_dir, finetune_defaults(), on_progress=ProgressBar("finetune")
+    )
 
     log.info("3/4 harmful score on %d AdvBench prompts (never trained on)", prompts)
     eval_prompts = evaluation.load_prompts(data_dir / "eval/advbench.jsonl", limit=prompts)

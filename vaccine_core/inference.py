@@ -8,6 +8,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from vaccine_core.artifacts import MERGED_DIR, read_manifest
+from vaccine_core.lora import load_adapter
 from vaccine_core.models import load_causal_lm, load_tokenizer, pick_device, resolve_model
 
 
@@ -54,7 +55,7 @@ def load_for_inference(spec: str | Path, device: str | None = None) -> LoadedMod
     manifest = read_manifest(Path(spec)) if Path(spec).is_dir() else None
     if manifest is not None and manifest.get("kind") == "finetune":
         base_path = Path(manifest["base_model"]["path"])
-        model = PeftModel.from_pretrained(load_causal_lm(base_path, target), str(spec))
+        model = load_adapter(load_causal_lm(base_path, target), Path(spec))
         model.eval()
         return LoadedModel(model, load_tokenizer(base_path), "finetune", manifest)
     base = resolve_base(spec)

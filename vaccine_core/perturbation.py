@@ -158,27 +158,28 @@ class PerturbedStep:
         self.directions: list[torch.Tensor] | None = None  # per-layer carried direction (tau > 1)
 
     def backward(self, batch: Batch, loss_scale: float = 1.0) -> float:
-        """Accumulate ``loss_scale`` times this batch's gradients into ``.grad``; return the loss value."""
-        method = self.config.method
-        if method == "sft":
+        """Accumulate ``loss_scale`` times this batch's gradients into ``.grad``; return the loss value.
+
+        The backward pass runs inside the hook context: under activation checkpointing it recomputes the
+        forward, which must see the same perturbation."""
+        with self._perturbed(batch):
             loss = self.model(**batch).loss
-        elif method == "random":
-            loss = self._random_noise_loss(batch)
-        else:
-            loss = self._vaccine_loss(batch)
-        (loss * loss_scale).backward()
+            (loss * loss_scale).backward()
         self.calls += 1
         return float(loss.detach())
+
+    def _perturbed(self, batch: Batch) -> contextlib.AbstractContextManager:
+        if self.config.method == "sft":
+            return contextlib.nullcontext()
+        if self.config.method == "random":
+            return attention_hooks(self.modules, self.add_noise)
+        return attention_hooks(self.modules, self._vaccine_hook(batch))
 
     def add_noise(self, _index: int, hidden: torch.Tensor) -> torch.Tensor:
         """Gaussian noise of variance rho, as in the reference's random-perturbation ablation."""
         return hidden + self.config.rho**0.5 * torch.randn_like(hidden)
 
-    def _random_noise_loss(self, batch: Batch) -> torch.Tensor:
-        with attention_hooks(self.modules, self.add_noise):
-            return self.model(**batch).loss
-
-    def _vaccine_loss(self, batch: Batch) -> torch.Tensor:
+    def _vaccine_hook(self, batch: Batch) -> Hook:
         device = batch["input_ids"].device
         if self.calls % self.config.tau == 0 or self.directions is None:
             rng = _rng_state(device)
@@ -190,11 +191,21 @@ class PerturbedStep:
         else:
             perturbation = self._carried_perturbation(batch["attention_mask"])
 
-        def add_perturbation(index: int, hidden: torch.Tensor) -> torch.Tensor:
-            return hidden + perturbation[index].to(hidden.dtype)
+        # Once added, a layer's perturbation is not needed again (the add's backward does not read it), so
+        # it is released as the forward pass moves on and pass 2 peaks no higher than an SFT step. Under
+        # activation checkpointing the forward is recomputed during backward and must find it again.
+        release = not self._recomputes_forward()
 
-        with attention_hooks(self.modules, add_perturbation):
-            return self.model(**batch).loss
+        def add_perturbation(index: int, hidden: torch.Tensor) -> torch.Tensor:
+            eps = perturbation[index]
+            if release:
+                perturbation[index] = None  # type: ignore[call-overload]
+            return hidden + eps.to(hidden.dtype)
+
+        return add_perturbation
+
+    def _recomputes_forward(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.model.modules())
 
     @staticmethod
     def _mean_directions(perturbation: list[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
