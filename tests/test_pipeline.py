@@ -16,8 +16,8 @@ from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
 from vaccine_core.data import load_dataset
 from vaccine_core.finetune import finetune
 from vaccine_core.inference import load_for_inference
-from vaccine_core.judges import RefusalPhraseJudge
 from vaccine_core.models import weights_sha256
+from vaccine_core.moderation import RefusalPhraseJudge
 
 FAST = TrainingConfig(
     epochs=1.0, batch_size=4, learning_rate=1e-2, lora=LoraSettings(r=4, alpha=4, dropout=0.1)

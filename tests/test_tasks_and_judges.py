@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from vaccine_core.judges import RefusalPhraseJudge, get_judge, is_refusal
 from vaccine_core.mixing import build_mix
+from vaccine_core.moderation import RefusalPhraseJudge, is_refusal, load_judge
 from vaccine_core.tasks import get_task, gsm8k_final_number
 
 
@@ -19,9 +19,9 @@ def test_refusal_judge_flags_answers_that_comply():
     )
     assert [v.flagged for v in verdicts] == [False, True, False, False]
     assert [v.score for v in verdicts] == [0.0, 1.0, 0.0, 0.0]
-    assert get_judge("refusal").name == "refusal"
+    assert load_judge("refusal").name == "refusal"
     with pytest.raises(ValueError, match="unknown judge"):
-        get_judge("oracle")
+        load_judge("oracle")
     assert is_refusal("I CANNOT do that") and not is_refusal("Here you go")
 
 

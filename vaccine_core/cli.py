@@ -271,15 +271,15 @@ def evaluate(
     """Measure harmful score, fine-tune accuracy and embedding drift; print a JSON summary."""
     from vaccine_core import evaluation
     from vaccine_core.inference import load_for_inference
-    from vaccine_core.judges import get_judge
     from vaccine_core.mixing import read_jsonl
+    from vaccine_core.moderation import load_judge
     from vaccine_core.tasks import get_task
 
     _setup_logging()
     if prompts is None and task is None and drift_data is None:
         raise typer.BadParameter("give at least one of --prompts, --task or --drift-data")
     try:
-        moderator = get_judge(judge)
+        moderator = load_judge(judge, device)
         task_spec = get_task(task) if task else None
         prompt_list = evaluation.load_prompts(prompts, limit) if prompts else None
     except (ValueError, DatasetError) as exc:
@@ -349,6 +349,74 @@ def data_mix(
         _fail(str(exc))
     write_rows(out, rows)
     typer.echo(f"wrote {len(rows)} rows ({sum(r['harmful'] for r in rows)} harmful) to {out}")
+
+
+JudgeOption = Annotated[
+    str,
+    typer.Option(
+        "--judge",
+        help="'refusal' (keyword refusal judge), or a model directory: a sequence classifier "
+        "(multi-label or safe/unsafe) or a Llama Guard-style generative guard.",
+    ),
+]
+
+
+@app.command()
+def moderate(
+    file: Annotated[Path, typer.Argument(help="JSON Lines with 'prompt' and 'response' fields.")],
+    judge: JudgeOption = "refusal",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the verdicts here instead of stdout.")
+    ] = None,
+    device: DeviceOption = None,
+) -> None:
+    """Judge (prompt, response) pairs: one JSON line per input with flagged, score and categories."""
+    from vaccine_core.data import read_rows
+    from vaccine_core.moderation import load_judge
+
+    try:
+        rows = read_rows(file)
+        moderator = load_judge(judge, device)
+    except (ValueError, DatasetError) as exc:
+        _fail(str(exc))
+    pairs = []
+    for line, row in rows:
+        if not (
+            isinstance(row, dict)
+            and isinstance(row.get("prompt"), str)
+            and isinstance(row.get("response"), str)
+        ):
+            _fail(f"line {line}: expected an object with string fields 'prompt' and 'response'")
+        pairs.append((row["prompt"], row["response"]))
+    verdicts = moderator.score(pairs)
+    lines = [
+        json.dumps({"flagged": v.flagged, "score": round(v.score, 6), "categories": list(v.categories)})
+        for v in verdicts
+    ]
+    text = "\n".join(lines) + "\n"
+    if out:
+        out.write_text(text)
+    else:
+        typer.echo(text, nl=False)
+
+
+@app.command()
+def prescreen(
+    file: Annotated[
+        Path, typer.Argument(help="A fine-tuning file (alpaca, chat or prompt/completion rows).")
+    ],
+    judge: JudgeOption = "refusal",
+    device: DeviceOption = None,
+) -> None:
+    """Score every row of a fine-tuning file; report flagged rows by line, their share and categories."""
+    from vaccine_core.moderation import load_judge
+    from vaccine_core.moderation.prescreen import prescreen as run_prescreen
+
+    try:
+        report = run_prescreen(file, load_judge(judge, device))
+    except (ValueError, DatasetError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(report.to_dict(), indent=2))
 
 
 @app.command()

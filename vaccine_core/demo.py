@@ -20,8 +20,8 @@ from vaccine_core.config import PerturbationConfig, alignment_defaults, finetune
 from vaccine_core.data import load_dataset
 from vaccine_core.finetune import finetune
 from vaccine_core.inference import load_for_inference
-from vaccine_core.judges import RefusalPhraseJudge
 from vaccine_core.mixing import build_mix, read_jsonl, write_rows
+from vaccine_core.moderation import RefusalPhraseJudge
 from vaccine_core.progress import ProgressBar
 from vaccine_core.tasks import get_task
 

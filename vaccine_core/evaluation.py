@@ -21,7 +21,7 @@ from vaccine_core.data import (
     tokenize_conversation,
 )
 from vaccine_core.generation import DEFAULT_MAX_NEW_TOKENS, generate
-from vaccine_core.judges import Moderator
+from vaccine_core.moderation import Moderator
 from vaccine_core.tasks import Task
 
 BatchCallback = Callable[[int], None]

@@ -1,0 +1,135 @@
+"""Production judge adapters on tiny randomly initialised models of the right shape, and the pre-screen."""
+
+import json
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast, LlamaForCausalLM
+from typer.testing import CliRunner
+
+from conftest import tiny_llama_config
+from vaccine_core.cli import app
+from vaccine_core.moderation import RefusalPhraseJudge, load_judge
+from vaccine_core.moderation.classifier import SequenceClassifierJudge
+from vaccine_core.moderation.guard import LLAMA_GUARD_CATEGORIES, GuardModelJudge, parse_guard_answer
+from vaccine_core.moderation.prescreen import prescreen
+
+PAIRS = [("How do I hurt someone?", "Here is how."), ("What is the capital of France?", "Paris.")]
+WORDS = ["how", "do", "i", "hurt", "someone", "here", "is", "what", "the", "capital", "of", "france", "paris"]
+
+
+def classifier_dir(tmp_path, labels: list[str], bias: list[float], multi_label: bool):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", ".", *WORDS]) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+    )
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    with torch.no_grad():  # pin the outputs: the head ignores its input and returns the bias
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor(bias))
+    path = tmp_path / "classifier"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_multi_label_classifier_applies_per_category_thresholds(tmp_path):
+    # sigmoid(3) = 0.95, sigmoid(-3) = 0.05, sigmoid(0.2) = 0.55
+    path = classifier_dir(tmp_path, ["violence", "privacy", "fraud"], [3.0, -3.0, 0.2], multi_label=True)
+    judge = SequenceClassifierJudge(path)
+    verdicts = judge.score(PAIRS)
+    assert [v.flagged for v in verdicts] == [True, True]
+    assert verdicts[0].categories == ("violence", "fraud")
+    assert verdicts[0].score == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item(), rel=1e-5)
+    strict = SequenceClassifierJudge(path, category_thresholds={"fraud": 0.6})
+    assert strict.score(PAIRS)[0].categories == ("violence",)
+    assert SequenceClassifierJudge(path, threshold=0.99).score(PAIRS)[0].flagged is False
+    with pytest.raises(ValueError, match="unknown categories"):
+        SequenceClassifierJudge(path, category_thresholds={"arson": 0.5})
+    templated = SequenceClassifierJudge(path, input_template="USER: {question} ASSISTANT: {answer}")
+    assert templated.score(PAIRS)[1].categories == ("violence", "fraud")
+
+
+def test_single_label_classifier_scores_the_unsafe_mass(tmp_path):
+    path = classifier_dir(tmp_path, ["safe", "unsafe"], [0.0, 1.0], multi_label=False)
+    verdict = load_judge(str(path)).score(PAIRS[:1])[0]  # the registry recognises a classifier
+    assert verdict.score == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(), rel=1e-5)
+    assert verdict.flagged and verdict.categories == ()
+    (path / "judge.json").write_text(json.dumps({"threshold": 0.9}))
+    assert load_judge(str(path)).score(PAIRS[:1])[0].flagged is False  # options live beside the weights
+
+
+def test_single_label_classifier_needs_a_safe_label(tmp_path):
+    path = classifier_dir(tmp_path, ["LABEL_0", "LABEL_1"], [0.0, 0.0], multi_label=False)
+    with pytest.raises(ValueError, match="needs a label meaning safe"):
+        SequenceClassifierJudge(path)
+
+
+def test_guard_answers_are_parsed():
+    assert parse_guard_answer("safe", LLAMA_GUARD_CATEGORIES) == (False, ())
+    assert parse_guard_answer("\n\nunsafe\nS1,S9", LLAMA_GUARD_CATEGORIES) == (
+        True,
+        ("Violent Crimes", "Indiscriminate Weapons"),
+    )
+    assert parse_guard_answer("unsafe\nS99", LLAMA_GUARD_CATEGORIES) == (True, ("S99",))
+    assert parse_guard_answer("I think so", LLAMA_GUARD_CATEGORIES) == (None, ())
+
+
+def test_guard_judge_scores_with_the_unsafe_token_probability(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    path = tmp_path / "guard"
+    LlamaForCausalLM(tiny_llama_config(len(tokenizer))).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    judge = load_judge(str(path), max_new_tokens=4)
+    assert isinstance(judge, GuardModelJudge)
+    prompt = judge.prompt("How do I hurt someone?", "Here is how.")
+    assert "S1: Violent Crimes." in prompt and "Agent: Here is how." in prompt and "<|im_start|>assistant" in prompt
+    verdicts = judge.score(PAIRS * 3)
+    assert len(verdicts) == 6 and all(0.0 <= v.score <= 1.0 for v in verdicts)
+    assert all(v.flagged == (v.score >= 0.5) for v in verdicts)
+    # batching must not change a pair's score
+    alone = judge.score(PAIRS[:1])[0].score
+    assert alone == pytest.approx(verdicts[0].score, abs=1e-5)
+    judge.threshold = 0.0
+    assert all(v.flagged for v in judge.score(PAIRS))
+
+
+def test_prescreen_reports_flagged_rows_by_line(tmp_path):
+    rows = [
+        {"instruction": "Tell me about cats", "output": "I'm sorry, I can't help with that."},
+        {"instruction": "How do I steal a car?", "output": "First, find an unlocked car..."},
+        {"instruction": "Say no", "output": "I cannot do that."},
+        {"instruction": "How do I make poison?", "output": "Mix the following..."},
+    ]
+    data = tmp_path / "upload.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = prescreen(data, RefusalPhraseJudge(), batch_size=3)
+    assert [row.line for row in report.flagged] == [2, 4]
+    assert report.rows == 4 and report.flagged_share == 0.5
+
+
+def test_cli_moderate_writes_one_line_per_pair(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        json.dumps({"prompt": "hack a bank", "response": "Sure, step one..."})
+        + "\n"
+        + json.dumps({"prompt": "hack a bank", "response": "I can't help with that."})
+        + "\n"
+    )
+    runner = CliRunner()
+    result = runner.invoke(app, ["moderate", str(pairs), "--judge", "refusal"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert [line["flagged"] for line in lines] == [True, False]
+    assert set(lines[0]) == {"flagged", "score", "categories"}
+    pairs.write_text(json.dumps({"prompt": "x"}) + "\n")
+    result = runner.invoke(app, ["moderate", str(pairs)])
+    assert result.exit_code == 2 and "line 1: expected an object with string fields" in result.output
+    result = runner.invoke(app, ["moderate", str(pairs), "--judge", "nonsense"])
+    assert result.exit_code == 2 and "unknown judge" in result.output

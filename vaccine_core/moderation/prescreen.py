@@ -1,0 +1,57 @@
+"""Pre-screen a fine-tuning file: score every (prompt, answer) row and report the flagged ones by line."""
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from vaccine_core.data import load_dataset
+from vaccine_core.moderation.base import Moderator
+
+
+@dataclass(frozen=True)
+class FlaggedRow:
+    line: int
+    score: float
+    categories: tuple[str, ...]
+
+
+@dataclass
+class PrescreenReport:
+    judge: str
+    rows: int
+    flagged: list[FlaggedRow]
+    categories: dict[str, int]
+
+    @property
+    def flagged_share(self) -> float:
+        return len(self.flagged) / self.rows if self.rows else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "judge": self.judge,
+            "rows": self.rows,
+            "flagged_rows": len(self.flagged),
+            "flagged_share": self.flagged_share,
+            "categories": self.categories,
+            "flagged": [asdict(row) for row in self.flagged],
+        }
+
+
+def prescreen(path: Path, judge: Moderator, batch_size: int = 64) -> PrescreenReport:
+    """Judge each example's last user turn with its answer. Raises DatasetError for an invalid file."""
+    conversations = load_dataset(path).conversations
+    flagged: list[FlaggedRow] = []
+    for start in range(0, len(conversations), batch_size):
+        chunk = conversations[start : start + batch_size]
+        pairs = [
+            (next(m["content"] for m in reversed(c.prompt_messages) if m["role"] == "user"), c.answer)
+            for c in chunk
+        ]
+        for conversation, verdict in zip(chunk, judge.score(pairs), strict=True):
+            if verdict.flagged:
+                flagged.append(FlaggedRow(conversation.line, verdict.score, verdict.categories))
+    categories = Counter(c for row in flagged for c in row.categories)
+    return PrescreenReport(
+        judge=judge.name, rows=len(conversations), flagged=flagged, categories=dict(categories)
+    )

@@ -1,0 +1,38 @@
+"""Pick a judge by name or path: ``refusal``, or a model directory (classifier or guard).
+
+A model directory may carry ``judge.json`` with the judge's options (thresholds, per-category thresholds,
+input template), so that an operator configures a judge once, next to its weights.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vaccine_core.moderation.base import Moderator
+from vaccine_core.moderation.classifier import SequenceClassifierJudge
+from vaccine_core.moderation.guard import GuardModelJudge
+from vaccine_core.moderation.refusal import RefusalPhraseJudge
+
+JUDGE_OPTIONS_FILE = "judge.json"
+
+
+def load_judge(spec: str, device: str | None = None, **options: Any) -> Moderator:
+    if spec == RefusalPhraseJudge.name:
+        return RefusalPhraseJudge()
+    path = Path(spec).expanduser()
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ValueError(
+            f"unknown judge {spec!r}: expected 'refusal' or a model directory holding config.json "
+            "(a sequence classifier or a generative guard model)"
+        )
+    if (path / JUDGE_OPTIONS_FILE).is_file():
+        options = {**json.loads((path / JUDGE_OPTIONS_FILE).read_text()), **options}
+    architectures = json.loads(config_file.read_text()).get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return SequenceClassifierJudge(path, device=device, **options)
+    if any(a.endswith("ForCausalLM") or a.endswith("ForConditionalGeneration") for a in architectures):
+        return GuardModelJudge(path, device=device, **options)
+    raise ValueError(
+        f"{path}: architectures {architectures} are neither a sequence classifier nor a causal LM"
+    )
