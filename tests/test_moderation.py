@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_llama_config
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast, LlamaForCausalLM
 from typer.testing import CliRunner
 
-from conftest import tiny_llama_config
 from vaccine_core.cli import app
 from vaccine_core.moderation import RefusalPhraseJudge, load_judge
 from vaccine_core.moderation.classifier import SequenceClassifierJudge
@@ -23,8 +23,13 @@ def classifier_dir(tmp_path, labels: list[str], bias: list[float], multi_label: 
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", ".", *WORDS]) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=str(vocab))
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
         problem_type="multi_label_classification" if multi_label else "single_label_classification",
     )
@@ -89,7 +94,11 @@ def test_guard_judge_scores_with_the_unsafe_token_probability(tmp_path, tokenize
     judge = load_judge(str(path), max_new_tokens=4)
     assert isinstance(judge, GuardModelJudge)
     prompt = judge.prompt("How do I hurt someone?", "Here is how.")
-    assert "S1: Violent Crimes." in prompt and "Agent: Here is how." in prompt and "<|im_start|>assistant" in prompt
+    assert (
+        "S1: Violent Crimes." in prompt
+        and "Agent: Here is how." in prompt
+        and "<|im_start|>assistant" in prompt
+    )
     verdicts = judge.score(PAIRS * 3)
     assert len(verdicts) == 6 and all(0.0 <= v.score <= 1.0 for v in verdicts)
     assert all(v.flagged == (v.score >= 0.5) for v in verdicts)
