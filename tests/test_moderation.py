@@ -19,9 +19,8 @@ WORDS = ["how", "do", "i", "hurt", "someone", "here", "is", "what", "the", "capi
 
 
 def classifier_dir(tmp_path, labels: list[str], bias: list[float], multi_label: bool):
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", ".", *WORDS]) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", ".", *WORDS]
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=16,
@@ -142,3 +141,24 @@ def test_cli_moderate_writes_one_line_per_pair(tmp_path):
     assert result.exit_code == 2 and "line 1: expected an object with string fields" in result.output
     result = runner.invoke(app, ["moderate", str(pairs), "--judge", "nonsense"])
     assert result.exit_code == 2 and "unknown judge" in result.output
+
+
+def test_learned_judge_trains_deterministically_and_learns(tmp_path):
+    from vaccine_core.moderation.dataset import LabelledPair
+    from vaccine_core.moderation.learned import JudgeTrainingConfig, LearnedJudge, train_judge
+    from vaccine_core.moderation.metrics import binary_metrics
+
+    encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False)  # any small BERT will do
+    harmful = [LabelledPair("how do i hurt someone ?", "here is how .", True, "Physical harm", "t")] * 8
+    safe = [LabelledPair("what is the capital of france ?", "paris .", False, None, "t")] * 8
+    config = JudgeTrainingConfig(epochs=80, batch_size=8, learning_rate=5e-3, max_length=32, warmup_ratio=0.0)
+    first = train_judge(harmful + safe, tmp_path / "j1", config, encoder=encoder)
+    second = train_judge(harmful + safe, tmp_path / "j2", config, encoder=encoder)
+    judge = load_judge(str(first))
+    assert isinstance(judge, LearnedJudge)
+    verdicts = judge.score(PAIRS)
+    assert [v.flagged for v in verdicts] == [True, False]
+    assert verdicts[0].categories == ("Physical harm",) and verdicts[1].categories == ()
+    again = LearnedJudge(second).score(PAIRS)
+    assert [v.score for v in again] == [v.score for v in verdicts]  # seeded: the same weights twice
+    assert binary_metrics([True, False, True], [True, False, False])["f1"] == pytest.approx(2 / 3)

@@ -31,6 +31,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Validate and prepare fine-tuning data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+moderation_app = typer.Typer(help="Train and evaluate the default harmfulness judge.", no_args_is_help=True)
+app.add_typer(moderation_app, name="moderation")
 
 
 # ------------------------------------------------------------------------------ shared training options
@@ -417,6 +419,46 @@ def prescreen(
     except (ValueError, DatasetError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(report.to_dict(), indent=2))
+
+
+@moderation_app.command("train")
+def moderation_train(
+    epochs: Annotated[int, typer.Option(help="Passes over the training pairs.")] = 2,
+    max_length: Annotated[int, typer.Option(help="Tokens of question and answer read together.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed for the head's initialisation and the data order.")] = 0,
+) -> None:
+    """Train the default judge (cross-encoder on the bundled MiniLM) once and cache it; print its path."""
+    from vaccine_core.moderation.learned import JudgeTrainingConfig, ensure_default_judge
+
+    _setup_logging()
+    config = JudgeTrainingConfig(epochs=epochs, max_length=max_length, seed=seed)
+    bar = ProgressBar("train judge")
+    try:
+        path = ensure_default_judge(get_settings().data_dir, config, on_progress=bar)
+    finally:
+        bar.close()
+    typer.echo(str(path))
+
+
+@moderation_app.command("evaluate")
+def moderation_evaluate(
+    judge: JudgeOption = "default",
+    out: Annotated[Path | None, typer.Option("--out", help="Write the JSON report here too.")] = None,
+    device: DeviceOption = None,
+) -> None:
+    """Score the held-out split (never trained on): accuracy, precision, recall, F1, confusion matrix,
+    category accuracy, and agreement with the refusal-phrase judge."""
+    from vaccine_core.moderation import RefusalPhraseJudge, load_judge
+    from vaccine_core.moderation.dataset import load_labelled_pairs, split
+    from vaccine_core.moderation.metrics import evaluate_judge
+
+    _setup_logging()
+    _train, held_out = split(load_labelled_pairs(get_settings().data_dir))
+    report = evaluate_judge(load_judge(judge, device), held_out, reference=RefusalPhraseJudge())
+    text = json.dumps(report, indent=2)
+    if out:
+        out.write_text(text + "\n")
+    typer.echo(text)
 
 
 @app.command()

