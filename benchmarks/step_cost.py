@@ -41,7 +41,7 @@ def worker(name: str, steps: int, batch_size: int, tokens: int, device: str | No
     target = pick_device(device)
     model = add_lora(load_causal_lm(base.path, target), LoraSettings(r=8, alpha=4, dropout=0.1))
     conversations = load_dataset(
-        get_settings().data_dir / "alignment/safe_refusals.jsonl", limit=400
+        get_settings().data_dir / "alignment/safe_refusals.jsonl", limit=2000
     ).conversations
     dataset = SupervisedDataset(conversations, tokenizer, max_length=tokens)
     dataset.examples = [e for e in dataset.examples if len(e.input_ids) == tokens][: batch_size * steps]
@@ -135,7 +135,10 @@ def main() -> None:
         ]
         if args.device:
             command += ["--device", args.device]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
+        output = done.stdout
         runs[name] = json.loads(output.strip().splitlines()[-1])
         print(
             f"{name:15s} {runs[name]['seconds_per_step']:8.3f} s/step  "

@@ -1,0 +1,58 @@
+"""Throughput of the default judge: (question, answer) pairs scored per second at batch size 32.
+
+Pairs are the held-out moderation pairs (real lengths, up to the judge's max_length tokens), scored once
+as a warm-up and then timed over ``--repeats`` passes.
+
+    .venv/bin/python benchmarks/judge_speed.py      # writes benchmarks/results/judge_speed-<machine>.json
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine_info, provenance  # noqa: E402
+
+from vaccine_core.moderation.dataset import load_labelled_pairs, split  # noqa: E402
+from vaccine_core.moderation.learned import LearnedJudge, ensure_default_judge  # noqa: E402
+from vaccine_core.settings import get_settings  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args()
+
+    judge = LearnedJudge(ensure_default_judge(), batch_size=args.batch_size, device=args.device)
+    _train, held_out = split(load_labelled_pairs(get_settings().data_dir))
+    pairs = [(p.question, p.answer) for p in held_out[: args.pairs]]
+    judge.score(pairs[: args.batch_size])  # warm-up
+    started = time.perf_counter()
+    for _ in range(args.repeats):
+        judge.score(pairs)
+    seconds = time.perf_counter() - started
+    rate = len(pairs) * args.repeats / seconds
+    info = machine_info(gpu=args.device is not None and args.device.startswith("cuda"))
+    result = {
+        "benchmark": "judge_speed",
+        **provenance("benchmarks/judge_speed.py"),
+        "machine": info,
+        "setup": {"pairs": len(pairs), "batch_size": args.batch_size, "repeats": args.repeats,
+                  "max_length": judge.max_length, "judge": str(judge.path)},
+        "pairs_per_second": rate,
+        "target_pairs_per_second": 50,
+    }
+    print(f"{rate:.1f} pairs/s at batch {args.batch_size} ({len(pairs)} pairs x {args.repeats})")
+    label = "gpu" if "gpu" in info else f"cpu-{info['cpu_count']}cores"
+    out = Path(__file__).parent / "results" / f"judge_speed-{label}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
