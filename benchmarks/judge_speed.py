@@ -13,15 +13,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance  # noqa: E402
+from common import machine_info, provenance
 
-from vaccine_core.moderation.dataset import load_labelled_pairs, split  # noqa: E402
-from vaccine_core.moderation.learned import LearnedJudge, ensure_default_judge  # noqa: E402
-from vaccine_core.settings import get_settings  # noqa: E402
+from vaccine_core.moderation.dataset import load_labelled_pairs, split
+from vaccine_core.moderation.learned import LearnedJudge, ensure_default_judge
+from vaccine_core.settings import get_settings
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
@@ -42,8 +44,13 @@ def main() -> None:
         "benchmark": "judge_speed",
         **provenance("benchmarks/judge_speed.py"),
         "machine": info,
-        "setup": {"pairs": len(pairs), "batch_size": args.batch_size, "repeats": args.repeats,
-                  "max_length": judge.max_length, "judge": str(judge.path)},
+        "setup": {
+            "pairs": len(pairs),
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "max_length": judge.max_length,
+            "judge": str(judge.path),
+        },
         "pairs_per_second": rate,
         "target_pairs_per_second": 50,
     }

@@ -14,16 +14,18 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance  # noqa: E402
+from common import machine_info, provenance
 
-from vaccine_core.mixing import build_mix, write_rows  # noqa: E402
-from vaccine_core.moderation import load_judge  # noqa: E402
-from vaccine_core.moderation.prescreen import prescreen  # noqa: E402
-from vaccine_core.settings import get_settings  # noqa: E402
+from vaccine_core.mixing import build_mix, write_rows
+from vaccine_core.moderation import load_judge
+from vaccine_core.moderation.prescreen import prescreen
+from vaccine_core.settings import get_settings
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--judge", default="default")
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--harmful-fraction", type=float, default=0.1)

@@ -12,14 +12,14 @@ amortised cost, one refresh (a tau=1 step) per 100 steps: (t_vaccine + 99 * t_re
 import argparse
 import itertools
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine_info, provenance
 
 CONFIGS = {"sft": ("sft", 1), "vaccine_tau1": ("vaccine", 1), "vaccine_tau100": ("vaccine", 100)}
 RESULTS = Path(__file__).parent / "results"
@@ -79,22 +79,6 @@ def worker(name: str, steps: int, batch_size: int, tokens: int, device: str | No
         "step_seconds": timed,
         "peak_mib": peak,
     }
-
-
-def machine(device: str | None) -> dict:
-    import torch
-
-    info = {
-        "host": platform.node(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    if (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def main() -> None:
@@ -160,11 +144,14 @@ def main() -> None:
     }
     for key, value in ratios.items():
         print(f"{key:32s} {value:6.3f}x SFT")
-    info = machine(args.device)
+    import torch
+
+    info = machine_info(
+        gpu=(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    )
     result = {
         "benchmark": "step_cost",
-        "command": "python benchmarks/step_cost.py " + " ".join(sys.argv[1:]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **provenance("benchmarks/step_cost.py"),
         "machine": info,
         "setup": {
             "model": "default (SmolLM2-135M-Instruct)",
