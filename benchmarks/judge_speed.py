@@ -30,15 +30,23 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
 
-    judge = LearnedJudge(ensure_default_judge(), batch_size=args.batch_size, device=args.device)
     _train, held_out = split(load_labelled_pairs(get_settings().data_dir))
     pairs = [(p.question, p.answer) for p in held_out[: args.pairs]]
-    judge.score(pairs[: args.batch_size])  # warm-up
-    started = time.perf_counter()
-    for _ in range(args.repeats):
-        judge.score(pairs)
-    seconds = time.perf_counter() - started
-    rate = len(pairs) * args.repeats / seconds
+    rates = {}
+    for quantize in (False, True):
+        judge = LearnedJudge(
+            ensure_default_judge(), batch_size=args.batch_size, device=args.device, quantize=quantize
+        )
+        judge.score(pairs[: args.batch_size])  # warm-up
+        started = time.perf_counter()
+        for _ in range(args.repeats):
+            judge.score(pairs)
+        name = "int8_dynamic" if judge.quantized else "float32"
+        rates[name] = len(pairs) * args.repeats / (time.perf_counter() - started)
+        print(
+            f"{name:13s} {rates[name]:6.1f} pairs/s at batch {args.batch_size} "
+            f"({len(pairs)} pairs x {args.repeats})"
+        )
     info = machine_info(gpu=args.device is not None and args.device.startswith("cuda"))
     result = {
         "benchmark": "judge_speed",
@@ -51,10 +59,9 @@ def main() -> None:
             "max_length": judge.max_length,
             "judge": str(judge.path),
         },
-        "pairs_per_second": rate,
+        "pairs_per_second": rates,
         "target_pairs_per_second": 50,
     }
-    print(f"{rate:.1f} pairs/s at batch {args.batch_size} ({len(pairs)} pairs x {args.repeats})")
     label = "gpu" if "gpu" in info else f"cpu-{info['cpu_count']}cores"
     out = Path(__file__).parent / "results" / f"judge_speed-{label}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

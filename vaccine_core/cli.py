@@ -444,6 +444,9 @@ def moderation_train(
 def moderation_evaluate(
     judge: JudgeOption = "default",
     out: Annotated[Path | None, typer.Option("--out", help="Write the JSON report here too.")] = None,
+    quantize: Annotated[
+        bool, typer.Option(help="Score with int8 dynamic quantisation (default judge on a CPU).")
+    ] = False,
     device: DeviceOption = None,
 ) -> None:
     """Score the held-out split (never trained on): accuracy, precision, recall, F1, confusion matrix,
@@ -454,7 +457,8 @@ def moderation_evaluate(
 
     _setup_logging()
     _train, held_out = split(load_labelled_pairs(get_settings().data_dir))
-    report = evaluate_judge(load_judge(judge, device), held_out, reference=RefusalPhraseJudge())
+    options = {"quantize": True} if quantize else {}
+    report = evaluate_judge(load_judge(judge, device, **options), held_out, reference=RefusalPhraseJudge())
     text = json.dumps(report, indent=2)
     if out:
         out.write_text(text + "\n")
