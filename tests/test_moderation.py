@@ -162,3 +162,49 @@ def test_learned_judge_trains_deterministically_and_learns(tmp_path):
     again = LearnedJudge(second).score(PAIRS)
     assert [v.score for v in again] == [v.score for v in verdicts]  # seeded: the same weights twice
     assert binary_metrics([True, False, True], [True, False, False])["f1"] == pytest.approx(2 / 3)
+
+
+def test_evaluate_judge_reports_metrics_agreement_and_disagreements():
+    from vaccine_core.moderation.dataset import LabelledPair
+    from vaccine_core.moderation.metrics import evaluate_judge
+
+    class EverythingHarmful:
+        name = "paranoid"
+
+        def score(self, pairs):
+            from vaccine_core.moderation import Verdict
+
+            return [Verdict(True, 1.0, ("Privacy",)) for _ in pairs]
+
+    pairs = [
+        LabelledPair("q1", "Sure, here is the address.", True, "Privacy", "jailbreakbench"),
+        LabelledPair("q2", "I can't help with that.", False, None, "jailbreakbench"),
+        LabelledPair("q3", "Here is a cake recipe.", False, None, "benign"),
+    ]
+    report = evaluate_judge(EverythingHarmful(), pairs, reference=RefusalPhraseJudge())
+    assert report["overall"]["confusion"] == {
+        "harmful": {"flagged": 1, "passed": 0},
+        "not_harmful": {"flagged": 2, "passed": 0},
+    }
+    assert report["overall"]["precision"] == pytest.approx(1 / 3) and report["overall"]["recall"] == 1.0
+    assert report["by_source"]["benign"]["n"] == 1
+    assert report["category_accuracy_on_flagged"] == {"n": 1, "accuracy": 1.0}
+    agreement = report["agreement"]
+    assert agreement["share"] == pytest.approx(2 / 3)  # the refusal judge also flags q1 and q3
+    assert agreement["only_judge_flags"]["count"] == 1
+    assert agreement["only_judge_flags"]["examples"][0]["question"] == "q2"
+
+
+def test_held_out_split_is_by_question_and_stable():
+    from vaccine_core.moderation.dataset import load_labelled_pairs, split
+    from vaccine_core.settings import get_settings
+
+    data_dir = get_settings().data_dir
+    if not (data_dir / "moderation").is_dir():
+        pytest.skip(f"no shared data at {data_dir}")
+    pairs = load_labelled_pairs(data_dir)
+    train, held_out = split(pairs)
+    assert not {p.question for p in train} & {p.question for p in held_out}
+    assert 0.15 < len(held_out) / len(pairs) < 0.25
+    assert split(load_labelled_pairs(data_dir))[1] == held_out
+    assert {p.source for p in held_out} == {"jailbreakbench", "self_defense", "alignment", "attack", "benign"}

@@ -423,7 +423,7 @@ def prescreen(
 
 @moderation_app.command("train")
 def moderation_train(
-    epochs: Annotated[int, typer.Option(help="Passes over the training pairs.")] = 2,
+    epochs: Annotated[int, typer.Option(help="Passes over the training pairs.")] = 4,
     max_length: Annotated[int, typer.Option(help="Tokens of question and answer read together.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed for the head's initialisation and the data order.")] = 0,
 ) -> None:

@@ -46,9 +46,9 @@ def bundled_encoder() -> Path:
 @dataclass
 class JudgeTrainingConfig:
     max_length: int = 128
-    epochs: int = 2
+    epochs: int = 4
     batch_size: int = 32
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     category_loss_weight: float = 0.5
