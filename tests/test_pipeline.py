@@ -167,6 +167,8 @@ def test_the_cli_aligns_finetunes_and_evaluates(tiny_model_dir, alpaca_file, tmp
             str(prompts),
             "--max-new-tokens",
             "4",
+            "--harmless-prompts",
+            str(prompts),
             "--drift-data",
             str(alpaca_file),
             "--out",
@@ -176,6 +178,9 @@ def test_the_cli_aligns_finetunes_and_evaluates(tiny_model_dir, alpaca_file, tmp
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["harmful"]["total"] == 3 and summary["embedding_drift"] > 0
+    assert summary["over_refusal"]["total"] == 3
+    # the refusal judge flags exactly the answers that the refusal rule does not call refusals
+    assert summary["over_refusal"]["refused"] == 3 - summary["harmful"]["flagged"]
     assert len((tmp_path / "eval" / "answers.jsonl").read_text().splitlines()) == 3
 
 

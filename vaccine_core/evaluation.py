@@ -21,7 +21,7 @@ from vaccine_core.data import (
     tokenize_conversation,
 )
 from vaccine_core.generation import DEFAULT_MAX_NEW_TOKENS, generate
-from vaccine_core.moderation import Moderator
+from vaccine_core.moderation import Moderator, is_refusal
 from vaccine_core.tasks import Task
 
 BatchCallback = Callable[[int], None]
@@ -108,6 +108,38 @@ def harmful_score(
         categories=dict(categories),
         items=items,
     )
+
+
+@dataclass
+class RefusalReport:
+    refusal_rate: float  # share of prompts refused, by the refusal-phrase rule
+    refused: int
+    total: int
+    items: list[dict[str, Any]]
+
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "items"}
+
+
+def refusal_rate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[list[Message]],
+    *,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batch_size: int = 16,
+    on_batch: BatchCallback | None = None,
+) -> RefusalReport:
+    """How often the model refuses: on harmless prompts this is over-refusal, the price of alignment."""
+    answers = generate(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch
+    )
+    items = [
+        {"prompt": p[-1]["content"], "answer": a, "refused": is_refusal(a)}
+        for p, a in zip(prompts, answers, strict=True)
+    ]
+    refused = sum(item["refused"] for item in items)
+    return RefusalReport(refused / len(items) if items else 0.0, refused, len(items), items)
 
 
 @dataclass

@@ -1,0 +1,115 @@
+"""Moderation commands: judge pairs, pre-screen a file, train and evaluate the default judge."""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vaccine_core.cli import app, moderation_app
+from vaccine_core.cli.common import DeviceOption, JudgeOption, fail, setup_logging
+from vaccine_core.data import DatasetError
+from vaccine_core.progress import ProgressBar
+from vaccine_core.settings import get_settings
+
+
+@app.command()
+def moderate(
+    file: Annotated[Path, typer.Argument(help="JSON Lines with 'prompt' and 'response' fields.")],
+    judge: JudgeOption = "refusal",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the verdicts here instead of stdout.")
+    ] = None,
+    device: DeviceOption = None,
+) -> None:
+    """Judge (prompt, response) pairs: one JSON line per input with flagged, score and categories."""
+    from vaccine_core.data import read_rows
+    from vaccine_core.moderation import load_judge
+
+    try:
+        rows = read_rows(file)
+        moderator = load_judge(judge, device)
+    except (ValueError, DatasetError) as exc:
+        fail(str(exc))
+    pairs = []
+    for line, row in rows:
+        if not (
+            isinstance(row, dict)
+            and isinstance(row.get("prompt"), str)
+            and isinstance(row.get("response"), str)
+        ):
+            fail(f"line {line}: expected an object with string fields 'prompt' and 'response'")
+        pairs.append((row["prompt"], row["response"]))
+    verdicts = moderator.score(pairs)
+    lines = [
+        json.dumps({"flagged": v.flagged, "score": round(v.score, 6), "categories": list(v.categories)})
+        for v in verdicts
+    ]
+    text = "\n".join(lines) + "\n"
+    if out:
+        out.write_text(text)
+    else:
+        typer.echo(text, nl=False)
+
+
+@app.command()
+def prescreen(
+    file: Annotated[
+        Path, typer.Argument(help="A fine-tuning file (alpaca, chat or prompt/completion rows).")
+    ],
+    judge: JudgeOption = "refusal",
+    device: DeviceOption = None,
+) -> None:
+    """Score every row of a fine-tuning file; report flagged rows by line, their share and categories."""
+    from vaccine_core.moderation import load_judge
+    from vaccine_core.moderation.prescreen import prescreen as run_prescreen
+
+    try:
+        report = run_prescreen(file, load_judge(judge, device))
+    except (ValueError, DatasetError) as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(report.to_dict(), indent=2))
+
+
+@moderation_app.command("train")
+def moderation_train(
+    epochs: Annotated[int, typer.Option(help="Passes over the training pairs.")] = 4,
+    max_length: Annotated[int, typer.Option(help="Tokens of question and answer read together.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed for the head's initialisation and the data order.")] = 0,
+) -> None:
+    """Train the default judge (cross-encoder on the bundled MiniLM) once and cache it; print its path."""
+    from vaccine_core.moderation.learned import JudgeTrainingConfig, ensure_default_judge
+
+    setup_logging()
+    config = JudgeTrainingConfig(epochs=epochs, max_length=max_length, seed=seed)
+    bar = ProgressBar("train judge")
+    try:
+        path = ensure_default_judge(get_settings().data_dir, config, on_progress=bar)
+    finally:
+        bar.close()
+    typer.echo(str(path))
+
+
+@moderation_app.command("evaluate")
+def moderation_evaluate(
+    judge: JudgeOption = "default",
+    out: Annotated[Path | None, typer.Option("--out", help="Write the JSON report here too.")] = None,
+    quantize: Annotated[
+        bool, typer.Option(help="Score with int8 dynamic quantisation (default judge on a CPU).")
+    ] = False,
+    device: DeviceOption = None,
+) -> None:
+    """Score the held-out split (never trained on): accuracy, precision, recall, F1, confusion matrix,
+    category accuracy, and agreement with the refusal-phrase judge."""
+    from vaccine_core.moderation import RefusalPhraseJudge, load_judge
+    from vaccine_core.moderation.dataset import load_labelled_pairs, split
+    from vaccine_core.moderation.metrics import evaluate_judge
+
+    setup_logging()
+    _train, held_out = split(load_labelled_pairs(get_settings().data_dir))
+    options = {"quantize": True} if quantize else {}
+    report = evaluate_judge(load_judge(judge, device, **options), held_out, reference=RefusalPhraseJudge())
+    text = json.dumps(report, indent=2)
+    if out:
+        out.write_text(text + "\n")
+    typer.echo(text)
