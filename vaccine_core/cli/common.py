@@ -12,6 +12,8 @@ from typing import Annotated, Any
 import typer
 
 from vaccine_core.config import ALL_LINEAR, LoraSettings, TrainingConfig
+from vaccine_core.data import DatasetError
+from vaccine_core.progress import ProgressBar
 
 # ------------------------------------------------------------------------------ shared training options
 
@@ -120,7 +122,15 @@ DeviceOption = Annotated[
 ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")]
 
 
-def print_result(result: Any) -> None:
+def run_with_progress(description: str, run: Callable[[ProgressBar], Any]) -> None:
+    """Run an alignment or fine-tuning job behind a progress bar; print its metrics, or how to resume."""
+    bar = ProgressBar(description)
+    try:
+        result = run(bar)
+    except DatasetError as exc:
+        fail(str(exc))
+    finally:
+        bar.close()
     if result.manifest is None:
         typer.echo(
             f"stopped at step {result.train.steps}; resume with --resume "

@@ -15,13 +15,11 @@ from vaccine_core.cli.common import (
     OutOption,
     ResumeOption,
     fail,
-    print_result,
+    run_with_progress,
     setup_logging,
     training_options,
 )
 from vaccine_core.config import PerturbationConfig, TrainingConfig, alignment_defaults, finetune_defaults
-from vaccine_core.data import DatasetError
-from vaccine_core.progress import ProgressBar
 from vaccine_core.settings import get_settings
 
 
@@ -64,16 +62,12 @@ def align(
         perturbation = PerturbationConfig(method=method, rho=rho, tau=tau)  # type: ignore[arg-type]
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    bar = ProgressBar(f"align ({method})")
-    try:
-        result = run_align(
+    run_with_progress(
+        f"align ({method})",
+        lambda bar: run_align(
             model, data, out, perturbation, config, limit=limit, device=device, resume=resume, on_progress=bar
-        )
-    except DatasetError as exc:
-        fail(str(exc))
-    finally:
-        bar.close()
-    print_result(result)
+        ),
+    )
 
 
 @app.command()
@@ -96,16 +90,12 @@ def finetune(
     from vaccine_core.finetune import finetune as run_finetune
 
     setup_logging()
-    bar = ProgressBar("finetune")
-    try:
-        result = run_finetune(
+    run_with_progress(
+        "finetune",
+        lambda bar: run_finetune(
             base, data, out, config, limit=limit, device=device, resume=resume, on_progress=bar
-        )
-    except DatasetError as exc:
-        fail(str(exc))
-    finally:
-        bar.close()
-    print_result(result)
+        ),
+    )
 
 
 @app.command()
