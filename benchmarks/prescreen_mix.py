@@ -18,6 +18,7 @@ from common import machine_info, provenance
 
 from vaccine_core.mixing import build_mix, write_rows
 from vaccine_core.moderation import load_judge
+from vaccine_core.moderation.dataset import LabelledPair, alpaca_question
 from vaccine_core.moderation.prescreen import prescreen
 from vaccine_core.settings import get_settings
 
@@ -40,6 +41,13 @@ def main() -> None:
         report = prescreen(path, load_judge(args.judge))
     flagged = {row.line for row in report.flagged}
     found = flagged & harmful_lines
+    # The default judge trained on the attack set's train split: recall on its held-out questions is the
+    # figure that says how it does on harmful rows it never saw.
+    unseen = {
+        i + 1
+        for i, row in enumerate(rows)
+        if row["harmful"] and LabelledPair(alpaca_question(row), row["output"], True, None, "attack").held_out
+    }
     result = {
         "benchmark": "prescreen_mix",
         **provenance("benchmarks/prescreen_mix.py"),
@@ -50,6 +58,8 @@ def main() -> None:
         "recall": len(found) / len(harmful_lines) if harmful_lines else None,
         "precision": len(found) / len(flagged) if flagged else None,
         "benign_rows_flagged": len(flagged - harmful_lines),
+        "unseen_harmful_rows": len(unseen),
+        "recall_on_unseen_harmful": len(flagged & unseen) / len(unseen) if unseen else None,
         "missed_lines": sorted(harmful_lines - flagged),
         "wrongly_flagged_lines": sorted(flagged - harmful_lines),
         "categories": report.categories,

@@ -1,6 +1,7 @@
 """Moderation commands: judge pairs, pre-screen a file, train and evaluate the default judge."""
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -95,8 +96,9 @@ def moderation_evaluate(
     judge: JudgeOption = "default",
     out: Annotated[Path | None, typer.Option("--out", help="Write the JSON report here too.")] = None,
     quantize: Annotated[
-        bool, typer.Option(help="Score with int8 dynamic quantisation (default judge on a CPU).")
-    ] = False,
+        bool | None,
+        typer.Option(help="int8 dynamic quantisation of the default judge (default: on for a CPU)."),
+    ] = None,
     device: DeviceOption = None,
 ) -> None:
     """Score the held-out split (never trained on): accuracy, precision, recall, F1, confusion matrix,
@@ -107,8 +109,14 @@ def moderation_evaluate(
 
     setup_logging()
     _train, held_out = split(load_labelled_pairs(get_settings().data_dir))
-    options = {"quantize": True} if quantize else {}
-    report = evaluate_judge(load_judge(judge, device, **options), held_out, reference=RefusalPhraseJudge())
+    options = {} if quantize is None else {"quantize": quantize}
+    moderator = load_judge(judge, device, **options)
+    report = {
+        "command": "vaccine " + " ".join(sys.argv[1:]),
+        "judge_path": str(getattr(moderator, "path", judge)),
+        "quantized": getattr(moderator, "quantized", False),
+        **evaluate_judge(moderator, held_out, reference=RefusalPhraseJudge()),
+    }
     text = json.dumps(report, indent=2)
     if out:
         out.write_text(text + "\n")

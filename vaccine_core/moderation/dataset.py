@@ -65,7 +65,7 @@ def _jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def _instruction(row: dict) -> str:
+def alpaca_question(row: dict) -> str:
     extra = row.get("input") or ""
     return f"{row['instruction']}\n\n{extra}" if extra.strip() else row["instruction"]
 
@@ -87,13 +87,13 @@ def load_labelled_pairs(data_dir: Path, seed: int = 0) -> list[LabelledPair]:
         for r in _jsonl(data_dir / SOURCE_FILES[1])
     ]
     refusals = rng.sample(_jsonl(data_dir / SOURCE_FILES[2]), EXTRA_SAFE_REFUSALS)
-    pairs += [LabelledPair(_instruction(r), r["output"], False, None, "alignment") for r in refusals]
+    pairs += [LabelledPair(alpaca_question(r), r["output"], False, None, "alignment") for r in refusals]
     pairs += [
-        LabelledPair(_instruction(r), r["output"], True, None, "attack")
+        LabelledPair(alpaca_question(r), r["output"], True, None, "attack")
         for r in _jsonl(data_dir / SOURCE_FILES[3])
     ]
     benign = rng.sample(_jsonl(data_dir / SOURCE_FILES[4]), EXTRA_BENIGN)
-    pairs += [LabelledPair(_instruction(r), r["output"], False, None, "benign") for r in benign]
+    pairs += [LabelledPair(alpaca_question(r), r["output"], False, None, "benign") for r in benign]
     return pairs
 
 

@@ -67,7 +67,7 @@ class LearnedJudge:
         threshold: float | None = None,
         batch_size: int = 32,
         device: str | None = None,
-        quantize: bool = False,
+        quantize: bool | None = None,
     ):
         self.path = Path(path)
         options = json.loads((self.path / OPTIONS_FILE).read_text())
@@ -81,9 +81,10 @@ class LearnedJudge:
         self.device = pick_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
         self.model = BertForSequenceClassification.from_pretrained(str(self.path)).to(self.device).eval()
-        self.quantized = quantize and self.device.type == "cpu"
+        # On a CPU, by default: int8 weights for the linear layers, activations quantised on the fly. It
+        # scores ~1.45x faster here at the same held-out F1 (benchmarks/judge_speed.py, moderation evaluate).
+        self.quantized = (quantize is None or quantize) and self.device.type == "cpu"
         if self.quantized:
-            # int8 weights for the linear layers, activations quantised on the fly: faster CPU inference
             from torch.ao.quantization import quantize_dynamic
 
             self.model = quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
