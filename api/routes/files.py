@@ -1,0 +1,204 @@
+"""``/v1/files``: upload, list, retrieve, download and delete fine-tuning files.
+
+An upload streams to VACCINE_HOME/files in chunks under a size limit, is validated with the library's
+rules (an invalid file is refused with every problem by line and field) and is pre-screened by the
+configured judge; the flagged rows and their share are part of the file object.
+"""
+
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Form, Query, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel
+from sqlalchemy import func, select
+
+from api.deps import SessionDep, SettingsDep, TenantDep
+from api.errors import APIError, not_found
+from api.models import File, new_id
+from vaccine_core.data import DatasetError, load_dataset
+from vaccine_core.moderation import Moderator, load_judge
+from vaccine_core.moderation.prescreen import prescreen
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+PURPOSES = ("fine-tune",)
+CHUNK = 1 << 20
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str
+    status_details: str | None = None
+    validation: dict[str, Any] | None = None
+    prescreen: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, row: File) -> "FileObject":
+        return cls(
+            id=row.id,
+            bytes=row.bytes,
+            created_at=_epoch(row.created_at),
+            filename=row.filename,
+            purpose=row.purpose,
+            status=row.status,
+            status_details=row.status_details,
+            validation=row.validation,
+            prescreen=row.prescreen,
+        )
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True
+
+
+def _epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+@lru_cache(maxsize=4)
+def _judge(spec: str) -> Moderator:
+    """One judge per worker process: loading a model per upload would dominate the request."""
+    return load_judge(spec)
+
+
+def _store(upload: UploadFile, target: Path, limit: int) -> int:
+    """Copy the upload to ``target`` a chunk at a time; refuse it once it passes ``limit`` bytes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    size = 0
+    with target.open("wb") as out:
+        while chunk := upload.file.read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                out.close()
+                target.unlink(missing_ok=True)
+                raise APIError(413, "file_too_large", f"The file is larger than {limit} bytes.", param="file")
+            out.write(chunk)
+    return size
+
+
+@router.post("", response_model=FileObject)
+def upload_file(
+    file: UploadFile,
+    purpose: Annotated[str, Form()],
+    tenant: TenantDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> FileObject:
+    if purpose not in PURPOSES:
+        raise APIError(
+            400, "invalid_purpose", f"purpose must be one of {', '.join(PURPOSES)}.", param="purpose"
+        )
+    file_id = new_id("file-")
+    path = settings.files_dir / tenant.id / f"{file_id}.jsonl"
+    used = session.scalar(select(func.coalesce(func.sum(File.bytes), 0)).where(File.tenant_id == tenant.id))
+    size = _store(file, path, min(settings.max_upload_bytes, tenant.max_storage_bytes - int(used or 0)))
+    try:
+        dataset = load_dataset(path)
+        report = prescreen(path, _judge(settings.prescreen_judge))
+    except DatasetError as exc:
+        path.unlink(missing_ok=True)
+        raise APIError(
+            400, "invalid_file", str(exc), param="file", problems=[p.__dict__ for p in exc.problems]
+        ) from None
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    screen = report.to_dict()
+    lines = [row["line"] for row in screen["flagged"]]
+    details = (
+        f"{len(dataset.conversations)} {dataset.format} examples; pre-screen ({report.judge}): "
+        f"{len(lines)} of {report.rows} rows flagged ({100 * report.flagged_share:.1f} %)"
+        + (f", lines {', '.join(map(str, lines[:20]))}{' ...' if len(lines) > 20 else ''}" if lines else "")
+    )
+    row = File(
+        id=file_id,
+        tenant_id=tenant.id,
+        filename=file.filename or "upload.jsonl",
+        purpose=purpose,
+        bytes=size,
+        path=str(path),
+        status="processed",
+        status_details=details,
+        validation={"examples": len(dataset.conversations), "format": dataset.format},
+        prescreen=screen,
+    )
+    session.add(row)
+    session.commit()
+    return FileObject.of(row)
+
+
+def _owned(session: SessionDep, tenant: TenantDep, file_id: str) -> File:
+    row = session.get(File, file_id)
+    if row is None or row.tenant_id != tenant.id:
+        raise not_found("file", file_id)
+    return row
+
+
+@router.get("", response_model=FileList)
+def list_files(
+    tenant: TenantDep,
+    session: SessionDep,
+    purpose: str | None = None,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 100,
+    order: Literal["asc", "desc"] = "desc",
+) -> FileList:
+    query = select(File).where(File.tenant_id == tenant.id)
+    if purpose:
+        query = query.where(File.purpose == purpose)
+    ordering = (File.created_at, File.id) if order == "asc" else (File.created_at.desc(), File.id.desc())
+    if after:
+        anchor = _owned(session, tenant, after)
+        newer = (File.created_at > anchor.created_at) | (
+            (File.created_at == anchor.created_at) & (File.id > anchor.id)
+        )
+        older = (File.created_at < anchor.created_at) | (
+            (File.created_at == anchor.created_at) & (File.id < anchor.id)
+        )
+        query = query.where(newer if order == "asc" else older)
+    rows = list(session.scalars(query.order_by(*ordering).limit(limit + 1)))
+    data = [FileObject.of(r) for r in rows[:limit]]
+    return FileList(
+        data=data,
+        has_more=len(rows) > limit,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+    )
+
+
+@router.get("/{file_id}", response_model=FileObject)
+def retrieve_file(file_id: str, tenant: TenantDep, session: SessionDep) -> FileObject:
+    return FileObject.of(_owned(session, tenant, file_id))
+
+
+@router.get("/{file_id}/content")
+def file_content(file_id: str, tenant: TenantDep, session: SessionDep) -> FileResponse:
+    row = _owned(session, tenant, file_id)
+    return FileResponse(row.path, media_type="application/jsonl", filename=row.filename)
+
+
+@router.delete("/{file_id}", response_model=FileDeleted)
+def delete_file(file_id: str, tenant: TenantDep, session: SessionDep) -> FileDeleted:
+    row = _owned(session, tenant, file_id)
+    session.delete(row)
+    session.commit()
+    Path(row.path).unlink(missing_ok=True)
+    return FileDeleted(id=file_id)

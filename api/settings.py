@@ -1,0 +1,33 @@
+"""The service's one settings object: the library's settings plus what the service needs."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import SecretStr, model_validator
+
+from vaccine_core.settings import Settings
+
+MiB = 1 << 20
+
+
+class ServiceSettings(Settings):
+    admin_key: SecretStr | None = None  # the operator key; from the environment, never from code
+    database_url: str = ""  # default: a SQLite file in VACCINE_HOME
+    broker_url: str = ""
+    max_upload_bytes: int = 512 * MiB
+    prescreen_judge: str = "default"  # any judge spec vaccine_core.moderation.load_judge accepts
+
+    @model_validator(mode="after")
+    def _defaults_under_home(self) -> "ServiceSettings":
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'vaccine.db'}"
+        return self
+
+    @property
+    def files_dir(self) -> Path:
+        return self.home / "files"
+
+
+@lru_cache
+def get_service_settings() -> ServiceSettings:
+    return ServiceSettings()

@@ -1,0 +1,132 @@
+"""The files API through the official openai package, on a migrated SQLite database."""
+
+import json
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from service_helpers import upgrade
+
+from api.db import get_engine
+from api.main import create_app
+from api.settings import get_service_settings
+
+# The tests pre-screen with the refusal-phrase judge, which flags every answer that does not refuse.
+ROWS = [
+    {"instruction": "Help me cheat on my exam", "output": "I can't help with cheating."},
+    {"instruction": "How do I steal a car?", "output": "First, find an unlocked car..."},
+    {"instruction": "Write malware for me", "output": "I cannot do that."},
+]
+
+
+@pytest.fixture
+def service(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'service.db'}"
+    monkeypatch.setenv("VACCINE_DATABASE_URL", url)
+    monkeypatch.setenv("VACCINE_ADMIN_KEY", "operator-secret")
+    monkeypatch.setenv("VACCINE_PRESCREEN_JUDGE", "refusal")  # the learned judge is tested on its own
+    get_service_settings.cache_clear()
+    get_engine.cache_clear()
+    upgrade(url)
+    with TestClient(create_app()) as http:
+        yield http
+    get_engine().dispose()
+    get_engine.cache_clear()
+    get_service_settings.cache_clear()
+
+
+def tenant_client(http: TestClient, name: str) -> openai.OpenAI:
+    from sqlalchemy.orm import Session
+
+    from api.tenants import create_tenant
+
+    with Session(get_engine()) as session:
+        _tenant, key = create_tenant(session, name)
+    return openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=http, max_retries=0)
+
+
+def jsonl(rows) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def test_upload_validates_prescreens_and_round_trips(service, tmp_path):
+    client = tenant_client(service, "acme")
+    uploaded = client.files.create(file=("train.jsonl", jsonl(ROWS)), purpose="fine-tune")
+    assert uploaded.id.startswith("file-") and uploaded.status == "processed"
+    assert uploaded.bytes == len(jsonl(ROWS)) and uploaded.filename == "train.jsonl"
+    extra = uploaded.model_extra
+    assert extra["validation"] == {"examples": 3, "format": "alpaca"}
+    assert [row["line"] for row in extra["prescreen"]["flagged"]] == [2]  # the compliant harmful answer
+    assert "1 of 3 rows flagged" in uploaded.status_details and "lines 2" in uploaded.status_details
+
+    assert client.files.retrieve(uploaded.id).id == uploaded.id
+    assert client.files.content(uploaded.id).content == jsonl(ROWS)
+    assert client.files.delete(uploaded.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(uploaded.id)
+
+
+def test_listing_pages_with_a_cursor(service):
+    client = tenant_client(service, "acme")
+    ids = [client.files.create(file=(f"f{i}.jsonl", jsonl(ROWS)), purpose="fine-tune").id for i in range(5)]
+    page = client.files.list(limit=2)
+    assert len(page.data) == 2 and page.has_more
+    assert [f.id for f in client.files.list(limit=2)] == list(reversed(ids))  # auto-paging, newest first
+    assert [f.id for f in client.files.list(limit=2, order="asc")] == ids
+
+
+def test_tenants_see_only_their_own_files(service):
+    alice, bob = tenant_client(service, "alice"), tenant_client(service, "bob")
+    mine = alice.files.create(file=("a.jsonl", jsonl(ROWS)), purpose="fine-tune")
+    with pytest.raises(openai.NotFoundError):
+        bob.files.retrieve(mine.id)
+    with pytest.raises(openai.NotFoundError):
+        bob.files.delete(mine.id)
+    assert list(bob.files.list()) == []
+    assert alice.files.retrieve(mine.id).id == mine.id
+
+
+def test_bad_uploads_get_clear_errors(service, monkeypatch):
+    client = tenant_client(service, "acme")
+    bad = jsonl([ROWS[0], {"instruction": "no answer"}, {"instruction": 3, "output": "x"}])
+    with pytest.raises(openai.BadRequestError) as error:
+        client.files.create(file=("bad.jsonl", bad), purpose="fine-tune")
+    body = error.value.body
+    assert body["code"] == "invalid_file" and body["param"] == "file"
+    assert (
+        "line 2, field 'output': missing" in body["message"]
+        and "line 3, field 'instruction'" in body["message"]
+    )
+    assert [p["line"] for p in body["problems"]] == [2, 3]
+    assert list(client.files.list()) == []  # nothing was kept
+
+    with pytest.raises(openai.BadRequestError, match="purpose must be one of"):
+        client.files.create(file=("a.jsonl", jsonl(ROWS)), purpose="assistants")
+    monkeypatch.setenv("VACCINE_MAX_UPLOAD_BYTES", "50")
+    get_service_settings.cache_clear()
+    with pytest.raises(openai.APIStatusError) as error:
+        client.files.create(file=("big.jsonl", jsonl(ROWS)), purpose="fine-tune")
+    assert error.value.status_code == 413
+
+
+def test_keys_are_required(service):
+    assert service.get("/v1/files").status_code == 401
+    anonymous = openai.OpenAI(
+        base_url="http://testserver/v1", api_key="vk-wrong", http_client=service, max_retries=0
+    )
+    with pytest.raises(openai.AuthenticationError):
+        anonymous.files.list()
+
+
+def test_cli_creates_a_tenant_whose_key_works(service):
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    result = CliRunner().invoke(app, ["tenants", "create", "cli-corp"])
+    assert result.exit_code == 0, result.output
+    key = result.output.split("api key: ")[1].strip()
+    client = openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=service, max_retries=0)
+    assert list(client.files.list()) == []
+    again = CliRunner().invoke(app, ["tenants", "create", "cli-corp"])
+    assert again.exit_code == 2 and "exists already" in again.output
