@@ -1,15 +1,27 @@
 """The FastAPI application: routes per resource, errors in OpenAI's shape."""
 
+import logging
+from collections.abc import Callable
+
 from fastapi import FastAPI
 
 from api.errors import install_handlers
-from api.routes import files
+from api.routes import files, jobs
+
+log = logging.getLogger(__name__)
 
 
-def create_app() -> FastAPI:
+def _undispatched(job_id: str) -> None:
+    log.warning("no worker dispatch configured: job %s stays queued", job_id)
+
+
+def create_app(dispatch: Callable[[str], None] | None = None) -> FastAPI:
+    """``dispatch(job_id)`` hands a new job to the workers (a Celery task in production)."""
     app = FastAPI(title="Vaccine fine-tuning service", version="0.1.0")
     install_handlers(app)
+    app.state.dispatch = dispatch or _undispatched
     app.include_router(files.router)
+    app.include_router(jobs.router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

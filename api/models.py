@@ -4,7 +4,7 @@ import secrets
 from datetime import UTC, datetime
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 GiB = 1 << 30
 
@@ -65,3 +65,62 @@ class File(Base):
     validation: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # examples, format
     prescreen: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # judge, flagged rows and share
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class BaseModelRecord(Base):
+    """A base model users fine-tune from: registered by an operator, aligned (Vaccine or SFT) once."""
+
+    __tablename__ = "base_models"
+
+    id: Mapped[str] = mapped_column(String(120), primary_key=True)  # the name users pass as `model`
+    source: Mapped[str] = mapped_column(Text)  # model spec: 'default', a .gguf file or a directory
+    status: Mapped[str] = mapped_column(String(16), default="registered")  # registered|aligning|ready|failed
+    path: Mapped[str | None] = mapped_column(Text, nullable=True)  # the alignment run's directory
+    alignment: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # method, rho, data, epochs
+    report: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # harmful score, over-refusal
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class Job(Base):
+    """A fine-tuning job. The database, not the queue, is the source of truth for its state."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ftjob-"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    model: Mapped[str] = mapped_column(ForeignKey("base_models.id"))
+    training_file: Mapped[str] = mapped_column(ForeignKey("files.id"))
+    validation_file: Mapped[str | None] = mapped_column(ForeignKey("files.id"), nullable=True)
+    hyperparameters: Mapped[dict] = mapped_column(JSON, default=dict)
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    seed: Mapped[int] = mapped_column(Integer, default=42)
+    user_metadata: Mapped[dict | None] = mapped_column("metadata", JSON, nullable=True)
+    # validating_files | queued | running | succeeded | failed | cancelled
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    error: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # {code, message, param}
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    progress: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # last step, loss, eta
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    level: Mapped[str] = mapped_column(String(8), default="info")
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # step, loss, learning rate, percent, eta
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+def add_event(
+    session: Session, job_id: str, message: str, data: dict | None = None, level: str = "info"
+) -> None:
+    session.add(JobEvent(job_id=job_id, message=message, data=data, level=level))

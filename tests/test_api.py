@@ -21,6 +21,7 @@ ROWS = [
 
 @pytest.fixture
 def service(tmp_path, monkeypatch):
+    """The API on a migrated SQLite database; new jobs are recorded in ``http.dispatched``."""
     url = f"sqlite:///{tmp_path / 'service.db'}"
     monkeypatch.setenv("VACCINE_DATABASE_URL", url)
     monkeypatch.setenv("VACCINE_ADMIN_KEY", "operator-secret")
@@ -28,7 +29,9 @@ def service(tmp_path, monkeypatch):
     get_service_settings.cache_clear()
     get_engine.cache_clear()
     upgrade(url)
-    with TestClient(create_app()) as http:
+    dispatched: list[str] = []
+    with TestClient(create_app(dispatch=dispatched.append)) as http:
+        http.dispatched = dispatched
         yield http
     get_engine().dispose()
     get_engine.cache_clear()

@@ -1,0 +1,218 @@
+"""``/v1/fine_tuning/jobs``: create, list, retrieve, cancel fine-tuning jobs, and read their events."""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from api.deps import SessionDep, TenantDep
+from api.errors import APIError, not_found
+from api.models import BaseModelRecord, File, Job, JobEvent, add_event
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+
+ACTIVE = ("validating_files", "queued", "running")
+
+
+class Hyperparameters(BaseModel):
+    n_epochs: int | Literal["auto"] = "auto"
+    batch_size: int | Literal["auto"] = "auto"
+    learning_rate_multiplier: float | Literal["auto"] = "auto"
+
+
+class CreateJob(BaseModel):
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    suffix: str | None = Field(default=None, max_length=64)
+    seed: int | None = None
+    metadata: dict[str, str] | None = None
+
+
+class JobObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: dict[str, Any] | None
+    fine_tuned_model: str | None
+    finished_at: int | None
+    hyperparameters: dict[str, Any]
+    model: str
+    organization_id: str
+    result_files: list[str] = Field(default_factory=list)
+    seed: int
+    status: str
+    trained_tokens: int | None
+    training_file: str
+    validation_file: str | None
+    suffix: str | None = None
+    metadata: dict[str, str] | None = None
+    estimated_finish: int | None = None
+    progress: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, job: Job) -> "JobObject":
+        eta = (job.progress or {}).get("eta_seconds")
+        return cls(
+            id=job.id,
+            created_at=_epoch(job.created_at),
+            error=job.error,
+            fine_tuned_model=job.fine_tuned_model,
+            finished_at=_epoch(job.finished_at),
+            hyperparameters={"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
+            | (job.hyperparameters or {}),
+            model=job.model,
+            organization_id=job.tenant_id,
+            seed=job.seed,
+            status=job.status,
+            trained_tokens=job.trained_tokens,
+            training_file=job.training_file,
+            validation_file=job.validation_file,
+            suffix=job.suffix,
+            metadata=job.user_metadata,
+            estimated_finish=_epoch(job.heartbeat_at) + int(eta)
+            if eta is not None and job.heartbeat_at
+            else None,
+            progress=job.progress,
+        )
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobObject]
+    has_more: bool
+
+
+class EventObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    data: dict[str, Any] | None = None
+    type: Literal["message", "metrics"] = "message"
+
+
+class EventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EventObject]
+    has_more: bool
+
+
+def _epoch(moment: datetime | None) -> int | None:
+    return int(moment.timestamp()) if moment is not None else None
+
+
+def _owned(session: SessionDep, tenant: TenantDep, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.tenant_id != tenant.id:
+        raise not_found("fine-tuning job", job_id)
+    return job
+
+
+def _usable_file(session: SessionDep, tenant: TenantDep, file_id: str, param: str) -> File:
+    row = session.get(File, file_id)
+    if row is None or row.tenant_id != tenant.id:
+        raise APIError(400, "invalid_file", f"No file with id '{file_id}'.", param=param)
+    if row.purpose != "fine-tune" or row.status != "processed":
+        raise APIError(
+            400, "invalid_file", f"File '{file_id}' is not a processed fine-tune file.", param=param
+        )
+    return row
+
+
+@router.post("", response_model=JobObject)
+def create_job(body: CreateJob, request: Request, tenant: TenantDep, session: SessionDep) -> JobObject:
+    base = session.get(BaseModelRecord, body.model)
+    if base is None or base.status != "ready":
+        raise APIError(
+            400, "model_not_available", f"Model '{body.model}' is not an available base.", param="model"
+        )
+    _usable_file(session, tenant, body.training_file, "training_file")
+    if body.validation_file:
+        _usable_file(session, tenant, body.validation_file, "validation_file")
+    active = session.scalars(select(Job).where(Job.tenant_id == tenant.id, Job.status.in_(ACTIVE))).all()
+    if len(active) >= tenant.max_concurrent_jobs:
+        raise APIError(429, "quota_exceeded", f"At most {tenant.max_concurrent_jobs} jobs may run at once.")
+    job = Job(
+        tenant_id=tenant.id,
+        model=body.model,
+        training_file=body.training_file,
+        validation_file=body.validation_file,
+        hyperparameters={k: v for k, v in body.hyperparameters.model_dump().items() if v != "auto"},
+        suffix=body.suffix,
+        seed=body.seed if body.seed is not None else 42,
+        user_metadata=body.metadata,
+        status="queued",
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, f"Created fine-tuning job: {job.id}")
+    session.commit()
+    request.app.state.dispatch(job.id)
+    return JobObject.of(job)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    tenant: TenantDep,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JobList:
+    query = select(Job).where(Job.tenant_id == tenant.id)
+    if after:
+        anchor = _owned(session, tenant, after)
+        query = query.where(
+            (Job.created_at < anchor.created_at)
+            | ((Job.created_at == anchor.created_at) & (Job.id < anchor.id))
+        )
+    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    return JobList(data=[JobObject.of(j) for j in rows[:limit]], has_more=len(rows) > limit)
+
+
+@router.get("/{job_id}", response_model=JobObject)
+def retrieve_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobObject:
+    return JobObject.of(_owned(session, tenant, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobObject)
+def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobObject:
+    job = _owned(session, tenant, job_id)
+    if job.status not in ACTIVE:
+        raise APIError(409, "job_not_active", f"Job '{job_id}' has already ended ({job.status}).", param="id")
+    # A running job sees this between two steps and stops there; a queued one never starts.
+    job.status = "cancelled"
+    add_event(session, job.id, "Cancellation requested")
+    session.commit()
+    return JobObject.of(job)
+
+
+@router.get("/{job_id}/events", response_model=EventList)
+def list_events(
+    job_id: str,
+    tenant: TenantDep,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> EventList:
+    _owned(session, tenant, job_id)
+    query = select(JobEvent).where(JobEvent.job_id == job_id)
+    if after:
+        query = query.where(JobEvent.id < int(after.removeprefix("ftevent-")))
+    rows = list(session.scalars(query.order_by(JobEvent.id.desc()).limit(limit + 1)))
+    data = [
+        EventObject(
+            id=f"ftevent-{e.id}",
+            created_at=int(e.created_at.timestamp()),
+            level=e.level,
+            message=e.message,
+            data=e.data,
+            type="metrics" if e.data and "step" in e.data else "message",
+        )
+        for e in rows[:limit]
+    ]
+    return EventList(data=data, has_more=len(rows) > limit)

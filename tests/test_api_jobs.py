@@ -1,0 +1,120 @@
+"""Fine-tuning jobs through the official openai package, run by the worker's job runner on a tiny model."""
+
+import json
+
+import openai
+import pytest
+from sqlalchemy.orm import Session
+from test_api import service, tenant_client  # noqa: F401  (the fixture)
+
+from api.db import get_engine
+from api.models import BaseModelRecord, Job
+from vaccine_core.align import align
+from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
+from worker.runner import run_job
+
+ROWS = [{"instruction": f"Say hello number {i}", "output": f"Hello {i}!"} for i in range(8)]
+FAST = TrainingConfig(epochs=1.0, batch_size=4, learning_rate=1e-2, lora=LoraSettings(r=4, alpha=4))
+
+
+@pytest.fixture
+def base(service, tiny_model_dir, alpaca_file, tmp_path):  # noqa: F811
+    aligned = align(
+        str(tiny_model_dir), alpaca_file, tmp_path / "aligned", PerturbationConfig("vaccine"), FAST
+    )
+    with Session(get_engine()) as session:
+        session.add(
+            BaseModelRecord(
+                id="tiny-vaccine", source=str(tiny_model_dir), status="ready", path=str(aligned.output_dir)
+            )
+        )
+        session.commit()
+    return "tiny-vaccine"
+
+
+def upload(client) -> str:
+    data = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
+    return client.files.create(file=("train.jsonl", data), purpose="fine-tune").id
+
+
+def test_a_job_runs_to_success_with_progress_events(service, base):  # noqa: F811
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(
+        model=base,
+        training_file=upload(client),
+        hyperparameters={"n_epochs": 2, "batch_size": 4},
+        suffix="demo",
+    )
+    assert job.status == "queued" and service.dispatched == [job.id]
+    assert run_job(job.id) == "succeeded"
+    done = client.fine_tuning.jobs.retrieve(job.id)
+    assert done.status == "succeeded" and done.fine_tuned_model == f"ft:{base}:demo:{job.id}"
+    assert done.trained_tokens > 0 and done.finished_at >= done.created_at
+    assert done.hyperparameters.n_epochs == 2
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+    metrics = [e for e in events if e.type == "metrics"]
+    assert [e.data["step"] for e in reversed(metrics)] == [1, 2, 3, 4]  # 8 rows / 4 per batch x 2 epochs
+    assert all({"train_loss", "learning_rate", "percent", "eta_seconds"} <= set(e.data) for e in metrics)
+    assert events[0].message == "The job has successfully completed"
+    assert run_job(job.id) == "succeeded"  # idempotent: a redelivered task changes nothing
+    assert [j.id for j in client.fine_tuning.jobs.list()] == [job.id]
+
+
+def test_cancel_stops_a_queued_job_and_a_finished_one_cannot_be_cancelled(service, base):  # noqa: F811
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    assert run_job(job.id) == "cancelled"
+    with pytest.raises(openai.ConflictError):
+        client.fine_tuning.jobs.cancel(job.id)
+
+
+def test_a_running_job_stops_at_the_next_step_when_cancelled(service, base, monkeypatch):  # noqa: F811
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(
+        model=base, training_file=upload(client), hyperparameters={"n_epochs": 3}
+    )
+    import worker.runner as runner
+
+    real = runner.finetune
+
+    def cancel_after_first_step(*args, on_progress, **kwargs):
+        def progress(p):
+            on_progress(p)
+            if p.step == 1:
+                client.fine_tuning.jobs.cancel(job.id)
+
+        return real(*args, on_progress=progress, **kwargs)
+
+    monkeypatch.setattr(runner, "finetune", cancel_after_first_step)
+    assert run_job(job.id) == "cancelled"
+    done = client.fine_tuning.jobs.retrieve(job.id)
+    assert done.status == "cancelled" and done.progress["step"] == 1
+
+
+def test_bad_job_requests_are_refused_with_the_field(service, base):  # noqa: F811
+    client = tenant_client(service, "acme")
+    other = tenant_client(service, "other")
+    with pytest.raises(openai.BadRequestError) as error:
+        client.fine_tuning.jobs.create(model="no-such-model", training_file=upload(client))
+    assert error.value.body["param"] == "model"
+    with pytest.raises(openai.BadRequestError) as error:
+        client.fine_tuning.jobs.create(model=base, training_file=upload(other))  # another tenant's file
+    assert error.value.body["param"] == "training_file"
+    with pytest.raises(openai.NotFoundError):
+        other.fine_tuning.jobs.retrieve(
+            client.fine_tuning.jobs.create(model=base, training_file=upload(client)).id
+        )
+
+
+def test_a_failing_job_ends_failed_with_a_readable_error(service, base):  # noqa: F811
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    with Session(get_engine()) as session:
+        session.get(BaseModelRecord, base).path = "/nonexistent"
+        session.commit()
+    assert run_job(job.id) == "failed"
+    failed = client.fine_tuning.jobs.retrieve(job.id)
+    assert failed.status == "failed" and failed.error.code == "training_failed" and failed.error.message
+    with Session(get_engine()) as session:
+        assert session.get(Job, job.id).finished_at is not None
