@@ -13,7 +13,8 @@ MiB = 1 << 20
 class ServiceSettings(Settings):
     admin_key: SecretStr | None = None  # the operator key; from the environment, never from code
     database_url: str = ""  # default: a SQLite file in VACCINE_HOME
-    broker_url: str = ""
+    broker_url: str = ""  # default: a broker in files under VACCINE_HOME (one machine, no server)
+    longest_job_seconds: int = 24 * 3600  # the broker redelivers an unacknowledged job after this
     max_upload_bytes: int = 512 * MiB
     prescreen_judge: str = "default"  # any judge spec vaccine_core.moderation.load_judge accepts
 
@@ -21,7 +22,13 @@ class ServiceSettings(Settings):
     def _defaults_under_home(self) -> "ServiceSettings":
         if not self.database_url:
             self.database_url = f"sqlite:///{self.home / 'vaccine.db'}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
         return self
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.home / "broker"
 
     @property
     def files_dir(self) -> Path:

@@ -1,0 +1,101 @@
+"""A whole job through a real Celery worker: on Redis with PostgreSQL, and on the embedded default
+(a broker in files, SQLite). The API is driven with the official openai package."""
+
+import json
+import time
+import uuid
+from contextlib import contextmanager, nullcontext
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from service_helpers import fresh_postgres_database, skip_or_fail, upgrade
+from sqlalchemy.orm import Session
+
+from api.db import get_engine
+from api.main import create_app
+from api.models import BaseModelRecord
+from api.settings import get_service_settings
+from api.tenants import create_tenant
+from vaccine_core.align import align
+from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+FAST = TrainingConfig(epochs=1.0, batch_size=4, learning_rate=1e-2, lora=LoraSettings(r=4, alpha=4))
+
+
+def redis_or_skip() -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.exceptions.ConnectionError as exc:
+        skip_or_fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
+
+
+@contextmanager
+def configured(monkeypatch, tmp_path, database_url: str, broker_url: str):
+    monkeypatch.setenv("VACCINE_DATABASE_URL", database_url)
+    monkeypatch.setenv("VACCINE_BROKER_URL", broker_url)
+    monkeypatch.setenv("VACCINE_PRESCREEN_JUDGE", "refusal")
+    get_service_settings.cache_clear()
+    get_engine.cache_clear()
+    upgrade(database_url)
+    try:
+        yield get_service_settings()
+    finally:
+        get_engine().dispose()
+        get_engine.cache_clear()
+        get_service_settings.cache_clear()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("stack", ["redis+postgres", "embedded"])
+def test_a_job_runs_end_to_end_through_a_celery_worker(
+    stack, tmp_path, monkeypatch, tiny_model_dir, alpaca_file
+):
+    from celery.contrib.testing.worker import start_worker
+
+    from worker.celery_app import TASK_NAME, make_celery
+
+    if stack == "redis+postgres":
+        redis_or_skip()
+        database = fresh_postgres_database()
+        broker = REDIS_URL
+    else:
+        database = nullcontext(f"sqlite:///{tmp_path / 'embedded.db'}")
+        broker = "filesystem://"
+    with database as database_url, configured(monkeypatch, tmp_path, database_url, broker) as settings:
+        celery = make_celery(settings)
+        celery.conf.task_default_queue = f"test-{uuid.uuid4().hex[:8]}"  # no stray messages from other runs
+        aligned = align(
+            str(tiny_model_dir), alpaca_file, tmp_path / "aligned", PerturbationConfig("vaccine"), FAST
+        )
+        with Session(get_engine()) as session:
+            session.add(
+                BaseModelRecord(id="tiny", source="tiny", status="ready", path=str(aligned.output_dir))
+            )
+            _tenant, key = create_tenant(session, "acme")
+
+        app = create_app(dispatch=lambda job_id: celery.send_task(TASK_NAME, args=[job_id]))
+        with (
+            start_worker(celery, pool="solo", concurrency=1, perform_ping_check=False, loglevel="WARNING"),
+            TestClient(app) as http,
+        ):
+            client = openai.OpenAI(
+                base_url="http://testserver/v1", api_key=key, http_client=http, max_retries=0
+            )
+            rows = "".join(
+                json.dumps({"prompt": f"Count to {i}", "completion": str(i)}) + "\n" for i in range(8)
+            )
+            training_file = client.files.create(file=("t.jsonl", rows.encode()), purpose="fine-tune").id
+            job = client.fine_tuning.jobs.create(model="tiny", training_file=training_file)
+            deadline = time.monotonic() + 120
+            while (job := client.fine_tuning.jobs.retrieve(job.id)).status in {"queued", "running"}:
+                assert time.monotonic() < deadline, f"job still {job.status}"
+                time.sleep(0.2)
+        assert job.status == "succeeded", job.error
+        events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+        assert events[0] == "The job has successfully completed" and any(
+            m.startswith("Step 1/") for m in events
+        )

@@ -1,0 +1,48 @@
+"""The Celery application: Redis in production, a broker in files for the embedded default.
+
+Reliability comes from Celery's own settings: a job's message is acknowledged only when the job is done
+(``acks_late``) and is given back if the worker process dies (``reject_on_worker_lost``); each worker
+takes one job at a time (prefetch 1); Redis redelivers an unacknowledged job only after a visibility
+timeout longer than the longest job. The job runner is idempotent by job id and resumes from the newest
+checkpoint, so a redelivered job continues where the dead worker stopped.
+"""
+
+from celery import Celery
+
+from api.settings import ServiceSettings, get_service_settings
+from worker.runner import run_job
+
+TASK_NAME = "vaccine.run_job"
+
+
+def make_celery(settings: ServiceSettings) -> Celery:
+    app = Celery("vaccine", broker=settings.broker_url)
+    transport_options: dict = {"visibility_timeout": settings.longest_job_seconds}
+    if settings.broker_url.startswith("filesystem://"):
+        for folder in ("in", "processed"):
+            (settings.broker_dir / folder).mkdir(parents=True, exist_ok=True)
+        transport_options |= {
+            "data_folder_in": str(settings.broker_dir / "in"),
+            "data_folder_out": str(settings.broker_dir / "in"),
+            "processed_folder": str(settings.broker_dir / "processed"),
+            "store_processed": False,
+        }
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,  # results live in the database
+        worker_hijack_root_logger=False,
+    )
+    app.task(name=TASK_NAME)(run_job)
+    return app
+
+
+celery_app = make_celery(get_service_settings())
+
+
+def dispatch(job_id: str) -> None:
+    """Queue a job for the workers (the API's dispatch)."""
+    celery_app.send_task(TASK_NAME, args=[job_id])
