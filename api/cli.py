@@ -1,5 +1,6 @@
 """The ``vaccine`` command with the service's subcommands added to the library's."""
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -48,3 +49,61 @@ def tenants_create(name: Annotated[str, typer.Argument(help="The tenant's unique
         except ValueError as exc:
             fail(str(exc))
         typer.echo(f"tenant {tenant.id} ({name})\napi key: {key}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    worker: Annotated[bool, typer.Option(help="Also run a worker (the embedded default).")] = True,
+) -> None:
+    """Run the service: migrate, align the default base on first start, start a worker and the API."""
+    import subprocess
+    import sys
+
+    import uvicorn
+
+    from api.embedded import ensure_default_base
+    from api.main import create_app
+    from worker.celery_app import dispatch
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = get_service_settings()
+    migrate()
+    base = ensure_default_base(settings)
+    judge = settings.prescreen_judge
+    if judge == "default":
+        from vaccine_core.moderation.learned import ensure_default_judge
+        from vaccine_core.progress import ProgressBar
+
+        ensure_default_judge(settings.data_dir, on_progress=ProgressBar("training the default judge"))
+    from api.embedded import demo_key
+
+    key = demo_key()
+    process = None
+    if worker:
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app:celery_app",
+            "worker",
+            "--pool",
+            "solo",
+            "--concurrency",
+            "1",
+            "--loglevel",
+            "INFO",
+        ]
+        process = subprocess.Popen(command)
+    typer.echo(
+        f"\nserving on http://{host}:{port}/v1  base model: {base.id}  judge: {judge}\n"
+        f"demo tenant key (shown once): {key}\n"
+    )
+    try:
+        uvicorn.run(create_app(dispatch=dispatch), host=host, port=port)
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=30)

@@ -17,6 +17,11 @@ class ServiceSettings(Settings):
     longest_job_seconds: int = 24 * 3600  # the broker redelivers an unacknowledged job after this
     max_upload_bytes: int = 512 * MiB
     prescreen_judge: str = "default"  # any judge spec vaccine_core.moderation.load_judge accepts
+    # The embedded default's base: aligned with Vaccine on first start, on a mix of safety and helpful pairs
+    # (refusals alone teach a model to refuse everything).
+    default_base_name: str = "smollm2-135m-vaccine"
+    default_base_source: str = "default"
+    default_alignment_pairs: int = 64
 
     @model_validator(mode="after")
     def _defaults_under_home(self) -> "ServiceSettings":
