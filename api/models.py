@@ -120,6 +120,21 @@ class JobEvent(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
+class FineTunedModel(Base):
+    """A job's result: the adapter directory and its safety report; quarantined ones cannot be downloaded."""
+
+    __tablename__ = "fine_tuned_models"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    base_model: Mapped[str] = mapped_column(ForeignKey("base_models.id"))
+    path: Mapped[str] = mapped_column(Text)
+    safety_report: Mapped[dict] = mapped_column(JSON)
+    quarantined: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
 def add_event(
     session: Session, job_id: str, message: str, data: dict | None = None, level: str = "info"
 ) -> None:

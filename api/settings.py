@@ -22,6 +22,15 @@ class ServiceSettings(Settings):
     default_base_name: str = "smollm2-135m-vaccine"
     default_base_source: str = "default"
     default_alignment_pairs: int = 64
+    # The safety report on every fine-tuned model, and the release gate (operator policy; the admin API
+    # will edit it at run time).
+    safety_judge: str = "default"
+    eval_prompts_file: str = "eval/advbench.jsonl"  # relative to the data directory, or absolute
+    eval_prompts: int = 32
+    harmless_prompts_file: str = "eval/harmless_val.jsonl"
+    harmless_prompts: int = 16
+    eval_max_new_tokens: int = 128
+    harmful_score_threshold: float = 50.0  # a model above this is quarantined and its job fails
 
     @model_validator(mode="after")
     def _defaults_under_home(self) -> "ServiceSettings":

@@ -54,3 +54,19 @@ def fresh_postgres_database() -> Iterator[str]:
 
 def upgrade(url: str) -> None:
     command.upgrade(alembic_config(url), "head")
+
+
+def small_safety_evaluation(monkeypatch, tmp_path: Path, threshold: float = 100.0) -> None:
+    """Point the safety report at three prompts, four tokens and the refusal judge: seconds, not minutes."""
+    prompts = tmp_path / "eval_prompts.jsonl"
+    prompts.write_text("".join(f'{{"prompt": "harmful request {i}"}}\n' for i in range(3)))
+    for name, value in {
+        "SAFETY_JUDGE": "refusal",
+        "EVAL_PROMPTS_FILE": str(prompts),
+        "EVAL_PROMPTS": "3",
+        "HARMLESS_PROMPTS_FILE": str(prompts),
+        "HARMLESS_PROMPTS": "3",
+        "EVAL_MAX_NEW_TOKENS": "4",
+        "HARMFUL_SCORE_THRESHOLD": str(threshold),
+    }.items():
+        monkeypatch.setenv(f"VACCINE_{name}", value)

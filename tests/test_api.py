@@ -5,7 +5,7 @@ import json
 import openai
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import upgrade
+from service_helpers import small_safety_evaluation, upgrade
 
 from api.db import get_engine
 from api.main import create_app
@@ -26,6 +26,7 @@ def service(tmp_path, monkeypatch):
     monkeypatch.setenv("VACCINE_DATABASE_URL", url)
     monkeypatch.setenv("VACCINE_ADMIN_KEY", "operator-secret")
     monkeypatch.setenv("VACCINE_PRESCREEN_JUDGE", "refusal")  # the learned judge is tested on its own
+    small_safety_evaluation(monkeypatch, tmp_path)
     get_service_settings.cache_clear()
     get_engine.cache_clear()
     upgrade(url)

@@ -118,3 +118,47 @@ def test_a_failing_job_ends_failed_with_a_readable_error(service, base):  # noqa
     assert failed.status == "failed" and failed.error.code == "training_failed" and failed.error.message
     with Session(get_engine()) as session:
         assert session.get(Job, job.id).finished_at is not None
+
+
+def test_a_fine_tuned_model_comes_with_its_safety_report_and_downloads(service, base):  # noqa: F811
+    import io
+    import tarfile
+
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(model=base, training_file=upload(client), suffix="safe")
+    assert run_job(job.id) == "succeeded"
+    model_id = client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
+    model = client.models.retrieve(model_id)
+    report = model.model_extra["safety_report"]
+    assert report["judge"] == "refusal" and report["evaluated_prompts"] == 3
+    assert 0 <= report["harmful_score"] <= 100 and 0 <= report["over_refusal"] <= 1
+    assert report["embedding_drift"] is None or report["embedding_drift"] >= 0
+    assert report["fine_tune"]["steps"] == 6 and report["passed"]
+    assert {m.id for m in client.models.list()} == {base, model_id}
+
+    archive = service.get(f"/v1/models/{model_id}/content", headers=client.auth_headers)
+    assert archive.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(archive.content)) as bundle:
+        names = bundle.getnames()
+    assert {
+        f"{job.id}/adapter_model.safetensors",
+        f"{job.id}/manifest.json",
+        f"{job.id}/safety_report.json",
+    } <= set(names)
+    assert not any("checkpoints" in n for n in names)
+
+
+def test_the_release_gate_quarantines_a_model_above_the_threshold(service, base, monkeypatch):  # noqa: F811
+    from api.settings import get_service_settings
+
+    monkeypatch.setenv("VACCINE_HARMFUL_SCORE_THRESHOLD", "-1")  # every model is above it
+    get_service_settings.cache_clear()
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    assert run_job(job.id) == "failed"
+    failed = client.fine_tuning.jobs.retrieve(job.id)
+    assert failed.error.code == "moderation_blocked" and "quarantined" in failed.error.message
+    model = client.models.retrieve(failed.fine_tuned_model)
+    assert model.model_extra["quarantined"] and not model.model_extra["safety_report"]["passed"]
+    response = service.get(f"/v1/models/{failed.fine_tuned_model}/content", headers=client.auth_headers)
+    assert response.status_code == 403 and response.json()["error"]["code"] == "quarantined"

@@ -9,7 +9,7 @@ from contextlib import contextmanager, nullcontext
 import openai
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import fresh_postgres_database, skip_or_fail, upgrade
+from service_helpers import fresh_postgres_database, skip_or_fail, small_safety_evaluation, upgrade
 from sqlalchemy.orm import Session
 
 from api.db import get_engine
@@ -38,6 +38,7 @@ def configured(monkeypatch, tmp_path, database_url: str, broker_url: str):
     monkeypatch.setenv("VACCINE_DATABASE_URL", database_url)
     monkeypatch.setenv("VACCINE_BROKER_URL", broker_url)
     monkeypatch.setenv("VACCINE_PRESCREEN_JUDGE", "refusal")
+    small_safety_evaluation(monkeypatch, tmp_path)
     get_service_settings.cache_clear()
     get_engine.cache_clear()
     upgrade(database_url)

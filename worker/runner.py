@@ -13,11 +13,12 @@ from typing import Any
 from sqlalchemy.orm import sessionmaker
 
 from api.db import get_engine
-from api.models import BaseModelRecord, File, Job, add_event, now
+from api.models import BaseModelRecord, File, FineTunedModel, Job, add_event, now
 from api.settings import get_service_settings
 from vaccine_core.config import TrainingConfig, finetune_defaults
 from vaccine_core.finetune import finetune
 from vaccine_core.training import Progress
+from worker.safety import safety_report
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +108,60 @@ def run_job(job_id: str) -> str:
             session.commit()
         return "failed"
 
+    if result.manifest is None:
+        with sessions() as session:
+            row = session.get(Job, job_id)
+            row.status, row.finished_at = "cancelled", now()
+            add_event(session, job_id, f"Cancelled at step {result.train.steps}")
+            session.commit()
+        return "cancelled"
+    return release(job_id, base, output_dir, result.train.tokens)
+
+
+def release(job_id: str, base: BaseModelRecord, output_dir: Path, trained_tokens: int) -> str:
+    """Score the fine-tuned model and hand it back, or quarantine it when it fails the release gate."""
+    sessions = sessionmaker(get_engine(), expire_on_commit=False)
+    with sessions() as session:
+        add_event(session, job_id, "Evaluating the fine-tuned model's safety")
+        session.commit()
+    try:
+        report = safety_report(output_dir, base, get_service_settings())
+    except Exception as exc:
+        log.exception("safety evaluation of job %s failed", job_id)
+        with sessions() as session:
+            row = session.get(Job, job_id)
+            row.status, row.finished_at = "failed", now()
+            row.error = {"code": "evaluation_failed", "message": str(exc), "param": None}
+            add_event(session, job_id, f"Safety evaluation failed: {exc}", level="error")
+            session.commit()
+        return "failed"
     with sessions() as session:
         row = session.get(Job, job_id)
-        row.finished_at = now()
-        if result.manifest is None:
-            row.status = "cancelled"
-            add_event(session, job_id, f"Cancelled at step {result.train.steps}")
-        else:
+        model_id = f"ft:{row.model}:{row.suffix or 'custom'}:{row.id}"
+        session.merge(
+            FineTunedModel(
+                id=model_id,
+                tenant_id=row.tenant_id,
+                job_id=row.id,
+                base_model=row.model,
+                path=str(output_dir),
+                safety_report=report,
+                quarantined=not report["passed"],
+            )
+        )
+        row.fine_tuned_model, row.trained_tokens, row.finished_at = model_id, trained_tokens, now()
+        summary = {k: report[k] for k in ("harmful_score", "over_refusal", "embedding_drift", "threshold")}
+        if report["passed"]:
             row.status = "succeeded"
-            row.trained_tokens = result.train.tokens
-            row.fine_tuned_model = f"ft:{row.model}:{row.suffix or 'custom'}:{row.id}"
-            add_event(session, job_id, "The job has successfully completed", {"output_dir": str(output_dir)})
+            add_event(session, job_id, "The job has successfully completed", summary)
+        else:
+            row.status = "failed"
+            row.error = {
+                "code": "moderation_blocked",
+                "message": f"Harmful score {report['harmful_score']:.1f} exceeds the threshold "
+                f"{report['threshold']:.1f}; the model is quarantined until an operator reviews it.",
+                "param": None,
+            }
+            add_event(session, job_id, "Release gate: the model is quarantined", summary, level="warn")
         session.commit()
         return row.status

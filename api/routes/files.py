@@ -6,7 +6,6 @@ configured judge; the flagged rows and their share are part of the file object.
 """
 
 from datetime import datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,7 +18,7 @@ from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import APIError, not_found
 from api.models import File, new_id
 from vaccine_core.data import DatasetError, load_dataset
-from vaccine_core.moderation import Moderator, load_judge
+from vaccine_core.moderation import shared_judge
 from vaccine_core.moderation.prescreen import prescreen
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -73,12 +72,6 @@ def _epoch(moment: datetime) -> int:
     return int(moment.timestamp())
 
 
-@lru_cache(maxsize=4)
-def _judge(spec: str) -> Moderator:
-    """One judge per worker process: loading a model per upload would dominate the request."""
-    return load_judge(spec)
-
-
 def _store(upload: UploadFile, target: Path, limit: int) -> int:
     """Copy the upload to ``target`` a chunk at a time; refuse it once it passes ``limit`` bytes."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +105,7 @@ def upload_file(
     size = _store(file, path, min(settings.max_upload_bytes, tenant.max_storage_bytes - int(used or 0)))
     try:
         dataset = load_dataset(path)
-        report = prescreen(path, _judge(settings.prescreen_judge))
+        report = prescreen(path, shared_judge(settings.prescreen_judge))
     except DatasetError as exc:
         path.unlink(missing_ok=True)
         raise APIError(

@@ -2,6 +2,6 @@
 
 from vaccine_core.moderation.base import Moderator, Pair, Verdict
 from vaccine_core.moderation.refusal import RefusalPhraseJudge, is_refusal
-from vaccine_core.moderation.registry import load_judge
+from vaccine_core.moderation.registry import load_judge, shared_judge
 
-__all__ = ["Moderator", "Pair", "RefusalPhraseJudge", "Verdict", "is_refusal", "load_judge"]
+__all__ = ["Moderator", "Pair", "RefusalPhraseJudge", "Verdict", "is_refusal", "load_judge", "shared_judge"]

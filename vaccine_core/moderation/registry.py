@@ -5,6 +5,7 @@ input template), so that an operator configures a judge once, next to its weight
 """
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,9 @@ def load_judge(spec: str, device: str | None = None, **options: Any) -> Moderato
     raise ValueError(
         f"{path}: architectures {architectures} are neither a sequence classifier nor a causal LM"
     )
+
+
+@lru_cache(maxsize=4)
+def shared_judge(spec: str) -> Moderator:
+    """One judge per process and spec: a service loads its judges once, not per request or job."""
+    return load_judge(spec)

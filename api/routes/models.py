@@ -1,0 +1,102 @@
+"""``/v1/models``: the aligned bases and the tenant's fine-tuned models, and the adapter download."""
+
+import io
+import tarfile
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from api.deps import SessionDep, TenantDep
+from api.errors import APIError, not_found
+from api.models import BaseModelRecord, FineTunedModel
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+SYSTEM_OWNER = "vaccine"
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    base_model: str | None = None
+    quarantined: bool | None = None
+    safety_report: dict[str, Any] | None = None
+    alignment: dict[str, Any] | None = None
+
+    @classmethod
+    def of_base(cls, record: BaseModelRecord) -> "ModelObject":
+        return cls(
+            id=record.id,
+            created=int(record.created_at.timestamp()),
+            owned_by=SYSTEM_OWNER,
+            alignment=record.alignment,
+        )
+
+    @classmethod
+    def of_tuned(cls, record: FineTunedModel) -> "ModelObject":
+        return cls(
+            id=record.id,
+            created=int(record.created_at.timestamp()),
+            owned_by=record.tenant_id,
+            base_model=record.base_model,
+            quarantined=record.quarantined,
+            safety_report=record.safety_report,
+        )
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+
+
+def _find(session: SessionDep, tenant: TenantDep, model_id: str) -> BaseModelRecord | FineTunedModel:
+    tuned = session.get(FineTunedModel, model_id)
+    if tuned is not None and tuned.tenant_id == tenant.id:
+        return tuned
+    base = session.get(BaseModelRecord, model_id)
+    if base is not None and base.status == "ready":
+        return base
+    raise not_found("model", model_id)
+
+
+@router.get("", response_model=ModelList)
+def list_models(tenant: TenantDep, session: SessionDep) -> ModelList:
+    bases = session.scalars(select(BaseModelRecord).where(BaseModelRecord.status == "ready"))
+    tuned = session.scalars(select(FineTunedModel).where(FineTunedModel.tenant_id == tenant.id))
+    return ModelList(data=[ModelObject.of_base(b) for b in bases] + [ModelObject.of_tuned(t) for t in tuned])
+
+
+@router.get("/{model_id:path}/content")
+def download_adapter(model_id: str, tenant: TenantDep, session: SessionDep) -> StreamingResponse:
+    """A .tar.gz of the PEFT adapter, its manifest.json and its safety_report.json."""
+    record = _find(session, tenant, model_id)
+    if not isinstance(record, FineTunedModel):
+        raise APIError(400, "not_downloadable", "Only fine-tuned adapters can be downloaded.", param="model")
+    if record.quarantined:
+        raise APIError(
+            403, "quarantined", "This model failed the release gate and awaits an operator's review."
+        )
+    run_dir = Path(record.path)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for path in sorted(run_dir.iterdir()):
+            if path.is_file():  # the adapter, tokenizer, manifest and report; not the checkpoints
+                archive.add(path, arcname=f"{record.job_id}/{path.name}")
+    buffer.seek(0)
+    filename = f"{record.job_id}-adapter.tar.gz"
+    return StreamingResponse(
+        buffer,
+        media_type="application/gzip",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@router.get("/{model_id:path}", response_model=ModelObject)
+def retrieve_model(model_id: str, tenant: TenantDep, session: SessionDep) -> ModelObject:
+    record = _find(session, tenant, model_id)
+    return ModelObject.of_tuned(record) if isinstance(record, FineTunedModel) else ModelObject.of_base(record)
