@@ -1,0 +1,6 @@
+"""The production ASGI application: jobs go to the Celery workers (``uvicorn api.asgi:app``)."""
+
+from api.main import create_app
+from worker.celery_app import dispatch
+
+app = create_app(dispatch=dispatch)

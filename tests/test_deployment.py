@@ -1,0 +1,49 @@
+"""The production compose file: its shape, and that docker compose parses it where compose exists."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_compose_has_the_production_shape():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"postgres", "redis", "migrate", "api", "worker"}
+    assert services["migrate"]["command"] == ["vaccine", "db", "upgrade"]
+    for name in ("api", "worker"):
+        assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+        assert services[name]["environment"]["VACCINE_BROKER_URL"].startswith("redis://")
+        assert services[name]["environment"]["VACCINE_DATABASE_URL"].startswith("postgresql+psycopg://")
+    devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert "--concurrency" in services["worker"]["command"] and "1" in services["worker"]["command"]
+
+
+def compose_command() -> list[str] | None:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if (
+        shutil.which("docker")
+        and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    ):
+        return ["docker", "compose"]
+    return None
+
+
+@pytest.mark.skipif(
+    compose_command() is None, reason="neither 'docker compose' nor docker-compose is installed"
+)
+def test_docker_compose_config_parses():
+    done = subprocess.run(
+        [*compose_command(), "config", "--quiet"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"VACCINE_ADMIN_KEY": "x", "PATH": "/usr/bin:/bin:/usr/local/bin"},
+    )
+    assert done.returncode == 0, done.stderr
