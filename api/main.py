@@ -6,7 +6,7 @@ from collections.abc import Callable
 from fastapi import FastAPI
 
 from api.errors import install_handlers
-from api.routes import files, jobs, models
+from api.routes import admin, files, jobs, models
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ def create_app(dispatch: Callable[[str], None] | None = None) -> FastAPI:
     app.include_router(files.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(admin.router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -139,3 +139,16 @@ def add_event(
     session: Session, job_id: str, message: str, data: dict | None = None, level: str = "info"
 ) -> None:
     session.add(JobEvent(job_id=job_id, message=message, data=data, level=level))
+
+
+class AuditEntry(Base):
+    """Every operator decision: who, what, on which object, and the details."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(200))
+    details: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)

@@ -1,0 +1,11 @@
+"""Operator routes under ``/admin``; every one needs the operator key."""
+
+from fastapi import APIRouter
+
+from api.deps import OperatorDep
+from api.routes.admin import jobs, models, tenants
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[OperatorDep])
+router.include_router(tenants.router)
+router.include_router(jobs.router)
+router.include_router(models.router)

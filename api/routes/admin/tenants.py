@@ -1,0 +1,106 @@
+"""Tenants and keys: create (the key is shown once), list, revoke a key, set quotas."""
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from api.deps import SessionDep
+from api.errors import APIError, not_found
+from api.models import ApiKey, AuditEntry, Tenant, now
+from api.tenants import create_key, create_tenant
+
+router = APIRouter(prefix="/tenants")
+
+
+class NewTenant(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class Quotas(BaseModel):
+    max_concurrent_jobs: int | None = Field(default=None, ge=0)
+    max_storage_bytes: int | None = Field(default=None, ge=0)
+
+
+def _tenant(t: Tenant) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "name": t.name,
+        "active": t.active,
+        "max_concurrent_jobs": t.max_concurrent_jobs,
+        "max_storage_bytes": t.max_storage_bytes,
+        "created_at": int(t.created_at.timestamp()),
+        "keys": [
+            {
+                "id": k.id,
+                "prefix": k.prefix,
+                "revoked": k.revoked_at is not None,
+                "created_at": _epoch(k.created_at),
+            }
+            for k in t.keys
+        ],
+    }
+
+
+def _epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def audit(session: SessionDep, action: str, target: str, details: dict | None = None) -> None:
+    session.add(AuditEntry(actor="operator", action=action, target=target, details=details))
+
+
+@router.post("")
+def create(body: NewTenant, session: SessionDep) -> dict[str, Any]:
+    try:
+        tenant, key = create_tenant(session, body.name)
+    except ValueError as exc:
+        raise APIError(409, "tenant_exists", str(exc), param="name") from None
+    audit(session, "tenant.create", tenant.id)
+    session.commit()
+    return {**_tenant(tenant), "api_key": key}
+
+
+@router.get("")
+def list_tenants(session: SessionDep) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [_tenant(t) for t in session.scalars(select(Tenant).order_by(Tenant.name))],
+    }
+
+
+@router.post("/{tenant_id}/keys")
+def new_key(tenant_id: str, session: SessionDep) -> dict[str, Any]:
+    tenant = session.get(Tenant, tenant_id) or _missing("tenant", tenant_id)
+    key = create_key(session, tenant)
+    audit(session, "key.create", tenant_id)
+    session.commit()
+    return {"tenant_id": tenant_id, "api_key": key}
+
+
+@router.post("/{tenant_id}/keys/{key_id}/revoke")
+def revoke_key(tenant_id: str, key_id: str, session: SessionDep) -> dict[str, Any]:
+    key = session.get(ApiKey, key_id)
+    if key is None or key.tenant_id != tenant_id:
+        raise not_found("key", key_id)
+    key.revoked_at = key.revoked_at or now()
+    audit(session, "key.revoke", key_id, {"tenant_id": tenant_id})
+    session.commit()
+    return {"id": key_id, "revoked": True}
+
+
+@router.patch("/{tenant_id}")
+def set_quotas(tenant_id: str, body: Quotas, session: SessionDep) -> dict[str, Any]:
+    tenant = session.get(Tenant, tenant_id) or _missing("tenant", tenant_id)
+    changes = body.model_dump(exclude_none=True)
+    for field, value in changes.items():
+        setattr(tenant, field, value)
+    audit(session, "tenant.quotas", tenant_id, changes)
+    session.commit()
+    return _tenant(tenant)
+
+
+def _missing(kind: str, identifier: str):
+    raise not_found(kind, identifier)

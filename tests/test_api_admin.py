@@ -1,0 +1,83 @@
+"""Operator routes: tenants and keys, jobs of every tenant, and the quarantine with its audit log."""
+
+import openai
+import pytest
+from test_api import service, tenant_client  # noqa: F401  (the fixture)
+from test_api_jobs import base, upload  # noqa: F401
+
+from api.settings import get_service_settings
+from worker.runner import run_job
+
+OPERATOR = {"Authorization": "Bearer operator-secret"}
+
+
+def test_operator_routes_refuse_tenant_keys(service):  # noqa: F811
+    client = tenant_client(service, "acme")
+    assert service.get("/admin/tenants", headers=client.auth_headers).status_code == 403
+    assert service.get("/admin/tenants").status_code == 401
+    assert service.get("/admin/tenants", headers=OPERATOR).status_code == 200
+
+
+def test_tenants_keys_and_quotas(service):  # noqa: F811
+    created = service.post("/admin/tenants", json={"name": "globex"}, headers=OPERATOR).json()
+    key = created["api_key"]
+    client = openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=service, max_retries=0)
+    assert list(client.files.list()) == []
+    assert service.post("/admin/tenants", json={"name": "globex"}, headers=OPERATOR).status_code == 409
+    tenants = service.get("/admin/tenants", headers=OPERATOR).json()["data"]
+    (globex,) = [t for t in tenants if t["name"] == "globex"]
+    assert key not in str(tenants) and globex["keys"][0]["prefix"] == key[:10]  # never the key itself
+    patched = service.patch(
+        f"/admin/tenants/{globex['id']}", json={"max_concurrent_jobs": 0}, headers=OPERATOR
+    )
+    assert patched.json()["max_concurrent_jobs"] == 0
+    revoked = service.post(
+        f"/admin/tenants/{globex['id']}/keys/{globex['keys'][0]['id']}/revoke", headers=OPERATOR
+    )
+    assert revoked.status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        client.files.list()
+
+
+def test_an_operator_releases_a_quarantined_model(service, base, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("VACCINE_HARMFUL_SCORE_THRESHOLD", "-1")
+    get_service_settings.cache_clear()
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    assert run_job(job.id) == "failed"
+    model_id = client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
+
+    queue = service.get("/admin/quarantine", headers=OPERATOR).json()["data"]
+    assert [m["id"] for m in queue] == [model_id] and "harmful_score" in queue[0]["safety_report"]
+    assert service.post(f"/admin/quarantine/{model_id}/release", json={}, headers=OPERATOR).status_code == 400
+    released = service.post(
+        f"/admin/quarantine/{model_id}/release",
+        json={"reason": "reviewed: refusal judge false positives"},
+        headers=OPERATOR,
+    )
+    assert released.status_code == 200 and released.json()["quarantined"] is False
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
+    assert service.get(f"/v1/models/{model_id}/content", headers=client.auth_headers).status_code == 200
+    entries = service.get("/admin/audit", headers=OPERATOR).json()["data"]
+    assert entries[0]["action"] == "model.release" and entries[0]["target"] == model_id
+    assert entries[0]["details"]["reason"].startswith("reviewed")
+
+
+def test_an_operator_deletes_a_quarantined_model_and_requeues_a_failed_job(service, base, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("VACCINE_HARMFUL_SCORE_THRESHOLD", "-1")
+    get_service_settings.cache_clear()
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    run_job(job.id)
+    model_id = client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
+    deleted = service.post(
+        f"/admin/quarantine/{model_id}/delete", json={"reason": "harmful"}, headers=OPERATOR
+    )
+    assert deleted.json() == {"id": model_id, "deleted": True}
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve(model_id)
+
+    listed = service.get("/admin/jobs", params={"status": "failed"}, headers=OPERATOR).json()["data"]
+    assert [j["id"] for j in listed] == [job.id]
+    requeued = service.post(f"/admin/jobs/{job.id}/requeue", headers=OPERATOR).json()
+    assert requeued["status"] == "queued" and service.dispatched[-1] == job.id
