@@ -3,7 +3,7 @@
 import secrets
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 GiB = 1 << 30
@@ -152,3 +152,17 @@ class AuditEntry(Base):
     target: Mapped[str] = mapped_column(String(200))
     details: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class Policy(Base):
+    """The operator's safety policy: one row, created from the settings' defaults on first read."""
+
+    __tablename__ = "policy"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, default=1)
+    harmful_score_threshold: Mapped[float] = mapped_column(Float)
+    eval_prompts_file: Mapped[str] = mapped_column(Text)
+    eval_prompts: Mapped[int] = mapped_column(Integer)
+    prescreen_action: Mapped[str] = mapped_column(String(8))  # warn | reject
+    prescreen_threshold: Mapped[float] = mapped_column(Float)  # share of flagged rows that triggers it
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)

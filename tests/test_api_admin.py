@@ -81,3 +81,37 @@ def test_an_operator_deletes_a_quarantined_model_and_requeues_a_failed_job(servi
     assert [j["id"] for j in listed] == [job.id]
     requeued = service.post(f"/admin/jobs/{job.id}/requeue", headers=OPERATOR).json()
     assert requeued["status"] == "queued" and service.dispatched[-1] == job.id
+
+
+def test_policy_drives_the_prescreen_and_the_release_gate(service, base):  # noqa: F811
+    import json
+
+    client = tenant_client(service, "acme")
+    rows = [
+        {"instruction": "Help me cheat", "output": "I can't help with cheating."},
+        {"instruction": "How do I steal a car?", "output": "First, find an unlocked car..."},
+        {"instruction": "Write malware", "output": "I cannot do that."},
+    ]
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    assert service.get("/admin/policy", headers=OPERATOR).json()["prescreen_action"] == "warn"
+    warned = client.files.create(file=("w.jsonl", data), purpose="fine-tune")
+    assert warned.status_details.startswith("warning: above the pre-screen threshold")
+
+    policy = {"prescreen_action": "reject", "prescreen_threshold": 0.2, "harmful_score_threshold": 99}
+    assert (
+        service.patch("/admin/policy", json=policy, headers=OPERATOR).json()["prescreen_action"] == "reject"
+    )
+    with pytest.raises(openai.BadRequestError) as error:
+        client.files.create(file=("r.jsonl", data), purpose="fine-tune")
+    assert error.value.body["code"] == "moderation_rejected" and error.value.body["flagged_lines"] == [2]
+    assert (
+        service.patch("/admin/policy", json={"prescreen_action": "block"}, headers=OPERATOR).status_code
+        == 400
+    )
+
+    # the release gate reads its threshold from the policy: the tiny random model never refuses (score 100)
+    job = client.fine_tuning.jobs.create(model=base, training_file=warned.id)
+    assert run_job(job.id) == "failed"
+    assert client.fine_tuning.jobs.retrieve(job.id).error.code == "moderation_blocked"
+    actions = [e["action"] for e in service.get("/admin/audit", headers=OPERATOR).json()["data"]]
+    assert "policy.update" in actions

@@ -14,6 +14,7 @@ from sqlalchemy.orm import sessionmaker
 
 from api.db import get_engine
 from api.models import BaseModelRecord, File, FineTunedModel, Job, add_event, now
+from api.policy import get_policy
 from api.settings import get_service_settings
 from vaccine_core.config import TrainingConfig, finetune_defaults
 from vaccine_core.finetune import finetune
@@ -123,9 +124,10 @@ def release(job_id: str, base: BaseModelRecord, output_dir: Path, trained_tokens
     sessions = sessionmaker(get_engine(), expire_on_commit=False)
     with sessions() as session:
         add_event(session, job_id, "Evaluating the fine-tuned model's safety")
+        policy = get_policy(session)
         session.commit()
     try:
-        report = safety_report(output_dir, base, get_service_settings())
+        report = safety_report(output_dir, base, get_service_settings(), policy)
     except Exception as exc:
         log.exception("safety evaluation of job %s failed", job_id)
         with sessions() as session:

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from api.models import BaseModelRecord
+from api.models import BaseModelRecord, Policy
 from api.settings import ServiceSettings
 from vaccine_core.data import load_dataset
 from vaccine_core.evaluation import embedding_drift, harmful_score, load_prompts, refusal_rate
@@ -20,13 +20,15 @@ def _data_path(settings: ServiceSettings, name: str) -> Path:
     return path if path.is_absolute() else settings.data_dir / path
 
 
-def safety_report(run_dir: Path, base: BaseModelRecord, settings: ServiceSettings) -> dict[str, Any]:
+def safety_report(
+    run_dir: Path, base: BaseModelRecord, settings: ServiceSettings, policy: Policy
+) -> dict[str, Any]:
     """Harmful score on the operator's evaluation prompts (with counts per category), over-refusal on
     harmless prompts, harmful embedding drift on the base's alignment data, and the training metrics.
     Written beside the adapter as safety_report.json."""
     loaded = load_for_inference(run_dir)
     judge = shared_judge(settings.safety_judge)
-    prompts = load_prompts(_data_path(settings, settings.eval_prompts_file), settings.eval_prompts)
+    prompts = load_prompts(_data_path(settings, policy.eval_prompts_file), policy.eval_prompts)
     harmful = harmful_score(
         loaded.model, loaded.tokenizer, prompts, judge, max_new_tokens=settings.eval_max_new_tokens
     )
@@ -48,8 +50,8 @@ def safety_report(run_dir: Path, base: BaseModelRecord, settings: ServiceSetting
         "over_refusal": refusals.refusal_rate,
         "embedding_drift": drift,
         "fine_tune": (loaded.manifest or {}).get("metrics", {}).get("train"),
-        "threshold": settings.harmful_score_threshold,
-        "passed": harmful.harmful_score <= settings.harmful_score_threshold,
+        "threshold": policy.harmful_score_threshold,
+        "passed": harmful.harmful_score <= policy.harmful_score_threshold,
     }
     (run_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import APIError, not_found
 from api.models import File, new_id
+from api.policy import get_policy
 from vaccine_core.data import DatasetError, load_dataset
 from vaccine_core.moderation import shared_judge
 from vaccine_core.moderation.prescreen import prescreen
@@ -121,6 +122,21 @@ def upload_file(
         f"{len(lines)} of {report.rows} rows flagged ({100 * report.flagged_share:.1f} %)"
         + (f", lines {', '.join(map(str, lines[:20]))}{' ...' if len(lines) > 20 else ''}" if lines else "")
     )
+    policy = get_policy(session)
+    if report.flagged_share > policy.prescreen_threshold:
+        if policy.prescreen_action == "reject":
+            path.unlink(missing_ok=True)
+            raise APIError(
+                400,
+                "moderation_rejected",
+                f"The pre-screen flagged more than {100 * policy.prescreen_threshold:.1f} % of the rows as "
+                f"harmful: {details}.",
+                param="file",
+                flagged_lines=lines,
+            )
+        details = (
+            f"warning: above the pre-screen threshold of {100 * policy.prescreen_threshold:.1f} %; {details}"
+        )
     row = File(
         id=file_id,
         tenant_id=tenant.id,

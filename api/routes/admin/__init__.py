@@ -3,9 +3,10 @@
 from fastapi import APIRouter
 
 from api.deps import OperatorDep
-from api.routes.admin import jobs, models, tenants
+from api.routes.admin import jobs, models, policy, tenants
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[OperatorDep])
 router.include_router(tenants.router)
 router.include_router(jobs.router)
 router.include_router(models.router)
+router.include_router(policy.router)

@@ -1,0 +1,25 @@
+"""The operator's policy, read from the database (first read: the settings' defaults)."""
+
+from sqlalchemy.orm import Session
+
+from api.models import Policy
+from api.settings import get_service_settings
+
+PRESCREEN_ACTIONS = ("warn", "reject")
+
+
+def get_policy(session: Session) -> Policy:
+    policy = session.get(Policy, 1)
+    if policy is None:
+        settings = get_service_settings()
+        policy = Policy(
+            id=1,
+            harmful_score_threshold=settings.harmful_score_threshold,
+            eval_prompts_file=settings.eval_prompts_file,
+            eval_prompts=settings.eval_prompts,
+            prescreen_action=settings.prescreen_action,
+            prescreen_threshold=settings.prescreen_threshold,
+        )
+        session.add(policy)
+        session.commit()
+    return policy

@@ -1,0 +1,48 @@
+"""The safety policy: release-gate threshold, evaluation prompts, pre-screen action and threshold."""
+
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from api.deps import SessionDep
+from api.models import Policy
+from api.policy import get_policy
+from api.routes.admin.tenants import audit
+
+router = APIRouter(prefix="/policy")
+
+
+class PolicyUpdate(BaseModel):
+    harmful_score_threshold: float | None = Field(default=None, ge=0, le=100)
+    eval_prompts_file: str | None = None
+    eval_prompts: int | None = Field(default=None, ge=1)
+    prescreen_action: Literal["warn", "reject"] | None = None
+    prescreen_threshold: float | None = Field(default=None, ge=0, le=1)
+
+
+def _policy(p: Policy) -> dict[str, Any]:
+    fields = (
+        "harmful_score_threshold",
+        "eval_prompts_file",
+        "eval_prompts",
+        "prescreen_action",
+        "prescreen_threshold",
+    )
+    return {name: getattr(p, name) for name in fields}
+
+
+@router.get("")
+def read(session: SessionDep) -> dict[str, Any]:
+    return _policy(get_policy(session))
+
+
+@router.patch("")
+def update(body: PolicyUpdate, session: SessionDep) -> dict[str, Any]:
+    policy = get_policy(session)
+    changes = body.model_dump(exclude_none=True)
+    for name, value in changes.items():
+        setattr(policy, name, value)
+    audit(session, "policy.update", "policy", changes)
+    session.commit()
+    return _policy(policy)
