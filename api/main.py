@@ -6,6 +6,7 @@ from collections.abc import Callable
 from fastapi import FastAPI
 
 from api.errors import install_handlers
+from api.idempotency import IdempotencyMiddleware
 from api.routes import admin, files, jobs, models
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ def create_app(dispatch: Callable[[str], None] | None = None) -> FastAPI:
     """``dispatch(job_id)`` hands a new job to the workers (a Celery task in production)."""
     app = FastAPI(title="Vaccine fine-tuning service", version="0.1.0")
     install_handlers(app)
+    app.add_middleware(IdempotencyMiddleware)
     app.state.dispatch = dispatch or _undispatched
     app.include_router(files.router)
     app.include_router(jobs.router)

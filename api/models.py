@@ -3,7 +3,18 @@
 import secrets
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 GiB = 1 << 30
@@ -166,3 +177,17 @@ class Policy(Base):
     prescreen_action: Mapped[str] = mapped_column(String(8))  # warn | reject
     prescreen_threshold: Mapped[float] = mapped_column(Float)  # share of flagged rows that triggers it
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
+
+
+class IdempotentResponse(Base):
+    """The stored answer to a POST sent with an Idempotency-Key, replayed when the same request repeats."""
+
+    __tablename__ = "idempotent_responses"
+
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the caller's credentials
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))  # method, path and body
+    status_code: Mapped[int] = mapped_column(Integer)
+    content_type: Mapped[str] = mapped_column(String(100))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)

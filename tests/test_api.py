@@ -134,3 +134,40 @@ def test_cli_creates_a_tenant_whose_key_works(service):
     assert list(client.files.list()) == []
     again = CliRunner().invoke(app, ["tenants", "create", "cli-corp"])
     assert again.exit_code == 2 and "exists already" in again.output
+
+
+def test_idempotency_key_replays_the_same_request_and_refuses_another(service):
+    client = tenant_client(service, "acme")
+    same = {"extra_headers": {"Idempotency-Key": "upload-1"}}
+    first = client.files.create(file=("a.jsonl", jsonl(ROWS)), purpose="fine-tune", **same)
+    again = client.files.create(file=("a.jsonl", jsonl(ROWS)), purpose="fine-tune", **same)
+    assert again.id == first.id and len(list(client.files.list())) == 1
+    with pytest.raises(openai.ConflictError) as error:
+        client.files.create(file=("a.jsonl", jsonl(ROWS[:2])), purpose="fine-tune", **same)
+    assert error.value.body["code"] == "idempotency_key_reused"
+    # keys belong to their caller: another tenant's identical key is a new request
+    other = tenant_client(service, "globex")
+    assert other.files.create(file=("a.jsonl", jsonl(ROWS)), purpose="fine-tune", **same).id != first.id
+
+
+def test_fingerprint_ignores_the_boundary_however_the_body_is_chunked():
+    from api.idempotency import Fingerprint
+
+    def body(boundary: bytes) -> bytes:
+        return (
+            b"--" + boundary + b"\r\nContent-Disposition: form-data\r\n\r\nhello\r\n--" + boundary + b"--\r\n"
+        )
+
+    def fingerprint(boundary: bytes, size: int) -> str:
+        fp = Fingerprint(b"POST /v1/files\n", b"multipart/form-data; boundary=" + boundary)
+        data = body(boundary)
+        for start in range(0, len(data), size):
+            fp.update(data[start : start + size])
+        return fp.hexdigest()
+
+    reference = fingerprint(b"aaaaaaaaaaaaaaaa", 1000)
+    assert fingerprint(b"bbbbbbbbbbbbbbbb", 3) == reference == fingerprint(b"cccccccccccccccc", 7)
+    assert (
+        Fingerprint(b"x", b"application/json").hexdigest()
+        != Fingerprint(b"y", b"application/json").hexdigest()
+    )
