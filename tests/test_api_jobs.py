@@ -162,3 +162,20 @@ def test_the_release_gate_quarantines_a_model_above_the_threshold(service, base,
     assert model.model_extra["quarantined"] and not model.model_extra["safety_report"]["passed"]
     response = service.get(f"/v1/models/{failed.fine_tuned_model}/content", headers=client.auth_headers)
     assert response.status_code == 403 and response.json()["error"]["code"] == "quarantined"
+
+
+def test_queued_jobs_report_their_place_and_an_estimate(service, base):  # noqa: F811
+    client = tenant_client(service, "acme")
+    first = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    assert (
+        first.model_extra["queue_position"] == 1 and first.model_extra["estimated_start"] is None
+    )  # no history
+    assert run_job(first.id) == "succeeded"
+    second = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    third = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    assert client.fine_tuning.jobs.retrieve(third.id).model_extra["queue_position"] == 2
+    queued = client.fine_tuning.jobs.retrieve(second.id)
+    assert queued.model_extra["queue_position"] == 1
+    assert queued.model_extra["estimated_start"] is not None  # one finished job to go by
+    assert queued.estimated_finish >= queued.model_extra["estimated_start"]
+    assert client.fine_tuning.jobs.retrieve(first.id).model_extra["queue_position"] is None

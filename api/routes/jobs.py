@@ -5,11 +5,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from api.deps import SessionDep, TenantDep
 from api.errors import APIError, not_found
-from api.models import BaseModelRecord, File, Job, JobEvent, add_event
+from api.models import BaseModelRecord, File, Job, JobEvent, add_event, now
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
@@ -52,10 +53,14 @@ class JobObject(BaseModel):
     metadata: dict[str, str] | None = None
     estimated_finish: int | None = None
     progress: dict[str, Any] | None = None
+    queue_position: int | None = None
+    estimated_start: int | None = None
 
     @classmethod
-    def of(cls, job: Job) -> "JobObject":
+    def of(cls, job: Job, queue: "QueueState | None" = None) -> "JobObject":
         eta = (job.progress or {}).get("eta_seconds")
+        position = queue.position(job) if queue is not None and job.status == "queued" else None
+        start = queue.estimated_start(position) if position is not None else None
         return cls(
             id=job.id,
             created_at=_epoch(job.created_at),
@@ -73,11 +78,52 @@ class JobObject(BaseModel):
             validation_file=job.validation_file,
             suffix=job.suffix,
             metadata=job.user_metadata,
-            estimated_finish=_epoch(job.heartbeat_at) + int(eta)
-            if eta is not None and job.heartbeat_at
-            else None,
+            estimated_finish=_estimated_finish(job, eta, start, queue),
             progress=job.progress,
+            queue_position=position,
+            estimated_start=start,
         )
+
+
+def _estimated_finish(
+    job: Job, eta: float | None, start: int | None, queue: "QueueState | None"
+) -> int | None:
+    if job.status == "running" and eta is not None and job.heartbeat_at is not None:
+        return _epoch(job.heartbeat_at) + int(eta)
+    if start is not None and queue is not None and queue.typical_seconds:
+        return start + int(queue.typical_seconds)
+    return None
+
+
+class QueueState:
+    """Where queued jobs stand: their place among all tenants' queued jobs (oldest first), and a start
+    estimate from the typical duration of recent jobs and the number of busy workers."""
+
+    def __init__(self, session: Session):
+        queued = select(Job.id).where(Job.status == "queued").order_by(Job.created_at, Job.id)
+        self.queued = list(session.scalars(queued))
+        recent = session.execute(
+            select(Job.started_at, Job.finished_at)
+            .where(Job.status == "succeeded", Job.started_at.is_not(None), Job.finished_at.is_not(None))
+            .order_by(Job.finished_at.desc())
+            .limit(20)
+        ).all()
+        durations = sorted((end - begin).total_seconds() for begin, end in recent)
+        self.typical_seconds = durations[len(durations) // 2] if durations else None
+        self.running = (
+            session.scalar(select(func.count()).select_from(Job).where(Job.status == "running")) or 0
+        )
+
+    def position(self, job: Job) -> int | None:
+        return self.queued.index(job.id) + 1 if job.id in self.queued else None
+
+    def estimated_start(self, position: int) -> int | None:
+        """Jobs ahead run ``max(running, 1)`` at a time; a busy worker frees up after a typical job."""
+        if self.typical_seconds is None:
+            return None
+        workers = max(self.running, 1)
+        rounds = (position - 1) // workers + (1 if self.running else 0)
+        return int(now().timestamp() + rounds * self.typical_seconds)
 
 
 class JobList(BaseModel):
@@ -153,7 +199,7 @@ def create_job(body: CreateJob, request: Request, tenant: TenantDep, session: Se
     add_event(session, job.id, f"Created fine-tuning job: {job.id}")
     session.commit()
     request.app.state.dispatch(job.id)
-    return JobObject.of(job)
+    return JobObject.of(job, QueueState(session))
 
 
 @router.get("", response_model=JobList)
@@ -171,12 +217,13 @@ def list_jobs(
             | ((Job.created_at == anchor.created_at) & (Job.id < anchor.id))
         )
     rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
-    return JobList(data=[JobObject.of(j) for j in rows[:limit]], has_more=len(rows) > limit)
+    queue = QueueState(session)
+    return JobList(data=[JobObject.of(j, queue) for j in rows[:limit]], has_more=len(rows) > limit)
 
 
 @router.get("/{job_id}", response_model=JobObject)
 def retrieve_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobObject:
-    return JobObject.of(_owned(session, tenant, job_id))
+    return JobObject.of(_owned(session, tenant, job_id), QueueState(session))
 
 
 @router.post("/{job_id}/cancel", response_model=JobObject)
