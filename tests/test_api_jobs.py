@@ -179,3 +179,20 @@ def test_queued_jobs_report_their_place_and_an_estimate(service, base):  # noqa:
     assert queued.model_extra["estimated_start"] is not None  # one finished job to go by
     assert queued.estimated_finish >= queued.model_extra["estimated_start"]
     assert client.fine_tuning.jobs.retrieve(first.id).model_extra["queue_position"] is None
+
+
+def test_jobs_filter_by_metadata_and_list_their_checkpoints(service, base, monkeypatch):  # noqa: F811
+    import worker.runner as runner
+
+    monkeypatch.setattr(runner, "CHECKPOINT_EVERY", 2)
+    client = tenant_client(service, "acme")
+    tagged = client.fine_tuning.jobs.create(
+        model=base, training_file=upload(client), metadata={"team": "search"}, hyperparameters={"n_epochs": 2}
+    )
+    client.fine_tuning.jobs.create(model=base, training_file=upload(client), metadata={"team": "ads"})
+    found = client.fine_tuning.jobs.list(metadata={"team": "search"})
+    assert [j.id for j in found] == [tagged.id]
+    assert run_job(tagged.id) == "succeeded"
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(tagged.id)
+    assert [c.step_number for c in checkpoints] == [4, 2]
+    assert checkpoints.data[0].fine_tuning_job_id == tagged.id

@@ -8,9 +8,10 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.deps import SessionDep, TenantDep
+from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import APIError, not_found
 from api.models import BaseModelRecord, File, Job, JobEvent, add_event, now
+from vaccine_core.training import CHECKPOINTS_DIR
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
@@ -204,11 +205,18 @@ def create_job(body: CreateJob, request: Request, tenant: TenantDep, session: Se
 
 @router.get("", response_model=JobList)
 def list_jobs(
+    request: Request,
     tenant: TenantDep,
     session: SessionDep,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobList:
+    """Newest first; ``metadata[key]=value`` query parameters keep the jobs whose metadata match."""
+    wanted = {
+        name[len("metadata[") : -1]: value
+        for name, value in request.query_params.multi_items()
+        if name.startswith("metadata[") and name.endswith("]")
+    }
     query = select(Job).where(Job.tenant_id == tenant.id)
     if after:
         anchor = _owned(session, tenant, after)
@@ -216,7 +224,10 @@ def list_jobs(
             (Job.created_at < anchor.created_at)
             | ((Job.created_at == anchor.created_at) & (Job.id < anchor.id))
         )
-    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc())))
+    if wanted:  # metadata is JSON, whose query syntax differs between SQLite and PostgreSQL: filter here
+        rows = [j for j in rows if all((j.user_metadata or {}).get(k) == v for k, v in wanted.items())]
+    rows = rows[: limit + 1]
     queue = QueueState(session)
     return JobList(data=[JobObject.of(j, queue) for j in rows[:limit]], has_more=len(rows) > limit)
 
@@ -263,3 +274,41 @@ def list_events(
         for e in rows[:limit]
     ]
     return EventList(data=data, has_more=len(rows) > limit)
+
+
+class CheckpointObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuning_job_id: str
+    step_number: int
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    fine_tuned_model_checkpoint: str
+
+
+class CheckpointList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[CheckpointObject]
+    has_more: bool = False
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointList)
+def list_checkpoints(
+    job_id: str, tenant: TenantDep, session: SessionDep, settings: SettingsDep
+) -> CheckpointList:
+    """The resumable checkpoints the job has written (adapter + trainer state), newest first."""
+    job = _owned(session, tenant, job_id)
+    root = settings.home / "jobs" / job_id / CHECKPOINTS_DIR
+    found = sorted(root.glob("step-*"), reverse=True) if root.is_dir() else []
+    data = [
+        CheckpointObject(
+            id=f"ftckpt-{job_id}-{path.name}",
+            created_at=int(path.stat().st_mtime),
+            fine_tuning_job_id=job_id,
+            step_number=int(path.name.removeprefix("step-")),
+            fine_tuned_model_checkpoint=f"ft:{job.model}:{job.suffix or 'custom'}:{job_id}:ckpt-{path.name}",
+        )
+        for path in found
+        if not path.name.endswith(".partial")
+    ]
+    return CheckpointList(data=data)
