@@ -196,3 +196,25 @@ def test_jobs_filter_by_metadata_and_list_their_checkpoints(service, base, monke
     checkpoints = client.fine_tuning.jobs.checkpoints.list(tagged.id)
     assert [c.step_number for c in checkpoints] == [4, 2]
     assert checkpoints.data[0].fine_tuning_job_id == tagged.id
+
+
+def test_a_job_whose_worker_died_is_queued_again_and_resumes(service, base):  # noqa: F811
+    from datetime import timedelta
+
+    from api.models import now
+    from worker.recovery import requeue_stale_jobs
+
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    with Session(get_engine()) as session:  # as a worker leaves it when it is killed mid-job
+        row = session.get(Job, job.id)
+        row.status, row.attempts, row.heartbeat_at = "running", 1, now() - timedelta(hours=1)
+        session.commit()
+        fresh = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+        dispatched = []
+        assert requeue_stale_jobs(session, dispatched.append) == [job.id] == dispatched
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "queued"
+    assert client.fine_tuning.jobs.retrieve(fresh.id).status == "queued"
+    assert run_job(job.id) == "succeeded"
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert "Resumed after an interruption" in messages

@@ -8,8 +8,12 @@ checkpoint, so a redelivered job continues where the dead worker stopped.
 """
 
 from celery import Celery
+from celery.signals import worker_ready
+from sqlalchemy.orm import Session
 
+from api.db import get_engine
 from api.settings import ServiceSettings, get_service_settings
+from worker.recovery import requeue_stale_jobs
 from worker.runner import run_job
 
 TASK_NAME = "vaccine.run_job"
@@ -46,3 +50,10 @@ celery_app = make_celery(get_service_settings())
 def dispatch(job_id: str) -> None:
     """Queue a job for the workers (the API's dispatch)."""
     celery_app.send_task(TASK_NAME, args=[job_id])
+
+
+@worker_ready.connect
+def _recover(**_kwargs) -> None:
+    """A starting worker queues again the jobs whose worker died (their heartbeat stopped)."""
+    with Session(get_engine()) as session:
+        requeue_stale_jobs(session, dispatch)
