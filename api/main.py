@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from api.errors import install_handlers
 from api.idempotency import IdempotencyMiddleware
-from api.routes import admin, files, jobs, models
+from api.routes import admin, files, health, jobs, models
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,6 @@ def create_app(dispatch: Callable[[str], None] | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(admin.router)
-
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    app.include_router(health.router)
 
     return app

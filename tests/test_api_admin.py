@@ -115,3 +115,14 @@ def test_policy_drives_the_prescreen_and_the_release_gate(service, base):  # noq
     assert client.fine_tuning.jobs.retrieve(job.id).error.code == "moderation_blocked"
     actions = [e["action"] for e in service.get("/admin/audit", headers=OPERATOR).json()["data"]]
     assert "policy.update" in actions
+
+
+def test_probes_and_the_workers_view(service):  # noqa: F811
+    assert service.get("/healthz").json() == {"status": "ok"}
+    ready = service.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "storage": "ok"}
+    client = tenant_client(service, "acme")
+    view = service.get("/admin/workers", headers=OPERATOR).json()
+    assert view["workers"] == {} and view["jobs"] == {}  # no worker runs in this test
+    assert view["queue"]["name"] == "celery"
+    assert service.get("/admin/workers", headers=client.auth_headers).status_code == 403
