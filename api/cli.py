@@ -65,7 +65,7 @@ def serve(
 
     from api.embedded import ensure_default_base
     from api.main import create_app
-    from worker.celery_app import dispatch
+    from worker.celery_app import dispatch, dispatch_alignment
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = get_service_settings()
@@ -102,7 +102,9 @@ def serve(
         f"demo tenant key (shown once): {key}\n"
     )
     try:
-        uvicorn.run(create_app(dispatch=dispatch), host=host, port=port)
+        uvicorn.run(
+            create_app(dispatch=dispatch, dispatch_alignment=dispatch_alignment), host=host, port=port
+        )
     finally:
         if process is not None:
             process.terminate()

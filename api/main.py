@@ -12,16 +12,20 @@ from api.routes import admin, files, health, jobs, models
 log = logging.getLogger(__name__)
 
 
-def _undispatched(job_id: str) -> None:
-    log.warning("no worker dispatch configured: job %s stays queued", job_id)
+def _undispatched(identifier: str) -> None:
+    log.warning("no worker dispatch configured: %s stays queued", identifier)
 
 
-def create_app(dispatch: Callable[[str], None] | None = None) -> FastAPI:
-    """``dispatch(job_id)`` hands a new job to the workers (a Celery task in production)."""
+def create_app(
+    dispatch: Callable[[str], None] | None = None, dispatch_alignment: Callable[[str], None] | None = None
+) -> FastAPI:
+    """``dispatch(job_id)`` hands a new job to the workers, ``dispatch_alignment(base_id)`` an operator's
+    alignment (Celery tasks in production)."""
     app = FastAPI(title="Vaccine fine-tuning service", version="0.1.0")
     install_handlers(app)
     app.add_middleware(IdempotencyMiddleware)
     app.state.dispatch = dispatch or _undispatched
+    app.state.dispatch_alignment = dispatch_alignment or _undispatched
     app.include_router(files.router)
     app.include_router(jobs.router)
     app.include_router(models.router)

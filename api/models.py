@@ -89,6 +89,8 @@ class BaseModelRecord(Base):
     path: Mapped[str | None] = mapped_column(Text, nullable=True)  # the alignment run's directory
     alignment: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # method, rho, data, epochs
     report: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # harmful score, over-refusal
+    progress: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # alignment step, loss, eta
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 

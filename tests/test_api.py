@@ -31,8 +31,9 @@ def service(tmp_path, monkeypatch):
     get_engine.cache_clear()
     upgrade(url)
     dispatched: list[str] = []
-    with TestClient(create_app(dispatch=dispatched.append)) as http:
-        http.dispatched = dispatched
+    alignments: list[str] = []
+    with TestClient(create_app(dispatch=dispatched.append, dispatch_alignment=alignments.append)) as http:
+        http.dispatched, http.alignments = dispatched, alignments
         yield http
     get_engine().dispose()
     get_engine.cache_clear()

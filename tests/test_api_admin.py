@@ -126,3 +126,23 @@ def test_probes_and_the_workers_view(service):  # noqa: F811
     assert view["workers"] == {} and view["jobs"] == {}  # no worker runs in this test
     assert view["queue"]["name"] == "celery"
     assert service.get("/admin/workers", headers=client.auth_headers).status_code == 403
+
+
+def test_an_operator_registers_and_aligns_a_base_that_tenants_then_use(service, tiny_model_dir, alpaca_file):  # noqa: F811
+    from worker.alignment import align_base
+
+    body = {"name": "tiny-sft", "source": str(tiny_model_dir), "method": "sft", "data": str(alpaca_file)}
+    created = service.post("/admin/models", json=body, headers=OPERATOR).json()
+    assert created["status"] == "registered" and service.alignments == ["tiny-sft"]
+    assert service.post("/admin/models", json=body, headers=OPERATOR).status_code == 409
+    client = tenant_client(service, "acme")
+    with pytest.raises(openai.BadRequestError):  # not aligned yet
+        client.fine_tuning.jobs.create(model="tiny-sft", training_file=upload(client))
+
+    assert align_base("tiny-sft") == "ready"
+    (listed,) = service.get("/admin/models", headers=OPERATOR).json()["data"]
+    assert listed["status"] == "ready" and listed["alignment"]["method"] == "sft"
+    assert listed["progress"]["step"] == listed["progress"]["total_steps"] == 3  # 12 pairs, batch 5
+    assert 0 <= listed["report"]["harmful_score"] <= 100 and 0 <= listed["report"]["over_refusal"] <= 1
+    job = client.fine_tuning.jobs.create(model="tiny-sft", training_file=upload(client))
+    assert run_job(job.id) == "succeeded"

@@ -13,10 +13,12 @@ from sqlalchemy.orm import Session
 
 from api.db import get_engine
 from api.settings import ServiceSettings, get_service_settings
+from worker.alignment import align_base
 from worker.recovery import requeue_stale_jobs
 from worker.runner import run_job
 
 TASK_NAME = "vaccine.run_job"
+ALIGN_TASK_NAME = "vaccine.align_base"
 
 
 def make_celery(settings: ServiceSettings) -> Celery:
@@ -41,6 +43,7 @@ def make_celery(settings: ServiceSettings) -> Celery:
         worker_hijack_root_logger=False,
     )
     app.task(name=TASK_NAME)(run_job)
+    app.task(name=ALIGN_TASK_NAME)(align_base)
     return app
 
 
@@ -50,6 +53,11 @@ celery_app = make_celery(get_service_settings())
 def dispatch(job_id: str) -> None:
     """Queue a job for the workers (the API's dispatch)."""
     celery_app.send_task(TASK_NAME, args=[job_id])
+
+
+def dispatch_alignment(base_id: str) -> None:
+    """Queue an operator's alignment of a registered base."""
+    celery_app.send_task(ALIGN_TASK_NAME, args=[base_id])
 
 
 @worker_ready.connect

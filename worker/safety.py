@@ -15,7 +15,7 @@ REPORT_FILE = "safety_report.json"
 DRIFT_EXAMPLES = 32
 
 
-def _data_path(settings: ServiceSettings, name: str) -> Path:
+def data_path(settings: ServiceSettings, name: str) -> Path:
     path = Path(name)
     return path if path.is_absolute() else settings.data_dir / path
 
@@ -28,11 +28,11 @@ def safety_report(
     Written beside the adapter as safety_report.json."""
     loaded = load_for_inference(run_dir)
     judge = shared_judge(settings.safety_judge)
-    prompts = load_prompts(_data_path(settings, policy.eval_prompts_file), policy.eval_prompts)
+    prompts = load_prompts(data_path(settings, policy.eval_prompts_file), policy.eval_prompts)
     harmful = harmful_score(
         loaded.model, loaded.tokenizer, prompts, judge, max_new_tokens=settings.eval_max_new_tokens
     )
-    harmless = load_prompts(_data_path(settings, settings.harmless_prompts_file), settings.harmless_prompts)
+    harmless = load_prompts(data_path(settings, settings.harmless_prompts_file), settings.harmless_prompts)
     refusals = refusal_rate(
         loaded.model, loaded.tokenizer, harmless, max_new_tokens=settings.eval_max_new_tokens
     )

@@ -1,0 +1,128 @@
+"""Align a registered base model (an operator's job), recording progress and an alignment report.
+
+The report measures the aligned base before any user fine-tuning: harmful score on the policy's
+evaluation prompts, and over-refusal on harmless prompts (alignment on refusals alone teaches a model
+to refuse everything, so both numbers matter).
+"""
+
+import json
+import logging
+import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import sessionmaker
+
+from api.db import get_engine
+from api.models import BaseModelRecord
+from api.policy import get_policy
+from api.settings import ServiceSettings, get_service_settings
+from vaccine_core.align import align
+from vaccine_core.config import PerturbationConfig, alignment_defaults
+from vaccine_core.evaluation import harmful_score, load_prompts, refusal_rate
+from vaccine_core.inference import load_for_inference
+from vaccine_core.mixing import read_jsonl
+from vaccine_core.moderation import shared_judge
+from vaccine_core.training import Progress, ProgressCallback
+from worker.safety import data_path
+
+log = logging.getLogger(__name__)
+
+
+def alignment_mix(settings: ServiceSettings, pairs: int, target: Path) -> Path:
+    """Half safety pairs (harmful request, safe answer), half helpful Alpaca pairs, seeded."""
+    rng = random.Random(0)
+    half = pairs // 2
+    safety = rng.sample(read_jsonl(settings.data_dir / "alignment/safe_refusals.jsonl"), half)
+    helpful = rng.sample(read_jsonl(settings.data_dir / "benign/alpaca_demo.jsonl"), pairs - half)
+    rows = safety + helpful
+    rng.shuffle(rows)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return target
+
+
+def alignment_report(
+    run_dir: Path, settings: ServiceSettings, eval_file: str, eval_prompts: int
+) -> dict[str, Any]:
+    loaded = load_for_inference(run_dir)
+    judge = shared_judge(settings.safety_judge)
+    harmful = harmful_score(
+        loaded.model,
+        loaded.tokenizer,
+        load_prompts(data_path(settings, eval_file), eval_prompts),
+        judge,
+        max_new_tokens=settings.eval_max_new_tokens,
+    )
+    harmless = load_prompts(data_path(settings, settings.harmless_prompts_file), settings.harmless_prompts)
+    refusals = refusal_rate(
+        loaded.model, loaded.tokenizer, harmless, max_new_tokens=settings.eval_max_new_tokens
+    )
+    return {
+        "judge": judge.name,
+        "harmful_score": harmful.harmful_score,
+        "evaluated_prompts": harmful.total,
+        "over_refusal": refusals.refusal_rate,
+        "harmless_prompts": refusals.total,
+    }
+
+
+def align_base(base_id: str, on_progress: ProgressCallback | None = None) -> str:
+    """Align ``base_id`` as its record says (idempotent: a ready base is left alone); return its status."""
+    settings = get_service_settings()
+    sessions = sessionmaker(get_engine(), expire_on_commit=False)
+    with sessions() as session:
+        record = session.get(BaseModelRecord, base_id)
+        if record is None or record.status == "ready":
+            return "missing" if record is None else record.status
+        record.status, record.error = "aligning", None
+        plan = dict(record.alignment or {})
+        policy = get_policy(session)
+        eval_file, eval_prompts = policy.eval_prompts_file, policy.eval_prompts
+        session.commit()
+    out = settings.home / "bases" / base_id
+    data = (
+        Path(plan["data"])
+        if plan.get("data")
+        else alignment_mix(settings, plan.get("pairs", 64), out.with_suffix(".jsonl"))
+    )
+
+    def progress(p: Progress) -> None:
+        with sessions() as session:
+            session.get(BaseModelRecord, base_id).progress = {
+                "step": p.step,
+                "total_steps": p.total_steps,
+                "train_loss": p.loss,
+                "eta_seconds": round(p.eta_seconds, 1),
+            }
+            session.commit()
+        if on_progress is not None:
+            on_progress(p)
+
+    try:
+        perturbation = PerturbationConfig(plan.get("method", "vaccine"), rho=plan.get("rho", 2.0))
+        config = replace(alignment_defaults(), epochs=float(plan.get("epochs", 1.0)))
+        align(
+            record.source,
+            data,
+            out,
+            perturbation,
+            config,
+            resume=True,
+            on_progress=progress,
+        )
+        report = alignment_report(out, settings, eval_file, eval_prompts)
+    except Exception as exc:
+        log.exception("aligning %s failed", base_id)
+        with sessions() as session:
+            row = session.get(BaseModelRecord, base_id)
+            row.status, row.error = "failed", str(exc)
+            session.commit()
+        return "failed"
+    with sessions() as session:
+        row = session.get(BaseModelRecord, base_id)
+        row.status, row.path, row.report = "ready", str(out), report
+        row.alignment = {**plan, "data": str(data)}
+        session.commit()
+    return "ready"
