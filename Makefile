@@ -1,11 +1,12 @@
 # Two entry points, each doing all set-up on a fresh machine:
-#   make demo   create .venv, install, run the end-to-end demo on the bundled default model
+#   make serve  create .venv, install, run the service on the embedded default (SQLite, file broker, a worker)
 #   make test   create .venv, install, lint and run the tests
+# and one more: make demo aligns, fine-tunes and evaluates the default model from the command line.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint
+.PHONY: install serve demo test lint
 
 $(BIN)/vaccine: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +18,9 @@ $(BIN)/vaccine: pyproject.toml
 	touch $@
 
 install: $(BIN)/vaccine
+
+serve: install
+	$(BIN)/vaccine serve
 
 demo: install
 	$(BIN)/vaccine demo
