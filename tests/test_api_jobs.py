@@ -218,3 +218,21 @@ def test_a_job_whose_worker_died_is_queued_again_and_resumes(service, base):  # 
     assert run_job(job.id) == "succeeded"
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
     assert "Resumed after an interruption" in messages
+
+
+def test_method_form_and_a_validation_file(service, base):  # noqa: F811
+    client = tenant_client(service, "acme")
+    training, validation = upload(client), upload(client)
+    method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}}
+    job = client.fine_tuning.jobs.create(
+        model=base, training_file=training, validation_file=validation, method=method
+    )
+    assert job.hyperparameters.n_epochs == 1
+    assert run_job(job.id) == "succeeded"
+    report = client.models.retrieve(client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model).model_extra
+    assert report["safety_report"]["fine_tune"]["steps"] == 2
+    assert report["safety_report"]["fine_tune"]["validation_loss"] > 0
+    with pytest.raises(openai.BadRequestError, match="not both"):
+        client.fine_tuning.jobs.create(
+            model=base, training_file=training, method=method, hyperparameters={"n_epochs": 2}
+        )

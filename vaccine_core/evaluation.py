@@ -12,6 +12,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from vaccine_core.data import (
+    IGNORE_INDEX,
     Conversation,
     DatasetError,
     Message,
@@ -184,6 +185,42 @@ def task_accuracy(
     ]
     correct = sum(item["correct"] for item in items)
     return AccuracyReport(task.name, correct / len(items) if items else 0.0, correct, len(items), items)
+
+
+@torch.no_grad()
+def mean_loss(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Conversation],
+    *,
+    max_length: int = 256,
+    batch_size: int = 8,
+) -> float:
+    """Cross-entropy per answer token over held-out conversations (a validation file's loss)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    try:
+        for start in range(0, len(conversations), batch_size):
+            chunk = conversations[start : start + batch_size]
+            batch = collate(
+                [tokenize_conversation(tokenizer, c.messages, max_length) for c in chunk],
+                tokenizer.pad_token_id,
+            )
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits.float()
+            labels = batch["labels"][:, 1:]
+            losses = torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+            total += float(losses)
+            tokens += int((labels != IGNORE_INDEX).sum())
+    finally:
+        model.train(was_training)
+    return total / tokens if tokens else float("nan")
 
 
 @torch.no_grad()

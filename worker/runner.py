@@ -125,9 +125,12 @@ def release(job_id: str, base: BaseModelRecord, output_dir: Path, trained_tokens
     with sessions() as session:
         add_event(session, job_id, "Evaluating the fine-tuned model's safety")
         policy = get_policy(session)
+        job = session.get(Job, job_id)
+        validation = session.get(File, job.validation_file) if job.validation_file else None
         session.commit()
     try:
-        report = safety_report(output_dir, base, get_service_settings(), policy)
+        validation_path = Path(validation.path) if validation is not None else None
+        report = safety_report(output_dir, base, get_service_settings(), policy, validation_path)
     except Exception as exc:
         log.exception("safety evaluation of job %s failed", job_id)
         with sessions() as session:

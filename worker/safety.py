@@ -7,7 +7,7 @@ from typing import Any
 from api.models import BaseModelRecord, Policy
 from api.settings import ServiceSettings
 from vaccine_core.data import load_dataset
-from vaccine_core.evaluation import embedding_drift, harmful_score, load_prompts, refusal_rate
+from vaccine_core.evaluation import embedding_drift, harmful_score, load_prompts, mean_loss, refusal_rate
 from vaccine_core.inference import load_for_inference
 from vaccine_core.moderation import shared_judge
 
@@ -21,7 +21,11 @@ def data_path(settings: ServiceSettings, name: str) -> Path:
 
 
 def safety_report(
-    run_dir: Path, base: BaseModelRecord, settings: ServiceSettings, policy: Policy
+    run_dir: Path,
+    base: BaseModelRecord,
+    settings: ServiceSettings,
+    policy: Policy,
+    validation_file: Path | None = None,
 ) -> dict[str, Any]:
     """Harmful score on the operator's evaluation prompts (with counts per category), over-refusal on
     harmless prompts, harmful embedding drift on the base's alignment data, and the training metrics.
@@ -41,6 +45,10 @@ def safety_report(
     if alignment_data and Path(alignment_data).is_file():
         conversations = load_dataset(alignment_data, limit=DRIFT_EXAMPLES).conversations
         drift = embedding_drift(loaded.model, loaded.tokenizer, conversations)
+    fine_tune = dict((loaded.manifest or {}).get("metrics", {}).get("train") or {})
+    if validation_file is not None:
+        validation = load_dataset(validation_file).conversations
+        fine_tune["validation_loss"] = mean_loss(loaded.model, loaded.tokenizer, validation)
     report = {
         "judge": judge.name,
         "harmful_score": harmful.harmful_score,
@@ -49,7 +57,7 @@ def safety_report(
         "categories": harmful.categories,
         "over_refusal": refusals.refusal_rate,
         "embedding_drift": drift,
-        "fine_tune": (loaded.manifest or {}).get("metrics", {}).get("train"),
+        "fine_tune": fine_tune,
         "threshold": policy.harmful_score_threshold,
         "passed": harmful.harmful_score <= policy.harmful_score_threshold,
     }

@@ -24,11 +24,21 @@ class Hyperparameters(BaseModel):
     learning_rate_multiplier: float | Literal["auto"] = "auto"
 
 
+class SupervisedMethod(BaseModel):
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+
+class Method(BaseModel):
+    type: Literal["supervised"]
+    supervised: SupervisedMethod = Field(default_factory=SupervisedMethod)
+
+
 class CreateJob(BaseModel):
     model: str
     training_file: str
     validation_file: str | None = None
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None  # the newer form: {"type": "supervised", "supervised": {"hyperparameters"}}
     suffix: str | None = Field(default=None, max_length=64)
     seed: int | None = None
     metadata: dict[str, str] | None = None
@@ -171,6 +181,14 @@ def _usable_file(session: SessionDep, tenant: TenantDep, file_id: str, param: st
     return row
 
 
+def _hyperparameters(body: CreateJob) -> Hyperparameters:
+    if body.method is not None and body.hyperparameters is not None:
+        raise APIError(400, "invalid_request", "Give hyperparameters or method, not both.", param="method")
+    if body.method is not None:
+        return body.method.supervised.hyperparameters
+    return body.hyperparameters or Hyperparameters()
+
+
 @router.post("", response_model=JobObject)
 def create_job(body: CreateJob, request: Request, tenant: TenantDep, session: SessionDep) -> JobObject:
     base = session.get(BaseModelRecord, body.model)
@@ -189,7 +207,7 @@ def create_job(body: CreateJob, request: Request, tenant: TenantDep, session: Se
         model=body.model,
         training_file=body.training_file,
         validation_file=body.validation_file,
-        hyperparameters={k: v for k, v in body.hyperparameters.model_dump().items() if v != "auto"},
+        hyperparameters={k: v for k, v in _hyperparameters(body).model_dump().items() if v != "auto"},
         suffix=body.suffix,
         seed=body.seed if body.seed is not None else 42,
         user_metadata=body.metadata,
