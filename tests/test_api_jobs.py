@@ -236,3 +236,19 @@ def test_method_form_and_a_validation_file(service, base):  # noqa: F811
         client.fine_tuning.jobs.create(
             model=base, training_file=training, method=method, hyperparameters={"n_epochs": 2}
         )
+
+
+def test_the_worker_keeps_its_base_between_jobs_without_adapters(service, base):  # noqa: F811
+    from vaccine_core.inference import resolve_base
+    from worker.runner import cached_base
+
+    cached_base.cache_clear()
+    client = tenant_client(service, "acme")
+    for _ in range(2):
+        job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+        assert run_job(job.id) == "succeeded"
+    assert cached_base.cache_info().misses == 1 and cached_base.cache_info().hits == 1  # loaded once
+    with Session(get_engine()) as session:
+        path = str(resolve_base(session.get(BaseModelRecord, base).path).model_path)
+    kept = cached_base(path)
+    assert not any("lora" in name for name, _ in kept.named_modules())  # each job's adapter was unloaded

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from transformers import PreTrainedModel
+
 from vaccine_core.artifacts import write_manifest
 from vaccine_core.config import PerturbationConfig, TrainingConfig, finetune_defaults
 from vaccine_core.inference import resolve_base
@@ -21,15 +23,19 @@ def finetune(
     resume: bool = False,
     on_progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    base_model: PreTrainedModel | None = None,
 ) -> RunResult:
     """``base`` is an alignment run's directory; any other model spec fine-tunes a base that was never
-    aligned (the "no alignment" row of the paper's tables)."""
+    aligned (the "no alignment" row of the paper's tables).
+
+    ``base_model`` is that base already loaded (a worker keeps it between jobs). Its weights stay frozen;
+    the fresh adapter is unloaded from it again before this returns, so it can serve the next job."""
     config = config or finetune_defaults()
     output_dir = Path(output_dir)
     start = resolve_base(base)
     tokenizer = load_tokenizer(start.model_path)
     run = train_adapter(
-        load_causal_lm(start.model_path, pick_device(device)),
+        base_model if base_model is not None else load_causal_lm(start.model_path, pick_device(device)),
         tokenizer,
         Path(data),
         output_dir,
@@ -41,10 +47,14 @@ def finetune(
         should_stop=should_stop,
     )
     if run.train.cancelled:
+        if base_model is not None:
+            run.model.unload()
         return RunResult(output_dir, run.train, None)
 
     run.model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
+    if base_model is not None:
+        run.model.unload()
     manifest = write_manifest(
         output_dir,
         {

@@ -7,10 +7,12 @@ died) resumes from its newest checkpoint. Cancellation is read from the database
 import logging
 import socket
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import sessionmaker
+from transformers import PreTrainedModel
 
 from api.db import get_engine
 from api.models import BaseModelRecord, File, FineTunedModel, Job, add_event, now
@@ -18,12 +20,22 @@ from api.policy import get_policy
 from api.settings import get_service_settings
 from vaccine_core.config import TrainingConfig, finetune_defaults
 from vaccine_core.finetune import finetune
+from vaccine_core.inference import resolve_base
+from vaccine_core.models import load_causal_lm
 from vaccine_core.training import Progress
 from worker.safety import safety_report
 
 log = logging.getLogger(__name__)
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@lru_cache(maxsize=1)
+def cached_base(path: str) -> PreTrainedModel:
+    """The base a worker fine-tunes from, loaded once per process (GPU workers keep it between jobs)."""
+    return load_causal_lm(Path(path))
+
+
 CHECKPOINT_EVERY = 10
 
 
@@ -98,9 +110,11 @@ def run_job(job_id: str) -> str:
             resume=True,
             on_progress=on_progress,
             should_stop=cancelled,
+            base_model=cached_base(str(resolve_base(base.path).model_path)),
         )
     except Exception as exc:  # every job ends in a state a user can read
         log.exception("job %s failed", job_id)
+        cached_base.cache_clear()  # it may still carry the failed job's adapter
         with sessions() as session:
             row = session.get(Job, job_id)
             row.status, row.finished_at = "failed", now()
