@@ -9,6 +9,7 @@ import json
 import os
 import time
 
+import httpx  # comes with openai
 import openai
 
 client = openai.OpenAI(
@@ -48,3 +49,11 @@ while True:
         break
     time.sleep(2)
 print(f"{job.id}: {job.status}; model {job.fine_tuned_model}; error {job.error}")
+if job.fine_tuned_model:
+    model = client.models.retrieve(job.fine_tuned_model)
+    print("safety report:", json.dumps(model.model_extra["safety_report"], indent=2))
+    if not model.model_extra["quarantined"]:
+        archive = client.get(f"/models/{job.fine_tuned_model}/content", cast_to=httpx.Response)
+        with open(f"{job.id}-adapter.tar.gz", "wb") as handle:
+            handle.write(archive.content)
+        print(f"adapter saved to {job.id}-adapter.tar.gz ({len(archive.content)} bytes)")
