@@ -115,13 +115,7 @@ def run_job(job_id: str) -> str:
     except Exception as exc:  # every job ends in a state a user can read
         log.exception("job %s failed", job_id)
         cached_base.cache_clear()  # it may still carry the failed job's adapter
-        with sessions() as session:
-            row = session.get(Job, job_id)
-            row.status, row.finished_at = "failed", now()
-            row.error = {"code": "training_failed", "message": str(exc), "param": None}
-            add_event(session, job_id, f"Fine-tuning failed: {exc}", level="error")
-            session.commit()
-        return "failed"
+        return fail(job_id, "training_failed", f"Fine-tuning failed: {exc}", str(exc))
 
     if result.manifest is None:
         with sessions() as session:
@@ -131,6 +125,17 @@ def run_job(job_id: str) -> str:
             session.commit()
         return "cancelled"
     return release(job_id, base, output_dir, result.train.tokens)
+
+
+def fail(job_id: str, code: str, event: str, message: str) -> str:
+    """End a job ``failed`` with a readable ``{code, message}``."""
+    with sessionmaker(get_engine())() as session:
+        row = session.get(Job, job_id)
+        row.status, row.finished_at = "failed", now()
+        row.error = {"code": code, "message": message, "param": None}
+        add_event(session, job_id, event, level="error")
+        session.commit()
+    return "failed"
 
 
 def release(job_id: str, base: BaseModelRecord, output_dir: Path, trained_tokens: int) -> str:
@@ -147,13 +152,7 @@ def release(job_id: str, base: BaseModelRecord, output_dir: Path, trained_tokens
         report = safety_report(output_dir, base, get_service_settings(), policy, validation_path)
     except Exception as exc:
         log.exception("safety evaluation of job %s failed", job_id)
-        with sessions() as session:
-            row = session.get(Job, job_id)
-            row.status, row.finished_at = "failed", now()
-            row.error = {"code": "evaluation_failed", "message": str(exc), "param": None}
-            add_event(session, job_id, f"Safety evaluation failed: {exc}", level="error")
-            session.commit()
-        return "failed"
+        return fail(job_id, "evaluation_failed", f"Safety evaluation failed: {exc}", str(exc))
     with sessions() as session:
         row = session.get(Job, job_id)
         model_id = f"ft:{row.model}:{row.suffix or 'custom'}:{row.id}"
