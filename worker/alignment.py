@@ -112,6 +112,7 @@ def align_base(base_id: str, on_progress: ProgressCallback | None = None) -> str
             resume=True,
             on_progress=progress,
         )
+        log.info("measuring %s: harmful score on %d prompts and over-refusal", base_id, eval_prompts)
         report = alignment_report(out, settings, eval_file, eval_prompts)
     except Exception as exc:
         log.exception("aligning %s failed", base_id)
