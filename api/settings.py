@@ -21,7 +21,10 @@ class ServiceSettings(Settings):
     # (refusals alone teach a model to refuse everything).
     default_base_name: str = "smollm2-135m-vaccine"
     default_base_source: str = "default"
-    default_alignment_pairs: int = 64
+    # 128 pairs x 2 epochs (~52 steps, ~10 min on 2 CPU cores): an independent probe found 32 steps of such a
+    # mix made the default model refuse 72-84 % of harmful prompts; 13 steps left it refusing almost none.
+    default_alignment_pairs: int = 128
+    default_alignment_epochs: float = 2.0
     # The safety report on every fine-tuned model, and the release gate (operator policy; the admin API
     # will edit it at run time).
     safety_judge: str = "default"
