@@ -30,7 +30,7 @@ def ensure_default_base(settings: ServiceSettings) -> BaseModelRecord:
                     "method": "vaccine",
                     "rho": RHO,
                     "pairs": settings.default_alignment_pairs,
-                    "epochs": 1,
+                    "epochs": settings.default_alignment_epochs,
                 },
             )
             session.add(record)
