@@ -24,6 +24,11 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def epoch(moment: datetime | None) -> int | None:
+    """Unix seconds, as the OpenAI API writes times."""
+    return int(moment.timestamp()) if moment is not None else None
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(12)}"
 

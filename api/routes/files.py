@@ -5,7 +5,6 @@ rules (an invalid file is refused with every problem by line and field) and is p
 configured judge; the flagged rows and their share are part of the file object.
 """
 
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,7 +15,7 @@ from sqlalchemy import func, select
 
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import APIError, not_found
-from api.models import File, new_id
+from api.models import File, epoch, new_id
 from api.policy import get_policy
 from vaccine_core.data import DatasetError, load_dataset
 from vaccine_core.moderation import shared_judge
@@ -45,7 +44,7 @@ class FileObject(BaseModel):
         return cls(
             id=row.id,
             bytes=row.bytes,
-            created_at=_epoch(row.created_at),
+            created_at=epoch(row.created_at),
             filename=row.filename,
             purpose=row.purpose,
             status=row.status,
@@ -67,10 +66,6 @@ class FileDeleted(BaseModel):
     id: str
     object: Literal["file"] = "file"
     deleted: bool = True
-
-
-def _epoch(moment: datetime) -> int:
-    return int(moment.timestamp())
 
 
 def _store(upload: UploadFile, target: Path, limit: int) -> int:

@@ -1,6 +1,5 @@
 """``/v1/fine_tuning/jobs``: create, list, retrieve, cancel fine-tuning jobs, and read their events."""
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -10,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import APIError, not_found
-from api.models import BaseModelRecord, File, Job, JobEvent, add_event, now
+from api.models import BaseModelRecord, File, Job, JobEvent, add_event, epoch, now
 from vaccine_core.training import CHECKPOINTS_DIR
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -74,10 +73,10 @@ class JobObject(BaseModel):
         start = queue.estimated_start(position) if position is not None else None
         return cls(
             id=job.id,
-            created_at=_epoch(job.created_at),
+            created_at=epoch(job.created_at),
             error=job.error,
             fine_tuned_model=job.fine_tuned_model,
-            finished_at=_epoch(job.finished_at),
+            finished_at=epoch(job.finished_at),
             hyperparameters={"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
             | (job.hyperparameters or {}),
             model=job.model,
@@ -100,7 +99,7 @@ def _estimated_finish(
     job: Job, eta: float | None, start: int | None, queue: "QueueState | None"
 ) -> int | None:
     if job.status == "running" and eta is not None and job.heartbeat_at is not None:
-        return _epoch(job.heartbeat_at) + int(eta)
+        return epoch(job.heartbeat_at) + int(eta)
     if start is not None and queue is not None and queue.typical_seconds:
         return start + int(queue.typical_seconds)
     return None
@@ -157,10 +156,6 @@ class EventList(BaseModel):
     object: Literal["list"] = "list"
     data: list[EventObject]
     has_more: bool
-
-
-def _epoch(moment: datetime | None) -> int | None:
-    return int(moment.timestamp()) if moment is not None else None
 
 
 def _owned(session: SessionDep, tenant: TenantDep, job_id: str) -> Job:
@@ -283,7 +278,7 @@ def list_events(
     data = [
         EventObject(
             id=f"ftevent-{e.id}",
-            created_at=int(e.created_at.timestamp()),
+            created_at=epoch(e.created_at),
             level=e.level,
             message=e.message,
             data=e.data,

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from api.deps import SessionDep, TenantDep
 from api.errors import APIError, not_found
-from api.models import BaseModelRecord, FineTunedModel
+from api.models import BaseModelRecord, FineTunedModel, epoch
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 SYSTEM_OWNER = "vaccine"
@@ -32,7 +32,7 @@ class ModelObject(BaseModel):
     def of_base(cls, record: BaseModelRecord) -> "ModelObject":
         return cls(
             id=record.id,
-            created=int(record.created_at.timestamp()),
+            created=epoch(record.created_at),
             owned_by=SYSTEM_OWNER,
             alignment=record.alignment,
         )
@@ -41,7 +41,7 @@ class ModelObject(BaseModel):
     def of_tuned(cls, record: FineTunedModel) -> "ModelObject":
         return cls(
             id=record.id,
-            created=int(record.created_at.timestamp()),
+            created=epoch(record.created_at),
             owned_by=record.tenant_id,
             base_model=record.base_model,
             quarantined=record.quarantined,

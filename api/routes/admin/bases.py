@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from api.deps import SessionDep
 from api.errors import APIError
-from api.models import BaseModelRecord
+from api.models import BaseModelRecord, epoch
 from api.routes.admin.tenants import audit
 
 router = APIRouter(prefix="/models")
@@ -36,7 +36,7 @@ def _base(record: BaseModelRecord) -> dict[str, Any]:
         "report": record.report,
         "progress": record.progress,
         "error": record.error,
-        "created_at": int(record.created_at.timestamp()),
+        "created_at": epoch(record.created_at),
     }
 
 

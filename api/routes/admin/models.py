@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from api.deps import SessionDep
 from api.errors import APIError, not_found
-from api.models import AuditEntry, FineTunedModel, Job, add_event
+from api.models import AuditEntry, FineTunedModel, Job, add_event, epoch
 from api.routes.admin.tenants import audit
 from api.routes.models import ModelObject
 
@@ -73,7 +73,7 @@ def audit_log(session: SessionDep) -> dict[str, Any]:
                 "action": r.action,
                 "target": r.target,
                 "details": r.details,
-                "created_at": int(r.created_at.timestamp()),
+                "created_at": epoch(r.created_at),
             }
             for r in rows
         ],

@@ -1,6 +1,5 @@
 """Tenants and keys: create (the key is shown once), list, revoke a key, set quotas."""
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter
@@ -9,7 +8,7 @@ from sqlalchemy import select
 
 from api.deps import SessionDep
 from api.errors import APIError, not_found
-from api.models import ApiKey, AuditEntry, Tenant, now
+from api.models import ApiKey, AuditEntry, Tenant, epoch, now
 from api.tenants import create_key, create_tenant
 
 router = APIRouter(prefix="/tenants")
@@ -31,21 +30,17 @@ def _tenant(t: Tenant) -> dict[str, Any]:
         "active": t.active,
         "max_concurrent_jobs": t.max_concurrent_jobs,
         "max_storage_bytes": t.max_storage_bytes,
-        "created_at": int(t.created_at.timestamp()),
+        "created_at": epoch(t.created_at),
         "keys": [
             {
                 "id": k.id,
                 "prefix": k.prefix,
                 "revoked": k.revoked_at is not None,
-                "created_at": _epoch(k.created_at),
+                "created_at": epoch(k.created_at),
             }
             for k in t.keys
         ],
     }
-
-
-def _epoch(moment: datetime) -> int:
-    return int(moment.timestamp())
 
 
 def audit(session: SessionDep, action: str, target: str, details: dict | None = None) -> None:
