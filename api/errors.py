@@ -1,15 +1,24 @@
 """Errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
 
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+T = TypeVar("T")
+
 
 class APIError(Exception):
     def __init__(self, status: int, code: str, message: str, param: str | None = None, **extra: Any):
         self.status, self.code, self.message, self.param, self.extra = status, code, message, param, extra
+
+
+def found(row: T | None, kind: str, identifier: str) -> T:
+    """``row``, or the 404 a missing object gets."""
+    if row is None:
+        raise not_found(kind, identifier)
+    return row
 
 
 def not_found(kind: str, identifier: str) -> APIError:

@@ -25,12 +25,13 @@ def make_celery(settings: ServiceSettings) -> Celery:
     app = Celery("vaccine", broker=settings.broker_url)
     transport_options: dict = {"visibility_timeout": settings.longest_job_seconds}
     if settings.broker_url.startswith("filesystem://"):
-        for folder in ("in", "processed"):
+        for folder in ("in", "processed", "control"):
             (settings.broker_dir / folder).mkdir(parents=True, exist_ok=True)
         transport_options |= {
             "data_folder_in": str(settings.broker_dir / "in"),
             "data_folder_out": str(settings.broker_dir / "in"),
             "processed_folder": str(settings.broker_dir / "processed"),
+            "control_folder": str(settings.broker_dir / "control"),  # else it lands in the working directory
             "store_processed": False,
         }
     app.conf.update(

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 
 from api.deps import SessionDep
-from api.errors import APIError, not_found
+from api.errors import APIError, found
 from api.models import Job, add_event
 from api.routes.admin.tenants import audit
 from api.routes.jobs import ACTIVE, JobObject
@@ -32,7 +32,7 @@ def list_jobs(
 
 @router.post("/{job_id}/cancel")
 def cancel(job_id: str, session: SessionDep) -> dict[str, Any]:
-    job = session.get(Job, job_id) or _missing(job_id)
+    job = found(session.get(Job, job_id), "fine-tuning job", job_id)
     if job.status not in ACTIVE:
         raise APIError(409, "job_not_active", f"Job '{job_id}' has already ended ({job.status}).", param="id")
     job.status = "cancelled"
@@ -45,7 +45,7 @@ def cancel(job_id: str, session: SessionDep) -> dict[str, Any]:
 @router.post("/{job_id}/requeue")
 def requeue(job_id: str, request: Request, session: SessionDep) -> dict[str, Any]:
     """Put a failed job back in the queue; it resumes from its newest checkpoint."""
-    job = session.get(Job, job_id) or _missing(job_id)
+    job = found(session.get(Job, job_id), "fine-tuning job", job_id)
     if job.status != "failed":
         raise APIError(409, "job_not_failed", f"Only failed jobs can be requeued; this one is {job.status}.")
     job.status, job.error, job.finished_at = "queued", None, None
@@ -54,7 +54,3 @@ def requeue(job_id: str, request: Request, session: SessionDep) -> dict[str, Any
     session.commit()
     request.app.state.dispatch(job_id)
     return JobObject.of(job).model_dump()
-
-
-def _missing(job_id: str):
-    raise not_found("fine-tuning job", job_id)

@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from api.deps import SessionDep
-from api.errors import APIError, not_found
+from api.errors import APIError, found, not_found
 from api.models import ApiKey, AuditEntry, Tenant, epoch, now
 from api.tenants import create_key, create_tenant
 
@@ -68,7 +68,7 @@ def list_tenants(session: SessionDep) -> dict[str, Any]:
 
 @router.post("/{tenant_id}/keys")
 def new_key(tenant_id: str, session: SessionDep) -> dict[str, Any]:
-    tenant = session.get(Tenant, tenant_id) or _missing("tenant", tenant_id)
+    tenant = found(session.get(Tenant, tenant_id), "tenant", tenant_id)
     key = create_key(session, tenant)
     audit(session, "key.create", tenant_id)
     session.commit()
@@ -88,14 +88,10 @@ def revoke_key(tenant_id: str, key_id: str, session: SessionDep) -> dict[str, An
 
 @router.patch("/{tenant_id}")
 def set_quotas(tenant_id: str, body: Quotas, session: SessionDep) -> dict[str, Any]:
-    tenant = session.get(Tenant, tenant_id) or _missing("tenant", tenant_id)
+    tenant = found(session.get(Tenant, tenant_id), "tenant", tenant_id)
     changes = body.model_dump(exclude_none=True)
     for field, value in changes.items():
         setattr(tenant, field, value)
     audit(session, "tenant.quotas", tenant_id, changes)
     session.commit()
     return _tenant(tenant)
-
-
-def _missing(kind: str, identifier: str):
-    raise not_found(kind, identifier)
