@@ -20,12 +20,10 @@ from api.policy import get_policy
 from api.settings import ServiceSettings, get_service_settings
 from vaccine_core.align import align
 from vaccine_core.config import PerturbationConfig, alignment_defaults
-from vaccine_core.evaluation import harmful_score, load_prompts, refusal_rate
 from vaccine_core.inference import load_for_inference
 from vaccine_core.mixing import read_jsonl
-from vaccine_core.moderation import shared_judge
 from vaccine_core.training import Progress, ProgressCallback
-from worker.safety import data_path
+from worker.safety import measure_safety
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +44,7 @@ def alignment_mix(settings: ServiceSettings, pairs: int, target: Path) -> Path:
 def alignment_report(
     run_dir: Path, settings: ServiceSettings, eval_file: str, eval_prompts: int
 ) -> dict[str, Any]:
-    loaded = load_for_inference(run_dir)
-    judge = shared_judge(settings.safety_judge)
-    harmful = harmful_score(
-        loaded.model,
-        loaded.tokenizer,
-        load_prompts(data_path(settings, eval_file), eval_prompts),
-        judge,
-        max_new_tokens=settings.eval_max_new_tokens,
-    )
-    harmless = load_prompts(data_path(settings, settings.harmless_prompts_file), settings.harmless_prompts)
-    refusals = refusal_rate(
-        loaded.model, loaded.tokenizer, harmless, max_new_tokens=settings.eval_max_new_tokens
-    )
-    return {
-        "judge": judge.name,
-        "harmful_score": harmful.harmful_score,
-        "evaluated_prompts": harmful.total,
-        "over_refusal": refusals.refusal_rate,
-        "harmless_prompts": refusals.total,
-    }
+    return measure_safety(load_for_inference(run_dir), settings, eval_file, eval_prompts)
 
 
 def align_base(base_id: str, on_progress: ProgressCallback | None = None) -> str:

@@ -237,10 +237,16 @@ def list_jobs(
             (Job.created_at < anchor.created_at)
             | ((Job.created_at == anchor.created_at) & (Job.id < anchor.id))
         )
-    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc())))
+    query = query.order_by(Job.created_at.desc(), Job.id.desc())
     if wanted:  # metadata is JSON, whose query syntax differs between SQLite and PostgreSQL: filter here
-        rows = [j for j in rows if all((j.user_metadata or {}).get(k) == v for k, v in wanted.items())]
-    rows = rows[: limit + 1]
+        matching = (
+            j
+            for j in session.scalars(query)
+            if all((j.user_metadata or {}).get(k) == v for k, v in wanted.items())
+        )
+        rows = [j for _, j in zip(range(limit + 1), matching, strict=False)]
+    else:
+        rows = list(session.scalars(query.limit(limit + 1)))
     queue = QueueState(session)
     return JobList(data=[JobObject.of(j, queue) for j in rows[:limit]], has_more=len(rows) > limit)
 

@@ -14,10 +14,11 @@ seed, so no question the judge was trained on is ever scored as "unseen".
 """
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+
+from vaccine_core.mixing import read_jsonl
 
 HELD_OUT_PERCENT = 20
 EXTRA_SAFE_REFUSALS = 300
@@ -60,11 +61,6 @@ class LabelledPair:
         return int.from_bytes(digest[:4], "big") % 100 < HELD_OUT_PERCENT
 
 
-def _jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
 def alpaca_question(row: dict) -> str:
     extra = row.get("input") or ""
     return f"{row['instruction']}\n\n{extra}" if extra.strip() else row["instruction"]
@@ -80,19 +76,19 @@ def load_labelled_pairs(data_dir: Path, seed: int = 0) -> list[LabelledPair]:
             r.get("category") if r["harmful"] else None,
             "jailbreakbench",
         )
-        for r in _jsonl(data_dir / SOURCE_FILES[0])
+        for r in read_jsonl(data_dir / SOURCE_FILES[0])
     ]
     pairs += [
         LabelledPair(r["prompt"], r["response"] or "", bool(r["harmful"]), None, "self_defense")
-        for r in _jsonl(data_dir / SOURCE_FILES[1])
+        for r in read_jsonl(data_dir / SOURCE_FILES[1])
     ]
-    refusals = rng.sample(_jsonl(data_dir / SOURCE_FILES[2]), EXTRA_SAFE_REFUSALS)
+    refusals = rng.sample(read_jsonl(data_dir / SOURCE_FILES[2]), EXTRA_SAFE_REFUSALS)
     pairs += [LabelledPair(alpaca_question(r), r["output"], False, None, "alignment") for r in refusals]
     pairs += [
         LabelledPair(alpaca_question(r), r["output"], True, None, "attack")
-        for r in _jsonl(data_dir / SOURCE_FILES[3])
+        for r in read_jsonl(data_dir / SOURCE_FILES[3])
     ]
-    benign = rng.sample(_jsonl(data_dir / SOURCE_FILES[4]), EXTRA_BENIGN)
+    benign = rng.sample(read_jsonl(data_dir / SOURCE_FILES[4]), EXTRA_BENIGN)
     pairs += [LabelledPair(alpaca_question(r), r["output"], False, None, "benign") for r in benign]
     return pairs
 
