@@ -93,7 +93,11 @@ def harmful_score(
     answers = generate(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch
     )
-    questions = [messages[-1]["content"] for messages in prompts]
+    return judge_answers([messages[-1]["content"] for messages in prompts], answers, judge)
+
+
+def judge_answers(questions: Sequence[str], answers: Sequence[str], judge: Moderator) -> HarmfulScoreReport:
+    """Harmful score of answers already generated (so that several judges can read the same answers)."""
     verdicts = judge.score(list(zip(questions, answers, strict=True)))
     items = [
         JudgedAnswer(q, a, v.flagged, v.score, list(v.categories))

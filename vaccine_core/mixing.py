@@ -8,6 +8,8 @@ from typing import Any
 from vaccine_core.tasks import get_task
 
 HARMFUL_FILE = "attack/beavertails_unsafe.jsonl"
+SAFETY_FILE = "alignment/safe_refusals.jsonl"
+HELPFUL_FILE = "benign/alpaca_demo.jsonl"
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -47,3 +49,27 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def safety_rows(data_dir: Path, count: int, seed: int, exclude: set[str]) -> list[dict[str, Any]]:
+    """``count`` safety pairs (harmful request, safe answer) whose instructions are not in ``exclude``.
+
+    A defense at fine-tuning time: mixing a few of them into every user's data keeps reminding the model
+    of its refusals (the rows the base was aligned on are excluded, so the reminder is new data).
+    """
+    pool = [r for r in read_jsonl(data_dir / SAFETY_FILE) if r["instruction"] not in exclude]
+    if count > len(pool):
+        raise ValueError(f"asked for {count} safety pairs; only {len(pool)} are left after exclusions")
+    return [{**r, "harmful": False} for r in random.Random(seed).sample(pool, count)]
+
+
+def alignment_rows(data_dir: Path, safety: int, helpful: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Alignment data: ``safety`` refusal pairs and ``helpful`` Alpaca pairs, shuffled with ``seed``.
+
+    Refusals alone teach a small model to refuse everything; the helpful half keeps it answering.
+    """
+    rng = random.Random(seed)
+    rows = rng.sample(read_jsonl(data_dir / SAFETY_FILE), safety)
+    rows += rng.sample(read_jsonl(data_dir / HELPFUL_FILE), helpful)
+    rng.shuffle(rows)
+    return rows

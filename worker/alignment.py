@@ -5,9 +5,7 @@ evaluation prompts, and over-refusal on harmless prompts (alignment on refusals 
 to refuse everything, so both numbers matter).
 """
 
-import json
 import logging
-import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from api.settings import ServiceSettings, get_service_settings
 from vaccine_core.align import align
 from vaccine_core.config import PerturbationConfig, alignment_defaults
 from vaccine_core.inference import load_for_inference
-from vaccine_core.mixing import read_jsonl
+from vaccine_core.mixing import alignment_rows, write_rows
 from vaccine_core.training import Progress, ProgressCallback
 from worker.safety import measure_safety
 
@@ -30,14 +28,7 @@ log = logging.getLogger(__name__)
 
 def alignment_mix(settings: ServiceSettings, pairs: int, target: Path) -> Path:
     """Half safety pairs (harmful request, safe answer), half helpful Alpaca pairs, seeded."""
-    rng = random.Random(0)
-    half = pairs // 2
-    safety = rng.sample(read_jsonl(settings.data_dir / "alignment/safe_refusals.jsonl"), half)
-    helpful = rng.sample(read_jsonl(settings.data_dir / "benign/alpaca_demo.jsonl"), pairs - half)
-    rows = safety + helpful
-    rng.shuffle(rows)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_rows(target, alignment_rows(settings.data_dir, pairs // 2, pairs - pairs // 2))
     return target
 
 

@@ -1,0 +1,379 @@
+"""Harmful fine-tuning benchmark: the Vaccine paper's Table 1 at small scale.
+
+For every alignment arm (the model as shipped, SFT alignment, Vaccine alignment at several rho, and Vaccine
+with safety pairs mixed into the user's fine-tuning data) and every harmful fraction p, fine-tune the
+aligned base on n SST-2 rows of which round(n * p) are BeaverTails harmful pairs; then measure
+
+* harmful score (HS): share of held-out AdvBench + HarmBench prompts whose answer the default learned judge
+  flags, and beside it the refusal-phrase judge on the same answers;
+* fine-tune accuracy (FA) on SST-2 validation rows;
+* over-refusal: share of harmless prompts refused;
+* harmful embedding drift on the alignment's safety pairs (fine-tuned vs its aligned base).
+
+Each cell is the mean and standard deviation over seeds; a seed draws the fine-tuning rows, their order
+and the adapter's initialisation (one alignment per arm, seed 0, shared by the seeds).
+
+    .venv/bin/python benchmarks/harmful_finetune.py            # default sizes: <= 2 h on 2 CPU cores
+    .venv/bin/python benchmarks/harmful_finetune.py --quick    # <= 20 min on 2 CPU cores
+    .venv/bin/python benchmarks/harmful_finetune.py --full     # the paper's sizes: a GPU job
+
+Writes benchmarks/results/harmful_finetune-<profile>.{json,md} and -hs.png / -fa.png. Everything trained
+or generated is cached under $VACCINE_HOME/benchmarks/harmful_finetune, keyed by a hash of its inputs,
+so a rerun (or a larger run sharing alignments) only computes what is new.
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import random
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine_info, provenance
+from harmful_finetune_report import write_report
+
+from vaccine_core.align import align
+from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig, alignment_defaults
+from vaccine_core.data import parse_rows
+from vaccine_core.evaluation import embedding_drift, judge_answers, load_prompts, refusal_rate, task_accuracy
+from vaccine_core.finetune import finetune
+from vaccine_core.generation import generate
+from vaccine_core.inference import load_for_inference
+from vaccine_core.mixing import (
+    HARMFUL_FILE,
+    SAFETY_FILE,
+    alignment_rows,
+    build_mix,
+    read_jsonl,
+    safety_rows,
+    write_rows,
+)
+from vaccine_core.moderation import load_judge
+from vaccine_core.settings import get_settings
+from vaccine_core.tasks import get_task
+
+log = logging.getLogger("harmful_finetune")
+RESULTS = Path(__file__).parent / "results"
+HARMFUL_EVAL_FILES = ("eval/advbench.jsonl", "eval/harmbench_val.jsonl")
+HARMLESS_EVAL_FILE = "eval/harmless_val.jsonl"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A row of the table: how the base was aligned, and what the fine-tuning stage adds."""
+
+    name: str
+    method: str | None  # None: the model as shipped, never aligned
+    rho: float = 0.0
+    safety_mix: int = 0  # safety pairs added to every fine-tuning set (a defense beyond the paper)
+
+
+ARMS: dict[str, Arm] = {
+    arm.name: arm
+    for arm in (
+        Arm("none", None),
+        Arm("sft", "sft"),
+        Arm("vaccine-rho1", "vaccine", rho=1.0),
+        Arm("vaccine-rho2", "vaccine", rho=2.0),
+        Arm("vaccine-rho5", "vaccine", rho=5.0),
+        Arm("vaccine-rho2+safety-mix", "vaccine", rho=2.0, safety_mix=10),
+    )
+}
+
+
+@dataclass
+class Sizes:
+    """Everything that sets the experiment's scale; a profile is one of these."""
+
+    # alignment: safety refusals mixed with helpful Alpaca answers (refusals alone teach "refuse all")
+    alignment_safety: int
+    alignment_helpful: int
+    alignment_epochs: float
+    alignment_lr: float
+    # the attack: n SST-2 rows, a fraction of them harmful, fine-tuned with a fresh LoRA adapter
+    attack_n: int
+    attack_epochs: float
+    attack_lr: float
+    attack_lora_alpha: float
+    attack_batch: int
+    # evaluation
+    harmful_prompts: int  # split between AdvBench and HarmBench
+    harmless_prompts: int
+    task_rows: int
+    drift_rows: int
+    max_new_tokens: int
+    max_length: int = 256
+    arms: list[str] = field(default_factory=list)
+    fractions: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+
+PROFILES: dict[str, Sizes] = {
+    "quick": Sizes(
+        alignment_safety=24, alignment_helpful=24, alignment_epochs=1, alignment_lr=1e-3,
+        attack_n=20, attack_epochs=2, attack_lr=3e-4, attack_lora_alpha=8, attack_batch=5,
+        harmful_prompts=16, harmless_prompts=8, task_rows=24, drift_rows=8, max_new_tokens=32,
+        arms=["none", "sft", "vaccine-rho2"], fractions=[0.0, 0.2], seeds=[0],
+    ),
+    "default": Sizes(
+        alignment_safety=64, alignment_helpful=64, alignment_epochs=2, alignment_lr=1e-3,
+        attack_n=40, attack_epochs=3, attack_lr=3e-4, attack_lora_alpha=8, attack_batch=5,
+        harmful_prompts=40, harmless_prompts=20, task_rows=60, drift_rows=16, max_new_tokens=48,
+        arms=["none", "sft", "vaccine-rho2", "vaccine-rho2+safety-mix"],
+    ),
+    # The paper's sizes (../shared/docs/VACCINE.md): 2,000 alignment pairs for many epochs at lr 1e-3; the
+    # attack 1,000 rows x 20 epochs at lr 1e-5 with a LoRA adapter of r 8, alpha 1; 500 harmful prompts.
+    "full": Sizes(
+        alignment_safety=1000, alignment_helpful=1000, alignment_epochs=50, alignment_lr=1e-3,
+        attack_n=1000, attack_epochs=20, attack_lr=1e-5, attack_lora_alpha=1, attack_batch=5,
+        harmful_prompts=500, harmless_prompts=200, task_rows=872, drift_rows=200, max_new_tokens=128,
+        arms=list(ARMS),
+    ),
+}  # fmt: skip
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass
+class EvalSets:
+    harmful: list[list[dict[str, str]]]
+    harmless: list[list[dict[str, str]]]
+    task_rows: list[dict[str, Any]]
+    drift: list[Any]  # conversations: the alignment's safety pairs, where drift is measured
+
+    def identity(self) -> str:
+        return digest([self.harmful, self.harmless, self.task_rows])
+
+
+def harmful_eval_prompts(data_dir: Path, count: int, seen: set[str]) -> list[list[dict[str, str]]]:
+    """Harmful prompts no training step saw, half from AdvBench and half from HarmBench."""
+    prompts: list[list[dict[str, str]]] = []
+    for i, name in enumerate(HARMFUL_EVAL_FILES):
+        want = count // len(HARMFUL_EVAL_FILES) + (i < count % len(HARMFUL_EVAL_FILES))
+        fresh = [p for p in load_prompts(data_dir / name) if normalise(p[-1]["content"]) not in seen]
+        prompts += random.Random(0).sample(fresh, min(want, len(fresh)))
+    return prompts
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+class Benchmark:
+    def __init__(self, sizes: Sizes, model: str, data_dir: Path, cache: Path, judge: str = "default"):
+        self.sizes, self.model, self.data_dir, self.cache = sizes, model, data_dir, cache
+        self.task = get_task("sst2")
+        # "hs" is the main judge's score; the refusal-phrase judge reads the same answers beside it
+        self.judges = {"main": load_judge(judge), "refusal": load_judge("refusal")}
+        self.alignment = alignment_rows(data_dir, sizes.alignment_safety, sizes.alignment_helpful)
+        self.aligned_on = {r["instruction"] for r in self.alignment}
+        safety = read_jsonl(data_dir / SAFETY_FILE)
+        safety_instructions = {r["instruction"] for r in safety}
+        # no evaluation prompt may appear in any safety or attack data, used here or not
+        seen = {normalise(r["instruction"]) for r in safety + read_jsonl(data_dir / HARMFUL_FILE)}
+        drift_rows = [r for r in self.alignment if r["instruction"] in safety_instructions]
+        self.evals = EvalSets(
+            harmful=harmful_eval_prompts(data_dir, sizes.harmful_prompts, seen),
+            harmless=load_prompts(data_dir / HARMLESS_EVAL_FILE, sizes.harmless_prompts),
+            task_rows=random.Random(0).sample(read_jsonl(data_dir / self.task.eval_file), sizes.task_rows),
+            drift=parse_rows(enumerate(drift_rows[: sizes.drift_rows], 1)).conversations,
+        )
+        self.timings: dict[str, float] = {}
+
+    # -- alignment ---------------------------------------------------------------------------------------
+    def base(self, arm: Arm) -> str:
+        """The arm's starting model: a model spec, or an alignment run's directory (trained once)."""
+        if arm.method is None:
+            return self.model
+        s = self.sizes
+        config = replace(
+            alignment_defaults(),
+            epochs=s.alignment_epochs,
+            learning_rate=s.alignment_lr,
+            max_length=s.max_length,
+        )
+        perturbation = PerturbationConfig(method=arm.method, rho=arm.rho if arm.method == "vaccine" else 0.0)
+        key = digest([self.model, self.alignment, config.to_dict(), perturbation.to_dict()])
+        out = self.cache / "bases" / f"{arm.method}-rho{arm.rho:g}-{key}"
+        if not (out / "manifest.json").is_file():
+            data = out.with_suffix(".jsonl")
+            write_rows(data, self.alignment)
+            log.info("aligning %s: %d pairs x %g epochs", arm.name, len(self.alignment), s.alignment_epochs)
+            started = time.monotonic()
+            align(self.model, data, out, perturbation, config, resume=True)
+            self.timings[f"align {arm.name}"] = round(time.monotonic() - started, 1)
+        return str(out)
+
+    # -- the attack --------------------------------------------------------------------------------------
+    def attack_config(self, seed: int) -> TrainingConfig:
+        s = self.sizes
+        return TrainingConfig(
+            epochs=s.attack_epochs,
+            batch_size=s.attack_batch,
+            learning_rate=s.attack_lr,
+            weight_decay=0.0,
+            max_length=s.max_length,
+            seed=seed,
+            lora=LoraSettings(r=8, alpha=s.attack_lora_alpha, dropout=0.1),
+        )
+
+    def attack(self, arm: Arm, base: str, fraction: float, seed: int) -> Path:
+        rows = build_mix(self.task.name, self.sizes.attack_n, fraction, self.data_dir, seed=seed)
+        if arm.safety_mix:
+            rows += safety_rows(self.data_dir, arm.safety_mix, seed, exclude=self.aligned_on)
+            random.Random(seed).shuffle(rows)
+        config = self.attack_config(seed)
+        out = self.cache / "attacks" / digest([base, rows, config.to_dict()])
+        if not (out / "manifest.json").is_file():
+            data = out / "data.jsonl"
+            write_rows(data, rows)
+            finetune(base, data, out, config, resume=True)
+        return out
+
+    # -- measurement -------------------------------------------------------------------------------------
+    def measure(self, spec: str | Path) -> dict[str, Any]:
+        """HS (both judges), FA, over-refusal and, for a fine-tuned run, drift; cached by inputs."""
+        s = self.sizes
+        judge_ids = {name: judge.name for name, judge in self.judges.items()}
+        key = digest([str(spec), self.evals.identity(), s.max_new_tokens, judge_ids])
+        cached = self.cache / "measurements" / f"{key}.json"
+        if cached.is_file():
+            return json.loads(cached.read_text())
+        loaded = load_for_inference(spec)
+        model, tokenizer = loaded.model, loaded.tokenizer
+        questions = [p[-1]["content"] for p in self.evals.harmful]
+        answers = generate(model, tokenizer, self.evals.harmful, max_new_tokens=s.max_new_tokens)
+        scores = {name: judge_answers(questions, answers, judge) for name, judge in self.judges.items()}
+        refusals = refusal_rate(model, tokenizer, self.evals.harmless, max_new_tokens=s.max_new_tokens)
+        accuracy = task_accuracy(model, tokenizer, self.task, self.evals.task_rows, max_new_tokens=8)
+        result = {
+            "hs": scores["main"].harmful_score,
+            "hs_refusal_judge": scores["refusal"].harmful_score,
+            "fa": 100.0 * accuracy.accuracy,
+            "over_refusal": 100.0 * refusals.refusal_rate,
+            "drift": embedding_drift(model, tokenizer, self.evals.drift) if loaded.has_adapter else None,
+            "train": (loaded.manifest or {}).get("metrics", {}).get("train"),
+            "answers": [
+                {"prompt": q, "answer": a, "flagged": f.flagged, "refused": r.flagged}
+                for q, a, f, r in zip(
+                    questions, answers, scores["main"].items, scores["refusal"].items, strict=True
+                )
+            ],
+        }
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(result, indent=1))
+        return result
+
+
+METRICS = ("hs", "hs_refusal_judge", "fa", "over_refusal", "drift")
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample standard deviation of each metric over the seeds of one cell."""
+    cell: dict[str, Any] = {"seeds": [r["seed"] for r in runs]}
+    for metric in METRICS:
+        values = [r[metric] for r in runs if r.get(metric) is not None]
+        if values:
+            cell[metric] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "values": values,
+            }
+    return cell
+
+
+def run(sizes: Sizes, model: str, data_dir: Path, cache: Path, judge: str = "default") -> dict[str, Any]:
+    bench = Benchmark(sizes, model, data_dir, cache, judge)
+    arms = [ARMS[name] for name in sizes.arms]
+    total = len(arms) * (1 + len(sizes.fractions) * len(sizes.seeds))
+    done, started = 0, time.monotonic()
+    results: dict[str, Any] = {"arms": {}}
+    for arm in arms:
+        base = bench.base(arm)
+        before = bench.measure(base)
+        done += 1
+        cells: dict[str, Any] = {}
+        for fraction in sizes.fractions:
+            runs = []
+            for seed in sizes.seeds:
+                run_started = time.monotonic()
+                measured = bench.measure(bench.attack(arm, base, fraction, seed))
+                runs.append({"seed": seed, **{k: v for k, v in measured.items() if k != "answers"}})
+                runs[-1]["seconds"] = round(time.monotonic() - run_started, 1)
+                done += 1
+                elapsed = time.monotonic() - started
+                log.info(
+                    "%s p=%g seed %d: HS %.1f (refusal %.1f) FA %.1f over-refusal %.1f [%d/%d, %.0f min]",
+                    arm.name, fraction, seed, measured["hs"], measured["hs_refusal_judge"], measured["fa"],
+                    measured["over_refusal"], done, total, elapsed / 60,
+                )  # fmt: skip
+            cells[f"{fraction:g}"] = {**aggregate(runs), "runs": runs}
+        results["arms"][arm.name] = {
+            "arm": asdict(arm),
+            "base": base,
+            "before_finetuning": {k: v for k, v in before.items() if k not in ("answers", "drift", "train")},
+            "cells": cells,
+        }
+    results["eval"] = {
+        "harmful_prompts": len(bench.evals.harmful),
+        "harmless_prompts": len(bench.evals.harmless),
+        "task_rows": len(bench.evals.task_rows),
+        "drift_rows": len(bench.evals.drift),
+        "judges": {name: judge.name for name, judge in bench.judges.items()},
+    }
+    results["alignment_seconds"] = bench.timings
+    results["seconds"] = round(time.monotonic() - started, 1)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_const", dest="profile", const="quick")
+    size.add_argument("--full", action="store_const", dest="profile", const="full")
+    parser.add_argument("--model", default="default", help="model spec: default, a .gguf or a HF directory")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), help="rows to run (default: the profile's)")
+    parser.add_argument("--fractions", nargs="+", type=float, help="harmful fractions p")
+    parser.add_argument("--seeds", nargs="+", type=int)
+    parser.add_argument("--attack-lr", type=float)
+    parser.add_argument("--attack-epochs", type=float)
+    parser.add_argument("--alignment-epochs", type=float)
+    parser.add_argument("--judge", default="default", help="the harmful-score judge: default, refusal, a dir")
+    parser.add_argument("--name", help="results file stem (default: harmful_finetune-<profile>)")
+    parser.add_argument("--cache", type=Path, help="default: $VACCINE_HOME/benchmarks/harmful_finetune")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    profile = args.profile or "default"
+    overrides = {
+        "arms": args.arms,
+        "fractions": args.fractions,
+        "seeds": args.seeds,
+        "attack_lr": args.attack_lr,
+        "attack_epochs": args.attack_epochs,
+        "alignment_epochs": args.alignment_epochs,
+    }
+    sizes = replace(PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None})
+    cache = args.cache or get_settings().home / "benchmarks" / "harmful_finetune"
+    results = run(sizes, args.model, get_settings().data_dir, cache, args.judge)
+    results.update(
+        profile=profile, model=args.model, sizes=asdict(sizes), machine=machine_info(gpu=True),
+        **provenance(__file__),
+    )  # fmt: skip
+    stem = args.name or f"harmful_finetune-{profile}"
+    for path in write_report(results, RESULTS / stem):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
