@@ -121,10 +121,13 @@ PROFILES: dict[str, Sizes] = {
         harmful_prompts=16, harmless_prompts=8, task_rows=24, drift_rows=8, max_new_tokens=32,
         arms=["none", "sft", "vaccine-rho2"], fractions=[0.0, 0.2], seeds=[0],
     ),
+    # Fixed before any method comparison was run, from cost and the probe: an attack of 60 steps
+    # at lr 1e-4 taught nothing and one of 100 steps at 5e-4 broke every alignment, so this one sits
+    # between them (20 steps at 5e-4, LoRA scale 1). ~95 s per attacked cell on 2 CPU cores.
     "default": Sizes(
-        alignment_safety=64, alignment_helpful=64, alignment_epochs=2, alignment_lr=1e-3,
-        attack_n=40, attack_epochs=3, attack_lr=3e-4, attack_lora_alpha=8, attack_batch=5,
-        harmful_prompts=40, harmless_prompts=20, task_rows=60, drift_rows=16, max_new_tokens=48,
+        alignment_safety=48, alignment_helpful=48, alignment_epochs=2, alignment_lr=1e-3,
+        attack_n=40, attack_epochs=2, attack_lr=5e-4, attack_lora_alpha=8, attack_batch=4,
+        harmful_prompts=32, harmless_prompts=16, task_rows=48, drift_rows=16, max_new_tokens=48,
         arms=["none", "sft", "vaccine-rho2", "vaccine-rho2+safety-mix"],
     ),
     # The paper's sizes (../shared/docs/VACCINE.md): 2,000 alignment pairs for many epochs at lr 1e-3; the
