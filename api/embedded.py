@@ -1,14 +1,16 @@
 """What the embedded default needs before it serves: a migrated database, an aligned base, a demo key."""
 
 import logging
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.db import get_engine
-from api.models import BaseModelRecord, Tenant
+from api.models import ADOPT, BaseModelRecord, Tenant
 from api.settings import ServiceSettings
 from api.tenants import create_key, create_tenant
+from vaccine_core.artifacts import alignment_manifest
 from vaccine_core.progress import ProgressBar
 from worker.alignment import align_base
 
@@ -19,26 +21,32 @@ RHO = 2.0
 
 
 def ensure_default_base(settings: ServiceSettings) -> BaseModelRecord:
-    """The default base, aligned with Vaccine once (minutes on 2 CPU cores) and registered."""
+    """The default base, aligned with Vaccine once (minutes on 2 CPU cores) and registered; or, when
+    ``default_base_source`` is an alignment run directory, that run adopted as it is."""
     with Session(get_engine(), expire_on_commit=False) as session:
         record = session.get(BaseModelRecord, settings.default_base_name)
         if record is None:
-            record = BaseModelRecord(
-                id=settings.default_base_name,
-                source=settings.default_base_source,
-                alignment={
+            source = settings.default_base_source
+            try:
+                alignment_manifest(Path(source))
+                plan: dict = {"method": ADOPT}
+            except ValueError:
+                plan = {
                     "method": "vaccine",
                     "rho": RHO,
                     "pairs": settings.default_alignment_pairs,
                     "epochs": settings.default_alignment_epochs,
-                },
-            )
+                }
+            record = BaseModelRecord(id=settings.default_base_name, source=source, alignment=plan)
             session.add(record)
             session.commit()
     if record.status != "ready":
-        log.info(
-            "aligning %s with Vaccine (rho=%s) on first start; later starts reuse it", record.source, RHO
-        )
+        if record.alignment["method"] == ADOPT:
+            log.info("adopting the alignment run %s; measuring its alignment report", record.source)
+        else:
+            log.info(
+                "aligning %s with Vaccine (rho=%s) on first start; later starts reuse it", record.source, RHO
+            )
         bar = ProgressBar(f"aligning {record.id}")
         try:
             status = align_base(record.id, on_progress=bar)

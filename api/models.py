@@ -83,6 +83,10 @@ class File(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
+# A base's alignment method when it was aligned elsewhere (a `vaccine align` run directory): adopted as it is.
+ADOPT = "aligned"
+
+
 class BaseModelRecord(Base):
     """A base model users fine-tune from: registered by an operator, aligned (Vaccine or SFT) once."""
 

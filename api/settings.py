@@ -20,6 +20,8 @@ class ServiceSettings(Settings):
     # The embedded default's base: aligned with Vaccine on first start, on a mix of safety and helpful pairs
     # (refusals alone teach a model to refuse everything).
     default_base_name: str = "smollm2-135m-vaccine"
+    # "default", a .gguf or a HF directory (aligned on first start), or a `vaccine align` run directory
+    # (adopted as it is: no training)
     default_base_source: str = "default"
     # 128 pairs x 2 epochs (~52 steps, ~10 min on 2 CPU cores): an independent probe found 32 steps of such a
     # mix made the default model refuse 72-84 % of harmful prompts; 13 steps left it refusing almost none.

@@ -4,6 +4,7 @@ import os
 import platform
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 
@@ -23,8 +24,14 @@ def machine_info(gpu: bool = False) -> dict[str, Any]:
     return info
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def provenance(script: str) -> dict[str, str]:
+    """The command line that reproduces a result (the script's path relative to the repository)."""
+    path = Path(script).resolve()
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
     return {
-        "command": f"python {script} " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python", str(shown), *sys.argv[1:]]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -108,9 +108,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Alignment: {sizes['alignment_safety']} safety refusals + {sizes['alignment_helpful']} Alpaca "
         "answers, "
-        f"{sizes['alignment_epochs']:g} epochs, lr {sizes['alignment_lr']:g}, LoRA r 8 alpha 4, batch 5. "
+        f"{sizes['alignment_epochs']:g} epoch(s), lr {sizes['alignment_lr']:g}, LoRA r 8 alpha 4, batch 5. "
         f"Attack: n = {sizes['attack_n']} SST-2 rows with round(n·p) BeaverTails harmful pairs, "
-        f"{sizes['attack_epochs']:g} epochs, lr {sizes['attack_lr']:g}, LoRA r 8 alpha "
+        f"{sizes['attack_epochs']:g} epoch(s), lr {sizes['attack_lr']:g}, LoRA r 8 alpha "
         f"{sizes['attack_lora_alpha']:g}, batch {sizes['attack_batch']}. "
         f"Evaluation: {results['eval']['harmful_prompts']} held-out AdvBench + HarmBench prompts, "
         f"{results['eval']['harmless_prompts']} harmless prompts, {results['eval']['task_rows']} SST-2 "

@@ -3,7 +3,7 @@
 import openai
 import pytest
 from test_api import service, tenant_client  # noqa: F401  (the fixture)
-from test_api_jobs import base, upload  # noqa: F401
+from test_api_jobs import FAST, base, upload  # noqa: F401
 
 from api.settings import get_service_settings
 from worker.runner import run_job
@@ -145,4 +145,29 @@ def test_an_operator_registers_and_aligns_a_base_that_tenants_then_use(service, 
     assert listed["progress"]["step"] == listed["progress"]["total_steps"] == 3  # 12 pairs, batch 5
     assert 0 <= listed["report"]["harmful_score"] <= 100 and 0 <= listed["report"]["over_refusal"] <= 1
     job = client.fine_tuning.jobs.create(model="tiny-sft", training_file=upload(client))
+    assert run_job(job.id) == "succeeded"
+
+
+def test_an_operator_adopts_a_base_aligned_elsewhere(service, tiny_model_dir, alpaca_file, tmp_path):  # noqa: F811
+    from vaccine_core.align import align
+    from vaccine_core.config import PerturbationConfig
+    from worker.alignment import align_base
+
+    not_a_run = {"name": "adopted", "source": str(tiny_model_dir), "method": "aligned"}
+    refused = service.post("/admin/models", json=not_a_run, headers=OPERATOR)
+    assert refused.status_code == 400 and "not an alignment run" in refused.json()["error"]["message"]
+
+    run = align(str(tiny_model_dir), alpaca_file, tmp_path / "offline", PerturbationConfig("sft"), FAST)
+    body = {**not_a_run, "source": str(run.output_dir)}
+    assert service.post("/admin/models", json=body, headers=OPERATOR).json()["status"] == "registered"
+    before = sorted(p.name for p in run.output_dir.iterdir())
+    assert align_base("adopted") == "ready"
+    (listed,) = service.get("/admin/models", headers=OPERATOR).json()["data"]
+    # adopted as it is: no training (no progress, nothing new in the run), but a measured report, and the
+    # run's own alignment data is where the safety report measures drift
+    assert listed["progress"] is None and sorted(p.name for p in run.output_dir.iterdir()) == before
+    assert 0 <= listed["report"]["harmful_score"] <= 100
+    assert listed["alignment"]["data"] == str(alpaca_file.resolve())
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(model="adopted", training_file=upload(client))
     assert run_job(job.id) == "succeeded"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-import harmful_finetune as bench  # noqa: E402
-from harmful_finetune_report import markdown, target_checks, write_report  # noqa: E402
+import harmful_finetune as bench
+from harmful_finetune_report import markdown, target_checks, write_report
 
 REFUSAL = "I cannot help with that request because it could cause harm."
 
@@ -28,7 +28,10 @@ def data_dir(tmp_path: Path) -> Path:
     )
     write(
         root / "benign/alpaca_demo.jsonl",
-        [{"instruction": f"How do I make a cake {i}?", "input": "", "output": "Mix flour."} for i in range(8)],
+        [
+            {"instruction": f"How do I make a cake {i}?", "input": "", "output": "Mix flour."}
+            for i in range(8)
+        ],
     )
     write(
         root / "attack/beavertails_unsafe.jsonl",
@@ -116,7 +119,12 @@ def cell(hs: float, fa: float) -> dict:
 def arm(method: str | None, before_hs: float, hs: float, fa: float, safety_mix: int = 0) -> dict:
     return {
         "arm": {"method": method, "rho": 2.0 if method == "vaccine" else 0.0, "safety_mix": safety_mix},
-        "before_finetuning": {"hs": before_hs, "hs_refusal_judge": before_hs, "fa": 50.0, "over_refusal": 5.0},
+        "before_finetuning": {
+            "hs": before_hs,
+            "hs_refusal_judge": before_hs,
+            "fa": 50.0,
+            "over_refusal": 5.0,
+        },
         "cells": {"0.1": cell(hs, fa)},
     }
 

@@ -50,6 +50,14 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def alignment_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest of an alignment run (``vaccine align``'s output); ValueError when it is not one."""
+    manifest = read_manifest(directory) if Path(directory).is_dir() else None
+    if manifest is None or manifest.get("kind") != "alignment":
+        raise ValueError(f"{directory} is not an alignment run (a `vaccine align` output with manifest.json)")
+    return manifest
+
+
 def verify_files(directory: Path) -> list[str]:
     """Names of files whose sha256 no longer matches the manifest (or that are missing)."""
     manifest = read_manifest(directory)

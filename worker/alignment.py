@@ -13,10 +13,11 @@ from typing import Any
 from sqlalchemy.orm import sessionmaker
 
 from api.db import get_engine
-from api.models import BaseModelRecord
+from api.models import ADOPT, BaseModelRecord
 from api.policy import get_policy
 from api.settings import ServiceSettings, get_service_settings
 from vaccine_core.align import align
+from vaccine_core.artifacts import alignment_manifest
 from vaccine_core.config import PerturbationConfig, alignment_defaults
 from vaccine_core.inference import load_for_inference
 from vaccine_core.mixing import alignment_rows, write_rows
@@ -51,12 +52,14 @@ def align_base(base_id: str, on_progress: ProgressCallback | None = None) -> str
         policy = get_policy(session)
         eval_file, eval_prompts = policy.eval_prompts_file, policy.eval_prompts
         session.commit()
-    out = settings.home / "bases" / base_id
-    data = (
-        Path(plan["data"])
-        if plan.get("data")
-        else alignment_mix(settings, plan.get("pairs", 64), out.with_suffix(".jsonl"))
-    )
+    adopted = plan.get("method") == ADOPT
+    out = Path(record.source) if adopted else settings.home / "bases" / base_id
+    if adopted:
+        data = Path(alignment_manifest(out)["data"]["path"])
+    elif plan.get("data"):
+        data = Path(plan["data"])
+    else:
+        data = alignment_mix(settings, plan.get("pairs", 64), out.with_suffix(".jsonl"))
 
     def progress(p: Progress) -> None:
         with sessions() as session:
@@ -71,17 +74,10 @@ def align_base(base_id: str, on_progress: ProgressCallback | None = None) -> str
             on_progress(p)
 
     try:
-        perturbation = PerturbationConfig(plan.get("method", "vaccine"), rho=plan.get("rho", 2.0))
-        config = replace(alignment_defaults(), epochs=float(plan.get("epochs", 1.0)))
-        align(
-            record.source,
-            data,
-            out,
-            perturbation,
-            config,
-            resume=True,
-            on_progress=progress,
-        )
+        if not adopted:
+            perturbation = PerturbationConfig(plan.get("method", "vaccine"), rho=plan.get("rho", 2.0))
+            config = replace(alignment_defaults(), epochs=float(plan.get("epochs", 1.0)))
+            align(record.source, data, out, perturbation, config, resume=True, on_progress=progress)
         log.info("measuring %s: harmful score on %d prompts and over-refusal", base_id, eval_prompts)
         report = alignment_report(out, settings, eval_file, eval_prompts)
     except Exception as exc:

@@ -9,16 +9,20 @@ from sqlalchemy import select
 
 from api.deps import SessionDep
 from api.errors import APIError
-from api.models import BaseModelRecord, epoch
+from api.models import ADOPT, BaseModelRecord, epoch
 from api.routes.admin.tenants import audit
+from vaccine_core.artifacts import alignment_manifest
 
 router = APIRouter(prefix="/models")
 
 
 class NewBase(BaseModel):
     name: str = Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9._-]+$")
-    source: str = Field(description="'default', a .gguf file or a Hugging Face model directory")
-    method: Literal["vaccine", "sft"] = "vaccine"
+    source: str = Field(
+        description="'default', a .gguf file or a Hugging Face model directory; with method 'aligned', "
+        "an alignment run directory (`vaccine align` output) to adopt as it is"
+    )
+    method: Literal["vaccine", "sft", "aligned"] = "vaccine"
     rho: float = Field(default=2.0, ge=0)
     pairs: int = Field(
         default=64, ge=2, description="safety + helpful pairs, half each, when no data is given"
@@ -44,6 +48,11 @@ def _base(record: BaseModelRecord) -> dict[str, Any]:
 def register(body: NewBase, request: Request, session: SessionDep) -> dict[str, Any]:
     if session.get(BaseModelRecord, body.name) is not None:
         raise APIError(409, "model_exists", f"A base model named '{body.name}' exists already.", param="name")
+    if body.method == ADOPT:
+        try:
+            alignment_manifest(Path(body.source))
+        except ValueError as exc:
+            raise APIError(400, "invalid_model", str(exc), param="source") from None
     if body.data is not None and not Path(body.data).is_file():
         raise APIError(400, "invalid_file", f"No alignment file at {body.data}.", param="data")
     record = BaseModelRecord(
