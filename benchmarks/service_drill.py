@@ -19,6 +19,7 @@ import io
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,79 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass
+class Drill:
+    """One drill against a service; ``admin`` is an HTTP client on its root with the operator key."""
+
+    admin: httpx.Client
+    data_dir: Path
+    model: str = "smollm2-135m-vaccine"
+    jobs: int = 5
+    max_ratio: float = 0.5
+    rows: int = 40
+    epochs: int = 1
+    prescreen: str = "reject"
+    client_options: dict[str, Any] = field(default_factory=dict)  # e.g. http_client for an in-process app
+
+    def start(self) -> tuple[openai.OpenAI, dict[str, Any]]:
+        """A fresh tenant with room for every job, and the pre-screen action set; returns the tenant's
+        client and the policy as it was (``finish`` restores it)."""
+        original = self.admin.get("/admin/policy").raise_for_status().json()
+        tenant = self.admin.post("/admin/tenants", json={"name": f"drill-{time.time_ns()}"})
+        tenant = tenant.raise_for_status().json()
+        quota = {"max_concurrent_jobs": 2 * self.jobs}
+        self.admin.patch(f"/admin/tenants/{tenant['id']}", json=quota).raise_for_status()
+        self.admin.patch("/admin/policy", json={"prescreen_action": self.prescreen}).raise_for_status()
+        base_url = f"{self.admin.base_url}".rstrip("/") + "/v1"
+        return openai.OpenAI(base_url=base_url, api_key=tenant["api_key"], **self.client_options), original
+
+    def submit(self, client: openai.OpenAI) -> list[dict[str, Any]]:
+        """Upload every drill file; start a job on each upload the pre-screen accepts."""
+        submissions = []
+        for i, ratio in enumerate(drill_ratios(self.jobs, self.max_ratio)):
+            rows = build_mix("sst2", self.rows, ratio, self.data_dir, seed=100 + i)
+            body = "".join(json.dumps({k: v for k, v in r.items() if k != "harmful"}) + "\n" for r in rows)
+            entry: dict[str, Any] = {"ratio": ratio, "harmful_rows": sum(r["harmful"] for r in rows)}
+            submissions.append(entry)
+            try:
+                upload = client.files.create(
+                    file=(f"drill-{i}.jsonl", io.BytesIO(body.encode())), purpose="fine-tune"
+                )
+            except openai.BadRequestError as exc:
+                entry["upload_error"], entry["message"] = exc.code or "bad_request", exc.message
+                details = exc.body if isinstance(exc.body, dict) else {}
+                if "flagged_lines" in details:
+                    entry["flagged_rows"] = len(details["flagged_lines"])
+                continue
+            entry["flagged_rows"] = (upload.model_extra.get("prescreen") or {}).get("flagged_rows")
+            job = client.fine_tuning.jobs.create(
+                model=self.model,
+                training_file=upload.id,
+                hyperparameters={"n_epochs": self.epochs},
+                suffix=f"drill{i}",
+            )
+            entry["job_id"] = job.id
+        return submissions
+
+    def collect(self, client: openai.OpenAI, submissions: list[dict[str, Any]], timeout: float) -> None:
+        """Wait for every job to end (or the timeout); record its status, error and safety report."""
+        deadline = time.monotonic() + timeout
+        for entry in submissions:
+            if "job_id" in entry:
+                job = client.fine_tuning.jobs.retrieve(entry["job_id"])
+                while job.status not in ENDED and time.monotonic() < deadline:
+                    time.sleep(5)
+                    job = client.fine_tuning.jobs.retrieve(entry["job_id"])
+                entry["job"] = {"status": job.status, "error": job.error.model_dump() if job.error else None}
+                if job.fine_tuned_model:
+                    model = client.models.retrieve(job.fine_tuned_model)
+                    entry["safety_report"] = model.model_extra.get("safety_report")
+            entry["outcome"] = outcome(entry.get("upload_error"), entry.get("job"))
+
+    def finish(self, original: dict[str, Any]) -> None:
+        self.admin.patch("/admin/policy", json={"prescreen_action": original["prescreen_action"]})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -113,60 +187,18 @@ def main() -> None:
     admin_key = args.admin_key or get_settings_admin_key()
     started = time.monotonic()
 
-    admin = httpx.Client(
-        base_url=f"{args.url}/admin", headers={"Authorization": f"Bearer {admin_key}"}, timeout=60
-    )
-    original = admin.get("/policy").raise_for_status().json()
-    tenant = admin.post("/tenants", json={"name": f"drill-{int(time.time())}"}).raise_for_status().json()
-    admin.patch(f"/tenants/{tenant['id']}", json={"max_concurrent_jobs": 2 * args.jobs}).raise_for_status()
-    policy = admin.patch("/policy", json={"prescreen_action": args.prescreen}).raise_for_status().json()
-    client = openai.OpenAI(base_url=f"{args.url}/v1", api_key=tenant["api_key"])
-    submissions: list[dict[str, Any]] = []
+    admin = httpx.Client(base_url=args.url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=60)
+    drill = Drill(
+        admin, get_settings().data_dir, args.model, args.jobs, args.max_ratio, args.rows, args.epochs,
+        args.prescreen,
+    )  # fmt: skip
+    client, original = drill.start()
     try:
-        for i, ratio in enumerate(drill_ratios(args.jobs, args.max_ratio)):
-            rows = build_mix("sst2", args.rows, ratio, get_settings().data_dir, seed=100 + i)
-            body = "".join(json.dumps({k: v for k, v in r.items() if k != "harmful"}) + "\n" for r in rows)
-            entry: dict[str, Any] = {"ratio": ratio, "harmful_rows": sum(r["harmful"] for r in rows)}
-            try:
-                upload = client.files.create(
-                    file=(f"drill-{i}.jsonl", io.BytesIO(body.encode())), purpose="fine-tune"
-                )
-            except openai.BadRequestError as exc:
-                entry["upload_error"] = exc.code or "bad_request"
-                entry["message"] = exc.message
-                details = exc.body if isinstance(exc.body, dict) else {}
-                if "flagged_lines" in details:
-                    entry["flagged_rows"] = len(details["flagged_lines"])
-                submissions.append(entry)
-                continue
-            entry["flagged_rows"] = (upload.model_extra.get("prescreen") or {}).get("flagged_rows")
-            job = client.fine_tuning.jobs.create(
-                model=args.model,
-                training_file=upload.id,
-                hyperparameters={"n_epochs": args.epochs},
-                suffix=f"drill{i}",
-            )
-            entry["job_id"] = job.id
-            submissions.append(entry)
-        deadline = time.monotonic() + args.timeout
-        for entry in submissions:
-            if "job_id" not in entry:
-                continue
-            while True:
-                job = client.fine_tuning.jobs.retrieve(entry["job_id"])
-                if job.status in ENDED or time.monotonic() > deadline:
-                    break
-                time.sleep(5)
-            entry["job"] = {"status": job.status, "error": job.error.model_dump() if job.error else None}
-            if job.fine_tuned_model:
-                entry["safety_report"] = client.models.retrieve(job.fine_tuned_model).model_extra.get(
-                    "safety_report"
-                )
+        policy = admin.get("/admin/policy").raise_for_status().json()
+        submissions = drill.submit(client)
+        drill.collect(client, submissions, args.timeout)
     finally:
-        restore = {k: original[k] for k in ("prescreen_action",)}
-        admin.patch("/policy", json=restore).raise_for_status()
-    for entry in submissions:
-        entry["outcome"] = outcome(entry.get("upload_error"), entry.get("job"))
+        drill.finish(original)
     result = {
         **provenance(__file__),
         "url": args.url,
