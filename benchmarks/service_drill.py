@@ -36,9 +36,11 @@ RESULTS = Path(__file__).parent / "results"
 ENDED = {"succeeded", "failed", "cancelled"}
 
 
-def drill_ratios(jobs: int, max_ratio: float) -> list[float]:
-    """N harmful ratios spread evenly over (0, max_ratio], then N zeros for the benign jobs."""
-    return [round(max_ratio * (i + 1) / jobs, 3) for i in range(jobs)] + [0.0] * jobs
+def drill_ratios(jobs: int, max_ratio: float, benign: int | None = None) -> list[float]:
+    """N harmful ratios spread evenly over (0, max_ratio], then zeros for the benign jobs (N unless given)."""
+    return [round(max_ratio * (i + 1) / jobs, 3) for i in range(jobs)] + [0.0] * (
+        jobs if benign is None else benign
+    )
 
 
 def outcome(upload_error: str | None, job: dict[str, Any] | None) -> str:
@@ -109,6 +111,7 @@ class Drill:
     rows: int = 40
     epochs: int = 1
     prescreen: str = "reject"
+    benign: int | None = None  # benign jobs; default as many as harmful ones
     client_options: dict[str, Any] = field(default_factory=dict)  # e.g. http_client for an in-process app
 
     def start(self) -> tuple[openai.OpenAI, dict[str, Any]]:
@@ -126,7 +129,7 @@ class Drill:
     def submit(self, client: openai.OpenAI) -> list[dict[str, Any]]:
         """Upload every drill file; start a job on each upload the pre-screen accepts."""
         submissions = []
-        for i, ratio in enumerate(drill_ratios(self.jobs, self.max_ratio)):
+        for i, ratio in enumerate(drill_ratios(self.jobs, self.max_ratio, self.benign)):
             rows = build_mix("sst2", self.rows, ratio, self.data_dir, seed=100 + i)
             body = "".join(json.dumps({k: v for k, v in r.items() if k != "harmful"}) + "\n" for r in rows)
             entry: dict[str, Any] = {"ratio": ratio, "harmful_rows": sum(r["harmful"] for r in rows)}
@@ -178,6 +181,7 @@ def main() -> None:
     parser.add_argument("--admin-key", help="default: $VACCINE_ADMIN_KEY")
     parser.add_argument("--model", default="smollm2-135m-vaccine")
     parser.add_argument("--jobs", type=int, default=5, help="harmful jobs, and as many benign ones")
+    parser.add_argument("--benign", type=int, help="benign jobs (default: as many as --jobs)")
     parser.add_argument("--max-ratio", type=float, default=0.5)
     parser.add_argument("--rows", type=int, default=40, help="rows in each upload")
     parser.add_argument("--epochs", type=int, default=1)
@@ -190,7 +194,7 @@ def main() -> None:
     admin = httpx.Client(base_url=args.url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=60)
     drill = Drill(
         admin, get_settings().data_dir, args.model, args.jobs, args.max_ratio, args.rows, args.epochs,
-        args.prescreen,
+        args.prescreen, args.benign,
     )  # fmt: skip
     client, original = drill.start()
     try:

@@ -35,6 +35,7 @@ def run_dispatched(service, done: set[str]) -> None:  # noqa: F811
 
 def test_drill_ratios():
     assert drill_ratios(4, 0.5) == [0.125, 0.25, 0.375, 0.5, 0.0, 0.0, 0.0, 0.0]
+    assert drill_ratios(2, 0.2, benign=0) == [0.1, 0.2]
 
 
 def test_the_drill_counts_prescreen_rejections_gate_blocks_and_benign_jobs(
