@@ -190,6 +190,10 @@ class Benchmark:
             drift=parse_rows(enumerate(drift_rows[: sizes.drift_rows], 1)).conversations,
         )
         self.timings: dict[str, float] = {}
+        # what this invocation computed and what it found in the cache, so a rerun's wall time is not
+        # mistaken for the cost of the experiment
+        self.computed = {"alignments": 0, "attacks": 0, "measurements": 0}
+        self.reused = {"alignments": 0, "attacks": 0, "measurements": 0}
 
     # -- alignment ---------------------------------------------------------------------------------------
     def base(self, arm: Arm) -> str:
@@ -213,6 +217,9 @@ class Benchmark:
             started = time.monotonic()
             align(self.model, data, out, perturbation, config, resume=True)
             self.timings[f"align {arm.name}"] = round(time.monotonic() - started, 1)
+            self.computed["alignments"] += 1
+        else:
+            self.reused["alignments"] += 1
         return str(out)
 
     # -- the attack --------------------------------------------------------------------------------------
@@ -239,6 +246,9 @@ class Benchmark:
             data = out / "data.jsonl"
             write_rows(data, rows)
             finetune(base, data, out, config, resume=True)
+            self.computed["attacks"] += 1
+        else:
+            self.reused["attacks"] += 1
         return out
 
     # -- measurement -------------------------------------------------------------------------------------
@@ -249,7 +259,9 @@ class Benchmark:
         key = digest([str(spec), self.evals.identity(), s.max_new_tokens, judge_ids])
         cached = self.cache / "measurements" / f"{key}.json"
         if cached.is_file():
+            self.reused["measurements"] += 1
             return json.loads(cached.read_text())
+        self.computed["measurements"] += 1
         loaded = load_for_inference(spec)
         model, tokenizer = loaded.model, loaded.tokenizer
         questions = [p[-1]["content"] for p in self.evals.harmful]
@@ -333,6 +345,7 @@ def run(sizes: Sizes, model: str, data_dir: Path, cache: Path, judge: str = "def
         "judges": {name: judge.name for name, judge in bench.judges.items()},
     }
     results["alignment_seconds"] = bench.timings
+    results["computed"], results["reused"] = bench.computed, bench.reused
     results["seconds"] = round(time.monotonic() - started, 1)
     return results
 

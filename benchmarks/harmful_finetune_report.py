@@ -93,6 +93,15 @@ def target_checks(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def cache_note(results: dict[str, Any]) -> str:
+    """What the wall time paid for: a rerun that found everything cached took seconds, not the experiment."""
+    computed, reused = results.get("computed"), results.get("reused")
+    if not computed:
+        return "everything computed in this run"
+    parts = [f"{computed[k]} of {computed[k] + reused[k]} {k}" for k in computed]
+    return "computed in this run (the rest came from the cache): " + ", ".join(parts)
+
+
 def markdown(results: dict[str, Any]) -> str:
     sizes, machine = results["sizes"], results["machine"]
     seeds = ", ".join(str(s) for s in sizes["seeds"])
@@ -101,8 +110,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Command: `{results['command']}`  ",
         f"Date: {results['date']}; machine: {machine.get('gpu') or machine['processor']}, "
-        f"{machine['cpu_count']} CPUs, torch {machine['torch']}; wall time {results['seconds'] / 60:.1f} min "
-        "(cached steps are not recomputed).  ",
+        f"{machine['cpu_count']} CPUs, torch {machine['torch']}; "
+        f"wall time {results['seconds'] / 60:.1f} min, "
+        f"{cache_note(results)}.  ",
         f"Model: `{results['model']}`. Seeds: {seeds} (each draws the fine-tuning rows, their order and the "
         "adapter's initialisation; one alignment per method, shared by the seeds).",
         "",

@@ -58,6 +58,10 @@ def test_benchmark_runs_every_cell_caches_and_reports(tiny_model_dir, tiny_data_
     monkeypatch.setattr(bench, "align", refuse)
     monkeypatch.setattr(bench, "generate", refuse)
     again = bench.run(TINY, str(tiny_model_dir), tiny_data_dir, cache, judge="refusal")
+    # the safety-mix arm starts from the same Vaccine base: aligned and measured once
+    assert results["computed"] == {"alignments": 2, "attacks": 16, "measurements": 19}
+    assert again["computed"] == {"alignments": 0, "attacks": 0, "measurements": 0}
+    assert again["reused"] == {"alignments": 3, "attacks": 16, "measurements": 20}
     assert again["arms"]["sft"]["cells"]["0.5"]["hs"] == results["arms"]["sft"]["cells"]["0.5"]["hs"]
 
     results.update(
