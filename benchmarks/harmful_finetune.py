@@ -153,7 +153,7 @@ class EvalSets:
     drift: list[Any]  # conversations: the alignment's safety pairs, where drift is measured
 
     def identity(self) -> str:
-        return digest([self.harmful, self.harmless, self.task_rows])
+        return digest([self.harmful, self.harmless, self.task_rows, [c.messages for c in self.drift]])
 
 
 def harmful_eval_prompts(data_dir: Path, count: int, seen: set[str]) -> list[list[dict[str, str]]]:
@@ -252,11 +252,18 @@ class Benchmark:
         return out
 
     # -- measurement -------------------------------------------------------------------------------------
+    def judge_identity(self) -> dict[str, list[Any]]:
+        """Each judge's name, weights and options: a retrained or re-thresholded judge measures anew."""
+        return {
+            role: [judge.name, str(getattr(judge, "path", "")), getattr(judge, "threshold", None),
+                   getattr(judge, "quantized", None)]
+            for role, judge in self.judges.items()
+        }  # fmt: skip
+
     def measure(self, spec: str | Path) -> dict[str, Any]:
         """HS (both judges), FA, over-refusal and, for a fine-tuned run, drift; cached by inputs."""
         s = self.sizes
-        judge_ids = {name: judge.name for name, judge in self.judges.items()}
-        key = digest([str(spec), self.evals.identity(), s.max_new_tokens, judge_ids])
+        key = digest([str(spec), self.evals.identity(), s.max_new_tokens, self.judge_identity()])
         cached = self.cache / "measurements" / f"{key}.json"
         if cached.is_file():
             self.reused["measurements"] += 1
@@ -342,7 +349,7 @@ def run(sizes: Sizes, model: str, data_dir: Path, cache: Path, judge: str = "def
         "harmless_prompts": len(bench.evals.harmless),
         "task_rows": len(bench.evals.task_rows),
         "drift_rows": len(bench.evals.drift),
-        "judges": {name: judge.name for name, judge in bench.judges.items()},
+        "judges": bench.judge_identity(),
     }
     results["alignment_seconds"] = bench.timings
     results["computed"], results["reused"] = bench.computed, bench.reused

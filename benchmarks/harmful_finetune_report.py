@@ -1,7 +1,13 @@
 """Render harmful_finetune.py's results: the JSON itself, a markdown report shaped like the paper's Table 1,
-and two plots (harmful score and fine-tune accuracy against the harmful fraction p)."""
+and two plots (harmful score and fine-tune accuracy against the harmful fraction p).
+
+    .venv/bin/python benchmarks/harmful_finetune_report.py benchmarks/results/harmful_finetune-default.json
+
+re-renders the markdown and the plots from a results file (after a change to this module).
+"""
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +194,10 @@ def write_report(results: dict[str, Any], stem: Path) -> list[Path]:
         plot(results, metric, label, path)
         paths.append(path)
     return paths
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:]:
+        source = Path(name)
+        for written in write_report(json.loads(source.read_text()), source.with_suffix("")):
+            print(written)
