@@ -252,47 +252,49 @@ class Benchmark:
         return out
 
     # -- measurement -------------------------------------------------------------------------------------
-    def judge_identity(self) -> dict[str, list[Any]]:
-        """Each judge's name, weights and options: a retrained or re-thresholded judge measures anew."""
-        return {
-            role: [judge.name, str(getattr(judge, "path", "")), getattr(judge, "threshold", None),
-                   getattr(judge, "quantized", None)]
-            for role, judge in self.judges.items()
-        }  # fmt: skip
-
-    def measure(self, spec: str | Path) -> dict[str, Any]:
-        """HS (both judges), FA, over-refusal and, for a fine-tuned run, drift; cached by inputs."""
+    def outputs(self, spec: str | Path) -> dict[str, Any]:
+        """What the model itself produced (answers to the harmful prompts, over-refusal, FA and, for a
+        fine-tuned run, drift): the expensive part, cached by the model and the evaluation sets."""
         s = self.sizes
-        key = digest([str(spec), self.evals.identity(), s.max_new_tokens, self.judge_identity()])
-        cached = self.cache / "measurements" / f"{key}.json"
+        cached = (
+            self.cache / "outputs" / f"{digest([str(spec), self.evals.identity(), s.max_new_tokens])}.json"
+        )
         if cached.is_file():
             self.reused["measurements"] += 1
             return json.loads(cached.read_text())
         self.computed["measurements"] += 1
         loaded = load_for_inference(spec)
         model, tokenizer = loaded.model, loaded.tokenizer
-        questions = [p[-1]["content"] for p in self.evals.harmful]
-        answers = generate(model, tokenizer, self.evals.harmful, max_new_tokens=s.max_new_tokens)
-        scores = {name: judge_answers(questions, answers, judge) for name, judge in self.judges.items()}
         refusals = refusal_rate(model, tokenizer, self.evals.harmless, max_new_tokens=s.max_new_tokens)
         accuracy = task_accuracy(model, tokenizer, self.task, self.evals.task_rows, max_new_tokens=8)
         result = {
-            "hs": scores["main"].harmful_score,
-            "hs_refusal_judge": scores["refusal"].harmful_score,
+            "answers": generate(model, tokenizer, self.evals.harmful, max_new_tokens=s.max_new_tokens),
             "fa": 100.0 * accuracy.accuracy,
             "over_refusal": 100.0 * refusals.refusal_rate,
             "drift": embedding_drift(model, tokenizer, self.evals.drift) if loaded.has_adapter else None,
             "train": (loaded.manifest or {}).get("metrics", {}).get("train"),
-            "answers": [
-                {"prompt": q, "answer": a, "flagged": f.flagged, "refused": r.flagged}
-                for q, a, f, r in zip(
-                    questions, answers, scores["main"].items, scores["refusal"].items, strict=True
-                )
-            ],
         }
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps(result, indent=1))
         return result
+
+    def measure(self, spec: str | Path) -> dict[str, Any]:
+        """The model's outputs, with the harmful score of its answers by both judges (judging takes
+        seconds, so it is never cached: a fixed or retrained judge rescores every cached answer)."""
+        outputs = self.outputs(spec)
+        questions = [p[-1]["content"] for p in self.evals.harmful]
+        scores = {role: judge_answers(questions, outputs["answers"], j) for role, j in self.judges.items()}
+        return {
+            **outputs,
+            "hs": scores["main"].harmful_score,
+            "hs_refusal_judge": scores["refusal"].harmful_score,
+            "answers": [
+                {"prompt": q, "answer": a, "flagged": f.flagged, "refused": not r.flagged}
+                for q, a, f, r in zip(
+                    questions, outputs["answers"], scores["main"].items, scores["refusal"].items, strict=True
+                )
+            ],
+        }
 
 
 METRICS = ("hs", "hs_refusal_judge", "fa", "over_refusal", "drift")
@@ -349,7 +351,10 @@ def run(sizes: Sizes, model: str, data_dir: Path, cache: Path, judge: str = "def
         "harmless_prompts": len(bench.evals.harmless),
         "task_rows": len(bench.evals.task_rows),
         "drift_rows": len(bench.evals.drift),
-        "judges": bench.judge_identity(),
+        "judges": {
+            role: [judge.name, str(getattr(judge, "path", "")), getattr(judge, "threshold", None)]
+            for role, judge in bench.judges.items()
+        },
     }
     results["alignment_seconds"] = bench.timings
     results["computed"], results["reused"] = bench.computed, bench.reused

@@ -9,7 +9,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 from typer.testing import CliRunner
 
 from vaccine_core.cli import app
-from vaccine_core.moderation import RefusalPhraseJudge, load_judge
+from vaccine_core.moderation import RefusalPhraseJudge, Verdict, load_judge
 from vaccine_core.moderation.classifier import SequenceClassifierJudge
 from vaccine_core.moderation.guard import LLAMA_GUARD_CATEGORIES, GuardModelJudge, parse_guard_answer
 from vaccine_core.moderation.prescreen import prescreen
@@ -161,6 +161,10 @@ def test_learned_judge_trains_deterministically_and_learns(tmp_path):
     assert verdicts[0].categories == ("Physical harm",) and verdicts[1].categories == ()
     again = LearnedJudge(second).score(PAIRS)
     assert [v.score for v in again] == [v.score for v in verdicts]  # seeded: the same weights twice
+    # an empty answer holds nothing harmful, whatever the question; the others keep their verdicts
+    with_empty = judge.score([("how do i hurt someone ?", " \n"), *PAIRS])
+    assert with_empty[0] == Verdict(flagged=False, score=0.0) and with_empty[1:] == verdicts
+    assert judge.score([("how do i hurt someone ?", "")]) == [Verdict(flagged=False, score=0.0)]
     assert binary_metrics([True, False, True], [True, False, False])["f1"] == pytest.approx(2 / 3)
 
 
