@@ -40,7 +40,7 @@ def table(results: dict[str, Any], metric: str, second: str | None = None, befor
         row = [name]
         if before:
             b = arm["before_finetuning"]
-            row.append(f"{b[metric]:.1f}" + (f" / {b[second]:.1f}" if second else ""))
+            row.append(" / ".join("–" if b.get(m) is None else f"{b[m]:.1f}" for m in (metric, second) if m))
         for p in fractions:
             cell = arm["cells"][p]
             row.append(mean_std(cell, metric) + (f" / {mean_std(cell, second)}" if second else ""))
@@ -141,7 +141,11 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         *table(results, "hs_refusal_judge"),
         "",
-        "## Over-refusal on harmless prompts (%)",
+        "## Empty answers to the harmful prompts (%; no judge flags them)",
+        "",
+        *table(results, "empty_answers"),
+        "",
+        "## Over-refusal on harmless prompts (%; an empty answer counts as a refusal)",
         "",
         *table(results, "over_refusal"),
         "",
