@@ -2,7 +2,7 @@
 
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,6 +191,22 @@ def task_accuracy(
     return AccuracyReport(task.name, correct / len(items) if items else 0.0, correct, len(items), items)
 
 
+def tokenized_batches(
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Conversation],
+    max_length: int,
+    batch_size: int,
+    device: torch.device,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Conversations tokenized (labels on answer tokens), padded and put on ``device``, a batch at a time."""
+    for start in range(0, len(conversations), batch_size):
+        chunk = conversations[start : start + batch_size]
+        batch = collate(
+            [tokenize_conversation(tokenizer, c.messages, max_length) for c in chunk], tokenizer.pad_token_id
+        )
+        yield {k: v.to(device) for k, v in batch.items()}
+
+
 @torch.no_grad()
 def mean_loss(
     model: PreTrainedModel,
@@ -206,13 +222,7 @@ def mean_loss(
     model.eval()
     total, tokens = 0.0, 0
     try:
-        for start in range(0, len(conversations), batch_size):
-            chunk = conversations[start : start + batch_size]
-            batch = collate(
-                [tokenize_conversation(tokenizer, c.messages, max_length) for c in chunk],
-                tokenizer.pad_token_id,
-            )
-            batch = {k: v.to(device) for k, v in batch.items()}
+        for batch in tokenized_batches(tokenizer, conversations, max_length, batch_size, device):
             logits = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits.float()
@@ -246,14 +256,8 @@ def embedding_drift(
     model.eval()
     total, count = 0.0, 0
     try:
-        for start in range(0, len(conversations), batch_size):
-            chunk = conversations[start : start + batch_size]
-            tokenized = [tokenize_conversation(tokenizer, c.messages, max_length) for c in chunk]
-            batch = collate(tokenized, tokenizer.pad_token_id)
-            inputs = {
-                "input_ids": batch["input_ids"].to(device),
-                "attention_mask": batch["attention_mask"].to(device),
-            }
+        for batch in tokenized_batches(tokenizer, conversations, max_length, batch_size, device):
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             tuned = model(**inputs, output_hidden_states=True).hidden_states[-1].float()
             with model.disable_adapter():
                 aligned = model(**inputs, output_hidden_states=True).hidden_states[-1].float()
