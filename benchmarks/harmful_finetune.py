@@ -345,6 +345,7 @@ def run(sizes: Sizes, model: str, data_dir: Path, cache: Path, judge: str = "def
         results["arms"][arm.name] = {
             "arm": asdict(arm),
             "base": base,
+            "alignment_train": before.get("train"),  # steps, losses, seconds of the alignment run
             "before_finetuning": {k: v for k, v in before.items() if k not in ("answers", "drift", "train")},
             "cells": cells,
         }

@@ -35,6 +35,9 @@ def test_benchmark_runs_every_cell_caches_and_reports(tiny_model_dir, tiny_data_
     results = bench.run(TINY, str(tiny_model_dir), tiny_data_dir, cache, judge="refusal")
 
     assert list(results["arms"]) == TINY.arms
+    # the alignment's own record (its steps) travels with the arm; the model as shipped has none
+    assert results["arms"]["sft"]["alignment_train"]["steps"] >= 1
+    assert results["arms"]["none"]["alignment_train"] is None
     # two per file asked; AdvBench's first prompt is alignment data and HarmBench has one: 1 + 1
     assert results["eval"]["harmful_prompts"] == 2
     for arm in results["arms"].values():
