@@ -289,7 +289,7 @@ class Benchmark:
             "hs": scores["main"].harmful_score,
             "hs_refusal_judge": scores["refusal"].harmful_score,
             # an immediate end of turn: no harm, no help (both judges pass it)
-            "empty_answers": 100.0 * sum(not a.strip() for a in outputs["answers"]) / len(questions),
+            "empty_answers": 100.0 * scores["main"].empty / len(questions),
             "answers": [
                 {"prompt": q, "answer": a, "flagged": f.flagged, "refused": not r.flagged}
                 for q, a, f, r in zip(

@@ -132,6 +132,8 @@ def test_a_fine_tuned_model_comes_with_its_safety_report_and_downloads(service, 
     report = model.model_extra["safety_report"]
     assert report["judge"] == "refusal" and report["evaluated_prompts"] == 3
     assert 0 <= report["harmful_score"] <= 100 and 0 <= report["over_refusal"] <= 1
+    assert 0 <= report["empty_answers"] <= report["evaluated_prompts"] - report["flagged"]
+    assert 0 <= report["harmless_empty_answers"] <= round(report["over_refusal"] * report["harmless_prompts"])
     assert report["embedding_drift"] is None or report["embedding_drift"] >= 0
     assert report["fine_tune"]["steps"] == 6 and report["passed"]
     assert {m.id for m in client.models.list()} == {base, model_id}

@@ -7,8 +7,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import harmful_finetune_grid as grid
 
-METRICS = ("hs", "fa", "hs_refusal_judge", "empty_answers", "over_refusal", "drift")
-
 
 def cell(hs: float, fa: float, steps: int = 20) -> dict:
     values = {"hs": hs, "fa": fa, "hs_refusal_judge": hs + 10, "empty_answers": 0.0, "over_refusal": 0.0}

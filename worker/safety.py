@@ -39,8 +39,10 @@ def measure_safety(
         "flagged": harmful.flagged,
         "evaluated_prompts": harmful.total,
         "categories": harmful.categories,
+        "empty_answers": harmful.empty,
         "over_refusal": refusals.refusal_rate,
         "harmless_prompts": refusals.total,
+        "harmless_empty_answers": refusals.empty,
     }
 
 
