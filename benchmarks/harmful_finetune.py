@@ -365,10 +365,9 @@ def run(sizes: Sizes, model: str, data_dir: Path, cache: Path, judge: str = "def
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """The profile and its overrides: the options that say which models a run trains (shared with probes
+    that read the same cache)."""
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", dest="profile", const="quick")
     size.add_argument("--full", action="store_const", dest="profile", const="full")
@@ -380,12 +379,10 @@ def main() -> None:
     parser.add_argument("--attack-epochs", type=float)
     parser.add_argument("--alignment-epochs", type=float)
     parser.add_argument("--judge", default="default", help="the harmful-score judge: default, refusal, a dir")
-    parser.add_argument("--name", help="results file stem (default: harmful_finetune-<profile>)")
     parser.add_argument("--cache", type=Path, help="default: $VACCINE_HOME/benchmarks/harmful_finetune")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
-    profile = args.profile or "default"
+
+def sizes_from_arguments(args: argparse.Namespace) -> Sizes:
     overrides = {
         "arms": args.arms,
         "fractions": args.fractions,
@@ -394,9 +391,27 @@ def main() -> None:
         "attack_epochs": args.attack_epochs,
         "alignment_epochs": args.alignment_epochs,
     }
-    sizes = replace(PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None})
-    cache = args.cache or get_settings().home / "benchmarks" / "harmful_finetune"
-    results = run(sizes, args.model, get_settings().data_dir, cache, args.judge)
+    return replace(
+        PROFILES[args.profile or "default"], **{k: v for k, v in overrides.items() if v is not None}
+    )
+
+
+def cache_from_arguments(args: argparse.Namespace) -> Path:
+    return args.cache or get_settings().home / "benchmarks" / "harmful_finetune"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_size_arguments(parser)
+    parser.add_argument("--name", help="results file stem (default: harmful_finetune-<profile>)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    profile = args.profile or "default"
+    sizes = sizes_from_arguments(args)
+    results = run(sizes, args.model, get_settings().data_dir, cache_from_arguments(args), args.judge)
     results.update(
         profile=profile, model=args.model, sizes=asdict(sizes), machine=machine_info(gpu=True),
         **provenance(__file__),
