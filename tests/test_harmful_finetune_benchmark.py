@@ -133,3 +133,33 @@ def test_markdown_states_sizes_and_seeds():
     text = markdown(results)
     assert "Seeds: 0, 1, 2" in text and "python benchmarks/harmful_finetune.py --quick" in text
     assert "| sft | 20.0 / 50.0 | 60.0 / 80.0 |" in text
+
+
+def test_end_of_turn_probe_reads_the_benchmarks_models(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
+    import end_of_turn_probe as probe
+
+    from vaccine_core.settings import get_settings
+
+    monkeypatch.setattr(probe, "RESULTS", tmp_path)
+    monkeypatch.setitem(bench.PROFILES, "quick", TINY)  # the command line names a profile; make it tiny
+    monkeypatch.setenv("VACCINE_DATA_DIR", str(tiny_data_dir))
+    get_settings.cache_clear()
+    cache = tmp_path / "cache"
+    argv = ["probe", "--quick", "--model", str(tiny_model_dir), "--arms", "sft", "--fractions", "0.5"]
+    argv += ["--seeds", "0", "1", "--judge", "refusal", "--cache", str(cache), "--name", "tiny"]
+    monkeypatch.setattr(sys, "argv", argv)
+    probe.main()
+    report = json.loads((tmp_path / "end_of_turn_probe-tiny.json").read_text())
+    assert report["trained"] == 3  # one alignment, two attacks: missing, so trained as the benchmark would
+    assert [(r["arm"], r["model"]) for r in report["rows"]] == [
+        ("sft", "before fine-tuning"),
+        ("sft", "fine-tuned, p = 0.5"),
+    ]
+    fine_tuned = report["rows"][1]
+    assert all(
+        len(fine_tuned[c]) == 2 and all(0.0 <= v <= 100.0 for v in fine_tuned[c]) for c in probe.COLUMNS
+    )
+    assert "| sft | fine-tuned, p = 0.5 |" in (tmp_path / "end_of_turn_probe-tiny.md").read_text()
+
+    probe.main()  # the same options again: every model comes from the cache
+    assert json.loads((tmp_path / "end_of_turn_probe-tiny.json").read_text())["trained"] == 0
