@@ -2,10 +2,12 @@
 a Vaccine arm with SFT in the same cell. Each run of the grid fixed one regime (alignment budget, attack
 learning rate and epochs) before it ran; this table publishes all of them side by side, not the best cell.
 
-    .venv/bin/python benchmarks/harmful_finetune_grid.py benchmarks/results/harmful_finetune-*.json
+    cd benchmarks/results && ../../.venv/bin/python ../harmful_finetune_grid.py \
+        harmful_finetune-default.json harmful_finetune-attack-lr1e-4.json harmful_finetune-regime-*.json
 
-writes benchmarks/results/harmful_finetune-grid.{json,md} and -grid.png (Vaccine's HS and FA against SFT's
-per row). The numbers are read from the results files; nothing is recomputed here.
+writes benchmarks/results/harmful_finetune-grid.{json,md,png} (the PNG: Vaccine's HS and FA against SFT's,
+a point per row). The numbers are read from the results files; nothing is recomputed here. Name the files:
+a glob of every results file would also take a run scored by an older judge (`-before-judge-fix`).
 """
 
 import argparse
