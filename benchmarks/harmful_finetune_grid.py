@@ -2,8 +2,9 @@
 a Vaccine arm with SFT in the same cell. Each run of the grid fixed one regime (alignment budget, attack
 learning rate and epochs) before it ran; this table publishes all of them side by side, not the best cell.
 
-    cd benchmarks/results && ../../.venv/bin/python ../harmful_finetune_grid.py \
-        harmful_finetune-default.json harmful_finetune-attack-lr1e-4.json harmful_finetune-regime-*.json
+    R=benchmarks/results; .venv/bin/python benchmarks/harmful_finetune_grid.py \
+        $R/harmful_finetune-default.json $R/harmful_finetune-attack-lr1e-4.json \
+        $R/harmful_finetune-regime-*.json
 
 writes benchmarks/results/harmful_finetune-grid.{json,md,png} (the PNG: Vaccine's HS and FA against SFT's,
 a point per row). The numbers are read from the results files; nothing is recomputed here. Name the files:
