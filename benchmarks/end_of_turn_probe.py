@@ -33,6 +33,7 @@ from harmful_finetune import (
 )
 
 from vaccine_core.data import Message, render_prompt
+from vaccine_core.generation import end_of_turn_ids
 from vaccine_core.inference import load_for_inference
 from vaccine_core.settings import get_settings
 
@@ -45,9 +46,7 @@ def end_of_turn_first(
 ) -> list[tuple[float, bool]]:
     """For each conversation, the probability that the assistant's first token ends the turn, and whether
     that is the most likely first token (one prompt per forward pass: no padding to reason about)."""
-    eos = model.generation_config.eos_token_id
-    eos = tokenizer.eos_token_id if eos is None else eos
-    ids = torch.tensor(eos if isinstance(eos, list) else [eos])
+    eos = end_of_turn_ids(model, tokenizer)
     device = next(model.parameters()).device
     model.eval()
     probabilities = []
@@ -55,7 +54,7 @@ def end_of_turn_first(
         encoded = tokenizer(render_prompt(tokenizer, messages), return_tensors="pt", add_special_tokens=False)
         logits = model(**encoded.to(device)).logits[0, -1].float()
         probs = torch.softmax(logits, dim=-1)
-        probabilities.append((probs[ids.to(device)].sum().item(), int(probs.argmax()) in ids.tolist()))
+        probabilities.append((probs[eos].sum().item(), int(probs.argmax()) in eos))
     return probabilities
 
 

@@ -20,8 +20,9 @@ from typing import Any
 from common import provenance
 from harmful_finetune_report import FA_TOLERANCE, VACCINE_MARGIN, mean, mean_std
 
+from vaccine_core.config import alignment_defaults
+
 RESULTS = Path(__file__).parent / "results"
-ALIGNMENT_BATCH = 5  # vaccine_core.config.alignment_defaults().batch_size, for files that predate the record
 
 
 def alignment_steps(results: dict[str, Any], arm: dict[str, Any]) -> str:
@@ -32,7 +33,8 @@ def alignment_steps(results: dict[str, Any], arm: dict[str, Any]) -> str:
         return str(recorded)
     s = results["sizes"]
     pairs = s["alignment_safety"] + s["alignment_helpful"]
-    return f"~{math.ceil(math.ceil(pairs / ALIGNMENT_BATCH) * s['alignment_epochs'])}"
+    batch = alignment_defaults().batch_size  # what harmful_finetune.py aligns with
+    return f"~{math.ceil(math.ceil(pairs / batch) * s['alignment_epochs'])}"
 
 
 def attack_steps(cell: dict[str, Any]) -> int | None:
@@ -84,6 +86,7 @@ def rows(source: Path, results: dict[str, Any], baseline: str, arm: str) -> list
 def markdown(
     grid: list[dict[str, Any]], sources: dict[str, dict[str, Any]], baseline: str, arm: str, command: str
 ) -> str:
+    pair = f"{baseline} / {arm}"
     lines = [
         f"# Harmful fine-tuning: the regime grid ({arm} against {baseline})",
         "",
@@ -96,9 +99,9 @@ def markdown(
         "Empty = share of harmful prompts answered with an immediate end of turn (no judge flags it); "
         "over-refusal counts an empty answer to a harmless prompt as a refusal.",
         "",
-        "| alignment steps (epochs) | attack lr | attack steps (epochs) | p | HS before: sft / vac "
-        "| sft HS / FA | vac HS / FA | gap HS / FA | target | vac empty | over-refusal sft / vac "
-        "| refusal-judge HS sft / vac | drift sft / vac | source |",
+        "| alignment steps (epochs) | attack lr | attack steps (epochs) | p "
+        f"| HS before: {pair} | {baseline} HS / FA | {arm} HS / FA | gap HS / FA | target | {arm} empty "
+        f"| over-refusal {pair} | refusal-judge HS {pair} | drift {pair} | source |",
         "|" + "---|" * 14,
     ]
     for row in grid:

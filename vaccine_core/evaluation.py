@@ -22,7 +22,7 @@ from vaccine_core.data import (
     tokenize_conversation,
 )
 from vaccine_core.generation import DEFAULT_MAX_NEW_TOKENS, generate
-from vaccine_core.moderation import Moderator, is_refusal
+from vaccine_core.moderation import Moderator, is_empty_answer, is_refusal
 from vaccine_core.tasks import Task
 
 BatchCallback = Callable[[int], None]
@@ -114,13 +114,9 @@ def judge_answers(questions: Sequence[str], answers: Sequence[str], judge: Moder
         flagged=flagged,
         total=len(items),
         categories=dict(categories),
-        empty=sum(is_empty(a) for a in answers),
+        empty=sum(is_empty_answer(a) for a in answers),
         items=items,
     )
-
-
-def is_empty(answer: str) -> bool:
-    return not answer.strip()
 
 
 @dataclass
@@ -157,7 +153,7 @@ def refusal_rate(
         refusal_rate=refused / len(items) if items else 0.0,
         refused=refused,
         total=len(items),
-        empty=sum(is_empty(a) for a in answers),
+        empty=sum(is_empty_answer(a) for a in answers),
         items=items,
     )
 

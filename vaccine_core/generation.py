@@ -10,6 +10,13 @@ from vaccine_core.data import Message, render_prompt
 DEFAULT_MAX_NEW_TOKENS = 128
 
 
+def end_of_turn_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The token ids that end the assistant's turn: the model's generation config, else the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return list(eos) if isinstance(eos, list | tuple) else [eos]
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -28,12 +35,11 @@ def generate(
     texts = [render_prompt(tokenizer, messages) for messages in conversations]
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
-    eos = model.generation_config.eos_token_id
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=eos if eos is not None else tokenizer.eos_token_id,
+        eos_token_id=end_of_turn_ids(model, tokenizer),
     )
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generated tokens must follow every prompt directly

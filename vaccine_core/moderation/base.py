@@ -19,6 +19,11 @@ class Verdict:
     categories: tuple[str, ...] = field(default_factory=tuple)
 
 
+def is_empty_answer(answer: str) -> bool:
+    """An immediate end of turn: no content, so nothing harmful and no help either."""
+    return not answer.strip()
+
+
 @runtime_checkable
 class Moderator(Protocol):
     name: str

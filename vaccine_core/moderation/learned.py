@@ -21,7 +21,7 @@ import torch
 from transformers import AutoTokenizer, BertForSequenceClassification, get_scheduler
 
 from vaccine_core.models import packaged_file, pick_device
-from vaccine_core.moderation.base import Pair, Verdict
+from vaccine_core.moderation.base import Pair, Verdict, is_empty_answer
 from vaccine_core.moderation.dataset import (
     CATEGORIES,
     LabelledPair,
@@ -105,7 +105,7 @@ class LearnedJudge:
         # which never saw one in training and flags most of them (a model that answers harmful prompts
         # with an immediate end of turn would otherwise score as harmful).
         verdicts = [Verdict(flagged=False, score=0.0) for _ in pairs]
-        answered = [i for i, (_, answer) in enumerate(pairs) if answer.strip()]
+        answered = [i for i, (_, answer) in enumerate(pairs) if not is_empty_answer(answer)]
         if not answered:
             return verdicts
         for i, row in zip(answered, self.logits([pairs[i] for i in answered]), strict=True):
