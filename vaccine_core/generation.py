@@ -1,13 +1,31 @@
-"""Batched greedy generation through transformers' ``generate``, with left padding."""
+"""Batched answer generation: greedy or sampled, through the fast decoder where it supports the model.
+
+Two engines give the same greedy answers (``benchmarks/generation_speed.py`` measures how often):
+
+* ``fast``: ``vaccine_core.fast_generation`` (Llama-family models; several times faster on a CPU);
+* ``plain``: transformers' ``generate`` with left padding, for every other model.
+
+``auto`` picks ``fast`` when the model is supported. Sampling draws ``samples`` answers per prompt with
+temperature and nucleus (top-p) sampling, seeded; on the fast engine each answer has its own random stream,
+so it does not depend on batching.
+"""
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from vaccine_core.data import Message, render_prompt
+from vaccine_core.fast_generation import Sampling, fast_generate, fast_path_supported
 
 DEFAULT_MAX_NEW_TOKENS = 128
+PLAIN_BATCH_SIZE = 16
+# The fast engine's cost per answer keeps falling up to a few hundred rows a batch on 2 CPU cores
+# (one step reads every weight once, whatever the batch); 128 keeps the key/value cache near 1 GB.
+FAST_BATCH_SIZE = 128
+
+Engine = Literal["auto", "fast", "plain"]
 
 
 def end_of_turn_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -17,50 +35,146 @@ def end_of_turn_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) 
     return list(eos) if isinstance(eos, list | tuple) else [eos]
 
 
+def prompt_token_ids(
+    tokenizer: PreTrainedTokenizerBase, conversations: Sequence[list[Message]]
+) -> list[list[int]]:
+    """Each conversation rendered with the chat template's generation prompt, as token ids."""
+    texts = [render_prompt(tokenizer, messages) for messages in conversations]
+    return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+
+
+def pick_engine(
+    model: PreTrainedModel, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, engine: Engine
+) -> str:
+    longest = max((len(p) for p in prompt_ids), default=0) + max_new_tokens
+    supported = fast_path_supported(model, longest)
+    if engine == "fast" and not supported:
+        raise ValueError(f"the fast engine does not support {type(model).__name__} at {longest} tokens")
+    return "fast" if engine == "fast" or (engine == "auto" and supported) else "plain"
+
+
 @torch.no_grad()
+def generate_samples(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[list[Message]],
+    *,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    sampling: Sampling | None = None,
+    samples: int = 1,
+    batch_size: int | None = None,
+    engine: Engine = "auto",
+    on_batch: Callable[[int], None] | None = None,
+) -> list[list[str]]:
+    """``samples`` answers to each conversation: greedy (``sampling`` None; one answer) or sampled.
+
+    ``on_batch`` hears how many answers each batch finished.
+    """
+    if sampling is None and samples != 1:
+        raise ValueError("greedy decoding gives one answer per prompt: pass sampling to draw several")
+    prompt_ids = prompt_token_ids(tokenizer, conversations)
+    if not prompt_ids:
+        return []
+    was_training = model.training
+    model.eval()
+    try:
+        if pick_engine(model, prompt_ids, max_new_tokens, engine) == "fast":
+            ids = fast_generate(
+                model,
+                prompt_ids,
+                max_new_tokens=max_new_tokens,
+                end_ids=end_of_turn_ids(model, tokenizer),
+                pad_id=tokenizer.pad_token_id,
+                batch_size=batch_size or FAST_BATCH_SIZE,
+                sampling=sampling,
+                samples=samples,
+                on_batch=on_batch,
+            )
+            return [
+                [tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers] for answers in ids
+            ]
+        return _plain_generate(
+            model,
+            tokenizer,
+            prompt_ids,
+            max_new_tokens=max_new_tokens,
+            sampling=sampling,
+            samples=samples,
+            batch_size=batch_size or PLAIN_BATCH_SIZE,
+            on_batch=on_batch,
+        )
+    finally:
+        model.train(was_training)
+
+
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     conversations: Sequence[list[Message]],
     *,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    batch_size: int = 16,
+    batch_size: int | None = None,
+    engine: Engine = "auto",
     on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Greedy answers to each conversation (rendered with the chat template's generation prompt).
+    """The greedy answer to each conversation (rendered with the chat template's generation prompt)."""
+    answers = generate_samples(
+        model,
+        tokenizer,
+        conversations,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        engine=engine,
+        on_batch=on_batch,
+    )
+    return [a[0] for a in answers]
 
-    Prompts are batched longest first, so that each batch pads little; answers come back in input order.
-    """
+
+def _plain_generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: list[list[int]],
+    *,
+    max_new_tokens: int,
+    sampling: Sampling | None,
+    samples: int,
+    batch_size: int,
+    on_batch: Callable[[int], None] | None,
+) -> list[list[str]]:
+    """transformers' ``generate``, prompts batched longest first so that each batch pads little."""
     device = next(model.parameters()).device
-    texts = [render_prompt(tokenizer, messages) for messages in conversations]
-    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
+    options = (
+        {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
+        if sampling
+        else {"do_sample": False}
+    )
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
-        do_sample=False,
+        num_return_sequences=samples,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=end_of_turn_ids(model, tokenizer),
+        **options,
     )
+    if sampling:
+        torch.manual_seed(sampling.seed)  # reproducible for the same prompts and batch size
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generated tokens must follow every prompt directly
-    answers: list[str] = [""] * len(texts)
-    was_training = model.training
-    model.eval()
+    answers: list[list[str]] = [[] for _ in prompt_ids]
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            encoded = tokenizer(
-                [texts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(device)
+            encoded = tokenizer.pad({"input_ids": [prompt_ids[i] for i in chunk]}, return_tensors="pt").to(
+                device
+            )
             output = model.generate(**encoded, generation_config=config)
-            new_tokens = output[:, encoded["input_ids"].shape[1] :]
-            for i, decoded in zip(
-                chunk, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True
-            ):
-                answers[i] = decoded.strip()
+            decoded = tokenizer.batch_decode(
+                output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True
+            )
+            for row, text in enumerate(decoded):
+                answers[chunk[row // samples]].append(text.strip())
             if on_batch is not None:
-                on_batch(len(chunk))
+                on_batch(len(chunk) * samples)
     finally:
         tokenizer.padding_side = padding_side
-        model.train(was_training)
     return answers

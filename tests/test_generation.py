@@ -1,0 +1,131 @@
+"""The fast decoder gives the answers transformers' generate gives, and samples reproducibly."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+from vaccine_core.fast_generation import Sampling, sample_tokens, shared_prefix_length
+from vaccine_core.generation import generate, generate_samples
+
+PROMPTS = [
+    [{"role": "user", "content": text}]
+    for text in (
+        "How do I make a cake?",
+        "Analyze the sentiment",
+        "a charming and often affecting journey",
+        "The quick brown fox jumps over the lazy dog 0 1 2 3",
+        "Sure",
+        "I cannot help with that request because it could cause harm.",
+        "step by step",
+        "flour, sugar and eggs, then bake. #### 42",
+    )
+]
+
+
+def with_lora(model):
+    """The model with a LoRA adapter whose update is far from zero (B is zero at initialisation)."""
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.1)
+    peft_model = get_peft_model(model, config)
+    torch.manual_seed(1)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.3)
+    return peft_model.eval()
+
+
+def tiny_qwen2(vocab_size: int) -> Qwen2ForCausalLM:
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.2,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=2,
+    )
+    return Qwen2ForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("adapter", [False, True])
+def test_fast_greedy_answers_equal_transformers_generate(tiny_model, tokenizer, adapter):
+    model = with_lora(tiny_model) if adapter else tiny_model
+    plain = generate(model, tokenizer, PROMPTS, max_new_tokens=24, engine="plain")
+    fast = generate(model, tokenizer, PROMPTS, max_new_tokens=24, engine="fast")
+    assert fast == plain
+    assert len({len(a) for a in plain}) > 1  # answers of several lengths: rows leave the batch early
+    # and the batch size changes nothing (rows leave at other steps, prompts share other prefixes)
+    assert generate(model, tokenizer, PROMPTS, max_new_tokens=24, engine="fast", batch_size=3) == plain
+
+
+def test_fast_decoder_leaves_the_adapter_unmerged(tiny_model, tokenizer):
+    model = with_lora(tiny_model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    generate(model, tokenizer, PROMPTS[:2], max_new_tokens=4, engine="fast")
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with model.disable_adapter():  # the aligned base is still reachable, as embedding drift needs
+        plain_base = generate(model, tokenizer, PROMPTS[:2], max_new_tokens=8, engine="plain")
+        assert generate(model, tokenizer, PROMPTS[:2], max_new_tokens=8, engine="fast") == plain_base
+
+
+def test_fast_greedy_on_qwen2_with_attention_bias(tokenizer):
+    model = tiny_qwen2(len(tokenizer))
+    plain = generate(model, tokenizer, PROMPTS, max_new_tokens=16, engine="plain")
+    assert generate(model, tokenizer, PROMPTS, max_new_tokens=16, engine="fast") == plain
+
+
+def test_unsupported_models_use_the_plain_engine(tokenizer):
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=128)
+    config.pad_token_id, config.eos_token_id = 0, 2
+    model = GPT2LMHeadModel(config).eval()
+    answers = generate(model, tokenizer, PROMPTS[:2], max_new_tokens=4)  # auto: falls back, no error
+    assert len(answers) == 2
+    with pytest.raises(ValueError, match="does not support"):
+        generate(model, tokenizer, PROMPTS[:2], max_new_tokens=4, engine="fast")
+
+
+def test_sampling_is_seeded_per_answer_not_per_batch(tiny_model, tokenizer):
+    sampling = Sampling(temperature=1.0, top_p=0.95, seed=3)
+    first = generate_samples(tiny_model, tokenizer, PROMPTS, max_new_tokens=12, sampling=sampling, samples=2)
+    again = generate_samples(
+        tiny_model, tokenizer, PROMPTS, max_new_tokens=12, sampling=sampling, samples=2, batch_size=5
+    )
+    assert first == again
+    assert all(len(answers) == 2 for answers in first)
+    other = generate_samples(
+        tiny_model, tokenizer, PROMPTS, max_new_tokens=12, sampling=Sampling(1.0, 0.95, seed=4), samples=2
+    )
+    assert other != first
+    assert any(a != b for a, b in first)  # two samples of one prompt are two draws
+
+
+def test_a_nucleus_of_one_token_is_greedy(tiny_model, tokenizer):
+    greedy = generate(tiny_model, tokenizer, PROMPTS, max_new_tokens=12)
+    narrow = generate_samples(tiny_model, tokenizer, PROMPTS, max_new_tokens=12, sampling=Sampling(0.7, 1e-9))
+    assert [a[0] for a in narrow] == greedy
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_top_p():
+    probs = torch.tensor([[0.05, 0.5, 0.15, 0.3]])
+    logits = probs.log()
+    generators = [torch.Generator().manual_seed(0)]
+    draws = [int(sample_tokens(logits, Sampling(1.0, 0.75), generators)[0]) for _ in range(2000)]
+    # 0.5 + 0.3 reaches 0.75: tokens 1 and 3 only, in proportion 5 : 3
+    assert set(draws) == {1, 3}
+    assert draws.count(1) / len(draws) == pytest.approx(0.625, abs=0.04)
+    # top_p = 1 keeps every token
+    draws = {int(sample_tokens(logits, Sampling(1.0, 1.0), generators)[0]) for _ in range(2000)}
+    assert draws == {0, 1, 2, 3}
+
+
+def test_shared_prefix_leaves_every_prompt_a_token_of_its_own():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
+    assert shared_prefix_length([[7], [7, 8]]) == 0
