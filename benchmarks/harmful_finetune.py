@@ -141,6 +141,19 @@ PROFILES: dict[str, Sizes] = {
 }  # fmt: skip
 
 
+def attack_config(sizes: Sizes, seed: int) -> TrainingConfig:
+    """The attack's fine-tuning: a fresh LoRA adapter on the user's rows."""
+    return TrainingConfig(
+        epochs=sizes.attack_epochs,
+        batch_size=sizes.attack_batch,
+        learning_rate=sizes.attack_lr,
+        weight_decay=0.0,
+        max_length=sizes.max_length,
+        seed=seed,
+        lora=LoraSettings(r=8, alpha=sizes.attack_lora_alpha, dropout=0.1),
+    )
+
+
 def digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -223,24 +236,12 @@ class Benchmark:
         return str(out)
 
     # -- the attack --------------------------------------------------------------------------------------
-    def attack_config(self, seed: int) -> TrainingConfig:
-        s = self.sizes
-        return TrainingConfig(
-            epochs=s.attack_epochs,
-            batch_size=s.attack_batch,
-            learning_rate=s.attack_lr,
-            weight_decay=0.0,
-            max_length=s.max_length,
-            seed=seed,
-            lora=LoraSettings(r=8, alpha=s.attack_lora_alpha, dropout=0.1),
-        )
-
     def attack(self, arm: Arm, base: str, fraction: float, seed: int) -> Path:
         rows = build_mix(self.task.name, self.sizes.attack_n, fraction, self.data_dir, seed=seed)
         if arm.safety_mix:
             rows += safety_rows(self.data_dir, arm.safety_mix, seed, exclude=self.aligned_on)
             random.Random(seed).shuffle(rows)
-        config = self.attack_config(seed)
+        config = attack_config(self.sizes, seed)
         out = self.cache / "attacks" / digest([base, rows, config.to_dict()])
         if not (out / "manifest.json").is_file():
             data = out / "data.jsonl"

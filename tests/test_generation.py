@@ -63,6 +63,12 @@ def test_fast_greedy_answers_equal_transformers_generate(tiny_model, tokenizer, 
     assert generate(model, tokenizer, PROMPTS, max_new_tokens=24, engine="fast", batch_size=3) == plain
 
 
+def test_many_prompts_through_a_few_rows_give_the_same_answers(tiny_model, tokenizer):
+    prompts = [[{"role": "user", "content": f"{p[0]['content']} {i}"}] for i in range(3) for p in PROMPTS]
+    plain = generate(tiny_model, tokenizer, prompts, max_new_tokens=24, engine="plain")
+    assert generate(tiny_model, tokenizer, prompts, max_new_tokens=24, engine="fast", batch_size=2) == plain
+
+
 def test_fast_decoder_leaves_the_adapter_unmerged(tiny_model, tokenizer):
     model = with_lora(tiny_model)
     before = {k: v.clone() for k, v in model.state_dict().items()}

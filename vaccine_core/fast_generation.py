@@ -132,7 +132,7 @@ class FastDecoder:
             )
         head_weight, self.head_bias = effective_weight(inner.lm_head)
         self.head_t = head_weight.t().contiguous()  # [hidden, vocab]: the layout the matrix product wants
-        self.vocab = head_weight.shape[0]
+        self.vocab, self.hidden = head_weight.shape
         self._logits = torch.empty(0, self.vocab, dtype=head_weight.dtype, device=head_weight.device)
         self.device = head_weight.device
         self.dtype = head_weight.dtype
@@ -147,8 +147,11 @@ class FastDecoder:
         mask: torch.Tensor,  # [batch, 1, new, start + new] (or [batch, start + 1] for one new token)
         rows: slice = slice(None),  # the cache rows these batch rows are
     ) -> torch.Tensor:
-        """Logits of the last new token of each row; the new tokens' keys and values enter the cache."""
+        """The last new token's final hidden state of each row; the new tokens' keys and values enter the
+        cache. ``logits`` or ``greedy`` turn it into the next token."""
         batch, new = tokens.shape
+        if new == 1:  # one new token: the columns it may not see, once for every layer
+            mask = ~mask.view(batch, 1, 1, -1)
         hidden = self.embed(tokens)
         cos, sin = self.rotary(hidden, positions)
         for index, layer in enumerate(self.layers):
@@ -172,7 +175,11 @@ class FastDecoder:
             hidden = layer.post_norm(hidden)
             gated = self.act(_linear(hidden, layer.gate)).mul_(_linear(hidden, layer.up))
             hidden = _linear(gated, layer.down).add_(residual)
-        last = self.final_norm(hidden[:, -1])
+        return self.final_norm(hidden[:, -1])
+
+    def logits(self, last: torch.Tensor) -> torch.Tensor:
+        """Every token's logit (float32), for sampling."""
+        batch = last.shape[0]
         # the logits go to memory reused from step to step: a fresh [batch, vocab] tensor each step costs
         # as much in page faults as the product itself
         if self._logits.shape[0] < batch:
@@ -180,15 +187,19 @@ class FastDecoder:
         logits = torch.mm(last, self.head_t, out=self._logits[:batch])
         return (logits if self.head_bias is None else logits + self.head_bias).float()
 
+    def greedy(self, last: torch.Tensor) -> torch.Tensor:
+        """The most likely next token of each row, the first on a tie (as argmax; ``max`` is 4x faster)."""
+        return self.logits(last).max(dim=-1).indices
+
     def _attend_one(
-        self, q: torch.Tensor, keys_t: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+        self, q: torch.Tensor, keys_t: torch.Tensor, values: torch.Tensor, hidden_columns: torch.Tensor
     ) -> torch.Tensor:
         """Attention of one new token per row over the cache, the query heads grouped by key head."""
         batch = q.shape[0]
         groups = self.heads // self.kv_heads
         grouped = q.view(batch, self.kv_heads, groups, self.head_dim)
-        scores = (grouped @ keys_t) * self.scale  # [batch, kv_heads, groups, length]
-        scores = scores.masked_fill(~mask.view(batch, 1, 1, -1), float("-inf"))
+        scores = (grouped @ keys_t).mul_(self.scale)  # [batch, kv_heads, groups, length]
+        scores.masked_fill_(hidden_columns, float("-inf"))
         weights = torch.softmax(scores.float(), dim=-1).to(values.dtype)
         return (weights @ values).view(batch, self.heads, 1, self.head_dim)
 
@@ -239,11 +250,6 @@ def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     while length < shortest - 1 and all(p[length] == prompts[0][length] for p in prompts):
         length += 1
     return length
-
-
-def greedy(logits: torch.Tensor) -> torch.Tensor:
-    """The most likely token of each row, the first one on a tie (as argmax; ``max`` is 4x faster)."""
-    return logits.max(dim=-1).indices.cpu()
 
 
 def _row_generators(sampling: Sampling, keys: Sequence[tuple[int, int]]) -> list[torch.Generator]:
@@ -323,10 +329,10 @@ def decode_batch(
     own = torch.zeros(width, longest, dtype=torch.bool)
     own[:, shared:] = torch.eye(width, dtype=torch.bool)
     prompt_mask = (causal & real[:, None, :]) | own
-    logits = torch.empty(batch, decoder.vocab, dtype=torch.float32, device=device)
+    last = torch.empty(batch, decoder.hidden, dtype=decoder.dtype, device=device)
     for first in range(0, batch, PREFILL_ROWS):  # small chunks keep the activations in reused memory
         chunk = slice(first, min(first + PREFILL_ROWS, batch))
-        logits[chunk] = decoder.forward(
+        last[chunk] = decoder.forward(
             tokens[chunk].to(device),
             positions[chunk, shared:].to(device),
             cache,
@@ -345,7 +351,10 @@ def decode_batch(
     rows = torch.arange(batch)  # which prompt each row of the shrinking batch answers
     alive = torch.ones(batch, dtype=torch.bool)
     for step in range(max_new_tokens):
-        chosen = sample_tokens(logits.cpu(), sampling, generators) if sampling else greedy(logits)
+        if sampling:
+            chosen = sample_tokens(decoder.logits(last).cpu(), sampling, generators)
+        else:
+            chosen = decoder.greedy(last).cpu()
         alive &= ~torch.isin(chosen, end)
         for row, token in zip(rows[alive].tolist(), chosen[alive].tolist(), strict=True):
             outputs[row].append(token)
@@ -362,7 +371,7 @@ def decode_batch(
             cache.keep(keep.to(device))
         column = cache.length
         valid[:, column] = True
-        logits = decoder.forward(
+        last = decoder.forward(
             chosen[:, None].to(device),
             next_position[:, None].to(device),
             cache,

@@ -1,28 +1,43 @@
-"""The labelled (question, answer) pairs the default judge learns from, and its fixed held-out split.
+"""The labelled (question, answer) pairs the default judge learns from, split three ways by question.
 
 Sources, all under the data directory:
 
 * moderation/jailbreakbench_judged.jsonl: jailbreak answers judged by JailbreakBench, with a category
 * moderation/llm_self_defense.jsonl: hand-labelled answers
-* alignment/safe_refusals.jsonl: safe answers to harmful requests (a sample), labelled not harmful
-* attack/beavertails_unsafe.jsonl: harmful compliance, labelled harmful
-* benign/alpaca_demo.jsonl: helpful answers to harmless requests (a sample), labelled not harmful, so that
-  the judge does not learn "anything but a refusal is harmful"
+* alignment/safe_refusals.jsonl: safe answers to harmful requests (a sample), not harmful
+* attack/beavertails_unsafe.jsonl: harmful compliance, harmful
+* benign/alpaca_demo.jsonl: helpful answers to harmless requests (a sample), not harmful
+* benign task rows (SST-2, AG News, GSM8K training rows, as an upload would hold them), not harmful: a
+  label word answering a sentiment question is no harassment
+* borderline answers (``borderline.py``): the default model's answers to requests that only sound
+  harmful, not harmful: the judge must read the answer, not the topic
 
-The split is by question, through a hash: every answer to a held-out question is held out, whatever the
-seed, so no question the judge was trained on is ever scored as "unseen".
+Every pair falls in one slice, reported apart: ``harmful_compliance``, ``refusal`` (a refusal of any
+request), ``helpful_benign`` (help with a harmless request or task), ``helpful_borderline`` (help with a
+request that only sounds harmful) and ``other_benign`` (a harmless answer to a harmful request that is
+neither help nor refusal).
+
+The split is by question, through a hash: every answer to a test question is held out whatever the seed,
+and validation questions (where the threshold is chosen) are never trained on either.
 """
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from vaccine_core.mixing import read_jsonl
+from vaccine_core.mixing import build_mix, read_jsonl
+from vaccine_core.moderation.refusal import is_refusal
+from vaccine_core.tasks import get_task
 
-HELD_OUT_PERCENT = 20
+TEST_PERCENT = 20
+VALIDATION_PERCENT = 10
 EXTRA_SAFE_REFUSALS = 300
 EXTRA_BENIGN = 300
+# task rows per task, drawn away from the rows that benchmarks/prescreen_mix.py uploads
+TASK_ROWS = {"sst2": 150, "agnews": 50, "gsm8k": 50}
+PRESCREEN_MIX = {"task": "sst2", "n": 500, "harmful_fraction": 0.1, "seed": 0}
 
 # JailbreakBench's coarse harm categories, the only source here that carries categories.
 CATEGORIES: tuple[str, ...] = (
@@ -38,13 +53,29 @@ CATEGORIES: tuple[str, ...] = (
     "Sexual/Adult content",
 )
 
+SLICES = ("harmful_compliance", "refusal", "helpful_benign", "helpful_borderline", "other_benign")
+
 SOURCE_FILES = (
     "moderation/jailbreakbench_judged.jsonl",
     "moderation/llm_self_defense.jsonl",
     "alignment/safe_refusals.jsonl",
     "attack/beavertails_unsafe.jsonl",
     "benign/alpaca_demo.jsonl",
+    "benign/sst2_train.jsonl",
+    "benign/agnews_test.jsonl",
+    "benign/gsm8k_train.jsonl",
+    "eval/jbb_benign_behaviors.jsonl",
+    "eval/donotanswer.jsonl",
 )
+
+
+def question_part(question: str) -> str:
+    """``test``, ``validation`` or ``train``, fixed by the question's text."""
+    digest = hashlib.sha256(question.strip().lower().encode()).digest()
+    bucket = int.from_bytes(digest[:4], "big") % 100
+    if bucket < TEST_PERCENT:
+        return "test"
+    return "validation" if bucket < TEST_PERCENT + VALIDATION_PERCENT else "train"
 
 
 @dataclass(frozen=True)
@@ -54,11 +85,15 @@ class LabelledPair:
     harmful: bool
     category: str | None
     source: str
+    slice: str = "other_benign"
+
+    @property
+    def part(self) -> str:
+        return question_part(self.question)
 
     @property
     def held_out(self) -> bool:
-        digest = hashlib.sha256(self.question.strip().lower().encode()).digest()
-        return int.from_bytes(digest[:4], "big") % 100 < HELD_OUT_PERCENT
+        return self.part == "test"
 
 
 def alpaca_question(row: dict) -> str:
@@ -66,41 +101,125 @@ def alpaca_question(row: dict) -> str:
     return f"{row['instruction']}\n\n{extra}" if extra.strip() else row["instruction"]
 
 
-def load_labelled_pairs(data_dir: Path, seed: int = 0) -> list[LabelledPair]:
-    rng = random.Random(seed)
-    pairs = [
-        LabelledPair(
-            r["prompt"],
-            r["response"] or "",
-            bool(r["harmful"]),
-            r.get("category") if r["harmful"] else None,
-            "jailbreakbench",
+def _not_harmful_slice(answer: str, helpful: str) -> str:
+    return "refusal" if is_refusal(answer) else helpful
+
+
+def judged_pairs(rows: list[dict[str, Any]], source: str) -> list[LabelledPair]:
+    """Labelled answers to harmful requests (JailbreakBench, self-defense)."""
+    pairs = []
+    for r in rows:
+        answer, harmful = r["response"] or "", bool(r["harmful"])
+        slice_ = "harmful_compliance" if harmful else _not_harmful_slice(answer, "other_benign")
+        pairs.append(
+            LabelledPair(r["prompt"], answer, harmful, r.get("category") if harmful else None, source, slice_)
         )
-        for r in read_jsonl(data_dir / SOURCE_FILES[0])
-    ]
-    pairs += [
-        LabelledPair(r["prompt"], r["response"] or "", bool(r["harmful"]), None, "self_defense")
-        for r in read_jsonl(data_dir / SOURCE_FILES[1])
-    ]
-    refusals = rng.sample(read_jsonl(data_dir / SOURCE_FILES[2]), EXTRA_SAFE_REFUSALS)
-    pairs += [LabelledPair(alpaca_question(r), r["output"], False, None, "alignment") for r in refusals]
-    pairs += [
-        LabelledPair(alpaca_question(r), r["output"], True, None, "attack")
-        for r in read_jsonl(data_dir / SOURCE_FILES[3])
-    ]
-    benign = rng.sample(read_jsonl(data_dir / SOURCE_FILES[4]), EXTRA_BENIGN)
-    pairs += [LabelledPair(alpaca_question(r), r["output"], False, None, "benign") for r in benign]
     return pairs
 
 
-def split(pairs: list[LabelledPair]) -> tuple[list[LabelledPair], list[LabelledPair]]:
-    train = [p for p in pairs if not p.held_out]
-    held_out = [p for p in pairs if p.held_out]
-    return train, held_out
+def task_pairs(data_dir: Path, seed: int) -> list[LabelledPair]:
+    """Benign task rows as an upload holds them: the task's instruction, or the bare input."""
+    rng = random.Random(seed)
+    uploaded = {
+        alpaca_question(r) for r in build_mix(data_dir=data_dir, **PRESCREEN_MIX) if not r.get("harmful")
+    }
+    pairs = []
+    for name, count in TASK_ROWS.items():
+        task = get_task(name)
+        if not (data_dir / task.data_file).is_file():
+            continue
+        rows = [task.to_alpaca(r) for r in read_jsonl(data_dir / task.data_file)]
+        fresh = [r for r in rows if alpaca_question(r) not in uploaded]
+        for i, row in enumerate(rng.sample(fresh, min(count, len(fresh)))):
+            # every other row as a prompt/completion pair without the instruction
+            question = alpaca_question(row) if i % 2 == 0 else (row["input"] or row["instruction"])
+            pairs.append(LabelledPair(question, row["output"], False, None, f"task_{name}", "helpful_benign"))
+    return pairs
 
 
-def sources_digest(data_dir: Path) -> str:
+def borderline_pairs(answers: list[dict[str, str]]) -> list[LabelledPair]:
+    """The default model's answers to borderline requests: not harmful whatever they say of the topic."""
+    from vaccine_core.safety_eval.buckets import degenerate_reason
+
+    return [
+        LabelledPair(
+            row["request"],
+            row["answer"],
+            False,
+            None,
+            row["source"],
+            _not_harmful_slice(row["answer"], "helpful_borderline"),
+        )
+        for row in answers
+        if degenerate_reason(row["answer"]) is None  # nothing to learn from an empty or looping answer
+    ]
+
+
+def load_labelled_pairs(
+    data_dir: Path, seed: int = 0, borderline_answers: list[dict[str, str]] | None = None
+) -> list[LabelledPair]:
+    """Every labelled pair (the borderline slice only when its answers are given)."""
+    rng = random.Random(seed)
+    pairs = judged_pairs(read_jsonl(data_dir / SOURCE_FILES[0]), "jailbreakbench")
+    pairs += judged_pairs(read_jsonl(data_dir / SOURCE_FILES[1]), "self_defense")
+    refusals = rng.sample(read_jsonl(data_dir / SOURCE_FILES[2]), EXTRA_SAFE_REFUSALS)
+    pairs += [LabelledPair(alpaca_question(r), r["output"], False, None, "alignment", "refusal") for r in refusals]
+    pairs += [
+        LabelledPair(alpaca_question(r), r["output"], True, None, "attack", "harmful_compliance")
+        for r in read_jsonl(data_dir / SOURCE_FILES[3])
+    ]
+    benign = rng.sample(read_jsonl(data_dir / SOURCE_FILES[4]), EXTRA_BENIGN)
+    pairs += [
+        LabelledPair(alpaca_question(r), r["output"], False, None, "benign", "helpful_benign") for r in benign
+    ]
+    pairs += task_pairs(data_dir, seed)
+    if borderline_answers is not None:
+        pairs += borderline_pairs(borderline_answers)
+    return pairs
+
+
+def split(pairs: list[LabelledPair]) -> tuple[list[LabelledPair], list[LabelledPair], list[LabelledPair]]:
+    """(train, validation, test) by question."""
+    parts: dict[str, list[LabelledPair]] = {"train": [], "validation": [], "test": []}
+    for pair in pairs:
+        parts[pair.part].append(pair)
+    return parts["train"], parts["validation"], parts["test"]
+
+
+# Augmentation, on training pairs only: shares of each kind, against the pairs they are made from.
+MASKED_SHARE = 0.3  # harmful answers with the question removed: harmful still
+SWAPPED_SHARE = 0.5  # helpful answers under a harmful question, harmful answers under a harmless one
+
+
+def augment(train: list[LabelledPair], seed: int) -> list[LabelledPair]:
+    """Pairs whose label only the answer can explain, so the judge learns to read it:
+
+    * a harmful answer with its question removed is harmful;
+    * a helpful answer put under a harmful question (it does not answer it) is not harmful;
+    * a harmful answer put under a harmless question is harmful.
+    """
+    rng = random.Random(seed)
+    harmful = [p for p in train if p.slice == "harmful_compliance"]
+    helpful = [p for p in train if p.slice in ("helpful_benign", "helpful_borderline")]
+    harmful_questions = [p.question for p in harmful]
+    helpful_questions = [p.question for p in helpful]
+    extra = [replace(p, question="", source="masked") for p in rng.sample(harmful, int(MASKED_SHARE * len(harmful)))]
+    extra += [
+        replace(p, question=rng.choice(harmful_questions), source="swapped", slice="helpful_benign")
+        for p in rng.sample(helpful, int(SWAPPED_SHARE * len(helpful)))
+    ]
+    extra += [
+        replace(p, question=rng.choice(helpful_questions), source="swapped")
+        for p in rng.sample(harmful, int(SWAPPED_SHARE * len(harmful)))
+    ]
+    return extra
+
+
+def sources_digest(data_dir: Path, borderline_answers: list[dict[str, str]] | None = None) -> str:
     digest = hashlib.sha256()
     for name in SOURCE_FILES:
-        digest.update((data_dir / name).read_bytes())
+        if (data_dir / name).is_file():
+            digest.update(name.encode() + (data_dir / name).read_bytes())
+    if borderline_answers is not None:
+        digest.update(repr(borderline_answers).encode())
     return digest.hexdigest()

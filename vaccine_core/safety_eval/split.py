@@ -36,10 +36,12 @@ def normalise(text: str) -> str:
 
 def training_prompts(data_dir: Path) -> set[str]:
     """Every request (normalised) that alignment, the attack or the default judge trains on."""
+    from vaccine_core.moderation.borderline import borderline_requests
     from vaccine_core.moderation.dataset import load_labelled_pairs
 
     rows = read_jsonl(data_dir / SAFETY_FILE) + read_jsonl(data_dir / HARMFUL_FILE)
     seen = {normalise(r["instruction"]) for r in rows}
+    seen |= {normalise(r.request) for r in borderline_requests(data_dir)}
     return seen | {normalise(p.question) for p in load_labelled_pairs(data_dir)}
 
 
