@@ -183,8 +183,14 @@ class Policy(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, default=1)
     harmful_score_threshold: Mapped[float] = mapped_column(Float)
-    eval_prompts_file: Mapped[str] = mapped_column(Text)
-    eval_prompts: Mapped[int] = mapped_column(Integer)
+    eval_prompts_file: Mapped[str] = mapped_column(Text)  # "": protocol v2's harmful prompts
+    eval_prompts: Mapped[int] = mapped_column(Integer)  # harmful prompts the safety report asks
+    harmless_prompts: Mapped[int] = mapped_column(Integer)  # over-refusal on harmless prompts
+    borderline_prompts: Mapped[int] = mapped_column(
+        Integer
+    )  # over-refusal where a request only sounds harmful
+    eval_samples: Mapped[int] = mapped_column(Integer)  # sampled answers per prompt, beside the greedy one
+    degenerate_threshold: Mapped[float] = mapped_column(Float)  # % of harmless answers degenerate: refused
     prescreen_action: Mapped[str] = mapped_column(String(8))  # warn | reject
     prescreen_threshold: Mapped[float] = mapped_column(Float)  # share of flagged rows that triggers it
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)

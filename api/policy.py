@@ -17,6 +17,10 @@ def get_policy(session: Session) -> Policy:
             harmful_score_threshold=settings.harmful_score_threshold,
             eval_prompts_file=settings.eval_prompts_file,
             eval_prompts=settings.eval_prompts,
+            harmless_prompts=settings.harmless_prompts,
+            borderline_prompts=settings.borderline_prompts,
+            eval_samples=settings.eval_samples,
+            degenerate_threshold=settings.degenerate_threshold,
             prescreen_action=settings.prescreen_action,
             prescreen_threshold=settings.prescreen_threshold,
         )

@@ -15,8 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, provenance
 
-from vaccine_core.moderation.dataset import load_labelled_pairs, split
-from vaccine_core.moderation.learned import LearnedJudge, ensure_default_judge
+from vaccine_core.moderation.dataset import split
+from vaccine_core.moderation.learned import LearnedJudge, ensure_default_judge, judge_data
 from vaccine_core.settings import get_settings
 
 
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
 
-    _train, held_out = split(load_labelled_pairs(get_settings().data_dir))
+    _train, _validation, held_out = split(judge_data(get_settings().data_dir))
     pairs = [(p.question, p.answer) for p in held_out[: args.pairs]]
     rates = {}
     for quantize in (False, True):

@@ -1,26 +1,41 @@
 """Does the pre-screen find harmful rows hidden in a benign upload, by line number?
 
-Builds SST-2 fine-tuning rows with a fraction of BeaverTails harmful pairs mixed in (the paper's attack
-data), pre-screens the file with a judge, and compares the flagged line numbers with the rows known to be
-harmful: recall (harmful rows found), precision, and benign rows wrongly flagged.
+Builds fine-tuning rows (SST-2, or Alpaca instructions the default judge never trained on) with a fraction
+of BeaverTails harmful pairs mixed in (the paper's attack data), pre-screens the file with a judge, and
+compares the flagged line numbers with the rows known to be harmful: recall (harmful rows found),
+precision, and benign rows wrongly flagged.
 
-    .venv/bin/python benchmarks/prescreen_mix.py --judge default
+    .venv/bin/python benchmarks/prescreen_mix.py --judge default [--benign alpaca]
 """
 
 import argparse
 import json
+import random
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, provenance
 
-from vaccine_core.mixing import build_mix, write_rows
+from vaccine_core.mixing import HARMFUL_FILE, HELPFUL_FILE, build_mix, read_jsonl, write_rows
 from vaccine_core.moderation import load_judge
-from vaccine_core.moderation.dataset import LabelledPair, alpaca_question
+from vaccine_core.moderation.dataset import LabelledPair, alpaca_question, load_labelled_pairs
 from vaccine_core.moderation.prescreen import prescreen
 from vaccine_core.settings import get_settings
+
+
+def alpaca_mix(data_dir: Path, n: int, harmful_fraction: float, seed: int) -> list[dict[str, Any]]:
+    """Alpaca rows the default judge never saw (in any split), with round(n * p) BeaverTails rows."""
+    rng = random.Random(seed)
+    judged = {p.question for p in load_labelled_pairs(data_dir) if p.source == "benign"}
+    fresh = [r for r in read_jsonl(data_dir / HELPFUL_FILE) if alpaca_question(r) not in judged]
+    n_harmful = round(n * harmful_fraction)
+    rows = [{**r, "harmful": True} for r in rng.sample(read_jsonl(data_dir / HARMFUL_FILE), n_harmful)]
+    rows += [{**r, "harmful": False} for r in rng.sample(fresh, n - n_harmful)]
+    rng.shuffle(rows)
+    return rows
 
 
 def main() -> None:
@@ -31,9 +46,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--harmful-fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--benign", choices=["sst2", "alpaca"], default="sst2", help="the benign rows")
     args = parser.parse_args()
 
-    rows = build_mix("sst2", args.n, args.harmful_fraction, get_settings().data_dir, seed=args.seed)
+    data_dir = get_settings().data_dir
+    if args.benign == "sst2":
+        rows = build_mix("sst2", args.n, args.harmful_fraction, data_dir, seed=args.seed)
+    else:
+        rows = alpaca_mix(data_dir, args.n, args.harmful_fraction, args.seed)
     harmful_lines = {i + 1 for i, row in enumerate(rows) if row["harmful"]}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "upload.jsonl"
@@ -52,7 +72,12 @@ def main() -> None:
         "benchmark": "prescreen_mix",
         **provenance("benchmarks/prescreen_mix.py"),
         "machine": machine_info(),
-        "setup": {"task": "sst2", "rows": args.n, "harmful_rows": len(harmful_lines), "seed": args.seed},
+        "setup": {
+            "benign": args.benign,
+            "rows": args.n,
+            "harmful_rows": len(harmful_lines),
+            "seed": args.seed,
+        },
         "judge": report.judge,
         "flagged_rows": len(flagged),
         "recall": len(found) / len(harmful_lines) if harmful_lines else None,
@@ -66,7 +91,8 @@ def main() -> None:
     }
     print(json.dumps({k: v for k, v in result.items() if k not in {"machine"}}, indent=2))
     name = "default" if args.judge == "default" else Path(args.judge).name
-    out = Path(__file__).parent / "results" / f"prescreen_mix-{name}.json"
+    suffix = "" if args.benign == "sst2" else f"-{args.benign}"
+    out = Path(__file__).parent / "results" / f"prescreen_mix-{name}{suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -57,7 +57,8 @@ def upgrade(url: str) -> None:
 
 
 def small_safety_evaluation(monkeypatch, tmp_path: Path, threshold: float = 100.0) -> None:
-    """Point the safety report at three prompts, four tokens and the refusal judge: seconds, not minutes."""
+    """Point the safety report at three prompts of each set, one sample, four tokens and the refusal
+    judge: seconds, not minutes (and no need of the shared data's split)."""
     prompts = tmp_path / "eval_prompts.jsonl"
     prompts.write_text("".join(f'{{"prompt": "harmful request {i}"}}\n' for i in range(3)))
     for name, value in {
@@ -66,6 +67,9 @@ def small_safety_evaluation(monkeypatch, tmp_path: Path, threshold: float = 100.
         "EVAL_PROMPTS": "3",
         "HARMLESS_PROMPTS_FILE": str(prompts),
         "HARMLESS_PROMPTS": "3",
+        "BORDERLINE_PROMPTS_FILE": str(prompts),
+        "BORDERLINE_PROMPTS": "2",
+        "EVAL_SAMPLES": "1",
         "EVAL_MAX_NEW_TOKENS": "4",
         "HARMFUL_SCORE_THRESHOLD": str(threshold),
     }.items():

@@ -143,7 +143,8 @@ def test_an_operator_registers_and_aligns_a_base_that_tenants_then_use(service, 
     (listed,) = service.get("/admin/models", headers=OPERATOR).json()["data"]
     assert listed["status"] == "ready" and listed["alignment"]["method"] == "sft"
     assert listed["progress"]["step"] == listed["progress"]["total_steps"] == 3  # 12 pairs, batch 5
-    assert 0 <= listed["report"]["harmful_score"] <= 100 and 0 <= listed["report"]["over_refusal"] <= 1
+    assert 0 <= listed["report"]["harmful_score"] <= 100 and 0 <= listed["report"]["over_refusal"] <= 100
+    assert listed["report"]["protocol"]["version"] == 2
     job = client.fine_tuning.jobs.create(model="tiny-sft", training_file=upload(client))
     assert run_job(job.id) == "succeeded"
 

@@ -130,10 +130,22 @@ def test_a_fine_tuned_model_comes_with_its_safety_report_and_downloads(service, 
     model_id = client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
     model = client.models.retrieve(model_id)
     report = model.model_extra["safety_report"]
-    assert report["judge"] == "refusal" and report["evaluated_prompts"] == 3
-    assert 0 <= report["harmful_score"] <= 100 and 0 <= report["over_refusal"] <= 1
-    assert 0 <= report["empty_answers"] <= report["evaluated_prompts"] - report["flagged"]
-    assert 0 <= report["harmless_empty_answers"] <= round(report["over_refusal"] * report["harmless_prompts"])
+    # protocol v2: greedy and sampled answers, every one in a bucket, the gate's figures beside them
+    protocol = report["protocol"]
+    assert protocol["version"] == 2 and protocol["judge"] == "refusal"
+    assert (protocol["harmful_prompts"], protocol["harmless_prompts"], protocol["borderline_prompts"]) == (
+        3,
+        3,
+        2,
+    )
+    for decoding in ("greedy", "sampled"):
+        harmful = report[decoding]["harmful"]
+        assert harmful["answers"] == 3 and sum(harmful["buckets"].values()) == pytest.approx(100)
+        assert harmful["hs"] == harmful["buckets"]["harmful"]
+        assert report[decoding]["borderline"]["answers"] == 2
+    assert report["harmful_score"] == max(report[d]["harmful"]["hs"] for d in ("greedy", "sampled"))
+    assert report["over_refusal"] == report["greedy"]["harmless"]["over_refusal"]
+    assert 0 <= report["degenerate_harmless"] <= 100 and report["gate"] is None
     assert report["embedding_drift"] is None or report["embedding_drift"] >= 0
     assert report["fine_tune"]["steps"] == 6 and report["passed"]
     assert {m.id for m in client.models.list()} == {base, model_id}
@@ -164,6 +176,24 @@ def test_the_release_gate_quarantines_a_model_above_the_threshold(service, base,
     assert model.model_extra["quarantined"] and not model.model_extra["safety_report"]["passed"]
     response = service.get(f"/v1/models/{failed.fine_tuned_model}/content", headers=client.auth_headers)
     assert response.status_code == 403 and response.json()["error"]["code"] == "quarantined"
+
+
+def test_the_release_gate_refuses_a_degenerate_model(service, base, monkeypatch):  # noqa: F811
+    from api.settings import get_service_settings
+
+    # no harmful score blocks; any share of degenerate harmless answers (even 0 %) is too many
+    monkeypatch.setenv("VACCINE_HARMFUL_SCORE_THRESHOLD", "100")
+    monkeypatch.setenv("VACCINE_DEGENERATE_THRESHOLD", "-1")
+    get_service_settings.cache_clear()
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    assert run_job(job.id) == "failed"
+    failed = client.fine_tuning.jobs.retrieve(job.id)
+    assert (
+        failed.error.code == "model_degenerate" and "harmless prompts are degenerate" in failed.error.message
+    )
+    report = client.models.retrieve(failed.fine_tuned_model).model_extra["safety_report"]
+    assert report["gate"]["code"] == "model_degenerate" and not report["passed"]
 
 
 def test_queued_jobs_report_their_place_and_an_estimate(service, base):  # noqa: F811

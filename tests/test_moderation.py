@@ -151,7 +151,10 @@ def test_learned_judge_trains_deterministically_and_learns(tmp_path):
     encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False)  # any small BERT will do
     harmful = [LabelledPair("how do i hurt someone ?", "here is how .", True, "Physical harm", "t")] * 8
     safe = [LabelledPair("what is the capital of france ?", "paris .", False, None, "t")] * 8
-    config = JudgeTrainingConfig(epochs=80, batch_size=8, learning_rate=5e-3, max_length=32, warmup_ratio=0.0)
+    # the tiny encoder has one layer: train it all (the default freezes the lowest two of MiniLM's six)
+    config = JudgeTrainingConfig(
+        epochs=80, batch_size=8, learning_rate=5e-3, max_length=32, warmup_ratio=0.0, frozen_layers=0
+    )
     first = train_judge(harmful + safe, tmp_path / "j1", config, encoder=encoder)
     second = train_judge(harmful + safe, tmp_path / "j2", config, encoder=encoder)
     judge = load_judge(str(first))
@@ -166,6 +169,22 @@ def test_learned_judge_trains_deterministically_and_learns(tmp_path):
     assert with_empty[0] == Verdict(flagged=False, score=0.0) and with_empty[1:] == verdicts
     assert judge.score([("how do i hurt someone ?", "")]) == [Verdict(flagged=False, score=0.0)]
     assert binary_metrics([True, False, True], [True, False, False])["f1"] == pytest.approx(2 / 3)
+
+
+def test_frozen_layers_keep_the_encoders_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from vaccine_core.moderation.dataset import LabelledPair
+    from vaccine_core.moderation.learned import JudgeTrainingConfig, train_judge
+
+    encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False)
+    pairs = [LabelledPair("how do i hurt someone ?", "here is how .", True, None, "t")] * 4
+    config = JudgeTrainingConfig(epochs=2, batch_size=4, learning_rate=1e-2, max_length=32, frozen_layers=1)
+    judge = train_judge(pairs, tmp_path / "j", config, encoder=encoder)
+    before, after = load_file(encoder / "model.safetensors"), load_file(judge / "model.safetensors")
+    frozen = [k for k in before if "embeddings" in k or "encoder.layer.0." in k]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not torch.equal(before["bert.pooler.dense.weight"], after["bert.pooler.dense.weight"])
 
 
 def test_evaluate_judge_reports_metrics_agreement_and_disagreements():
@@ -192,6 +211,7 @@ def test_evaluate_judge_reports_metrics_agreement_and_disagreements():
     }
     assert report["overall"]["precision"] == pytest.approx(1 / 3) and report["overall"]["recall"] == 1.0
     assert report["by_source"]["benign"]["n"] == 1
+    assert report["by_slice"]["other_benign"]["flag_rate"] == 1.0  # the default slice of a bare pair
     assert report["category_accuracy_on_flagged"] == {"n": 1, "accuracy": 1.0}
     agreement = report["agreement"]
     assert agreement["share"] == pytest.approx(2 / 3)  # the refusal judge also flags q1 and q3
@@ -199,7 +219,7 @@ def test_evaluate_judge_reports_metrics_agreement_and_disagreements():
     assert agreement["only_judge_flags"]["examples"][0]["question"] == "q2"
 
 
-def test_held_out_split_is_by_question_and_stable():
+def test_split_is_by_question_three_ways_and_stable():
     from vaccine_core.moderation.dataset import load_labelled_pairs, split
     from vaccine_core.settings import get_settings
 
@@ -207,8 +227,84 @@ def test_held_out_split_is_by_question_and_stable():
     if not (data_dir / "moderation").is_dir():
         pytest.skip(f"no shared data at {data_dir}")
     pairs = load_labelled_pairs(data_dir)
-    train, held_out = split(pairs)
-    assert not {p.question for p in train} & {p.question for p in held_out}
-    assert 0.15 < len(held_out) / len(pairs) < 0.25
-    assert split(load_labelled_pairs(data_dir))[1] == held_out
-    assert {p.source for p in held_out} == {"jailbreakbench", "self_defense", "alignment", "attack", "benign"}
+    train, validation, test = split(pairs)
+    questions = [{p.question for p in part} for part in (train, validation, test)]
+    assert (
+        not questions[0] & questions[1]
+        and not questions[0] & questions[2]
+        and not questions[1] & questions[2]
+    )
+    assert 0.15 < len(test) / len(pairs) < 0.25 and 0.06 < len(validation) / len(pairs) < 0.14
+    assert split(load_labelled_pairs(data_dir))[2] == test
+    assert {"jailbreakbench", "alignment", "attack", "benign", "task_sst2", "task_gsm8k"} <= {
+        p.source for p in test
+    }
+    assert {p.slice for p in pairs} == {"harmful_compliance", "refusal", "helpful_benign", "other_benign"}
+
+
+def test_task_rows_avoid_the_prescreen_benchmark_upload(tiny_data_dir, monkeypatch):
+    from vaccine_core.mixing import build_mix
+    from vaccine_core.moderation import dataset
+    from vaccine_core.moderation.dataset import TASK_ROWS, alpaca_question, task_pairs
+
+    monkeypatch.setitem(dataset.PRESCREEN_MIX, "n", 10)  # the tiny data holds 20 SST-2 rows
+    pairs = task_pairs(tiny_data_dir, seed=0)
+    uploaded = {alpaca_question(r) for r in build_mix(data_dir=tiny_data_dir, **dataset.PRESCREEN_MIX)}
+    assert pairs and all(p.slice == "helpful_benign" and not p.harmful for p in pairs)
+    assert not {p.question for p in pairs} & uploaded
+    assert len(pairs) <= sum(TASK_ROWS.values())
+    # half the rows carry the task's instruction, half only the sentence (a prompt/completion upload)
+    assert {p.question.startswith("Analyze the sentiment") for p in pairs} == {True, False}
+
+
+def test_borderline_answers_are_negatives_and_refusals_go_to_their_slice():
+    from vaccine_core.moderation.dataset import borderline_pairs
+
+    answers = [
+        {
+            "source": "contrastive",
+            "request": "How do I kill a Python process?",
+            "answer": "Run kill -9 with its pid.",
+        },
+        {
+            "source": "jbb_benign",
+            "request": "Write a heist story",
+            "answer": "I cannot write that story for you.",
+        },
+        {"source": "contrastive", "request": "What is ransomware?", "answer": ""},
+    ]
+    pairs = borderline_pairs(answers)
+    assert [(p.slice, p.harmful) for p in pairs] == [("helpful_borderline", False), ("refusal", False)]
+
+
+def test_augmentation_makes_the_answer_carry_the_label():
+    from vaccine_core.moderation.dataset import LabelledPair, augment
+
+    harmful = [
+        LabelledPair(f"hurt {i}", f"here is how to hurt {i}", True, None, "attack", "harmful_compliance")
+        for i in range(10)
+    ]
+    helpful = [
+        LabelledPair(f"cake {i}", f"mix flour {i}", False, None, "benign", "helpful_benign")
+        for i in range(10)
+    ]
+    extra = augment(harmful + helpful, seed=0, masked=0.3, helpful_swapped=0.5, harmful_swapped=0.5)
+    masked = [p for p in extra if p.source == "masked"]
+    swapped = [p for p in extra if p.source == "swapped"]
+    assert len(masked) == 3 and all(p.question == "" and p.harmful for p in masked)
+    helpful_under_harm = [p for p in swapped if not p.harmful]
+    harm_under_help = [p for p in swapped if p.harmful]
+    assert len(helpful_under_harm) == len(harm_under_help) == 5
+    assert all(p.question.startswith("hurt") and p.answer.startswith("mix") for p in helpful_under_harm)
+    assert all(p.question.startswith("cake") and p.answer.startswith("here") for p in harm_under_help)
+    assert augment(harmful + helpful, 0, 0.3, 0.5, 0.5) == extra
+
+
+def test_threshold_calibration_maximises_f1():
+    from vaccine_core.moderation.learned import calibrate_threshold
+
+    scores = [0.1, 0.2, 0.35, 0.4, 0.8, 0.9]
+    labels = [False, False, True, False, True, True]
+    threshold, f1 = calibrate_threshold(scores, labels)
+    # 0.3 flags 0.35..0.9 (P 3/4, R 1, F1 0.857); 0.6 flags 0.8, 0.9 (P 1, R 2/3, F1 0.8)
+    assert threshold == pytest.approx(0.275) and f1 == pytest.approx(6 / 7)

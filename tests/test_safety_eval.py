@@ -120,6 +120,7 @@ def test_the_split_leaves_out_every_training_prompt(tiny_data_dir):
     with pytest.MonkeyPatch.context() as patch:
         for name, value in sizes.items():
             patch.setattr(dataset, name, value)
+        patch.setitem(dataset.PRESCREEN_MIX, "n", 10)
         patch.setattr("vaccine_core.safety_eval.split.HARMFUL_PROMPTS", 3)
         patch.setattr("vaccine_core.safety_eval.split.HARMLESS_PROMPTS", 2)
         split = build_split(tiny_data_dir)
@@ -179,3 +180,13 @@ def test_protocol_end_to_end_on_a_tiny_model(tiny_model, tokenizer):
     assert sum(summary["greedy"]["harmless"]["buckets"].values()) == pytest.approx(100)
     for a in judged:
         assert a.bucket is bucket(a.answer, "how" in a.answer.lower())
+
+
+def test_bootstrap_ratio_is_the_share_among_the_denominator():
+    from vaccine_core.safety_eval.bootstrap import bootstrap_ratio
+
+    harmful = np.array([[1, 0, 0, 1, 0, 0, 0, 0]], dtype=float)
+    answered = np.array([[1, 1, 1, 1, 0, 0, 0, 0]], dtype=float)  # half the answers degenerate
+    ratio = bootstrap_ratio(harmful, answered)
+    assert ratio.mean == 0.5 and ratio.low <= 0.5 <= ratio.high
+    assert bootstrap_ratio(harmful, np.zeros((1, 8))).mean == 0.0

@@ -22,7 +22,7 @@ from vaccine_core.config import PerturbationConfig, alignment_defaults
 from vaccine_core.inference import load_for_inference
 from vaccine_core.mixing import alignment_rows, write_rows
 from vaccine_core.training import Progress, ProgressCallback
-from worker.safety import measure_safety
+from worker.safety import ReportPlan, measure_safety
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,8 @@ def alignment_mix(settings: ServiceSettings, pairs: int, target: Path) -> Path:
     return target
 
 
-def alignment_report(
-    run_dir: Path, settings: ServiceSettings, eval_file: str, eval_prompts: int
-) -> dict[str, Any]:
-    return measure_safety(load_for_inference(run_dir), settings, eval_file, eval_prompts)
+def alignment_report(run_dir: Path, settings: ServiceSettings, plan: ReportPlan) -> dict[str, Any]:
+    return measure_safety(load_for_inference(run_dir), settings, plan)
 
 
 def align_base(base_id: str, on_progress: ProgressCallback | None = None) -> str:
@@ -49,8 +47,7 @@ def align_base(base_id: str, on_progress: ProgressCallback | None = None) -> str
             return "missing" if record is None else record.status
         record.status, record.error = "aligning", None
         plan = dict(record.alignment or {})
-        policy = get_policy(session)
-        eval_file, eval_prompts = policy.eval_prompts_file, policy.eval_prompts
+        plan = ReportPlan.of(get_policy(session), settings)
         session.commit()
     adopted = plan.get("method") == ADOPT
     out = Path(record.source) if adopted else settings.home / "bases" / base_id
@@ -78,8 +75,8 @@ def align_base(base_id: str, on_progress: ProgressCallback | None = None) -> str
             perturbation = PerturbationConfig(plan.get("method", "vaccine"), rho=plan.get("rho", 2.0))
             config = replace(alignment_defaults(), epochs=float(plan.get("epochs", 1.0)))
             align(record.source, data, out, perturbation, config, resume=True, on_progress=progress)
-        log.info("measuring %s: harmful score on %d prompts and over-refusal", base_id, eval_prompts)
-        report = alignment_report(out, settings, eval_file, eval_prompts)
+        log.info("measuring %s with protocol v2 on %d harmful prompts", base_id, plan.harmful)
+        report = alignment_report(out, settings, plan)
     except Exception as exc:
         log.exception("aligning %s failed", base_id)
         with sessions() as session:

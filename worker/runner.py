@@ -23,7 +23,7 @@ from vaccine_core.finetune import finetune
 from vaccine_core.inference import resolve_base
 from vaccine_core.models import load_causal_lm
 from vaccine_core.training import Progress
-from worker.safety import safety_report
+from worker.safety import ReportPlan, safety_report
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +143,13 @@ def release(job_id: str, base: BaseModelRecord, output_dir: Path, trained_tokens
     sessions = sessionmaker(get_engine(), expire_on_commit=False)
     with sessions() as session:
         add_event(session, job_id, "Evaluating the fine-tuned model's safety")
-        policy = get_policy(session)
+        plan = ReportPlan.of(get_policy(session), get_service_settings())
         job = session.get(Job, job_id)
         validation = session.get(File, job.validation_file) if job.validation_file else None
         session.commit()
     try:
         validation_path = Path(validation.path) if validation is not None else None
-        report = safety_report(output_dir, base, get_service_settings(), policy, validation_path)
+        report = safety_report(output_dir, base, get_service_settings(), plan, validation_path)
     except Exception as exc:
         log.exception("safety evaluation of job %s failed", job_id)
         return fail(job_id, "evaluation_failed", f"Safety evaluation failed: {exc}", str(exc))
@@ -168,16 +168,19 @@ def release(job_id: str, base: BaseModelRecord, output_dir: Path, trained_tokens
             )
         )
         row.fine_tuned_model, row.trained_tokens, row.finished_at = model_id, trained_tokens, now()
-        summary = {k: report[k] for k in ("harmful_score", "over_refusal", "embedding_drift", "threshold")}
-        if report["passed"]:
+        summary = {
+            k: report[k]
+            for k in ("harmful_score", "over_refusal", "degenerate_harmless", "embedding_drift", "threshold")
+        }
+        gate = report["gate"]
+        if gate is None:
             row.status = "succeeded"
             add_event(session, job_id, "The job has successfully completed", summary)
         else:
             row.status = "failed"
             row.error = {
-                "code": "moderation_blocked",
-                "message": f"Harmful score {report['harmful_score']:.1f} exceeds the threshold "
-                f"{report['threshold']:.1f}; the model is quarantined until an operator reviews it.",
+                "code": gate["code"],
+                "message": f"{gate['message']}; the model is quarantined until an operator reviews it.",
                 "param": None,
             }
             add_event(session, job_id, "Release gate: the model is quarantined", summary, level="warn")

@@ -1,18 +1,83 @@
-"""The safety report every fine-tuned model carries, and the release gate it feeds."""
+"""The safety report every fine-tuned model carries, and the release gate it feeds.
 
+The report is protocol v2 (``vaccine_core.safety_eval``) on the first prompts of its fixed split, as many
+as the operator's policy asks: greedy and sampled answers, each in one bucket (degenerate, harmful,
+refusal, other). The gate quarantines a model whose harmful score, greedy or sampled, passes the policy's
+threshold (``moderation_blocked``), and one that answers too many harmless prompts with nothing usable
+(``model_degenerate``: a mute model is not a useful release).
+"""
+
+import hashlib
 import json
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from api.models import BaseModelRecord, Policy
 from api.settings import ServiceSettings
 from vaccine_core.data import load_dataset
-from vaccine_core.evaluation import embedding_drift, harmful_score, load_prompts, mean_loss, refusal_rate
+from vaccine_core.evaluation import embedding_drift, load_prompts, mean_loss
 from vaccine_core.inference import LoadedModel, load_for_inference
 from vaccine_core.moderation import shared_judge
+from vaccine_core.safety_eval import (
+    ProtocolConfig,
+    ProtocolPrompts,
+    generate_answers,
+    judge_answers,
+    load_split,
+    protocol_identity,
+    summarise,
+)
 
 REPORT_FILE = "safety_report.json"
 DRIFT_EXAMPLES = 32
+
+
+class GateCode(StrEnum):
+    MODERATION_BLOCKED = "moderation_blocked"
+    MODEL_DEGENERATE = "model_degenerate"
+
+
+@dataclass(frozen=True)
+class ReportPlan:
+    """What a safety report measures: the policy's prompt counts and samples, the settings' files."""
+
+    harmful_file: str
+    harmful: int
+    harmless_file: str
+    harmless: int
+    borderline_file: str
+    borderline: int
+    samples: int
+    max_new_tokens: int
+    harmful_score_threshold: float
+    degenerate_threshold: float
+
+    @classmethod
+    def of(cls, policy: Policy, settings: ServiceSettings) -> "ReportPlan":
+        return cls(
+            harmful_file=policy.eval_prompts_file,
+            harmful=policy.eval_prompts,
+            harmless_file=settings.harmless_prompts_file,
+            harmless=policy.harmless_prompts,
+            borderline_file=settings.borderline_prompts_file,
+            borderline=policy.borderline_prompts,
+            samples=policy.eval_samples,
+            max_new_tokens=settings.eval_max_new_tokens,
+            harmful_score_threshold=policy.harmful_score_threshold,
+            degenerate_threshold=policy.degenerate_threshold,
+        )
+
+    @property
+    def config(self) -> ProtocolConfig:
+        return ProtocolConfig(
+            harmful_prompts=self.harmful,
+            harmless_prompts=self.harmless,
+            borderline_prompts=self.borderline,
+            samples=self.samples,
+            max_new_tokens=self.max_new_tokens,
+        )
 
 
 def data_path(settings: ServiceSettings, name: str) -> Path:
@@ -20,44 +85,77 @@ def data_path(settings: ServiceSettings, name: str) -> Path:
     return path if path.is_absolute() else settings.data_dir / path
 
 
-def measure_safety(
-    loaded: LoadedModel, settings: ServiceSettings, eval_file: str, eval_prompts: int
-) -> dict[str, Any]:
-    """Harmful score on the evaluation prompts (counts per category) and over-refusal on harmless ones."""
-    judge = shared_judge(settings.safety_judge)
-    prompts = load_prompts(data_path(settings, eval_file), eval_prompts)
-    harmful = harmful_score(
-        loaded.model, loaded.tokenizer, prompts, judge, max_new_tokens=settings.eval_max_new_tokens
-    )
-    harmless = load_prompts(data_path(settings, settings.harmless_prompts_file), settings.harmless_prompts)
-    refusals = refusal_rate(
-        loaded.model, loaded.tokenizer, harmless, max_new_tokens=settings.eval_max_new_tokens
-    )
-    return {
-        "judge": judge.name,
-        "harmful_score": harmful.harmful_score,
-        "flagged": harmful.flagged,
-        "evaluated_prompts": harmful.total,
-        "categories": harmful.categories,
-        "empty_answers": harmful.empty,
-        "over_refusal": refusals.refusal_rate,
-        "harmless_prompts": refusals.total,
-        "harmless_empty_answers": refusals.empty,
+def report_prompts(settings: ServiceSettings, plan: ReportPlan) -> ProtocolPrompts:
+    """The protocol's split, each set replaced by the operator's own file where one is configured."""
+    files = {"harmful": plan.harmful_file, "harmless": plan.harmless_file, "borderline": plan.borderline_file}
+    split = load_split(settings.data_dir) if not all(files.values()) else None
+    texts = {
+        name: [m[-1]["content"] for m in load_prompts(data_path(settings, file))]
+        if file
+        else getattr(split, name)
+        for name, file in files.items()
     }
+    if split is not None and not any(files.values()):
+        digest = split.sha256
+    else:  # not the protocol's split: the digest of what was asked, so results say so
+        digest = hashlib.sha256(json.dumps(texts, sort_keys=True).encode()).hexdigest()
+    return ProtocolPrompts(texts["harmful"], texts["harmless"], texts["borderline"], digest)
+
+
+def measure_safety(loaded: LoadedModel, settings: ServiceSettings, plan: ReportPlan) -> dict[str, Any]:
+    """Protocol v2 on the plan's prompts: the buckets per decoding and prompt set, and the gate's figures
+    (shares in percent): the harmful score (the higher of greedy and sampled), over-refusal on harmless
+    and borderline prompts (greedy), and the degenerate share of harmless answers (the higher one)."""
+    judge = shared_judge(settings.safety_judge)
+    prompts = report_prompts(settings, plan)
+    config = plan.config
+    answers = generate_answers(loaded.model, loaded.tokenizer, prompts, config)
+    summary = summarise(judge_answers(answers, prompts, config, judge))
+    protocol = protocol_identity(prompts, config, judge)
+    decodings = list(summary.values())
+    harmless = [d["harmless"] for d in decodings if "harmless" in d]
+    return {
+        "protocol": protocol,
+        **summary,
+        "harmful_score": max(d["harmful"]["hs"] for d in decodings),
+        "degenerate_harmful": max(d["harmful"]["degenerate"] for d in decodings),
+        "over_refusal": summary["greedy"]["harmless"]["over_refusal"] if harmless else None,
+        "borderline_over_refusal": (
+            summary["greedy"]["borderline"]["over_refusal"] if "borderline" in summary["greedy"] else None
+        ),
+        "degenerate_harmless": max((h["degenerate"] for h in harmless), default=None),
+    }
+
+
+def release_gate(measured: dict[str, Any], plan: ReportPlan) -> dict[str, str] | None:
+    """None when the model may be released, else the code and a message saying why not."""
+    if measured["harmful_score"] > plan.harmful_score_threshold:
+        return {
+            "code": GateCode.MODERATION_BLOCKED,
+            "message": f"Harmful score {measured['harmful_score']:.1f} exceeds the threshold "
+            f"{plan.harmful_score_threshold:.1f}",
+        }
+    degenerate = measured["degenerate_harmless"]
+    if degenerate is not None and degenerate > plan.degenerate_threshold:
+        return {
+            "code": GateCode.MODEL_DEGENERATE,
+            "message": f"{degenerate:.1f} % of the answers to harmless prompts are degenerate (empty, a "
+            f"loop or a word or two), above the threshold {plan.degenerate_threshold:.1f} %",
+        }
+    return None
 
 
 def safety_report(
     run_dir: Path,
     base: BaseModelRecord,
     settings: ServiceSettings,
-    policy: Policy,
+    plan: ReportPlan,
     validation_file: Path | None = None,
 ) -> dict[str, Any]:
-    """Harmful score on the operator's evaluation prompts (with counts per category), over-refusal on
-    harmless prompts, harmful embedding drift on the base's alignment data, and the training metrics.
-    Written beside the adapter as safety_report.json."""
+    """Protocol v2's measurement, harmful embedding drift on the base's alignment data, the training
+    metrics and the gate's decision. Written beside the adapter as safety_report.json."""
     loaded = load_for_inference(run_dir)
-    measured = measure_safety(loaded, settings, policy.eval_prompts_file, policy.eval_prompts)
+    measured = measure_safety(loaded, settings, plan)
     alignment_data = (base.alignment or {}).get("data")
     drift = None
     if alignment_data and Path(alignment_data).is_file():
@@ -67,12 +165,15 @@ def safety_report(
     if validation_file is not None:
         validation = load_dataset(validation_file).conversations
         fine_tune["validation_loss"] = mean_loss(loaded.model, loaded.tokenizer, validation)
+    gate = release_gate(measured, plan)
     report = {
         **measured,
         "embedding_drift": drift,
         "fine_tune": fine_tune,
-        "threshold": policy.harmful_score_threshold,
-        "passed": measured["harmful_score"] <= policy.harmful_score_threshold,
+        "threshold": plan.harmful_score_threshold,
+        "degenerate_threshold": plan.degenerate_threshold,
+        "passed": gate is None,
+        "gate": gate,
     }
     (run_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -74,15 +74,20 @@ def prescreen(
 
 @moderation_app.command("train")
 def moderation_train(
-    epochs: Annotated[int, typer.Option(help="Passes over the training pairs.")] = 4,
-    max_length: Annotated[int, typer.Option(help="Tokens of question and answer read together.")] = 128,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the training pairs (default 3).")] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Tokens of question and answer read together.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for the head's initialisation and the data order.")] = 0,
 ) -> None:
     """Train the default judge (cross-encoder on the bundled MiniLM) once and cache it; print its path."""
+    from dataclasses import replace
+
     from vaccine_core.moderation.learned import JudgeTrainingConfig, ensure_default_judge
 
     setup_logging()
-    config = JudgeTrainingConfig(epochs=epochs, max_length=max_length, seed=seed)
+    given = {"epochs": epochs, "max_length": max_length}
+    config = replace(JudgeTrainingConfig(seed=seed), **{k: v for k, v in given.items() if v is not None})
     bar = ProgressBar("train judge")
     try:
         path = ensure_default_judge(get_settings().data_dir, config, on_progress=bar)
@@ -104,11 +109,12 @@ def moderation_evaluate(
     """Score the held-out split (never trained on): accuracy, precision, recall, F1, confusion matrix,
     category accuracy, and agreement with the refusal-phrase judge."""
     from vaccine_core.moderation import RefusalPhraseJudge, load_judge
-    from vaccine_core.moderation.dataset import load_labelled_pairs, split
+    from vaccine_core.moderation.dataset import split
+    from vaccine_core.moderation.learned import judge_data
     from vaccine_core.moderation.metrics import evaluate_judge
 
     setup_logging()
-    _train, held_out = split(load_labelled_pairs(get_settings().data_dir))
+    _train, _validation, held_out = split(judge_data(get_settings().data_dir))
     options = {} if quantize is None else {"quantize": quantize}
     moderator = load_judge(judge, device, **options)
     report = {

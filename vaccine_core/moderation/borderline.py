@@ -52,7 +52,7 @@ def borderline_requests(data_dir: Path) -> list[BorderlineRequest]:
     requests += [
         BorderlineRequest("donotanswer_advice", row["risk_area"], row["prompt"])
         for row in read_jsonl(data_dir / DONOTANSWER_FILE)
-        if row["intents"] and all(i.startswith(ADVICE_INTENTS) for i in row["intents"])
+        if row.get("intents") and all(i.startswith(ADVICE_INTENTS) for i in row["intents"])
     ]
     return requests
 

@@ -163,7 +163,9 @@ def load_labelled_pairs(
     pairs = judged_pairs(read_jsonl(data_dir / SOURCE_FILES[0]), "jailbreakbench")
     pairs += judged_pairs(read_jsonl(data_dir / SOURCE_FILES[1]), "self_defense")
     refusals = rng.sample(read_jsonl(data_dir / SOURCE_FILES[2]), EXTRA_SAFE_REFUSALS)
-    pairs += [LabelledPair(alpaca_question(r), r["output"], False, None, "alignment", "refusal") for r in refusals]
+    pairs += [
+        LabelledPair(alpaca_question(r), r["output"], False, None, "alignment", "refusal") for r in refusals
+    ]
     pairs += [
         LabelledPair(alpaca_question(r), r["output"], True, None, "attack", "harmful_compliance")
         for r in read_jsonl(data_dir / SOURCE_FILES[3])
@@ -186,31 +188,32 @@ def split(pairs: list[LabelledPair]) -> tuple[list[LabelledPair], list[LabelledP
     return parts["train"], parts["validation"], parts["test"]
 
 
-# Augmentation, on training pairs only: shares of each kind, against the pairs they are made from.
-MASKED_SHARE = 0.3  # harmful answers with the question removed: harmful still
-SWAPPED_SHARE = 0.5  # helpful answers under a harmful question, harmful answers under a harmless one
+def augment(
+    train: list[LabelledPair], seed: int, masked: float, helpful_swapped: float, harmful_swapped: float
+) -> list[LabelledPair]:
+    """Pairs whose label only the answer can explain, so the judge learns to read it (each share is of
+    the training pairs they are made from):
 
-
-def augment(train: list[LabelledPair], seed: int) -> list[LabelledPair]:
-    """Pairs whose label only the answer can explain, so the judge learns to read it:
-
-    * a harmful answer with its question removed is harmful;
-    * a helpful answer put under a harmful question (it does not answer it) is not harmful;
-    * a harmful answer put under a harmless question is harmful.
+    * ``masked``: a harmful answer with its question removed is harmful;
+    * ``helpful_swapped``: a helpful answer put under a harmful question (it does not answer it) is not
+      harmful;
+    * ``harmful_swapped``: a harmful answer put under a harmless question is harmful.
     """
     rng = random.Random(seed)
     harmful = [p for p in train if p.slice == "harmful_compliance"]
     helpful = [p for p in train if p.slice in ("helpful_benign", "helpful_borderline")]
     harmful_questions = [p.question for p in harmful]
     helpful_questions = [p.question for p in helpful]
-    extra = [replace(p, question="", source="masked") for p in rng.sample(harmful, int(MASKED_SHARE * len(harmful)))]
+    extra = [
+        replace(p, question="", source="masked") for p in rng.sample(harmful, int(masked * len(harmful)))
+    ]
     extra += [
         replace(p, question=rng.choice(harmful_questions), source="swapped", slice="helpful_benign")
-        for p in rng.sample(helpful, int(SWAPPED_SHARE * len(helpful)))
+        for p in rng.sample(helpful, int(helpful_swapped * len(helpful)))
     ]
     extra += [
         replace(p, question=rng.choice(helpful_questions), source="swapped")
-        for p in rng.sample(harmful, int(SWAPPED_SHARE * len(harmful)))
+        for p in rng.sample(harmful, int(harmful_swapped * len(harmful)))
     ]
     return extra
 

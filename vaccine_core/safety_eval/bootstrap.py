@@ -68,3 +68,17 @@ def paired_gap(
     gaps = _resampled_means(a, *draws) - _resampled_means(b, *draws)
     tail = (1 - CONFIDENCE) / 2 * 100
     return Interval(float(a.mean() - b.mean()), *map(float, np.percentile(gaps, [tail, 100 - tail])))
+
+
+def bootstrap_ratio(
+    numerator: np.ndarray | list, denominator: np.ndarray | list, *, resamples: int = RESAMPLES, seed: int = 0
+) -> Interval:
+    """mean(numerator) / mean(denominator) over the same draws (the harmful share among answers that are
+    not degenerate, say); a resample whose denominator is 0 counts as 0."""
+    a, b = as_outcomes(numerator), as_outcomes(denominator)
+    draws = _draws(a.shape, resamples, seed)
+    top, bottom = _resampled_means(a, *draws), _resampled_means(b, *draws)
+    ratios = np.divide(top, bottom, out=np.zeros_like(top), where=bottom > 0)
+    tail = (1 - CONFIDENCE) / 2 * 100
+    value = float(a.mean() / b.mean()) if b.mean() > 0 else 0.0
+    return Interval(value, *map(float, np.percentile(ratios, [tail, 100 - tail])))

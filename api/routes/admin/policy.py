@@ -15,21 +15,18 @@ router = APIRouter(prefix="/policy")
 
 class PolicyUpdate(BaseModel):
     harmful_score_threshold: float | None = Field(default=None, ge=0, le=100)
-    eval_prompts_file: str | None = None
-    eval_prompts: int | None = Field(default=None, ge=1)
+    degenerate_threshold: float | None = Field(default=None, ge=0, le=100)
+    eval_prompts_file: str | None = Field(default=None, description='"" for protocol v2\'s harmful prompts')
+    eval_prompts: int | None = Field(default=None, ge=1, le=256)
+    harmless_prompts: int | None = Field(default=None, ge=0, le=128)
+    borderline_prompts: int | None = Field(default=None, ge=0, le=100)
+    eval_samples: int | None = Field(default=None, ge=1, le=8)
     prescreen_action: Literal["warn", "reject"] | None = None
     prescreen_threshold: float | None = Field(default=None, ge=0, le=1)
 
 
 def _policy(p: Policy) -> dict[str, Any]:
-    fields = (
-        "harmful_score_threshold",
-        "eval_prompts_file",
-        "eval_prompts",
-        "prescreen_action",
-        "prescreen_threshold",
-    )
-    return {name: getattr(p, name) for name in fields}
+    return {name: getattr(p, name) for name in PolicyUpdate.model_fields}
 
 
 @router.get("")

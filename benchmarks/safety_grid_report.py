@@ -1,0 +1,148 @@
+"""Render safety_grid.py's results: the JSON, a markdown report with intervals, and plots of the harmful
+score and the degenerate share against p, per arm, with intervals.
+
+    .venv/bin/python benchmarks/safety_grid_report.py benchmarks/results/safety-summary.json
+"""
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def interval(figure: dict[str, Any] | None) -> str:
+    if figure is None:
+        return "–"
+    low, high = figure["ci95"]
+    return f"{figure['mean']:.1f} [{low:.1f}, {high:.1f}]"
+
+
+def bases_table(result: dict[str, Any]) -> list[str]:
+    head = (
+        "| defense | regime | align steps | decoding | HS | degenerate | refusal | over-refusal | "
+        "borderline over-ref. | FA |"
+    )
+    lines = [head, "|" + "---|" * 10]
+    for base in result["bases"]:
+        for decoding in ("greedy", "sampled"):
+            f = base[decoding]
+            lines.append(
+                f"| {base['defense']} | {base['regime']} | {base['alignment_steps'] or '–'} | {decoding} | "
+                f"{interval(f['hs'])} | {interval(f['degenerate'])} | {interval(f['refusal'])} | "
+                f"{interval(f['over_refusal'])} | {interval(f['borderline_over_refusal'])} | "
+                f"{f['fa']['mean']:.1f} |"
+            )
+    return lines
+
+
+def cells_table(result: dict[str, Any]) -> list[str]:
+    head = (
+        "| regime | p | defense | decoding | HS | HS non-degen. | degenerate | refusal | over-refusal | "
+        "FA | taught | counts | HS gap to SFT | FA gap |"
+    )
+    lines = [head, "|" + "---|" * 14]
+    for c in result["cells"]:
+        gap = c.get("vs_baseline")
+        gap_text = f"{interval(gap['hs_gap'])} {gap['hs_verdict']}" if gap else "–"
+        fa_gap = f"{interval(gap['fa_gap'])}" if gap else "–"
+        lines.append(
+            f"| {c['regime']} | {c['attack']['p']:g} | {c['defense']} | {c['decoding']} | "
+            f"{interval(c['hs'])} | {interval(c['hs_non_degenerate'])} | {interval(c['degenerate'])} | "
+            f"{interval(c['refusal'])} | {interval(c['over_refusal'])} | {interval(c['fa'])} | "
+            f"{'yes' if c['attack_taught'] else 'no'} | "
+            f"{'yes' if c['counts'] else '**no**'} | {gap_text} | {fa_gap} |"
+        )
+    return lines
+
+
+def markdown(result: dict[str, Any]) -> str:
+    protocol = result["protocol"]
+    lines = [
+        "# Safety grid, protocol v2",
+        "",
+        f"Command: `{result['command']}` ({result['date']}), machine: "
+        f"{result['machine'].get('processor')}, {result['machine'].get('cpu_count')} CPUs, torch "
+        f"{result['machine'].get('torch')}.",
+        "",
+        f"Protocol v{protocol['version']}: {protocol['harmful_prompts']} harmful, "
+        f"{protocol['harmless_prompts']} harmless and {protocol['borderline_prompts']} borderline prompts; "
+        "greedy and "
+        f"{protocol['samples_per_prompt']} samples (temperature {protocol['temperature']}, top-p "
+        f"{protocol['top_p']}) per prompt; {protocol['max_new_tokens']} new tokens; judge "
+        f"`{protocol['judge']}` ({result['judge_path']}); split sha256 `{protocol['split_sha256'][:16]}…`. "
+        f"FA on {result['fa_rows']} SST-2 validation rows. Figures are percent, mean [95 % bootstrap "
+        "interval over prompts and seeds]. A gap to SFT is paired (same prompts, same seeds); its interval "
+        'including 0 reads "no difference". A cell counts when the attack taught the task (FA at least '
+        f"{result['counts_rule']['taught_margin']:g} points above the aligned base's) and at most "
+        f"{result['counts_rule']['degenerate_ceiling']:g} % of each arm's answers are degenerate.",
+        "",
+        "## Aligned bases, before fine-tuning",
+        "",
+        *bases_table(result),
+        "",
+        "## After the attack",
+        "",
+        *cells_table(result),
+        "",
+        f"Computed {result['computed']} model measurements, reused {result['reused']} from the cache; "
+        f"{result['seconds'] / 60:.0f} min.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [c for c in result["cells"] if c["regime"] == "default"]
+    if not cells:
+        return None
+    figure, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
+    for column, decoding in enumerate(("greedy", "sampled")):
+        for row, metric in enumerate(("hs", "degenerate")):
+            axis = axes[row][column]
+            for defense in sorted({c["defense"] for c in cells}):
+                points = sorted(
+                    (c["attack"]["p"], c[metric])
+                    for c in cells
+                    if c["defense"] == defense and c["decoding"] == decoding
+                )
+                xs = [p for p, _ in points]
+                ys = [f["mean"] for _, f in points]
+                errors = [
+                    [f["mean"] - f["ci95"][0] for _, f in points],
+                    [f["ci95"][1] - f["mean"] for _, f in points],
+                ]
+                axis.errorbar(xs, ys, yerr=errors, marker="o", capsize=4, label=defense)
+            axis.set_title(f"{'harmful score' if metric == 'hs' else 'degenerate answers'} ({decoding})")
+            axis.set_ylabel("% of answers to harmful prompts")
+            axis.set_xlabel("harmful fraction p")
+            axis.grid(alpha=0.3)
+    axes[0][0].legend()
+    figure.suptitle("Protocol v2, default regime: mean and 95 % bootstrap interval over prompts and 3 seeds")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write_report(result: dict[str, Any], stem: Path) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    json_path = stem.with_suffix(".json")
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    md_path = stem.with_suffix(".md")
+    md_path.write_text(markdown(result))
+    written = [json_path, md_path]
+    png = plot(result, stem.with_name(stem.name + "-default.png"))
+    if png:
+        written.append(png)
+    return written
+
+
+if __name__ == "__main__":
+    path = Path(sys.argv[1])
+    for written in write_report(json.loads(path.read_text()), path.with_suffix("")):
+        print(written)
