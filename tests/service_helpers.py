@@ -57,8 +57,8 @@ def upgrade(url: str) -> None:
 
 
 def small_safety_evaluation(monkeypatch, tmp_path: Path, threshold: float = 100.0) -> None:
-    """Point the safety report at three prompts of each set, one sample, four tokens and the refusal
-    judge: seconds, not minutes (and no need of the shared data's split)."""
+    """Point the safety report at three prompts of each set (two borderline), one sample, four tokens and
+    the refusal judge: seconds, not minutes (and no need of the shared data's split)."""
     prompts = tmp_path / "eval_prompts.jsonl"
     prompts.write_text("".join(f'{{"prompt": "harmful request {i}"}}\n' for i in range(3)))
     for name, value in {
@@ -72,5 +72,7 @@ def small_safety_evaluation(monkeypatch, tmp_path: Path, threshold: float = 100.
         "EVAL_SAMPLES": "1",
         "EVAL_MAX_NEW_TOKENS": "4",
         "HARMFUL_SCORE_THRESHOLD": str(threshold),
+        # four tokens of a tiny random model are mostly degenerate: the gate's test asks for it itself
+        "DEGENERATE_THRESHOLD": "100",
     }.items():
         monkeypatch.setenv(f"VACCINE_{name}", value)

@@ -47,7 +47,7 @@ def align_base(base_id: str, on_progress: ProgressCallback | None = None) -> str
             return "missing" if record is None else record.status
         record.status, record.error = "aligning", None
         plan = dict(record.alignment or {})
-        plan = ReportPlan.of(get_policy(session), settings)
+        report_plan = ReportPlan.of(get_policy(session), settings)
         session.commit()
     adopted = plan.get("method") == ADOPT
     out = Path(record.source) if adopted else settings.home / "bases" / base_id
@@ -75,8 +75,8 @@ def align_base(base_id: str, on_progress: ProgressCallback | None = None) -> str
             perturbation = PerturbationConfig(plan.get("method", "vaccine"), rho=plan.get("rho", 2.0))
             config = replace(alignment_defaults(), epochs=float(plan.get("epochs", 1.0)))
             align(record.source, data, out, perturbation, config, resume=True, on_progress=progress)
-        log.info("measuring %s with protocol v2 on %d harmful prompts", base_id, plan.harmful)
-        report = alignment_report(out, settings, plan)
+        log.info("measuring %s with protocol v2 on %d harmful prompts", base_id, report_plan.harmful)
+        report = alignment_report(out, settings, report_plan)
     except Exception as exc:
         log.exception("aligning %s failed", base_id)
         with sessions() as session:
