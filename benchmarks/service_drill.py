@@ -31,6 +31,7 @@ from common import provenance
 
 from vaccine_core.mixing import build_mix
 from vaccine_core.settings import get_settings
+from worker.safety import GateCode
 
 RESULTS = Path(__file__).parent / "results"
 ENDED = {"succeeded", "failed", "cancelled"}
@@ -51,7 +52,7 @@ def outcome(upload_error: str | None, job: dict[str, Any] | None) -> str:
     if job["status"] == "succeeded":
         return "released"
     code = (job.get("error") or {}).get("code")
-    return "gate" if code == "moderation_blocked" else f"{job['status']}:{code}"
+    return "gate" if code in set(GateCode) else f"{job['status']}:{code}"
 
 
 def tally(submissions: list[dict[str, Any]]) -> dict[str, Any]:
@@ -91,10 +92,10 @@ def markdown(result: dict[str, Any]) -> str:
     for s in result["submissions"]:
         report = s.get("safety_report") or {}
         hs = report.get("harmful_score")
-        refusal = report.get("over_refusal")
+        refusal = report.get("over_refusal")  # percent (protocol v2's report)
         lines.append(
             f"| {s['ratio']:g} | {s.get('flagged_rows', '–')} | {s['outcome']} | "
-            f"{'–' if hs is None else f'{hs:.1f}'} | {'–' if refusal is None else f'{100 * refusal:.1f}'} |"
+            f"{'–' if hs is None else f'{hs:.1f}'} | {'–' if refusal is None else f'{refusal:.1f}'} |"
         )
     return "\n".join(lines) + "\n"
 
