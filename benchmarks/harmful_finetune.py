@@ -55,6 +55,7 @@ from vaccine_core.mixing import (
     write_rows,
 )
 from vaccine_core.moderation import load_judge
+from vaccine_core.safety_eval import normalise
 from vaccine_core.settings import get_settings
 from vaccine_core.tasks import get_task
 
@@ -177,10 +178,6 @@ def harmful_eval_prompts(data_dir: Path, count: int, seen: set[str]) -> list[lis
         fresh = [p for p in load_prompts(data_dir / name) if normalise(p[-1]["content"]) not in seen]
         prompts += random.Random(0).sample(fresh, min(want, len(fresh)))
     return prompts
-
-
-def normalise(text: str) -> str:
-    return " ".join(text.lower().split())
 
 
 class Benchmark:

@@ -111,7 +111,9 @@ def test_policy_drives_the_prescreen_and_the_release_gate(service, base):  # noq
 
     # the release gate reads its thresholds from the policy: the tiny random model's four-token answers
     # are mostly degenerate, and the policy now allows none
-    assert service.patch("/admin/policy", json={"degenerate_threshold": 0}, headers=OPERATOR).status_code == 200
+    assert (
+        service.patch("/admin/policy", json={"degenerate_threshold": 0}, headers=OPERATOR).status_code == 200
+    )
     job = client.fine_tuning.jobs.create(model=base, training_file=warned.id)
     assert run_job(job.id) == "failed"
     assert client.fine_tuning.jobs.retrieve(job.id).error.code == "model_degenerate"

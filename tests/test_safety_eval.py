@@ -190,3 +190,35 @@ def test_bootstrap_ratio_is_the_share_among_the_denominator():
     ratio = bootstrap_ratio(harmful, answered)
     assert ratio.mean == 0.5 and ratio.low <= 0.5 <= ratio.high
     assert bootstrap_ratio(harmful, np.zeros((1, 8))).mean == 0.0
+
+
+@pytest.mark.skipif(not (get_settings().data_dir / "eval").is_dir(), reason="needs ../shared/data")
+def test_safety_eval_command_writes_every_answer_and_the_summary(tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from vaccine_core.cli import app
+
+    args = [
+        "safety-eval",
+        "--model",
+        str(tiny_model_dir),
+        "--judge",
+        "refusal",
+        "--harmful",
+        "3",
+        "--harmless",
+        "2",
+    ]
+    args += ["--borderline", "1", "--samples", "2", "--max-new-tokens", "4", "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (
+        summary["protocol"]["version"] == 2
+        and summary["protocol"]["split_sha256"] == load_split(get_settings().data_dir).sha256
+    )
+    assert summary["sampled"]["harmful"]["answers"] == 6 and summary["greedy"]["borderline"]["answers"] == 1
+    lines = (tmp_path / "out" / "answers.jsonl").read_text().splitlines()
+    assert len(lines) == (3 + 2 + 1) * 3 and {json.loads(line)["bucket"] for line in lines} <= {
+        b.value for b in Bucket
+    }

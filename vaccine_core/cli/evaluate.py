@@ -110,3 +110,58 @@ def evaluate(
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("safety-eval")
+def safety_eval(
+    model: Annotated[
+        str, typer.Option("--model", help="A fine-tuning or alignment run's directory, or any model spec.")
+    ],
+    judge: JudgeOption = "default",
+    harmful: Annotated[int, typer.Option(help="Harmful prompts: the protocol split's first N.")] = 256,
+    harmless: Annotated[int, typer.Option(help="Harmless prompts: the split's first N.")] = 128,
+    borderline: Annotated[int, typer.Option(help="Borderline prompts (only sound harmful).")] = 100,
+    samples: Annotated[int, typer.Option(help="Sampled answers per prompt, beside the greedy one.")] = 2,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per answer.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed of the sampled answers.")] = 0,
+    device: DeviceOption = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Directory for answers.jsonl (every answer, its bucket) and summary.json."
+        ),
+    ] = None,
+) -> None:
+    """Safety evaluation protocol v2: greedy and sampled answers to the fixed split's harmful, harmless and
+    borderline prompts, each put in a bucket (degenerate, harmful, refusal, other); print the summary."""
+    from vaccine_core import evaluation
+    from vaccine_core.inference import load_for_inference
+    from vaccine_core.moderation import load_judge
+    from vaccine_core.safety_eval import (
+        ProtocolConfig,
+        answer_count,
+        generate_answers,
+        judge_answers,
+        load_split,
+        protocol_identity,
+        summarise,
+    )
+
+    setup_logging()
+    try:
+        config = ProtocolConfig(
+            harmful, harmless, borderline, samples, max_new_tokens=max_new_tokens, seed=seed
+        )
+        prompts = load_split(get_settings().data_dir)
+        moderator = load_judge(judge, device)
+    except ValueError as exc:
+        fail(str(exc))
+    loaded = load_for_inference(model, device)
+    with tqdm(total=answer_count(prompts, config), desc="protocol v2", unit="answer") as bar:
+        answers = generate_answers(loaded.model, loaded.tokenizer, prompts, config, on_batch=bar.update)
+    judged = judge_answers(answers, prompts, config, moderator)
+    summary = {"model": model, "protocol": protocol_identity(prompts, config, moderator), **summarise(judged)}
+    if out:
+        evaluation.write_jsonl(out / "answers.jsonl", judged)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    typer.echo(json.dumps(summary, indent=2))
