@@ -31,6 +31,7 @@ import logging
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,15 @@ def figures(runs: list[list[JudgedAnswer]], fa: list[list[bool]], decoding: str)
     return {"figures": result, "arrays": arrays}
 
 
-def run_grid(grid: Grid, regimes: list[Regime], arms: list[str], seeds: list[int]) -> dict[str, Any]:
+def run_grid(
+    grid: Grid,
+    regimes: list[Regime],
+    arms: list[str],
+    seeds: list[int],
+    on_regime: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Every regime's cells and bases; ``on_regime`` hears the result so far after each regime (a long
+    grid publishes what it has)."""
     cells: list[dict[str, Any]] = []
     bases: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -238,10 +247,13 @@ def run_grid(grid: Grid, regimes: list[Regime], arms: list[str], seeds: list[int
                     "drift": drift,
                     "alignment_steps": bases[-1]["alignment_steps"],
                 }
-        sizes = bench.sizes
         for (name, p), by_decoding in measured.items():
             for decoding in DECODINGS:
-                cells.append(cell_record(regime, sizes, name, p, seeds, decoding, by_decoding, measured))
+                cells.append(
+                    cell_record(regime, bench.sizes, name, p, seeds, decoding, by_decoding, measured)
+                )
+        if on_regime is not None:
+            on_regime({"cells": cells, "bases": bases, "seconds": round(time.monotonic() - started, 1)})
     return {"cells": cells, "bases": bases, "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -374,23 +386,25 @@ def main() -> None:
     regimes = [REGIMES[name] for name in args.regimes]
     if args.fractions:
         regimes = [replace(r, fractions=tuple(args.fractions)) for r in regimes]
-    result = run_grid(grid, regimes, args.arms, args.seeds)
-    result = {
-        "protocol": protocol_identity(grid.prompts, config, grid.judge),
-        "judge_path": str(getattr(grid.judge, "path", "")),
-        "fa_rows": FA_ROWS,
-        "counts_rule": {"taught_margin": TAUGHT_MARGIN, "degenerate_ceiling": DEGENERATE_CEILING},
-        "regimes": {r.name: asdict(r) for r in regimes},
-        **result,
-        "computed": grid.computed,
-        "reused": grid.reused,
-        "machine": machine_info(gpu=True),
-        **provenance(__file__),
-    }
     from safety_grid_report import write_report
 
-    for path in write_report(result, RESULTS / args.name):
-        print(path)
+    def publish(partial: dict[str, Any]) -> None:
+        result = {
+            "protocol": protocol_identity(grid.prompts, config, grid.judge),
+            "judge_path": str(getattr(grid.judge, "path", "")),
+            "fa_rows": FA_ROWS,
+            "counts_rule": {"taught_margin": TAUGHT_MARGIN, "degenerate_ceiling": DEGENERATE_CEILING},
+            "regimes": {r.name: asdict(r) for r in regimes},
+            **partial,
+            "computed": grid.computed,
+            "reused": grid.reused,
+            "machine": machine_info(gpu=True),
+            **provenance(__file__),
+        }
+        for path in write_report(result, RESULTS / args.name):
+            print(path, flush=True)
+
+    run_grid(grid, regimes, args.arms, args.seeds, on_regime=publish)
 
 
 if __name__ == "__main__":
