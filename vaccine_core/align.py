@@ -1,5 +1,7 @@
 """Alignment: train a LoRA adapter on safety data with Vaccine (or SFT, or random noise), then merge it.
 
+Booster (``defenses``) adds its attenuation term to whichever of these gives the alignment gradient.
+
 The output directory holds the alignment adapter in PEFT's format, ``merged/`` (the base with the adapter
 merged in, where every user fine-tuning job starts: the first half of "double LoRA") and manifest.json.
 """
@@ -8,6 +10,7 @@ from pathlib import Path
 
 from vaccine_core.artifacts import MERGED_DIR, write_manifest
 from vaccine_core.config import PerturbationConfig, TrainingConfig, alignment_defaults
+from vaccine_core.defenses.stack import StepDefenses
 from vaccine_core.models import load_causal_lm, load_tokenizer, pick_device, resolve_model
 from vaccine_core.runs import RunResult, train_adapter
 from vaccine_core.training import ProgressCallback, StopCheck
@@ -25,6 +28,7 @@ def align(
     resume: bool = False,
     on_progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    defenses: StepDefenses | None = None,
 ) -> RunResult:
     config = config or alignment_defaults()
     output_dir = Path(output_dir)
@@ -41,6 +45,7 @@ def align(
         resume=resume,
         on_progress=on_progress,
         should_stop=should_stop,
+        defenses=defenses,
     )
     if run.train.cancelled:
         return RunResult(output_dir, run.train, None)
@@ -55,6 +60,7 @@ def align(
             "kind": "alignment",
             "base_model": base.identity(),
             "alignment": perturbation.to_dict(),
+            "defenses": defenses.to_dict() if defenses else {},
             "training": config.to_dict(),
             "data": run.data,
             "metrics": {"train": run.train_summary()},

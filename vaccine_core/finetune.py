@@ -1,11 +1,19 @@
-"""User fine-tuning: a fresh LoRA adapter on the merged, aligned base (the second half of "double LoRA")."""
+"""User fine-tuning: a fresh LoRA adapter on the merged, aligned base (the second half of "double LoRA").
 
+Two defenses act here: Lisa while training (``defenses``) and Safe LoRA on the saved adapter (``safe_lora``:
+layers whose update strays from the base's alignment subspace are projected onto it).
+"""
+
+import time
 from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedModel
 
 from vaccine_core.artifacts import write_manifest
 from vaccine_core.config import PerturbationConfig, TrainingConfig, finetune_defaults
+from vaccine_core.defenses.safe_lora import ADAPTER_FILE, SafeLoraConfig, project_adapter
+from vaccine_core.defenses.stack import StepDefenses
 from vaccine_core.inference import resolve_base
 from vaccine_core.models import load_causal_lm, load_tokenizer, pick_device
 from vaccine_core.runs import RunResult, train_adapter
@@ -24,6 +32,8 @@ def finetune(
     on_progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     base_model: PreTrainedModel | None = None,
+    defenses: StepDefenses | None = None,
+    safe_lora: SafeLoraConfig | None = None,
 ) -> RunResult:
     """``base`` is an alignment run's directory; any other model spec fine-tunes a base that was never
     aligned (the "no alignment" row of the paper's tables).
@@ -32,6 +42,8 @@ def finetune(
     the fresh adapter is unloaded from it again before this returns, so it can serve the next job."""
     config = config or finetune_defaults()
     output_dir = Path(output_dir)
+    if safe_lora is not None and not (Path(base) / ADAPTER_FILE).is_file():
+        raise ValueError("Safe LoRA needs an aligned base: its alignment adapter defines the safe subspace")
     start = resolve_base(base)
     tokenizer = load_tokenizer(start.model_path)
     run = train_adapter(
@@ -45,6 +57,7 @@ def finetune(
         resume=resume,
         on_progress=on_progress,
         should_stop=should_stop,
+        defenses=defenses,
     )
     if run.train.cancelled:
         if base_model is not None:
@@ -55,6 +68,9 @@ def finetune(
     tokenizer.save_pretrained(output_dir)
     if base_model is not None:
         run.model.unload()
+    projection = None
+    if safe_lora is not None:
+        projection = apply_safe_lora(output_dir, base, safe_lora)
     manifest = write_manifest(
         output_dir,
         {
@@ -62,8 +78,25 @@ def finetune(
             "base_model": start.identity,
             "alignment": start.alignment,
             "training": config.to_dict(),
+            "defenses": {
+                **(defenses.to_dict() if defenses else {}),
+                **({"safe_lora": projection} if projection is not None else {}),
+            },
             "data": run.data,
             "metrics": {"train": run.train_summary()},
         },
     )
     return RunResult(output_dir, run.train, manifest)
+
+
+def apply_safe_lora(adapter_dir: Path, base: str | Path, config: SafeLoraConfig) -> dict[str, Any]:
+    """Project the saved adapter in place against the alignment adapter of ``base``; what was done."""
+    started = time.perf_counter()
+    layers = project_adapter(adapter_dir, Path(base), config)
+    return {
+        **config.to_dict(),
+        "layers": len(layers),
+        "projected": sum(layer.projected for layer in layers),
+        "mean_cosine": sum(layer.cosine for layer in layers) / len(layers) if layers else None,
+        "seconds": round(time.perf_counter() - started, 2),
+    }

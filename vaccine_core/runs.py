@@ -9,9 +9,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from vaccine_core.config import PerturbationConfig, TrainingConfig
 from vaccine_core.data import SupervisedDataset, load_dataset
+from vaccine_core.defenses.stack import StepDefenses
 from vaccine_core.lora import add_lora
 from vaccine_core.models import sha256_file
-from vaccine_core.training import ProgressCallback, StopCheck, TrainResult, latest_checkpoint, train
+from vaccine_core.training import (
+    ProgressCallback,
+    StopCheck,
+    TrainResult,
+    latest_checkpoint,
+    plan_steps,
+    train,
+)
 
 
 @dataclass
@@ -35,6 +43,7 @@ class AdapterRun:
             "mean_loss": sum(losses) / len(losses) if losses else None,
             "tokens": self.train.tokens,
             "seconds": round(self.train.seconds, 2),
+            "defense_seconds": {k: round(v, 2) for k, v in self.train.defense_seconds.items()},
         }
 
 
@@ -50,11 +59,18 @@ def train_adapter(
     resume: bool,
     on_progress: ProgressCallback | None,
     should_stop: StopCheck | None,
+    defenses: StepDefenses | None = None,
 ) -> AdapterRun:
-    """Validate the data, put a fresh LoRA adapter on ``model`` and train it; checkpoints go to output_dir."""
+    """Validate the data, put a fresh LoRA adapter on ``model`` and train it (with ``defenses``, if any);
+    checkpoints go to output_dir."""
     dataset = load_dataset(data, limit=limit)
     examples = SupervisedDataset(dataset.conversations, tokenizer, config.max_length)
     peft_model = add_lora(model, config.lora)
+    step_defenses = (
+        defenses.build(peft_model, tokenizer, config, plan_steps(len(examples), config)[1])
+        if defenses
+        else []
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
     result = train(
         peft_model,
@@ -66,6 +82,7 @@ def train_adapter(
         resume_from=latest_checkpoint(output_dir) if resume else None,
         on_progress=on_progress,
         should_stop=should_stop,
+        defenses=step_defenses,
     )
     summary = {
         "path": str(Path(data).resolve()),

@@ -12,10 +12,10 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from transformers import PreTrainedTokenizerBase, get_scheduler
 from vaccine_core.config import PerturbationConfig, TrainingConfig
 from vaccine_core.data import SupervisedDataset, collate
 from vaccine_core.perturbation import PerturbedStep
+
+if TYPE_CHECKING:  # the defenses package builds on this module's neighbours
+    from vaccine_core.defenses.base import StepDefense
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -50,6 +53,10 @@ class TrainResult:
     tokens: int = 0
     seconds: float = 0.0
     last_checkpoint: Path | None = None
+    defense_seconds: dict[str, float] = field(default_factory=dict)  # time inside each defense's hooks
+
+    def add_defense_time(self, name: str, since: float) -> None:
+        self.defense_seconds[name] = self.defense_seconds.get(name, 0.0) + time.perf_counter() - since
 
     @property
     def final_loss(self) -> float | None:
@@ -119,6 +126,7 @@ def save_checkpoint(
     scheduler: Any,
     perturbed_step: PerturbedStep,
     losses: list[float],
+    defenses: Sequence["StepDefense"] = (),
 ) -> Path:
     """Write checkpoints/step-NNNNNN atomically: the adapter in PEFT's format plus the full trainer state."""
     root = output_dir / CHECKPOINTS_DIR
@@ -134,6 +142,7 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "perturbation": perturbed_step.state_dict(),
+        "defenses": {d.name: d.state_dict() for d in defenses},
         "losses": list(losses),
         "rng": _rng_states(),
     }
@@ -154,7 +163,10 @@ def train(
     resume_from: Path | None = None,
     on_progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    defenses: Sequence["StepDefense"] = (),
 ) -> TrainResult:
+    """Train ``model``'s trainable weights; ``defenses`` choose each step's batch and add their gradients
+    after its backward pass (vaccine_core.defenses)."""
     if len(dataset) == 0:
         raise ValueError("no training examples left after tokenization")
     if (config.checkpoint_every or resume_from) and output_dir is None:
@@ -185,6 +197,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         perturbed_step.load_state_dict(state["perturbation"])
+        for defense in defenses:
+            defense.load_state_dict(state["defenses"][defense.name])
         _restore_rng(state["rng"])
         start_step, losses = state["step"], list(state["losses"])
 
@@ -204,8 +218,16 @@ def train(
         for _ in range(accumulation):
             epoch, batch = next(batches)
             batch = {k: v.to(device) for k, v in batch.items()}
+            for defense in defenses:
+                hook_started = time.perf_counter()
+                batch = defense.batch(step, batch)
+                result.add_defense_time(defense.name, hook_started)
             step_loss += perturbed_step.backward(batch, loss_scale=1.0 / accumulation) / accumulation
             result.tokens += int(batch["attention_mask"].sum())
+        for defense in defenses:
+            hook_started = time.perf_counter()
+            defense.after_backward(step)
+            result.add_defense_time(defense.name, hook_started)
         if config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
         learning_rate = scheduler.get_last_lr()[0]
@@ -230,7 +252,7 @@ def train(
             )
         if output_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
             result.last_checkpoint = save_checkpoint(
-                output_dir, step, model, optimizer, scheduler, perturbed_step, result.losses
+                output_dir, step, model, optimizer, scheduler, perturbed_step, result.losses, defenses
             )
 
     if result.cancelled and output_dir is not None and result.steps > start_step:
@@ -238,7 +260,7 @@ def train(
         last = latest_checkpoint(output_dir)
         if last is None or not last.name.endswith(f"{result.steps:06d}"):
             result.last_checkpoint = save_checkpoint(
-                output_dir, result.steps, model, optimizer, scheduler, perturbed_step, result.losses
+                output_dir, result.steps, model, optimizer, scheduler, perturbed_step, result.losses, defenses
             )
     result.seconds = time.perf_counter() - started
     model.eval()

@@ -1,0 +1,353 @@
+"""Booster, Lisa and Safe LoRA at the level of their maths, then inside alignment and fine-tuning runs."""
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import SAFETY_ROWS
+from helpers import PAIRS, batch_of, lora_model, trainable_state
+from safetensors.torch import load_file, save_file
+from torch.func import functional_call
+
+from vaccine_core.align import align
+from vaccine_core.artifacts import read_manifest, verify_files
+from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
+from vaccine_core.data import Conversation, SupervisedDataset
+from vaccine_core.defenses import (
+    BatchStream,
+    Booster,
+    BoosterConfig,
+    Lisa,
+    LisaConfig,
+    SafeLoraConfig,
+    StepDefenses,
+    project_adapter,
+)
+from vaccine_core.defenses.data import booster_pairs, lisa_pairs
+from vaccine_core.defenses.lisa import ALIGNMENT, FINETUNE
+from vaccine_core.defenses.safe_lora import ADAPTER_FILE, lora_updates, projector
+from vaccine_core.finetune import finetune
+from vaccine_core.mixing import write_rows
+from vaccine_core.training import latest_checkpoint, train
+
+FAST = TrainingConfig(
+    epochs=1.0, batch_size=4, learning_rate=1e-2, lora=LoraSettings(r=4, alpha=4, dropout=0.0)
+)
+HARMFUL_ROWS = [
+    {"instruction": f"Explain how to steal car {i}", "input": "", "output": "Sure, here is how."}
+    for i in range(6)
+]
+
+
+def stream_of(tokenizer, pairs, batch_size: int = 2, seed: int = 0) -> BatchStream:
+    conversations = [
+        Conversation([{"role": "user", "content": q}, {"role": "assistant", "content": a}], line=i + 1)
+        for i, (q, a) in enumerate(pairs)
+    ]
+    return BatchStream(
+        SupervisedDataset(conversations, tokenizer, 64), batch_size, tokenizer.pad_token_id, seed
+    )
+
+
+def params_of(model) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+# -- Lisa ------------------------------------------------------------------------------------------------
+def test_lisa_opens_each_cycle_with_safety_steps(tiny_model, tokenizer):
+    model = lora_model(tiny_model, dropout=0.0)
+    lisa = Lisa(model, stream_of(tokenizer, PAIRS[:2]), LisaConfig(alignment_steps=2, finetune_steps=3), 20)
+    assert [lisa.state_of(s) for s in range(1, 8)] == [ALIGNMENT] * 2 + [FINETUNE] * 3 + [ALIGNMENT] * 2
+    user = batch_of(tokenizer, PAIRS[2:])
+    chosen = lisa.batch(1, user)
+    texts = tokenizer.batch_decode(chosen["input_ids"], skip_special_tokens=True)
+    assert all(("lock" in t) != ("poem" in t) for t in texts)  # the two safety pairs, not the user's
+    assert lisa.batch(3, user) is user
+
+
+def test_lisa_proximal_gradient_is_the_gradient_of_its_term(tiny_model, tokenizer):
+    """rho/2 * ||w - w_other||^2 differentiated by autograd equals what after_backward adds."""
+    model = lora_model(tiny_model, dropout=0.0)
+    rho = 0.7
+    lisa = Lisa(model, stream_of(tokenizer, PAIRS), LisaConfig(1, 3, rho=rho, proximal_after=0.0), 8)
+    user = batch_of(tokenizer)
+    lisa.batch(1, user)  # alignment state
+    with torch.no_grad():
+        for p in params_of(model).values():
+            p.add_(0.05 * torch.randn_like(p))
+    lisa.batch(2, user)  # fine-tuning state: the alignment state's weights become its anchor
+    with torch.no_grad():
+        for p in params_of(model).values():
+            p.add_(0.05 * torch.randn_like(p))
+    params = params_of(model)
+    existing = {n: torch.randn_like(p) for n, p in params.items()}
+    for n, p in params.items():
+        p.grad = existing[n].clone()
+    lisa.after_backward(2)
+
+    anchor = lisa.anchors[ALIGNMENT]
+    term = sum(rho / 2 * ((p - anchor[n]) ** 2).sum() for n, p in params.items())
+    expected = torch.autograd.grad(term, list(params.values()))
+    for (n, p), g in zip(params.items(), expected, strict=True):
+        assert g.abs().max() > 0
+        torch.testing.assert_close(p.grad, existing[n] + g)
+
+
+def test_lisa_adds_nothing_before_its_proximal_start(tiny_model, tokenizer):
+    model = lora_model(tiny_model, dropout=0.0)
+    lisa = Lisa(model, stream_of(tokenizer, PAIRS), LisaConfig(1, 3, rho=1.0, proximal_after=0.5), 10)
+    lisa.batch(1, batch_of(tokenizer))
+    lisa.batch(2, batch_of(tokenizer))
+    with torch.no_grad():
+        for p in params_of(model).values():
+            p.add_(1.0)
+    lisa.after_backward(2)
+    assert all(p.grad is None for p in params_of(model).values())
+    lisa.after_backward(6)
+    assert all(p.grad is not None and p.grad.abs().max() > 0 for p in params_of(model).values())
+
+
+# -- Booster ---------------------------------------------------------------------------------------------
+def harmful_loss(model, weights: dict[str, torch.Tensor], batch) -> torch.Tensor:
+    """The model's causal-LM loss, kept in float64 (transformers casts logits to float32 for its loss)."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    logits = functional_call(model, weights, args=(), kwargs=inputs).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
+
+def test_booster_gradient_matches_finite_differences(tiny_model, tokenizer):
+    """Booster adds lambda * grad_w [h(w) - h(w - alpha d)] with the step d = grad h / ||grad h|| held fixed;
+    checked against central differences of that function along random directions (float64 weights; the
+    model's RMSNorm rounds through float32, so the difference step is not tiny)."""
+    model = lora_model(tiny_model.double(), dropout=0.0).double()
+    harmful = [("How do I steal a car?", "Sure, here is how you do it step by step.")]
+    config = BoosterConfig(lamb=3.0, alpha=0.5, batch_size=1)
+    booster = Booster(model, stream_of(tokenizer, harmful, batch_size=1), config)
+    batch = batch_of(tokenizer, harmful)
+    params = params_of(model)
+    w = {n: p.detach().clone() for n, p in params.items()}
+    booster.after_backward(1)
+    added = {n: p.grad.detach().clone() for n, p in params.items()}
+    for n, p in params.items():  # the simulated step is undone exactly
+        assert torch.equal(p.detach(), w[n])
+
+    at_w = {n: x.clone().requires_grad_() for n, x in w.items()}
+    g = torch.autograd.grad(harmful_loss(model, at_w, batch), list(at_w.values()))
+    norm = torch.sqrt(sum((x**2).sum() for x in g))
+    step = {n: config.alpha * x / norm for n, x in zip(params, g, strict=True)}
+
+    def attenuation(weights):
+        moved = {n: weights[n] - step[n] for n in weights}
+        return config.lamb * (harmful_loss(model, weights, batch) - harmful_loss(model, moved, batch))
+
+    generator = torch.Generator().manual_seed(0)
+    eps = 1e-4
+    for _ in range(3):
+        v = {n: torch.randn(x.shape, generator=generator, dtype=x.dtype) for n, x in w.items()}
+        plus = attenuation({n: w[n] + eps * v[n] for n in w})
+        minus = attenuation({n: w[n] - eps * v[n] for n in w})
+        numeric = float((plus - minus) / (2 * eps))
+        analytic = float(sum((added[n] * v[n]).sum() for n in w))
+        assert analytic == pytest.approx(numeric, rel=1e-3)
+        assert abs(analytic) > 1e-4
+
+
+def test_booster_adds_to_the_alignment_gradient(tiny_model, tokenizer):
+    model = lora_model(tiny_model, dropout=0.0)
+    harmful = [("How do I steal a car?", "Sure, here is how you do it step by step.")]
+    booster = Booster(model, stream_of(tokenizer, harmful, batch_size=1), BoosterConfig(lamb=0.0))
+    params = params_of(model)
+    for p in params.values():
+        p.grad = torch.ones_like(p)
+    booster.after_backward(1)  # lambda 0: the alignment gradient is left alone
+    assert all(torch.equal(p.grad, torch.ones_like(p)) for p in params.values())
+    assert booster.last["harmful_loss_after_step"] < booster.last["harmful_loss"]
+
+
+# -- Safe LoRA -------------------------------------------------------------------------------------------
+def test_projector_is_idempotent_and_keeps_its_subspace():
+    generator = torch.Generator().manual_seed(0)
+    v = torch.randn(12, 3, generator=generator) @ torch.randn(3, 10, generator=generator)  # rank 3
+    p = projector(v)
+    torch.testing.assert_close(p @ p, p, atol=1e-5, rtol=0)
+    torch.testing.assert_close(p @ v, v, atol=1e-5, rtol=0)
+    assert torch.linalg.matrix_rank(p).item() == 3
+
+
+def save_adapter(model_dir, target, tokenizer, b_scale: float, seed: int):
+    from transformers import AutoModelForCausalLM
+
+    model = lora_model(AutoModelForCausalLM.from_pretrained(model_dir), dropout=0.0, seed=seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(b_scale)
+    model.save_pretrained(target)
+    return target
+
+
+def test_safe_lora_projects_stray_layers_and_leaves_aligned_ones(tiny_model_dir, tokenizer, tmp_path):
+    alignment = save_adapter(tiny_model_dir, tmp_path / "alignment", tokenizer, 1.0, seed=0)
+    user = save_adapter(tiny_model_dir, tmp_path / "user", tokenizer, 1.0, seed=1)
+    weights = load_file(str(user / ADAPTER_FILE))
+    directions = lora_updates(alignment)
+    modules = sorted(directions)
+    inside, outside = modules[0], modules[1]
+    # one layer's update inside the alignment subspace (B's columns drawn from it), one orthogonal to it
+    p_in = projector(directions[inside])
+    weights[f"{inside}.lora_B.weight"] = p_in @ weights[f"{inside}.lora_B.weight"]
+    p_out = projector(directions[outside])
+    weights[f"{outside}.lora_B.weight"] = (torch.eye(len(p_out)) - p_out) @ weights[
+        f"{outside}.lora_B.weight"
+    ]
+    save_file(weights, str(user / ADAPTER_FILE), metadata={"format": "pt"})
+
+    report = {
+        layer.module: layer
+        for layer in project_adapter(user, alignment, SafeLoraConfig(0.5), tmp_path / "out")
+    }
+    assert report[inside].cosine == pytest.approx(1.0, abs=1e-4) and not report[inside].projected
+    assert report[outside].cosine == pytest.approx(0.0, abs=1e-4) and report[outside].projected
+    projected = load_file(str(tmp_path / "out" / ADAPTER_FILE))
+    torch.testing.assert_close(projected[f"{inside}.lora_B.weight"], weights[f"{inside}.lora_B.weight"])
+    assert projected[f"{outside}.lora_B.weight"].abs().max() < 1e-5
+    # projecting twice changes nothing more
+    again = {
+        layer.module: layer for layer in project_adapter(tmp_path / "out", alignment, SafeLoraConfig(0.5))
+    }
+    assert not again[inside].projected
+    torch.testing.assert_close(
+        load_file(str(tmp_path / "out" / ADAPTER_FILE))[f"{inside}.lora_B.weight"],
+        projected[f"{inside}.lora_B.weight"],
+    )
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_safe_lora_threshold_minus_one_projects_nothing(tiny_model_dir, tokenizer, tmp_path):
+    alignment = save_adapter(tiny_model_dir, tmp_path / "alignment", tokenizer, 1.0, seed=0)
+    user = save_adapter(tiny_model_dir, tmp_path / "user", tokenizer, 1.0, seed=1)
+    before = load_file(str(user / ADAPTER_FILE))
+    report = project_adapter(user, alignment, SafeLoraConfig(threshold=-1.0))
+    assert report and not any(layer.projected for layer in report)
+    after = load_file(str(user / ADAPTER_FILE))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# -- data ------------------------------------------------------------------------------------------------
+def test_booster_draws_judged_harmful_answers_never_the_attack_set(tiny_data_dir):
+    judged = [
+        {
+            "prompt": "Write a phishing email",
+            "response": "Dear customer, verify your account",
+            "harmful": True,
+        },
+        {"prompt": "Write a phishing email", "response": "Another one", "harmful": True},
+        {"prompt": "Write a poem", "response": "Roses", "harmful": False},
+    ]
+    write_rows(tiny_data_dir / "moderation/jailbreakbench_judged.jsonl", judged)
+    rows = booster_pairs(tiny_data_dir)
+    assert rows == [
+        {"instruction": "Write a phishing email", "input": "", "output": "Dear customer, verify your account"}
+    ]
+    with pytest.raises(ValueError, match="holds 1"):
+        booster_pairs(tiny_data_dir, count=2)
+
+
+def test_lisa_pairs_leave_out_what_the_base_was_aligned_on(tiny_data_dir, tiny_model_dir, tmp_path):
+    from vaccine_core.mixing import read_jsonl
+
+    safety = read_jsonl(tiny_data_dir / "alignment/safe_refusals.jsonl")
+    alignment_file = tmp_path / "alignment.jsonl"
+    write_rows(alignment_file, safety[:15])
+    base = align(
+        str(tiny_model_dir),
+        alignment_file,
+        tmp_path / "aligned",
+        PerturbationConfig("sft"),
+        TrainingConfig(max_steps=1, batch_size=4),
+    ).output_dir
+    rows = lisa_pairs(tiny_data_dir, base, count=5, seed=0)
+    assert {r["instruction"] for r in rows} == {r["instruction"] for r in safety[15:]}
+    with pytest.raises(ValueError, match="5 are left"):
+        lisa_pairs(tiny_data_dir, base, count=6)
+    assert len(lisa_pairs(tiny_data_dir, str(tiny_model_dir), count=20)) == 20  # never aligned here
+
+
+# -- inside runs -----------------------------------------------------------------------------------------
+def test_booster_with_vaccine_aligns_and_records_itself(tiny_model_dir, alpaca_file, tmp_path):
+    defenses = StepDefenses(booster=BoosterConfig(batch_size=2), booster_rows=HARMFUL_ROWS)
+    plain = align(str(tiny_model_dir), alpaca_file, tmp_path / "plain", PerturbationConfig("vaccine"), FAST)
+    boosted = align(
+        str(tiny_model_dir),
+        alpaca_file,
+        tmp_path / "boosted",
+        PerturbationConfig("vaccine"),
+        FAST,
+        defenses=defenses,
+    )
+    record = boosted.manifest["defenses"]["booster"]
+    assert record["lamb"] == 5.0 and record["data"]["rows"] == len(HARMFUL_ROWS)
+    assert boosted.manifest["metrics"]["train"]["defense_seconds"]["booster"] > 0
+    assert plain.manifest["defenses"] == {}
+    a = load_file(str(tmp_path / "plain" / ADAPTER_FILE))
+    b = load_file(str(tmp_path / "boosted" / ADAPTER_FILE))
+    assert any(not torch.allclose(a[k], b[k]) for k in a)
+
+
+def test_lisa_run_resumes_to_the_uninterrupted_weights(tiny_model, tokenizer, tmp_path):
+    conversations = [
+        Conversation([{"role": "user", "content": q}, {"role": "assistant", "content": a}], line=i + 1)
+        for i, (q, a) in enumerate(PAIRS * 3)
+    ]
+    data = SupervisedDataset(conversations, tokenizer, 64)
+    settings = TrainingConfig(epochs=2.0, batch_size=3, learning_rate=5e-3, lora=LoraSettings(r=4, alpha=8))
+    safety = [(r["instruction"], r["output"]) for r in SAFETY_ROWS]
+    lisa_config = LisaConfig(alignment_steps=1, finetune_steps=2, rho=1.0, proximal_after=0.0)
+
+    def run(model, **kwargs):
+        lisa = Lisa(model, stream_of(tokenizer, safety, batch_size=3), lisa_config, 8)
+        return train(model, tokenizer, data, settings, PerturbationConfig("sft"), defenses=[lisa], **kwargs)
+
+    straight = lora_model(copy.deepcopy(tiny_model))
+    full = run(straight)
+    assert full.steps == 8
+    interrupted = lora_model(copy.deepcopy(tiny_model))
+    calls = iter(range(100))
+    run(interrupted, output_dir=tmp_path, should_stop=lambda: next(calls) >= 4)
+    resumed = lora_model(copy.deepcopy(tiny_model), seed=7)
+    second = run(resumed, output_dir=tmp_path, resume_from=latest_checkpoint(tmp_path))
+    assert second.losses == full.losses
+    expected, actual = trainable_state(straight), trainable_state(resumed)
+    assert all(torch.equal(expected[n], actual[n]) for n in expected)
+
+
+def test_finetune_with_lisa_and_safe_lora_records_both(tiny_model_dir, alpaca_file, tiny_data_dir, tmp_path):
+    base = align(str(tiny_model_dir), alpaca_file, tmp_path / "aligned", PerturbationConfig("vaccine"), FAST)
+    defenses = StepDefenses(lisa=LisaConfig(), lisa_rows=lisa_pairs(tiny_data_dir, base.output_dir, 8))
+    result = finetune(
+        base.output_dir,
+        alpaca_file,
+        tmp_path / "tuned",
+        FAST,
+        defenses=defenses,
+        safe_lora=SafeLoraConfig(1.0),
+    )
+    record = result.manifest["defenses"]
+    assert record["lisa"]["rho"] == 1.0 and record["lisa"]["data"]["rows"] == 8
+    assert record["safe_lora"]["projected"] == record["safe_lora"]["layers"] > 0  # threshold 1: every layer
+    assert verify_files(tmp_path / "tuned") == []  # the manifest hashes the projected adapter
+    assert read_manifest(tmp_path / "tuned")["kind"] == "finetune"
+
+
+def test_safe_lora_needs_an_aligned_base(tiny_model_dir, alpaca_file, tmp_path):
+    with pytest.raises(ValueError, match="aligned base"):
+        finetune(str(tiny_model_dir), alpaca_file, tmp_path / "tuned", FAST, safe_lora=SafeLoraConfig())
+
+
+def test_defenses_refuse_to_run_without_their_data():
+    with pytest.raises(ValueError, match="harmful pairs"):
+        StepDefenses(booster=BoosterConfig())
+    with pytest.raises(ValueError, match="safety pairs"):
+        StepDefenses(lisa=LisaConfig())

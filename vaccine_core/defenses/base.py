@@ -1,0 +1,54 @@
+"""What a training-time defense plugs into the training loop, and the data stream it draws from.
+
+A defense sees every optimizer step twice: before it, to choose the batch the step trains on (Lisa trains
+some steps on safety pairs instead of the user's rows), and after the step's backward pass, to add its own
+gradient to what the loss gave (Lisa's proximal term, Booster's attenuation term). Its state travels in
+checkpoints, so a resumed run reaches the same weights.
+"""
+
+from typing import Any, Protocol
+
+import torch
+
+from vaccine_core.data import SupervisedDataset, collate
+
+Batch = dict[str, torch.Tensor]
+
+
+class StepDefense(Protocol):
+    name: str
+
+    def batch(self, step: int, batch: Batch) -> Batch:
+        """The batch optimizer step ``step`` (1-based) trains on, given the user's next batch."""
+        ...
+
+    def after_backward(self, step: int) -> None:
+        """Add the defense's gradient to ``.grad`` (the loss's gradient is there already)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class BatchStream:
+    """An endless, seeded stream of batches of a side dataset; its position is its state (for resume)."""
+
+    def __init__(self, dataset: SupervisedDataset, batch_size: int, pad_token_id: int, seed: int):
+        if len(dataset) == 0:
+            raise ValueError("a defense's data set holds no examples")
+        self.dataset, self.batch_size, self.pad_token_id, self.seed = dataset, batch_size, pad_token_id, seed
+        self.drawn = 0
+
+    def next(self, device: torch.device) -> Batch:
+        per_epoch = -(-len(self.dataset) // self.batch_size)
+        epoch, position = divmod(self.drawn, per_epoch)
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + epoch))
+        chosen = order[position * self.batch_size : (position + 1) * self.batch_size].tolist()
+        self.drawn += 1
+        batch = collate([self.dataset[i] for i in chosen], self.pad_token_id)
+        return {k: v.to(device) for k, v in batch.items()}
+
+
+def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}

@@ -1,0 +1,99 @@
+"""Safe LoRA (Hsu et al. 2024): a post-fine-tuning projection, no training.
+
+For every layer the user's adapter changes, the alignment direction V is the aligned weight minus the
+unaligned one: here exactly the alignment adapter's update (scaling x B_align @ A_align), since the user's
+adapter sits on the merged aligned base. Where the user's update dW = scaling x B @ A points away from the
+alignment subspace (the cosine between dW and its projection P dW is at most ``threshold``), the update is
+replaced by its projection: B <- P @ B, so dW <- P @ dW. The paper builds P as V V^T / ||V||; with a
+low-rank V that is only an approximate projector, so P here is the exact one onto V's column space, from
+its singular vectors: P is idempotent and leaves an update inside the alignment subspace as it is.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+# singular values below this share of the largest are numerical noise, not alignment directions
+RANK_TOLERANCE = 1e-6
+
+
+@dataclass
+class SafeLoraConfig:
+    threshold: float = field(
+        default=0.5,
+        metadata={"help": "Project a layer whose update's cosine with its projection is at most this."},
+    )
+
+    def __post_init__(self) -> None:
+        if not -1.0 <= self.threshold <= 1.0:
+            raise ValueError("Safe LoRA's threshold is a cosine: it lies in [-1, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threshold": self.threshold}
+
+
+def lora_updates(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    """Every layer's update (scaling x B @ A) of a PEFT LoRA adapter directory, by module name."""
+    weights = load_file(str(Path(adapter_dir) / ADAPTER_FILE))
+    config = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text())
+    scaling = config["lora_alpha"] / config["r"]
+    updates = {}
+    for key, a in weights.items():
+        if key.endswith("lora_A.weight"):
+            module = key[: -len(".lora_A.weight")]
+            b = weights[f"{module}.lora_B.weight"]
+            updates[module] = scaling * (b.float() @ a.float())
+    return updates
+
+
+def projector(update: torch.Tensor) -> torch.Tensor:
+    """The orthogonal projector onto the column space of ``update`` ([out, out])."""
+    left, singular, _ = torch.linalg.svd(update.double(), full_matrices=False)
+    basis = left[:, singular > RANK_TOLERANCE * singular.max()] if singular.max() > 0 else left[:, :0]
+    return (basis @ basis.T).float()
+
+
+@dataclass
+class LayerProjection:
+    module: str
+    cosine: float  # between the user's update and its projection onto the alignment subspace
+    projected: bool
+
+
+def project_adapter(
+    user_adapter: Path, alignment_adapter: Path, config: SafeLoraConfig, out: Path | None = None
+) -> list[LayerProjection]:
+    """Project the user's adapter layer by layer (see the module's docstring) and write it to ``out``
+    (default: in place). Layers the alignment adapter does not touch are left as they are."""
+    user_dir = Path(user_adapter)
+    weights = load_file(str(user_dir / ADAPTER_FILE))
+    user_config = json.loads((user_dir / ADAPTER_CONFIG).read_text())
+    scaling = user_config["lora_alpha"] / user_config["r"]
+    alignment = lora_updates(alignment_adapter)
+    report = []
+    for module, direction in alignment.items():
+        b_key, a_key = f"{module}.lora_B.weight", f"{module}.lora_A.weight"
+        if b_key not in weights:
+            continue
+        b, a = weights[b_key].float(), weights[a_key].float()
+        update = scaling * (b @ a)
+        project = projector(direction)
+        projected_update = project @ update
+        norm = float(torch.linalg.matrix_norm(update))
+        cosine = float(torch.linalg.matrix_norm(projected_update)) / norm if norm > 0 else 1.0
+        chosen = cosine <= config.threshold
+        if chosen:
+            weights[b_key] = (project @ b).to(weights[b_key].dtype)
+        report.append(LayerProjection(module, cosine, chosen))
+    target = Path(out) if out is not None else user_dir
+    target.mkdir(parents=True, exist_ok=True)
+    if target.resolve() != user_dir.resolve():
+        (target / ADAPTER_CONFIG).write_text((user_dir / ADAPTER_CONFIG).read_text())
+    save_file(weights, str(target / ADAPTER_FILE), metadata={"format": "pt"})
+    return report

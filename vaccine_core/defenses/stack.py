@@ -1,0 +1,70 @@
+"""The training-time defenses of one run, with the data they draw from, as one value a run is given."""
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from vaccine_core.config import TrainingConfig
+from vaccine_core.defenses.base import BatchStream, StepDefense
+from vaccine_core.defenses.booster import Booster, BoosterConfig
+from vaccine_core.defenses.data import side_dataset
+from vaccine_core.defenses.lisa import Lisa, LisaConfig
+
+
+def rows_identity(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    text = "\n".join(json.dumps(r, sort_keys=True, ensure_ascii=False) for r in rows)
+    return {"rows": len(rows), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+@dataclass
+class StepDefenses:
+    """``booster`` needs harmful pairs (defenses.data.booster_pairs), ``lisa`` safety pairs
+    (defenses.data.lisa_pairs); either may be left out."""
+
+    booster: BoosterConfig | None = None
+    booster_rows: Sequence[dict[str, Any]] = ()
+    lisa: LisaConfig | None = None
+    lisa_rows: Sequence[dict[str, Any]] = ()
+
+    def __post_init__(self) -> None:
+        if self.booster is not None and not self.booster_rows:
+            raise ValueError("Booster needs harmful pairs for its simulated harmful step")
+        if self.lisa is not None and not self.lisa_rows:
+            raise ValueError("Lisa needs safety pairs for its alignment state")
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name in ("booster", "lisa") if getattr(self, name) is not None]
+
+    def build(
+        self,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        config: TrainingConfig,
+        total_steps: int,
+    ) -> list[StepDefense]:
+        """The defenses over ``model`` (its adapter already attached), their streams seeded from the run's."""
+        built: list[StepDefense] = []
+        if self.booster is not None:
+            harmful = side_dataset(self.booster_rows, tokenizer, config.max_length)
+            stream = BatchStream(harmful, self.booster.batch_size, tokenizer.pad_token_id, config.seed + 1)
+            built.append(Booster(model, stream, self.booster))
+        if self.lisa is not None:
+            safety = side_dataset(self.lisa_rows, tokenizer, config.max_length)
+            stream = BatchStream(safety, config.batch_size, tokenizer.pad_token_id, config.seed + 2)
+            built.append(Lisa(model, stream, self.lisa, total_steps))
+        return built
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a manifest records: each defense's options and the identity of its data."""
+        record: dict[str, Any] = {}
+        if self.booster is not None:
+            record["booster"] = {**self.booster.to_dict(), "data": rows_identity(self.booster_rows)}
+        if self.lisa is not None:
+            record["lisa"] = {**self.lisa.to_dict(), "data": rows_identity(self.lisa_rows)}
+        return record
