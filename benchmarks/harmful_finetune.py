@@ -41,6 +41,8 @@ from harmful_finetune_report import write_report
 from vaccine_core.align import align
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig, alignment_defaults
 from vaccine_core.data import parse_rows
+from vaccine_core.defenses import BoosterConfig, LisaConfig, SafeLoraConfig, StepDefenses
+from vaccine_core.defenses.data import booster_pairs, lisa_pairs
 from vaccine_core.evaluation import embedding_drift, judge_answers, load_prompts, refusal_rate, task_accuracy
 from vaccine_core.finetune import finetune
 from vaccine_core.generation import generate
@@ -73,6 +75,9 @@ class Arm:
     method: str | None  # None: the model as shipped, never aligned
     rho: float = 0.0
     safety_mix: int = 0  # safety pairs added to every fine-tuning set (a defense beyond the paper)
+    booster: bool = False  # Booster's attenuation term in the alignment (BoosterConfig's defaults)
+    lisa: bool = False  # Lisa during the user's fine-tuning (LisaConfig's defaults)
+    safe_lora: bool = False  # Safe LoRA on the user's adapter (SafeLoraConfig's defaults)
 
 
 ARMS: dict[str, Arm] = {
@@ -84,6 +89,15 @@ ARMS: dict[str, Arm] = {
         Arm("vaccine-rho2", "vaccine", rho=2.0),
         Arm("vaccine-rho5", "vaccine", rho=5.0),
         Arm("vaccine-rho2+safety-mix", "vaccine", rho=2.0, safety_mix=10),
+        # defense in depth: each layer alone, then stacks (Booster and Lisa over SFT unless Vaccine is named)
+        Arm("booster", "sft", booster=True),
+        Arm("lisa", "sft", lisa=True),
+        Arm("safe_lora", "sft", safe_lora=True),
+        Arm("vaccine+lisa", "vaccine", rho=2.0, lisa=True),
+        Arm("booster+lisa", "sft", booster=True, lisa=True),
+        Arm("vaccine+lisa+safe_lora", "vaccine", rho=2.0, lisa=True, safe_lora=True),
+        Arm("booster+lisa+safe_lora", "sft", booster=True, lisa=True, safe_lora=True),
+        Arm("vaccine+booster+lisa+safe_lora", "vaccine", rho=2.0, booster=True, lisa=True, safe_lora=True),
     )
 }
 
@@ -110,6 +124,7 @@ class Sizes:
     drift_rows: int
     max_new_tokens: int
     max_length: int = 256
+    lisa_pairs: int = 100  # safety pairs Lisa's alignment state draws from (none in the base's alignment)
     arms: list[str] = field(default_factory=list)
     fractions: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -218,14 +233,19 @@ class Benchmark:
             max_length=s.max_length,
         )
         perturbation = PerturbationConfig(method=arm.method, rho=arm.rho if arm.method == "vaccine" else 0.0)
-        key = digest([self.model, self.alignment, config.to_dict(), perturbation.to_dict()])
-        out = self.cache / "bases" / f"{arm.method}-rho{arm.rho:g}-{key}"
+        defenses = None
+        key_parts: list[Any] = [self.model, self.alignment, config.to_dict(), perturbation.to_dict()]
+        if arm.booster:
+            defenses = StepDefenses(booster=BoosterConfig(), booster_rows=booster_pairs(self.data_dir))
+            key_parts.append(defenses.to_dict())
+        suffix = "-booster" if arm.booster else ""
+        out = self.cache / "bases" / f"{arm.method}-rho{arm.rho:g}{suffix}-{digest(key_parts)}"
         if not (out / "manifest.json").is_file():
             data = out.with_suffix(".jsonl")
             write_rows(data, self.alignment)
             log.info("aligning %s: %d pairs x %g epochs", arm.name, len(self.alignment), s.alignment_epochs)
             started = time.monotonic()
-            align(self.model, data, out, perturbation, config, resume=True)
+            align(self.model, data, out, perturbation, config, resume=True, defenses=defenses)
             self.timings[f"align {arm.name}"] = round(time.monotonic() - started, 1)
             self.computed["alignments"] += 1
         else:
@@ -239,11 +259,20 @@ class Benchmark:
             rows += safety_rows(self.data_dir, arm.safety_mix, seed, exclude=self.aligned_on)
             random.Random(seed).shuffle(rows)
         config = attack_config(self.sizes, seed)
-        out = self.cache / "attacks" / digest([base, rows, config.to_dict()])
+        defenses = None
+        key_parts: list[Any] = [base, rows, config.to_dict()]
+        if arm.lisa:
+            pairs = lisa_pairs(self.data_dir, base, self.sizes.lisa_pairs, seed)
+            defenses = StepDefenses(lisa=LisaConfig(), lisa_rows=pairs)
+            key_parts.append(defenses.to_dict())
+        safe_lora = SafeLoraConfig() if arm.safe_lora else None
+        if safe_lora is not None:
+            key_parts.append({"safe_lora": safe_lora.to_dict()})
+        out = self.cache / "attacks" / digest(key_parts)
         if not (out / "manifest.json").is_file():
             data = out / "data.jsonl"
             write_rows(data, rows)
-            finetune(base, data, out, config, resume=True)
+            finetune(base, data, out, config, resume=True, defenses=defenses, safe_lora=safe_lora)
             self.computed["attacks"] += 1
         else:
             self.reused["attacks"] += 1

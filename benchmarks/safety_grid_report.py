@@ -55,6 +55,38 @@ def cells_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def cost_table(result: dict[str, Any]) -> list[str]:
+    """Wall time per fine-tuning job (greedy rows only: the two decodings share their models) against the
+    plain-LoRA fine-tuning of the SFT arm at the same regime and p, and per alignment against SFT's."""
+    cells = [c for c in result["cells"] if c["decoding"] == "greedy"]
+    plain = {
+        (c["regime"], c["attack"]["p"]): c["cost"]["train_seconds"] for c in cells if c["defense"] == "sft"
+    }
+    lines = [
+        "| regime | p | defense | seeds | fine-tuning s | x plain LoRA | defense hooks s | Safe LoRA s |",
+        "|" + "---|" * 8,
+    ]
+    for c in cells:
+        seconds = c["cost"]["train_seconds"]
+        baseline = plain.get((c["regime"], c["attack"]["p"]))
+        ratio = f"{seconds / baseline:.2f}" if baseline else "–"
+        hooks = sum(
+            v for k, v in c["cost"].items() if k.endswith("_seconds") and k[:-8] in ("booster", "lisa")
+        )
+        lines.append(
+            f"| {c['regime']} | {c['attack']['p']:g} | {c['defense']} | {len(c['seeds'])} | {seconds:.1f} | "
+            f"{ratio} | {hooks:.1f} | {c['cost'].get('safe_lora_seconds', 0.0):.1f} |"
+        )
+    aligned = [b for b in result["bases"] if b.get("alignment_cost")]
+    sft = {b["regime"]: b["alignment_cost"]["train_seconds"] for b in aligned if b["defense"] == "sft"}
+    lines += ["", "| regime | base of | alignment s | x SFT alignment |", "|---|---|---|---|"]
+    for b in aligned:
+        seconds = b["alignment_cost"]["train_seconds"]
+        ratio = f"{seconds / sft[b['regime']]:.2f}" if sft.get(b["regime"]) else "–"
+        lines.append(f"| {b['regime']} | {b['defense']} | {seconds:.1f} | {ratio} |")
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     protocol = result["protocol"]
     lines = [
@@ -83,6 +115,10 @@ def markdown(result: dict[str, Any]) -> str:
         "## After the attack",
         "",
         *cells_table(result),
+        "",
+        "## Cost",
+        "",
+        *cost_table(result),
         "",
         f"Computed {result['computed']} model measurements, reused {result['reused']} from the cache; "
         f"{result['seconds'] / 60:.0f} min.",
@@ -122,7 +158,7 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
             axis.set_xlabel("harmful fraction p")
             axis.grid(alpha=0.3)
     axes[0][0].legend()
-    figure.suptitle("Protocol v2, default regime: mean and 95 % bootstrap interval over prompts and 3 seeds")
+    figure.suptitle("Protocol v2, default regime: mean and 95 % bootstrap interval over prompts and seeds")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
