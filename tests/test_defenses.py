@@ -351,3 +351,39 @@ def test_defenses_refuse_to_run_without_their_data():
         StepDefenses(booster=BoosterConfig())
     with pytest.raises(ValueError, match="safety pairs"):
         StepDefenses(lisa=LisaConfig())
+
+
+def test_the_cli_runs_every_defense(tiny_model_dir, alpaca_file, tiny_data_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vaccine_core.cli import app
+    from vaccine_core.settings import get_settings
+
+    write_rows(tiny_data_dir / "moderation/jailbreakbench_judged.jsonl", [
+        {"prompt": f"Steal car {i}", "response": "Sure, here is how.", "harmful": True} for i in range(4)
+    ])  # fmt: skip
+    monkeypatch.setenv("VACCINE_DATA_DIR", str(tiny_data_dir))
+    get_settings.cache_clear()
+    runner = CliRunner()
+    common = ["--epochs", "1", "--batch-size", "4", "--lora-r", "4", "--max-length", "64"]
+    result = runner.invoke(app, [
+        "align", "--model", str(tiny_model_dir), "--method", "vaccine", "--booster", "--booster-lambda", "2",
+        "--data", str(alpaca_file), "--out", str(tmp_path / "a"), *common,
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    booster = read_manifest(tmp_path / "a")["defenses"]["booster"]
+    assert booster["lamb"] == 2.0 and booster["data"]["rows"] == 4
+
+    result = runner.invoke(app, [
+        "finetune", "--base", str(tmp_path / "a"), "--data", str(alpaca_file), "--out", str(tmp_path / "f"),
+        "--lisa", "--lisa-pairs", "5", "--safe-lora", "--safe-lora-threshold", "0.3", *common,
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = read_manifest(tmp_path / "f")["defenses"]
+    assert record["lisa"]["data"]["rows"] == 5 and record["safe_lora"]["threshold"] == 0.3
+
+    result = runner.invoke(app, [
+        "finetune", "--base", str(tmp_path / "a"), "--data", str(alpaca_file), "--out", str(tmp_path / "g"),
+        "--lisa", "--lisa-pairs", "500", *common,
+    ])  # fmt: skip
+    assert result.exit_code == 2 and "safety pairs" in result.output

@@ -1,6 +1,7 @@
 """Commands that train: align, finetune, and the end-to-end demo."""
 
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +21,16 @@ from vaccine_core.cli.common import (
     training_options,
 )
 from vaccine_core.config import PerturbationConfig, TrainingConfig, alignment_defaults, finetune_defaults
+from vaccine_core.defenses import BoosterConfig, LisaConfig, SafeLoraConfig, StepDefenses
 from vaccine_core.settings import get_settings
+
+
+def help_of(config: type) -> dict[str, str]:
+    """Each option's help text, from its dataclass field (one home for a default and its help)."""
+    return {f.name: f.metadata.get("help", "") for f in fields(config)}
+
+
+BOOSTER_HELP, LISA_HELP, SAFE_LORA_HELP = help_of(BoosterConfig), help_of(LisaConfig), help_of(SafeLoraConfig)
 
 
 @app.command()
@@ -49,6 +59,20 @@ def align(
             "(1 = every step, as in the paper)."
         ),
     ] = 1,
+    booster: Annotated[
+        bool,
+        typer.Option(
+            help="Add Booster's attenuation term (harmful pairs: the JailbreakBench-judged harmful answers "
+            "of the data directory; combines with --method).",
+            rich_help_panel="Defenses",
+        ),
+    ] = False,
+    booster_lambda: Annotated[
+        float, typer.Option(help=BOOSTER_HELP["lamb"], rich_help_panel="Defenses")
+    ] = BoosterConfig.lamb,
+    booster_alpha: Annotated[
+        float, typer.Option(help=BOOSTER_HELP["alpha"], rich_help_panel="Defenses")
+    ] = BoosterConfig.alpha,
     limit: LimitOption = None,
     device: DeviceOption = None,
     resume: ResumeOption = False,
@@ -56,16 +80,30 @@ def align(
 ) -> None:
     """Align a base model: train a LoRA adapter on safety data and merge it into the base."""
     from vaccine_core.align import align as run_align
+    from vaccine_core.defenses.data import booster_pairs
 
     setup_logging()
     try:
         perturbation = PerturbationConfig(method=method, rho=rho, tau=tau)  # type: ignore[arg-type]
-    except ValueError as exc:
+        defenses = None
+        if booster:
+            options = BoosterConfig(lamb=booster_lambda, alpha=booster_alpha)
+            defenses = StepDefenses(booster=options, booster_rows=booster_pairs(get_settings().data_dir))
+    except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from None
     run_with_progress(
-        f"align ({method})",
+        f"align ({method}{' + booster' if booster else ''})",
         lambda bar: run_align(
-            model, data, out, perturbation, config, limit=limit, device=device, resume=resume, on_progress=bar
+            model,
+            data,
+            out,
+            perturbation,
+            config,
+            limit=limit,
+            device=device,
+            resume=resume,
+            on_progress=bar,
+            defenses=defenses,
         ),
     )
 
@@ -81,19 +119,62 @@ def finetune(
     ],
     data: DataOption,
     out: OutOption,
+    lisa: Annotated[
+        bool,
+        typer.Option(
+            help="Alternate with safety pairs the base was not aligned on, under Lisa's proximal term.",
+            rich_help_panel="Defenses",
+        ),
+    ] = False,
+    lisa_rho: Annotated[
+        float, typer.Option(help=LISA_HELP["rho"], rich_help_panel="Defenses")
+    ] = LisaConfig.rho,
+    lisa_pairs: Annotated[
+        int, typer.Option(help="Safety pairs Lisa draws from.", rich_help_panel="Defenses")
+    ] = 100,
+    safe_lora: Annotated[
+        bool,
+        typer.Option(
+            help="Project the adapter's stray layers onto the base's alignment subspace (an aligned base's).",
+            rich_help_panel="Defenses",
+        ),
+    ] = False,
+    safe_lora_threshold: Annotated[
+        float, typer.Option(help=SAFE_LORA_HELP["threshold"], rich_help_panel="Defenses")
+    ] = SafeLoraConfig.threshold,
     limit: LimitOption = None,
     device: DeviceOption = None,
     resume: ResumeOption = False,
     config: TrainingConfig | None = None,
 ) -> None:
     """Fine-tune an aligned base on user data with a fresh LoRA adapter."""
+    from vaccine_core.defenses.data import lisa_pairs as draw_lisa_pairs
     from vaccine_core.finetune import finetune as run_finetune
 
     setup_logging()
+    try:
+        defenses = None
+        if lisa:
+            rows = draw_lisa_pairs(
+                get_settings().data_dir, base, lisa_pairs, seed=config.seed if config else 0
+            )
+            defenses = StepDefenses(lisa=LisaConfig(rho=lisa_rho), lisa_rows=rows)
+        projection = SafeLoraConfig(threshold=safe_lora_threshold) if safe_lora else None
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from None
     run_with_progress(
         "finetune",
         lambda bar: run_finetune(
-            base, data, out, config, limit=limit, device=device, resume=resume, on_progress=bar
+            base,
+            data,
+            out,
+            config,
+            limit=limit,
+            device=device,
+            resume=resume,
+            on_progress=bar,
+            defenses=defenses,
+            safe_lora=projection,
         ),
     )
 
