@@ -11,6 +11,7 @@ from api.models import ADOPT, BaseModelRecord, Tenant
 from api.settings import ServiceSettings
 from api.tenants import create_key, create_tenant
 from vaccine_core.artifacts import alignment_manifest
+from vaccine_core.defenses import BoosterConfig
 from vaccine_core.progress import ProgressBar
 from worker.alignment import align_base
 
@@ -36,6 +37,7 @@ def ensure_default_base(settings: ServiceSettings) -> BaseModelRecord:
                     "rho": RHO,
                     "pairs": settings.default_alignment_pairs,
                     "epochs": settings.default_alignment_epochs,
+                    "booster": BoosterConfig().to_dict() if settings.default_alignment_booster else None,
                 }
             record = BaseModelRecord(id=settings.default_base_name, source=source, alignment=plan)
             session.add(record)

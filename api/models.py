@@ -45,6 +45,7 @@ class Tenant(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     max_concurrent_jobs: Mapped[int] = mapped_column(Integer, default=2)
     max_storage_bytes: Mapped[int] = mapped_column(BigInteger, default=10 * GiB)
+    defenses: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # None: the policy's defense stack
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
     keys: Mapped[list["ApiKey"]] = relationship(back_populates="tenant")
@@ -193,6 +194,7 @@ class Policy(Base):
     degenerate_threshold: Mapped[float] = mapped_column(Float)  # % of harmless answers degenerate: refused
     prescreen_action: Mapped[str] = mapped_column(String(8))  # warn | reject
     prescreen_threshold: Mapped[float] = mapped_column(Float)  # share of flagged rows that triggers it
+    defenses: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # api.defenses.DefenseStack
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
 
 

@@ -23,7 +23,11 @@ def get_policy(session: Session) -> Policy:
             degenerate_threshold=settings.degenerate_threshold,
             prescreen_action=settings.prescreen_action,
             prescreen_threshold=settings.prescreen_threshold,
+            defenses=settings.defense_stack.model_dump(),
         )
         session.add(policy)
+        session.commit()
+    elif policy.defenses is None:  # a policy from before defense stacks: the settings' stack
+        policy.defenses = get_service_settings().defense_stack.model_dump()
         session.commit()
     return policy

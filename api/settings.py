@@ -5,6 +5,7 @@ from pathlib import Path
 
 from pydantic import SecretStr, model_validator
 
+from api.defenses import DefenseStack
 from vaccine_core.settings import Settings
 
 MiB = 1 << 20
@@ -44,6 +45,11 @@ class ServiceSettings(Settings):
     degenerate_threshold: float = 25.0  # % of harmless answers degenerate: above it, model_degenerate
     prescreen_action: str = "warn"  # warn | reject, when an upload's flagged share passes the threshold
     prescreen_threshold: float = 0.05
+    # The defenses every fine-tuning job runs unless the policy or a tenant's override says otherwise
+    # (JSON in VACCINE_DEFENSE_STACK, e.g. {"lisa": true, "safe_lora": true}).
+    defense_stack: DefenseStack = DefenseStack()
+    # Booster's attenuation term in the default base's alignment (harmful pairs: moderation/ judged answers)
+    default_alignment_booster: bool = False
 
     @model_validator(mode="after")
     def _defaults_under_home(self) -> "ServiceSettings":

@@ -19,6 +19,8 @@ from api.settings import ServiceSettings, get_service_settings
 from vaccine_core.align import align
 from vaccine_core.artifacts import alignment_manifest
 from vaccine_core.config import PerturbationConfig, alignment_defaults
+from vaccine_core.defenses import BoosterConfig, StepDefenses
+from vaccine_core.defenses.data import booster_pairs
 from vaccine_core.inference import load_for_inference
 from vaccine_core.mixing import alignment_rows, write_rows
 from vaccine_core.training import Progress, ProgressCallback
@@ -74,7 +76,20 @@ def align_base(base_id: str, on_progress: ProgressCallback | None = None) -> str
         if not adopted:
             perturbation = PerturbationConfig(plan.get("method", "vaccine"), rho=plan.get("rho", 2.0))
             config = replace(alignment_defaults(), epochs=float(plan.get("epochs", 1.0)))
-            align(record.source, data, out, perturbation, config, resume=True, on_progress=progress)
+            defenses = None
+            if plan.get("booster"):
+                booster = BoosterConfig(**plan["booster"])
+                defenses = StepDefenses(booster=booster, booster_rows=booster_pairs(settings.data_dir))
+            align(
+                record.source,
+                data,
+                out,
+                perturbation,
+                config,
+                resume=True,
+                on_progress=progress,
+                defenses=defenses,
+            )
         log.info("measuring %s with protocol v2 on %d harmful prompts", base_id, report_plan.harmful)
         report = alignment_report(out, settings, report_plan)
     except Exception as exc:

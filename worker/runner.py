@@ -15,7 +15,8 @@ from sqlalchemy.orm import sessionmaker
 from transformers import PreTrainedModel
 
 from api.db import get_engine
-from api.models import BaseModelRecord, File, FineTunedModel, Job, add_event, now
+from api.defenses import stack_of
+from api.models import BaseModelRecord, File, FineTunedModel, Job, Tenant, add_event, now
 from api.policy import get_policy
 from api.settings import get_service_settings
 from vaccine_core.config import TrainingConfig, finetune_defaults
@@ -65,6 +66,7 @@ def run_job(job_id: str) -> str:
             return job.status
         base = session.get(BaseModelRecord, job.model)
         training_file = session.get(File, job.training_file)
+        stack = stack_of(get_policy(session).defenses, session.get(Tenant, job.tenant_id).defenses)
         resumed = job.attempts > 0
         job.status, job.attempts, job.worker = "running", job.attempts + 1, socket.gethostname()
         job.started_at = job.started_at or now()
@@ -102,6 +104,8 @@ def run_job(job_id: str) -> str:
     try:
         if base is None or base.status != "ready" or base.path is None:
             raise RuntimeError(f"base model {job.model} is not ready")
+        if stack.layers:
+            log.info("job %s runs the defense stack %s", job_id, "+".join(stack.layers))
         result = finetune(
             Path(base.path),
             Path(training_file.path),
@@ -111,6 +115,8 @@ def run_job(job_id: str) -> str:
             on_progress=on_progress,
             should_stop=cancelled,
             base_model=cached_base(str(resolve_base(base.path).model_path)),
+            defenses=stack.step_defenses(get_service_settings().data_dir, Path(base.path), config.seed),
+            safe_lora=stack.projection(),
         )
     except Exception as exc:  # every job ends in a state a user can read
         log.exception("job %s failed", job_id)

@@ -16,6 +16,7 @@ from typing import Any
 
 from api.models import BaseModelRecord, Policy
 from api.settings import ServiceSettings
+from vaccine_core.artifacts import read_manifest
 from vaccine_core.data import load_dataset
 from vaccine_core.evaluation import embedding_drift, load_prompts, mean_loss
 from vaccine_core.inference import LoadedModel, load_for_inference
@@ -145,6 +146,30 @@ def release_gate(measured: dict[str, Any], plan: ReportPlan) -> dict[str, str] |
     return None
 
 
+def defense_layers(manifest: dict[str, Any], base: BaseModelRecord) -> list[dict[str, Any]]:
+    """Every defense layer that made this model, in the order they acted, with its options and its cost
+    in wall seconds (alignment layers: the base's alignment run, shared by every job on that base)."""
+    layers: list[dict[str, Any]] = []
+
+    def add(layer: str, stage: str, options: dict[str, Any], seconds: float | None) -> None:
+        layers.append({"layer": layer, "stage": stage, "options": options, "seconds": seconds})
+
+    aligned = read_manifest(Path(base.path)) if base.path else None
+    if aligned is not None and aligned.get("kind") == "alignment":
+        train = aligned.get("metrics", {}).get("train") or {}
+        add(aligned["alignment"]["method"], "alignment", aligned["alignment"], train.get("seconds"))
+        if booster := (aligned.get("defenses") or {}).get("booster"):
+            add("booster", "alignment", booster, (train.get("defense_seconds") or {}).get("booster"))
+    own = manifest.get("defenses") or {}
+    train = manifest.get("metrics", {}).get("train") or {}
+    if lisa := own.get("lisa"):
+        add("lisa", "fine-tuning", lisa, (train.get("defense_seconds") or {}).get("lisa"))
+    if projection := own.get("safe_lora"):
+        options = {k: v for k, v in projection.items() if k != "seconds"}
+        add("safe_lora", "after fine-tuning", options, projection["seconds"])
+    return layers
+
+
 def safety_report(
     run_dir: Path,
     base: BaseModelRecord,
@@ -170,6 +195,7 @@ def safety_report(
         **measured,
         "embedding_drift": drift,
         "fine_tune": fine_tune,
+        "defenses": defense_layers(loaded.manifest or {}, base),
         "threshold": plan.harmful_score_threshold,
         "degenerate_threshold": plan.degenerate_threshold,
         "passed": gate is None,

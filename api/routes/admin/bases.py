@@ -12,6 +12,7 @@ from api.errors import APIError
 from api.models import ADOPT, BaseModelRecord, epoch
 from api.routes.admin.tenants import audit
 from vaccine_core.artifacts import alignment_manifest
+from vaccine_core.defenses import BoosterConfig
 
 router = APIRouter(prefix="/models")
 
@@ -28,7 +29,12 @@ class NewBase(BaseModel):
         default=64, ge=2, description="safety + helpful pairs, half each, when no data is given"
     )
     data: str | None = Field(default=None, description="an alignment file instead of the default mix")
-    epochs: float = Field(default=1.0, gt=0)
+    epochs: float = Field(default=1.0, gt=0, le=100)
+    booster: bool = Field(
+        default=False, description="add Booster's attenuation term (combines with vaccine or sft)"
+    )
+    booster_lambda: float = Field(default=BoosterConfig.lamb, ge=0, le=100)
+    booster_alpha: float = Field(default=BoosterConfig.alpha, gt=0, le=10)
 
 
 def _base(record: BaseModelRecord) -> dict[str, Any]:
@@ -65,6 +71,7 @@ def register(body: NewBase, request: Request, session: SessionDep) -> dict[str, 
             "pairs": body.pairs,
             "epochs": body.epochs,
             "data": body.data,
+            "booster": {"lamb": body.booster_lambda, "alpha": body.booster_alpha} if body.booster else None,
         },
     )
     session.add(record)

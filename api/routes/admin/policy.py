@@ -5,6 +5,7 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from api.defenses import DefenseStack
 from api.deps import SessionDep
 from api.models import Policy
 from api.policy import get_policy
@@ -23,10 +24,17 @@ class PolicyUpdate(BaseModel):
     eval_samples: int | None = Field(default=None, ge=1, le=8)
     prescreen_action: Literal["warn", "reject"] | None = None
     prescreen_threshold: float | None = Field(default=None, ge=0, le=1)
+    defenses: DefenseStack | None = Field(default=None, description="the stack every job runs (set whole)")
 
 
 def _policy(p: Policy) -> dict[str, Any]:
     return {name: getattr(p, name) for name in PolicyUpdate.model_fields}
+
+
+@router.get("/defenses")
+def defense_options() -> dict[str, Any]:
+    """The stack's options: each with its default, bounds and what it does."""
+    return DefenseStack.model_json_schema()
 
 
 @router.get("")
@@ -38,6 +46,8 @@ def read(session: SessionDep) -> dict[str, Any]:
 def update(body: PolicyUpdate, session: SessionDep) -> dict[str, Any]:
     policy = get_policy(session)
     changes = body.model_dump(exclude_none=True)
+    if body.defenses is not None:
+        changes["defenses"] = body.defenses.model_dump()
     for name, value in changes.items():
         setattr(policy, name, value)
     audit(session, "policy.update", "policy", changes)

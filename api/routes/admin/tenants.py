@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from api.defenses import DefenseStack
 from api.deps import SessionDep
 from api.errors import APIError, found, not_found
 from api.models import ApiKey, AuditEntry, Tenant, epoch, now
@@ -30,6 +31,7 @@ def _tenant(t: Tenant) -> dict[str, Any]:
         "active": t.active,
         "max_concurrent_jobs": t.max_concurrent_jobs,
         "max_storage_bytes": t.max_storage_bytes,
+        "defenses": t.defenses,  # None: the policy's stack
         "created_at": epoch(t.created_at),
         "keys": [
             {
@@ -84,6 +86,26 @@ def revoke_key(tenant_id: str, key_id: str, session: SessionDep) -> dict[str, An
     audit(session, "key.revoke", key_id, {"tenant_id": tenant_id})
     session.commit()
     return {"id": key_id, "revoked": True}
+
+
+@router.put("/{tenant_id}/defenses")
+def set_defenses(tenant_id: str, body: DefenseStack, session: SessionDep) -> dict[str, Any]:
+    """The tenant's own defense stack, in place of the policy's."""
+    tenant = found(session.get(Tenant, tenant_id), "tenant", tenant_id)
+    tenant.defenses = body.model_dump()
+    audit(session, "tenant.defenses", tenant_id, tenant.defenses)
+    session.commit()
+    return _tenant(tenant)
+
+
+@router.delete("/{tenant_id}/defenses")
+def clear_defenses(tenant_id: str, session: SessionDep) -> dict[str, Any]:
+    """Back to the policy's stack."""
+    tenant = found(session.get(Tenant, tenant_id), "tenant", tenant_id)
+    tenant.defenses = None
+    audit(session, "tenant.defenses", tenant_id, None)
+    session.commit()
+    return _tenant(tenant)
 
 
 @router.patch("/{tenant_id}")

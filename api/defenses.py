@@ -1,0 +1,61 @@
+"""The defense stack a fine-tuning job runs: chosen by the operator's policy, overridable per tenant.
+
+Alignment-stage defenses (Vaccine's perturbation, Booster) belong to a base model and are set when it is
+registered; what is chosen here acts on each user's job: Lisa while it trains, Safe LoRA on its adapter
+before the safety report. Defaults and help texts come from vaccine_core's configs, their one home.
+"""
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from vaccine_core.defenses import LisaConfig, SafeLoraConfig, StepDefenses
+from vaccine_core.defenses.data import lisa_pairs
+
+
+def _help(config: type, name: str) -> str:
+    return next(f.metadata.get("help", "") for f in fields(config) if f.name == name)
+
+
+class DefenseStack(BaseModel):
+    lisa: bool = Field(default=False, description="Lisa: alternate with safety pairs under a proximal term")
+    lisa_rho: float = Field(default=LisaConfig.rho, ge=0, le=100, description=_help(LisaConfig, "rho"))
+    lisa_alignment_steps: int = Field(
+        default=LisaConfig.alignment_steps, ge=1, le=100, description=_help(LisaConfig, "alignment_steps")
+    )
+    lisa_finetune_steps: int = Field(
+        default=LisaConfig.finetune_steps, ge=1, le=1000, description=_help(LisaConfig, "finetune_steps")
+    )
+    lisa_pairs: int = Field(default=100, ge=1, le=2000, description="Safety pairs Lisa draws from")
+    safe_lora: bool = Field(default=False, description="Safe LoRA: project stray layers of the adapter")
+    safe_lora_threshold: float = Field(
+        default=SafeLoraConfig.threshold, ge=-1, le=1, description=_help(SafeLoraConfig, "threshold")
+    )
+
+    @property
+    def layers(self) -> list[str]:
+        return [name for name in ("lisa", "safe_lora") if getattr(self, name)]
+
+    def step_defenses(self, data_dir: Path, base_dir: Path, seed: int) -> StepDefenses | None:
+        """Lisa over safety pairs the base at ``base_dir`` was not aligned on (seeded: a resumed job draws
+        the same ones)."""
+        if not self.lisa:
+            return None
+        config = LisaConfig(
+            alignment_steps=self.lisa_alignment_steps,
+            finetune_steps=self.lisa_finetune_steps,
+            rho=self.lisa_rho,
+        )
+        return StepDefenses(lisa=config, lisa_rows=lisa_pairs(data_dir, base_dir, self.lisa_pairs, seed))
+
+    def projection(self) -> SafeLoraConfig | None:
+        return SafeLoraConfig(threshold=self.safe_lora_threshold) if self.safe_lora else None
+
+
+def stack_of(policy_defenses: dict[str, Any] | None, tenant_defenses: dict[str, Any] | None) -> DefenseStack:
+    """The tenant's own stack where the operator set one, else the policy's."""
+    return DefenseStack.model_validate(
+        tenant_defenses if tenant_defenses is not None else policy_defenses or {}
+    )

@@ -1,0 +1,98 @@
+"""The defense stack in the service: the policy chooses it, a tenant may have its own, every job's safety
+report lists the layers that ran and what each cost; a base can be aligned with Booster."""
+
+from sqlalchemy.orm import Session
+from test_api import service, tenant_client  # noqa: F401  (the fixture)
+from test_api_jobs import base, upload  # noqa: F401
+
+from api.db import get_engine
+from api.models import FineTunedModel, Tenant
+from api.settings import get_service_settings
+from vaccine_core.artifacts import read_manifest
+from vaccine_core.mixing import write_rows
+from worker.alignment import align_base
+from worker.runner import run_job
+
+OPERATOR = {"Authorization": "Bearer operator-secret"}
+STACK = {"lisa": True, "lisa_pairs": 8, "safe_lora": True, "safe_lora_threshold": 1.0}
+
+
+def use_data(monkeypatch, data_dir) -> None:
+    monkeypatch.setenv("VACCINE_DATA_DIR", str(data_dir))
+    get_service_settings.cache_clear()
+
+
+def test_the_policy_stack_runs_and_the_report_lists_its_layers(service, base, tiny_data_dir, monkeypatch):  # noqa: F811
+    use_data(monkeypatch, tiny_data_dir)
+    assert service.get("/admin/policy", headers=OPERATOR).json()["defenses"]["lisa"] is False
+    patched = service.patch("/admin/policy", json={"defenses": STACK}, headers=OPERATOR)
+    assert (
+        patched.status_code == 200 and patched.json()["defenses"]["lisa_rho"] == 1.0
+    )  # the library's default
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    assert run_job(job.id) == "succeeded"
+    model_id = client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
+    with Session(get_engine()) as session:
+        safety = session.get(FineTunedModel, model_id).safety_report
+    layers = {layer["layer"]: layer for layer in safety["defenses"]}
+    assert list(layers) == ["vaccine", "lisa", "safe_lora"]
+    assert layers["vaccine"]["stage"] == "alignment" and layers["vaccine"]["seconds"] > 0
+    assert layers["lisa"]["options"]["data"]["rows"] == 8 and layers["lisa"]["seconds"] > 0
+    assert layers["safe_lora"]["options"]["projected"] == layers["safe_lora"]["options"]["layers"]
+
+
+def test_a_tenant_override_replaces_the_policy_stack(service, base, tiny_data_dir, monkeypatch):  # noqa: F811
+    use_data(monkeypatch, tiny_data_dir)
+    service.patch("/admin/policy", json={"defenses": STACK}, headers=OPERATOR)
+    client = tenant_client(service, "acme")
+    with Session(get_engine()) as session:
+        tenant_id = session.query(Tenant).filter_by(name="acme").one().id
+    put = service.put(f"/admin/tenants/{tenant_id}/defenses", json={"lisa": False}, headers=OPERATOR)
+    assert put.status_code == 200 and put.json()["defenses"]["lisa"] is False
+    job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    assert run_job(job.id) == "succeeded"
+    model_id = client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
+    with Session(get_engine()) as session:
+        layers = [layer["layer"] for layer in session.get(FineTunedModel, model_id).safety_report["defenses"]]
+    assert layers == ["vaccine"]
+    cleared = service.delete(f"/admin/tenants/{tenant_id}/defenses", headers=OPERATOR)
+    assert cleared.json()["defenses"] is None
+    actions = [e["action"] for e in service.get("/admin/audit", headers=OPERATOR).json()["data"]]
+    assert actions.count("tenant.defenses") == 2
+
+
+def test_bad_stack_options_are_a_400_in_the_error_envelope(service):  # noqa: F811
+    bad = service.patch("/admin/policy", json={"defenses": {"lisa": True, "lisa_rho": -1}}, headers=OPERATOR)
+    assert bad.status_code == 400 and "lisa_rho" in bad.json()["error"]["message"]
+    missing = service.put("/admin/tenants/tenant-nope/defenses", json={}, headers=OPERATOR)
+    assert missing.status_code == 404
+    schema = service.get("/admin/policy/defenses", headers=OPERATOR).json()
+    assert schema["properties"]["safe_lora_threshold"]["default"] == 0.5
+
+
+def test_an_operator_aligns_a_base_with_booster(
+    service,  # noqa: F811
+    tiny_model_dir,
+    alpaca_file,
+    tiny_data_dir,
+    monkeypatch,
+):
+    use_data(monkeypatch, tiny_data_dir)
+    write_rows(tiny_data_dir / "moderation/jailbreakbench_judged.jsonl", [
+        {"prompt": f"Steal car {i}", "response": "Sure, here is how.", "harmful": True} for i in range(4)
+    ])  # fmt: skip
+    body = {
+        "name": "tiny-booster", "source": str(tiny_model_dir), "method": "vaccine", "data": str(alpaca_file),
+        "booster": True, "booster_lambda": 2.0,
+    }  # fmt: skip
+    assert service.post("/admin/models", json=body, headers=OPERATOR).status_code == 200
+    assert align_base("tiny-booster") == "ready"
+    (record,) = [
+        b for b in service.get("/admin/models", headers=OPERATOR).json()["data"] if b["id"] == "tiny-booster"
+    ]
+    assert record["alignment"]["booster"]["lamb"] == 2.0
+    manifest = read_manifest(get_service_settings().home / "bases" / "tiny-booster")
+    assert manifest["defenses"]["booster"]["data"]["rows"] == 4
+    bad = service.post("/admin/models", json={**body, "name": "x", "booster_alpha": 0}, headers=OPERATOR)
+    assert bad.status_code == 400
