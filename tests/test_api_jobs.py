@@ -284,3 +284,32 @@ def test_the_worker_keeps_its_base_between_jobs_without_adapters(service, base):
         path = str(resolve_base(session.get(BaseModelRecord, base).path).model_path)
     kept = cached_base(path)
     assert not any("lora" in name for name, _ in kept.named_modules())  # each job's adapter was unloaded
+
+
+@pytest.mark.parametrize(
+    ("hyperparameters", "field"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"n_epochs": 0}, "n_epochs"),
+        ({"learning_rate_multiplier": -1.0}, "learning_rate_multiplier"),
+        ({"n_epochs": 10_000}, "n_epochs"),
+    ],
+)
+def test_out_of_bounds_hyperparameters_are_a_400_never_a_stuck_job(service, base, hyperparameters, field):  # noqa: F811
+    client = tenant_client(service, "acme")
+    with pytest.raises(openai.BadRequestError) as error:
+        client.fine_tuning.jobs.create(
+            model=base, training_file=upload(client), hyperparameters=hyperparameters
+        )
+    assert field in error.value.body["message"]
+    assert list(client.fine_tuning.jobs.list()) == []
+
+
+def test_a_job_whose_settings_break_ends_failed_not_running(service, base):  # noqa: F811
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    with Session(get_engine()) as session:  # a row written before the bounds existed
+        session.get(Job, job.id).hyperparameters = {"batch_size": 0}
+        session.commit()
+    assert run_job(job.id) == "failed"
+    assert client.fine_tuning.jobs.retrieve(job.id).error.code == "training_failed"

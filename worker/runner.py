@@ -66,14 +66,13 @@ def run_job(job_id: str) -> str:
             return job.status
         base = session.get(BaseModelRecord, job.model)
         training_file = session.get(File, job.training_file)
-        stack = stack_of(get_policy(session).defenses, session.get(Tenant, job.tenant_id).defenses)
+        defenses = (get_policy(session).defenses, session.get(Tenant, job.tenant_id).defenses)
         resumed = job.attempts > 0
         job.status, job.attempts, job.worker = "running", job.attempts + 1, socket.gethostname()
         job.started_at = job.started_at or now()
         job.heartbeat_at = now()
         add_event(session, job_id, "Resumed after an interruption" if resumed else "Fine-tuning job started")
         session.commit()
-        config = training_config(job)
 
     output_dir = get_service_settings().home / "jobs" / job_id
 
@@ -104,6 +103,8 @@ def run_job(job_id: str) -> str:
     try:
         if base is None or base.status != "ready" or base.path is None:
             raise RuntimeError(f"base model {job.model} is not ready")
+        config = training_config(job)
+        stack = stack_of(*defenses)
         if stack.layers:
             log.info("job %s runs the defense stack %s", job_id, "+".join(stack.layers))
         result = finetune(

@@ -18,9 +18,10 @@ ACTIVE = ("validating_files", "queued", "running")
 
 
 class Hyperparameters(BaseModel):
-    n_epochs: int | Literal["auto"] = "auto"
-    batch_size: int | Literal["auto"] = "auto"
-    learning_rate_multiplier: float | Literal["auto"] = "auto"
+    # bounded so a bad value is a 400 at creation, never a job that fails once a worker holds it
+    n_epochs: Annotated[int, Field(ge=1, le=50)] | Literal["auto"] = "auto"
+    batch_size: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Literal["auto"] = "auto"
 
 
 class SupervisedMethod(BaseModel):
@@ -39,7 +40,7 @@ class CreateJob(BaseModel):
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None  # the newer form: {"type": "supervised", "supervised": {"hyperparameters"}}
     suffix: str | None = Field(default=None, max_length=64)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     metadata: dict[str, str] | None = None
 
 
