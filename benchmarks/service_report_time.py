@@ -39,7 +39,7 @@ def main() -> None:
         degenerate_threshold=settings.degenerate_threshold,
     )
     plan = ReportPlan.of(policy, settings)
-    base = SimpleNamespace(alignment={"data": str(settings.data_dir / SAFETY_FILE)})
+    base = SimpleNamespace(alignment={"data": str(settings.data_dir / SAFETY_FILE)}, path=None)
     shared_judge(settings.safety_judge)  # a worker loads its judge once, not per report
     started = time.perf_counter()
     report = safety_report(adapter, base, settings, plan)
