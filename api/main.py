@@ -7,6 +7,7 @@ from fastapi import FastAPI
 
 from api.errors import install_handlers
 from api.idempotency import IdempotencyMiddleware
+from api.request_id import RequestIdMiddleware
 from api.routes import admin, files, health, jobs, models
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ def create_app(
     app = FastAPI(title="Vaccine fine-tuning service", version="0.1.0")
     install_handlers(app)
     app.add_middleware(IdempotencyMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # outermost: even a replayed or failed answer carries its id
     app.state.dispatch = dispatch or _undispatched
     app.state.dispatch_alignment = dispatch_alignment or _undispatched
     app.include_router(files.router)

@@ -172,3 +172,32 @@ def test_fingerprint_ignores_the_boundary_however_the_body_is_chunked():
         Fingerprint(b"x", b"application/json").hexdigest()
         != Fingerprint(b"y", b"application/json").hexdigest()
     )
+
+
+def test_framework_errors_use_the_envelope_and_every_answer_has_a_request_id(service):
+    unknown = service.get("/v1/nothing-here")
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+    assert unknown.headers["x-request-id"].startswith("req_")
+    wrong = service.delete("/v1/files")
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+    echoed = service.get("/healthz", headers={"X-Request-Id": "client-abc.1"})
+    assert echoed.headers["x-request-id"] == "client-abc.1"
+    odd = service.get("/healthz", headers={"X-Request-Id": "bad id with spaces"})
+    assert odd.headers["x-request-id"].startswith("req_")
+
+
+def test_an_unhandled_error_is_a_500_in_the_envelope_naming_the_request(tmp_path, monkeypatch):
+    from api.main import create_app
+
+    app = create_app()
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    with TestClient(app, raise_server_exceptions=False) as http:
+        answer = http.get("/boom", headers={"X-Request-Id": "r-1"})
+    assert answer.status_code == 500
+    error = answer.json()["error"]
+    assert error["type"] == "server_error" and "r-1" in error["message"] and "a bug" not in error["message"]
+    assert answer.headers["x-request-id"] == "r-1"

@@ -4,11 +4,12 @@ import json
 
 import openai
 import pytest
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 from test_api import service, tenant_client  # noqa: F401  (the fixture)
 
 from api.db import get_engine
-from api.models import BaseModelRecord, Job
+from api.models import BaseModelRecord, Job, Tenant
 from vaccine_core.align import align
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
 from worker.runner import run_job
@@ -313,3 +314,21 @@ def test_a_job_whose_settings_break_ends_failed_not_running(service, base):  # n
         session.commit()
     assert run_job(job.id) == "failed"
     assert client.fine_tuning.jobs.retrieve(job.id).error.code == "training_failed"
+
+
+def test_a_full_quota_is_a_429_with_retry_after(service, base):  # noqa: F811
+    client = tenant_client(service, "acme")
+    with Session(get_engine()) as session:
+        session.execute(update(Tenant).values(max_concurrent_jobs=1))
+        session.commit()
+    first = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    with pytest.raises(openai.RateLimitError) as error:
+        client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    assert error.value.body["code"] == "quota_exceeded"
+    assert error.value.response.headers["retry-after"] == "60"  # nothing running has an estimate yet
+    with Session(get_engine()) as session:
+        session.get(Job, first.id).progress = {"eta_seconds": 12.4}
+        session.commit()
+    with pytest.raises(openai.RateLimitError) as error:
+        client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    assert error.value.response.headers["retry-after"] == "13"

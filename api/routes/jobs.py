@@ -1,5 +1,6 @@
 """``/v1/fine_tuning/jobs``: create, list, retrieve, cancel fine-tuning jobs, and read their events."""
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -185,6 +186,13 @@ def _hyperparameters(body: CreateJob) -> Hyperparameters:
     return body.hyperparameters or Hyperparameters()
 
 
+def retry_after(active: Sequence[Job]) -> int:
+    """Seconds until a slot may free: the soonest estimate among the running jobs, else a minute."""
+    estimates = [(j.progress or {}).get("eta_seconds") for j in active]
+    known = [int(e) + 1 for e in estimates if isinstance(e, int | float)]
+    return max(1, min(known)) if known else 60
+
+
 @router.post("", response_model=JobObject)
 def create_job(body: CreateJob, request: Request, tenant: TenantDep, session: SessionDep) -> JobObject:
     base = session.get(BaseModelRecord, body.model)
@@ -197,7 +205,12 @@ def create_job(body: CreateJob, request: Request, tenant: TenantDep, session: Se
         _usable_file(session, tenant, body.validation_file, "validation_file")
     active = session.scalars(select(Job).where(Job.tenant_id == tenant.id, Job.status.in_(ACTIVE))).all()
     if len(active) >= tenant.max_concurrent_jobs:
-        raise APIError(429, "quota_exceeded", f"At most {tenant.max_concurrent_jobs} jobs may run at once.")
+        raise APIError(
+            429,
+            "quota_exceeded",
+            f"At most {tenant.max_concurrent_jobs} jobs may run at once.",
+            headers={"Retry-After": str(retry_after(active))},
+        )
     job = Job(
         tenant_id=tenant.id,
         model=body.model,
