@@ -7,7 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.db import get_engine
-from api.models import ADOPT, BaseModelRecord, Tenant
+from api.models import ADOPT, BaseModelRecord, BaseStatus, Tenant
 from api.settings import ServiceSettings
 from api.tenants import create_key, create_tenant
 from vaccine_core.artifacts import alignment_manifest
@@ -42,7 +42,7 @@ def ensure_default_base(settings: ServiceSettings) -> BaseModelRecord:
             record = BaseModelRecord(id=settings.default_base_name, source=source, alignment=plan)
             session.add(record)
             session.commit()
-    if record.status != "ready":
+    if record.status != BaseStatus.READY:
         if record.alignment["method"] == ADOPT:
             log.info("adopting the alignment run %s; measuring its alignment report", record.source)
         else:
@@ -54,7 +54,7 @@ def ensure_default_base(settings: ServiceSettings) -> BaseModelRecord:
             status = align_base(record.id, on_progress=bar)
         finally:
             bar.close()
-        if status != "ready":
+        if status != BaseStatus.READY:
             raise RuntimeError(f"aligning the default base failed ({status}); see the log above")
     with Session(get_engine(), expire_on_commit=False) as session:
         return session.get(BaseModelRecord, settings.default_base_name)

@@ -2,6 +2,7 @@
 
 import secrets
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
@@ -66,6 +67,34 @@ class ApiKey(Base):
     tenant: Mapped[Tenant] = relationship(back_populates="keys")
 
 
+class JobStatus(StrEnum):
+    """A fine-tuning job's life: queued -> running -> succeeded | failed | cancelled (OpenAI's names)."""
+
+    VALIDATING_FILES = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_JOB_STATUSES = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING)
+TERMINAL_JOB_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class BaseStatus(StrEnum):
+    """A base model's life: registered -> aligning -> ready | failed."""
+
+    REGISTERED = "registered"
+    ALIGNING = "aligning"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class FileStatus(StrEnum):
+    PROCESSED = "processed"  # an upload that fails validation is refused (400), never stored
+
+
 class File(Base):
     """An uploaded fine-tuning file: stored under VACCINE_HOME/files, validated and pre-screened on upload."""
 
@@ -77,7 +106,7 @@ class File(Base):
     purpose: Mapped[str] = mapped_column(String(32))
     bytes: Mapped[int] = mapped_column(BigInteger)
     path: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16))  # processed | error
+    status: Mapped[str] = mapped_column(String(16))  # FileStatus
     status_details: Mapped[str | None] = mapped_column(Text, nullable=True)
     validation: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # examples, format
     prescreen: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # judge, flagged rows and share
@@ -95,7 +124,7 @@ class BaseModelRecord(Base):
 
     id: Mapped[str] = mapped_column(String(120), primary_key=True)  # the name users pass as `model`
     source: Mapped[str] = mapped_column(Text)  # model spec: 'default', a .gguf file or a directory
-    status: Mapped[str] = mapped_column(String(16), default="registered")  # registered|aligning|ready|failed
+    status: Mapped[str] = mapped_column(String(16), default=BaseStatus.REGISTERED)
     path: Mapped[str | None] = mapped_column(Text, nullable=True)  # the alignment run's directory
     alignment: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # method, rho, data, epochs
     report: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # harmful score, over-refusal
@@ -119,7 +148,7 @@ class Job(Base):
     seed: Mapped[int] = mapped_column(Integer, default=42)
     user_metadata: Mapped[dict | None] = mapped_column("metadata", JSON, nullable=True)
     # validating_files | queued | running | succeeded | failed | cancelled
-    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED, index=True)
     error: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # {code, message, param}
     fine_tuned_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

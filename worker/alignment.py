@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy.orm import sessionmaker
 
 from api.db import get_engine
-from api.models import ADOPT, BaseModelRecord
+from api.models import ADOPT, BaseModelRecord, BaseStatus
 from api.policy import get_policy
 from api.settings import ServiceSettings, get_service_settings
 from vaccine_core.align import align
@@ -45,9 +45,9 @@ def align_base(base_id: str, on_progress: ProgressCallback | None = None) -> str
     sessions = sessionmaker(get_engine(), expire_on_commit=False)
     with sessions() as session:
         record = session.get(BaseModelRecord, base_id)
-        if record is None or record.status == "ready":
+        if record is None or record.status == BaseStatus.READY:
             return "missing" if record is None else record.status
-        record.status, record.error = "aligning", None
+        record.status, record.error = BaseStatus.ALIGNING, None
         plan = dict(record.alignment or {})
         report_plan = ReportPlan.of(get_policy(session), settings)
         session.commit()
@@ -96,12 +96,12 @@ def align_base(base_id: str, on_progress: ProgressCallback | None = None) -> str
         log.exception("aligning %s failed", base_id)
         with sessions() as session:
             row = session.get(BaseModelRecord, base_id)
-            row.status, row.error = "failed", str(exc)
+            row.status, row.error = BaseStatus.FAILED, str(exc)
             session.commit()
-        return "failed"
+        return BaseStatus.FAILED
     with sessions() as session:
         row = session.get(BaseModelRecord, base_id)
-        row.status, row.path, row.report = "ready", str(out), report
+        row.status, row.path, row.report = BaseStatus.READY, str(out), report
         row.alignment = {**plan, "data": str(data)}
         session.commit()
-    return "ready"
+    return BaseStatus.READY

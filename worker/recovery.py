@@ -11,7 +11,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.models import Job, add_event, now
+from api.models import Job, JobStatus, add_event, now
 
 STALE_AFTER = timedelta(minutes=10)
 
@@ -20,9 +20,11 @@ def requeue_stale_jobs(
     session: Session, dispatch: Callable[[str], None], stale_after: timedelta = STALE_AFTER
 ) -> list[str]:
     cutoff = now() - stale_after
-    stale = session.scalars(select(Job).where(Job.status == "running", Job.heartbeat_at < cutoff)).all()
+    stale = session.scalars(
+        select(Job).where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff)
+    ).all()
     for job in stale:
-        job.status = "queued"
+        job.status = JobStatus.QUEUED
         add_event(
             session,
             job.id,

@@ -16,7 +16,18 @@ from transformers import PreTrainedModel
 
 from api.db import get_engine
 from api.defenses import stack_of
-from api.models import BaseModelRecord, File, FineTunedModel, Job, Tenant, add_event, now
+from api.models import (
+    TERMINAL_JOB_STATUSES,
+    BaseModelRecord,
+    BaseStatus,
+    File,
+    FineTunedModel,
+    Job,
+    JobStatus,
+    Tenant,
+    add_event,
+    now,
+)
 from api.policy import get_policy
 from api.settings import get_service_settings
 from vaccine_core.config import TrainingConfig, finetune_defaults
@@ -27,8 +38,6 @@ from vaccine_core.training import Progress
 from worker.safety import ReportPlan, safety_report
 
 log = logging.getLogger(__name__)
-
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
 @lru_cache(maxsize=1)
@@ -62,13 +71,13 @@ def run_job(job_id: str) -> str:
         if job is None:
             log.warning("job %s does not exist", job_id)
             return "missing"
-        if job.status in TERMINAL:
+        if job.status in TERMINAL_JOB_STATUSES:
             return job.status
         base = session.get(BaseModelRecord, job.model)
         training_file = session.get(File, job.training_file)
         defenses = (get_policy(session).defenses, session.get(Tenant, job.tenant_id).defenses)
         resumed = job.attempts > 0
-        job.status, job.attempts, job.worker = "running", job.attempts + 1, socket.gethostname()
+        job.status, job.attempts, job.worker = JobStatus.RUNNING, job.attempts + 1, socket.gethostname()
         job.started_at = job.started_at or now()
         job.heartbeat_at = now()
         add_event(session, job_id, "Resumed after an interruption" if resumed else "Fine-tuning job started")
@@ -98,10 +107,10 @@ def run_job(job_id: str) -> str:
 
     def cancelled() -> bool:
         with sessions() as session:
-            return session.get(Job, job_id).status == "cancelled"
+            return session.get(Job, job_id).status == JobStatus.CANCELLED
 
     try:
-        if base is None or base.status != "ready" or base.path is None:
+        if base is None or base.status != BaseStatus.READY or base.path is None:
             raise RuntimeError(f"base model {job.model} is not ready")
         config = training_config(job)
         stack = stack_of(*defenses)
@@ -127,10 +136,10 @@ def run_job(job_id: str) -> str:
     if result.manifest is None:
         with sessions() as session:
             row = session.get(Job, job_id)
-            row.status, row.finished_at = "cancelled", now()
+            row.status, row.finished_at = JobStatus.CANCELLED, now()
             add_event(session, job_id, f"Cancelled at step {result.train.steps}")
             session.commit()
-        return "cancelled"
+        return JobStatus.CANCELLED
     return release(job_id, base, output_dir, result.train.tokens)
 
 
@@ -138,11 +147,11 @@ def fail(job_id: str, code: str, event: str, message: str) -> str:
     """End a job ``failed`` with a readable ``{code, message}``."""
     with sessionmaker(get_engine())() as session:
         row = session.get(Job, job_id)
-        row.status, row.finished_at = "failed", now()
+        row.status, row.finished_at = JobStatus.FAILED, now()
         row.error = {"code": code, "message": message, "param": None}
         add_event(session, job_id, event, level="error")
         session.commit()
-    return "failed"
+    return JobStatus.FAILED
 
 
 def release(job_id: str, base: BaseModelRecord, output_dir: Path, trained_tokens: int) -> str:
@@ -181,10 +190,10 @@ def release(job_id: str, base: BaseModelRecord, output_dir: Path, trained_tokens
         }
         gate = report["gate"]
         if gate is None:
-            row.status = "succeeded"
+            row.status = JobStatus.SUCCEEDED
             add_event(session, job_id, "The job has successfully completed", summary)
         else:
-            row.status = "failed"
+            row.status = JobStatus.FAILED
             row.error = {
                 "code": gate["code"],
                 "message": f"{gate['message']}; the model is quarantined until an operator reviews it.",

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import APIError, not_found
-from api.models import File, epoch, new_id
+from api.models import File, FileStatus, epoch, new_id
 from api.policy import get_policy
 from vaccine_core.data import DatasetError, load_dataset
 from vaccine_core.moderation import shared_judge
@@ -139,7 +139,7 @@ def upload_file(
         purpose=purpose,
         bytes=size,
         path=str(path),
-        status="processed",
+        status=FileStatus.PROCESSED,
         status_details=details,
         validation={"examples": len(dataset.conversations), "format": dataset.format},
         prescreen=screen,

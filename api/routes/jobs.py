@@ -10,12 +10,22 @@ from sqlalchemy.orm import Session
 
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import APIError, not_found
-from api.models import BaseModelRecord, File, Job, JobEvent, add_event, epoch, now
+from api.models import (
+    ACTIVE_JOB_STATUSES,
+    BaseModelRecord,
+    BaseStatus,
+    File,
+    FileStatus,
+    Job,
+    JobEvent,
+    JobStatus,
+    add_event,
+    epoch,
+    now,
+)
 from vaccine_core.training import CHECKPOINTS_DIR
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
-
-ACTIVE = ("validating_files", "queued", "running")
 
 
 class Hyperparameters(BaseModel):
@@ -71,7 +81,7 @@ class JobObject(BaseModel):
     @classmethod
     def of(cls, job: Job, queue: "QueueState | None" = None) -> "JobObject":
         eta = (job.progress or {}).get("eta_seconds")
-        position = queue.position(job) if queue is not None and job.status == "queued" else None
+        position = queue.position(job) if queue is not None and job.status == JobStatus.QUEUED else None
         start = queue.estimated_start(position) if position is not None else None
         return cls(
             id=job.id,
@@ -100,7 +110,7 @@ class JobObject(BaseModel):
 def _estimated_finish(
     job: Job, eta: float | None, start: int | None, queue: "QueueState | None"
 ) -> int | None:
-    if job.status == "running" and eta is not None and job.heartbeat_at is not None:
+    if job.status == JobStatus.RUNNING and eta is not None and job.heartbeat_at is not None:
         return epoch(job.heartbeat_at) + int(eta)
     if start is not None and queue is not None and queue.typical_seconds:
         return start + int(queue.typical_seconds)
@@ -112,18 +122,20 @@ class QueueState:
     estimate from the typical duration of recent jobs and the number of busy workers."""
 
     def __init__(self, session: Session):
-        queued = select(Job.id).where(Job.status == "queued").order_by(Job.created_at, Job.id)
+        queued = select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.created_at, Job.id)
         self.queued = list(session.scalars(queued))
         recent = session.execute(
             select(Job.started_at, Job.finished_at)
-            .where(Job.status == "succeeded", Job.started_at.is_not(None), Job.finished_at.is_not(None))
+            .where(
+                Job.status == JobStatus.SUCCEEDED, Job.started_at.is_not(None), Job.finished_at.is_not(None)
+            )
             .order_by(Job.finished_at.desc())
             .limit(20)
         ).all()
         durations = sorted((end - begin).total_seconds() for begin, end in recent)
         self.typical_seconds = durations[len(durations) // 2] if durations else None
         self.running = (
-            session.scalar(select(func.count()).select_from(Job).where(Job.status == "running")) or 0
+            session.scalar(select(func.count()).select_from(Job).where(Job.status == JobStatus.RUNNING)) or 0
         )
 
     def position(self, job: Job) -> int | None:
@@ -171,7 +183,7 @@ def _usable_file(session: SessionDep, tenant: TenantDep, file_id: str, param: st
     row = session.get(File, file_id)
     if row is None or row.tenant_id != tenant.id:
         raise APIError(400, "invalid_file", f"No file with id '{file_id}'.", param=param)
-    if row.purpose != "fine-tune" or row.status != "processed":
+    if row.purpose != "fine-tune" or row.status != FileStatus.PROCESSED:
         raise APIError(
             400, "invalid_file", f"File '{file_id}' is not a processed fine-tune file.", param=param
         )
@@ -196,14 +208,16 @@ def retry_after(active: Sequence[Job]) -> int:
 @router.post("", response_model=JobObject)
 def create_job(body: CreateJob, request: Request, tenant: TenantDep, session: SessionDep) -> JobObject:
     base = session.get(BaseModelRecord, body.model)
-    if base is None or base.status != "ready":
+    if base is None or base.status != BaseStatus.READY:
         raise APIError(
             400, "model_not_available", f"Model '{body.model}' is not an available base.", param="model"
         )
     _usable_file(session, tenant, body.training_file, "training_file")
     if body.validation_file:
         _usable_file(session, tenant, body.validation_file, "validation_file")
-    active = session.scalars(select(Job).where(Job.tenant_id == tenant.id, Job.status.in_(ACTIVE))).all()
+    active = session.scalars(
+        select(Job).where(Job.tenant_id == tenant.id, Job.status.in_(ACTIVE_JOB_STATUSES))
+    ).all()
     if len(active) >= tenant.max_concurrent_jobs:
         raise APIError(
             429,
@@ -220,7 +234,7 @@ def create_job(body: CreateJob, request: Request, tenant: TenantDep, session: Se
         suffix=body.suffix,
         seed=body.seed if body.seed is not None else 42,
         user_metadata=body.metadata,
-        status="queued",
+        status=JobStatus.QUEUED,
     )
     session.add(job)
     session.flush()
@@ -273,10 +287,10 @@ def retrieve_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobObje
 @router.post("/{job_id}/cancel", response_model=JobObject)
 def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobObject:
     job = _owned(session, tenant, job_id)
-    if job.status not in ACTIVE:
+    if job.status not in ACTIVE_JOB_STATUSES:
         raise APIError(409, "job_not_active", f"Job '{job_id}' has already ended ({job.status}).", param="id")
     # A running job sees this between two steps and stops there; a queued one never starts.
-    job.status = "cancelled"
+    job.status = JobStatus.CANCELLED
     add_event(session, job.id, "Cancellation requested")
     session.commit()
     return JobObject.of(job)

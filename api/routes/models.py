@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from api.deps import SessionDep, TenantDep
 from api.errors import APIError, not_found
-from api.models import BaseModelRecord, FineTunedModel, epoch
+from api.models import BaseModelRecord, BaseStatus, FineTunedModel, epoch
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 SYSTEM_OWNER = "vaccine"
@@ -59,14 +59,14 @@ def _find(session: SessionDep, tenant: TenantDep, model_id: str) -> BaseModelRec
     if tuned is not None and tuned.tenant_id == tenant.id:
         return tuned
     base = session.get(BaseModelRecord, model_id)
-    if base is not None and base.status == "ready":
+    if base is not None and base.status == BaseStatus.READY:
         return base
     raise not_found("model", model_id)
 
 
 @router.get("", response_model=ModelList)
 def list_models(tenant: TenantDep, session: SessionDep) -> ModelList:
-    bases = session.scalars(select(BaseModelRecord).where(BaseModelRecord.status == "ready"))
+    bases = session.scalars(select(BaseModelRecord).where(BaseModelRecord.status == BaseStatus.READY))
     tuned = session.scalars(select(FineTunedModel).where(FineTunedModel.tenant_id == tenant.id))
     return ModelList(data=[ModelObject.of_base(b) for b in bases] + [ModelObject.of_tuned(t) for t in tuned])
 

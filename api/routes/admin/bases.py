@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from api.deps import SessionDep
 from api.errors import APIError
-from api.models import ADOPT, BaseModelRecord, epoch
+from api.models import ADOPT, BaseModelRecord, BaseStatus, epoch
 from api.routes.admin.tenants import audit
 from vaccine_core.artifacts import alignment_manifest
 from vaccine_core.defenses import BoosterConfig
@@ -64,7 +64,7 @@ def register(body: NewBase, request: Request, session: SessionDep) -> dict[str, 
     record = BaseModelRecord(
         id=body.name,
         source=body.source,
-        status="registered",
+        status=BaseStatus.REGISTERED,
         alignment={
             "method": body.method,
             "rho": body.rho,

@@ -7,9 +7,9 @@ from sqlalchemy import select
 
 from api.deps import SessionDep
 from api.errors import APIError, found
-from api.models import Job, add_event
+from api.models import ACTIVE_JOB_STATUSES, Job, JobStatus, add_event
 from api.routes.admin.tenants import audit
-from api.routes.jobs import ACTIVE, JobObject
+from api.routes.jobs import JobObject
 
 router = APIRouter(prefix="/jobs")
 
@@ -33,9 +33,9 @@ def list_jobs(
 @router.post("/{job_id}/cancel")
 def cancel(job_id: str, session: SessionDep) -> dict[str, Any]:
     job = found(session.get(Job, job_id), "fine-tuning job", job_id)
-    if job.status not in ACTIVE:
+    if job.status not in ACTIVE_JOB_STATUSES:
         raise APIError(409, "job_not_active", f"Job '{job_id}' has already ended ({job.status}).", param="id")
-    job.status = "cancelled"
+    job.status = JobStatus.CANCELLED
     add_event(session, job_id, "Cancelled by an operator")
     audit(session, "job.cancel", job_id)
     session.commit()
@@ -46,9 +46,9 @@ def cancel(job_id: str, session: SessionDep) -> dict[str, Any]:
 def requeue(job_id: str, request: Request, session: SessionDep) -> dict[str, Any]:
     """Put a failed job back in the queue; it resumes from its newest checkpoint."""
     job = found(session.get(Job, job_id), "fine-tuning job", job_id)
-    if job.status != "failed":
+    if job.status != JobStatus.FAILED:
         raise APIError(409, "job_not_failed", f"Only failed jobs can be requeued; this one is {job.status}.")
-    job.status, job.error, job.finished_at = "queued", None, None
+    job.status, job.error, job.finished_at = JobStatus.QUEUED, None, None
     add_event(session, job_id, "Requeued by an operator")
     audit(session, "job.requeue", job_id)
     session.commit()

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from api.deps import SessionDep
 from api.errors import APIError, not_found
-from api.models import AuditEntry, FineTunedModel, Job, add_event, epoch
+from api.models import AuditEntry, FineTunedModel, Job, JobStatus, add_event, epoch
 from api.routes.admin.tenants import audit
 from api.routes.models import ModelObject
 
@@ -42,7 +42,7 @@ def release(model_id: str, body: Decision, session: SessionDep) -> dict[str, Any
     row = _quarantined(session, model_id)
     row.quarantined = False
     job = session.get(Job, row.job_id)
-    job.status, job.error = "succeeded", None
+    job.status, job.error = JobStatus.SUCCEEDED, None
     add_event(session, job.id, f"Released by an operator: {body.reason}")
     audit(session, "model.release", model_id, {"reason": body.reason, "safety_report": row.safety_report})
     session.commit()
