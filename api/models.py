@@ -68,17 +68,23 @@ class ApiKey(Base):
 
 
 class JobStatus(StrEnum):
-    """A fine-tuning job's life: queued -> running -> succeeded | failed | cancelled (OpenAI's names)."""
+    """A fine-tuning job's life (OpenAI's names): queued -> running -> succeeded | failed | cancelled; a
+    pause takes a running job through pausing (it checkpoints between two steps) to paused, and a resume
+    queues it again to continue from that checkpoint."""
 
     VALIDATING_FILES = "validating_files"
     QUEUED = "queued"
     RUNNING = "running"
+    PAUSING = "pausing"
+    PAUSED = "paused"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
-ACTIVE_JOB_STATUSES = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING)
+# holding (or waiting for) a worker: what a tenant's concurrency quota counts
+ACTIVE_JOB_STATUSES = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSING)
+CANCELLABLE_JOB_STATUSES = (*ACTIVE_JOB_STATUSES, JobStatus.PAUSED)
 TERMINAL_JOB_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 

@@ -4,12 +4,15 @@ import json
 
 import openai
 import pytest
+import torch
+from safetensors.torch import load_file
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 from test_api import service, tenant_client  # noqa: F401  (the fixture)
 
 from api.db import get_engine
 from api.models import BaseModelRecord, Job, Tenant
+from api.settings import get_service_settings
 from vaccine_core.align import align
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
 from worker.runner import run_job
@@ -332,3 +335,58 @@ def test_a_full_quota_is_a_429_with_retry_after(service, base):  # noqa: F811
     with pytest.raises(openai.RateLimitError) as error:
         client.fine_tuning.jobs.create(model=base, training_file=upload(client))
     assert error.value.response.headers["retry-after"] == "13"
+
+
+def test_a_paused_job_resumes_from_its_checkpoint_to_the_weights_of_an_unpaused_run(
+    service,  # noqa: F811
+    base,
+    monkeypatch,
+):
+    import worker.runner as runner
+
+    client = tenant_client(service, "acme")
+    straight = client.fine_tuning.jobs.create(
+        model=base, training_file=upload(client), hyperparameters={"n_epochs": 3}, seed=7
+    )
+    assert run_job(straight.id) == "succeeded"
+    job = client.fine_tuning.jobs.create(
+        model=base, training_file=upload(client), hyperparameters={"n_epochs": 3}, seed=7
+    )
+    real = runner.finetune
+
+    def pause_after_second_step(*args, on_progress, **kwargs):
+        def progress(p):
+            on_progress(p)
+            if p.step == 2:
+                assert client.fine_tuning.jobs.pause(job.id).status == "pausing"
+
+        return real(*args, on_progress=progress, **kwargs)
+
+    monkeypatch.setattr(runner, "finetune", pause_after_second_step)
+    assert run_job(job.id) == "paused"
+    paused = client.fine_tuning.jobs.retrieve(job.id)
+    assert paused.status == "paused" and paused.progress["step"] == 2 and paused.finished_at is None
+    assert run_job(job.id) == "paused"  # a stray delivery leaves a paused job alone
+    with pytest.raises(openai.ConflictError):
+        client.fine_tuning.jobs.pause(job.id)
+
+    monkeypatch.setattr(runner, "finetune", real)
+    assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+    assert service.dispatched[-1] == job.id
+    assert run_job(job.id) == "succeeded"
+    home = get_service_settings().home / "jobs"
+    a = load_file(str(home / straight.id / "adapter_model.safetensors"))
+    b = load_file(str(home / job.id / "adapter_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert "Paused at step 2" in messages and "Pause requested" in messages
+    with pytest.raises(openai.ConflictError):
+        client.fine_tuning.jobs.resume(job.id)
+
+
+def test_a_queued_job_pauses_at_once_and_a_paused_one_can_be_cancelled(service, base):  # noqa: F811
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+    assert run_job(job.id) == "paused"
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"

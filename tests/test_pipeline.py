@@ -237,3 +237,17 @@ def test_manifest_is_absent_when_a_run_is_cancelled(tiny_model_dir, alpaca_file,
         should_stop=lambda: True,
     )
     assert result.manifest is None and not (tmp_path / "a" / MANIFEST).exists()
+
+
+def test_the_same_seed_gives_the_same_adapter(aligned_dir, alpaca_file, tmp_path):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(1)
+    first = finetune(aligned_dir, alpaca_file, tmp_path / "one", FAST).output_dir
+    torch.manual_seed(2)  # whatever the process did before: the run's seed decides
+    second = finetune(aligned_dir, alpaca_file, tmp_path / "two", FAST).output_dir
+    a, b = (
+        load_file(str(first / "adapter_model.safetensors")),
+        load_file(str(second / "adapter_model.safetensors")),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -65,6 +66,7 @@ def train_adapter(
     checkpoints go to output_dir."""
     dataset = load_dataset(data, limit=limit)
     examples = SupervisedDataset(dataset.conversations, tokenizer, config.max_length)
+    torch.manual_seed(config.seed)  # the adapter's initialisation is the run's too: same seed, same model
     peft_model = add_lora(model, config.lora)
     step_defenses = (
         defenses.build(peft_model, tokenizer, config, plan_steps(len(examples), config)[1])

@@ -20,6 +20,12 @@ def requeue_stale_jobs(
     session: Session, dispatch: Callable[[str], None], stale_after: timedelta = STALE_AFTER
 ) -> list[str]:
     cutoff = now() - stale_after
+    pausing = session.scalars(
+        select(Job).where(Job.status == JobStatus.PAUSING, Job.heartbeat_at < cutoff)
+    ).all()
+    for job in pausing:  # its worker died before it stopped: paused at its newest checkpoint
+        job.status = JobStatus.PAUSED
+        add_event(session, job.id, "The worker stopped answering while pausing; paused", level="warn")
     stale = session.scalars(
         select(Job).where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff)
     ).all()

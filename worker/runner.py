@@ -71,7 +71,7 @@ def run_job(job_id: str) -> str:
         if job is None:
             log.warning("job %s does not exist", job_id)
             return "missing"
-        if job.status in TERMINAL_JOB_STATUSES:
+        if job.status in TERMINAL_JOB_STATUSES or job.status == JobStatus.PAUSED:
             return job.status
         base = session.get(BaseModelRecord, job.model)
         training_file = session.get(File, job.training_file)
@@ -105,9 +105,9 @@ def run_job(job_id: str) -> str:
             )
             session.commit()
 
-    def cancelled() -> bool:
+    def should_stop() -> bool:
         with sessions() as session:
-            return session.get(Job, job_id).status == JobStatus.CANCELLED
+            return session.get(Job, job_id).status in (JobStatus.CANCELLED, JobStatus.PAUSING)
 
     try:
         if base is None or base.status != BaseStatus.READY or base.path is None:
@@ -123,7 +123,7 @@ def run_job(job_id: str) -> str:
             config,
             resume=True,
             on_progress=on_progress,
-            should_stop=cancelled,
+            should_stop=should_stop,
             base_model=cached_base(str(resolve_base(base.path).model_path)),
             defenses=stack.step_defenses(get_service_settings().data_dir, Path(base.path), config.seed),
             safe_lora=stack.projection(),
@@ -136,10 +136,14 @@ def run_job(job_id: str) -> str:
     if result.manifest is None:
         with sessions() as session:
             row = session.get(Job, job_id)
-            row.status, row.finished_at = JobStatus.CANCELLED, now()
-            add_event(session, job_id, f"Cancelled at step {result.train.steps}")
+            if row.status == JobStatus.PAUSING:  # the last checkpoint holds this very step
+                row.status = JobStatus.PAUSED
+                add_event(session, job_id, f"Paused at step {result.train.steps}")
+            else:
+                row.status, row.finished_at = JobStatus.CANCELLED, now()
+                add_event(session, job_id, f"Cancelled at step {result.train.steps}")
             session.commit()
-        return JobStatus.CANCELLED
+            return row.status
     return release(job_id, base, output_dir, result.train.tokens)
 
 

@@ -12,6 +12,7 @@ from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import APIError, not_found
 from api.models import (
     ACTIVE_JOB_STATUSES,
+    CANCELLABLE_JOB_STATUSES,
     BaseModelRecord,
     BaseStatus,
     File,
@@ -19,6 +20,7 @@ from api.models import (
     Job,
     JobEvent,
     JobStatus,
+    Tenant,
     add_event,
     epoch,
     now,
@@ -198,6 +200,20 @@ def _hyperparameters(body: CreateJob) -> Hyperparameters:
     return body.hyperparameters or Hyperparameters()
 
 
+def check_quota(session: Session, tenant: Tenant) -> None:
+    """A 429 (with Retry-After) when the tenant already holds as many workers as its quota allows."""
+    active = session.scalars(
+        select(Job).where(Job.tenant_id == tenant.id, Job.status.in_(ACTIVE_JOB_STATUSES))
+    ).all()
+    if len(active) >= tenant.max_concurrent_jobs:
+        raise APIError(
+            429,
+            "quota_exceeded",
+            f"At most {tenant.max_concurrent_jobs} jobs may run at once.",
+            headers={"Retry-After": str(retry_after(active))},
+        )
+
+
 def retry_after(active: Sequence[Job]) -> int:
     """Seconds until a slot may free: the soonest estimate among the running jobs, else a minute."""
     estimates = [(j.progress or {}).get("eta_seconds") for j in active]
@@ -215,16 +231,7 @@ def create_job(body: CreateJob, request: Request, tenant: TenantDep, session: Se
     _usable_file(session, tenant, body.training_file, "training_file")
     if body.validation_file:
         _usable_file(session, tenant, body.validation_file, "validation_file")
-    active = session.scalars(
-        select(Job).where(Job.tenant_id == tenant.id, Job.status.in_(ACTIVE_JOB_STATUSES))
-    ).all()
-    if len(active) >= tenant.max_concurrent_jobs:
-        raise APIError(
-            429,
-            "quota_exceeded",
-            f"At most {tenant.max_concurrent_jobs} jobs may run at once.",
-            headers={"Retry-After": str(retry_after(active))},
-        )
+    check_quota(session, tenant)
     job = Job(
         tenant_id=tenant.id,
         model=body.model,
@@ -284,10 +291,40 @@ def retrieve_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobObje
     return JobObject.of(_owned(session, tenant, job_id), QueueState(session))
 
 
+@router.post("/{job_id}/pause", response_model=JobObject)
+def pause_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobObject:
+    """A running job checkpoints between two steps and stops (pausing, then paused); a queued one is
+    paused before it starts."""
+    job = _owned(session, tenant, job_id)
+    if job.status == JobStatus.RUNNING:
+        job.status = JobStatus.PAUSING
+    elif job.status in (JobStatus.QUEUED, JobStatus.VALIDATING_FILES):
+        job.status = JobStatus.PAUSED
+    else:
+        raise APIError(409, "job_not_running", f"Job '{job_id}' cannot be paused ({job.status}).", param="id")
+    add_event(session, job.id, "Pause requested")
+    session.commit()
+    return JobObject.of(job)
+
+
+@router.post("/{job_id}/resume", response_model=JobObject)
+def resume_job(job_id: str, request: Request, tenant: TenantDep, session: SessionDep) -> JobObject:
+    """A paused job goes back in the queue and continues from its newest checkpoint."""
+    job = _owned(session, tenant, job_id)
+    if job.status != JobStatus.PAUSED:
+        raise APIError(409, "job_not_paused", f"Job '{job_id}' is not paused ({job.status}).", param="id")
+    check_quota(session, tenant)
+    job.status = JobStatus.QUEUED
+    add_event(session, job.id, "Resumed: queued to continue from its newest checkpoint")
+    session.commit()
+    request.app.state.dispatch(job.id)
+    return JobObject.of(job, QueueState(session))
+
+
 @router.post("/{job_id}/cancel", response_model=JobObject)
 def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobObject:
     job = _owned(session, tenant, job_id)
-    if job.status not in ACTIVE_JOB_STATUSES:
+    if job.status not in CANCELLABLE_JOB_STATUSES:
         raise APIError(409, "job_not_active", f"Job '{job_id}' has already ended ({job.status}).", param="id")
     # A running job sees this between two steps and stops there; a queued one never starts.
     job.status = JobStatus.CANCELLED

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from api.deps import SessionDep
 from api.errors import APIError, found
-from api.models import ACTIVE_JOB_STATUSES, Job, JobStatus, add_event
+from api.models import CANCELLABLE_JOB_STATUSES, Job, JobStatus, add_event
 from api.routes.admin.tenants import audit
 from api.routes.jobs import JobObject
 
@@ -33,7 +33,7 @@ def list_jobs(
 @router.post("/{job_id}/cancel")
 def cancel(job_id: str, session: SessionDep) -> dict[str, Any]:
     job = found(session.get(Job, job_id), "fine-tuning job", job_id)
-    if job.status not in ACTIVE_JOB_STATUSES:
+    if job.status not in CANCELLABLE_JOB_STATUSES:
         raise APIError(409, "job_not_active", f"Job '{job_id}' has already ended ({job.status}).", param="id")
     job.status = JobStatus.CANCELLED
     add_event(session, job_id, "Cancelled by an operator")
