@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from test_api import service, tenant_client  # noqa: F401  (the fixture)
 
 from api.db import get_engine
-from api.models import BaseModelRecord, Job, Tenant
+from api.models import BaseModelRecord, FineTunedModel, Job, Tenant
 from api.settings import get_service_settings
 from vaccine_core.align import align
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
@@ -390,3 +390,30 @@ def test_a_queued_job_pauses_at_once_and_a_paused_one_can_be_cancelled(service, 
     assert client.fine_tuning.jobs.pause(job.id).status == "paused"
     assert run_job(job.id) == "paused"
     assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+
+
+def test_a_tenant_deletes_its_own_released_model_and_nothing_else(service, base):  # noqa: F811
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    assert run_job(job.id) == "succeeded"
+    model_id = client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
+    other = tenant_client(service, "globex")
+    with pytest.raises(openai.NotFoundError):
+        other.models.delete(model_id)
+    with pytest.raises(openai.PermissionDeniedError):
+        client.models.delete(base)
+    deleted = client.models.delete(model_id)
+    assert deleted.deleted and deleted.id == model_id
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve(model_id)
+    assert not (get_service_settings().home / "jobs" / job.id).exists()
+
+    blocked = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    assert run_job(blocked.id) == "succeeded"
+    blocked_model = client.fine_tuning.jobs.retrieve(blocked.id).fine_tuned_model
+    with Session(get_engine()) as session:  # as the release gate leaves a model it blocks
+        session.get(FineTunedModel, blocked_model).quarantined = True
+        session.commit()
+    with pytest.raises(openai.PermissionDeniedError) as error:
+        client.models.delete(blocked_model)
+    assert error.value.body["code"] == "quarantined"

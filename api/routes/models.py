@@ -1,6 +1,7 @@
 """``/v1/models``: the aligned bases and the tenant's fine-tuned models, and the adapter download."""
 
 import io
+import shutil
 import tarfile
 from pathlib import Path
 from typing import Any, Literal
@@ -12,7 +13,7 @@ from sqlalchemy import select
 
 from api.deps import SessionDep, TenantDep
 from api.errors import APIError, not_found
-from api.models import BaseModelRecord, BaseStatus, FineTunedModel, epoch
+from api.models import BaseModelRecord, BaseStatus, FineTunedModel, add_event, epoch
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 SYSTEM_OWNER = "vaccine"
@@ -100,3 +101,29 @@ def download_adapter(model_id: str, tenant: TenantDep, session: SessionDep) -> S
 def retrieve_model(model_id: str, tenant: TenantDep, session: SessionDep) -> ModelObject:
     record = _find(session, tenant, model_id)
     return ModelObject.of_tuned(record) if isinstance(record, FineTunedModel) else ModelObject.of_base(record)
+
+
+class DeletedModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool
+
+
+@router.delete("/{model_id:path}", response_model=DeletedModel)
+def delete_model(model_id: str, tenant: TenantDep, session: SessionDep) -> DeletedModel:
+    """A tenant deletes its own fine-tuned model (adapter files and all). A base is not the tenant's to
+    delete, and a quarantined model awaits the operator's review (who may delete it from /admin)."""
+    record = _find(session, tenant, model_id)
+    if not isinstance(record, FineTunedModel):
+        raise APIError(
+            403, "not_owner", "Base models belong to the service; only fine-tuned ones can be deleted."
+        )
+    if record.quarantined:
+        raise APIError(
+            403, "quarantined", "This model awaits an operator's review; it cannot be deleted yet."
+        )
+    add_event(session, record.job_id, f"Model {model_id} deleted by its owner")
+    session.delete(record)
+    session.commit()
+    shutil.rmtree(Path(record.path), ignore_errors=True)  # after the commit: a failed commit keeps the files
+    return DeletedModel(id=model_id, deleted=True)
