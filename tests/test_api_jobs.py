@@ -232,6 +232,15 @@ def test_jobs_filter_by_metadata_and_list_their_checkpoints(service, base, monke
     checkpoints = client.fine_tuning.jobs.checkpoints.list(tagged.id)
     assert [c.step_number for c in checkpoints] == [4, 2]
     assert checkpoints.data[0].fine_tuning_job_id == tagged.id
+    events = client.fine_tuning.jobs.list_events(tagged.id, limit=100)
+    losses = {e.data["step"]: e.data["train_loss"] for e in events if e.data and "step" in e.data}
+    assert checkpoints.data[0].metrics.train_loss == losses[4] > 0
+    first = client.fine_tuning.jobs.checkpoints.list(tagged.id, limit=1)
+    assert [c.step_number for c in first.data] == [4] and first.has_more
+    rest = client.fine_tuning.jobs.checkpoints.list(tagged.id, after=first.data[0].id, limit=1)
+    assert [c.step_number for c in rest.data] == [2] and not rest.has_more
+    with pytest.raises(openai.BadRequestError):
+        client.fine_tuning.jobs.checkpoints.list(tagged.id, after="ftckpt-other")
 
 
 def test_a_job_whose_worker_died_is_queued_again_and_resumes(service, base):  # noqa: F811

@@ -378,21 +378,50 @@ class CheckpointList(BaseModel):
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList)
 def list_checkpoints(
-    job_id: str, tenant: TenantDep, session: SessionDep, settings: SettingsDep
+    job_id: str,
+    tenant: TenantDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> CheckpointList:
-    """The resumable checkpoints the job has written (adapter + trainer state), newest first."""
+    """The resumable checkpoints the job has written (adapter + trainer state), newest first, each with
+    the metrics its step recorded; ``after`` a checkpoint id pages on to older ones."""
     job = _owned(session, tenant, job_id)
     root = settings.home / "jobs" / job_id / CHECKPOINTS_DIR
-    found = sorted(root.glob("step-*"), reverse=True) if root.is_dir() else []
+    steps = sorted(
+        (int(p.name.removeprefix("step-")), p)
+        for p in (root.glob("step-*") if root.is_dir() else [])
+        if not p.name.endswith(".partial")
+    )[::-1]
+    if after is not None:
+        prefix = f"ftckpt-{job_id}-step-"
+        if not after.startswith(prefix) or not after.removeprefix(prefix).isdigit():
+            raise APIError(
+                400, "invalid_request", f"'{after}' is not a checkpoint id of this job.", param="after"
+            )
+        steps = [(step, path) for step, path in steps if step < int(after.removeprefix(prefix))]
+    page = steps[:limit]
+    metrics = step_metrics(session, job_id, {step for step, _ in page})
     data = [
         CheckpointObject(
             id=f"ftckpt-{job_id}-{path.name}",
             created_at=int(path.stat().st_mtime),
             fine_tuning_job_id=job_id,
-            step_number=int(path.name.removeprefix("step-")),
+            step_number=step,
+            metrics=metrics.get(step, {"step": step}),
             fine_tuned_model_checkpoint=f"ft:{job.model}:{job.suffix or 'custom'}:{job_id}:ckpt-{path.name}",
         )
-        for path in found
-        if not path.name.endswith(".partial")
+        for step, path in page
     ]
-    return CheckpointList(data=data)
+    return CheckpointList(data=data, has_more=len(steps) > limit)
+
+
+def step_metrics(session: Session, job_id: str, steps: set[int]) -> dict[int, dict[str, Any]]:
+    """What the job's progress events recorded at ``steps`` (OpenAI's names: step, train_loss, ...)."""
+    found: dict[int, dict[str, Any]] = {}
+    for event in session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)):
+        step = (event.data or {}).get("step")
+        if step in steps:
+            found[step] = {"step": step, "train_loss": event.data.get("train_loss")}
+    return found
