@@ -159,6 +159,7 @@ class Job(Base):
     fine_tuned_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     progress: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # last step, loss, eta
+    result_files: Mapped[list | None] = mapped_column(JSON, nullable=True)  # file ids: the step metrics
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, index=True)

@@ -60,6 +60,16 @@ def test_a_job_runs_to_success_with_progress_events(service, base):  # noqa: F81
     assert [e.data["step"] for e in reversed(metrics)] == [1, 2, 3, 4]  # 8 rows / 4 per batch x 2 epochs
     assert all({"train_loss", "learning_rate", "percent", "eta_seconds"} <= set(e.data) for e in metrics)
     assert events[0].message == "The job has successfully completed"
+    (result_file,) = done.result_files  # the step metrics, as OpenAI's fine-tune-results file
+    assert client.files.retrieve(result_file).purpose == "fine-tune-results"
+    rows = client.files.content(result_file).text.splitlines()
+    assert rows[0] == "step,train_loss,learning_rate" and [r.split(",")[0] for r in rows[1:]] == [
+        "1",
+        "2",
+        "3",
+        "4",
+    ]
+    assert float(rows[-1].split(",")[1]) == pytest.approx(metrics[0].data["train_loss"])
     assert run_job(job.id) == "succeeded"  # idempotent: a redelivered task changes nothing
     assert [j.id for j in client.fine_tuning.jobs.list()] == [job.id]
 

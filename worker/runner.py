@@ -11,7 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 from transformers import PreTrainedModel
 
 from api.db import get_engine
@@ -21,15 +22,18 @@ from api.models import (
     BaseModelRecord,
     BaseStatus,
     File,
+    FileStatus,
     FineTunedModel,
     Job,
+    JobEvent,
     JobStatus,
     Tenant,
     add_event,
+    new_id,
     now,
 )
 from api.policy import get_policy
-from api.settings import get_service_settings
+from api.settings import ServiceSettings, get_service_settings
 from vaccine_core.config import TrainingConfig, finetune_defaults
 from vaccine_core.finetune import finetune
 from vaccine_core.inference import resolve_base
@@ -158,6 +162,35 @@ def fail(job_id: str, code: str, event: str, message: str) -> str:
     return JobStatus.FAILED
 
 
+RESULTS_PURPOSE = "fine-tune-results"
+
+
+def write_step_metrics(session: Session, job: Job, settings: ServiceSettings) -> str:
+    """The job's step metrics as a CSV file the tenant owns (OpenAI's result file); its id."""
+    lines = ["step,train_loss,learning_rate"]
+    for event in session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id)):
+        data = event.data or {}
+        if "step" in data:
+            lines.append(f"{data['step']},{data.get('train_loss', '')},{data.get('learning_rate', '')}")
+    file_id = new_id("file-")
+    path = settings.files_dir / job.tenant_id / f"{file_id}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    session.add(
+        File(
+            id=file_id,
+            tenant_id=job.tenant_id,
+            filename="step_metrics.csv",
+            purpose=RESULTS_PURPOSE,
+            bytes=path.stat().st_size,
+            path=str(path),
+            status=FileStatus.PROCESSED,
+            status_details=f"step metrics of {job.id}",
+        )
+    )
+    return file_id
+
+
 def release(job_id: str, base: BaseModelRecord, output_dir: Path, trained_tokens: int) -> str:
     """Score the fine-tuned model and hand it back, or quarantine it when it fails the release gate."""
     sessions = sessionmaker(get_engine(), expire_on_commit=False)
@@ -175,6 +208,7 @@ def release(job_id: str, base: BaseModelRecord, output_dir: Path, trained_tokens
         return fail(job_id, "evaluation_failed", f"Safety evaluation failed: {exc}", str(exc))
     with sessions() as session:
         row = session.get(Job, job_id)
+        row.result_files = [write_step_metrics(session, row, get_service_settings())]
         model_id = f"ft:{row.model}:{row.suffix or 'custom'}:{row.id}"
         session.merge(
             FineTunedModel(

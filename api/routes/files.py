@@ -196,7 +196,8 @@ def retrieve_file(file_id: str, tenant: TenantDep, session: SessionDep) -> FileO
 @router.get("/{file_id}/content")
 def file_content(file_id: str, tenant: TenantDep, session: SessionDep) -> FileResponse:
     row = _owned(session, tenant, file_id)
-    return FileResponse(row.path, media_type="application/jsonl", filename=row.filename)
+    media_type = "text/csv" if row.filename.endswith(".csv") else "application/jsonl"
+    return FileResponse(row.path, media_type=media_type, filename=row.filename)
 
 
 @router.delete("/{file_id}", response_model=FileDeleted)

@@ -96,6 +96,7 @@ class JobObject(BaseModel):
             model=job.model,
             organization_id=job.tenant_id,
             seed=job.seed,
+            result_files=job.result_files or [],
             status=job.status,
             trained_tokens=job.trained_tokens,
             training_file=job.training_file,
