@@ -247,6 +247,7 @@ def test_jobs_filter_by_metadata_and_list_their_checkpoints(service, base, monke
     assert checkpoints.data[0].metrics.train_loss == losses[4] > 0
     first = client.fine_tuning.jobs.checkpoints.list(tagged.id, limit=1)
     assert [c.step_number for c in first.data] == [4] and first.has_more
+    assert first.model_extra["first_id"] == first.model_extra["last_id"] == first.data[0].id
     rest = client.fine_tuning.jobs.checkpoints.list(tagged.id, after=first.data[0].id, limit=1)
     assert [c.step_number for c in rest.data] == [2] and not rest.has_more
     with pytest.raises(openai.BadRequestError):
@@ -436,3 +437,17 @@ def test_a_tenant_deletes_its_own_released_model_and_nothing_else(service, base)
     with pytest.raises(openai.PermissionDeniedError) as error:
         client.models.delete(blocked_model)
     assert error.value.body["code"] == "quarantined"
+
+
+def test_known_defects_answer_clearly(service, base):  # noqa: F811
+    client = tenant_client(service, "acme")
+    training = upload(client)
+    job = client.fine_tuning.jobs.create(model=base, training_file=training)
+    with pytest.raises(openai.BadRequestError) as error:  # a non-numeric cursor, once an unhandled int()
+        client.fine_tuning.jobs.list_events(job.id, after="ftevent-abc")
+    assert error.value.body["param"] == "after"
+    with pytest.raises(openai.ConflictError) as error:  # a file a job trains on, once an integrity error
+        client.files.delete(training)
+    assert error.value.body["code"] == "file_in_use" and job.id in error.value.body["message"]
+    spare = upload(client)
+    assert client.files.delete(spare).deleted

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import APIError, not_found
-from api.models import File, FileStatus, epoch, new_id
+from api.models import File, FileStatus, Job, epoch, new_id
 from api.policy import get_policy
 from vaccine_core.data import DatasetError, load_dataset
 from vaccine_core.moderation import shared_judge
@@ -203,6 +203,16 @@ def file_content(file_id: str, tenant: TenantDep, session: SessionDep) -> FileRe
 @router.delete("/{file_id}", response_model=FileDeleted)
 def delete_file(file_id: str, tenant: TenantDep, session: SessionDep) -> FileDeleted:
     row = _owned(session, tenant, file_id)
+    users = session.scalars(
+        select(Job.id).where((Job.training_file == file_id) | (Job.validation_file == file_id))
+    ).all()
+    if users:
+        raise APIError(
+            409,
+            "file_in_use",
+            f"File '{file_id}' is the data of fine-tuning job(s) {', '.join(users)}; it stays while they do.",
+            param="file_id",
+        )
     session.delete(row)
     session.commit()
     Path(row.path).unlink(missing_ok=True)

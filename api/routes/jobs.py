@@ -345,7 +345,10 @@ def list_events(
     _owned(session, tenant, job_id)
     query = select(JobEvent).where(JobEvent.job_id == job_id)
     if after:
-        query = query.where(JobEvent.id < int(after.removeprefix("ftevent-")))
+        number = after.removeprefix("ftevent-")
+        if not number.isdigit():
+            raise APIError(400, "invalid_request", f"'{after}' is not an event id.", param="after")
+        query = query.where(JobEvent.id < int(number))
     rows = list(session.scalars(query.order_by(JobEvent.id.desc()).limit(limit + 1)))
     data = [
         EventObject(
@@ -375,6 +378,8 @@ class CheckpointList(BaseModel):
     object: Literal["list"] = "list"
     data: list[CheckpointObject]
     has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList)
@@ -415,7 +420,12 @@ def list_checkpoints(
         )
         for step, path in page
     ]
-    return CheckpointList(data=data, has_more=len(steps) > limit)
+    return CheckpointList(
+        data=data,
+        has_more=len(steps) > limit,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+    )
 
 
 def step_metrics(session: Session, job_id: str, steps: set[int]) -> dict[int, dict[str, Any]]:
