@@ -451,3 +451,38 @@ def test_known_defects_answer_clearly(service, base):  # noqa: F811
     assert error.value.body["code"] == "file_in_use" and job.id in error.value.body["message"]
     spare = upload(client)
     assert client.files.delete(spare).deleted
+
+
+def test_hyperparameters_resolve_on_start_and_extensions_reach_training(service, base):  # noqa: F811
+    from vaccine_core.artifacts import read_manifest
+
+    client = tenant_client(service, "acme")
+    extensions = {"lora_rank": 4, "lora_alpha": 16.0, "lora_dropout": 0.0, "learning_rate": 2e-3}
+    job = client.fine_tuning.jobs.create(
+        model=base, training_file=upload(client), hyperparameters={"batch_size": 4, **extensions}
+    )
+    assert job.hyperparameters.n_epochs == "auto" and job.method.type == "supervised"
+    assert run_job(job.id) == "succeeded"
+    done = client.fine_tuning.jobs.retrieve(job.id)
+    resolved = done.hyperparameters.model_dump() | (done.hyperparameters.model_extra or {})
+    assert "auto" not in resolved.values() and resolved["n_epochs"] == 3 and resolved["batch_size"] == 4
+    assert resolved["learning_rate_multiplier"] == pytest.approx(20.0)  # 2e-3 over the default 1e-4
+    assert done.method.supervised.hyperparameters.n_epochs == 3
+    training = read_manifest(get_service_settings().home / "jobs" / job.id)["training"]
+    assert (
+        training["lora"]["r"] == 4 and training["lora"]["alpha"] == 16.0 and training["learning_rate"] == 2e-3
+    )
+
+    with pytest.raises(openai.BadRequestError) as error:
+        client.fine_tuning.jobs.create(
+            model=base,
+            training_file=upload(client),
+            integrations=[{"type": "wandb", "wandb": {"project": "x"}}],
+        )
+    assert error.value.body["code"] == "integrations_unsupported"
+    with pytest.raises(openai.BadRequestError, match="not both"):
+        client.fine_tuning.jobs.create(
+            model=base,
+            training_file=upload(client),
+            hyperparameters={"learning_rate": 1e-3, "learning_rate_multiplier": 2.0},
+        )

@@ -54,7 +54,8 @@ CHECKPOINT_EVERY = 10
 
 
 def training_config(job: Job) -> TrainingConfig:
-    """OpenAI's hyperparameters (n_epochs, batch_size, learning_rate_multiplier) over our defaults."""
+    """OpenAI's hyperparameters (n_epochs, batch_size, learning_rate_multiplier) and our extensions (the
+    LoRA adapter's rank, alpha and dropout, an absolute learning rate) over the library's defaults."""
     defaults = finetune_defaults()
     given: dict[str, Any] = job.hyperparameters or {}
     updates: dict[str, Any] = {"seed": job.seed, "checkpoint_every": CHECKPOINT_EVERY}
@@ -64,7 +65,30 @@ def training_config(job: Job) -> TrainingConfig:
         updates["batch_size"] = given["batch_size"]
     if isinstance(given.get("learning_rate_multiplier"), int | float):
         updates["learning_rate"] = defaults.learning_rate * float(given["learning_rate_multiplier"])
+    if isinstance(given.get("learning_rate"), int | float):
+        updates["learning_rate"] = float(given["learning_rate"])
+    lora = {
+        field: given[name]
+        for name, field in (("lora_rank", "r"), ("lora_alpha", "alpha"), ("lora_dropout", "dropout"))
+        if isinstance(given.get(name), int | float)
+    }
+    if lora:
+        updates["lora"] = replace(defaults.lora, **lora)
     return replace(defaults, **updates)
+
+
+def resolved_hyperparameters(config: TrainingConfig) -> dict[str, Any]:
+    """What a started job echoes: every value it trains with, no "auto" left."""
+    defaults = finetune_defaults()
+    return {
+        "n_epochs": int(config.epochs) if float(config.epochs).is_integer() else config.epochs,
+        "batch_size": config.batch_size,
+        "learning_rate_multiplier": config.learning_rate / defaults.learning_rate,
+        "learning_rate": config.learning_rate,
+        "lora_rank": config.lora.r,
+        "lora_alpha": config.lora.alpha,
+        "lora_dropout": config.lora.dropout,
+    }
 
 
 def run_job(job_id: str) -> str:
@@ -117,6 +141,9 @@ def run_job(job_id: str) -> str:
         if base is None or base.status != BaseStatus.READY or base.path is None:
             raise RuntimeError(f"base model {job.model} is not ready")
         config = training_config(job)
+        with sessions() as session:
+            session.get(Job, job_id).hyperparameters = resolved_hyperparameters(config)
+            session.commit()
         stack = stack_of(*defenses)
         if stack.layers:
             log.info("job %s runs the defense stack %s", job_id, "+".join(stack.layers))

@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -35,6 +35,20 @@ class Hyperparameters(BaseModel):
     n_epochs: Annotated[int, Field(ge=1, le=50)] | Literal["auto"] = "auto"
     batch_size: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
     learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Literal["auto"] = "auto"
+    # extensions beyond OpenAI's three (README, "The service"): the LoRA adapter and an absolute rate
+    lora_rank: Annotated[int, Field(ge=1, le=256)] | None = None
+    lora_alpha: Annotated[float, Field(gt=0, le=1024)] | None = None
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
+    learning_rate: Annotated[float, Field(gt=0, le=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> "Hyperparameters":
+        if self.learning_rate is not None and self.learning_rate_multiplier != "auto":
+            raise ValueError("give learning_rate or learning_rate_multiplier, not both")
+        return self
+
+    def given(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v not in ("auto", None)}
 
 
 class SupervisedMethod(BaseModel):
@@ -55,6 +69,7 @@ class CreateJob(BaseModel):
     suffix: str | None = Field(default=None, max_length=64)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     metadata: dict[str, str] | None = None
+    integrations: list[Any] | None = None  # none is supported: a non-empty list is refused
 
 
 class JobObject(BaseModel):
@@ -79,20 +94,26 @@ class JobObject(BaseModel):
     progress: dict[str, Any] | None = None
     queue_position: int | None = None
     estimated_start: int | None = None
+    method: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, job: Job, queue: "QueueState | None" = None) -> "JobObject":
         eta = (job.progress or {}).get("eta_seconds")
         position = queue.position(job) if queue is not None and job.status == JobStatus.QUEUED else None
         start = queue.estimated_start(position) if position is not None else None
+        hyperparameters = {
+            "n_epochs": "auto",
+            "batch_size": "auto",
+            "learning_rate_multiplier": "auto",
+        } | (job.hyperparameters or {})
         return cls(
             id=job.id,
             created_at=epoch(job.created_at),
             error=job.error,
             fine_tuned_model=job.fine_tuned_model,
             finished_at=epoch(job.finished_at),
-            hyperparameters={"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
-            | (job.hyperparameters or {}),
+            hyperparameters=hyperparameters,
+            method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
             model=job.model,
             organization_id=job.tenant_id,
             seed=job.seed,
@@ -194,6 +215,10 @@ def _usable_file(session: SessionDep, tenant: TenantDep, file_id: str, param: st
 
 
 def _hyperparameters(body: CreateJob) -> Hyperparameters:
+    if body.integrations:
+        raise APIError(
+            400, "integrations_unsupported", "This service supports no integrations.", param="integrations"
+        )
     if body.method is not None and body.hyperparameters is not None:
         raise APIError(400, "invalid_request", "Give hyperparameters or method, not both.", param="method")
     if body.method is not None:
@@ -238,7 +263,7 @@ def create_job(body: CreateJob, request: Request, tenant: TenantDep, session: Se
         model=body.model,
         training_file=body.training_file,
         validation_file=body.validation_file,
-        hyperparameters={k: v for k, v in _hyperparameters(body).model_dump().items() if v != "auto"},
+        hyperparameters=_hyperparameters(body).given(),
         suffix=body.suffix,
         seed=body.seed if body.seed is not None else 42,
         user_metadata=body.metadata,
