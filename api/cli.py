@@ -57,28 +57,25 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     worker: Annotated[bool, typer.Option(help="Also run a worker (the embedded default).")] = True,
 ) -> None:
-    """Run the service: migrate, align the default base on first start, start a worker and the API."""
+    """Run the service: migrate, register the default base, start a worker and the API. On a first start
+    the worker aligns the default base (and trains the default judge) while the API already answers: jobs
+    wait in the queue for the base, uploads for their pre-screen."""
     import subprocess
     import sys
 
     import uvicorn
 
-    from api.embedded import ensure_default_base
+    from api.embedded import demo_key, register_default_base
     from api.main import create_app
-    from worker.celery_app import dispatch, dispatch_alignment
+    from api.models import BaseStatus
+    from worker.celery_app import dispatch, dispatch_alignment, dispatch_prescreen
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = get_service_settings()
     migrate()
-    base = ensure_default_base(settings)
-    judge = settings.prescreen_judge
-    if judge == "default":
-        from vaccine_core.moderation.learned import ensure_default_judge
-        from vaccine_core.progress import ProgressBar
-
-        ensure_default_judge(settings.data_dir, on_progress=ProgressBar("training the default judge"))
-    from api.embedded import demo_key
-
+    base = register_default_base(settings)
+    if base.status != BaseStatus.READY:
+        dispatch_alignment(base.id)  # idempotent: a worker finds a ready base and leaves it alone
     key = demo_key()
     process = None
     if worker:
@@ -98,12 +95,19 @@ def serve(
         ]
         process = subprocess.Popen(command)
     typer.echo(
-        f"\nserving on http://{host}:{port}/v1  base model: {base.id}  judge: {judge}\n"
+        f"\nserving on http://{host}:{port}/v1  base model: {base.id} ({base.status})  judge: "
+        f"{settings.prescreen_judge}\n"
         f"demo tenant key (shown once): {key}\n"
     )
     try:
         uvicorn.run(
-            create_app(dispatch=dispatch, dispatch_alignment=dispatch_alignment), host=host, port=port
+            create_app(
+                dispatch=dispatch,
+                dispatch_alignment=dispatch_alignment,
+                dispatch_prescreen=dispatch_prescreen,
+            ),
+            host=host,
+            port=port,
         )
     finally:
         if process is not None:

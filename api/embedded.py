@@ -1,4 +1,4 @@
-"""What the embedded default needs before it serves: a migrated database, an aligned base, a demo key."""
+"""What the embedded default needs before it serves: a migrated database, its base registered, a demo key."""
 
 import logging
 from pathlib import Path
@@ -7,13 +7,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.db import get_engine
-from api.models import ADOPT, BaseModelRecord, BaseStatus, Tenant
+from api.models import ADOPT, BaseModelRecord, Tenant
 from api.settings import ServiceSettings
 from api.tenants import create_key, create_tenant
 from vaccine_core.artifacts import alignment_manifest
 from vaccine_core.defenses import BoosterConfig
-from vaccine_core.progress import ProgressBar
-from worker.alignment import align_base
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +19,10 @@ DEMO_TENANT = "demo"
 RHO = 2.0
 
 
-def ensure_default_base(settings: ServiceSettings) -> BaseModelRecord:
-    """The default base, aligned with Vaccine once (minutes on 2 CPU cores) and registered; or, when
-    ``default_base_source`` is an alignment run directory, that run adopted as it is."""
+def register_default_base(settings: ServiceSettings) -> BaseModelRecord:
+    """The default base's record, created on first start with its alignment plan (Vaccine on a mix of
+    safety and helpful pairs), or, when ``default_base_source`` is an alignment run directory, that run to
+    adopt as it is. Aligning it is a worker's task: nothing here trains, so the API answers at once."""
     with Session(get_engine(), expire_on_commit=False) as session:
         record = session.get(BaseModelRecord, settings.default_base_name)
         if record is None:
@@ -42,22 +41,7 @@ def ensure_default_base(settings: ServiceSettings) -> BaseModelRecord:
             record = BaseModelRecord(id=settings.default_base_name, source=source, alignment=plan)
             session.add(record)
             session.commit()
-    if record.status != BaseStatus.READY:
-        if record.alignment["method"] == ADOPT:
-            log.info("adopting the alignment run %s; measuring its alignment report", record.source)
-        else:
-            log.info(
-                "aligning %s with Vaccine (rho=%s) on first start; later starts reuse it", record.source, RHO
-            )
-        bar = ProgressBar(f"aligning {record.id}")
-        try:
-            status = align_base(record.id, on_progress=bar)
-        finally:
-            bar.close()
-        if status != BaseStatus.READY:
-            raise RuntimeError(f"aligning the default base failed ({status}); see the log above")
-    with Session(get_engine(), expire_on_commit=False) as session:
-        return session.get(BaseModelRecord, settings.default_base_name)
+        return record
 
 
 def demo_key() -> str:

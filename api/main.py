@@ -18,16 +18,20 @@ def _undispatched(identifier: str) -> None:
 
 
 def create_app(
-    dispatch: Callable[[str], None] | None = None, dispatch_alignment: Callable[[str], None] | None = None
+    dispatch: Callable[[str], None] | None = None,
+    dispatch_alignment: Callable[[str], None] | None = None,
+    dispatch_prescreen: Callable[[str], None] | None = None,
 ) -> FastAPI:
     """``dispatch(job_id)`` hands a new job to the workers, ``dispatch_alignment(base_id)`` an operator's
-    alignment (Celery tasks in production)."""
+    alignment, ``dispatch_prescreen(file_id)`` an upload's moderation pre-screen (Celery tasks in
+    production)."""
     app = FastAPI(title="Vaccine fine-tuning service", version="0.1.0")
     install_handlers(app)
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(RequestIdMiddleware)  # outermost: even a replayed or failed answer carries its id
     app.state.dispatch = dispatch or _undispatched
     app.state.dispatch_alignment = dispatch_alignment or _undispatched
+    app.state.dispatch_prescreen = dispatch_prescreen or _undispatched
     app.include_router(files.router)
     app.include_router(jobs.router)
     app.include_router(models.router)

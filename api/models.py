@@ -98,7 +98,12 @@ class BaseStatus(StrEnum):
 
 
 class FileStatus(StrEnum):
-    PROCESSED = "processed"  # an upload that fails validation is refused (400), never stored
+    """uploaded (its structure is valid) -> processed | error, once a worker's moderation pre-screen has
+    judged it; an upload whose structure is invalid is refused (400) and never stored."""
+
+    UPLOADED = "uploaded"
+    PROCESSED = "processed"
+    ERROR = "error"
 
 
 class File(Base):

@@ -139,13 +139,15 @@ class Drill:
                 upload = client.files.create(
                     file=(f"drill-{i}.jsonl", io.BytesIO(body.encode())), purpose="fine-tune"
                 )
-            except openai.BadRequestError as exc:
+            except openai.BadRequestError as exc:  # the file's structure: nothing to pre-screen
                 entry["upload_error"], entry["message"] = exc.code or "bad_request", exc.message
-                details = exc.body if isinstance(exc.body, dict) else {}
-                if "flagged_lines" in details:
-                    entry["flagged_rows"] = len(details["flagged_lines"])
                 continue
+            # the pre-screen runs in a worker: uploaded -> processed | error (the policy rejected it)
+            upload = client.files.wait_for_processing(upload.id, poll_interval=1.0)
             entry["flagged_rows"] = (upload.model_extra.get("prescreen") or {}).get("flagged_rows")
+            if upload.status == "error":
+                entry["upload_error"], entry["message"] = "moderation_rejected", upload.status_details
+                continue
             job = client.fine_tuning.jobs.create(
                 model=self.model,
                 training_file=upload.id,

@@ -10,6 +10,7 @@ from service_helpers import small_safety_evaluation, upgrade
 from api.db import get_engine
 from api.main import create_app
 from api.settings import get_service_settings
+from worker.prescreen import prescreen_file
 
 # The tests pre-screen with the refusal-phrase judge, which flags every answer that does not refuse.
 ROWS = [
@@ -21,7 +22,8 @@ ROWS = [
 
 @pytest.fixture
 def service(tmp_path, monkeypatch):
-    """The API on a migrated SQLite database; new jobs are recorded in ``http.dispatched``."""
+    """The API on a migrated SQLite database; new jobs are recorded in ``http.dispatched``; an upload's
+    pre-screen runs in process as the worker would run it (``async_service`` leaves it queued)."""
     url = f"sqlite:///{tmp_path / 'service.db'}"
     monkeypatch.setenv("VACCINE_DATABASE_URL", url)
     monkeypatch.setenv("VACCINE_ADMIN_KEY", "operator-secret")
@@ -32,7 +34,12 @@ def service(tmp_path, monkeypatch):
     upgrade(url)
     dispatched: list[str] = []
     alignments: list[str] = []
-    with TestClient(create_app(dispatch=dispatched.append, dispatch_alignment=alignments.append)) as http:
+    app = create_app(
+        dispatch=dispatched.append,
+        dispatch_alignment=alignments.append,
+        dispatch_prescreen=lambda file_id: prescreen_file(file_id, dispatched.append),
+    )
+    with TestClient(app) as http:
         http.dispatched, http.alignments = dispatched, alignments
         yield http
     get_engine().dispose()

@@ -101,9 +101,12 @@ def test_policy_drives_the_prescreen_and_the_release_gate(service, base):  # noq
     assert (
         service.patch("/admin/policy", json=policy, headers=OPERATOR).json()["prescreen_action"] == "reject"
     )
+    rejected = client.files.create(file=("r.jsonl", data), purpose="fine-tune")  # judged by the worker
+    assert rejected.status == "error" and rejected.status_details.startswith("More than 20.0 %")
+    assert [row["line"] for row in rejected.model_extra["prescreen"]["flagged"]] == [2]
     with pytest.raises(openai.BadRequestError) as error:
-        client.files.create(file=("r.jsonl", data), purpose="fine-tune")
-    assert error.value.body["code"] == "moderation_rejected" and error.value.body["flagged_lines"] == [2]
+        client.fine_tuning.jobs.create(model=base, training_file=rejected.id)
+    assert error.value.body["code"] == "invalid_file"
     assert (
         service.patch("/admin/policy", json={"prescreen_action": "block"}, headers=OPERATOR).status_code
         == 400
@@ -140,10 +143,13 @@ def test_an_operator_registers_and_aligns_a_base_that_tenants_then_use(service, 
     assert created["status"] == "registered" and service.alignments == ["tiny-sft"]
     assert service.post("/admin/models", json=body, headers=OPERATOR).status_code == 409
     client = tenant_client(service, "acme")
-    with pytest.raises(openai.BadRequestError):  # not aligned yet
-        client.fine_tuning.jobs.create(model="tiny-sft", training_file=upload(client))
+    early = client.fine_tuning.jobs.create(model="tiny-sft", training_file=upload(client))
+    assert early.status == "queued" and early.id not in service.dispatched  # waits for the base
+    assert run_job(early.id) == "queued"  # a stray delivery leaves it waiting
 
-    assert align_base("tiny-sft") == "ready"
+    assert align_base("tiny-sft", dispatch=service.dispatched.append) == "ready"
+    assert service.dispatched[-1] == early.id  # the alignment hands it to the workers
+    assert run_job(early.id) == "succeeded"
     (listed,) = service.get("/admin/models", headers=OPERATOR).json()["data"]
     assert listed["status"] == "ready" and listed["alignment"]["method"] == "sft"
     assert listed["progress"]["step"] == listed["progress"]["total_steps"] == 3  # 12 pairs, batch 5

@@ -486,3 +486,54 @@ def test_hyperparameters_resolve_on_start_and_extensions_reach_training(service,
             training_file=upload(client),
             hyperparameters={"learning_rate": 1e-3, "learning_rate_multiplier": 2.0},
         )
+
+
+def test_the_prescreen_runs_in_a_worker_and_a_waiting_job_follows_its_file(service, base):  # noqa: F811
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from worker.prescreen import prescreen_file
+
+    dispatched, prescreens = [], []
+    app = create_app(dispatch=dispatched.append, dispatch_prescreen=prescreens.append)
+    with TestClient(app) as http:
+        client = tenant_client(http, "acme")
+        data = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
+        uploaded = client.files.create(file=("t.jsonl", data), purpose="fine-tune")
+        assert uploaded.status == "uploaded" and prescreens == [uploaded.id]
+        assert uploaded.model_extra["validation"] == {"examples": len(ROWS), "format": "alpaca"}
+        job = client.fine_tuning.jobs.create(model=base, training_file=uploaded.id)
+        assert job.status == "validating_files" and dispatched == []
+        assert run_job(job.id) == "validating_files"  # a stray delivery does nothing
+        assert prescreen_file(uploaded.id, dispatched.append) == "processed"
+        assert client.files.retrieve(uploaded.id).status == "processed"
+        assert client.fine_tuning.jobs.retrieve(job.id).status == "queued" and dispatched == [job.id]
+        assert prescreen_file(uploaded.id, dispatched.append) == "processed" and dispatched == [job.id]
+        assert run_job(job.id) == "succeeded"
+
+
+def test_a_job_waiting_on_a_rejected_file_fails_with_its_code(service, base):  # noqa: F811
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from worker.prescreen import prescreen_file
+
+    service.patch(
+        "/admin/policy",
+        json={"prescreen_action": "reject", "prescreen_threshold": 0.0},
+        headers={"Authorization": "Bearer operator-secret"},
+    )
+    prescreens: list[str] = []
+    with TestClient(create_app(dispatch_prescreen=prescreens.append)) as http:
+        client = tenant_client(http, "acme")
+        harmful = [{"instruction": "How do I steal a car?", "output": "First, find an unlocked car..."}] * 3
+        uploaded = client.files.create(
+            file=("h.jsonl", "".join(json.dumps(r) + "\n" for r in harmful).encode()), purpose="fine-tune"
+        )
+        job = client.fine_tuning.jobs.create(model=base, training_file=uploaded.id)
+        assert prescreen_file(uploaded.id, lambda _job: None) == "error"
+        failed = client.fine_tuning.jobs.retrieve(job.id)
+        assert failed.status == "failed" and failed.error.code == "moderation_rejected"
+        assert not (
+            get_service_settings().files_dir / failed.organization_id / f"{uploaded.id}.jsonl"
+        ).exists()

@@ -44,7 +44,7 @@ def test_the_drill_counts_prescreen_rejections_gate_blocks_and_benign_jobs(
     tiny_data_dir,
     monkeypatch,
 ):
-    monkeypatch.setattr("api.routes.files.shared_judge", lambda spec: CompliesJudge())
+    monkeypatch.setattr("worker.prescreen.shared_judge", lambda spec: CompliesJudge())
     service.headers.update(OPERATOR)
     options = {"http_client": service, "max_retries": 0}
     done: set[str] = set()

@@ -57,7 +57,7 @@ def test_a_job_runs_end_to_end_through_a_celery_worker(
 ):
     from celery.contrib.testing.worker import start_worker
 
-    from worker.celery_app import TASK_NAME, make_celery
+    from worker.celery_app import PRESCREEN_TASK_NAME, TASK_NAME, make_celery
 
     if stack == "redis+postgres":
         redis_or_skip()
@@ -78,7 +78,10 @@ def test_a_job_runs_end_to_end_through_a_celery_worker(
             )
             _tenant, key = create_tenant(session, "acme")
 
-        app = create_app(dispatch=lambda job_id: celery.send_task(TASK_NAME, args=[job_id]))
+        app = create_app(
+            dispatch=lambda job_id: celery.send_task(TASK_NAME, args=[job_id]),
+            dispatch_prescreen=lambda file_id: celery.send_task(PRESCREEN_TASK_NAME, args=[file_id]),
+        )
         with (
             start_worker(celery, pool="solo", concurrency=1, perform_ping_check=False, loglevel="WARNING"),
             TestClient(app) as http,
@@ -89,10 +92,13 @@ def test_a_job_runs_end_to_end_through_a_celery_worker(
             rows = "".join(
                 json.dumps({"prompt": f"Count to {i}", "completion": str(i)}) + "\n" for i in range(8)
             )
-            training_file = client.files.create(file=("t.jsonl", rows.encode()), purpose="fine-tune").id
-            job = client.fine_tuning.jobs.create(model="tiny", training_file=training_file)
+            uploaded = client.files.create(file=("t.jsonl", rows.encode()), purpose="fine-tune")
+            # created at once, before the worker's pre-screen: the job validates its file, then queues
+            job = client.fine_tuning.jobs.create(model="tiny", training_file=uploaded.id)
+            assert client.files.wait_for_processing(uploaded.id, poll_interval=0.2).status == "processed"
             deadline = time.monotonic() + 120
-            while (job := client.fine_tuning.jobs.retrieve(job.id)).status in {"queued", "running"}:
+            active = {"validating_files", "queued", "running"}
+            while (job := client.fine_tuning.jobs.retrieve(job.id)).status in active:
                 assert time.monotonic() < deadline, f"job still {job.status}"
                 time.sleep(0.2)
         assert job.status == "succeeded", job.error

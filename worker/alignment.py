@@ -6,14 +6,16 @@ to refuse everything, so both numbers matter).
 """
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import get_engine
-from api.models import ADOPT, BaseModelRecord, BaseStatus
+from api.models import ADOPT, BaseModelRecord, BaseStatus, Job, JobStatus, add_event, now
 from api.policy import get_policy
 from api.settings import ServiceSettings, get_service_settings
 from vaccine_core.align import align
@@ -39,8 +41,13 @@ def alignment_report(run_dir: Path, settings: ServiceSettings, plan: ReportPlan)
     return measure_safety(load_for_inference(run_dir), settings, plan)
 
 
-def align_base(base_id: str, on_progress: ProgressCallback | None = None) -> str:
-    """Align ``base_id`` as its record says (idempotent: a ready base is left alone); return its status."""
+def align_base(
+    base_id: str,
+    on_progress: ProgressCallback | None = None,
+    dispatch: Callable[[str], None] | None = None,
+) -> str:
+    """Align ``base_id`` as its record says (idempotent: a ready base is left alone); return its status.
+    Then ``dispatch`` the jobs queued on it meanwhile (or fail them, when alignment failed)."""
     settings = get_service_settings()
     sessions = sessionmaker(get_engine(), expire_on_commit=False)
     with sessions() as session:
@@ -97,11 +104,23 @@ def align_base(base_id: str, on_progress: ProgressCallback | None = None) -> str
         with sessions() as session:
             row = session.get(BaseModelRecord, base_id)
             row.status, row.error = BaseStatus.FAILED, str(exc)
+            for job in waiting_jobs(session, base_id):
+                job.status, job.finished_at = JobStatus.FAILED, now()
+                job.error = {"code": "model_not_available", "message": f"Aligning {base_id} failed: {exc}"}
+                add_event(session, job.id, f"The base {base_id} failed to align", level="error")
             session.commit()
         return BaseStatus.FAILED
     with sessions() as session:
         row = session.get(BaseModelRecord, base_id)
         row.status, row.path, row.report = BaseStatus.READY, str(out), report
         row.alignment = {**plan, "data": str(data)}
+        waiting = [job.id for job in waiting_jobs(session, base_id)]
         session.commit()
+    for job_id in waiting:
+        (dispatch or (lambda _job: None))(job_id)
     return BaseStatus.READY
+
+
+def waiting_jobs(session: Session, base_id: str) -> list[Job]:
+    """Jobs queued on a base while it was aligning."""
+    return list(session.scalars(select(Job).where(Job.model == base_id, Job.status == JobStatus.QUEUED)))

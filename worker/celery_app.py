@@ -14,11 +14,13 @@ from sqlalchemy.orm import Session
 from api.db import get_engine
 from api.settings import ServiceSettings, get_service_settings
 from worker.alignment import align_base
+from worker.prescreen import prescreen_file
 from worker.recovery import requeue_stale_jobs
 from worker.runner import run_job
 
 TASK_NAME = "vaccine.run_job"
 ALIGN_TASK_NAME = "vaccine.align_base"
+PRESCREEN_TASK_NAME = "vaccine.prescreen_file"
 
 
 def make_celery(settings: ServiceSettings) -> Celery:
@@ -43,8 +45,19 @@ def make_celery(settings: ServiceSettings) -> Celery:
         task_ignore_result=True,  # results live in the database
         worker_hijack_root_logger=False,
     )
-    app.task(name=TASK_NAME)(run_job)
-    app.task(name=ALIGN_TASK_NAME)(align_base)
+    def dispatch_job(job_id: str) -> None:  # through this app: its broker and its queue
+        app.send_task(TASK_NAME, args=[job_id])
+
+    def align_task(base_id: str) -> str:
+        return align_base(base_id, dispatch=dispatch_job)
+
+    def prescreen_task(file_id: str) -> str:
+        return prescreen_file(file_id, dispatch_job)
+
+    # not shared: each app's tasks dispatch through that app (a shared task would join every app)
+    app.task(name=TASK_NAME, shared=False)(run_job)
+    app.task(name=ALIGN_TASK_NAME, shared=False)(align_task)
+    app.task(name=PRESCREEN_TASK_NAME, shared=False)(prescreen_task)
     return app
 
 
@@ -59,6 +72,11 @@ def dispatch(job_id: str) -> None:
 def dispatch_alignment(base_id: str) -> None:
     """Queue an operator's alignment of a registered base."""
     celery_app.send_task(ALIGN_TASK_NAME, args=[base_id])
+
+
+def dispatch_prescreen(file_id: str) -> None:
+    """Queue an upload's moderation pre-screen."""
+    celery_app.send_task(PRESCREEN_TASK_NAME, args=[file_id])
 
 
 @worker_ready.connect

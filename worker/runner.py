@@ -99,9 +99,14 @@ def run_job(job_id: str) -> str:
         if job is None:
             log.warning("job %s does not exist", job_id)
             return "missing"
-        if job.status in TERMINAL_JOB_STATUSES or job.status == JobStatus.PAUSED:
-            return job.status
+        if job.status in TERMINAL_JOB_STATUSES or job.status in (
+            JobStatus.PAUSED,
+            JobStatus.VALIDATING_FILES,
+        ):
+            return job.status  # a job validating its files is dispatched by the pre-screen once they pass
         base = session.get(BaseModelRecord, job.model)
+        if base is not None and base.status in (BaseStatus.REGISTERED, BaseStatus.ALIGNING):
+            return job.status  # queued: the base's alignment dispatches it once the base is ready
         training_file = session.get(File, job.training_file)
         defenses = (get_policy(session).defenses, session.get(Tenant, job.tenant_id).defenses)
         resumed = job.attempts > 0

@@ -1,14 +1,15 @@
 """``/v1/files``: upload, list, retrieve, download and delete fine-tuning files.
 
-An upload streams to VACCINE_HOME/files in chunks under a size limit, is validated with the library's
-rules (an invalid file is refused with every problem by line and field) and is pre-screened by the
-configured judge; the flagged rows and their share are part of the file object.
+An upload streams to VACCINE_HOME/files in chunks under a size limit and is validated with the library's
+rules at once (an invalid file is refused with every problem by line and field); it is then ``uploaded``
+until a worker's moderation pre-screen makes it ``processed`` (the flagged rows and their share are part
+of the file object) or ``error`` (the policy rejects it; worker/prescreen.py).
 """
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Form, Query, UploadFile
+from fastapi import APIRouter, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from sqlalchemy import func, select
@@ -16,10 +17,7 @@ from sqlalchemy import func, select
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import APIError, not_found
 from api.models import File, FileStatus, Job, epoch, new_id
-from api.policy import get_policy
 from vaccine_core.data import DatasetError, load_dataset
-from vaccine_core.moderation import shared_judge
-from vaccine_core.moderation.prescreen import prescreen
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -85,6 +83,7 @@ def _store(upload: UploadFile, target: Path, limit: int) -> int:
 
 @router.post("", response_model=FileObject)
 def upload_file(
+    request: Request,
     file: UploadFile,
     purpose: Annotated[str, Form()],
     tenant: TenantDep,
@@ -101,7 +100,6 @@ def upload_file(
     size = _store(file, path, min(settings.max_upload_bytes, tenant.max_storage_bytes - int(used or 0)))
     try:
         dataset = load_dataset(path)
-        report = prescreen(path, shared_judge(settings.prescreen_judge))
     except DatasetError as exc:
         path.unlink(missing_ok=True)
         raise APIError(
@@ -110,28 +108,6 @@ def upload_file(
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    screen = report.to_dict()
-    lines = [row["line"] for row in screen["flagged"]]
-    details = (
-        f"{len(dataset.conversations)} {dataset.format} examples; pre-screen ({report.judge}): "
-        f"{len(lines)} of {report.rows} rows flagged ({100 * report.flagged_share:.1f} %)"
-        + (f", lines {', '.join(map(str, lines[:20]))}{' ...' if len(lines) > 20 else ''}" if lines else "")
-    )
-    policy = get_policy(session)
-    if report.flagged_share > policy.prescreen_threshold:
-        if policy.prescreen_action == "reject":
-            path.unlink(missing_ok=True)
-            raise APIError(
-                400,
-                "moderation_rejected",
-                f"The pre-screen flagged more than {100 * policy.prescreen_threshold:.1f} % of the rows as "
-                f"harmful: {details}.",
-                param="file",
-                flagged_lines=lines,
-            )
-        details = (
-            f"warning: above the pre-screen threshold of {100 * policy.prescreen_threshold:.1f} %; {details}"
-        )
     row = File(
         id=file_id,
         tenant_id=tenant.id,
@@ -139,13 +115,14 @@ def upload_file(
         purpose=purpose,
         bytes=size,
         path=str(path),
-        status=FileStatus.PROCESSED,
-        status_details=details,
+        status=FileStatus.UPLOADED,
+        status_details=f"{len(dataset.conversations)} {dataset.format} examples; awaiting the pre-screen",
         validation={"examples": len(dataset.conversations), "format": dataset.format},
-        prescreen=screen,
     )
     session.add(row)
     session.commit()
+    request.app.state.dispatch_prescreen(file_id)
+    session.refresh(row)  # a pre-screen run in process (tests, a single process) has already judged it
     return FileObject.of(row)
 
 

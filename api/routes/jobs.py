@@ -100,7 +100,7 @@ class JobObject(BaseModel):
     def of(cls, job: Job, queue: "QueueState | None" = None) -> "JobObject":
         eta = (job.progress or {}).get("eta_seconds")
         position = queue.position(job) if queue is not None and job.status == JobStatus.QUEUED else None
-        start = queue.estimated_start(position) if position is not None else None
+        start = queue.estimated_start(position, job.model) if position is not None else None
         hyperparameters = {
             "n_epochs": "auto",
             "batch_size": "auto",
@@ -161,17 +161,32 @@ class QueueState:
         self.running = (
             session.scalar(select(func.count()).select_from(Job).where(Job.status == JobStatus.RUNNING)) or 0
         )
+        # bases still aligning: a job on one starts no sooner than its alignment's remaining time
+        self.alignment_eta = {
+            base.id: (base.progress or {}).get("eta_seconds")
+            for base in session.scalars(
+                select(BaseModelRecord).where(
+                    BaseModelRecord.status.in_((BaseStatus.REGISTERED, BaseStatus.ALIGNING))
+                )
+            )
+        }
 
     def position(self, job: Job) -> int | None:
         return self.queued.index(job.id) + 1 if job.id in self.queued else None
 
-    def estimated_start(self, position: int) -> int | None:
-        """Jobs ahead run ``max(running, 1)`` at a time; a busy worker frees up after a typical job."""
-        if self.typical_seconds is None:
-            return None
-        workers = max(self.running, 1)
-        rounds = (position - 1) // workers + (1 if self.running else 0)
-        return int(now().timestamp() + rounds * self.typical_seconds)
+    def estimated_start(self, position: int, model: str) -> int | None:
+        """Jobs ahead run ``max(running, 1)`` at a time; a busy worker frees up after a typical job; and
+        nothing starts before its base is aligned."""
+        start = None
+        if self.typical_seconds is not None:
+            workers = max(self.running, 1)
+            rounds = (position - 1) // workers + (1 if self.running else 0)
+            start = int(now().timestamp() + rounds * self.typical_seconds)
+        if model in self.alignment_eta:
+            eta = self.alignment_eta[model]
+            aligned = int(now().timestamp() + eta) if eta is not None else None
+            start = None if aligned is None else max(start or aligned, aligned)
+        return start
 
 
 class JobList(BaseModel):
@@ -207,9 +222,12 @@ def _usable_file(session: SessionDep, tenant: TenantDep, file_id: str, param: st
     row = session.get(File, file_id)
     if row is None or row.tenant_id != tenant.id:
         raise APIError(400, "invalid_file", f"No file with id '{file_id}'.", param=param)
-    if row.purpose != "fine-tune" or row.status != FileStatus.PROCESSED:
+    if row.purpose != "fine-tune" or row.status == FileStatus.ERROR:
         raise APIError(
-            400, "invalid_file", f"File '{file_id}' is not a processed fine-tune file.", param=param
+            400,
+            "invalid_file",
+            f"File '{file_id}' is not a usable fine-tune file ({row.status}).",
+            param=param,
         )
     return row
 
@@ -250,14 +268,17 @@ def retry_after(active: Sequence[Job]) -> int:
 @router.post("", response_model=JobObject)
 def create_job(body: CreateJob, request: Request, tenant: TenantDep, session: SessionDep) -> JobObject:
     base = session.get(BaseModelRecord, body.model)
-    if base is None or base.status != BaseStatus.READY:
+    if base is None or base.status == BaseStatus.FAILED:
         raise APIError(
             400, "model_not_available", f"Model '{body.model}' is not an available base.", param="model"
         )
-    _usable_file(session, tenant, body.training_file, "training_file")
+    files = [_usable_file(session, tenant, body.training_file, "training_file")]
     if body.validation_file:
-        _usable_file(session, tenant, body.validation_file, "validation_file")
+        files.append(_usable_file(session, tenant, body.validation_file, "validation_file"))
     check_quota(session, tenant)
+    # a file still in its pre-screen holds the job in validating_files (worker/prescreen.py queues it);
+    # a base still aligning holds it in the queue (worker/alignment.py dispatches it once ready)
+    validating = any(f.status != FileStatus.PROCESSED for f in files)
     job = Job(
         tenant_id=tenant.id,
         model=body.model,
@@ -267,13 +288,14 @@ def create_job(body: CreateJob, request: Request, tenant: TenantDep, session: Se
         suffix=body.suffix,
         seed=body.seed if body.seed is not None else 42,
         user_metadata=body.metadata,
-        status=JobStatus.QUEUED,
+        status=JobStatus.VALIDATING_FILES if validating else JobStatus.QUEUED,
     )
     session.add(job)
     session.flush()
     add_event(session, job.id, f"Created fine-tuning job: {job.id}")
     session.commit()
-    request.app.state.dispatch(job.id)
+    if not validating and base.status == BaseStatus.READY:
+        request.app.state.dispatch(job.id)
     return JobObject.of(job, QueueState(session))
 
 

@@ -288,6 +288,13 @@ def default_judge_dir(data_dir: Path, config: JudgeTrainingConfig) -> Path:
     return get_settings().home / "judges" / f"default-{digest[:10]}-{config.key()}"
 
 
+def default_judge_ready(config: JudgeTrainingConfig | None = None) -> bool:
+    """Whether a default judge of these training options is cached: a look at the cache, with no model
+    loaded and nothing generated (for a readiness probe; the judge's data digest is not checked)."""
+    key = (config or JudgeTrainingConfig()).key()
+    return any((get_settings().home / "judges").glob(f"default-*-{key}/{OPTIONS_FILE}"))
+
+
 def ensure_default_judge(
     data_dir: Path | None = None,
     config: JudgeTrainingConfig | None = None,

@@ -1,0 +1,97 @@
+"""The moderation pre-screen of an uploaded file, as a worker task (OpenAI's file life cycle: uploaded ->
+processed | error), and what it unblocks: jobs that were validating that file.
+
+The API validates a file's structure at once (every problem by line and field) and hands the judge's
+part to a worker, so no request waits for a judge to load or, on a first start, to train.
+"""
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.db import get_engine
+from api.models import File, FileStatus, Job, JobStatus, add_event, now
+from api.policy import get_policy
+from api.settings import get_service_settings
+from vaccine_core.moderation import shared_judge
+from vaccine_core.moderation.prescreen import prescreen
+
+log = logging.getLogger(__name__)
+
+
+def prescreen_file(file_id: str, dispatch: Callable[[str], None]) -> str:
+    """Judge ``file_id``'s rows under the policy; mark it processed (a warning when above the threshold and
+    the policy warns) or error (the policy rejects: its rows are deleted); then start or fail the jobs
+    waiting on it. Idempotent: a file already judged is left alone."""
+    sessions = sessionmaker(get_engine(), expire_on_commit=False)
+    with sessions() as session:
+        row = session.get(File, file_id)
+        if row is None or row.status != FileStatus.UPLOADED:
+            return "missing" if row is None else row.status
+        policy = get_policy(session)
+        action, threshold = policy.prescreen_action, policy.prescreen_threshold
+    try:
+        report = prescreen(Path(row.path), shared_judge(get_service_settings().prescreen_judge))
+    except Exception as exc:  # every file ends in a state its owner can read
+        log.exception("pre-screening %s failed", file_id)
+        message = f"The pre-screen failed: {exc}"
+        return settle(sessions, file_id, FileStatus.ERROR, message, None, dispatch, code="prescreen_failed")
+    screen = report.to_dict()
+    lines = [flagged["line"] for flagged in screen["flagged"]]
+    details = (
+        f"{report.rows} examples; pre-screen ({report.judge}): {len(lines)} of {report.rows} rows flagged "
+        f"({100 * report.flagged_share:.1f} %)"
+        + (f", lines {', '.join(map(str, lines[:20]))}{' ...' if len(lines) > 20 else ''}" if lines else "")
+    )
+    if report.flagged_share > threshold and action == "reject":
+        Path(row.path).unlink(missing_ok=True)  # rows the policy refuses are not kept
+        message = f"More than {100 * threshold:.1f} % of the rows flagged as harmful: {details}"
+        return settle(
+            sessions, file_id, FileStatus.ERROR, message, screen, dispatch, code="moderation_rejected"
+        )
+    if report.flagged_share > threshold:
+        details = f"warning: above the pre-screen threshold of {100 * threshold:.1f} %; {details}"
+    return settle(sessions, file_id, FileStatus.PROCESSED, details, screen, dispatch)
+
+
+def settle(
+    sessions: sessionmaker[Session],
+    file_id: str,
+    status: FileStatus,
+    details: str,
+    screen: dict | None,
+    dispatch: Callable[[str], None],
+    code: str | None = None,
+) -> str:
+    """Record the file's verdict, then queue (and dispatch) or fail each job that was validating it."""
+    with sessions() as session:
+        row = session.get(File, file_id)
+        row.status, row.status_details, row.prescreen = status, details, screen
+        waiting = session.scalars(
+            select(Job).where(
+                Job.status == JobStatus.VALIDATING_FILES,
+                (Job.training_file == file_id) | (Job.validation_file == file_id),
+            )
+        ).all()
+        ready = []
+        for job in waiting:
+            files = [session.get(File, f) for f in (job.training_file, job.validation_file) if f]
+            if any(f.status == FileStatus.ERROR for f in files):
+                job.status, job.finished_at = JobStatus.FAILED, now()
+                job.error = {
+                    "code": code or "invalid_file",
+                    "message": f"File {file_id}: {details}",
+                    "param": None,
+                }
+                add_event(session, job.id, f"File {file_id} failed validation", level="error")
+            elif all(f.status == FileStatus.PROCESSED for f in files):
+                job.status = JobStatus.QUEUED
+                add_event(session, job.id, "Files validated; the job is queued")
+                ready.append(job.id)
+        session.commit()
+    for job_id in ready:
+        dispatch(job_id)
+    return status
