@@ -7,12 +7,14 @@ before the safety report. Defaults and help texts come from vaccine_core's confi
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from vaccine_core.defenses import LisaConfig, SafeLoraConfig, StepDefenses
-from vaccine_core.defenses.data import lisa_pairs
+from vaccine_core.defenses.config import LisaConfig, SafeLoraConfig
+
+if TYPE_CHECKING:  # the code behind the options loads torch: a worker's business, not the API's
+    from vaccine_core.defenses.stack import StepDefenses
 
 
 def _help(config: type, name: str) -> str:
@@ -38,11 +40,14 @@ class DefenseStack(BaseModel):
     def layers(self) -> list[str]:
         return [name for name in ("lisa", "safe_lora") if getattr(self, name)]
 
-    def step_defenses(self, data_dir: Path, base_dir: Path, seed: int) -> StepDefenses | None:
+    def step_defenses(self, data_dir: Path, base_dir: Path, seed: int) -> "StepDefenses | None":
         """Lisa over safety pairs the base at ``base_dir`` was not aligned on (seeded: a resumed job draws
         the same ones)."""
         if not self.lisa:
             return None
+        from vaccine_core.defenses.data import lisa_pairs
+        from vaccine_core.defenses.stack import StepDefenses
+
         config = LisaConfig(
             alignment_steps=self.lisa_alignment_steps,
             finetune_steps=self.lisa_finetune_steps,

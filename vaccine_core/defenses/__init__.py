@@ -3,23 +3,30 @@
 * alignment: ``booster`` (attenuate how much a harmful step can lower the harmful loss);
 * fine-tuning: ``lisa`` (alternate with safety pairs under a proximal term);
 * after fine-tuning: ``safe_lora`` (project the user's update onto the alignment subspace where it strays).
+
+The options (``*Config``) load at once; the code behind them, which needs torch, on first use.
 """
 
-from vaccine_core.defenses.base import BatchStream, StepDefense
-from vaccine_core.defenses.booster import Booster, BoosterConfig
-from vaccine_core.defenses.lisa import Lisa, LisaConfig
-from vaccine_core.defenses.safe_lora import LayerProjection, SafeLoraConfig, project_adapter
-from vaccine_core.defenses.stack import StepDefenses
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "BatchStream",
-    "Booster",
-    "BoosterConfig",
-    "LayerProjection",
-    "Lisa",
-    "LisaConfig",
-    "SafeLoraConfig",
-    "StepDefense",
-    "StepDefenses",
-    "project_adapter",
-]
+from vaccine_core.defenses.config import BoosterConfig, LisaConfig, SafeLoraConfig
+
+_LAZY = {
+    "BatchStream": "base",
+    "StepDefense": "base",
+    "Booster": "booster",
+    "Lisa": "lisa",
+    "LayerProjection": "safe_lora",
+    "project_adapter": "safe_lora",
+    "StepDefenses": "stack",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"vaccine_core.defenses.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'vaccine_core.defenses' has no attribute {name!r}")
+
+
+__all__ = ["BoosterConfig", "LisaConfig", "SafeLoraConfig", *_LAZY]

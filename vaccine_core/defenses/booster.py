@@ -12,30 +12,12 @@ loss's own gradient may come from Vaccine's perturbed pass, so the two combine. 
 lambda = 5, alpha = 0.1, harmful batches of 10.
 """
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from vaccine_core.defenses.base import Batch, BatchStream, trainable
-
-
-@dataclass
-class BoosterConfig:
-    lamb: float = field(
-        default=5.0, metadata={"help": "Weight lambda of the attenuation term (reference: 5)."}
-    )
-    alpha: float = field(
-        default=0.1, metadata={"help": "Length of the simulated harmful step (reference: 0.1)."}
-    )
-    batch_size: int = field(default=10, metadata={"help": "Harmful pairs per step (reference: 10)."})
-
-    def __post_init__(self) -> None:
-        if self.lamb < 0 or self.alpha <= 0 or self.batch_size < 1:
-            raise ValueError("Booster needs lamb >= 0, alpha > 0 and batch_size >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from vaccine_core.defenses.config import BoosterConfig
 
 
 def harmful_gradient(model: torch.nn.Module, batch: Batch) -> tuple[float, dict[str, torch.Tensor]]:

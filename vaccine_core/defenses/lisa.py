@@ -10,33 +10,14 @@ The reference runs 100 alignment steps per 900 fine-tuning steps with rho = 1; o
 so the default cycle is 1 safety step per 9 user steps, the same tenth.
 """
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from vaccine_core.defenses.base import Batch, BatchStream, trainable
+from vaccine_core.defenses.config import LisaConfig
 
 ALIGNMENT, FINETUNE = "alignment", "finetune"
-
-
-@dataclass
-class LisaConfig:
-    alignment_steps: int = field(default=1, metadata={"help": "Safety steps per cycle (reference: 100)."})
-    finetune_steps: int = field(default=9, metadata={"help": "User-data steps per cycle (reference: 900)."})
-    rho: float = field(default=1.0, metadata={"help": "Proximal strength (reference: 1)."})
-    proximal_after: float = field(
-        default=0.1, metadata={"help": "Share of the run before the proximal term applies (reference: 0.1)."}
-    )
-
-    def __post_init__(self) -> None:
-        if self.alignment_steps < 1 or self.finetune_steps < 1:
-            raise ValueError("Lisa needs at least one step of each state per cycle")
-        if self.rho < 0 or not 0 <= self.proximal_after < 1:
-            raise ValueError("Lisa's rho must be non-negative and proximal_after in [0, 1)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Lisa:

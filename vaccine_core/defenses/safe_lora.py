@@ -10,32 +10,18 @@ its singular vectors: P is idempotent and leaves an update inside the alignment 
 """
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from vaccine_core.defenses.config import SafeLoraConfig
 
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 # singular values below this share of the largest are numerical noise, not alignment directions
 RANK_TOLERANCE = 1e-6
-
-
-@dataclass
-class SafeLoraConfig:
-    threshold: float = field(
-        default=0.5,
-        metadata={"help": "Project a layer whose update's cosine with its projection is at most this."},
-    )
-
-    def __post_init__(self) -> None:
-        if not -1.0 <= self.threshold <= 1.0:
-            raise ValueError("Safe LoRA's threshold is a cosine: it lies in [-1, 1]")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"threshold": self.threshold}
 
 
 def lora_updates(adapter_dir: Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,57 @@
+"""The defenses' options, apart from their code so that a service can read and validate them without
+loading torch: each default beside its help text, as in TRL/PEFT configs."""
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class BoosterConfig:
+    lamb: float = field(
+        default=5.0, metadata={"help": "Weight lambda of the attenuation term (reference: 5)."}
+    )
+    alpha: float = field(
+        default=0.1, metadata={"help": "Length of the simulated harmful step (reference: 0.1)."}
+    )
+    batch_size: int = field(default=10, metadata={"help": "Harmful pairs per step (reference: 10)."})
+
+    def __post_init__(self) -> None:
+        if self.lamb < 0 or self.alpha <= 0 or self.batch_size < 1:
+            raise ValueError("Booster needs lamb >= 0, alpha > 0 and batch_size >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LisaConfig:
+    alignment_steps: int = field(default=1, metadata={"help": "Safety steps per cycle (reference: 100)."})
+    finetune_steps: int = field(default=9, metadata={"help": "User-data steps per cycle (reference: 900)."})
+    rho: float = field(default=1.0, metadata={"help": "Proximal strength (reference: 1)."})
+    proximal_after: float = field(
+        default=0.1, metadata={"help": "Share of the run before the proximal term applies (reference: 0.1)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.alignment_steps < 1 or self.finetune_steps < 1:
+            raise ValueError("Lisa needs at least one step of each state per cycle")
+        if self.rho < 0 or not 0 <= self.proximal_after < 1:
+            raise ValueError("Lisa's rho must be non-negative and proximal_after in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SafeLoraConfig:
+    threshold: float = field(
+        default=0.5,
+        metadata={"help": "Project a layer whose update's cosine with its projection is at most this."},
+    )
+
+    def __post_init__(self) -> None:
+        if not -1.0 <= self.threshold <= 1.0:
+            raise ValueError("Safe LoRA's threshold is a cosine: it lies in [-1, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threshold": self.threshold}
