@@ -63,7 +63,7 @@ def test_a_job_runs_to_success_with_progress_events(service, base):  # noqa: F81
     (result_file,) = done.result_files  # the step metrics, as OpenAI's fine-tune-results file
     assert client.files.retrieve(result_file).purpose == "fine-tune-results"
     rows = client.files.content(result_file).text.splitlines()
-    assert rows[0] == "step,train_loss,learning_rate" and [r.split(",")[0] for r in rows[1:]] == [
+    assert rows[0] == "step,train_loss,valid_loss,learning_rate" and [r.split(",")[0] for r in rows[1:]] == [
         "1",
         "2",
         "3",
@@ -288,6 +288,15 @@ def test_method_form_and_a_validation_file(service, base):  # noqa: F811
     report = client.models.retrieve(client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model).model_extra
     assert report["safety_report"]["fine_tune"]["steps"] == 2
     assert report["safety_report"]["fine_tune"]["validation_loss"] > 0
+    measured = [
+        e.data
+        for e in client.fine_tuning.jobs.list_events(job.id, limit=100)
+        if e.data and "valid_loss" in e.data
+    ]
+    assert sorted(d["step"] for d in measured) == [1, 2]  # 5 evenly spaced measurements over 2 steps
+    assert measured[0]["valid_loss"] == pytest.approx(
+        report["safety_report"]["fine_tune"]["validation_loss"], rel=1e-4
+    )
     with pytest.raises(openai.BadRequestError, match="not both"):
         client.fine_tuning.jobs.create(
             model=base, training_file=training, method=method, hyperparameters={"n_epochs": 2}

@@ -6,6 +6,7 @@ from helpers import PAIRS, lora_model, trainable_state
 
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
 from vaccine_core.data import Conversation, SupervisedDataset
+from vaccine_core.evaluation import mean_loss
 from vaccine_core.training import CHECKPOINTS_DIR, latest_checkpoint, plan_steps, train
 
 
@@ -131,3 +132,29 @@ def test_rejects_bad_hyperparameters():
         PerturbationConfig("magic")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="tau"):
         PerturbationConfig("vaccine", tau=0)
+
+
+def test_validation_during_training_changes_nothing_and_lands_on_its_steps(tiny_model, tokenizer):
+    from vaccine_core.training import validation_steps
+
+    assert validation_steps(6, 5) == {1, 2, 4, 5, 6} and validation_steps(3, 1) == {3}
+    data = dataset(tokenizer)
+    plain = lora_model(copy.deepcopy(tiny_model), dropout=0.2)
+    train(plain, tokenizer, data, config(), PerturbationConfig("sft"))
+    watched = lora_model(copy.deepcopy(tiny_model), dropout=0.2)
+    held_out = [
+        Conversation([{"role": "user", "content": q}, {"role": "assistant", "content": a}], 1)
+        for q, a in PAIRS
+    ]
+
+    def validate() -> float:  # a real forward pass over the model being trained
+        return mean_loss(watched, tokenizer, held_out)
+
+    result = train(
+        watched, tokenizer, data, config(), PerturbationConfig("sft"), validate=validate, validation_count=2
+    )
+    assert sorted(result.validation_losses) == [2, 4] and all(
+        v > 0 for v in result.validation_losses.values()
+    )
+    expected, actual = trainable_state(plain), trainable_state(watched)
+    assert all(torch.equal(expected[n], actual[n]) for n in expected)

@@ -34,6 +34,8 @@ def finetune(
     base_model: PreTrainedModel | None = None,
     defenses: StepDefenses | None = None,
     safe_lora: SafeLoraConfig | None = None,
+    validation: Path | None = None,
+    validation_count: int = 0,
 ) -> RunResult:
     """``base`` is an alignment run's directory; any other model spec fine-tunes a base that was never
     aligned (the "no alignment" row of the paper's tables).
@@ -58,6 +60,8 @@ def finetune(
         on_progress=on_progress,
         should_stop=should_stop,
         defenses=defenses,
+        validation=validation,
+        validation_count=validation_count,
     )
     if run.train.cancelled:
         if base_model is not None:

@@ -1,5 +1,6 @@
 """What alignment and fine-tuning runs share: load data, add a fresh adapter, train, summarise."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from vaccine_core.config import PerturbationConfig, TrainingConfig
 from vaccine_core.data import SupervisedDataset, load_dataset
 from vaccine_core.defenses.stack import StepDefenses
+from vaccine_core.evaluation import mean_loss
 from vaccine_core.lora import add_lora
 from vaccine_core.models import sha256_file
 from vaccine_core.training import (
@@ -45,7 +47,16 @@ class AdapterRun:
             "tokens": self.train.tokens,
             "seconds": round(self.train.seconds, 2),
             "defense_seconds": {k: round(v, 2) for k, v in self.train.defense_seconds.items()},
+            "validation_losses": {str(k): v for k, v in self.train.validation_losses.items()},
         }
+
+
+def held_out_loss(
+    model: PeftModel, tokenizer: PreTrainedTokenizerBase, path: Path, config: TrainingConfig
+) -> Callable[[], float]:
+    """The loss per answer token on a validation file, as a callable the training loop runs."""
+    conversations = load_dataset(path).conversations
+    return lambda: mean_loss(model, tokenizer, conversations, max_length=config.max_length)
 
 
 def train_adapter(
@@ -61,6 +72,8 @@ def train_adapter(
     on_progress: ProgressCallback | None,
     should_stop: StopCheck | None,
     defenses: StepDefenses | None = None,
+    validation: Path | None = None,
+    validation_count: int = 0,
 ) -> AdapterRun:
     """Validate the data, put a fresh LoRA adapter on ``model`` and train it (with ``defenses``, if any);
     checkpoints go to output_dir."""
@@ -85,6 +98,8 @@ def train_adapter(
         on_progress=on_progress,
         should_stop=should_stop,
         defenses=step_defenses,
+        validate=held_out_loss(peft_model, tokenizer, validation, config) if validation else None,
+        validation_count=validation_count,
     )
     summary = {
         "path": str(Path(data).resolve()),

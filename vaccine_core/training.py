@@ -42,6 +42,7 @@ class Progress:
     learning_rate: float
     tokens_per_second: float
     eta_seconds: float
+    validation_loss: float | None = None  # at the steps where the run measures it
 
 
 @dataclass
@@ -54,6 +55,7 @@ class TrainResult:
     seconds: float = 0.0
     last_checkpoint: Path | None = None
     defense_seconds: dict[str, float] = field(default_factory=dict)  # time inside each defense's hooks
+    validation_losses: dict[int, float] = field(default_factory=dict)  # by step
 
     def add_defense_time(self, name: str, since: float) -> None:
         self.defense_seconds[name] = self.defense_seconds.get(name, 0.0) + time.perf_counter() - since
@@ -73,6 +75,11 @@ def plan_steps(examples: int, config: TrainingConfig) -> tuple[int, int]:
     steps_per_epoch = math.ceil(micro_per_epoch / config.gradient_accumulation_steps)
     total = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
     return micro_per_epoch, max(total, 1)
+
+
+def validation_steps(total_steps: int, count: int) -> set[int]:
+    """``count`` steps spread evenly over the run, its last step among them."""
+    return {max(1, round(total_steps * k / count)) for k in range(1, count + 1)} | {total_steps}
 
 
 def micro_batches(
@@ -164,9 +171,12 @@ def train(
     on_progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     defenses: Sequence["StepDefense"] = (),
+    validate: Callable[[], float] | None = None,
+    validation_count: int = 0,
 ) -> TrainResult:
     """Train ``model``'s trainable weights; ``defenses`` choose each step's batch and add their gradients
-    after its backward pass (vaccine_core.defenses)."""
+    after its backward pass (vaccine_core.defenses); ``validate`` (a held-out loss, measured without
+    dropout or randomness, so a resumed run is unchanged) runs ``validation_count`` times, evenly spaced."""
     if len(dataset) == 0:
         raise ValueError("no training examples left after tokenization")
     if (config.checkpoint_every or resume_from) and output_dir is None:
@@ -203,6 +213,7 @@ def train(
         start_step, losses = state["step"], list(state["losses"])
 
     result = TrainResult(steps=start_step, total_steps=total_steps, cancelled=False, losses=losses)
+    measure_at = validation_steps(total_steps, validation_count) if validate and validation_count else set()
     accumulation = config.gradient_accumulation_steps
     batches = micro_batches(dataset, config, tokenizer.pad_token_id, start=start_step * accumulation)
     model.train()
@@ -236,6 +247,9 @@ def train(
 
         result.steps = step
         result.losses.append(step_loss)
+        validation_loss = None
+        if step in measure_at:
+            validation_loss = result.validation_losses[step] = validate()
         elapsed = time.perf_counter() - started
         done_here = step - start_step
         if on_progress is not None:
@@ -248,6 +262,7 @@ def train(
                     learning_rate=learning_rate,
                     tokens_per_second=result.tokens / elapsed if elapsed > 0 else 0.0,
                     eta_seconds=elapsed / done_here * (total_steps - step),
+                    validation_loss=validation_loss,
                 )
             )
         if output_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:

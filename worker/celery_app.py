@@ -45,6 +45,7 @@ def make_celery(settings: ServiceSettings) -> Celery:
         task_ignore_result=True,  # results live in the database
         worker_hijack_root_logger=False,
     )
+
     def dispatch_job(job_id: str) -> None:  # through this app: its broker and its queue
         app.send_task(TASK_NAME, args=[job_id])
 

@@ -108,6 +108,7 @@ def run_job(job_id: str) -> str:
         if base is not None and base.status in (BaseStatus.REGISTERED, BaseStatus.ALIGNING):
             return job.status  # queued: the base's alignment dispatches it once the base is ready
         training_file = session.get(File, job.training_file)
+        validation_file = session.get(File, job.validation_file) if job.validation_file else None
         defenses = (get_policy(session).defenses, session.get(Tenant, job.tenant_id).defenses)
         resumed = job.attempts > 0
         job.status, job.attempts, job.worker = JobStatus.RUNNING, job.attempts + 1, socket.gethostname()
@@ -127,6 +128,8 @@ def run_job(job_id: str) -> str:
             "percent": round(100 * progress.step / progress.total_steps, 1),
             "eta_seconds": round(progress.eta_seconds, 1),
         }
+        if progress.validation_loss is not None:
+            data["valid_loss"] = progress.validation_loss
         with sessions() as session:
             row = session.get(Job, job_id)
             row.progress, row.heartbeat_at = data, now()
@@ -163,6 +166,8 @@ def run_job(job_id: str) -> str:
             base_model=cached_base(str(resolve_base(base.path).model_path)),
             defenses=stack.step_defenses(get_service_settings().data_dir, Path(base.path), config.seed),
             safe_lora=stack.projection(),
+            validation=Path(validation_file.path) if validation_file is not None else None,
+            validation_count=get_service_settings().validation_evals,
         )
     except Exception as exc:  # every job ends in a state a user can read
         log.exception("job %s failed", job_id)
@@ -199,11 +204,12 @@ RESULTS_PURPOSE = "fine-tune-results"
 
 def write_step_metrics(session: Session, job: Job, settings: ServiceSettings) -> str:
     """The job's step metrics as a CSV file the tenant owns (OpenAI's result file); its id."""
-    lines = ["step,train_loss,learning_rate"]
+    columns = ("step", "train_loss", "valid_loss", "learning_rate")
+    lines = [",".join(columns)]
     for event in session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id)):
         data = event.data or {}
         if "step" in data:
-            lines.append(f"{data['step']},{data.get('train_loss', '')},{data.get('learning_rate', '')}")
+            lines.append(",".join(str(data.get(column, "")) for column in columns))
     file_id = new_id("file-")
     path = settings.files_dir / job.tenant_id / f"{file_id}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -481,5 +481,9 @@ def step_metrics(session: Session, job_id: str, steps: set[int]) -> dict[int, di
     for event in session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)):
         step = (event.data or {}).get("step")
         if step in steps:
-            found[step] = {"step": step, "train_loss": event.data.get("train_loss")}
+            found[step] = {
+                "step": step,
+                "train_loss": event.data.get("train_loss"),
+                **({"valid_loss": event.data["valid_loss"]} if "valid_loss" in event.data else {}),
+            }
     return found
