@@ -221,11 +221,11 @@ def run_grid(
     regimes: list[Regime],
     arms: list[str],
     seeds: list[int],
-    on_regime: Callable[[dict[str, Any]], None] | None = None,
+    on_arm: Callable[[dict[str, Any]], None] | None = None,
     sweep_seeds: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Every regime's cells and bases; ``on_regime`` hears the result so far after each regime (a long
-    grid publishes what it has). ``seeds`` serve p = MAIN_FRACTION; ``sweep_seeds`` (default: the same)
+    """Every regime's cells and bases; ``on_arm`` hears the result so far after each arm (a long grid
+    publishes what it has). ``seeds`` serve p = MAIN_FRACTION; ``sweep_seeds`` (default: the same)
     the other fractions of a sweep."""
     cells: list[dict[str, Any]] = []
     bases: list[dict[str, Any]] = []
@@ -274,12 +274,19 @@ def run_grid(
                     "seeds": p_seeds,
                     "cost": mean_cost(costs),
                 }
-        for (name, p), by_decoding in measured.items():
-            for decoding in DECODINGS:
-                cells.append(cell_record(regime, bench.sizes, name, p, decoding, by_decoding, measured))
-        if on_regime is not None:
-            on_regime({"cells": cells, "bases": bases, "seconds": round(time.monotonic() - started, 1)})
+            if on_arm is not None:  # what is measured so far (a long grid publishes as it goes)
+                partial = cells + regime_cells(regime, bench.sizes, measured)
+                on_arm({"cells": partial, "bases": bases, "seconds": round(time.monotonic() - started, 1)})
+        cells += regime_cells(regime, bench.sizes, measured)
     return {"cells": cells, "bases": bases, "seconds": round(time.monotonic() - started, 1)}
+
+
+def regime_cells(regime: Regime, sizes: Any, measured: dict[tuple[str, float], dict[str, Any]]) -> list:
+    return [
+        cell_record(regime, sizes, name, p, decoding, by_decoding, measured)
+        for (name, p), by_decoding in measured.items()
+        for decoding in DECODINGS
+    ]
 
 
 def cell_record(
@@ -433,7 +440,7 @@ def main() -> None:
         for path in write_report(result, RESULTS / args.name):
             print(path, flush=True)
 
-    run_grid(grid, regimes, args.arms, args.seeds, on_regime=publish, sweep_seeds=args.sweep_seeds)
+    run_grid(grid, regimes, args.arms, args.seeds, on_arm=publish, sweep_seeds=args.sweep_seeds)
 
 
 if __name__ == "__main__":
