@@ -151,7 +151,10 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ftjob-"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    model: Mapped[str] = mapped_column(ForeignKey("base_models.id"))
+    model: Mapped[str] = mapped_column(ForeignKey("base_models.id"))  # the base it trains on
+    # the tenant's fine-tuned model or checkpoint it continues training (as the user named it), and where
+    continues: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    continues_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     training_file: Mapped[str] = mapped_column(ForeignKey("files.id"))
     validation_file: Mapped[str | None] = mapped_column(ForeignKey("files.id"), nullable=True)
     hyperparameters: Mapped[dict] = mapped_column(JSON, default=dict)

@@ -546,3 +546,42 @@ def test_a_job_waiting_on_a_rejected_file_fails_with_its_code(service, base):  #
         assert not (
             get_service_settings().files_dir / failed.organization_id / f"{uploaded.id}.jsonl"
         ).exists()
+
+
+def test_a_job_continues_a_released_model_or_a_checkpoint_of_the_tenant(service, base, monkeypatch):  # noqa: F811
+    import worker.runner as runner
+    from vaccine_core.artifacts import read_manifest
+
+    monkeypatch.setattr(runner, "CHECKPOINT_EVERY", 2)
+    client = tenant_client(service, "acme")
+    parent = client.fine_tuning.jobs.create(
+        model=base, training_file=upload(client), hyperparameters={"n_epochs": 2, "lora_rank": 4}
+    )
+    assert run_job(parent.id) == "succeeded"
+    released = client.fine_tuning.jobs.retrieve(parent.id).fine_tuned_model
+    child = client.fine_tuning.jobs.create(
+        model=released, training_file=upload(client), hyperparameters={"learning_rate": 1e-12}
+    )
+    assert child.model == released  # echoed as the user named it
+    assert run_job(child.id) == "succeeded"
+    home = get_service_settings().home / "jobs"
+    manifest = read_manifest(home / child.id)
+    assert manifest["continued_from"] == str(home / parent.id) and manifest["training"]["lora"]["r"] == 4
+    before = load_file(str(home / parent.id / "adapter_model.safetensors"))
+    after = load_file(str(home / child.id / "adapter_model.safetensors"))
+    assert all(
+        torch.allclose(before[k], after[k], atol=1e-6) for k in before
+    )  # a rate of 1e-12 moves nothing
+
+    checkpoint = client.fine_tuning.jobs.checkpoints.list(parent.id).data[-1]
+    from_checkpoint = client.fine_tuning.jobs.create(
+        model=checkpoint.fine_tuned_model_checkpoint, training_file=upload(client)
+    )
+    assert run_job(from_checkpoint.id) == "succeeded"
+    other = tenant_client(service, "globex")
+    own = other.fine_tuning.jobs.create(model=base, training_file=upload(other))
+    traversal = f"ft:{base}:custom:{own.id}:ckpt-../../{parent.id}"  # a path in a checkpoint name
+    for name in (released, checkpoint.fine_tuned_model_checkpoint, "ft:nothing:here:ftjob-x", traversal):
+        with pytest.raises(openai.BadRequestError) as error:
+            other.fine_tuning.jobs.create(model=name, training_file=upload(other))
+        assert error.value.body["code"] == "model_not_available"

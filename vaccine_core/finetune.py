@@ -36,12 +36,15 @@ def finetune(
     safe_lora: SafeLoraConfig | None = None,
     validation: Path | None = None,
     validation_count: int = 0,
+    init_adapter: Path | None = None,
 ) -> RunResult:
     """``base`` is an alignment run's directory; any other model spec fine-tunes a base that was never
     aligned (the "no alignment" row of the paper's tables).
 
     ``base_model`` is that base already loaded (a worker keeps it between jobs). Its weights stay frozen;
-    the fresh adapter is unloaded from it again before this returns, so it can serve the next job."""
+    the fresh adapter is unloaded from it again before this returns, so it can serve the next job.
+    ``init_adapter`` (a saved adapter of this run's LoRA shape, on the same base) makes the run continue
+    training that adapter instead of a fresh one."""
     config = config or finetune_defaults()
     output_dir = Path(output_dir)
     if safe_lora is not None and not (Path(base) / ADAPTER_FILE).is_file():
@@ -62,6 +65,7 @@ def finetune(
         defenses=defenses,
         validation=validation,
         validation_count=validation_count,
+        init_adapter=init_adapter,
     )
     if run.train.cancelled:
         if base_model is not None:
@@ -82,6 +86,7 @@ def finetune(
             "base_model": start.identity,
             "alignment": start.alignment,
             "training": config.to_dict(),
+            "continued_from": str(init_adapter) if init_adapter is not None else None,
             "defenses": {
                 **(defenses.to_dict() if defenses else {}),
                 **({"safe_lora": projection} if projection is not None else {}),

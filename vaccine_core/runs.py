@@ -13,7 +13,7 @@ from vaccine_core.config import PerturbationConfig, TrainingConfig
 from vaccine_core.data import SupervisedDataset, load_dataset
 from vaccine_core.defenses.stack import StepDefenses
 from vaccine_core.evaluation import mean_loss
-from vaccine_core.lora import add_lora
+from vaccine_core.lora import add_lora, start_from
 from vaccine_core.models import sha256_file
 from vaccine_core.training import (
     ProgressCallback,
@@ -74,6 +74,7 @@ def train_adapter(
     defenses: StepDefenses | None = None,
     validation: Path | None = None,
     validation_count: int = 0,
+    init_adapter: Path | None = None,
 ) -> AdapterRun:
     """Validate the data, put a fresh LoRA adapter on ``model`` and train it (with ``defenses``, if any);
     checkpoints go to output_dir."""
@@ -81,6 +82,8 @@ def train_adapter(
     examples = SupervisedDataset(dataset.conversations, tokenizer, config.max_length)
     torch.manual_seed(config.seed)  # the adapter's initialisation is the run's too: same seed, same model
     peft_model = add_lora(model, config.lora)
+    if init_adapter is not None:  # continue training a saved adapter (a resumed run overwrites it anyway)
+        start_from(peft_model, init_adapter)
     step_defenses = (
         defenses.build(peft_model, tokenizer, config, plan_steps(len(examples), config)[1])
         if defenses

@@ -37,6 +37,7 @@ from api.settings import ServiceSettings, get_service_settings
 from vaccine_core.config import TrainingConfig, finetune_defaults
 from vaccine_core.finetune import finetune
 from vaccine_core.inference import resolve_base
+from vaccine_core.lora import adapter_settings
 from vaccine_core.models import load_causal_lm
 from vaccine_core.training import Progress
 from worker.safety import ReportPlan, safety_report
@@ -72,8 +73,9 @@ def training_config(job: Job) -> TrainingConfig:
         for name, field in (("lora_rank", "r"), ("lora_alpha", "alpha"), ("lora_dropout", "dropout"))
         if isinstance(given.get(name), int | float)
     }
-    if lora:
-        updates["lora"] = replace(defaults.lora, **lora)
+    # a job that continues an adapter keeps that adapter's shape unless told otherwise
+    start = adapter_settings(Path(job.continues_path)) if job.continues_path else defaults.lora
+    updates["lora"] = replace(start, **lora)
     return replace(defaults, **updates)
 
 
@@ -168,6 +170,7 @@ def run_job(job_id: str) -> str:
             safe_lora=stack.projection(),
             validation=Path(validation_file.path) if validation_file is not None else None,
             validation_count=get_service_settings().validation_evals,
+            init_adapter=Path(job.continues_path) if job.continues_path else None,
         )
     except Exception as exc:  # every job ends in a state a user can read
         log.exception("job %s failed", job_id)

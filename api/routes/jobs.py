@@ -1,6 +1,8 @@
 """``/v1/fine_tuning/jobs``: create, list, retrieve, cancel fine-tuning jobs, and read their events."""
 
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -17,6 +19,7 @@ from api.models import (
     BaseStatus,
     File,
     FileStatus,
+    FineTunedModel,
     Job,
     JobEvent,
     JobStatus,
@@ -25,9 +28,11 @@ from api.models import (
     epoch,
     now,
 )
+from api.settings import ServiceSettings
 from vaccine_core.training import CHECKPOINTS_DIR
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+CHECKPOINT_NAME = re.compile(r"step-\d+")
 
 
 class Hyperparameters(BaseModel):
@@ -114,7 +119,7 @@ class JobObject(BaseModel):
             finished_at=epoch(job.finished_at),
             hyperparameters=hyperparameters,
             method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-            model=job.model,
+            model=job.continues or job.model,
             organization_id=job.tenant_id,
             seed=job.seed,
             result_files=job.result_files or [],
@@ -265,13 +270,41 @@ def retry_after(active: Sequence[Job]) -> int:
     return max(1, min(known)) if known else 60
 
 
-@router.post("", response_model=JobObject)
-def create_job(body: CreateJob, request: Request, tenant: TenantDep, session: SessionDep) -> JobObject:
-    base = session.get(BaseModelRecord, body.model)
+def starting_point(
+    session: Session, tenant: Tenant, settings: ServiceSettings, model: str
+) -> tuple[BaseModelRecord, Path | None]:
+    """The base a job trains on, and the adapter it continues, if ``model`` names one of the tenant's
+    released fine-tuned models or a checkpoint of the tenant's jobs (``ft:...:ckpt-step-N``)."""
+    unavailable = APIError(400, "model_not_available", f"Model '{model}' is not available.", param="model")
+    adapter = None
+    if model.startswith("ft:"):
+        if ":ckpt-" in model:
+            head, _, checkpoint = model.rpartition(":ckpt-")
+            parent = session.get(Job, head.rsplit(":", 1)[-1])
+            if parent is None or parent.tenant_id != tenant.id or not CHECKPOINT_NAME.fullmatch(checkpoint):
+                raise unavailable  # the name is a step, never a path
+            adapter = settings.home / "jobs" / parent.id / CHECKPOINTS_DIR / checkpoint
+            base_id = parent.model
+        else:
+            tuned = session.get(FineTunedModel, model)
+            if tuned is None or tuned.tenant_id != tenant.id or tuned.quarantined:
+                raise unavailable
+            adapter, base_id = Path(tuned.path), tuned.base_model
+        if not (adapter / "adapter_model.safetensors").is_file():
+            raise unavailable
+    else:
+        base_id = model
+    base = session.get(BaseModelRecord, base_id)
     if base is None or base.status == BaseStatus.FAILED:
-        raise APIError(
-            400, "model_not_available", f"Model '{body.model}' is not an available base.", param="model"
-        )
+        raise unavailable
+    return base, adapter
+
+
+@router.post("", response_model=JobObject)
+def create_job(
+    body: CreateJob, request: Request, tenant: TenantDep, session: SessionDep, settings: SettingsDep
+) -> JobObject:
+    base, continues = starting_point(session, tenant, settings, body.model)
     files = [_usable_file(session, tenant, body.training_file, "training_file")]
     if body.validation_file:
         files.append(_usable_file(session, tenant, body.validation_file, "validation_file"))
@@ -281,7 +314,9 @@ def create_job(body: CreateJob, request: Request, tenant: TenantDep, session: Se
     validating = any(f.status != FileStatus.PROCESSED for f in files)
     job = Job(
         tenant_id=tenant.id,
-        model=body.model,
+        model=base.id,
+        continues=body.model if continues is not None else None,
+        continues_path=str(continues) if continues is not None else None,
         training_file=body.training_file,
         validation_file=body.validation_file,
         hyperparameters=_hyperparameters(body).given(),
