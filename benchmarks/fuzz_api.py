@@ -1,0 +1,104 @@
+"""Schemathesis over every operation of the service's OpenAPI description, with valid keys (a tenant's
+on /v1, the operator's on /admin): whatever the generated path, query and body, no answer may be a server
+error. Runs in process against a fresh SQLite database and a tiny tenant; the test suite runs a few cases
+a route (tests/test_api_fuzz.py), this script many.
+
+    .venv/bin/python benchmarks/fuzz_api.py [--cases 100]
+
+Writes benchmarks/results/fuzz_api.json: cases per route and the server errors found (none, to pass).
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+
+OPERATOR_KEY = "operator-secret"
+
+
+def fuzz(app: Any, tenant_key: str, cases_per_route: int) -> tuple[Counter, list[str]]:
+    """Generated cases against each operation: the count by operation, and every server error met."""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    counts: Counter = Counter()
+    errors: list[str] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        check_operation(operation, tenant_key, cases_per_route, counts, errors)
+    return counts, errors
+
+
+def check_operation(operation: Any, tenant_key: str, cases: int, counts: Counter, errors: list[str]) -> None:
+    label = f"{operation.method.upper()} {operation.path}"
+    tenant = {"Authorization": f"Bearer {tenant_key}"}
+    operator = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+
+    @settings(
+        max_examples=cases,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy())
+    def check(case: Any) -> None:
+        response = case.call(headers=operator if case.path.startswith("/admin") else tenant)
+        counts[label] += 1
+        if response.status_code >= 500:
+            errors.append(f"{label} -> {response.status_code}: {case.formatted_path} {response.text[:300]}")
+
+    check()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cases", type=int, default=100, help="generated cases per route")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="fuzz-"))
+    os.environ.update(
+        VACCINE_HOME=str(home),
+        VACCINE_DATABASE_URL=f"sqlite:///{home / 'fuzz.db'}",
+        VACCINE_ADMIN_KEY=OPERATOR_KEY,
+        VACCINE_PRESCREEN_JUDGE="refusal",
+    )
+    sys.path.insert(0, str(Path(__file__).parent))
+    from common import machine_info, provenance
+    from sqlalchemy.orm import Session
+
+    from api.cli import migrate
+    from api.db import get_engine
+    from api.main import create_app
+    from api.tenants import create_tenant
+
+    migrate()
+    with Session(get_engine()) as session:
+        _tenant, key = create_tenant(session, "fuzz")
+    started = time.monotonic()
+    counts, errors = fuzz(create_app(), key, args.cases)
+    result = {
+        "cases_per_route": args.cases,
+        "routes": len(counts),
+        "cases": sum(counts.values()),
+        "server_errors": errors,
+        "by_route": dict(sorted(counts.items())),
+        "seconds": round(time.monotonic() - started, 1),
+        "machine": machine_info(),
+        **provenance(__file__),
+    }
+    out = Path(__file__).parent / "results" / "fuzz_api.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("routes", "cases", "server_errors", "seconds")}, indent=2))
+    sys.exit(1 if errors else 0)
+
+
+if __name__ == "__main__":
+    main()
