@@ -16,6 +16,10 @@ class ServiceSettings(Settings):
     database_url: str = ""  # default: a SQLite file in VACCINE_HOME
     broker_url: str = ""  # default: a broker in files under VACCINE_HOME (one machine, no server)
     longest_job_seconds: int = 24 * 3600  # the broker redelivers an unacknowledged job after this
+    # a running job whose heartbeat is older than this has lost its worker: queued again to resume
+    stale_heartbeat_seconds: int = 600
+    max_attempts: int = 3  # a job whose workers died this many times fails (worker_lost) instead
+    reaper_interval_seconds: int = 60  # how often a worker looks for jobs whose worker died
     max_upload_bytes: int = 512 * MiB
     prescreen_judge: str = "default"  # any judge spec vaccine_core.moderation.load_judge accepts
     # The embedded default's base: aligned with Vaccine on first start, on a mix of safety and helpful pairs

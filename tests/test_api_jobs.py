@@ -585,3 +585,40 @@ def test_a_job_continues_a_released_model_or_a_checkpoint_of_the_tenant(service,
         with pytest.raises(openai.BadRequestError) as error:
             other.fine_tuning.jobs.create(model=name, training_file=upload(other))
         assert error.value.body["code"] == "model_not_available"
+
+
+def test_a_second_delivery_never_runs_a_job_twice_at_once(service, base):  # noqa: F811
+    from datetime import timedelta
+
+    from api.models import now
+
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    with Session(get_engine()) as session:  # as a live worker leaves it between two heartbeats
+        row = session.get(Job, job.id)
+        row.status, row.attempts, row.heartbeat_at = "running", 1, now() - timedelta(seconds=5)
+        session.commit()
+    assert run_job(job.id) == "running"
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "running"  # untouched
+    with Session(get_engine()) as session:  # the heartbeat goes stale: its worker is gone
+        session.get(Job, job.id).heartbeat_at = now() - timedelta(hours=1)
+        session.commit()
+    assert run_job(job.id) == "succeeded"
+
+
+def test_a_job_that_keeps_losing_its_worker_fails_after_max_attempts(service, base):  # noqa: F811
+    from datetime import timedelta
+
+    from api.models import now
+    from worker.recovery import requeue_stale_jobs
+
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    with Session(get_engine()) as session:
+        row = session.get(Job, job.id)
+        row.status, row.attempts, row.heartbeat_at = "running", 3, now() - timedelta(hours=1)
+        session.commit()
+        dispatched: list[str] = []
+        assert requeue_stale_jobs(session, dispatched.append, max_attempts=3) == [] == dispatched
+    failed = client.fine_tuning.jobs.retrieve(job.id)
+    assert failed.status == "failed" and failed.error.code == "worker_lost"

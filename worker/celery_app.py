@@ -7,6 +7,11 @@ timeout longer than the longest job. The job runner is idempotent by job id and 
 checkpoint, so a redelivered job continues where the dead worker stopped.
 """
 
+import logging
+import threading
+import time
+from datetime import timedelta
+
 from celery import Celery
 from celery.signals import worker_ready
 from sqlalchemy.orm import Session
@@ -18,6 +23,7 @@ from worker.prescreen import prescreen_file
 from worker.recovery import requeue_stale_jobs
 from worker.runner import run_job
 
+log = logging.getLogger(__name__)
 TASK_NAME = "vaccine.run_job"
 ALIGN_TASK_NAME = "vaccine.align_base"
 PRESCREEN_TASK_NAME = "vaccine.prescreen_file"
@@ -80,8 +86,30 @@ def dispatch_prescreen(file_id: str) -> None:
     celery_app.send_task(PRESCREEN_TASK_NAME, args=[file_id])
 
 
+def reap(settings: ServiceSettings) -> list[str]:
+    """Queue again the jobs whose worker died (their heartbeat stopped); fail those retried too often."""
+    with Session(get_engine()) as session:
+        return requeue_stale_jobs(
+            session,
+            dispatch,
+            stale_after=timedelta(seconds=settings.stale_heartbeat_seconds),
+            max_attempts=settings.max_attempts,
+        )
+
+
 @worker_ready.connect
 def _recover(**_kwargs) -> None:
-    """A starting worker queues again the jobs whose worker died (their heartbeat stopped)."""
-    with Session(get_engine()) as session:
-        requeue_stale_jobs(session, dispatch)
+    """A starting worker reaps at once, then every ``reaper_interval_seconds`` in a daemon thread (a job
+    whose worker died is picked up even when no worker restarts)."""
+    settings = get_service_settings()
+    reap(settings)
+
+    def keep_reaping() -> None:
+        while True:
+            time.sleep(settings.reaper_interval_seconds)
+            try:
+                reap(settings)
+            except Exception:  # a database hiccup must not end the reaper
+                log.exception("reaping stale jobs failed")
+
+    threading.Thread(target=keep_reaping, name="reaper", daemon=True).start()

@@ -7,6 +7,7 @@ died) resumes from its newest checkpoint. Cancellation is read from the database
 import logging
 import socket
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,11 @@ def cached_base(path: str) -> PreTrainedModel:
 
 
 CHECKPOINT_EVERY = 10
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every time here is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def training_config(job: Job) -> TrainingConfig:
@@ -106,6 +112,9 @@ def run_job(job_id: str) -> str:
             JobStatus.VALIDATING_FILES,
         ):
             return job.status  # a job validating its files is dispatched by the pre-screen once they pass
+        alive = now() - timedelta(seconds=get_service_settings().stale_heartbeat_seconds)
+        if job.status == JobStatus.RUNNING and job.heartbeat_at and as_utc(job.heartbeat_at) > alive:
+            return job.status  # a second delivery while a live worker runs it: never twice at once
         base = session.get(BaseModelRecord, job.model)
         if base is not None and base.status in (BaseStatus.REGISTERED, BaseStatus.ALIGNING):
             return job.status  # queued: the base's alignment dispatches it once the base is ready
