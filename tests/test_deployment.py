@@ -47,3 +47,13 @@ def test_docker_compose_config_parses():
         env={"VACCINE_ADMIN_KEY": "x", "PATH": "/usr/bin:/bin:/usr/local/bin"},
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_the_production_app_hands_jobs_alignments_and_prescreens_to_celery():
+    import api.asgi
+    from worker import celery_app
+
+    state = api.asgi.app.state
+    assert state.dispatch is celery_app.dispatch
+    assert state.dispatch_alignment is celery_app.dispatch_alignment
+    assert state.dispatch_prescreen is celery_app.dispatch_prescreen
