@@ -4,6 +4,7 @@ WORKDIR /app
 ENV PIP_NO_CACHE_DIR=1 VACCINE_HOME=/data
 COPY pyproject.toml README.md ./
 COPY vaccine_core vaccine_core
+COPY service service
 COPY api api
 COPY worker worker
 COPY migrations migrations

@@ -9,8 +9,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.orm import Session
 
-from api.db import get_engine
-from api.settings import get_service_settings
+from service.db import get_engine
+from service.settings import get_service_settings
 from vaccine_core.cli import app
 from vaccine_core.cli.common import fail
 
@@ -40,7 +40,7 @@ def db_upgrade() -> None:
 @tenants_app.command("create")
 def tenants_create(name: Annotated[str, typer.Argument(help="The tenant's unique name.")]) -> None:
     """Create a tenant and print its API key: it is shown this once and stored only as a digest."""
-    from api.tenants import create_tenant
+    from service.tenants import create_tenant
 
     migrate()
     with Session(get_engine()) as session:
@@ -67,7 +67,7 @@ def serve(
 
     from api.embedded import demo_key, register_default_base
     from api.main import create_app
-    from api.models import BaseStatus
+    from service.models import BaseStatus
     from worker.celery_app import dispatch, dispatch_alignment, dispatch_prescreen
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

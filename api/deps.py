@@ -6,11 +6,11 @@ from typing import Annotated
 from fastapi import Depends, Header
 from sqlalchemy.orm import Session
 
-from api.db import get_session
 from api.errors import APIError
-from api.models import Tenant
-from api.settings import ServiceSettings, get_service_settings
-from api.tenants import tenant_for_key
+from service.db import get_session
+from service.models import Tenant
+from service.settings import ServiceSettings, get_service_settings
+from service.tenants import tenant_for_key
 
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[ServiceSettings, Depends(get_service_settings)]

@@ -6,10 +6,10 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db import get_engine
-from api.models import ADOPT, BaseModelRecord, Tenant
-from api.settings import ServiceSettings
-from api.tenants import create_key, create_tenant
+from service.db import get_engine
+from service.models import ADOPT, BaseModelRecord, Tenant
+from service.settings import ServiceSettings
+from service.tenants import create_key, create_tenant
 from vaccine_core.artifacts import alignment_manifest
 from vaccine_core.defenses import BoosterConfig
 

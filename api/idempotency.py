@@ -11,8 +11,8 @@ import hashlib
 from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.db import get_engine
-from api.models import IdempotentResponse
+from service.db import get_engine
+from service.models import IdempotentResponse
 
 HEADER = b"idempotency-key"
 

@@ -75,9 +75,9 @@ def main() -> None:
     from sqlalchemy.orm import Session
 
     from api.cli import migrate
-    from api.db import get_engine
     from api.main import create_app
-    from api.tenants import create_tenant
+    from service.db import get_engine
+    from service.tenants import create_tenant
 
     migrate()
     with Session(get_engine()) as session:

@@ -22,7 +22,7 @@ from common import machine_info, provenance
 from harmful_finetune import ARMS, PROFILES, Benchmark, digest
 from safety_grid import REGIMES
 
-from api.settings import ServiceSettings
+from service.settings import ServiceSettings
 from vaccine_core.config import finetune_defaults
 from vaccine_core.defenses import LisaConfig, SafeLoraConfig, StepDefenses
 from vaccine_core.defenses.data import lisa_pairs

@@ -224,7 +224,7 @@ def main() -> None:
 
 
 def get_settings_admin_key() -> str:
-    from api.settings import get_service_settings
+    from service.settings import get_service_settings
 
     key = get_service_settings().admin_key
     if key is None:

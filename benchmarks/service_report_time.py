@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, provenance
 from generation_speed import default_adapter
 
-from api.settings import ServiceSettings
+from service.settings import ServiceSettings
 from vaccine_core.mixing import SAFETY_FILE
 from vaccine_core.moderation import shared_judge
 from worker.safety import ReportPlan, safety_report

@@ -2,9 +2,9 @@
 
 from alembic import context
 
-from api.db import make_engine
-from api.models import Base
-from api.settings import get_service_settings
+from service.db import make_engine
+from service.models import Base
+from service.settings import get_service_settings
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or get_service_settings().database_url

@@ -7,9 +7,9 @@ import pytest
 from fastapi.testclient import TestClient
 from service_helpers import small_safety_evaluation, upgrade
 
-from api.db import get_engine
 from api.main import create_app
-from api.settings import get_service_settings
+from service.db import get_engine
+from service.settings import get_service_settings
 from worker.prescreen import prescreen_file
 
 # The tests pre-screen with the refusal-phrase judge, which flags every answer that does not refuse.
@@ -50,7 +50,7 @@ def service(tmp_path, monkeypatch):
 def tenant_client(http: TestClient, name: str) -> openai.OpenAI:
     from sqlalchemy.orm import Session
 
-    from api.tenants import create_tenant
+    from service.tenants import create_tenant
 
     with Session(get_engine()) as session:
         _tenant, key = create_tenant(session, name)

@@ -5,7 +5,7 @@ import pytest
 from test_api import service, tenant_client  # noqa: F401  (the fixture)
 from test_api_jobs import FAST, base, upload  # noqa: F401
 
-from api.settings import get_service_settings
+from service.settings import get_service_settings
 from worker.runner import run_job
 
 OPERATOR = {"Authorization": "Bearer operator-secret"}

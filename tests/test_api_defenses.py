@@ -5,9 +5,9 @@ from sqlalchemy.orm import Session
 from test_api import service, tenant_client  # noqa: F401  (the fixture)
 from test_api_jobs import base, upload  # noqa: F401
 
-from api.db import get_engine
-from api.models import FineTunedModel, Tenant
-from api.settings import get_service_settings
+from service.db import get_engine
+from service.models import FineTunedModel, Tenant
+from service.settings import get_service_settings
 from vaccine_core.artifacts import read_manifest
 from vaccine_core.mixing import write_rows
 from worker.alignment import align_base

@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 from test_api import service, tenant_client  # noqa: F401  (the fixture)
 from test_api_jobs import base, upload  # noqa: F401
 
-from api.db import get_engine
-from api.models import FineTunedModel
+from service.db import get_engine
+from service.models import FineTunedModel
 
 PUBLIC = {"/healthz", "/readyz"}
 PARAM = re.compile(r"{(\w+)}")

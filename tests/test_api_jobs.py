@@ -10,9 +10,9 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 from test_api import service, tenant_client  # noqa: F401  (the fixture)
 
-from api.db import get_engine
-from api.models import BaseModelRecord, FineTunedModel, Job, Tenant
-from api.settings import get_service_settings
+from service.db import get_engine
+from service.models import BaseModelRecord, FineTunedModel, Job, Tenant
+from service.settings import get_service_settings
 from vaccine_core.align import align
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
 from worker.runner import run_job
@@ -177,7 +177,7 @@ def test_a_fine_tuned_model_comes_with_its_safety_report_and_downloads(service, 
 
 
 def test_the_release_gate_quarantines_a_model_above_the_threshold(service, base, monkeypatch):  # noqa: F811
-    from api.settings import get_service_settings
+    from service.settings import get_service_settings
 
     monkeypatch.setenv("VACCINE_HARMFUL_SCORE_THRESHOLD", "-1")  # every model is above it
     get_service_settings.cache_clear()
@@ -193,7 +193,7 @@ def test_the_release_gate_quarantines_a_model_above_the_threshold(service, base,
 
 
 def test_the_release_gate_refuses_a_degenerate_model(service, base, monkeypatch):  # noqa: F811
-    from api.settings import get_service_settings
+    from service.settings import get_service_settings
 
     # no harmful score blocks; any share of degenerate harmless answers (even 0 %) is too many
     monkeypatch.setenv("VACCINE_HARMFUL_SCORE_THRESHOLD", "100")
@@ -257,7 +257,7 @@ def test_jobs_filter_by_metadata_and_list_their_checkpoints(service, base, monke
 def test_a_job_whose_worker_died_is_queued_again_and_resumes(service, base):  # noqa: F811
     from datetime import timedelta
 
-    from api.models import now
+    from service.models import now
     from worker.recovery import requeue_stale_jobs
 
     client = tenant_client(service, "acme")
@@ -590,7 +590,7 @@ def test_a_job_continues_a_released_model_or_a_checkpoint_of_the_tenant(service,
 def test_a_second_delivery_never_runs_a_job_twice_at_once(service, base):  # noqa: F811
     from datetime import timedelta
 
-    from api.models import now
+    from service.models import now
 
     client = tenant_client(service, "acme")
     job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
@@ -609,7 +609,7 @@ def test_a_second_delivery_never_runs_a_job_twice_at_once(service, base):  # noq
 def test_a_job_that_keeps_losing_its_worker_fails_after_max_attempts(service, base):  # noqa: F811
     from datetime import timedelta
 
-    from api.models import now
+    from service.models import now
     from worker.recovery import requeue_stale_jobs
 
     client = tenant_client(service, "acme")

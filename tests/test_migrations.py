@@ -7,7 +7,7 @@ from alembic.migration import MigrationContext
 from service_helpers import alembic_config, fresh_postgres_database
 from sqlalchemy import create_engine, inspect
 
-from api.models import Base
+from service.models import Base
 
 
 def check_round_trip(url: str) -> None:

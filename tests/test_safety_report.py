@@ -2,7 +2,7 @@
 
 import pytest
 
-from api.settings import ServiceSettings
+from service.settings import ServiceSettings
 from worker.safety import GateCode, ReportPlan, release_gate, report_prompts
 
 

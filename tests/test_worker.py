@@ -12,11 +12,11 @@ from fastapi.testclient import TestClient
 from service_helpers import fresh_postgres_database, skip_or_fail, small_safety_evaluation, upgrade
 from sqlalchemy.orm import Session
 
-from api.db import get_engine
 from api.main import create_app
-from api.models import BaseModelRecord
-from api.settings import get_service_settings
-from api.tenants import create_tenant
+from service.db import get_engine
+from service.models import BaseModelRecord
+from service.settings import get_service_settings
+from service.tenants import create_tenant
 from vaccine_core.align import align
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
 

@@ -14,10 +14,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db import get_engine
-from api.models import ADOPT, BaseModelRecord, BaseStatus, Job, JobStatus, add_event, now
-from api.policy import get_policy
-from api.settings import ServiceSettings, get_service_settings
+from service.db import get_engine
+from service.models import ADOPT, BaseModelRecord, BaseStatus, Job, JobStatus, add_event, now
+from service.policy import get_policy
+from service.settings import ServiceSettings, get_service_settings
 from vaccine_core.align import align
 from vaccine_core.artifacts import alignment_manifest
 from vaccine_core.config import PerturbationConfig, alignment_defaults

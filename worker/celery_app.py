@@ -16,8 +16,8 @@ from celery import Celery
 from celery.signals import worker_ready
 from sqlalchemy.orm import Session
 
-from api.db import get_engine
-from api.settings import ServiceSettings, get_service_settings
+from service.db import get_engine
+from service.settings import ServiceSettings, get_service_settings
 from worker.alignment import align_base
 from worker.prescreen import prescreen_file
 from worker.recovery import requeue_stale_jobs

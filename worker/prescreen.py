@@ -12,10 +12,10 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db import get_engine
-from api.models import File, FileStatus, Job, JobStatus, add_event, now
-from api.policy import get_policy
-from api.settings import get_service_settings
+from service.db import get_engine
+from service.models import File, FileStatus, Job, JobStatus, add_event, now
+from service.policy import get_policy
+from service.settings import get_service_settings
 from vaccine_core.moderation import shared_judge
 from vaccine_core.moderation.prescreen import prescreen
 

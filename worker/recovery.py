@@ -12,7 +12,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.models import Job, JobStatus, add_event, now
+from service.models import Job, JobStatus, add_event, now
 
 STALE_AFTER = timedelta(minutes=10)
 DEFAULT_MAX_ATTEMPTS = 3

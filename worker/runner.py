@@ -16,9 +16,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from transformers import PreTrainedModel
 
-from api.db import get_engine
-from api.defenses import stack_of
-from api.models import (
+from service.db import get_engine
+from service.defenses import stack_of
+from service.models import (
     TERMINAL_JOB_STATUSES,
     BaseModelRecord,
     BaseStatus,
@@ -33,8 +33,8 @@ from api.models import (
     new_id,
     now,
 )
-from api.policy import get_policy
-from api.settings import ServiceSettings, get_service_settings
+from service.policy import get_policy
+from service.settings import ServiceSettings, get_service_settings
 from vaccine_core.config import TrainingConfig, finetune_defaults
 from vaccine_core.finetune import finetune
 from vaccine_core.inference import resolve_base

@@ -14,8 +14,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from api.models import BaseModelRecord, Policy
-from api.settings import ServiceSettings
+from service.models import BaseModelRecord, Policy
+from service.settings import ServiceSettings
 from vaccine_core.artifacts import read_manifest
 from vaccine_core.data import load_dataset
 from vaccine_core.evaluation import embedding_drift, load_prompts, mean_loss

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import APIError, not_found
-from api.models import File, FileStatus, Job, epoch, new_id
+from service.models import File, FileStatus, Job, epoch, new_id
 from vaccine_core.data import DatasetError, load_dataset
 
 router = APIRouter(prefix="/v1/files", tags=["files"])

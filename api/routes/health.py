@@ -8,9 +8,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from api.db import get_engine
-from api.models import BaseModelRecord, BaseStatus
-from api.settings import get_service_settings
+from service.db import get_engine
+from service.models import BaseModelRecord, BaseStatus
+from service.settings import get_service_settings
 from vaccine_core.moderation.learned import default_judge_ready
 
 router = APIRouter(include_in_schema=False)

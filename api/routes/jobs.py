@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import APIError, not_found
-from api.models import (
+from service.models import (
     ACTIVE_JOB_STATUSES,
     CANCELLABLE_JOB_STATUSES,
     BaseModelRecord,
@@ -28,7 +28,7 @@ from api.models import (
     epoch,
     now,
 )
-from api.settings import ServiceSettings
+from service.settings import ServiceSettings
 from vaccine_core.training import CHECKPOINTS_DIR
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from api.deps import SessionDep, TenantDep
 from api.errors import APIError, not_found
-from api.models import BaseModelRecord, BaseStatus, FineTunedModel, add_event, epoch
+from service.models import BaseModelRecord, BaseStatus, FineTunedModel, add_event, epoch
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 SYSTEM_OWNER = "vaccine"

@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from api.deps import SessionDep
 from api.errors import APIError
-from api.models import ADOPT, BaseModelRecord, BaseStatus, epoch
 from api.routes.admin.tenants import audit
+from service.models import ADOPT, BaseModelRecord, BaseStatus, epoch
 from vaccine_core.artifacts import alignment_manifest
 from vaccine_core.defenses import BoosterConfig
 

@@ -7,9 +7,9 @@ from sqlalchemy import select
 
 from api.deps import SessionDep
 from api.errors import APIError, found
-from api.models import CANCELLABLE_JOB_STATUSES, Job, JobStatus, add_event
 from api.routes.admin.tenants import audit
 from api.routes.jobs import JobObject
+from service.models import CANCELLABLE_JOB_STATUSES, Job, JobStatus, add_event
 
 router = APIRouter(prefix="/jobs")
 

@@ -10,9 +10,9 @@ from sqlalchemy import select
 
 from api.deps import SessionDep
 from api.errors import APIError, not_found
-from api.models import AuditEntry, FineTunedModel, Job, JobStatus, add_event, epoch
 from api.routes.admin.tenants import audit
 from api.routes.models import ModelObject
+from service.models import AuditEntry, FineTunedModel, Job, JobStatus, add_event, epoch
 
 router = APIRouter()
 

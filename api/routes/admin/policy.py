@@ -5,11 +5,11 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from api.defenses import DefenseStack
 from api.deps import SessionDep
-from api.models import Policy
-from api.policy import get_policy
 from api.routes.admin.tenants import audit
+from service.defenses import DefenseStack
+from service.models import Policy
+from service.policy import get_policy
 
 router = APIRouter(prefix="/policy")
 

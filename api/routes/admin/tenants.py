@@ -6,11 +6,11 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from api.defenses import DefenseStack
 from api.deps import SessionDep
 from api.errors import APIError, found, not_found
-from api.models import ApiKey, AuditEntry, Tenant, epoch, now
-from api.tenants import create_key, create_tenant
+from service.defenses import DefenseStack
+from service.models import ApiKey, AuditEntry, Tenant, epoch, now
+from service.tenants import create_key, create_tenant
 
 router = APIRouter(prefix="/tenants")
 

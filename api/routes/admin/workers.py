@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from sqlalchemy import func, select
 
 from api.deps import SessionDep
-from api.models import Job
+from service.models import Job
 
 router = APIRouter(prefix="/workers")
 

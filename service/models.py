@@ -238,7 +238,7 @@ class Policy(Base):
     degenerate_threshold: Mapped[float] = mapped_column(Float)  # % of harmless answers degenerate: refused
     prescreen_action: Mapped[str] = mapped_column(String(8))  # warn | reject
     prescreen_threshold: Mapped[float] = mapped_column(Float)  # share of flagged rows that triggers it
-    defenses: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # api.defenses.DefenseStack
+    defenses: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # service.defenses.DefenseStack
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pydantic import SecretStr, model_validator
 
-from api.defenses import DefenseStack
+from service.defenses import DefenseStack
 from vaccine_core.settings import Settings
 
 MiB = 1 << 20

@@ -2,8 +2,8 @@
 
 from sqlalchemy.orm import Session
 
-from api.models import Policy
-from api.settings import get_service_settings
+from service.models import Policy
+from service.settings import get_service_settings
 
 PRESCREEN_ACTIONS = ("warn", "reject")
 

@@ -6,7 +6,7 @@ from functools import lru_cache
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.settings import get_service_settings
+from service.settings import get_service_settings
 
 
 def make_engine(url: str) -> Engine:

@@ -6,7 +6,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.models import ApiKey, Tenant
+from service.models import ApiKey, Tenant
 
 KEY_PREFIX = "vk-"
 
