@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from api.errors import install_handlers
 from api.idempotency import IdempotencyMiddleware
 from api.request_id import RequestIdMiddleware
-from api.routes import admin, files, health, jobs, models
+from api.routes import admin, chat, files, health, jobs, models
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ def create_app(
     app.include_router(files.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(chat.router)
     app.include_router(admin.router)
     app.include_router(health.router)
 

@@ -1,0 +1,128 @@
+"""``/v1/chat/completions`` in OpenAI's shape, streaming or not: talk to a ready base or to one of the
+tenant's released fine-tuned models (a quarantined one answers 403)."""
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from api.deps import SessionDep, TenantDep
+from api.errors import APIError
+from service.inference import ChatModels, Completion
+from service.models import BaseModelRecord, BaseStatus, FineTunedModel
+
+router = APIRouter(prefix="/v1/chat", tags=["chat"])
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=32_000)
+
+
+class ChatRequest(BaseModel):
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1, max_length=64)
+    max_tokens: Annotated[int, Field(ge=1, le=1024)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=1024)] | None = None
+    temperature: float = Field(default=1.0, ge=0, le=2)  # 0: greedy
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: int = Field(default=1, ge=1, le=1, description="one answer a request")
+
+
+DEFAULT_MAX_TOKENS = 256
+
+
+def model_spec(session: SessionDep, tenant: TenantDep, model_id: str) -> Path:
+    tuned = session.get(FineTunedModel, model_id)
+    if tuned is not None and tuned.tenant_id == tenant.id:
+        if tuned.quarantined:
+            raise APIError(
+                403, "quarantined", "This model failed the release gate and awaits an operator's review."
+            )
+        return Path(tuned.path)
+    base = session.get(BaseModelRecord, model_id)
+    if base is not None and base.status == BaseStatus.READY and base.path:
+        return Path(base.path)
+    raise APIError(404, "model_not_found", f"No model '{model_id}' to chat with.", param="model")
+
+
+def engine(request: Request) -> ChatModels:
+    if not hasattr(request.app.state, "chat_models"):
+        request.app.state.chat_models = ChatModels()
+    return request.app.state.chat_models
+
+
+@router.post("/completions")
+async def chat_completions(
+    body: ChatRequest, request: Request, tenant: TenantDep, session: SessionDep
+) -> Any:
+    spec = model_spec(session, tenant, body.model)
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stop) > 4:
+        raise APIError(400, "invalid_request", "At most 4 stop sequences.", param="stop")
+    completion: Completion = await run_in_threadpool(
+        engine(request).complete,
+        body.model,
+        spec,
+        [m.model_dump() for m in body.messages],
+        max_tokens=body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed if body.seed is not None else 0,
+        stop=stop,
+    )
+    identifier, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    if body.stream:
+        return StreamingResponse(
+            chunks(identifier, created, body.model, completion), media_type="text/event-stream"
+        )
+    return {
+        "id": identifier,
+        "object": "chat.completion",
+        "created": created,
+        "model": body.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.text},
+                "finish_reason": completion.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+            "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+        },
+    }
+
+
+def chunks(identifier: str, created: int, model: str, completion: Completion) -> Iterator[str]:
+    """Server-sent events in OpenAI's chunk shape: the role, the answer word by word, the finish reason.
+    The answer is generated whole first (the CPU decoder works in batches), then streamed."""
+
+    def event(delta: dict[str, Any], finish_reason: str | None = None) -> str:
+        chunk = {
+            "id": identifier,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    yield event({"role": "assistant", "content": ""})
+    words = completion.text.split(" ")
+    for i, word in enumerate(words):
+        yield event({"content": word if i == 0 else " " + word})
+    yield event({}, completion.finish_reason)
+    yield "data: [DONE]\n\n"

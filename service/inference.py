@@ -1,0 +1,70 @@
+"""Chat with a ready base or a tenant's released fine-tuned model, in the API's process: models are loaded
+on first use and kept in a small least-recently-used cache, and one answer is generated at a time (a CPU
+has no room for two). On a GPU deployment an existing multi-LoRA engine serves better (README)."""
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from vaccine_core.data import Message
+from vaccine_core.fast_generation import Sampling
+from vaccine_core.generation import generate_samples
+from vaccine_core.inference import LoadedModel, load_for_inference
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # "stop" (end of turn or a stop sequence) or "length" (max_tokens reached)
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ChatModels:
+    """Loaded models by id, the least recently used dropped beyond ``capacity``."""
+
+    def __init__(self, capacity: int = 2):
+        self.capacity = capacity
+        self.loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self.lock = threading.Lock()  # one load or one generation at a time
+
+    def complete(
+        self,
+        model_id: str,
+        spec: Path,
+        messages: list[Message],
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        stop: list[str],
+    ) -> Completion:
+        with self.lock:
+            loaded = self._get(model_id, spec)
+            sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed) if temperature > 0 else None
+            (text,) = generate_samples(
+                loaded.model, loaded.tokenizer, [messages], max_new_tokens=max_tokens, sampling=sampling
+            )[0]
+            tokenizer = loaded.tokenizer
+            prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            prompt_tokens = len(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+            answer_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        cuts = [text.find(sequence) for sequence in stop if sequence and sequence in text]
+        if cuts:
+            return Completion(text[: min(cuts)], "stop", prompt_tokens, answer_tokens)
+        # an answer that used every token it was allowed did not end its turn by itself
+        return Completion(
+            text, "length" if answer_tokens >= max_tokens else "stop", prompt_tokens, answer_tokens
+        )
+
+    def _get(self, model_id: str, spec: Path) -> LoadedModel:
+        if model_id in self.loaded:
+            self.loaded.move_to_end(model_id)
+            return self.loaded[model_id]
+        loaded = load_for_inference(spec)
+        self.loaded[model_id] = loaded
+        while len(self.loaded) > self.capacity:
+            self.loaded.popitem(last=False)
+        return loaded
