@@ -35,7 +35,7 @@ class ServiceSettings(Settings):
     # The safety report on every fine-tuned model, and the release gate (operator policy; the admin API
     # edits it at run time): protocol v2 (vaccine_core.safety_eval) on the first prompts of its fixed
     # split, greedy and sampled. 64 + 32 + 32 prompts x (1 greedy + 2 sampled) answers of 128 tokens take
-    # about 1.5 minutes on 2 CPU cores (benchmarks/results/service_report_time-cpu-2cores.json).
+    # 166 s on 2 CPU cores (benchmarks/results/service_report_time-cpu-2cores.json; target 180 s).
     safety_judge: str = "default"
     eval_prompts_file: str = ""  # "": the protocol's harmful prompts; or a file (data-relative or absolute)
     eval_prompts: int = 64
