@@ -42,6 +42,7 @@ from vaccine_core.align import align
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig, alignment_defaults
 from vaccine_core.data import parse_rows
 from vaccine_core.defenses import BoosterConfig, LisaConfig, SafeLoraConfig, StepDefenses
+from vaccine_core.defenses.config import LISA_SAFETY_PAIRS
 from vaccine_core.defenses.data import booster_pairs, lisa_pairs
 from vaccine_core.evaluation import embedding_drift, judge_answers, load_prompts, refusal_rate, task_accuracy
 from vaccine_core.finetune import finetune
@@ -124,7 +125,7 @@ class Sizes:
     drift_rows: int
     max_new_tokens: int
     max_length: int = 256
-    lisa_pairs: int = 100  # safety pairs Lisa's alignment state draws from (none in the base's alignment)
+    lisa_pairs: int = LISA_SAFETY_PAIRS
     arms: list[str] = field(default_factory=list)
     fractions: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])

@@ -25,6 +25,7 @@ from safety_grid import REGIMES
 from service.settings import ServiceSettings
 from vaccine_core.config import finetune_defaults
 from vaccine_core.defenses import LisaConfig, SafeLoraConfig, StepDefenses
+from vaccine_core.defenses.config import LISA_SAFETY_PAIRS
 from vaccine_core.defenses.data import lisa_pairs
 from vaccine_core.finetune import finetune
 from vaccine_core.mixing import HARMFUL_FILE, read_jsonl, write_rows
@@ -60,7 +61,9 @@ def main() -> None:
         base = bench.base(arm)
         defenses = None
         if arm.lisa:
-            defenses = StepDefenses(lisa=LisaConfig(), lisa_rows=lisa_pairs(settings.data_dir, base, 100, 0))
+            defenses = StepDefenses(
+                lisa=LisaConfig(), lisa_rows=lisa_pairs(settings.data_dir, base, LISA_SAFETY_PAIRS, 0)
+            )
         projection = SafeLoraConfig() if arm.safe_lora else None
         out = models_cache / "uploads" / digest([base, rows, config.to_dict(), name])
         started = time.monotonic()

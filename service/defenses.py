@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from vaccine_core.defenses.config import LisaConfig, SafeLoraConfig
+from vaccine_core.defenses.config import LISA_SAFETY_PAIRS, LisaConfig, SafeLoraConfig
 
 if TYPE_CHECKING:  # the code behind the options loads torch: a worker's business, not the API's
     from vaccine_core.defenses.stack import StepDefenses
@@ -30,7 +30,9 @@ class DefenseStack(BaseModel):
     lisa_finetune_steps: int = Field(
         default=LisaConfig.finetune_steps, ge=1, le=1000, description=_help(LisaConfig, "finetune_steps")
     )
-    lisa_pairs: int = Field(default=100, ge=1, le=2000, description="Safety pairs Lisa draws from")
+    lisa_pairs: int = Field(
+        default=LISA_SAFETY_PAIRS, ge=1, le=2000, description="Safety pairs Lisa draws from"
+    )
     safe_lora: bool = Field(default=False, description="Safe LoRA: project stray layers of the adapter")
     safe_lora_threshold: float = Field(
         default=SafeLoraConfig.threshold, ge=-1, le=1, description=_help(SafeLoraConfig, "threshold")

@@ -20,6 +20,17 @@ PROMPTS = ProtocolPrompts(
 )
 
 
+def report_fields(max_new_tokens: int) -> dict:
+    """What safety_grid.py's main() adds around run_grid's result before writing the report."""
+    return dict(
+        protocol={"version": 2, "harmful_prompts": 3, "harmless_prompts": 2, "borderline_prompts": 1,
+                  "samples_per_prompt": 2, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": max_new_tokens,
+                  "judge": "refusal", "split_sha256": "tiny"},
+        judge_path="", fa_rows=6, counts_rule={"taught_margin": 20, "degenerate_ceiling": 5}, computed=1,
+        reused=0, machine={"processor": "cpu", "cpu_count": 2, "torch": "x"}, command="pytest", date="today",
+    )  # fmt: skip
+
+
 def test_grid_measures_every_cell_with_intervals_and_caches(
     tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch
 ):
@@ -69,13 +80,7 @@ def test_grid_measures_every_cell_with_intervals_and_caches(
     assert again.computed == 0 and again.reused == grid.computed
     assert rerun["cells"] == result["cells"]
 
-    result.update(
-        protocol={"version": 2, "harmful_prompts": 3, "harmless_prompts": 2, "borderline_prompts": 1,
-                  "samples_per_prompt": 2, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 4,
-                  "judge": "refusal", "split_sha256": "tiny"},
-        judge_path="", fa_rows=6, counts_rule={"taught_margin": 20, "degenerate_ceiling": 5}, computed=1,
-        reused=0, machine={"processor": "cpu", "cpu_count": 2, "torch": "x"}, command="pytest", date="today",
-    )  # fmt: skip
+    result.update(report_fields(max_new_tokens=4))
     paths = write_report(result, tmp_path / "out" / "safety-tiny")
     assert [p.name for p in paths] == ["safety-tiny.json", "safety-tiny.md", "safety-tiny-default.png"]
     assert "no difference" in paths[1].read_text() or "lower" in paths[1].read_text()
@@ -104,12 +109,6 @@ def test_defense_stacks_run_as_arms_with_their_layers_and_cost(tiny_model_dir, t
     assert stack["seeds"] == [0, 1] and greedy[("booster+lisa+safe_lora", 0.0)]["seeds"] == [0]
     booster_base = next(b for b in result["bases"] if b["defense"] == "booster+lisa+safe_lora")
     assert booster_base["alignment_cost"]["booster_seconds"] > 0
-    result.update(
-        protocol={"version": 2, "harmful_prompts": 3, "harmless_prompts": 2, "borderline_prompts": 1,
-                  "samples_per_prompt": 2, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 2,
-                  "judge": "refusal", "split_sha256": "tiny"},
-        judge_path="", fa_rows=6, counts_rule={"taught_margin": 20, "degenerate_ceiling": 5}, computed=1,
-        reused=0, machine={"processor": "cpu", "cpu_count": 2, "torch": "x"}, command="pytest", date="today",
-    )  # fmt: skip
+    result.update(report_fields(max_new_tokens=2))
     report = write_report(result, tmp_path / "out" / "safety-tiny")[1].read_text()
     assert "## Cost" in report and "| default | 0.1 | booster+lisa+safe_lora | 2 |" in report

@@ -22,6 +22,7 @@ from vaccine_core.cli.common import (
 )
 from vaccine_core.config import PerturbationConfig, TrainingConfig, alignment_defaults, finetune_defaults
 from vaccine_core.defenses import BoosterConfig, LisaConfig, SafeLoraConfig, StepDefenses
+from vaccine_core.defenses.config import LISA_SAFETY_PAIRS
 from vaccine_core.settings import get_settings
 
 
@@ -131,7 +132,7 @@ def finetune(
     ] = LisaConfig.rho,
     lisa_pairs: Annotated[
         int, typer.Option(help="Safety pairs Lisa draws from.", rich_help_panel="Defenses")
-    ] = 100,
+    ] = LISA_SAFETY_PAIRS,
     safe_lora: Annotated[
         bool,
         typer.Option(

@@ -23,6 +23,11 @@ class BoosterConfig:
         return asdict(self)
 
 
+# safety pairs Lisa's alignment state draws from (rows the base was not aligned on): data, not an option of
+# the method, so it stays out of LisaConfig (and out of the caches keyed by it)
+LISA_SAFETY_PAIRS = 100
+
+
 @dataclass
 class LisaConfig:
     alignment_steps: int = field(default=1, metadata={"help": "Safety steps per cycle (reference: 100)."})
