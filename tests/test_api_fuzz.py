@@ -9,7 +9,7 @@ from test_api import service, tenant_client  # noqa: F401  (the fixture)
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 from fuzz_api import fuzz
 
-CASES_PER_ROUTE = 4
+CASES_PER_ROUTE = 2
 
 
 def test_no_route_answers_a_server_error(service):  # noqa: F811
