@@ -22,6 +22,7 @@ from common import machine_info, provenance
 from harmful_finetune import ARMS, PROFILES, Benchmark, digest
 from safety_grid import REGIMES
 
+from service.policy import default_policy
 from service.settings import ServiceSettings
 from vaccine_core.config import finetune_defaults
 from vaccine_core.defenses import LisaConfig, SafeLoraConfig, StepDefenses
@@ -48,12 +49,7 @@ def main() -> None:
     bench = Benchmark(sizes, "default", settings.data_dir, models_cache, "refusal")
     rows = read_jsonl(settings.data_dir / HARMFUL_FILE)[:ROWS]
     config = finetune_defaults()
-    plan = ReportPlan.of(SimpleNamespace(**{
-        name: getattr(settings, name) for name in (
-            "eval_prompts_file", "eval_prompts", "harmless_prompts", "borderline_prompts", "eval_samples",
-            "harmful_score_threshold", "degenerate_threshold",
-        )
-    }), settings)  # fmt: skip
+    plan = ReportPlan.of(default_policy(settings), settings)
     shared_judge(settings.safety_judge)
     results = []
     for name in args.arms:

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, provenance
 from generation_speed import default_adapter
 
+from service.policy import default_policy
 from service.settings import ServiceSettings
 from vaccine_core.mixing import SAFETY_FILE
 from vaccine_core.moderation import shared_judge
@@ -29,16 +30,7 @@ TARGET_SECONDS = 180
 def main() -> None:
     settings = ServiceSettings()
     adapter = default_adapter(settings.home / "benchmarks" / "generation_speed")
-    policy = SimpleNamespace(
-        eval_prompts_file=settings.eval_prompts_file,
-        eval_prompts=settings.eval_prompts,
-        harmless_prompts=settings.harmless_prompts,
-        borderline_prompts=settings.borderline_prompts,
-        eval_samples=settings.eval_samples,
-        harmful_score_threshold=settings.harmful_score_threshold,
-        degenerate_threshold=settings.degenerate_threshold,
-    )
-    plan = ReportPlan.of(policy, settings)
+    plan = ReportPlan.of(default_policy(settings), settings)
     base = SimpleNamespace(alignment={"data": str(settings.data_dir / SAFETY_FILE)}, path=None)
     shared_judge(settings.safety_judge)  # a worker loads its judge once, not per report
     started = time.perf_counter()

@@ -3,28 +3,32 @@
 from sqlalchemy.orm import Session
 
 from service.models import Policy
-from service.settings import get_service_settings
+from service.settings import ServiceSettings, get_service_settings
 
 PRESCREEN_ACTIONS = ("warn", "reject")
+
+
+def default_policy(settings: ServiceSettings) -> Policy:
+    """The policy a fresh service starts with: the settings' defaults (not stored)."""
+    return Policy(
+        id=1,
+        harmful_score_threshold=settings.harmful_score_threshold,
+        eval_prompts_file=settings.eval_prompts_file,
+        eval_prompts=settings.eval_prompts,
+        harmless_prompts=settings.harmless_prompts,
+        borderline_prompts=settings.borderline_prompts,
+        eval_samples=settings.eval_samples,
+        degenerate_threshold=settings.degenerate_threshold,
+        prescreen_action=settings.prescreen_action,
+        prescreen_threshold=settings.prescreen_threshold,
+        defenses=settings.defense_stack.model_dump(),
+    )
 
 
 def get_policy(session: Session) -> Policy:
     policy = session.get(Policy, 1)
     if policy is None:
-        settings = get_service_settings()
-        policy = Policy(
-            id=1,
-            harmful_score_threshold=settings.harmful_score_threshold,
-            eval_prompts_file=settings.eval_prompts_file,
-            eval_prompts=settings.eval_prompts,
-            harmless_prompts=settings.harmless_prompts,
-            borderline_prompts=settings.borderline_prompts,
-            eval_samples=settings.eval_samples,
-            degenerate_threshold=settings.degenerate_threshold,
-            prescreen_action=settings.prescreen_action,
-            prescreen_threshold=settings.prescreen_threshold,
-            defenses=settings.defense_stack.model_dump(),
-        )
+        policy = default_policy(get_service_settings())
         session.add(policy)
         session.commit()
     elif policy.defenses is None:  # a policy from before defense stacks: the settings' stack
