@@ -14,8 +14,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import jobs
 from service.db import get_engine
-from service.models import ADOPT, BaseModelRecord, BaseStatus, Job, JobStatus, add_event, now
+from service.models import ADOPT, BaseModelRecord, BaseStatus, Job, JobStatus
 from service.policy import get_policy
 from service.settings import ServiceSettings, get_service_settings
 from vaccine_core.align import align
@@ -104,11 +105,15 @@ def align_base(
         with sessions() as session:
             row = session.get(BaseModelRecord, base_id)
             row.status, row.error = BaseStatus.FAILED, str(exc)
-            for job in waiting_jobs(session, base_id):
-                job.status, job.finished_at = JobStatus.FAILED, now()
-                job.error = {"code": "model_not_available", "message": f"Aligning {base_id} failed: {exc}"}
-                add_event(session, job.id, f"The base {base_id} failed to align", level="error")
             session.commit()
+            for job in waiting_jobs(session, base_id):
+                jobs.fail(
+                    session,
+                    job_id=job.id,
+                    code="model_not_available",
+                    message=f"Aligning {base_id} failed: {exc}",
+                    event=f"The base {base_id} failed to align",
+                )
         return BaseStatus.FAILED
     with sessions() as session:
         row = session.get(BaseModelRecord, base_id)

@@ -9,11 +9,11 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import jobs
 from service.db import get_engine
-from service.models import File, FileStatus, Job, JobStatus, add_event, now
+from service.models import File, FileStatus
 from service.policy import get_policy
 from service.settings import get_service_settings
 from vaccine_core.moderation import shared_judge
@@ -38,7 +38,7 @@ def prescreen_file(file_id: str, dispatch: Callable[[str], None]) -> str:
     except Exception as exc:  # every file ends in a state its owner can read
         log.exception("pre-screening %s failed", file_id)
         message = f"The pre-screen failed: {exc}"
-        return settle(sessions, file_id, FileStatus.ERROR, message, None, dispatch, code="prescreen_failed")
+        return settle(sessions, file_id, FileStatus.ERROR, message, None, dispatch)
     screen = report.to_dict()
     lines = [flagged["line"] for flagged in screen["flagged"]]
     details = (
@@ -49,9 +49,7 @@ def prescreen_file(file_id: str, dispatch: Callable[[str], None]) -> str:
     if report.flagged_share > threshold and action == "reject":
         Path(row.path).unlink(missing_ok=True)  # rows the policy refuses are not kept
         message = f"More than {100 * threshold:.1f} % of the rows flagged as harmful: {details}"
-        return settle(
-            sessions, file_id, FileStatus.ERROR, message, screen, dispatch, code="moderation_rejected"
-        )
+        return settle(sessions, file_id, FileStatus.ERROR, message, screen, dispatch)
     if report.flagged_share > threshold:
         details = f"warning: above the pre-screen threshold of {100 * threshold:.1f} %; {details}"
     return settle(sessions, file_id, FileStatus.PROCESSED, details, screen, dispatch)
@@ -64,34 +62,13 @@ def settle(
     details: str,
     screen: dict | None,
     dispatch: Callable[[str], None],
-    code: str | None = None,
 ) -> str:
     """Record the file's verdict, then queue (and dispatch) or fail each job that was validating it."""
     with sessions() as session:
         row = session.get(File, file_id)
         row.status, row.status_details, row.prescreen = status, details, screen
-        waiting = session.scalars(
-            select(Job).where(
-                Job.status == JobStatus.VALIDATING_FILES,
-                (Job.training_file == file_id) | (Job.validation_file == file_id),
-            )
-        ).all()
-        ready = []
-        for job in waiting:
-            files = [session.get(File, f) for f in (job.training_file, job.validation_file) if f]
-            if any(f.status == FileStatus.ERROR for f in files):
-                job.status, job.finished_at = JobStatus.FAILED, now()
-                job.error = {
-                    "code": code or "invalid_file",
-                    "message": f"File {file_id}: {details}",
-                    "param": None,
-                }
-                add_event(session, job.id, f"File {file_id} failed validation", level="error")
-            elif all(f.status == FileStatus.PROCESSED for f in files):
-                job.status = JobStatus.QUEUED
-                add_event(session, job.id, "Files validated; the job is queued")
-                ready.append(job.id)
         session.commit()
+        ready = jobs.settle_validating(session, file_ids=[file_id])
     for job_id in ready:
         dispatch(job_id)
     return status

@@ -12,7 +12,8 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.models import Job, JobStatus, add_event, now
+from service import jobs
+from service.models import Job, JobStatus, now
 
 STALE_AFTER = timedelta(minutes=10)
 DEFAULT_MAX_ATTEMPTS = 3
@@ -25,36 +26,50 @@ def requeue_stale_jobs(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> list[str]:
     """Queue again (and dispatch) the running jobs whose heartbeat is older than ``stale_after``; fail
-    those that already started ``max_attempts`` times; mark paused the ones that were pausing."""
+    those that already started ``max_attempts`` times; mark paused the ones that were pausing. Each move
+    re-checks the heartbeat, so a worker that beats in between keeps its job."""
     cutoff = now() - stale_after
-    pausing = session.scalars(
-        select(Job).where(Job.status == JobStatus.PAUSING, Job.heartbeat_at < cutoff)
-    ).all()
-    for job in pausing:  # its worker died before it stopped: paused at its newest checkpoint
-        job.status = JobStatus.PAUSED
-        add_event(session, job.id, "The worker stopped answering while pausing; paused", level="warn")
+    beating = Job.heartbeat_at >= cutoff
     stale = session.scalars(
-        select(Job).where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff)
+        select(Job).where(Job.status.in_([JobStatus.RUNNING, JobStatus.PAUSING]), Job.heartbeat_at < cutoff)
     ).all()
     requeued = []
     for job in stale:
-        if job.attempts >= max_attempts:
-            job.status, job.finished_at = JobStatus.FAILED, now()
-            job.error = {
-                "code": "worker_lost",
-                "message": f"Its worker stopped answering {job.attempts} times; it is not retried again.",
-                "param": None,
-            }
-            add_event(session, job.id, "The worker was lost too many times; the job failed", level="error")
-            continue
-        job.status = JobStatus.QUEUED
-        add_event(
+        if job.status == JobStatus.PAUSING:  # its worker died before it stopped: paused at its checkpoint
+            jobs.move(
+                session,
+                job.id,
+                allowed=[JobStatus.PAUSING],
+                unless=beating,
+                to=JobStatus.PAUSED,
+                event="The worker stopped answering while pausing; paused",
+                level="warn",
+            )
+        elif job.attempts >= max_attempts:
+            jobs.move(
+                session,
+                job.id,
+                allowed=[JobStatus.RUNNING],
+                unless=beating,
+                to=JobStatus.FAILED,
+                event="The worker was lost too many times; the job failed",
+                level="error",
+                finished_at=now(),
+                error=jobs.error(
+                    "worker_lost",
+                    f"Its worker stopped answering {job.attempts} times; it is not retried again.",
+                ),
+            )
+        elif jobs.move(
             session,
             job.id,
-            "The worker stopped answering; the job is queued again and will resume",
+            allowed=[JobStatus.RUNNING],
+            unless=beating,
+            to=JobStatus.QUEUED,
+            event="The worker stopped answering; the job is queued again and will resume",
             level="warn",
-        )
-        requeued.append(job.id)
+        ):
+            requeued.append(job.id)
     session.commit()
     for job_id in requeued:
         dispatch(job_id)

@@ -7,7 +7,7 @@ died) resumes from its newest checkpoint. Cancellation is read from the database
 import logging
 import socket
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -16,10 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from transformers import PreTrainedModel
 
+from service import jobs
 from service.db import get_engine
 from service.defenses import stack_of
 from service.models import (
-    TERMINAL_JOB_STATUSES,
     BaseModelRecord,
     BaseStatus,
     File,
@@ -53,11 +53,6 @@ def cached_base(path: str) -> PreTrainedModel:
 
 
 CHECKPOINT_EVERY = 10
-
-
-def as_utc(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every time here is UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def training_config(job: Job) -> TrainingConfig:
@@ -107,26 +102,21 @@ def run_job(job_id: str) -> str:
         if job is None:
             log.warning("job %s does not exist", job_id)
             return "missing"
-        if job.status in TERMINAL_JOB_STATUSES or job.status in (
-            JobStatus.PAUSED,
-            JobStatus.VALIDATING_FILES,
-        ):
-            return job.status  # a job validating its files is dispatched by the pre-screen once they pass
-        alive = now() - timedelta(seconds=get_service_settings().stale_heartbeat_seconds)
-        if job.status == JobStatus.RUNNING and job.heartbeat_at and as_utc(job.heartbeat_at) > alive:
-            return job.status  # a second delivery while a live worker runs it: never twice at once
         base = session.get(BaseModelRecord, job.model)
         if base is not None and base.status in (BaseStatus.REGISTERED, BaseStatus.ALIGNING):
             return job.status  # queued: the base's alignment dispatches it once the base is ready
+        alive = now() - timedelta(seconds=get_service_settings().stale_heartbeat_seconds)
+        # an ended, paused or validating job, or one a live worker runs, is not claimed (the pre-screen
+        # dispatches a validating job once its files pass)
+        if not jobs.start(
+            session, job_id=job_id, worker=socket.gethostname(), alive_since=alive, resumed=job.attempts > 0
+        ):
+            session.refresh(job)
+            return job.status
+        session.refresh(job)
         training_file = session.get(File, job.training_file)
         validation_file = session.get(File, job.validation_file) if job.validation_file else None
         defenses = (get_policy(session).defenses, session.get(Tenant, job.tenant_id).defenses)
-        resumed = job.attempts > 0
-        job.status, job.attempts, job.worker = JobStatus.RUNNING, job.attempts + 1, socket.gethostname()
-        job.started_at = job.started_at or now()
-        job.heartbeat_at = now()
-        add_event(session, job_id, "Resumed after an interruption" if resumed else "Fine-tuning job started")
-        session.commit()
 
     output_dir = get_service_settings().home / "jobs" / job_id
 
@@ -186,28 +176,16 @@ def run_job(job_id: str) -> str:
         cached_base.cache_clear()  # it may still carry the failed job's adapter
         return fail(job_id, "training_failed", f"Fine-tuning failed: {exc}", str(exc))
 
-    if result.manifest is None:
+    if result.manifest is None:  # it stopped between two steps: paused or cancelled
         with sessions() as session:
-            row = session.get(Job, job_id)
-            if row.status == JobStatus.PAUSING:  # the last checkpoint holds this very step
-                row.status = JobStatus.PAUSED
-                add_event(session, job_id, f"Paused at step {result.train.steps}")
-            else:
-                row.status, row.finished_at = JobStatus.CANCELLED, now()
-                add_event(session, job_id, f"Cancelled at step {result.train.steps}")
-            session.commit()
-            return row.status
+            return jobs.stopped(session, job_id=job_id, step=result.train.steps)
     return release(job_id, base, output_dir, result.train.tokens)
 
 
 def fail(job_id: str, code: str, event: str, message: str) -> str:
     """End a job ``failed`` with a readable ``{code, message}``."""
     with sessionmaker(get_engine())() as session:
-        row = session.get(Job, job_id)
-        row.status, row.finished_at = JobStatus.FAILED, now()
-        row.error = {"code": code, "message": message, "param": None}
-        add_event(session, job_id, event, level="error")
-        session.commit()
+        jobs.fail(session, job_id=job_id, code=code, message=message, event=event)
     return JobStatus.FAILED
 
 
@@ -258,8 +236,39 @@ def release(job_id: str, base: BaseModelRecord, output_dir: Path, trained_tokens
         return fail(job_id, "evaluation_failed", f"Safety evaluation failed: {exc}", str(exc))
     with sessions() as session:
         row = session.get(Job, job_id)
-        row.result_files = [write_step_metrics(session, row, get_service_settings())]
         model_id = f"ft:{row.model}:{row.suffix or 'custom'}:{row.id}"
+        summary = {
+            k: report[k]
+            for k in ("harmful_score", "over_refusal", "degenerate_harmless", "embedding_drift", "threshold")
+        }
+        ended = {"fine_tuned_model": model_id, "trained_tokens": trained_tokens, "finished_at": now()}
+        gate = report["gate"]
+        if gate is None:
+            event, level, error = "The job has successfully completed", "info", None
+        else:
+            message = f"{gate['message']}; the model is quarantined until an operator reviews it."
+            event, level, error = (
+                "Release gate: the model is quarantined",
+                "warn",
+                jobs.error(gate["code"], message),
+            )
+        to = JobStatus.SUCCEEDED if gate is None else JobStatus.FAILED
+        if not jobs.move(
+            session,
+            job_id,
+            allowed=[JobStatus.RUNNING],
+            to=to,
+            event=event,
+            level=level,
+            data=summary,
+            error=error,
+            **ended,
+        ):  # cancelled while it was being evaluated: no model is handed back
+            session.rollback()
+            jobs.stopped(session, job_id=job_id, step=(row.progress or {}).get("step", 0))
+            session.refresh(row)
+            return row.status
+        row.result_files = [write_step_metrics(session, row, get_service_settings())]
         session.merge(
             FineTunedModel(
                 id=model_id,
@@ -271,22 +280,5 @@ def release(job_id: str, base: BaseModelRecord, output_dir: Path, trained_tokens
                 quarantined=not report["passed"],
             )
         )
-        row.fine_tuned_model, row.trained_tokens, row.finished_at = model_id, trained_tokens, now()
-        summary = {
-            k: report[k]
-            for k in ("harmful_score", "over_refusal", "degenerate_harmless", "embedding_drift", "threshold")
-        }
-        gate = report["gate"]
-        if gate is None:
-            row.status = JobStatus.SUCCEEDED
-            add_event(session, job_id, "The job has successfully completed", summary)
-        else:
-            row.status = JobStatus.FAILED
-            row.error = {
-                "code": gate["code"],
-                "message": f"{gate['message']}; the model is quarantined until an operator reviews it.",
-                "param": None,
-            }
-            add_event(session, job_id, "Release gate: the model is quarantined", summary, level="warn")
         session.commit()
-        return row.status
+        return to

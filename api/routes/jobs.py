@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session
 
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import APIError, not_found
+from service import jobs
 from service.models import (
     ACTIVE_JOB_STATUSES,
-    CANCELLABLE_JOB_STATUSES,
     BaseModelRecord,
     BaseStatus,
     File,
@@ -329,8 +329,14 @@ def create_job(
     session.flush()
     add_event(session, job.id, f"Created fine-tuning job: {job.id}")
     session.commit()
-    if not validating and base.status == BaseStatus.READY:
+    # a pre-screen that settled a file between the read above and this commit did not see the job
+    ready = jobs.settle_validating(session, file_ids=[f.id for f in files]) if validating else [job.id]
+    # likewise an alignment that ended in between: dispatching twice is harmless (a worker claims a job
+    # once), never dispatching would leave the job queued
+    session.refresh(base)
+    if job.id in ready and base.status == BaseStatus.READY:
         request.app.state.dispatch(job.id)
+    session.refresh(job)
     return JobObject.of(job, QueueState(session))
 
 
@@ -379,14 +385,10 @@ def pause_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobObject:
     """A running job checkpoints between two steps and stops (pausing, then paused); a queued one is
     paused before it starts."""
     job = _owned(session, tenant, job_id)
-    if job.status == JobStatus.RUNNING:
-        job.status = JobStatus.PAUSING
-    elif job.status in (JobStatus.QUEUED, JobStatus.VALIDATING_FILES):
-        job.status = JobStatus.PAUSED
-    else:
+    if not jobs.pause(session, job_id=job.id):
+        session.refresh(job)
         raise APIError(409, "job_not_running", f"Job '{job_id}' cannot be paused ({job.status}).", param="id")
-    add_event(session, job.id, "Pause requested")
-    session.commit()
+    session.refresh(job)
     return JobObject.of(job)
 
 
@@ -394,25 +396,24 @@ def pause_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobObject:
 def resume_job(job_id: str, request: Request, tenant: TenantDep, session: SessionDep) -> JobObject:
     """A paused job goes back in the queue and continues from its newest checkpoint."""
     job = _owned(session, tenant, job_id)
+    not_paused = APIError(409, "job_not_paused", f"Job '{job_id}' is not paused ({job.status}).", param="id")
     if job.status != JobStatus.PAUSED:
-        raise APIError(409, "job_not_paused", f"Job '{job_id}' is not paused ({job.status}).", param="id")
+        raise not_paused
     check_quota(session, tenant)
-    job.status = JobStatus.QUEUED
-    add_event(session, job.id, "Resumed: queued to continue from its newest checkpoint")
-    session.commit()
+    if not jobs.resume(session, job_id=job.id):
+        raise not_paused
     request.app.state.dispatch(job.id)
+    session.refresh(job)
     return JobObject.of(job, QueueState(session))
 
 
 @router.post("/{job_id}/cancel", response_model=JobObject)
 def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobObject:
     job = _owned(session, tenant, job_id)
-    if job.status not in CANCELLABLE_JOB_STATUSES:
+    cancelled = jobs.cancel(session, job_id=job.id)
+    session.refresh(job)
+    if not cancelled:
         raise APIError(409, "job_not_active", f"Job '{job_id}' has already ended ({job.status}).", param="id")
-    # A running job sees this between two steps and stops there; a queued one never starts.
-    job.status = JobStatus.CANCELLED
-    add_event(session, job.id, "Cancellation requested")
-    session.commit()
     return JobObject.of(job)
 
 

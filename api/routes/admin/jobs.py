@@ -9,7 +9,8 @@ from api.deps import SessionDep
 from api.errors import APIError, found
 from api.routes.admin.tenants import audit
 from api.routes.jobs import JobObject
-from service.models import CANCELLABLE_JOB_STATUSES, Job, JobStatus, add_event
+from service import jobs
+from service.models import Job
 
 router = APIRouter(prefix="/jobs")
 
@@ -33,10 +34,10 @@ def list_jobs(
 @router.post("/{job_id}/cancel")
 def cancel(job_id: str, session: SessionDep) -> dict[str, Any]:
     job = found(session.get(Job, job_id), "fine-tuning job", job_id)
-    if job.status not in CANCELLABLE_JOB_STATUSES:
+    cancelled = jobs.cancel(session, job_id=job_id, by="an operator")
+    session.refresh(job)
+    if not cancelled:
         raise APIError(409, "job_not_active", f"Job '{job_id}' has already ended ({job.status}).", param="id")
-    job.status = JobStatus.CANCELLED
-    add_event(session, job_id, "Cancelled by an operator")
     audit(session, "job.cancel", job_id)
     session.commit()
     return JobObject.of(job).model_dump()
@@ -46,10 +47,10 @@ def cancel(job_id: str, session: SessionDep) -> dict[str, Any]:
 def requeue(job_id: str, request: Request, session: SessionDep) -> dict[str, Any]:
     """Put a failed job back in the queue; it resumes from its newest checkpoint."""
     job = found(session.get(Job, job_id), "fine-tuning job", job_id)
-    if job.status != JobStatus.FAILED:
+    requeued = jobs.requeue_failed(session, job_id=job_id, by="an operator")
+    session.refresh(job)
+    if not requeued:
         raise APIError(409, "job_not_failed", f"Only failed jobs can be requeued; this one is {job.status}.")
-    job.status, job.error, job.finished_at = JobStatus.QUEUED, None, None
-    add_event(session, job_id, "Requeued by an operator")
     audit(session, "job.requeue", job_id)
     session.commit()
     request.app.state.dispatch(job_id)

@@ -1,0 +1,222 @@
+"""A fine-tuning job's life cycle: each change of status is a named function and a compare-and-set.
+
+The API, the pre-screen, the alignment task, the reaper and the job's own worker all change jobs, from
+different processes. A read-then-write (load the row, check its status, assign a new one, commit) lets
+two of them interleave and one silently undo the other: a pre-screen that settles a file while a job on
+that file is being created leaves the job ``validating_files`` for ever; a cancel that lands while the
+worker releases the model is overwritten by ``succeeded``. Here every transition is one
+``UPDATE jobs SET status = :to WHERE id = :id AND status IN (:allowed)``: exactly one of two racing
+writers wins, and the loser learns it from the row count instead of overwriting. Each function commits
+(one transaction each) and says whether it moved the job; dispatching to a worker is the caller's part,
+after the commit.
+"""
+
+from collections.abc import Collection, Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.orm import Session
+
+from service.models import (
+    CANCELLABLE_JOB_STATUSES,
+    TERMINAL_JOB_STATUSES,
+    File,
+    FileStatus,
+    Job,
+    JobStatus,
+    add_event,
+    now,
+)
+
+NOT_ENDED = tuple(status for status in JobStatus if status not in TERMINAL_JOB_STATUSES)
+
+
+def move(
+    session: Session,
+    job_id: str,
+    *,
+    allowed: Collection[JobStatus],
+    to: JobStatus,
+    event: str,
+    level: str = "info",
+    data: dict | None = None,
+    unless: ColumnElement[bool] | None = None,
+    **values: Any,
+) -> bool:
+    """Set ``job_id``'s status to ``to`` (and ``values``) if it is one of ``allowed`` (and ``unless`` does
+    not hold); record ``event`` when it moved. Not committed: the callers below commit, each once."""
+    condition = Job.status.in_(list(allowed))
+    if unless is not None:
+        condition = condition & ~unless
+    moved = session.execute(
+        update(Job)
+        .where(Job.id == job_id, condition)
+        .values(status=to, **values)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if moved:
+        add_event(session, job_id, event, data, level=level)
+    return bool(moved)
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    """OpenAI's job error object."""
+    return {"code": code, "message": message, "param": None}
+
+
+def settle_validating(session: Session, *, file_ids: Iterable[str]) -> list[str]:
+    """Queue each ``validating_files`` job on ``file_ids`` whose files are all processed, and fail those
+    with a file in error; return the ids it queued (for the caller to dispatch). Called by the pre-screen
+    when it settles a file and by job creation right after its commit, so whichever of the two commits
+    last sees the other's row: no job waits on a file that was settled in between."""
+    wanted = list(file_ids)
+    session.expire_all()  # what other processes committed, not the rows this session read before
+    waiting = session.scalars(
+        select(Job).where(
+            Job.status == JobStatus.VALIDATING_FILES,
+            Job.training_file.in_(wanted) | Job.validation_file.in_(wanted),
+        )
+    ).all()
+    queued = []
+    for job in waiting:
+        files = [session.get(File, f) for f in (job.training_file, job.validation_file) if f]
+        broken = next((f for f in files if f.status == FileStatus.ERROR), None)
+        if broken is not None:
+            # a file is only ever in error by its pre-screen: the judge refused it, or the judge failed
+            code = "moderation_rejected" if broken.prescreen is not None else "prescreen_failed"
+            move(
+                session,
+                job.id,
+                allowed=[JobStatus.VALIDATING_FILES],
+                to=JobStatus.FAILED,
+                event=f"File {broken.id} failed validation",
+                level="error",
+                finished_at=now(),
+                error=error(code, f"File {broken.id}: {broken.status_details}"),
+            )
+        elif all(f.status == FileStatus.PROCESSED for f in files) and move(
+            session,
+            job.id,
+            allowed=[JobStatus.VALIDATING_FILES],
+            to=JobStatus.QUEUED,
+            event="Files validated; the job is queued",
+        ):
+            queued.append(job.id)
+    session.commit()
+    return queued
+
+
+def start(session: Session, *, job_id: str, worker: str, alive_since: datetime, resumed: bool) -> bool:
+    """Claim a job for ``worker``: a queued one, or a running one whose heartbeat is older than
+    ``alive_since`` (its worker died; it resumes from its newest checkpoint). A second delivery of the same
+    job while a live worker runs it claims nothing: a job never runs twice at once."""
+    live = (
+        (Job.status == JobStatus.RUNNING) & Job.heartbeat_at.is_not(None) & (Job.heartbeat_at >= alive_since)
+    )
+    moved = move(
+        session,
+        job_id,
+        allowed=[JobStatus.QUEUED, JobStatus.RUNNING],
+        unless=live,
+        to=JobStatus.RUNNING,
+        event="Resumed after an interruption" if resumed else "Fine-tuning job started",
+        worker=worker,
+        attempts=Job.attempts + 1,
+        started_at=func.coalesce(Job.started_at, now()),
+        heartbeat_at=now(),
+    )
+    session.commit()
+    return moved
+
+
+def pause(session: Session, *, job_id: str) -> bool:
+    """A running job is asked to checkpoint and stop between two steps (pausing); one that has not
+    started is paused at once."""
+    moved = move(
+        session, job_id, allowed=[JobStatus.RUNNING], to=JobStatus.PAUSING, event="Pause requested"
+    ) or move(
+        session,
+        job_id,
+        allowed=[JobStatus.QUEUED, JobStatus.VALIDATING_FILES],
+        to=JobStatus.PAUSED,
+        event="Pause requested; paused before it started",
+    )
+    session.commit()
+    return moved
+
+
+def resume(session: Session, *, job_id: str) -> bool:
+    """A paused job goes back in the queue and continues from its newest checkpoint."""
+    moved = move(
+        session,
+        job_id,
+        allowed=[JobStatus.PAUSED],
+        to=JobStatus.QUEUED,
+        event="Resumed: queued to continue from its newest checkpoint",
+    )
+    session.commit()
+    return moved
+
+
+def cancel(session: Session, *, job_id: str, by: str = "the user") -> bool:
+    """A running job sees this between two steps and stops there; a queued or paused one never starts."""
+    moved = move(
+        session,
+        job_id,
+        allowed=CANCELLABLE_JOB_STATUSES,
+        to=JobStatus.CANCELLED,
+        event=f"Cancellation requested by {by}",
+    )
+    session.commit()
+    return moved
+
+
+def requeue_failed(session: Session, *, job_id: str, by: str) -> bool:
+    """Put a failed job back in the queue (an operator's decision); it resumes from its newest checkpoint."""
+    moved = move(
+        session,
+        job_id,
+        allowed=[JobStatus.FAILED],
+        to=JobStatus.QUEUED,
+        event=f"Requeued by {by}",
+        error=None,
+        finished_at=None,
+    )
+    session.commit()
+    return moved
+
+
+def stopped(session: Session, *, job_id: str, step: int) -> JobStatus:
+    """The worker stopped between two steps: a pausing job is paused (its newest checkpoint holds this
+    step); otherwise it was cancelled."""
+    paused = f"Paused at step {step}"
+    if move(session, job_id, allowed=[JobStatus.PAUSING], to=JobStatus.PAUSED, event=paused):
+        session.commit()
+        return JobStatus.PAUSED
+    move(
+        session,
+        job_id,
+        allowed=[JobStatus.CANCELLED],
+        to=JobStatus.CANCELLED,
+        event=f"Cancelled at step {step}",
+        finished_at=now(),
+    )
+    session.commit()
+    return JobStatus.CANCELLED
+
+
+def fail(session: Session, *, job_id: str, code: str, message: str, event: str) -> bool:
+    """End a job that has not ended ``failed`` with a readable ``{code, message}``."""
+    moved = move(
+        session,
+        job_id,
+        allowed=NOT_ENDED,
+        to=JobStatus.FAILED,
+        event=event,
+        level="error",
+        finished_at=now(),
+        error=error(code, message),
+    )
+    session.commit()
+    return moved
