@@ -1,7 +1,7 @@
 """Schemathesis over every operation of the service's OpenAPI description, with valid keys (a tenant's
 on /v1, the operator's on /admin): whatever the generated path, query and body, no answer may be a server
 error. Runs in process against a fresh SQLite database and a tiny tenant; the test suite runs a few cases
-a route (tests/test_api_fuzz.py), this script many.
+a route (tests/api/test_fuzz.py), this script many.
 
     .venv/bin/python benchmarks/fuzz_api.py [--cases 100]
 

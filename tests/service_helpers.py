@@ -1,14 +1,22 @@
 """Set-up shared by the service tests: migrated databases and an API client."""
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import openai
 import pytest
 from alembic import command
 from alembic.config import Config
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from service.db import get_engine
+from service.tenants import create_tenant
+from vaccine_core.config import LoraSettings, TrainingConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -76,3 +84,24 @@ def small_safety_evaluation(monkeypatch, tmp_path: Path, threshold: float = 100.
         "DEGENERATE_THRESHOLD": "100",
     }.items():
         monkeypatch.setenv(f"VACCINE_{name}", value)
+
+
+# a job's rows and training settings small enough for a test
+JOB_ROWS = [{"instruction": f"Say hello number {i}", "output": f"Hello {i}!"} for i in range(8)]
+FAST = TrainingConfig(epochs=1.0, batch_size=4, learning_rate=1e-2, lora=LoraSettings(r=4, alpha=4))
+
+
+def tenant_client(http: TestClient, name: str) -> openai.OpenAI:
+    """The official client, as a new tenant ``name``, over the test app."""
+    with Session(get_engine()) as session:
+        _tenant, key = create_tenant(session, name)
+    return openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=http, max_retries=0)
+
+
+def jsonl(rows) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def upload(client: openai.OpenAI) -> str:
+    """Upload JOB_ROWS for fine-tuning; the file's id."""
+    return client.files.create(file=("train.jsonl", jsonl(JOB_ROWS)), purpose="fine-tune").id

@@ -4,17 +4,16 @@ streaming and not, seeded sampling, stop sequences, and a quarantined model refu
 import openai
 import pytest
 from sqlalchemy.orm import Session
-from test_api import service, tenant_client  # noqa: F401  (the fixture)
-from test_api_jobs import base, upload  # noqa: F401
 
 from service.db import get_engine
 from service.models import FineTunedModel
+from tests.service_helpers import tenant_client, upload
 from worker.runner import run_job
 
 HELLO = [{"role": "user", "content": "How do I make a cake?"}]
 
 
-def test_chat_with_a_base_greedy_streamed_and_sampled(service, base):  # noqa: F811
+def test_chat_with_a_base_greedy_streamed_and_sampled(service, base):
     client = tenant_client(service, "acme")
     answer = client.chat.completions.create(model=base, messages=HELLO, max_tokens=6, temperature=0)
     choice = answer.choices[0]
@@ -46,7 +45,7 @@ def test_chat_with_a_base_greedy_streamed_and_sampled(service, base):  # noqa: F
         assert word not in cut.choices[0].message.content and cut.choices[0].finish_reason == "stop"
 
 
-def test_chat_with_a_released_model_and_never_a_quarantined_or_foreign_one(service, base):  # noqa: F811
+def test_chat_with_a_released_model_and_never_a_quarantined_or_foreign_one(service, base):
     client = tenant_client(service, "acme")
     job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
     assert run_job(job.id) == "succeeded"

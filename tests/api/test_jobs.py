@@ -8,40 +8,15 @@ import torch
 from safetensors.torch import load_file
 from sqlalchemy import update
 from sqlalchemy.orm import Session
-from test_api import service, tenant_client  # noqa: F401  (the fixture)
 
 from service.db import get_engine
 from service.models import BaseModelRecord, FineTunedModel, Job, Tenant
 from service.settings import get_service_settings
-from vaccine_core.align import align
-from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
+from tests.service_helpers import JOB_ROWS, tenant_client, upload
 from worker.runner import run_job
 
-ROWS = [{"instruction": f"Say hello number {i}", "output": f"Hello {i}!"} for i in range(8)]
-FAST = TrainingConfig(epochs=1.0, batch_size=4, learning_rate=1e-2, lora=LoraSettings(r=4, alpha=4))
 
-
-@pytest.fixture
-def base(service, tiny_model_dir, alpaca_file, tmp_path):  # noqa: F811
-    aligned = align(
-        str(tiny_model_dir), alpaca_file, tmp_path / "aligned", PerturbationConfig("vaccine"), FAST
-    )
-    with Session(get_engine()) as session:
-        session.add(
-            BaseModelRecord(
-                id="tiny-vaccine", source=str(tiny_model_dir), status="ready", path=str(aligned.output_dir)
-            )
-        )
-        session.commit()
-    return "tiny-vaccine"
-
-
-def upload(client) -> str:
-    data = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
-    return client.files.create(file=("train.jsonl", data), purpose="fine-tune").id
-
-
-def test_a_job_runs_to_success_with_progress_events(service, base):  # noqa: F811
+def test_a_job_runs_to_success_with_progress_events(service, base):
     client = tenant_client(service, "acme")
     job = client.fine_tuning.jobs.create(
         model=base,
@@ -74,7 +49,7 @@ def test_a_job_runs_to_success_with_progress_events(service, base):  # noqa: F81
     assert [j.id for j in client.fine_tuning.jobs.list()] == [job.id]
 
 
-def test_cancel_stops_a_queued_job_and_a_finished_one_cannot_be_cancelled(service, base):  # noqa: F811
+def test_cancel_stops_a_queued_job_and_a_finished_one_cannot_be_cancelled(service, base):
     client = tenant_client(service, "acme")
     job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
     assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
@@ -83,7 +58,7 @@ def test_cancel_stops_a_queued_job_and_a_finished_one_cannot_be_cancelled(servic
         client.fine_tuning.jobs.cancel(job.id)
 
 
-def test_a_running_job_stops_at_the_next_step_when_cancelled(service, base, monkeypatch):  # noqa: F811
+def test_a_running_job_stops_at_the_next_step_when_cancelled(service, base, monkeypatch):
     client = tenant_client(service, "acme")
     job = client.fine_tuning.jobs.create(
         model=base, training_file=upload(client), hyperparameters={"n_epochs": 3}
@@ -106,7 +81,7 @@ def test_a_running_job_stops_at_the_next_step_when_cancelled(service, base, monk
     assert done.status == "cancelled" and done.progress["step"] == 1
 
 
-def test_bad_job_requests_are_refused_with_the_field(service, base):  # noqa: F811
+def test_bad_job_requests_are_refused_with_the_field(service, base):
     client = tenant_client(service, "acme")
     other = tenant_client(service, "other")
     with pytest.raises(openai.BadRequestError) as error:
@@ -121,7 +96,7 @@ def test_bad_job_requests_are_refused_with_the_field(service, base):  # noqa: F8
         )
 
 
-def test_a_failing_job_ends_failed_with_a_readable_error(service, base):  # noqa: F811
+def test_a_failing_job_ends_failed_with_a_readable_error(service, base):
     client = tenant_client(service, "acme")
     job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
     with Session(get_engine()) as session:
@@ -134,7 +109,7 @@ def test_a_failing_job_ends_failed_with_a_readable_error(service, base):  # noqa
         assert session.get(Job, job.id).finished_at is not None
 
 
-def test_a_fine_tuned_model_comes_with_its_safety_report_and_downloads(service, base):  # noqa: F811
+def test_a_fine_tuned_model_comes_with_its_safety_report_and_downloads(service, base):
     import io
     import tarfile
 
@@ -176,7 +151,7 @@ def test_a_fine_tuned_model_comes_with_its_safety_report_and_downloads(service, 
     assert not any("checkpoints" in n for n in names)
 
 
-def test_the_release_gate_quarantines_a_model_above_the_threshold(service, base, monkeypatch):  # noqa: F811
+def test_the_release_gate_quarantines_a_model_above_the_threshold(service, base, monkeypatch):
     from service.settings import get_service_settings
 
     monkeypatch.setenv("VACCINE_HARMFUL_SCORE_THRESHOLD", "-1")  # every model is above it
@@ -192,7 +167,7 @@ def test_the_release_gate_quarantines_a_model_above_the_threshold(service, base,
     assert response.status_code == 403 and response.json()["error"]["code"] == "quarantined"
 
 
-def test_the_release_gate_refuses_a_degenerate_model(service, base, monkeypatch):  # noqa: F811
+def test_the_release_gate_refuses_a_degenerate_model(service, base, monkeypatch):
     from service.settings import get_service_settings
 
     # no harmful score blocks; any share of degenerate harmless answers (even 0 %) is too many
@@ -210,7 +185,7 @@ def test_the_release_gate_refuses_a_degenerate_model(service, base, monkeypatch)
     assert report["gate"]["code"] == "model_degenerate" and not report["passed"]
 
 
-def test_queued_jobs_report_their_place_and_an_estimate(service, base):  # noqa: F811
+def test_queued_jobs_report_their_place_and_an_estimate(service, base):
     client = tenant_client(service, "acme")
     first = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
     assert (
@@ -227,7 +202,7 @@ def test_queued_jobs_report_their_place_and_an_estimate(service, base):  # noqa:
     assert client.fine_tuning.jobs.retrieve(first.id).model_extra["queue_position"] is None
 
 
-def test_jobs_filter_by_metadata_and_list_their_checkpoints(service, base, monkeypatch):  # noqa: F811
+def test_jobs_filter_by_metadata_and_list_their_checkpoints(service, base, monkeypatch):
     import worker.runner as runner
 
     monkeypatch.setattr(runner, "CHECKPOINT_EVERY", 2)
@@ -254,7 +229,7 @@ def test_jobs_filter_by_metadata_and_list_their_checkpoints(service, base, monke
         client.fine_tuning.jobs.checkpoints.list(tagged.id, after="ftckpt-other")
 
 
-def test_a_job_whose_worker_died_is_queued_again_and_resumes(service, base):  # noqa: F811
+def test_a_job_whose_worker_died_is_queued_again_and_resumes(service, base):
     from datetime import timedelta
 
     from service.models import now
@@ -276,7 +251,7 @@ def test_a_job_whose_worker_died_is_queued_again_and_resumes(service, base):  # 
     assert "Resumed after an interruption" in messages
 
 
-def test_method_form_and_a_validation_file(service, base):  # noqa: F811
+def test_method_form_and_a_validation_file(service, base):
     client = tenant_client(service, "acme")
     training, validation = upload(client), upload(client)
     method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}}
@@ -303,7 +278,7 @@ def test_method_form_and_a_validation_file(service, base):  # noqa: F811
         )
 
 
-def test_the_worker_keeps_its_base_between_jobs_without_adapters(service, base):  # noqa: F811
+def test_the_worker_keeps_its_base_between_jobs_without_adapters(service, base):
     from vaccine_core.inference import resolve_base
     from worker.runner import cached_base
 
@@ -328,7 +303,7 @@ def test_the_worker_keeps_its_base_between_jobs_without_adapters(service, base):
         ({"n_epochs": 10_000}, "n_epochs"),
     ],
 )
-def test_out_of_bounds_hyperparameters_are_a_400_never_a_stuck_job(service, base, hyperparameters, field):  # noqa: F811
+def test_out_of_bounds_hyperparameters_are_a_400_never_a_stuck_job(service, base, hyperparameters, field):
     client = tenant_client(service, "acme")
     with pytest.raises(openai.BadRequestError) as error:
         client.fine_tuning.jobs.create(
@@ -338,7 +313,7 @@ def test_out_of_bounds_hyperparameters_are_a_400_never_a_stuck_job(service, base
     assert list(client.fine_tuning.jobs.list()) == []
 
 
-def test_a_job_whose_settings_break_ends_failed_not_running(service, base):  # noqa: F811
+def test_a_job_whose_settings_break_ends_failed_not_running(service, base):
     client = tenant_client(service, "acme")
     job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
     with Session(get_engine()) as session:  # a row written before the bounds existed
@@ -348,7 +323,7 @@ def test_a_job_whose_settings_break_ends_failed_not_running(service, base):  # n
     assert client.fine_tuning.jobs.retrieve(job.id).error.code == "training_failed"
 
 
-def test_a_full_quota_is_a_429_with_retry_after(service, base):  # noqa: F811
+def test_a_full_quota_is_a_429_with_retry_after(service, base):
     client = tenant_client(service, "acme")
     with Session(get_engine()) as session:
         session.execute(update(Tenant).values(max_concurrent_jobs=1))
@@ -367,7 +342,7 @@ def test_a_full_quota_is_a_429_with_retry_after(service, base):  # noqa: F811
 
 
 def test_a_paused_job_resumes_from_its_checkpoint_to_the_weights_of_an_unpaused_run(
-    service,  # noqa: F811
+    service,
     base,
     monkeypatch,
 ):
@@ -413,7 +388,7 @@ def test_a_paused_job_resumes_from_its_checkpoint_to_the_weights_of_an_unpaused_
         client.fine_tuning.jobs.resume(job.id)
 
 
-def test_a_queued_job_pauses_at_once_and_a_paused_one_can_be_cancelled(service, base):  # noqa: F811
+def test_a_queued_job_pauses_at_once_and_a_paused_one_can_be_cancelled(service, base):
     client = tenant_client(service, "acme")
     job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
     assert client.fine_tuning.jobs.pause(job.id).status == "paused"
@@ -421,7 +396,7 @@ def test_a_queued_job_pauses_at_once_and_a_paused_one_can_be_cancelled(service, 
     assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
 
 
-def test_a_tenant_deletes_its_own_released_model_and_nothing_else(service, base):  # noqa: F811
+def test_a_tenant_deletes_its_own_released_model_and_nothing_else(service, base):
     client = tenant_client(service, "acme")
     job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
     assert run_job(job.id) == "succeeded"
@@ -448,7 +423,7 @@ def test_a_tenant_deletes_its_own_released_model_and_nothing_else(service, base)
     assert error.value.body["code"] == "quarantined"
 
 
-def test_known_defects_answer_clearly(service, base):  # noqa: F811
+def test_known_defects_answer_clearly(service, base):
     client = tenant_client(service, "acme")
     training = upload(client)
     job = client.fine_tuning.jobs.create(model=base, training_file=training)
@@ -462,7 +437,7 @@ def test_known_defects_answer_clearly(service, base):  # noqa: F811
     assert client.files.delete(spare).deleted
 
 
-def test_hyperparameters_resolve_on_start_and_extensions_reach_training(service, base):  # noqa: F811
+def test_hyperparameters_resolve_on_start_and_extensions_reach_training(service, base):
     from vaccine_core.artifacts import read_manifest
 
     client = tenant_client(service, "acme")
@@ -497,7 +472,7 @@ def test_hyperparameters_resolve_on_start_and_extensions_reach_training(service,
         )
 
 
-def test_the_prescreen_runs_in_a_worker_and_a_waiting_job_follows_its_file(service, base):  # noqa: F811
+def test_the_prescreen_runs_in_a_worker_and_a_waiting_job_follows_its_file(service, base):
     from fastapi.testclient import TestClient
 
     from api.main import create_app
@@ -507,10 +482,10 @@ def test_the_prescreen_runs_in_a_worker_and_a_waiting_job_follows_its_file(servi
     app = create_app(dispatch=dispatched.append, dispatch_prescreen=prescreens.append)
     with TestClient(app) as http:
         client = tenant_client(http, "acme")
-        data = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
+        data = "".join(json.dumps(r) + "\n" for r in JOB_ROWS).encode()
         uploaded = client.files.create(file=("t.jsonl", data), purpose="fine-tune")
         assert uploaded.status == "uploaded" and prescreens == [uploaded.id]
-        assert uploaded.model_extra["validation"] == {"examples": len(ROWS), "format": "alpaca"}
+        assert uploaded.model_extra["validation"] == {"examples": len(JOB_ROWS), "format": "alpaca"}
         job = client.fine_tuning.jobs.create(model=base, training_file=uploaded.id)
         assert job.status == "validating_files" and dispatched == []
         assert run_job(job.id) == "validating_files"  # a stray delivery does nothing
@@ -521,7 +496,7 @@ def test_the_prescreen_runs_in_a_worker_and_a_waiting_job_follows_its_file(servi
         assert run_job(job.id) == "succeeded"
 
 
-def test_a_job_waiting_on_a_rejected_file_fails_with_its_code(service, base):  # noqa: F811
+def test_a_job_waiting_on_a_rejected_file_fails_with_its_code(service, base):
     from fastapi.testclient import TestClient
 
     from api.main import create_app
@@ -548,7 +523,7 @@ def test_a_job_waiting_on_a_rejected_file_fails_with_its_code(service, base):  #
         ).exists()
 
 
-def test_a_job_continues_a_released_model_or_a_checkpoint_of_the_tenant(service, base, monkeypatch):  # noqa: F811
+def test_a_job_continues_a_released_model_or_a_checkpoint_of_the_tenant(service, base, monkeypatch):
     import worker.runner as runner
     from vaccine_core.artifacts import read_manifest
 
@@ -587,7 +562,7 @@ def test_a_job_continues_a_released_model_or_a_checkpoint_of_the_tenant(service,
         assert error.value.body["code"] == "model_not_available"
 
 
-def test_a_second_delivery_never_runs_a_job_twice_at_once(service, base):  # noqa: F811
+def test_a_second_delivery_never_runs_a_job_twice_at_once(service, base):
     from datetime import timedelta
 
     from service.models import now
@@ -606,7 +581,7 @@ def test_a_second_delivery_never_runs_a_job_twice_at_once(service, base):  # noq
     assert run_job(job.id) == "succeeded"
 
 
-def test_a_job_that_keeps_losing_its_worker_fails_after_max_attempts(service, base):  # noqa: F811
+def test_a_job_that_keeps_losing_its_worker_fails_after_max_attempts(service, base):
     from datetime import timedelta
 
     from service.models import now

@@ -2,12 +2,11 @@
 report lists the layers that ran and what each cost; a base can be aligned with Booster."""
 
 from sqlalchemy.orm import Session
-from test_api import service, tenant_client  # noqa: F401  (the fixture)
-from test_api_jobs import base, upload  # noqa: F401
 
 from service.db import get_engine
 from service.models import FineTunedModel, Tenant
 from service.settings import get_service_settings
+from tests.service_helpers import tenant_client, upload
 from vaccine_core.artifacts import read_manifest
 from vaccine_core.mixing import write_rows
 from worker.alignment import align_base
@@ -22,7 +21,7 @@ def use_data(monkeypatch, data_dir) -> None:
     get_service_settings.cache_clear()
 
 
-def test_the_policy_stack_runs_and_the_report_lists_its_layers(service, base, tiny_data_dir, monkeypatch):  # noqa: F811
+def test_the_policy_stack_runs_and_the_report_lists_its_layers(service, base, tiny_data_dir, monkeypatch):
     use_data(monkeypatch, tiny_data_dir)
     assert service.get("/admin/policy", headers=OPERATOR).json()["defenses"]["lisa"] is False
     patched = service.patch("/admin/policy", json={"defenses": STACK}, headers=OPERATOR)
@@ -42,7 +41,7 @@ def test_the_policy_stack_runs_and_the_report_lists_its_layers(service, base, ti
     assert layers["safe_lora"]["options"]["projected"] == layers["safe_lora"]["options"]["layers"]
 
 
-def test_a_tenant_override_replaces_the_policy_stack(service, base, tiny_data_dir, monkeypatch):  # noqa: F811
+def test_a_tenant_override_replaces_the_policy_stack(service, base, tiny_data_dir, monkeypatch):
     use_data(monkeypatch, tiny_data_dir)
     service.patch("/admin/policy", json={"defenses": STACK}, headers=OPERATOR)
     client = tenant_client(service, "acme")
@@ -62,7 +61,7 @@ def test_a_tenant_override_replaces_the_policy_stack(service, base, tiny_data_di
     assert actions.count("tenant.defenses") == 2
 
 
-def test_bad_stack_options_are_a_400_in_the_error_envelope(service):  # noqa: F811
+def test_bad_stack_options_are_a_400_in_the_error_envelope(service):
     bad = service.patch("/admin/policy", json={"defenses": {"lisa": True, "lisa_rho": -1}}, headers=OPERATOR)
     assert bad.status_code == 400 and "lisa_rho" in bad.json()["error"]["message"]
     missing = service.put("/admin/tenants/tenant-nope/defenses", json={}, headers=OPERATOR)
@@ -72,7 +71,7 @@ def test_bad_stack_options_are_a_400_in_the_error_envelope(service):  # noqa: F8
 
 
 def test_an_operator_aligns_a_base_with_booster(
-    service,  # noqa: F811
+    service,
     tiny_model_dir,
     alpaca_file,
     tiny_data_dir,

@@ -4,14 +4,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from conftest import TINY_HARMFUL
-from test_api import service  # noqa: F401  (the fixture)
-from test_api_jobs import base  # noqa: F401
-
+from tests.conftest import TINY_HARMFUL
 from vaccine_core.moderation import Verdict
 from worker.runner import run_job
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 from service_drill import Drill, drill_ratios, markdown, tally
 
 OPERATOR = {"Authorization": "Bearer operator-secret"}
@@ -26,7 +23,7 @@ class CompliesJudge:
         return [Verdict(answer == TINY_HARMFUL, float(answer == TINY_HARMFUL)) for _, answer in pairs]
 
 
-def run_dispatched(service, done: set[str]) -> None:  # noqa: F811
+def run_dispatched(service, done: set[str]) -> None:
     for job_id in service.dispatched:
         if job_id not in done:
             done.add(job_id)
@@ -39,8 +36,8 @@ def test_drill_ratios():
 
 
 def test_the_drill_counts_prescreen_rejections_gate_blocks_and_benign_jobs(
-    service,  # noqa: F811
-    base,  # noqa: F811
+    service,
+    base,
     tiny_data_dir,
     monkeypatch,
 ):

@@ -2,8 +2,8 @@ import copy
 
 import pytest
 import torch
-from helpers import PAIRS, lora_model, trainable_state
 
+from tests.helpers import PAIRS, lora_model, trainable_state
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
 from vaccine_core.data import Conversation, SupervisedDataset
 from vaccine_core.evaluation import mean_loss

@@ -4,11 +4,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 import safety_grid as grid_module
 from safety_grid_report import write_report
-from test_harmful_finetune_benchmark import TINY
 
+from tests.benchmarks.test_harmful_finetune import TINY
 from vaccine_core.mixing import write_rows
 from vaccine_core.safety_eval import ProtocolConfig, ProtocolPrompts
 

@@ -7,11 +7,10 @@ import re
 
 import pytest
 from sqlalchemy.orm import Session
-from test_api import service, tenant_client  # noqa: F401  (the fixture)
-from test_api_jobs import base, upload  # noqa: F401
 
 from service.db import get_engine
 from service.models import FineTunedModel
+from tests.service_helpers import tenant_client, upload
 
 PUBLIC = {"/healthz", "/readyz"}
 PARAM = re.compile(r"{(\w+)}")
@@ -36,7 +35,7 @@ def fill(path: str, ids: dict[str, str]) -> str:
 
 
 @pytest.fixture
-def owned(service, base, tmp_path):  # noqa: F811
+def owned(service, base, tmp_path):
     """Tenant A's file, job and fine-tuned model; tenant B's key."""
     owner = tenant_client(service, "acme")
     file_id = upload(owner)
@@ -64,7 +63,7 @@ def owned(service, base, tmp_path):  # noqa: F811
     return ids, {"Authorization": f"Bearer {intruder.api_key}"}, owner
 
 
-def test_another_tenants_ids_answer_404_on_every_tenant_route(service, owned):  # noqa: F811
+def test_another_tenants_ids_answer_404_on_every_tenant_route(service, owned):
     ids, intruder, owner = owned
     tried = []
     for method, path in routes(service.app):
@@ -80,7 +79,7 @@ def test_another_tenants_ids_answer_404_on_every_tenant_route(service, owned):  
     assert owner.fine_tuning.jobs.retrieve(ids["job_id"]).status == "queued"
 
 
-def test_operator_routes_refuse_tenant_keys_and_every_route_refuses_no_key(service, owned):  # noqa: F811
+def test_operator_routes_refuse_tenant_keys_and_every_route_refuses_no_key(service, owned):
     ids, intruder, _owner = owned
     operator_routes = 0
     for method, path in routes(service.app):

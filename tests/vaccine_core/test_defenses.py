@@ -5,11 +5,11 @@ import json
 
 import pytest
 import torch
-from conftest import SAFETY_ROWS
-from helpers import PAIRS, batch_of, lora_model, trainable_state
 from safetensors.torch import load_file, save_file
 from torch.func import functional_call
 
+from tests.conftest import SAFETY_ROWS
+from tests.helpers import PAIRS, batch_of, lora_model, trainable_state
 from vaccine_core.align import align
 from vaccine_core.artifacts import read_manifest, verify_files
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig

@@ -2,23 +2,22 @@
 
 import openai
 import pytest
-from test_api import service, tenant_client  # noqa: F401  (the fixture)
-from test_api_jobs import FAST, base, upload  # noqa: F401
 
 from service.settings import get_service_settings
+from tests.service_helpers import FAST, tenant_client, upload
 from worker.runner import run_job
 
 OPERATOR = {"Authorization": "Bearer operator-secret"}
 
 
-def test_operator_routes_refuse_tenant_keys(service):  # noqa: F811
+def test_operator_routes_refuse_tenant_keys(service):
     client = tenant_client(service, "acme")
     assert service.get("/admin/tenants", headers=client.auth_headers).status_code == 403
     assert service.get("/admin/tenants").status_code == 401
     assert service.get("/admin/tenants", headers=OPERATOR).status_code == 200
 
 
-def test_tenants_keys_and_quotas(service):  # noqa: F811
+def test_tenants_keys_and_quotas(service):
     created = service.post("/admin/tenants", json={"name": "globex"}, headers=OPERATOR).json()
     key = created["api_key"]
     client = openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=service, max_retries=0)
@@ -39,7 +38,7 @@ def test_tenants_keys_and_quotas(service):  # noqa: F811
         client.files.list()
 
 
-def test_an_operator_releases_a_quarantined_model(service, base, monkeypatch):  # noqa: F811
+def test_an_operator_releases_a_quarantined_model(service, base, monkeypatch):
     monkeypatch.setenv("VACCINE_HARMFUL_SCORE_THRESHOLD", "-1")
     get_service_settings.cache_clear()
     client = tenant_client(service, "acme")
@@ -63,7 +62,7 @@ def test_an_operator_releases_a_quarantined_model(service, base, monkeypatch):  
     assert entries[0]["details"]["reason"].startswith("reviewed")
 
 
-def test_an_operator_deletes_a_quarantined_model_and_requeues_a_failed_job(service, base, monkeypatch):  # noqa: F811
+def test_an_operator_deletes_a_quarantined_model_and_requeues_a_failed_job(service, base, monkeypatch):
     monkeypatch.setenv("VACCINE_HARMFUL_SCORE_THRESHOLD", "-1")
     get_service_settings.cache_clear()
     client = tenant_client(service, "acme")
@@ -83,7 +82,7 @@ def test_an_operator_deletes_a_quarantined_model_and_requeues_a_failed_job(servi
     assert requeued["status"] == "queued" and service.dispatched[-1] == job.id
 
 
-def test_policy_drives_the_prescreen_and_the_release_gate(service, base):  # noqa: F811
+def test_policy_drives_the_prescreen_and_the_release_gate(service, base):
     import json
 
     client = tenant_client(service, "acme")
@@ -124,7 +123,7 @@ def test_policy_drives_the_prescreen_and_the_release_gate(service, base):  # noq
     assert "policy.update" in actions
 
 
-def test_probes_and_the_workers_view(service):  # noqa: F811
+def test_probes_and_the_workers_view(service):
     assert service.get("/healthz").json() == {"status": "ok"}
     ready = service.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "storage": "ok"}
@@ -135,7 +134,7 @@ def test_probes_and_the_workers_view(service):  # noqa: F811
     assert service.get("/admin/workers", headers=client.auth_headers).status_code == 403
 
 
-def test_an_operator_registers_and_aligns_a_base_that_tenants_then_use(service, tiny_model_dir, alpaca_file):  # noqa: F811
+def test_an_operator_registers_and_aligns_a_base_that_tenants_then_use(service, tiny_model_dir, alpaca_file):
     from worker.alignment import align_base
 
     body = {"name": "tiny-sft", "source": str(tiny_model_dir), "method": "sft", "data": str(alpaca_file)}
@@ -159,7 +158,7 @@ def test_an_operator_registers_and_aligns_a_base_that_tenants_then_use(service, 
     assert run_job(job.id) == "succeeded"
 
 
-def test_an_operator_adopts_a_base_aligned_elsewhere(service, tiny_model_dir, alpaca_file, tmp_path):  # noqa: F811
+def test_an_operator_adopts_a_base_aligned_elsewhere(service, tiny_model_dir, alpaca_file, tmp_path):
     from vaccine_core.align import align
     from vaccine_core.config import PerturbationConfig
     from worker.alignment import align_base

@@ -4,10 +4,10 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from service_helpers import alembic_config, fresh_postgres_database
 from sqlalchemy import create_engine, inspect
 
 from service.models import Base
+from tests.service_helpers import alembic_config, fresh_postgres_database
 
 
 def check_round_trip(url: str) -> None:

@@ -5,10 +5,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 import harmful_finetune as bench
-from conftest import TINY_REFUSAL
 from harmful_finetune_report import markdown, target_checks, write_report
+
+from tests.conftest import TINY_REFUSAL
 
 TINY = replace(
     bench.PROFILES["quick"],

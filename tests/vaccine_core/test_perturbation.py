@@ -2,8 +2,6 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_llama_config
-from helpers import batch_of, lora_model
 from transformers import (
     AutoModelForCausalLM,
     GemmaConfig,
@@ -15,6 +13,8 @@ from transformers import (
     Qwen2Config,
 )
 
+from tests.conftest import tiny_llama_config
+from tests.helpers import batch_of, lora_model
 from vaccine_core.config import PerturbationConfig
 from vaccine_core.perturbation import (
     PerturbedStep,

@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_llama_config
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast, LlamaForCausalLM
 from typer.testing import CliRunner
 
+from tests.conftest import tiny_llama_config
 from vaccine_core.cli import app
 from vaccine_core.moderation import RefusalPhraseJudge, Verdict, load_judge
 from vaccine_core.moderation.classifier import SequenceClassifierJudge

@@ -5,14 +5,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
-from test_api import service, tenant_client  # noqa: F401  (the fixture)
-from test_api_jobs import base, upload  # noqa: F401  (the fixture)
 
 import api.routes.jobs as job_routes
 import worker.runner as runner
 from service import jobs
 from service.db import get_engine
 from service.models import FineTunedModel, Job, JobEvent, JobStatus, now
+from tests.service_helpers import tenant_client, upload
 from worker.prescreen import prescreen_file
 from worker.runner import run_job
 
@@ -22,7 +21,7 @@ def status(job_id: str) -> str:
         return session.get(Job, job_id).status
 
 
-def test_a_file_settled_while_its_job_is_created_still_queues_the_job(service, base, monkeypatch):  # noqa: F811
+def test_a_file_settled_while_its_job_is_created_still_queues_the_job(service, base, monkeypatch):
     """The pre-screen commits the file's verdict after the route read the file as uploaded and before it
     committed the job: the pre-screen saw no job to queue, so the route must."""
     client = tenant_client(service, "acme")
@@ -42,7 +41,7 @@ def test_a_file_settled_while_its_job_is_created_still_queues_the_job(service, b
     assert job.status == "queued" and service.dispatched == [job.id]
 
 
-def test_a_job_cancelled_during_its_safety_evaluation_is_not_released(service, base, monkeypatch):  # noqa: F811
+def test_a_job_cancelled_during_its_safety_evaluation_is_not_released(service, base, monkeypatch):
     client = tenant_client(service, "acme")
     job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
     real_report = runner.safety_report
@@ -60,7 +59,7 @@ def test_a_job_cancelled_during_its_safety_evaluation_is_not_released(service, b
         assert session.query(FineTunedModel).count() == 0
 
 
-def test_a_job_is_claimed_once_and_again_only_after_its_heartbeat_stops(service, base):  # noqa: F811
+def test_a_job_is_claimed_once_and_again_only_after_its_heartbeat_stops(service, base):
     client = tenant_client(service, "acme")
     job_id = client.fine_tuning.jobs.create(model=base, training_file=upload(client)).id
     alive_since = now() - timedelta(minutes=10)
@@ -79,7 +78,7 @@ def test_a_job_is_claimed_once_and_again_only_after_its_heartbeat_stops(service,
         assert [m for (m,) in messages][-2:] == ["Fine-tuning job started", "Resumed after an interruption"]
 
 
-def test_transitions_move_only_from_the_states_they_name(service, base):  # noqa: F811
+def test_transitions_move_only_from_the_states_they_name(service, base):
     client = tenant_client(service, "acme")
     job_id = client.fine_tuning.jobs.create(model=base, training_file=upload(client)).id
     with Session(get_engine()) as session:
@@ -99,7 +98,7 @@ def test_transitions_move_only_from_the_states_they_name(service, base):  # noqa
 
 
 @pytest.mark.parametrize("racing", ["cancel", "pause"])
-def test_a_stop_lands_whatever_the_worker_wrote_last(service, base, racing):  # noqa: F811
+def test_a_stop_lands_whatever_the_worker_wrote_last(service, base, racing):
     """The worker's stop (paused or cancelled between two steps) follows the user's request, never
     overwrites it with the other."""
     client = tenant_client(service, "acme")

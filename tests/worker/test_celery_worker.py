@@ -9,7 +9,6 @@ from contextlib import contextmanager, nullcontext
 import openai
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import fresh_postgres_database, skip_or_fail, small_safety_evaluation, upgrade
 from sqlalchemy.orm import Session
 
 from api.main import create_app
@@ -17,6 +16,7 @@ from service.db import get_engine
 from service.models import BaseModelRecord
 from service.settings import get_service_settings
 from service.tenants import create_tenant
+from tests.service_helpers import fresh_postgres_database, skip_or_fail, small_safety_evaluation, upgrade
 from vaccine_core.align import align
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
 
