@@ -13,6 +13,7 @@ after the commit.
 
 from collections.abc import Collection, Iterable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select, update
@@ -23,6 +24,7 @@ from service.models import (
     TERMINAL_JOB_STATUSES,
     File,
     FileStatus,
+    FineTunedModel,
     Job,
     JobStatus,
     add_event,
@@ -30,6 +32,102 @@ from service.models import (
 )
 
 NOT_ENDED = tuple(status for status in JobStatus if status not in TERMINAL_JOB_STATUSES)
+
+
+def job_dir(home: Path, job_id: str) -> Path:
+    """Where a job's adapter, checkpoints and reports live."""
+    return home / "jobs" / job_id
+
+
+def fine_tuned_model_id(job: Job) -> str:
+    """OpenAI's name for a job's model: ``ft:<base>:<suffix>:<job id>``."""
+    return f"ft:{job.model}:{job.suffix or 'custom'}:{job.id}"
+
+
+def checkpoint_model_id(job: Job, checkpoint: str) -> str:
+    """The name a job's checkpoint ``step-N`` is continued from."""
+    return f"{fine_tuned_model_id(job)}:ckpt-{checkpoint}"
+
+
+def create(session: Session, *, validating: bool, **fields: Any) -> Job:
+    """A new job: ``validating_files`` while a file is in its pre-screen, else ``queued``."""
+    job = Job(status=JobStatus.VALIDATING_FILES if validating else JobStatus.QUEUED, **fields)
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, f"Created fine-tuning job: {job.id}")
+    session.commit()
+    return job
+
+
+def record_progress(session: Session, *, job_id: str, data: dict[str, Any], message: str) -> None:
+    """A training step's metrics: the job's progress and heartbeat, and a metrics event."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(progress=data, heartbeat_at=now())
+        .execution_options(synchronize_session=False)
+    )
+    add_event(session, job_id, message, data)
+    session.commit()
+
+
+def release(
+    session: Session,
+    *,
+    job_id: str,
+    path: Path,
+    report: dict[str, Any],
+    trained_tokens: int,
+    result_file: str,
+) -> JobStatus | None:
+    """Hand a trained job's model back with its safety report: ``succeeded``, or ``failed`` with the model
+    quarantined when the release gate refused it. None (nothing written) when the job is no longer
+    running: cancelled or paused while it was being evaluated."""
+    job = session.get(Job, job_id)
+    model_id = fine_tuned_model_id(job)
+    summary = {
+        k: report[k]
+        for k in ("harmful_score", "over_refusal", "degenerate_harmless", "embedding_drift", "threshold")
+    }
+    gate = report["gate"]
+    ended = {
+        "fine_tuned_model": model_id,
+        "trained_tokens": trained_tokens,
+        "finished_at": now(),
+        "result_files": [result_file],
+    }
+    if gate is None:
+        to, event, level, failure = JobStatus.SUCCEEDED, "The job has successfully completed", "info", None
+    else:
+        message = f"{gate['message']}; the model is quarantined until an operator reviews it."
+        to, event, level = JobStatus.FAILED, "Release gate: the model is quarantined", "warn"
+        failure = error(gate["code"], message)
+    if not move(
+        session,
+        job_id,
+        allowed=[JobStatus.RUNNING],
+        to=to,
+        event=event,
+        level=level,
+        data=summary,
+        error=failure,
+        **ended,
+    ):
+        session.rollback()
+        return None
+    session.merge(
+        FineTunedModel(
+            id=model_id,
+            tenant_id=job.tenant_id,
+            job_id=job.id,
+            base_model=job.model,
+            path=str(path),
+            safety_report=report,
+            quarantined=not report["passed"],
+        )
+    )
+    session.commit()
+    return to
 
 
 def move(

@@ -24,7 +24,6 @@ from service.models import (
     BaseStatus,
     File,
     FileStatus,
-    FineTunedModel,
     Job,
     JobEvent,
     JobStatus,
@@ -118,7 +117,7 @@ def run_job(job_id: str) -> str:
         validation_file = session.get(File, job.validation_file) if job.validation_file else None
         defenses = (get_policy(session).defenses, session.get(Tenant, job.tenant_id).defenses)
 
-    output_dir = get_service_settings().home / "jobs" / job_id
+    output_dir = jobs.job_dir(get_service_settings().home, job_id)
 
     def on_progress(progress: Progress) -> None:
         data = {
@@ -131,16 +130,9 @@ def run_job(job_id: str) -> str:
         }
         if progress.validation_loss is not None:
             data["valid_loss"] = progress.validation_loss
+        message = f"Step {progress.step}/{progress.total_steps}: loss {progress.loss:.4f}"
         with sessions() as session:
-            row = session.get(Job, job_id)
-            row.progress, row.heartbeat_at = data, now()
-            add_event(
-                session,
-                job_id,
-                f"Step {progress.step}/{progress.total_steps}: loss {progress.loss:.4f}",
-                data,
-            )
-            session.commit()
+            jobs.record_progress(session, job_id=job_id, data=data, message=message)
 
     def should_stop() -> bool:
         with sessions() as session:
@@ -192,8 +184,8 @@ def fail(job_id: str, code: str, event: str, message: str) -> str:
 RESULTS_PURPOSE = "fine-tune-results"
 
 
-def write_step_metrics(session: Session, job: Job, settings: ServiceSettings) -> str:
-    """The job's step metrics as a CSV file the tenant owns (OpenAI's result file); its id."""
+def write_step_metrics(session: Session, job: Job, settings: ServiceSettings) -> File:
+    """The job's step metrics as a CSV file the tenant owns (OpenAI's result file), added to ``session``."""
     columns = ("step", "train_loss", "valid_loss", "learning_rate")
     lines = [",".join(columns)]
     for event in session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id)):
@@ -204,19 +196,18 @@ def write_step_metrics(session: Session, job: Job, settings: ServiceSettings) ->
     path = settings.files_dir / job.tenant_id / f"{file_id}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
-    session.add(
-        File(
-            id=file_id,
-            tenant_id=job.tenant_id,
-            filename="step_metrics.csv",
-            purpose=RESULTS_PURPOSE,
-            bytes=path.stat().st_size,
-            path=str(path),
-            status=FileStatus.PROCESSED,
-            status_details=f"step metrics of {job.id}",
-        )
+    row = File(
+        id=file_id,
+        tenant_id=job.tenant_id,
+        filename="step_metrics.csv",
+        purpose=RESULTS_PURPOSE,
+        bytes=path.stat().st_size,
+        path=str(path),
+        status=FileStatus.PROCESSED,
+        status_details=f"step metrics of {job.id}",
     )
-    return file_id
+    session.add(row)
+    return row
 
 
 def release(job_id: str, base: BaseModelRecord, output_dir: Path, trained_tokens: int) -> str:
@@ -236,49 +227,16 @@ def release(job_id: str, base: BaseModelRecord, output_dir: Path, trained_tokens
         return fail(job_id, "evaluation_failed", f"Safety evaluation failed: {exc}", str(exc))
     with sessions() as session:
         row = session.get(Job, job_id)
-        model_id = f"ft:{row.model}:{row.suffix or 'custom'}:{row.id}"
-        summary = {
-            k: report[k]
-            for k in ("harmful_score", "over_refusal", "degenerate_harmless", "embedding_drift", "threshold")
-        }
-        ended = {"fine_tuned_model": model_id, "trained_tokens": trained_tokens, "finished_at": now()}
-        gate = report["gate"]
-        if gate is None:
-            event, level, error = "The job has successfully completed", "info", None
-        else:
-            message = f"{gate['message']}; the model is quarantined until an operator reviews it."
-            event, level, error = (
-                "Release gate: the model is quarantined",
-                "warn",
-                jobs.error(gate["code"], message),
-            )
-        to = JobStatus.SUCCEEDED if gate is None else JobStatus.FAILED
-        if not jobs.move(
+        result_file = write_step_metrics(session, row, get_service_settings())
+        released = jobs.release(
             session,
-            job_id,
-            allowed=[JobStatus.RUNNING],
-            to=to,
-            event=event,
-            level=level,
-            data=summary,
-            error=error,
-            **ended,
-        ):  # cancelled while it was being evaluated: no model is handed back
-            session.rollback()
-            jobs.stopped(session, job_id=job_id, step=(row.progress or {}).get("step", 0))
-            session.refresh(row)
-            return row.status
-        row.result_files = [write_step_metrics(session, row, get_service_settings())]
-        session.merge(
-            FineTunedModel(
-                id=model_id,
-                tenant_id=row.tenant_id,
-                job_id=row.id,
-                base_model=row.model,
-                path=str(output_dir),
-                safety_report=report,
-                quarantined=not report["passed"],
-            )
+            job_id=job_id,
+            path=output_dir,
+            report=report,
+            trained_tokens=trained_tokens,
+            result_file=result_file.id,
         )
-        session.commit()
-        return to
+        if released is None:  # cancelled or paused while it was being evaluated: no model is handed back
+            Path(result_file.path).unlink(missing_ok=True)
+            return jobs.stopped(session, job_id=job_id, step=(row.progress or {}).get("step", 0))
+        return released

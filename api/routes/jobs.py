@@ -24,7 +24,6 @@ from service.models import (
     JobEvent,
     JobStatus,
     Tenant,
-    add_event,
     epoch,
     now,
 )
@@ -283,7 +282,7 @@ def starting_point(
             parent = session.get(Job, head.rsplit(":", 1)[-1])
             if parent is None or parent.tenant_id != tenant.id or not CHECKPOINT_NAME.fullmatch(checkpoint):
                 raise unavailable  # the name is a step, never a path
-            adapter = settings.home / "jobs" / parent.id / CHECKPOINTS_DIR / checkpoint
+            adapter = jobs.job_dir(settings.home, parent.id) / CHECKPOINTS_DIR / checkpoint
             base_id = parent.model
         else:
             tuned = session.get(FineTunedModel, model)
@@ -312,7 +311,9 @@ def create_job(
     # a file still in its pre-screen holds the job in validating_files (worker/prescreen.py queues it);
     # a base still aligning holds it in the queue (worker/alignment.py dispatches it once ready)
     validating = any(f.status != FileStatus.PROCESSED for f in files)
-    job = Job(
+    job = jobs.create(
+        session,
+        validating=validating,
         tenant_id=tenant.id,
         model=base.id,
         continues=body.model if continues is not None else None,
@@ -323,12 +324,7 @@ def create_job(
         suffix=body.suffix,
         seed=body.seed if body.seed is not None else 42,
         user_metadata=body.metadata,
-        status=JobStatus.VALIDATING_FILES if validating else JobStatus.QUEUED,
     )
-    session.add(job)
-    session.flush()
-    add_event(session, job.id, f"Created fine-tuning job: {job.id}")
-    session.commit()
     # a pre-screen that settled a file between the read above and this commit did not see the job
     ready = jobs.settle_validating(session, file_ids=[f.id for f in files]) if validating else [job.id]
     # likewise an alignment that ended in between: dispatching twice is harmless (a worker claims a job
@@ -477,7 +473,7 @@ def list_checkpoints(
     """The resumable checkpoints the job has written (adapter + trainer state), newest first, each with
     the metrics its step recorded; ``after`` a checkpoint id pages on to older ones."""
     job = _owned(session, tenant, job_id)
-    root = settings.home / "jobs" / job_id / CHECKPOINTS_DIR
+    root = jobs.job_dir(settings.home, job_id) / CHECKPOINTS_DIR
     steps = sorted(
         (int(p.name.removeprefix("step-")), p)
         for p in (root.glob("step-*") if root.is_dir() else [])
@@ -499,7 +495,7 @@ def list_checkpoints(
             fine_tuning_job_id=job_id,
             step_number=step,
             metrics=metrics.get(step, {"step": step}),
-            fine_tuned_model_checkpoint=f"ft:{job.model}:{job.suffix or 'custom'}:{job_id}:ckpt-{path.name}",
+            fine_tuned_model_checkpoint=jobs.checkpoint_model_id(job, path.name),
         )
         for step, path in page
     ]
