@@ -22,6 +22,8 @@ from sqlalchemy.orm import Session
 from service.models import (
     CANCELLABLE_JOB_STATUSES,
     TERMINAL_JOB_STATUSES,
+    BaseModelRecord,
+    BaseStatus,
     File,
     FileStatus,
     FineTunedModel,
@@ -51,7 +53,8 @@ def checkpoint_model_id(job: Job, checkpoint: str) -> str:
 
 def create(session: Session, *, validating: bool, **fields: Any) -> Job:
     """A new job: ``validating_files`` while a file is in its pre-screen, else ``queued``."""
-    job = Job(status=JobStatus.VALIDATING_FILES if validating else JobStatus.QUEUED, **fields)
+    status = JobStatus.VALIDATING_FILES if validating else JobStatus.QUEUED
+    job = Job(status=status, dispatched_at=None if validating else now(), **fields)
     session.add(job)
     session.flush()
     add_event(session, job.id, f"Created fine-tuning job: {job.id}")
@@ -199,6 +202,7 @@ def settle_validating(session: Session, *, file_ids: Iterable[str]) -> list[str]
             allowed=[JobStatus.VALIDATING_FILES],
             to=JobStatus.QUEUED,
             event="Files validated; the job is queued",
+            dispatched_at=now(),
         ):
             queued.append(job.id)
     session.commit()
@@ -252,6 +256,7 @@ def resume(session: Session, *, job_id: str) -> bool:
         allowed=[JobStatus.PAUSED],
         to=JobStatus.QUEUED,
         event="Resumed: queued to continue from its newest checkpoint",
+        dispatched_at=now(),
     )
     session.commit()
     return moved
@@ -278,6 +283,7 @@ def requeue_failed(session: Session, *, job_id: str, by: str) -> bool:
         allowed=[JobStatus.FAILED],
         to=JobStatus.QUEUED,
         event=f"Requeued by {by}",
+        dispatched_at=now(),
         error=None,
         finished_at=None,
     )
@@ -318,3 +324,27 @@ def fail(session: Session, *, job_id: str, code: str, message: str, event: str) 
     )
     session.commit()
     return moved
+
+
+def redispatch_lost(session: Session, *, sent_before: datetime) -> list[str]:
+    """The queued jobs on a ready base last handed to the broker before ``sent_before``: a broker that
+    restarted without persistence lost their messages, and nothing else would ever start them. Each is
+    stamped again (a compare-and-set, so two sweepers do not both send it) and returned for the caller to
+    send; a duplicate of a message that was not lost is harmless, as a worker claims a job once."""
+    unsent = Job.dispatched_at.is_(None) | (Job.dispatched_at < sent_before)
+    ready = select(BaseModelRecord.id).where(BaseModelRecord.status == BaseStatus.READY)
+    candidates = session.scalars(
+        select(Job.id).where(Job.status == JobStatus.QUEUED, Job.model.in_(ready), unsent)
+    ).all()
+    stamped = [
+        job_id
+        for job_id in candidates
+        if session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED, unsent)
+            .values(dispatched_at=now())
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    ]
+    session.commit()
+    return stamped

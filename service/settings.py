@@ -20,6 +20,9 @@ class ServiceSettings(Settings):
     stale_heartbeat_seconds: int = 600
     max_attempts: int = 3  # a job whose workers died this many times fails (worker_lost) instead
     reaper_interval_seconds: int = 60  # how often a worker looks for jobs whose worker died
+    # a job queued this long since it was last sent to the broker is sent again (a broker restarted without
+    # persistence forgets its messages); long enough that a busy queue gets few duplicates
+    redispatch_after_seconds: int = 1800
     max_upload_bytes: int = 512 * MiB
     prescreen_judge: str = "default"  # any judge spec vaccine_core.moderation.load_judge accepts
     # The embedded default's base: aligned with Vaccine on first start, on a mix of safety and helpful pairs

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import jobs
 from service.db import get_engine
-from service.models import ADOPT, BaseModelRecord, BaseStatus, Job, JobStatus
+from service.models import ADOPT, BaseModelRecord, BaseStatus, Job, JobStatus, now
 from service.policy import get_policy
 from service.settings import ServiceSettings, get_service_settings
 from vaccine_core.align import align
@@ -119,7 +119,10 @@ def align_base(
         row = session.get(BaseModelRecord, base_id)
         row.status, row.path, row.report = BaseStatus.READY, str(out), report
         row.alignment = {**plan, "data": str(data)}
-        waiting = [job.id for job in waiting_jobs(session, base_id)]
+        waiting = []
+        for job in waiting_jobs(session, base_id):
+            job.dispatched_at = now()
+            waiting.append(job.id)
         session.commit()
     for job_id in waiting:
         (dispatch or (lambda _job: None))(job_id)

@@ -16,7 +16,9 @@ from celery import Celery
 from celery.signals import worker_ready
 from sqlalchemy.orm import Session
 
+from service import jobs
 from service.db import get_engine
+from service.models import now
 from service.settings import ServiceSettings, get_service_settings
 from worker.alignment import align_base
 from worker.prescreen import prescreen_file
@@ -87,14 +89,20 @@ def dispatch_prescreen(file_id: str) -> None:
 
 
 def reap(settings: ServiceSettings) -> list[str]:
-    """Queue again the jobs whose worker died (their heartbeat stopped); fail those retried too often."""
+    """Queue again the jobs whose worker died (their heartbeat stopped), failing those retried too often;
+    send again the queued jobs whose message the broker may have lost."""
     with Session(get_engine()) as session:
-        return requeue_stale_jobs(
+        requeued = requeue_stale_jobs(
             session,
             dispatch,
             stale_after=timedelta(seconds=settings.stale_heartbeat_seconds),
             max_attempts=settings.max_attempts,
         )
+        sent_before = now() - timedelta(seconds=settings.redispatch_after_seconds)
+        resent = jobs.redispatch_lost(session, sent_before=sent_before)
+    for job_id in resent:
+        dispatch(job_id)
+    return requeued + resent
 
 
 @worker_ready.connect

@@ -67,6 +67,7 @@ def requeue_stale_jobs(
             unless=beating,
             to=JobStatus.QUEUED,
             event="The worker stopped answering; the job is queued again and will resume",
+            dispatched_at=now(),
             level="warn",
         ):
             requeued.append(job.id)

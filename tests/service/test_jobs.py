@@ -10,7 +10,7 @@ import api.routes.jobs as job_routes
 import worker.runner as runner
 from service import jobs
 from service.db import get_engine
-from service.models import FineTunedModel, Job, JobEvent, JobStatus, now
+from service.models import BaseModelRecord, BaseStatus, FineTunedModel, Job, JobEvent, JobStatus, now
 from tests.service_helpers import tenant_client, upload
 from worker.prescreen import prescreen_file
 from worker.runner import run_job
@@ -108,3 +108,17 @@ def test_a_stop_lands_whatever_the_worker_wrote_last(service, base, racing):
         assert (jobs.cancel if racing == "cancel" else jobs.pause)(session, job_id=job_id)
         expected = JobStatus.CANCELLED if racing == "cancel" else JobStatus.PAUSED
         assert jobs.stopped(session, job_id=job_id, step=3) == expected == status(job_id)
+
+
+def test_a_queued_job_whose_message_was_lost_is_sent_again_once(service, base):
+    """A broker restarted without persistence forgets queued messages: the sweeper sends each queued job
+    on a ready base again once its last send is older than the setting, and not twice per sweep."""
+    client = tenant_client(service, "acme")
+    job_id = client.fine_tuning.jobs.create(model=base, training_file=upload(client)).id
+    with Session(get_engine()) as session:
+        assert jobs.redispatch_lost(session, sent_before=now() - timedelta(minutes=30)) == []  # just sent
+        assert jobs.redispatch_lost(session, sent_before=now() + timedelta(seconds=1)) == [job_id]
+        assert jobs.redispatch_lost(session, sent_before=now() - timedelta(seconds=5)) == []  # stamped
+        session.execute(update(BaseModelRecord).values(status=BaseStatus.ALIGNING))
+        session.commit()  # the alignment sends the jobs waiting on a base, not the sweeper
+        assert jobs.redispatch_lost(session, sent_before=now() + timedelta(seconds=1)) == []

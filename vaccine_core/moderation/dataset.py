@@ -34,7 +34,10 @@ from vaccine_core.tasks import get_task
 TEST_PERCENT = 20
 VALIDATION_PERCENT = 10
 EXTRA_SAFE_REFUSALS = 300
-EXTRA_BENIGN = 300
+# Alpaca answers the judge learns as helpful (of 999; benchmarks/prescreen_mix.py uploads 450 of the rest).
+# 300 left long, well-formed answers to plain requests rare beside ~1,000 long harmful answers, and the
+# judge flagged 18 of 450 unseen Alpaca rows (e.g. "Generate a world-building element", score 0.93).
+EXTRA_BENIGN = 500
 # task rows per task, drawn away from the rows that benchmarks/prescreen_mix.py uploads
 TASK_ROWS = {"sst2": 150, "agnews": 50, "gsm8k": 50}
 PRESCREEN_MIX = {"task": "sst2", "n": 500, "harmful_fraction": 0.1, "seed": 0}
@@ -220,6 +223,9 @@ def augment(
 
 def sources_digest(data_dir: Path, borderline_answers: list[dict[str, str]] | None = None) -> str:
     digest = hashlib.sha256()
+    # how many rows each source gives: a judge built from another mix is another judge
+    mix = (TEST_PERCENT, VALIDATION_PERCENT, EXTRA_SAFE_REFUSALS, EXTRA_BENIGN, TASK_ROWS)
+    digest.update(repr(mix).encode())
     for name in SOURCE_FILES:
         if (data_dir / name).is_file():
             digest.update(name.encode() + (data_dir / name).read_bytes())
