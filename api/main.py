@@ -17,6 +17,19 @@ def _undispatched(identifier: str) -> None:
     log.warning("no worker dispatch configured: %s stays queued", identifier)
 
 
+def tolerant(send: Callable[[str], None], what: str) -> Callable[[str], None]:
+    """``send``, but a broker that is down does not fail the request: the row is already committed, and
+    the worker's sweeper sends what was not sent (service.jobs.redispatch_lost)."""
+
+    def send_or_log(identifier: str) -> None:
+        try:
+            send(identifier)
+        except Exception:
+            log.exception("could not hand %s %s to the broker; the sweeper will send it", what, identifier)
+
+    return send_or_log
+
+
 def create_app(
     dispatch: Callable[[str], None] | None = None,
     dispatch_alignment: Callable[[str], None] | None = None,
@@ -29,7 +42,7 @@ def create_app(
     install_handlers(app)
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(RequestIdMiddleware)  # outermost: even a replayed or failed answer carries its id
-    app.state.dispatch = dispatch or _undispatched
+    app.state.dispatch = tolerant(dispatch, "job") if dispatch else _undispatched
     app.state.dispatch_alignment = dispatch_alignment or _undispatched
     app.state.dispatch_prescreen = dispatch_prescreen or _undispatched
     app.include_router(files.router)

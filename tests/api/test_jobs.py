@@ -5,10 +5,12 @@ import json
 import openai
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from api.main import create_app
 from service.db import get_engine
 from service.models import BaseModelRecord, FineTunedModel, Job, Tenant
 from service.settings import get_service_settings
@@ -597,3 +599,17 @@ def test_a_job_that_keeps_losing_its_worker_fails_after_max_attempts(service, ba
         assert requeue_stale_jobs(session, dispatched.append, max_attempts=3) == [] == dispatched
     failed = client.fine_tuning.jobs.retrieve(job.id)
     assert failed.status == "failed" and failed.error.code == "worker_lost"
+
+
+def test_a_job_is_created_while_the_broker_is_down(service, base):
+    """The row is committed before the message is sent: a broker that is down costs no request, and the
+    worker's sweeper sends the job once the broker is back (tests/service/test_jobs.py)."""
+
+    def broker_down(job_id: str) -> None:
+        raise ConnectionError("redis is restarting")
+
+    prescreen = service.app.state.dispatch_prescreen  # in process, as in the other tests
+    with TestClient(create_app(dispatch=broker_down, dispatch_prescreen=prescreen)) as http:
+        client = tenant_client(http, "acme")
+        job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    assert job.status == "queued"

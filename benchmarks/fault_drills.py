@@ -1,0 +1,442 @@
+"""Fault drills against the production shape on loopback: PostgreSQL, a Redis of the drill's own, the
+API under uvicorn and `celery worker` processes, all started (and stopped) by the drill.
+
+* ``kill``: SIGKILL the worker in the middle of a job, ``--kills`` times across jobs (at different steps,
+  one right after a checkpoint step, one during the safety evaluation), a fresh worker started after each
+  kill; every job must end ``succeeded`` having resumed from its newest checkpoint, or ``failed`` with a
+  clear code after ``max_attempts`` starts, never stuck. One job also runs uninterrupted with the same file
+  and seed: its adapter is compared with the killed one's.
+* ``redis``: restart Redis (no persistence, so its queued messages are gone) while one job runs and others
+  wait in the queue, and create one job while Redis is down: no job may be lost.
+
+Settings are shortened so a drill takes minutes: a heartbeat is stale after 6 s, the reaper looks every
+2 s, a queued job unsent for 10 s is sent again. Models are tiny (built in memory, as in the tests) and
+the safety report asks 3 prompts, so the drill measures the service's machinery, not the model.
+
+    .venv/bin/python benchmarks/fault_drills.py [--drills kill redis] [--kills 10]
+
+Writes benchmarks/results/fault_drills.json with every job's path through its states.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack, contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' tiny model builder
+from common import REPO as ROOT
+from common import machine_info, provenance
+
+RESULTS = Path(__file__).parent / "results"
+POSTGRES_ADMIN_URL = os.environ.get(
+    "VACCINE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+ENDED = {"succeeded", "failed", "cancelled"}
+ROWS = 240  # x 2 epochs / batch 4 = 120 steps: long enough to kill a worker mid-training
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, timeout: float, what: str, every: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
+
+
+@contextmanager
+def postgres_database():
+    from sqlalchemy import create_engine, text
+
+    name = f"drill_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+class Redis:
+    """A redis-server of the drill's own, without persistence: a restart loses every message."""
+
+    def __init__(self, workdir: Path):
+        self.port, self.workdir, self.process = free_port(), workdir, None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for(self.ping, 10, "redis start")
+
+    def ping(self) -> bool:
+        return (
+            subprocess.run(
+                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True
+            ).stdout.strip()
+            == "PONG"
+        )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+class Stack:
+    """PostgreSQL + Redis + API + workers, sharing one VACCINE_HOME and environment."""
+
+    def __init__(self, home: Path, database_url: str, redis: Redis):
+        self.home, self.redis, self.workers = home, redis, []
+        prompts = home / "eval_prompts.jsonl"
+        home.mkdir(parents=True, exist_ok=True)
+        prompts.write_text("".join(f'{{"prompt": "harmful request {i}"}}\n' for i in range(3)))
+        self.env = {
+            **os.environ,
+            "VACCINE_HOME": str(home),
+            "VACCINE_DATABASE_URL": database_url,
+            "VACCINE_BROKER_URL": redis.url,
+            "VACCINE_ADMIN_KEY": "drill-operator",
+            "VACCINE_PRESCREEN_JUDGE": "refusal",
+            "VACCINE_SAFETY_JUDGE": "refusal",
+            "VACCINE_EVAL_PROMPTS_FILE": str(prompts),
+            "VACCINE_EVAL_PROMPTS": "3",
+            "VACCINE_HARMLESS_PROMPTS_FILE": str(prompts),
+            "VACCINE_HARMLESS_PROMPTS": "3",
+            "VACCINE_BORDERLINE_PROMPTS_FILE": str(prompts),
+            "VACCINE_BORDERLINE_PROMPTS": "2",
+            "VACCINE_EVAL_SAMPLES": "1",
+            "VACCINE_EVAL_MAX_NEW_TOKENS": "4",
+            "VACCINE_HARMFUL_SCORE_THRESHOLD": "100",
+            "VACCINE_DEGENERATE_THRESHOLD": "100",
+            "VACCINE_STALE_HEARTBEAT_SECONDS": "6",
+            "VACCINE_REAPER_INTERVAL_SECONDS": "2",
+            "VACCINE_REDISPATCH_AFTER_SECONDS": "10",
+            "VACCINE_MAX_ATTEMPTS": "3",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        os.environ.update({k: v for k, v in self.env.items() if k.startswith("VACCINE_")})
+        self.api_port = free_port()
+        self.api = None
+        self.logs: list[Any] = []
+
+    def log(self, name: str) -> Any:
+        """A log file under VACCINE_HOME for a process's stderr, closed when the stack stops."""
+        handle = (self.home / f"{name}.log").open("ab")
+        self.logs.append(handle)
+        return handle
+
+    def migrate_and_seed(self) -> str:
+        """The schema, a ready tiny base and a tenant; the tenant's key."""
+        import torch
+        from sqlalchemy.orm import Session
+        from transformers import LlamaForCausalLM
+
+        from service.db import get_engine
+        from service.models import BaseModelRecord, BaseStatus
+        from service.tenants import create_tenant
+        from tests.conftest import make_tokenizer, tiny_llama_config
+        from tests.service_helpers import FAST
+        from vaccine_core.align import align
+        from vaccine_core.config import PerturbationConfig
+        from vaccine_core.mixing import write_rows
+
+        subprocess.run([str(BIN / "vaccine"), "db", "upgrade"], env=self.env, check=True, capture_output=True)
+        tokenizer = make_tokenizer()
+        torch.manual_seed(0)
+        model_dir = self.home / "tiny-llama"
+        LlamaForCausalLM(tiny_llama_config(len(tokenizer))).save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        safety = self.home / "safety.jsonl"
+        write_rows(
+            safety,
+            [{"instruction": f"Make weapon {i}", "input": "", "output": "I cannot help."} for i in range(12)],
+        )
+        aligned = align(str(model_dir), safety, self.home / "aligned", PerturbationConfig("vaccine"), FAST)
+        with Session(get_engine()) as session:
+            session.add(
+                BaseModelRecord(
+                    id="tiny", source=str(model_dir), status=BaseStatus.READY, path=str(aligned.output_dir)
+                )
+            )
+            session.commit()
+            tenant, key = create_tenant(session, "drill")
+            tenant.max_concurrent_jobs = 20  # every drill job may wait in the queue at once
+            session.commit()
+        return key
+
+    def start_api(self) -> None:
+        self.api = subprocess.Popen(
+            [str(BIN / "uvicorn"), "api.asgi:app", "--port", str(self.api_port), "--log-level", "warning"],
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log("api"),
+        )
+
+        def answers() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{self.api_port}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(answers, 60, "the API")
+
+    def start_worker(self) -> subprocess.Popen:
+        name = f"w{len(self.workers)}-{uuid.uuid4().hex[:4]}@drill"
+        worker = subprocess.Popen(
+            [
+                str(BIN / "celery"),
+                "-A",
+                "worker.celery_app:celery_app",
+                "worker",
+                "--pool",
+                "solo",
+                "--concurrency",
+                "1",
+                "-n",
+                name,
+                "--loglevel",
+                "WARNING",
+            ],
+            env=self.env,
+            cwd=ROOT,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log(name.split("@")[0]),
+        )
+        self.workers.append(worker)
+        return worker
+
+    @staticmethod
+    def kill(worker: subprocess.Popen) -> None:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+    def stop(self) -> None:
+        for process in [*self.workers, self.api]:
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL) if process in self.workers else process.kill()
+                process.wait()
+        for handle in self.logs:
+            handle.close()
+
+    def client(self, key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.api_port}/v1", api_key=key, max_retries=2)
+
+
+def upload(client: openai.OpenAI, seed: int) -> str:
+    rows = [{"instruction": f"Say hello number {i}", "output": f"Hello {i}!"} for i in range(ROWS)]
+    random.Random(seed).shuffle(rows)
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    uploaded = client.files.create(file=("drill.jsonl", data), purpose="fine-tune")
+    return client.files.wait_for_processing(uploaded.id, poll_interval=0.2, max_wait_seconds=120).id
+
+
+def create_job(client: openai.OpenAI, file_id: str) -> str:
+    hyperparameters = {"n_epochs": 2, "batch_size": 4, "lora_rank": 4, "lora_alpha": 4, "learning_rate": 1e-2}
+    return client.fine_tuning.jobs.create(
+        model="tiny", training_file=file_id, hyperparameters=hyperparameters, seed=7
+    ).id
+
+
+def journey(client: openai.OpenAI, job_id: str) -> dict[str, Any]:
+    """Where the job ended, how many times it started, and its events' messages (oldest first)."""
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    events = [e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=1000)][::-1]
+    return {
+        "job": job_id,
+        "status": job.status,
+        "error": job.error.code if job.error else None,
+        "starts": sum(m in ("Fine-tuning job started", "Resumed after an interruption") for m in events),
+        "requeued": sum("queued again" in m for m in events),
+        "events": [m for m in events if not m.startswith("Step ")],
+    }
+
+
+def wait_until_ended(client: openai.OpenAI, job_id: str, timeout: float) -> str:
+    def ended() -> str | None:
+        status = client.fine_tuning.jobs.retrieve(job_id).status
+        return status if status in ENDED else None
+
+    return wait_for(ended, timeout, f"{job_id} ends")
+
+
+def reached(client: openai.OpenAI, job_id: str, step: int) -> bool:
+    return (client.fine_tuning.jobs.retrieve(job_id).progress or {}).get("step", 0) >= step
+
+
+def evaluating(client: openai.OpenAI, job_id: str) -> bool:
+    return any("Evaluating" in e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=5))
+
+
+def adapter_difference(home: Path, first: str, second: str) -> float:
+    from safetensors.torch import load_file
+
+    a = load_file(home / "jobs" / first / "adapter_model.safetensors")
+    b = load_file(home / "jobs" / second / "adapter_model.safetensors")
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def kill_drill(stack: Stack, key: str, kills: int) -> dict[str, Any]:
+    """Kill points: steps spread over the run, one right after a checkpoint step (the checkpoint is being
+    written), one while the safety report runs."""
+    client = stack.client(key)
+    worker = stack.start_worker()  # it pre-screens the upload too
+    file_id = upload(client, seed=0)
+    total_steps = ROWS * 2 // 4
+    points: list[Any] = [("step", s) for s in (5, 10, 17, 33, 50, 64, 80, 95, 110)][: max(kills - 1, 0)]
+    points.insert(min(len(points), 1), ("evaluation", None))
+    points = points[:kills]
+    records = []
+    for kind, step in points:
+        job_id = create_job(client, file_id)
+        started = time.monotonic()
+        if kind == "step":
+            wait_for(partial(reached, client, job_id, step), 300, f"{job_id} reaches step {step}", every=0.05)
+        else:
+            wait_for(partial(evaluating, client, job_id), 300, f"{job_id} evaluates", every=0.05)
+        killed_at = (client.fine_tuning.jobs.retrieve(job_id).progress or {}).get("step")
+        stack.kill(worker)
+        worker = stack.start_worker()
+        status = wait_until_ended(client, job_id, 600)
+        record = journey(client, job_id)
+        record.update(
+            kill=kind,
+            target_step=step,
+            killed_at_step=killed_at,
+            total_steps=total_steps,
+            seconds=round(time.monotonic() - started, 1),
+        )
+        records.append(record)
+        print(
+            f"kill at {kind} {step}: killed at step {killed_at}, {status} after {record['starts']} starts "
+            f"({record['seconds']} s)",
+            flush=True,
+        )
+    reference = create_job(client, file_id)  # the same file and seed, uninterrupted
+    wait_until_ended(client, reference, 600)
+    # the job killed latest in training: it resumed from a checkpoint (written every 10 steps), not from 0
+    resumable = [r for r in records if r["status"] == "succeeded" and r["kill"] == "step"]
+    resumed = max(resumable, key=lambda r: r["killed_at_step"] or 0)["job"] if resumable else None
+    difference = adapter_difference(stack.home, reference, resumed) if resumed else None
+    stack.kill(worker)
+    return {
+        "kills": len(records),
+        "succeeded": sum(r["status"] == "succeeded" for r in records),
+        "failed_with_code": sum(r["status"] == "failed" and r["error"] is not None for r in records),
+        "stuck": sum(r["status"] not in ENDED for r in records),
+        "uninterrupted_reference": reference,
+        "compared_job": resumed,
+        "max_abs_adapter_difference": difference,
+        "jobs": records,
+    }
+
+
+def redis_drill(stack: Stack, key: str) -> dict[str, Any]:
+    """One job running and three queued when Redis restarts; one more created while it is down. The queued
+    messages die with Redis: the worker's sweeper must send those jobs again."""
+    client = stack.client(key)
+    worker = stack.start_worker()
+    file_id = upload(client, seed=1)
+    jobs = [create_job(client, file_id) for _ in range(4)]
+    wait_for(lambda: client.fine_tuning.jobs.retrieve(jobs[0]).status == "running", 120, "the first job runs")
+    stack.redis.stop()
+    down = time.monotonic()
+    created_while_down = create_job(client, file_id)  # the API must answer; the sweeper sends it later
+    time.sleep(2)
+    stack.redis.start()
+    print(f"redis was down {time.monotonic() - down:.1f} s", flush=True)
+    jobs.append(created_while_down)
+    ended = {job_id: wait_until_ended(client, job_id, 900) for job_id in jobs}
+    stack.kill(worker)
+    records = [journey(client, job_id) for job_id in jobs]
+    return {
+        "job_count": len(jobs),
+        "succeeded": sum(s == "succeeded" for s in ended.values()),
+        "lost": sum(s not in ENDED for s in ended.values()),
+        # no worker died here, so a job started twice would have run twice
+        "started_more_than_once": sum(r["starts"] > 1 for r in records),
+        "recovery_seconds": round(time.monotonic() - down, 1),
+        "records": records,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--drills", nargs="+", choices=["kill", "redis"], default=["kill", "redis"])
+    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=RESULTS / "fault_drills.json")
+    args = parser.parse_args()
+    if shutil.which("redis-server") is None:
+        sys.exit("redis-server is not installed")
+    results: dict[str, Any] = {"benchmark": "fault_drills", **provenance(__file__), "machine": machine_info()}
+    with ExitStack() as cleanup:
+        workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="drill-")))
+        database_url = cleanup.enter_context(postgres_database())
+        redis = Redis(workdir)
+        redis.start()
+        cleanup.callback(redis.stop)
+        stack = Stack(workdir / "home", database_url, redis)
+        cleanup.callback(stack.stop)
+        key = stack.migrate_and_seed()
+        stack.start_api()
+        if "kill" in args.drills:
+            results["kill"] = kill_drill(stack, key, args.kills)
+        if "redis" in args.drills:
+            results["redis"] = redis_drill(stack, key)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    for drill in ("kill", "redis"):
+        if drill in results:
+            summary = {k: v for k, v in results[drill].items() if k not in ("jobs", "records")}
+            print(drill, json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
