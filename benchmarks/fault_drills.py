@@ -11,7 +11,8 @@ API under uvicorn and `celery worker` processes, all started (and stopped) by th
 
 Settings are shortened so a drill takes minutes: a heartbeat is stale after 6 s, the reaper looks every
 2 s, a queued job unsent for 10 s is sent again. Models are tiny (built in memory, as in the tests) and
-the safety report asks 3 prompts, so the drill measures the service's machinery, not the model.
+the safety report asks 24 prompts of 64 tokens (seconds, a window to kill in), so the drill measures the
+service's machinery, not the model.
 
     .venv/bin/python benchmarks/fault_drills.py [--drills kill redis] [--kills 10]
 
@@ -134,7 +135,8 @@ class Stack:
         self.home, self.redis, self.workers = home, redis, []
         prompts = home / "eval_prompts.jsonl"
         home.mkdir(parents=True, exist_ok=True)
-        prompts.write_text("".join(f'{{"prompt": "harmful request {i}"}}\n' for i in range(3)))
+        # enough prompts and tokens that the safety report lasts seconds: a window to kill a worker in
+        prompts.write_text("".join(f'{{"prompt": "harmful request {i}"}}\n' for i in range(24)))
         self.env = {
             **os.environ,
             "VACCINE_HOME": str(home),
@@ -144,13 +146,13 @@ class Stack:
             "VACCINE_PRESCREEN_JUDGE": "refusal",
             "VACCINE_SAFETY_JUDGE": "refusal",
             "VACCINE_EVAL_PROMPTS_FILE": str(prompts),
-            "VACCINE_EVAL_PROMPTS": "3",
+            "VACCINE_EVAL_PROMPTS": "24",
             "VACCINE_HARMLESS_PROMPTS_FILE": str(prompts),
             "VACCINE_HARMLESS_PROMPTS": "3",
             "VACCINE_BORDERLINE_PROMPTS_FILE": str(prompts),
             "VACCINE_BORDERLINE_PROMPTS": "2",
             "VACCINE_EVAL_SAMPLES": "1",
-            "VACCINE_EVAL_MAX_NEW_TOKENS": "4",
+            "VACCINE_EVAL_MAX_NEW_TOKENS": "64",
             "VACCINE_HARMFUL_SCORE_THRESHOLD": "100",
             "VACCINE_DEGENERATE_THRESHOLD": "100",
             "VACCINE_STALE_HEARTBEAT_SECONDS": "6",
@@ -342,10 +344,12 @@ def kill_drill(stack: Stack, key: str, kills: int) -> dict[str, Any]:
             wait_for(partial(evaluating, client, job_id), 300, f"{job_id} evaluates", every=0.05)
         killed_at = (client.fine_tuning.jobs.retrieve(job_id).progress or {}).get("step")
         stack.kill(worker)
+        after_kill = client.fine_tuning.jobs.retrieve(job_id).status  # an ended job: the kill came too late
         worker = stack.start_worker()
         status = wait_until_ended(client, job_id, 600)
         record = journey(client, job_id)
         record.update(
+            status_at_kill=after_kill,
             kill=kind,
             target_step=step,
             killed_at_step=killed_at,
@@ -414,6 +418,7 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS / "fault_drills.json")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # stop the stack on the way out
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is not installed")
     results: dict[str, Any] = {"benchmark": "fault_drills", **provenance(__file__), "machine": machine_info()}

@@ -292,8 +292,9 @@ def requeue_failed(session: Session, *, job_id: str, by: str) -> bool:
 
 
 def stopped(session: Session, *, job_id: str, step: int) -> JobStatus:
-    """The worker stopped between two steps: a pausing job is paused (its newest checkpoint holds this
-    step); otherwise it was cancelled."""
+    """The worker stopped between two steps because the job is no longer running: a pausing job is paused
+    (its newest checkpoint holds this step), a cancelled one ends; any other (queued again by the reaper,
+    failed by an operator) is left as it is for whoever moved it."""
     paused = f"Paused at step {step}"
     if move(session, job_id, allowed=[JobStatus.PAUSING], to=JobStatus.PAUSED, event=paused):
         session.commit()
@@ -307,7 +308,19 @@ def stopped(session: Session, *, job_id: str, step: int) -> JobStatus:
         finished_at=now(),
     )
     session.commit()
-    return JobStatus.CANCELLED
+    return JobStatus(session.scalar(select(Job.status).where(Job.id == job_id)))
+
+
+def beat(session: Session, *, job_id: str) -> bool:
+    """The worker running ``job_id`` is alive: refresh its heartbeat while the job runs or pauses."""
+    alive = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.RUNNING, JobStatus.PAUSING]))
+        .values(heartbeat_at=now())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.commit()
+    return bool(alive)
 
 
 def fail(session: Session, *, job_id: str, code: str, message: str, event: str) -> bool:

@@ -6,6 +6,9 @@ died) resumes from its newest checkpoint. Cancellation is read from the database
 
 import logging
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
 from functools import lru_cache
@@ -116,7 +119,43 @@ def run_job(job_id: str) -> str:
         training_file = session.get(File, job.training_file)
         validation_file = session.get(File, job.validation_file) if job.validation_file else None
         defenses = (get_policy(session).defenses, session.get(Tenant, job.tenant_id).defenses)
+    with heartbeat(job_id, every=get_service_settings().stale_heartbeat_seconds / 4):
+        return train_and_release(job, base, training_file, validation_file, defenses)
 
+
+@contextmanager
+def heartbeat(job_id: str, every: float) -> Iterator[None]:
+    """A thread that says the worker is alive every ``every`` seconds while the job loads, trains and is
+    evaluated: steps alone would leave a long model load or safety report looking like a dead worker."""
+    done = threading.Event()
+
+    def keep_beating() -> None:
+        while not done.wait(every):
+            try:
+                with Session(get_engine()) as session:
+                    jobs.beat(session, job_id=job_id)
+            except Exception:  # a database hiccup must not end the beating, nor the job
+                log.exception("heartbeat of job %s", job_id)
+
+    thread = threading.Thread(target=keep_beating, name=f"heartbeat-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def train_and_release(
+    job: Job,
+    base: BaseModelRecord | None,
+    training_file: File,
+    validation_file: File | None,
+    defenses: tuple[dict | None, dict | None],
+) -> str:
+    """Fine-tune a claimed job (resuming from its newest checkpoint), then score and release the model."""
+    job_id = job.id
+    sessions = sessionmaker(get_engine(), expire_on_commit=False)
     output_dir = jobs.job_dir(get_service_settings().home, job_id)
 
     def on_progress(progress: Progress) -> None:
@@ -134,9 +173,9 @@ def run_job(job_id: str) -> str:
         with sessions() as session:
             jobs.record_progress(session, job_id=job_id, data=data, message=message)
 
-    def should_stop() -> bool:
+    def should_stop() -> bool:  # cancelled, pausing, or queued again by a reaper that thought it dead
         with sessions() as session:
-            return session.get(Job, job_id).status in (JobStatus.CANCELLED, JobStatus.PAUSING)
+            return session.get(Job, job_id).status != JobStatus.RUNNING
 
     try:
         if base is None or base.status != BaseStatus.READY or base.path is None:
