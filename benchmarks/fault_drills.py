@@ -11,7 +11,7 @@ API under uvicorn and `celery worker` processes, all started (and stopped) by th
 
 Settings are shortened so a drill takes minutes: a heartbeat is stale after 6 s, the reaper looks every
 2 s, a queued job unsent for 10 s is sent again. Models are tiny (built in memory, as in the tests) and
-the safety report asks 24 prompts of 64 tokens (seconds, a window to kill in), so the drill measures the
+the safety report asks 3 x 24 prompts of 128 tokens (seconds, a window to kill in), so the drill measures the
 service's machinery, not the model.
 
     .venv/bin/python benchmarks/fault_drills.py [--drills kill redis] [--kills 10]
@@ -148,11 +148,11 @@ class Stack:
             "VACCINE_EVAL_PROMPTS_FILE": str(prompts),
             "VACCINE_EVAL_PROMPTS": "24",
             "VACCINE_HARMLESS_PROMPTS_FILE": str(prompts),
-            "VACCINE_HARMLESS_PROMPTS": "3",
+            "VACCINE_HARMLESS_PROMPTS": "24",
             "VACCINE_BORDERLINE_PROMPTS_FILE": str(prompts),
-            "VACCINE_BORDERLINE_PROMPTS": "2",
+            "VACCINE_BORDERLINE_PROMPTS": "24",
             "VACCINE_EVAL_SAMPLES": "1",
-            "VACCINE_EVAL_MAX_NEW_TOKENS": "64",
+            "VACCINE_EVAL_MAX_NEW_TOKENS": "128",
             "VACCINE_HARMFUL_SCORE_THRESHOLD": "100",
             "VACCINE_DEGENERATE_THRESHOLD": "100",
             "VACCINE_STALE_HEARTBEAT_SECONDS": "6",

@@ -167,24 +167,39 @@ def service(tmp_path, monkeypatch):
     get_service_settings.cache_clear()
 
 
+@pytest.fixture(scope="session")
+def aligned_tiny_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny model aligned with Vaccine once per session (its own VACCINE_HOME): the base the service
+    tests fine-tune from. Jobs never write into it; the worker keeps its loaded weights between jobs, as a
+    GPU worker does."""
+    from tests.service_helpers import FAST
+    from vaccine_core.align import align
+    from vaccine_core.config import PerturbationConfig
+    from vaccine_core.settings import get_settings
+
+    root = tmp_path_factory.mktemp("aligned-tiny")
+    data = root / "safety.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in SAFETY_ROWS))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VACCINE_HOME", str(root / "vaccine-home"))
+        get_settings.cache_clear()
+        aligned = align(str(tiny_model_dir), data, root / "aligned", PerturbationConfig("vaccine"), FAST)
+    get_settings.cache_clear()
+    return aligned.output_dir
+
+
 @pytest.fixture
-def base(service, tiny_model_dir, alpaca_file, tmp_path) -> str:
+def base(service, tiny_model_dir, aligned_tiny_dir) -> str:
     """A ready base in the service: the tiny model aligned with Vaccine; its id."""
     from sqlalchemy.orm import Session
 
     from service.db import get_engine
     from service.models import BaseModelRecord
-    from tests.service_helpers import FAST
-    from vaccine_core.align import align
-    from vaccine_core.config import PerturbationConfig
 
-    aligned = align(
-        str(tiny_model_dir), alpaca_file, tmp_path / "aligned", PerturbationConfig("vaccine"), FAST
-    )
     with Session(get_engine()) as session:
         session.add(
             BaseModelRecord(
-                id="tiny-vaccine", source=str(tiny_model_dir), status="ready", path=str(aligned.output_dir)
+                id="tiny-vaccine", source=str(tiny_model_dir), status="ready", path=str(aligned_tiny_dir)
             )
         )
         session.commit()

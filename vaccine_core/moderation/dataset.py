@@ -35,9 +35,9 @@ TEST_PERCENT = 20
 VALIDATION_PERCENT = 10
 EXTRA_SAFE_REFUSALS = 300
 # Alpaca answers the judge learns as helpful (of 999; benchmarks/prescreen_mix.py uploads 450 of the rest).
-# 300 left long, well-formed answers to plain requests rare beside ~1,000 long harmful answers, and the
-# judge flagged 18 of 450 unseen Alpaca rows (e.g. "Generate a world-building element", score 0.93).
-EXTRA_BENIGN = 500
+# 500 instead was tried against the judge's false positives on long, plain Alpaca answers and did not cut
+# them (19 -> 21 of 450; F1 0.890 -> 0.887 on the same test split): benchmarks/results/judge_selection.md.
+EXTRA_BENIGN = 300
 # task rows per task, drawn away from the rows that benchmarks/prescreen_mix.py uploads
 TASK_ROWS = {"sst2": 150, "agnews": 50, "gsm8k": 50}
 PRESCREEN_MIX = {"task": "sst2", "n": 500, "harmful_fraction": 0.1, "seed": 0}
