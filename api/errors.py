@@ -6,11 +6,13 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+DATABASE_RETRY_AFTER = 5  # seconds a client waits before asking again while the database is away
 
 
 class APIError(Exception):
@@ -74,13 +76,22 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         request_id = request.scope.get("request_id", "")
+        headers = {"x-request-id": request_id} if request_id else {}
+        if isinstance(exc, OperationalError | InterfaceError):  # the database is down or restarting
+            log.warning("database unavailable in %s %s: %s", request.method, request.url.path, exc)
+            message = "The service's database is unavailable; try again shortly."
+            return JSONResponse(
+                _body("database_unavailable", message, None, "server_error"),
+                status_code=503,
+                headers={**headers, "Retry-After": str(DATABASE_RETRY_AFTER)},
+            )
         log.exception("unhandled error in %s %s (request %s)", request.method, request.url.path, request_id)
         message = f"The server failed to answer this request (request id {request_id}); it was logged."
         # this answer leaves from outside every middleware, so it names its request itself
         return JSONResponse(
             _body("server_error", message, None, "server_error"),
             status_code=500,
-            headers={"x-request-id": request_id} if request_id else None,
+            headers=headers,
         )
 
     @app.exception_handler(RequestValidationError)

@@ -6,6 +6,8 @@ API under uvicorn and `celery worker` processes, all started (and stopped) by th
   kill; every job must end ``succeeded`` having resumed from its newest checkpoint, or ``failed`` with a
   clear code after ``max_attempts`` starts, never stuck. One job also runs uninterrupted with the same file
   and seed: its adapter is compared with the killed one's.
+* ``postgres``: restart PostgreSQL while four clients poll the API: 200s and 503s in the error envelope
+  only, the API and worker recover without a restart, and a job created afterwards succeeds.
 * ``redis``: restart Redis (no persistence, so its queued messages are gone) while one job runs and others
   wait in the queue, and create one job while Redis is down: no job may be lost.
 
@@ -29,6 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from contextlib import ExitStack, contextmanager
@@ -410,18 +413,85 @@ def redis_drill(stack: Stack, key: str) -> dict[str, Any]:
     }
 
 
+def restart_postgres() -> None:
+    """Restart the local PostgreSQL cluster (Debian's pg_ctlcluster, as .ci/run starts it)."""
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "--mode", "fast"],
+        check=True,
+        capture_output=True,
+    )
+
+
+def postgres_drill(stack: Stack, key: str) -> dict[str, Any]:
+    """Restart PostgreSQL while clients poll the API: every answer must be a 200 or a 503 in the error
+    envelope (never a 500 or a hang), the API and the worker must recover without a restart, and a job
+    created afterwards must run to the end."""
+    url = f"http://127.0.0.1:{stack.api_port}/v1/fine_tuning/jobs"
+    headers = {"Authorization": f"Bearer {key}"}
+    answers: list[tuple[float, int | str, float]] = []  # (seconds since the restart, status, latency)
+    stop = threading.Event()
+
+    def poll() -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                sent = time.monotonic()
+                try:
+                    status: int | str = http.get(url, headers=headers).status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                answers.append((sent - restarted, status, time.monotonic() - sent))
+                time.sleep(0.05)
+
+    worker = stack.start_worker()
+    restarted = time.monotonic() + 1.0
+    pollers = [threading.Thread(target=poll) for _ in range(4)]
+    for thread in pollers:
+        thread.start()
+    time.sleep(1.0)
+    restart_postgres()
+    back = time.monotonic() - restarted
+    time.sleep(5)
+    stop.set()
+    for thread in pollers:
+        thread.join()
+    client = stack.client(key)
+    job_id = create_job(client, upload(client, seed=2))
+    status = wait_until_ended(client, job_id, 600)
+    stack.kill(worker)
+    during = [a for a in answers if a[0] >= 0]
+    after = [a for a in during if a[0] > back]
+    first_ok = next((a[0] for a in after if a[1] == 200), None)
+    counts: dict[str, int] = {}
+    for _, code, _ in during:
+        counts[str(code)] = counts.get(str(code), 0) + 1
+    return {
+        "requests_from_the_restart_on": len(during),
+        "answers": counts,
+        "server_errors_500": counts.get("500", 0),
+        "restart_seconds": round(back, 2),
+        "first_200_after_the_server_was_back_seconds": round(first_ok - back, 2) if first_ok else None,
+        "slowest_answer_seconds": round(max(a[2] for a in during), 2) if during else None,
+        "job_after_the_restart": status,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--drills", nargs="+", choices=["kill", "redis"], default=["kill", "redis"])
+    parser.add_argument(
+        "--drills", nargs="+", choices=["kill", "redis", "postgres"], default=["kill", "redis", "postgres"]
+    )
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS / "fault_drills.json")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # stop the stack on the way out
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is not installed")
-    results: dict[str, Any] = {"benchmark": "fault_drills", **provenance(__file__), "machine": machine_info()}
+    # each drill's result replaces its own entry: drills may be run one at a time
+    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results.update(benchmark="fault_drills", machine=machine_info())
     with ExitStack() as cleanup:
         workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="drill-")))
         database_url = cleanup.enter_context(postgres_database())
@@ -432,12 +502,15 @@ def main() -> None:
         cleanup.callback(stack.stop)
         key = stack.migrate_and_seed()
         stack.start_api()
-        if "kill" in args.drills:
-            results["kill"] = kill_drill(stack, key, args.kills)
-        if "redis" in args.drills:
-            results["redis"] = redis_drill(stack, key)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    for drill in ("kill", "redis"):
+        drills = {
+            "kill": lambda: kill_drill(stack, key, args.kills),
+            "redis": lambda: redis_drill(stack, key),
+            "postgres": lambda: postgres_drill(stack, key),
+        }
+        for name in args.drills:
+            results[name] = {**provenance(__file__), **drills[name]()}
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+    for drill in args.drills:
         if drill in results:
             summary = {k: v for k, v in results[drill].items() if k not in ("jobs", "records")}
             print(drill, json.dumps(summary))

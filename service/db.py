@@ -21,7 +21,9 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # a pooled connection is tested before use (a restarted server leaves them all dead), and a server that
+    # does not answer fails a request in seconds instead of hanging it
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
 
 
 @lru_cache

@@ -162,3 +162,19 @@ def test_an_unhandled_error_is_a_500_in_the_envelope_naming_the_request(tmp_path
     error = answer.json()["error"]
     assert error["type"] == "server_error" and "r-1" in error["message"] and "a bug" not in error["message"]
     assert answer.headers["x-request-id"] == "r-1"
+
+
+def test_a_database_that_is_down_is_a_503_to_retry(tmp_path, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    app = create_app()
+
+    @app.get("/db-down")
+    def db_down() -> None:
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    with TestClient(app, raise_server_exceptions=False) as http:
+        answer = http.get("/db-down", headers={"X-Request-Id": "r-2"})
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+    assert answer.json()["error"]["code"] == "database_unavailable"
+    assert answer.headers["x-request-id"] == "r-2"
