@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -47,10 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' tiny 
 from common import REPO as ROOT
 from common import machine_info, provenance
 
+from tests.service_helpers import fresh_postgres_database
+
 RESULTS = Path(__file__).parent / "results"
-POSTGRES_ADMIN_URL = os.environ.get(
-    "VACCINE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 ENDED = {"succeeded", "failed", "cancelled"}
 ROWS = 240  # x 2 epochs / batch 4 = 120 steps: long enough to kill a worker mid-training
 BIN = Path(sys.executable).parent
@@ -69,22 +68,6 @@ def wait_for(condition, timeout: float, what: str, every: float = 0.2) -> Any:
             return value
         time.sleep(every)
     raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
-
-
-@contextmanager
-def postgres_database():
-    from sqlalchemy import create_engine, text
-
-    name = f"drill_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 class Redis:
@@ -494,7 +477,7 @@ def main() -> None:
     results.update(benchmark="fault_drills", machine=machine_info())
     with ExitStack() as cleanup:
         workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="drill-")))
-        database_url = cleanup.enter_context(postgres_database())
+        database_url = cleanup.enter_context(fresh_postgres_database())
         redis = Redis(workdir)
         redis.start()
         cleanup.callback(redis.stop)
