@@ -1,5 +1,6 @@
 """The FastAPI application: routes per resource, errors in OpenAI's shape."""
 
+import functools
 import logging
 from collections.abc import Callable
 
@@ -21,6 +22,7 @@ def tolerant(send: Callable[[str], None], what: str) -> Callable[[str], None]:
     """``send``, but a broker that is down does not fail the request: the row is already committed, and
     the worker's sweeper sends what was not sent (service.jobs.redispatch_lost)."""
 
+    @functools.wraps(send)
     def send_or_log(identifier: str) -> None:
         try:
             send(identifier)

@@ -46,7 +46,8 @@ class AdapterRun:
             "mean_loss": sum(losses) / len(losses) if losses else None,
             "tokens": self.train.tokens,
             "seconds": round(self.train.seconds, 2),
-            "defense_seconds": {k: round(v, 2) for k, v in self.train.defense_seconds.items()},
+            # to the 0.1 ms: a defense's share of a small run is milliseconds, which 2 decimals round to 0
+            "defense_seconds": {k: round(v, 4) for k, v in self.train.defense_seconds.items()},
             "validation_losses": {str(k): v for k, v in self.train.validation_losses.items()},
         }
 
