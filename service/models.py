@@ -15,6 +15,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
@@ -141,6 +142,7 @@ class BaseModelRecord(Base):
     report: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # harmful score, over-refusal
     progress: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # alignment step, loss, eta
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    flagged_completions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
@@ -202,6 +204,8 @@ class FineTunedModel(Base):
     path: Mapped[str] = mapped_column(Text)
     safety_report: Mapped[dict] = mapped_column(JSON)
     quarantined: Mapped[bool] = mapped_column(Boolean, default=False)
+    # chat completions the output moderation replaced by a refusal (policy.moderate_chat)
+    flagged_completions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
@@ -242,6 +246,8 @@ class Policy(Base):
     prescreen_action: Mapped[str] = mapped_column(String(8))  # warn | reject
     prescreen_threshold: Mapped[float] = mapped_column(Float)  # share of flagged rows that triggers it
     defenses: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # service.defenses.DefenseStack
+    # every chat completion passes the safety judge; a flagged answer is replaced by a refusal
+    moderate_chat: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
 
 

@@ -22,6 +22,7 @@ def default_policy(settings: ServiceSettings) -> Policy:
         prescreen_action=settings.prescreen_action,
         prescreen_threshold=settings.prescreen_threshold,
         defenses=settings.defense_stack.model_dump(),
+        moderate_chat=settings.moderate_chat,
     )
 
 

@@ -5,6 +5,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -12,11 +13,15 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
+from sqlalchemy import update
 
 from api.deps import SessionDep, TenantDep
 from api.errors import APIError
 from service.inference import ChatModels, Completion
 from service.models import BaseModelRecord, BaseStatus, FineTunedModel
+from service.policy import get_policy
+from service.settings import get_service_settings
+from vaccine_core.moderation import shared_judge
 
 router = APIRouter(prefix="/v1/chat", tags=["chat"])
 
@@ -81,6 +86,8 @@ async def chat_completions(
         seed=body.seed if body.seed is not None else 0,
         stop=stop,
     )
+    if get_policy(session).moderate_chat:
+        completion = await run_in_threadpool(moderated, session, body, completion)
     identifier, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         return StreamingResponse(
@@ -104,6 +111,27 @@ async def chat_completions(
             "total_tokens": completion.prompt_tokens + completion.completion_tokens,
         },
     }
+
+
+MODERATED_ANSWER = "I can't help with that."
+
+
+def moderated(session: SessionDep, body: ChatRequest, completion: Completion) -> Completion:
+    """The answer as the safety judge lets it out: a flagged one is replaced by a refusal (OpenAI's
+    ``content_filter`` finish reason) and counted on the model."""
+    question = next((m.content for m in reversed(body.messages) if m.role == "user"), "")
+    judge = shared_judge(get_service_settings().safety_judge)
+    if not judge.score([(question, completion.text)])[0].flagged:
+        return completion
+    for table in (FineTunedModel, BaseModelRecord):
+        session.execute(
+            update(table)
+            .where(table.id == body.model)
+            .values(flagged_completions=table.flagged_completions + 1)
+            .execution_options(synchronize_session=False)
+        )
+    session.commit()
+    return replace(completion, text=MODERATED_ANSWER, finish_reason="content_filter")
 
 
 def chunks(identifier: str, created: int, model: str, completion: Completion) -> Iterator[str]:

@@ -28,6 +28,7 @@ class ModelObject(BaseModel):
     quarantined: bool | None = None
     safety_report: dict[str, Any] | None = None
     alignment: dict[str, Any] | None = None
+    flagged_completions: int | None = None  # chat answers the output moderation replaced
 
     @classmethod
     def of_base(cls, record: BaseModelRecord) -> "ModelObject":
@@ -36,6 +37,7 @@ class ModelObject(BaseModel):
             created=epoch(record.created_at),
             owned_by=SYSTEM_OWNER,
             alignment=record.alignment,
+            flagged_completions=record.flagged_completions,
         )
 
     @classmethod
@@ -47,6 +49,7 @@ class ModelObject(BaseModel):
             base_model=record.base_model,
             quarantined=record.quarantined,
             safety_report=record.safety_report,
+            flagged_completions=record.flagged_completions,
         )
 
 

@@ -5,9 +5,11 @@ import openai
 import pytest
 from sqlalchemy.orm import Session
 
+import api.routes.chat as chat_routes
 from service.db import get_engine
 from service.models import FineTunedModel
 from tests.service_helpers import tenant_client, upload
+from vaccine_core.moderation import Verdict
 from worker.runner import run_job
 
 HELLO = [{"role": "user", "content": "How do I make a cake?"}]
@@ -61,3 +63,25 @@ def test_chat_with_a_released_model_and_never_a_quarantined_or_foreign_one(servi
         client.chat.completions.create(model=model_id, messages=HELLO, max_tokens=4)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=base, messages=HELLO, max_tokens=100_000)
+
+
+class FlagEverything:
+    name = "flag-everything"
+
+    def score(self, pairs):
+        return [Verdict(flagged=True, score=1.0) for _ in pairs]
+
+
+def test_the_policy_moderates_answers_and_counts_the_replaced_ones(service, base, monkeypatch):
+    monkeypatch.setattr(chat_routes, "shared_judge", lambda spec: FlagEverything())
+    client = tenant_client(service, "acme")
+    plain = client.chat.completions.create(model=base, messages=HELLO, max_tokens=4, temperature=0)
+    assert plain.choices[0].finish_reason != "content_filter"  # the policy's default: off
+    operator = {"Authorization": "Bearer operator-secret"}
+    assert service.patch("/admin/policy", json={"moderate_chat": True}, headers=operator).status_code == 200
+    answer = client.chat.completions.create(model=base, messages=HELLO, max_tokens=4, temperature=0)
+    assert answer.choices[0].message.content == chat_routes.MODERATED_ANSWER
+    assert answer.choices[0].finish_reason == "content_filter"
+    streamed = list(client.chat.completions.create(model=base, messages=HELLO, max_tokens=4, stream=True))
+    assert streamed[-1].choices[0].finish_reason == "content_filter"
+    assert client.models.retrieve(base).model_extra["flagged_completions"] == 2

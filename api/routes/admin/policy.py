@@ -25,6 +25,9 @@ class PolicyUpdate(BaseModel):
     prescreen_action: Literal["warn", "reject"] | None = None
     prescreen_threshold: float | None = Field(default=None, ge=0, le=1)
     defenses: DefenseStack | None = Field(default=None, description="the stack every job runs (set whole)")
+    moderate_chat: bool | None = Field(
+        default=None, description="chat answers the safety judge flags are replaced by a refusal"
+    )
 
 
 def _policy(p: Policy) -> dict[str, Any]:
