@@ -213,7 +213,7 @@ def cost(outputs: dict[str, Any]) -> dict[str, float]:
 
 def mean_cost(costs: list[dict[str, float]]) -> dict[str, float]:
     keys = sorted({k for c in costs for k in c})
-    return {k: round(float(np.mean([c.get(k, 0.0) for c in costs])), 2) for k in keys}
+    return {k: round(float(np.mean([c.get(k, 0.0) for c in costs])), 4) for k in keys}
 
 
 def run_grid(
