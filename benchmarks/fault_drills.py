@@ -160,30 +160,21 @@ class Stack:
 
     def migrate_and_seed(self) -> str:
         """The schema, a ready tiny base and a tenant; the tenant's key."""
-        import torch
         from sqlalchemy.orm import Session
-        from transformers import LlamaForCausalLM
 
         from service.db import get_engine
         from service.models import BaseModelRecord, BaseStatus
         from service.tenants import create_tenant
-        from tests.conftest import make_tokenizer, tiny_llama_config
+        from tests.conftest import SAFETY_ROWS, make_tokenizer, save_tiny_llama
         from tests.service_helpers import FAST
         from vaccine_core.align import align
         from vaccine_core.config import PerturbationConfig
         from vaccine_core.mixing import write_rows
 
         subprocess.run([str(BIN / "vaccine"), "db", "upgrade"], env=self.env, check=True, capture_output=True)
-        tokenizer = make_tokenizer()
-        torch.manual_seed(0)
-        model_dir = self.home / "tiny-llama"
-        LlamaForCausalLM(tiny_llama_config(len(tokenizer))).save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
+        model_dir = save_tiny_llama(self.home / "tiny-llama", make_tokenizer())
         safety = self.home / "safety.jsonl"
-        write_rows(
-            safety,
-            [{"instruction": f"Make weapon {i}", "input": "", "output": "I cannot help."} for i in range(12)],
-        )
+        write_rows(safety, SAFETY_ROWS)
         aligned = align(str(model_dir), safety, self.home / "aligned", PerturbationConfig("vaccine"), FAST)
         with Session(get_engine()) as session:
             session.add(
@@ -246,10 +237,12 @@ class Stack:
         worker.wait()
 
     def stop(self) -> None:
-        for process in [*self.workers, self.api]:
-            if process is not None and process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL) if process in self.workers else process.kill()
-                process.wait()
+        for worker in self.workers:
+            if worker.poll() is None:
+                self.kill(worker)
+        if self.api is not None and self.api.poll() is None:
+            self.api.kill()
+            self.api.wait()
         for handle in self.logs:
             handle.close()
 

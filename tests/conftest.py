@@ -57,6 +57,14 @@ def tiny_llama_config(vocab_size: int) -> LlamaConfig:
     )
 
 
+def save_tiny_llama(path: Path, tokenizer: PreTrainedTokenizerFast) -> Path:
+    """A tiny random Llama (seed 0) and its tokenizer saved as a Hugging Face model directory."""
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config(len(tokenizer))).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tokenizer() -> PreTrainedTokenizerFast:
     return make_tokenizer()
@@ -71,11 +79,7 @@ def tiny_model(tokenizer) -> LlamaForCausalLM:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     """A Hugging Face model directory holding a tiny random Llama and its tokenizer."""
-    path = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    LlamaForCausalLM(tiny_llama_config(len(tokenizer))).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
 
 
 SAFETY_ROWS = [
