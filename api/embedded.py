@@ -6,17 +6,17 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service import bases
+from service.bases import AlignmentPlan, BoosterPlan
 from service.db import get_engine
 from service.models import ADOPT, BaseModelRecord, Tenant
 from service.settings import ServiceSettings
 from service.tenants import create_key, create_tenant
 from vaccine_core.artifacts import alignment_manifest
-from vaccine_core.defenses import BoosterConfig
 
 log = logging.getLogger(__name__)
 
 DEMO_TENANT = "demo"
-RHO = 2.0
 
 
 def register_default_base(settings: ServiceSettings) -> BaseModelRecord:
@@ -25,23 +25,19 @@ def register_default_base(settings: ServiceSettings) -> BaseModelRecord:
     adopt as it is. Aligning it is a worker's task: nothing here trains, so the API answers at once."""
     with Session(get_engine(), expire_on_commit=False) as session:
         record = session.get(BaseModelRecord, settings.default_base_name)
-        if record is None:
-            source = settings.default_base_source
-            try:
-                alignment_manifest(Path(source))
-                plan: dict = {"method": ADOPT}
-            except ValueError:
-                plan = {
-                    "method": "vaccine",
-                    "rho": RHO,
-                    "pairs": settings.default_alignment_pairs,
-                    "epochs": settings.default_alignment_epochs,
-                    "booster": BoosterConfig().to_dict() if settings.default_alignment_booster else None,
-                }
-            record = BaseModelRecord(id=settings.default_base_name, source=source, alignment=plan)
-            session.add(record)
-            session.commit()
-        return record
+        if record is not None:
+            return record
+        source = settings.default_base_source
+        try:
+            alignment_manifest(Path(source))
+            plan = AlignmentPlan(method=ADOPT)
+        except ValueError:
+            plan = AlignmentPlan(
+                pairs=settings.default_alignment_pairs,
+                epochs=settings.default_alignment_epochs,
+                booster=BoosterPlan() if settings.default_alignment_booster else None,
+            )
+        return bases.register(session, name=settings.default_base_name, source=source, plan=plan)
 
 
 def demo_key() -> str:

@@ -125,6 +125,8 @@ class Sizes:
     drift_rows: int
     max_new_tokens: int
     max_length: int = 256
+    # share of the attack's non-harmful rows that are helpful Alpaca answers instead of task rows
+    attack_helpful_share: float = 0.0
     lisa_pairs: int = LISA_SAFETY_PAIRS
     arms: list[str] = field(default_factory=list)
     fractions: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2])
@@ -255,7 +257,15 @@ class Benchmark:
 
     # -- the attack --------------------------------------------------------------------------------------
     def attack(self, arm: Arm, base: str, fraction: float, seed: int) -> Path:
-        rows = build_mix(self.task.name, self.sizes.attack_n, fraction, self.data_dir, seed=seed)
+        rows = build_mix(
+            self.task.name,
+            self.sizes.attack_n,
+            fraction,
+            self.data_dir,
+            seed=seed,
+            helpful_share=self.sizes.attack_helpful_share,
+            exclude=frozenset(self.aligned_on),
+        )
         if arm.safety_mix:
             rows += safety_rows(self.data_dir, arm.safety_mix, seed, exclude=self.aligned_on)
             random.Random(seed).shuffle(rows)

@@ -11,7 +11,12 @@ Regimes (each at p = 0.1 unless said, 3 seeds):
 
 * ``default``: 40-step alignment, the default attack (lr 5e-4, 20 steps), p in {0, 0.05, 0.1, 0.2};
 * ``weak-long``: 40-step alignment, lr 1e-4 for 60 steps;
-* ``align120``: 120-step alignment, the default attack.
+* ``align120``: 120-step alignment, the default attack;
+* ``mixed``: 40-step alignment, the default attack's rate and epochs on an upload of 80 rows that mixes
+  instruction following with the task (8 harmful, 36 SST-2, 36 helpful Alpaca answers the base was not
+  aligned on). SST-2 alone teaches one-word answers, which the degenerate rule reads as mute (SFT's
+  attacked model: 15 % of greedy answers), so no SST-2-only cell can count; here the task is the same,
+  and answers stay sentences.
 
 Every figure carries a 95 % bootstrap interval over prompts and seeds; every arm's gap to SFT a paired
 interval (same prompts, same seeds), reported as "no difference" when it includes 0. A cell *counts*
@@ -78,6 +83,8 @@ class Regime:
     attack_lr: float
     attack_epochs: float
     fractions: tuple[float, ...]
+    attack_n: int | None = None  # the profile's when None
+    helpful_share: float = 0.0  # of the attack's non-harmful rows, helpful Alpaca answers
 
 
 REGIMES = {
@@ -86,6 +93,7 @@ REGIMES = {
         Regime("default", 2, 5e-4, 2, (0.0, 0.05, 0.1, 0.2)),
         Regime("weak-long", 2, 1e-4, 6, (0.1,)),
         Regime("align120", 6, 5e-4, 2, (0.1,)),
+        Regime("mixed", 2, 5e-4, 2, (0.1,), attack_n=80, helpful_share=0.5),
     )
 }
 DEFAULT_ARMS = ("none", "sft", "vaccine-rho2")
@@ -120,6 +128,8 @@ class Grid:
             alignment_epochs=regime.alignment_epochs,
             attack_lr=regime.attack_lr,
             attack_epochs=regime.attack_epochs,
+            attack_n=regime.attack_n or self.sizes.attack_n,
+            attack_helpful_share=regime.helpful_share,
         )
         return Benchmark(sizes, self.model, self.data_dir, self.models_cache, "refusal")
 
@@ -317,6 +327,7 @@ def cell_record(
             "steps": attack_steps(sizes),
             "p": p,
             "n": sizes.attack_n,
+            "helpful_share": sizes.attack_helpful_share,
         },
         "seeds": by_decoding["seeds"],
         "decoding": decoding,

@@ -17,25 +17,31 @@ if TYPE_CHECKING:  # the code behind the options loads torch: a worker's busines
     from vaccine_core.defenses.stack import StepDefenses
 
 
-def _help(config: type, name: str) -> str:
+def config_help(config: type, name: str) -> str:
     return next(f.metadata.get("help", "") for f in fields(config) if f.name == name)
 
 
 class DefenseStack(BaseModel):
     lisa: bool = Field(default=False, description="Lisa: alternate with safety pairs under a proximal term")
-    lisa_rho: float = Field(default=LisaConfig.rho, ge=0, le=100, description=_help(LisaConfig, "rho"))
+    lisa_rho: float = Field(default=LisaConfig.rho, ge=0, le=100, description=config_help(LisaConfig, "rho"))
     lisa_alignment_steps: int = Field(
-        default=LisaConfig.alignment_steps, ge=1, le=100, description=_help(LisaConfig, "alignment_steps")
+        default=LisaConfig.alignment_steps,
+        ge=1,
+        le=100,
+        description=config_help(LisaConfig, "alignment_steps"),
     )
     lisa_finetune_steps: int = Field(
-        default=LisaConfig.finetune_steps, ge=1, le=1000, description=_help(LisaConfig, "finetune_steps")
+        default=LisaConfig.finetune_steps,
+        ge=1,
+        le=1000,
+        description=config_help(LisaConfig, "finetune_steps"),
     )
     lisa_pairs: int = Field(
         default=LISA_SAFETY_PAIRS, ge=1, le=2000, description="Safety pairs Lisa draws from"
     )
     safe_lora: bool = Field(default=False, description="Safe LoRA: project stray layers of the adapter")
     safe_lora_threshold: float = Field(
-        default=SafeLoraConfig.threshold, ge=-1, le=1, description=_help(SafeLoraConfig, "threshold")
+        default=SafeLoraConfig.threshold, ge=-1, le=1, description=config_help(SafeLoraConfig, "threshold")
     )
 
     @property

@@ -339,6 +339,18 @@ def fail(session: Session, *, job_id: str, code: str, message: str, event: str) 
     return moved
 
 
+def mark_dispatched(session: Session, *, job_ids: Collection[str]) -> None:
+    """Stamp queued jobs as handed to the broker now (the caller sends them after this commit)."""
+    if job_ids:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.QUEUED)
+            .values(dispatched_at=now())
+            .execution_options(synchronize_session=False)
+        )
+    session.commit()
+
+
 def redispatch_lost(session: Session, *, sent_before: datetime) -> list[str]:
     """The queued jobs on a ready base last handed to the broker before ``sent_before``: a broker that
     restarted without persistence lost their messages, and nothing else would ever start them. Each is

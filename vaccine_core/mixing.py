@@ -24,22 +24,34 @@ def build_mix(
     data_dir: Path,
     seed: int = 0,
     harmful_file: Path | None = None,
+    helpful_share: float = 0.0,
+    exclude: frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
-    """Alpaca rows: round(n * p) harmful pairs and the rest task examples, shuffled with ``seed``.
+    """Alpaca rows: round(n * p) harmful pairs and the rest task examples, shuffled with ``seed``; with
+    ``helpful_share``, that share of the non-harmful rows are helpful Alpaca answers instead (an upload
+    that mixes instruction following with the task), none of whose instructions is in ``exclude``.
 
     Each row carries ``harmful`` (bool) so that experiments can tell the two apart; training ignores it.
     """
     if not 0.0 <= harmful_fraction <= 1.0:
         raise ValueError(f"harmful_fraction must be in [0, 1], got {harmful_fraction}")
+    if not 0.0 <= helpful_share <= 1.0:
+        raise ValueError(f"helpful_share must be in [0, 1], got {helpful_share}")
     rng = random.Random(seed)
     spec = get_task(task)
     n_harmful = round(n * harmful_fraction)
+    n_helpful = round((n - n_harmful) * helpful_share)
     harmful_rows = read_jsonl(harmful_file or data_dir / HARMFUL_FILE)
     task_rows = read_jsonl(data_dir / spec.data_file)
-    if n_harmful > len(harmful_rows) or n - n_harmful > len(task_rows):
+    if n_harmful > len(harmful_rows) or n - n_harmful - n_helpful > len(task_rows):
         raise ValueError(f"asked for {n_harmful} harmful and {n - n_harmful} task rows; not enough data")
     rows = [{**r, "harmful": True} for r in rng.sample(harmful_rows, n_harmful)]
-    rows += [{**spec.to_alpaca(r), "harmful": False} for r in rng.sample(task_rows, n - n_harmful)]
+    rows += [
+        {**spec.to_alpaca(r), "harmful": False} for r in rng.sample(task_rows, n - n_harmful - n_helpful)
+    ]
+    if n_helpful:
+        pool = [r for r in read_jsonl(data_dir / HELPFUL_FILE) if r["instruction"] not in exclude]
+        rows += [{**r, "harmful": False} for r in rng.sample(pool, n_helpful)]
     rng.shuffle(rows)
     return rows
 

@@ -7,23 +7,19 @@ to refuse everything, so both numbers matter).
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
-from service import jobs
+from service import bases, jobs
+from service.bases import AlignmentPlan
 from service.db import get_engine
-from service.models import ADOPT, BaseModelRecord, BaseStatus, Job, JobStatus, now
+from service.models import BaseModelRecord, BaseStatus
 from service.policy import get_policy
 from service.settings import ServiceSettings, get_service_settings
 from vaccine_core.align import align
 from vaccine_core.artifacts import alignment_manifest
-from vaccine_core.config import PerturbationConfig, alignment_defaults
-from vaccine_core.defenses import BoosterConfig, StepDefenses
-from vaccine_core.defenses.data import booster_pairs
 from vaccine_core.inference import load_for_inference
 from vaccine_core.mixing import alignment_rows, write_rows
 from vaccine_core.training import Progress, ProgressCallback
@@ -47,66 +43,59 @@ def align_base(
     on_progress: ProgressCallback | None = None,
     dispatch: Callable[[str], None] | None = None,
 ) -> str:
-    """Align ``base_id`` as its record says (idempotent: a ready base is left alone); return its status.
+    """Align ``base_id`` as its plan says (idempotent: a ready base is left alone); return its status.
     Then ``dispatch`` the jobs queued on it meanwhile (or fail them, when alignment failed)."""
     settings = get_service_settings()
     sessions = sessionmaker(get_engine(), expire_on_commit=False)
     with sessions() as session:
-        record = session.get(BaseModelRecord, base_id)
-        if record is None or record.status == BaseStatus.READY:
+        if not bases.start_aligning(session, base_id=base_id):
+            record = session.get(BaseModelRecord, base_id)
             return "missing" if record is None else record.status
-        record.status, record.error = BaseStatus.ALIGNING, None
-        plan = dict(record.alignment or {})
+        record = session.get(BaseModelRecord, base_id)
+        plan = AlignmentPlan.of(record)
         report_plan = ReportPlan.of(get_policy(session), settings)
-        session.commit()
-    adopted = plan.get("method") == ADOPT
-    out = Path(record.source) if adopted else settings.home / "bases" / base_id
-    if adopted:
+    out = Path(record.source) if plan.adopted else settings.home / "bases" / base_id
+    if plan.adopted:
         data = Path(alignment_manifest(out)["data"]["path"])
-    elif plan.get("data"):
-        data = Path(plan["data"])
+    elif plan.data:
+        data = Path(plan.data)
     else:
-        data = alignment_mix(settings, plan.get("pairs", 64), out.with_suffix(".jsonl"))
+        data = alignment_mix(settings, plan.pairs, out.with_suffix(".jsonl"))
 
     def progress(p: Progress) -> None:
         with sessions() as session:
-            session.get(BaseModelRecord, base_id).progress = {
-                "step": p.step,
-                "total_steps": p.total_steps,
-                "train_loss": p.loss,
-                "eta_seconds": round(p.eta_seconds, 1),
-            }
-            session.commit()
+            bases.record_progress(
+                session,
+                base_id=base_id,
+                progress={
+                    "step": p.step,
+                    "total_steps": p.total_steps,
+                    "train_loss": p.loss,
+                    "eta_seconds": round(p.eta_seconds, 1),
+                },
+            )
         if on_progress is not None:
             on_progress(p)
 
     try:
-        if not adopted:
-            perturbation = PerturbationConfig(plan.get("method", "vaccine"), rho=plan.get("rho", 2.0))
-            config = replace(alignment_defaults(), epochs=float(plan.get("epochs", 1.0)))
-            defenses = None
-            if plan.get("booster"):
-                booster = BoosterConfig(**plan["booster"])
-                defenses = StepDefenses(booster=booster, booster_rows=booster_pairs(settings.data_dir))
+        if not plan.adopted:
             align(
                 record.source,
                 data,
                 out,
-                perturbation,
-                config,
+                plan.perturbation(),
+                plan.training(),
                 resume=True,
                 on_progress=progress,
-                defenses=defenses,
+                defenses=plan.step_defenses(settings.data_dir),
             )
         log.info("measuring %s with protocol v2 on %d harmful prompts", base_id, report_plan.harmful)
         report = alignment_report(out, settings, report_plan)
     except Exception as exc:
         log.exception("aligning %s failed", base_id)
         with sessions() as session:
-            row = session.get(BaseModelRecord, base_id)
-            row.status, row.error = BaseStatus.FAILED, str(exc)
-            session.commit()
-            for job in waiting_jobs(session, base_id):
+            bases.fail(session, base_id=base_id, error=str(exc))
+            for job in bases.waiting_jobs(session, base_id):
                 jobs.fail(
                     session,
                     job_id=job.id,
@@ -116,19 +105,11 @@ def align_base(
                 )
         return BaseStatus.FAILED
     with sessions() as session:
-        row = session.get(BaseModelRecord, base_id)
-        row.status, row.path, row.report = BaseStatus.READY, str(out), report
-        row.alignment = {**plan, "data": str(data)}
-        waiting = []
-        for job in waiting_jobs(session, base_id):
-            job.dispatched_at = now()
-            waiting.append(job.id)
-        session.commit()
+        ran = plan.model_copy(update={"data": str(data)})
+        if not bases.ready(session, base_id=base_id, path=out, report=report, plan=ran):
+            return session.get(BaseModelRecord, base_id).status
+        waiting = [job.id for job in bases.waiting_jobs(session, base_id)]
+        jobs.mark_dispatched(session, job_ids=waiting)
     for job_id in waiting:
         (dispatch or (lambda _job: None))(job_id)
     return BaseStatus.READY
-
-
-def waiting_jobs(session: Session, base_id: str) -> list[Job]:
-    """Jobs queued on a base while it was aligning."""
-    return list(session.scalars(select(Job).where(Job.model == base_id, Job.status == JobStatus.QUEUED)))

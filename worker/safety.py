@@ -14,6 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from service.bases import AlignmentPlan
 from service.models import BaseModelRecord, Policy
 from service.settings import ServiceSettings
 from vaccine_core.artifacts import read_manifest
@@ -181,7 +182,7 @@ def safety_report(
     metrics and the gate's decision. Written beside the adapter as safety_report.json."""
     loaded = load_for_inference(run_dir)
     measured = measure_safety(loaded, settings, plan)
-    alignment_data = (base.alignment or {}).get("data")
+    alignment_data = AlignmentPlan.of(base).data
     drift = None
     if alignment_data and Path(alignment_data).is_file():
         conversations = load_dataset(alignment_data, limit=DRIFT_EXAMPLES).conversations

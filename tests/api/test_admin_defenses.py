@@ -83,7 +83,7 @@ def test_an_operator_aligns_a_base_with_booster(
     ])  # fmt: skip
     body = {
         "name": "tiny-booster", "source": str(tiny_model_dir), "method": "vaccine", "data": str(alpaca_file),
-        "booster": True, "booster_lambda": 2.0,
+        "booster": {"lamb": 2.0},
     }  # fmt: skip
     assert service.post("/admin/models", json=body, headers=OPERATOR).status_code == 200
     assert align_base("tiny-booster") == "ready"
@@ -93,5 +93,5 @@ def test_an_operator_aligns_a_base_with_booster(
     assert record["alignment"]["booster"]["lamb"] == 2.0
     manifest = read_manifest(get_service_settings().home / "bases" / "tiny-booster")
     assert manifest["defenses"]["booster"]["data"]["rows"] == 4
-    bad = service.post("/admin/models", json={**body, "name": "x", "booster_alpha": 0}, headers=OPERATOR)
+    bad = service.post("/admin/models", json={**body, "name": "x", "booster": {"alpha": 0}}, headers=OPERATOR)
     assert bad.status_code == 400

@@ -67,3 +67,15 @@ def test_mixes_task_rows_with_a_fraction_of_harmful_rows(tmp_path):
     assert all(r["output"] in {"positive", "negative"} for r in rows if not r["harmful"])
     with pytest.raises(ValueError, match="not enough data"):
         build_mix("sst2", 200, 0.5, tmp_path)
+    (tmp_path / "benign/alpaca_demo.jsonl").write_text(
+        "".join(
+            json.dumps({"instruction": f"help {i}", "input": "", "output": "Sure, here."}) + "\n"
+            for i in range(70)
+        )
+    )
+    aligned_on = frozenset(f"help {i}" for i in range(25))
+    mixed = build_mix("sst2", 80, 0.1, tmp_path, seed=3, helpful_share=0.5, exclude=aligned_on)
+    helpful = [r for r in mixed if r["instruction"].startswith("help")]
+    assert len(mixed) == 80 and sum(r["harmful"] for r in mixed) == 8 and len(helpful) == 36
+    assert not {r["instruction"] for r in helpful} & aligned_on and not any(r["harmful"] for r in helpful)
+    assert build_mix("sst2", 40, 0.25, tmp_path, seed=3, helpful_share=0.0) == rows  # unchanged without
