@@ -41,7 +41,7 @@ def not_found(kind: str, identifier: str) -> APIError:
     return APIError(404, "not_found", f"No {kind} with id '{identifier}'.", param="id")
 
 
-def _body(code: str, message: str, param: str | None, kind: str, **extra: Any) -> dict[str, Any]:
+def envelope(code: str, message: str, param: str | None, kind: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": code, **extra}}
 
 
@@ -54,14 +54,14 @@ def install_handlers(app: FastAPI) -> None:
     async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
         kind = "invalid_request_error" if exc.status < 500 else "server_error"
         return JSONResponse(
-            _body(exc.code, exc.message, exc.param, kind, **exc.extra),
+            envelope(exc.code, exc.message, exc.param, kind, **exc.extra),
             status_code=exc.status,
             headers=exc.headers,
         )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = HTTP_CODES.get(exc.status_code, "http_error")
+        code = getattr(exc, "code", None) or HTTP_CODES.get(exc.status_code, "http_error")
         if exc.status_code == 404 and exc.detail == "Not Found":
             message = f"No route {request.method} {request.url.path}."
         elif exc.status_code == 405:
@@ -70,7 +70,9 @@ def install_handlers(app: FastAPI) -> None:
             message = str(exc.detail)
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return JSONResponse(
-            _body(code, message, None, kind), status_code=exc.status_code, headers=exc.headers
+            envelope(code, message, getattr(exc, "param", None), kind),
+            status_code=exc.status_code,
+            headers=exc.headers,
         )
 
     @app.exception_handler(Exception)
@@ -81,7 +83,7 @@ def install_handlers(app: FastAPI) -> None:
             log.warning("database unavailable in %s %s: %s", request.method, request.url.path, exc)
             message = "The service's database is unavailable; try again shortly."
             return JSONResponse(
-                _body("database_unavailable", message, None, "server_error"),
+                envelope("database_unavailable", message, None, "server_error"),
                 status_code=503,
                 headers={**headers, "Retry-After": str(DATABASE_RETRY_AFTER)},
             )
@@ -89,7 +91,7 @@ def install_handlers(app: FastAPI) -> None:
         message = f"The server failed to answer this request (request id {request_id}); it was logged."
         # this answer leaves from outside every middleware, so it names its request itself
         return JSONResponse(
-            _body("server_error", message, None, "server_error"),
+            envelope("server_error", message, None, "server_error"),
             status_code=500,
             headers=headers,
         )
@@ -103,5 +105,5 @@ def install_handlers(app: FastAPI) -> None:
             for e in exc.errors()
         )
         return JSONResponse(
-            _body("invalid_request", message, param, "invalid_request_error"), status_code=400
+            envelope("invalid_request", message, param, "invalid_request_error"), status_code=400
         )

@@ -10,6 +10,8 @@ from api.errors import install_handlers
 from api.idempotency import IdempotencyMiddleware
 from api.request_id import RequestIdMiddleware
 from api.routes import admin, chat, files, health, jobs, models
+from api.upload_limit import UploadLimitMiddleware
+from service.settings import get_service_settings
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ def create_app(
     app = FastAPI(title="Vaccine fine-tuning service", version="0.1.0")
     install_handlers(app)
     app.add_middleware(IdempotencyMiddleware)
+    # outside the idempotency middleware, which reads a body to fingerprint it
+    app.add_middleware(UploadLimitMiddleware, limit=lambda: get_service_settings().max_upload_bytes)
     app.add_middleware(RequestIdMiddleware)  # outermost: even a replayed or failed answer carries its id
     app.state.dispatch = tolerant(dispatch, "job") if dispatch else _undispatched
     app.state.dispatch_alignment = dispatch_alignment or _undispatched
