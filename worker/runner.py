@@ -37,6 +37,7 @@ from service.models import (
 )
 from service.policy import get_policy
 from service.settings import ServiceSettings, get_service_settings
+from service.storage import storage_error_code
 from vaccine_core.config import TrainingConfig, finetune_defaults
 from vaccine_core.finetune import finetune
 from vaccine_core.inference import resolve_base
@@ -205,7 +206,8 @@ def train_and_release(
     except Exception as exc:  # every job ends in a state a user can read
         log.exception("job %s failed", job_id)
         cached_base.cache_clear()  # it may still carry the failed job's adapter
-        return fail(job_id, "training_failed", f"Fine-tuning failed: {exc}", str(exc))
+        code = storage_error_code(exc) or "training_failed"
+        return fail(job_id, code, f"Fine-tuning failed: {exc}", str(exc))
 
     if result.manifest is None:  # it stopped between two steps: paused or cancelled
         with sessions() as session:
@@ -234,7 +236,11 @@ def write_step_metrics(session: Session, job: Job, settings: ServiceSettings) ->
     file_id = new_id("file-")
     path = settings.files_dir / job.tenant_id / f"{file_id}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    try:
+        path.write_text("\n".join(lines) + "\n")
+    except OSError:
+        path.unlink(missing_ok=True)  # a half-written file is never served
+        raise
     row = File(
         id=file_id,
         tenant_id=job.tenant_id,
@@ -263,10 +269,16 @@ def release(job_id: str, base: BaseModelRecord, output_dir: Path, trained_tokens
         report = safety_report(output_dir, base, get_service_settings(), plan, validation_path)
     except Exception as exc:
         log.exception("safety evaluation of job %s failed", job_id)
-        return fail(job_id, "evaluation_failed", f"Safety evaluation failed: {exc}", str(exc))
+        code = storage_error_code(exc) or "evaluation_failed"
+        return fail(job_id, code, f"Safety evaluation failed: {exc}", str(exc))
     with sessions() as session:
         row = session.get(Job, job_id)
-        result_file = write_step_metrics(session, row, get_service_settings())
+        try:
+            result_file = write_step_metrics(session, row, get_service_settings())
+        except OSError as exc:
+            log.exception("the step metrics of job %s could not be written", job_id)
+            code = storage_error_code(exc) or "storage_unavailable"
+            return fail(job_id, code, f"Writing the job's results failed: {exc}", str(exc))
         released = jobs.release(
             session,
             job_id=job_id,

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import APIError, not_found
 from service.models import File, FileStatus, Job, epoch, new_id
+from service.storage import storage_error_code
 from vaccine_core.data import DatasetError, load_dataset
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -67,17 +68,28 @@ class FileDeleted(BaseModel):
 
 
 def _store(upload: UploadFile, target: Path, limit: int) -> int:
-    """Copy the upload to ``target`` a chunk at a time; refuse it once it passes ``limit`` bytes."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Copy the upload to ``target`` a chunk at a time; refuse it once it passes ``limit`` bytes. Nothing
+    is left behind when it is refused or the disk cannot take it."""
     size = 0
-    with target.open("wb") as out:
-        while chunk := upload.file.read(CHUNK):
-            size += len(chunk)
-            if size > limit:
-                out.close()
-                target.unlink(missing_ok=True)
-                raise APIError(413, "file_too_large", f"The file is larger than {limit} bytes.", param="file")
-            out.write(chunk)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("wb") as out:
+            while chunk := upload.file.read(CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise APIError(
+                        413, "file_too_large", f"The file is larger than {limit} bytes.", param="file"
+                    )
+                out.write(chunk)
+    except (APIError, OSError) as exc:
+        target.unlink(missing_ok=True)
+        code = storage_error_code(exc)
+        if code is None:
+            raise
+        status = 507 if code == "storage_full" else 500
+        raise APIError(
+            status, code, f"The file could not be stored ({exc.strerror}); try again later."
+        ) from None
     return size
 
 
