@@ -115,9 +115,10 @@ class Redis:
 
 
 class Stack:
-    """PostgreSQL + Redis + API + workers, sharing one VACCINE_HOME and environment."""
+    """PostgreSQL + Redis + API + workers, sharing one VACCINE_HOME and environment; without ``redis``,
+    the embedded default's broker in files."""
 
-    def __init__(self, home: Path, database_url: str, redis: Redis):
+    def __init__(self, home: Path, database_url: str, redis: Redis | None):
         self.home, self.redis, self.workers = home, redis, []
         prompts = home / "eval_prompts.jsonl"
         home.mkdir(parents=True, exist_ok=True)
@@ -127,7 +128,7 @@ class Stack:
             **os.environ,
             "VACCINE_HOME": str(home),
             "VACCINE_DATABASE_URL": database_url,
-            "VACCINE_BROKER_URL": redis.url,
+            **({"VACCINE_BROKER_URL": redis.url} if redis is not None else {}),
             "VACCINE_ADMIN_KEY": "drill-operator",
             "VACCINE_PRESCREEN_JUDGE": "refusal",
             "VACCINE_SAFETY_JUDGE": "refusal",

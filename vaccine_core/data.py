@@ -12,10 +12,10 @@ number (the element's index + 1 for a JSON array) and field, so that a user can 
 """
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -73,6 +73,7 @@ class Conversation:
 class LoadedDataset:
     conversations: list[Conversation]
     format: str
+    examples: int = 0  # valid rows (as many as conversations, unless they were only counted)
     path: Path | None = None
     skipped: list[Problem] = field(default_factory=list)
 
@@ -82,36 +83,61 @@ class LoadedDataset:
 
 def read_rows(path: Path, max_problems: int = MAX_PROBLEMS) -> list[tuple[int, Any]]:
     """Parse a file into (line number, value) pairs: JSON Lines, or one JSON array."""
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise DatasetError([Problem(None, None, "the file is empty; expected JSON Lines or a JSON array")])
-    first = raw.lstrip()[:1]
-    if first == b"[":
-        try:
-            values = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            line = raw[: exc.start].count(b"\n") + 1
-            raise DatasetError([Problem(line, None, f"not UTF-8 text (byte {exc.start})")]) from None
-        except json.JSONDecodeError as exc:
-            raise DatasetError([Problem(exc.lineno, None, f"invalid JSON array: {exc.msg}")]) from None
-        return list(enumerate(values, start=1))
+    return list(iter_rows(path, max_problems))
 
-    rows: list[tuple[int, Any]] = []
-    problems: list[Problem] = []
-    for number, line in enumerate(raw.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((number, json.loads(line.decode("utf-8"))))
-        except UnicodeDecodeError as exc:
-            problems.append(Problem(number, None, f"not UTF-8 text (byte {exc.start} of the line)"))
-        except json.JSONDecodeError as exc:
-            problems.append(Problem(number, None, f"invalid JSON: {exc.msg} (column {exc.colno})"))
-        if len(problems) >= max_problems:
-            raise DatasetError(problems, truncated=True)
+
+def iter_rows(path: Path, max_problems: int = MAX_PROBLEMS) -> Iterator[tuple[int, Any]]:
+    """(line number, value) pairs of a file as it is read: JSON Lines a line at a time (a large upload is
+    never held whole in memory), or one JSON array (parsed whole). Lines that are not JSON are collected
+    and raised together, as a DatasetError, once the file is read."""
+    with path.open("rb") as handle:
+        if _first_byte(handle) == b"[":
+            yield from _array_rows(handle.read())
+            return
+        problems: list[Problem] = []
+        seen = False
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            seen = True
+            try:
+                value = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                problems.append(Problem(number, None, f"not UTF-8 text (byte {exc.start} of the line)"))
+            except json.JSONDecodeError as exc:
+                problems.append(Problem(number, None, f"invalid JSON: {exc.msg} (column {exc.colno})"))
+            else:
+                yield number, value
+            if len(problems) >= max_problems:
+                raise DatasetError(problems, truncated=True)
+    if not seen:
+        raise DatasetError([Problem(None, None, EMPTY)])
     if problems:
         raise DatasetError(problems)
-    return rows
+
+
+EMPTY = "the file is empty; expected JSON Lines or a JSON array"
+
+
+def _first_byte(handle: BinaryIO) -> bytes:
+    """The file's first byte that is not white space (b"" for none); the handle is left at the start."""
+    while chunk := handle.read(64 * 1024):
+        stripped = chunk.lstrip()
+        if stripped:
+            handle.seek(0)
+            return stripped[:1]
+    raise DatasetError([Problem(None, None, EMPTY)])
+
+
+def _array_rows(raw: bytes) -> list[tuple[int, Any]]:
+    try:
+        values = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DatasetError([Problem(line, None, f"not UTF-8 text (byte {exc.start})")]) from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError([Problem(exc.lineno, None, f"invalid JSON array: {exc.msg}")]) from None
+    return list(enumerate(values, start=1))
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -204,9 +230,13 @@ _PARSERS = {
 }
 
 
-def parse_rows(rows: Iterable[tuple[int, Any]], max_problems: int = MAX_PROBLEMS) -> LoadedDataset:
-    """Validate rows and turn them into conversations; raise DatasetError naming every bad line and field."""
+def parse_rows(
+    rows: Iterable[tuple[int, Any]], max_problems: int = MAX_PROBLEMS, keep: bool = True
+) -> LoadedDataset:
+    """Validate rows and turn them into conversations; raise DatasetError naming every bad line and field.
+    With ``keep`` False the rows are validated and counted, and no conversation is kept."""
     conversations: list[Conversation] = []
+    examples = 0
     problems: list[Problem] = []
     file_format: str | None = None
     for line, row in rows:
@@ -234,22 +264,25 @@ def parse_rows(rows: Iterable[tuple[int, Any]], max_problems: int = MAX_PROBLEMS
         before = len(problems)
         messages = _PARSERS[row_format](row, line, problems)
         if len(problems) == before:
-            conversations.append(Conversation(messages=messages, line=line))
+            examples += 1
+            if keep:
+                conversations.append(Conversation(messages=messages, line=line))
     if problems:
         raise DatasetError(problems[:max_problems], truncated=len(problems) > max_problems)
-    if not conversations:
+    if not examples:
         raise DatasetError([Problem(None, None, "the file holds no examples")])
-    return LoadedDataset(conversations=conversations, format=file_format or "unknown")
+    return LoadedDataset(conversations=conversations, format=file_format or "unknown", examples=examples)
 
 
 def load_dataset(
-    path: str | Path, limit: int | None = None, max_problems: int = MAX_PROBLEMS
+    path: str | Path, limit: int | None = None, max_problems: int = MAX_PROBLEMS, keep: bool = True
 ) -> LoadedDataset:
-    """Read and validate a fine-tuning file. ``limit`` keeps the first N examples (after validating all)."""
+    """Read and validate a fine-tuning file. ``limit`` keeps the first N examples (after validating all);
+    ``keep`` False only validates and counts them (memory bounded by a line, not the file)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError([Problem(None, None, f"no such file: {path}")])
-    dataset = parse_rows(read_rows(path, max_problems), max_problems)
+    dataset = parse_rows(iter_rows(path, max_problems), max_problems, keep)
     dataset.path = path
     if limit is not None:
         dataset.conversations = dataset.conversations[:limit]

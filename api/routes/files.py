@@ -111,7 +111,7 @@ def upload_file(
     used = session.scalar(select(func.coalesce(func.sum(File.bytes), 0)).where(File.tenant_id == tenant.id))
     size = _store(file, path, min(settings.max_upload_bytes, tenant.max_storage_bytes - int(used or 0)))
     try:
-        dataset = load_dataset(path)
+        dataset = load_dataset(path, keep=False)  # validated and counted; the rows are read again later
     except DatasetError as exc:
         path.unlink(missing_ok=True)
         raise APIError(
@@ -128,8 +128,8 @@ def upload_file(
         bytes=size,
         path=str(path),
         status=FileStatus.UPLOADED,
-        status_details=f"{len(dataset.conversations)} {dataset.format} examples; awaiting the pre-screen",
-        validation={"examples": len(dataset.conversations), "format": dataset.format},
+        status_details=f"{dataset.examples} {dataset.format} examples; awaiting the pre-screen",
+        validation={"examples": dataset.examples, "format": dataset.format},
     )
     session.add(row)
     session.commit()

@@ -166,3 +166,18 @@ def test_truncation_and_padding(tokenizer):
     assert torch.all(batch["labels"][0, n:] == IGNORE_INDEX)
     assert torch.all(batch["input_ids"][0, n:] == tokenizer.pad_token_id)
     assert batch["attention_mask"][0].sum() == n and batch["attention_mask"][1].sum() == 60
+
+
+def test_validating_a_large_file_holds_a_line_at_a_time(tmp_path):
+    import tracemalloc
+
+    line = json.dumps({"instruction": "Classify: " + "fine " * 40, "output": "positive"}) + "\n"
+    path = tmp_path / "big.jsonl"
+    path.write_text(line * (20 * 1024 * 1024 // len(line)))
+    tracemalloc.start()
+    counted = load_dataset(path, keep=False)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert counted.examples == 20 * 1024 * 1024 // len(line) and counted.conversations == []
+    assert peak < 2 * 1024 * 1024, f"{peak / 1024**2:.1f} MiB held to validate a 20 MiB file"
+    assert load_dataset(path, limit=3).examples == counted.examples

@@ -81,6 +81,9 @@ def moderation_train(
     group_by_length: Annotated[
         bool | None, typer.Option(help="Batch pairs of similar length (less padding).")
     ] = None,
+    frozen_layers: Annotated[
+        int | None, typer.Option(help="Lowest encoder layers left as the bundled encoder has them.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for the head's initialisation and the data order.")] = 0,
 ) -> None:
     """Train the default judge (cross-encoder on the bundled MiniLM) once and cache it; print its path."""
@@ -89,7 +92,12 @@ def moderation_train(
     from vaccine_core.moderation.learned import JudgeTrainingConfig, ensure_default_judge
 
     setup_logging()
-    given = {"epochs": epochs, "max_length": max_length, "group_by_length": group_by_length}
+    given = {
+        "epochs": epochs,
+        "max_length": max_length,
+        "group_by_length": group_by_length,
+        "frozen_layers": frozen_layers,
+    }
     config = replace(JudgeTrainingConfig(seed=seed), **{k: v for k, v in given.items() if v is not None})
     bar = ProgressBar("train judge")
     try:
