@@ -2,7 +2,7 @@
 (``uvicorn api.asgi:app``)."""
 
 from api.main import create_app
-from worker.celery_app import dispatch, dispatch_alignment, dispatch_prescreen
+from service.queue import dispatch, dispatch_alignment, dispatch_prescreen
 
 app = create_app(
     dispatch=dispatch, dispatch_alignment=dispatch_alignment, dispatch_prescreen=dispatch_prescreen

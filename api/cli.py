@@ -68,7 +68,7 @@ def serve(
     from api.embedded import demo_key, register_default_base
     from api.main import create_app
     from service.models import BaseStatus
-    from worker.celery_app import dispatch, dispatch_alignment, dispatch_prescreen
+    from service.queue import dispatch, dispatch_alignment, dispatch_prescreen
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = get_service_settings()

@@ -51,9 +51,9 @@ def test_docker_compose_config_parses():
 
 def test_the_production_app_hands_jobs_alignments_and_prescreens_to_celery():
     import api.asgi
-    from worker import celery_app
+    from service import queue
 
     state = api.asgi.app.state
-    assert state.dispatch.__wrapped__ is celery_app.dispatch  # a broker that is down fails no request
-    assert state.dispatch_alignment is celery_app.dispatch_alignment
-    assert state.dispatch_prescreen is celery_app.dispatch_prescreen
+    assert state.dispatch.__wrapped__ is queue.dispatch  # a broker that is down fails no request
+    assert state.dispatch_alignment is queue.dispatch_alignment
+    assert state.dispatch_prescreen is queue.dispatch_prescreen

@@ -1,11 +1,5 @@
-"""The Celery application: Redis in production, a broker in files for the embedded default.
-
-Reliability comes from Celery's own settings: a job's message is acknowledged only when the job is done
-(``acks_late``) and is given back if the worker process dies (``reject_on_worker_lost``); each worker
-takes one job at a time (prefetch 1); Redis redelivers an unacknowledged job only after a visibility
-timeout longer than the longest job. The job runner is idempotent by job id and resumes from the newest
-checkpoint, so a redelivered job continues where the dead worker stopped.
-"""
+"""The worker's Celery app: the broker's app (``service.queue``) with the job, alignment and pre-screen
+tasks registered on it, and the reaper that a starting worker runs."""
 
 import logging
 import threading
@@ -19,6 +13,8 @@ from sqlalchemy.orm import Session
 from service import jobs
 from service.db import get_engine
 from service.models import now
+from service.queue import ALIGN_TASK_NAME, PRESCREEN_TASK_NAME, TASK_NAME
+from service.queue import make_celery as make_broker
 from service.settings import ServiceSettings, get_service_settings
 from worker.alignment import align_base
 from worker.prescreen import prescreen_file
@@ -26,33 +22,11 @@ from worker.recovery import requeue_stale_jobs
 from worker.runner import run_job
 
 log = logging.getLogger(__name__)
-TASK_NAME = "vaccine.run_job"
-ALIGN_TASK_NAME = "vaccine.align_base"
-PRESCREEN_TASK_NAME = "vaccine.prescreen_file"
 
 
 def make_celery(settings: ServiceSettings) -> Celery:
-    app = Celery("vaccine", broker=settings.broker_url)
-    transport_options: dict = {"visibility_timeout": settings.longest_job_seconds}
-    if settings.broker_url.startswith("filesystem://"):
-        for folder in ("in", "processed", "control"):
-            (settings.broker_dir / folder).mkdir(parents=True, exist_ok=True)
-        transport_options |= {
-            "data_folder_in": str(settings.broker_dir / "in"),
-            "data_folder_out": str(settings.broker_dir / "in"),
-            "processed_folder": str(settings.broker_dir / "processed"),
-            "control_folder": str(settings.broker_dir / "control"),  # else it lands in the working directory
-            "store_processed": False,
-        }
-    app.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        broker_transport_options=transport_options,
-        broker_connection_retry_on_startup=True,
-        task_ignore_result=True,  # results live in the database
-        worker_hijack_root_logger=False,
-    )
+    """The broker's app with the worker's tasks registered on it."""
+    app = make_broker(settings)
 
     def dispatch_job(job_id: str) -> None:  # through this app: its broker and its queue
         app.send_task(TASK_NAME, args=[job_id])
@@ -74,18 +48,8 @@ celery_app = make_celery(get_service_settings())
 
 
 def dispatch(job_id: str) -> None:
-    """Queue a job for the workers (the API's dispatch)."""
+    """Queue a job through the worker's own app (the reaper's sends)."""
     celery_app.send_task(TASK_NAME, args=[job_id])
-
-
-def dispatch_alignment(base_id: str) -> None:
-    """Queue an operator's alignment of a registered base."""
-    celery_app.send_task(ALIGN_TASK_NAME, args=[base_id])
-
-
-def dispatch_prescreen(file_id: str) -> None:
-    """Queue an upload's moderation pre-screen."""
-    celery_app.send_task(PRESCREEN_TASK_NAME, args=[file_id])
 
 
 def reap(settings: ServiceSettings) -> list[str]:
