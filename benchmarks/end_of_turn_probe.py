@@ -32,7 +32,8 @@ from harmful_finetune import (
     sizes_from_arguments,
 )
 
-from vaccine_core.data import Message, render_prompt
+from vaccine_core.data import render_prompt
+from vaccine_core.formats import Message
 from vaccine_core.generation import end_of_turn_ids
 from vaccine_core.inference import load_for_inference
 from vaccine_core.settings import get_settings

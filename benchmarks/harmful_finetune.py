@@ -40,12 +40,12 @@ from harmful_finetune_report import write_report
 
 from vaccine_core.align import align
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig, alignment_defaults
-from vaccine_core.data import parse_rows
 from vaccine_core.defenses import BoosterConfig, LisaConfig, SafeLoraConfig, StepDefenses
 from vaccine_core.defenses.config import LISA_SAFETY_PAIRS
 from vaccine_core.defenses.data import booster_pairs, lisa_pairs
 from vaccine_core.evaluation import embedding_drift, judge_answers, load_prompts, refusal_rate, task_accuracy
 from vaccine_core.finetune import finetune
+from vaccine_core.formats import parse_rows
 from vaccine_core.generation import generate
 from vaccine_core.inference import load_for_inference
 from vaccine_core.mixing import (

@@ -29,7 +29,8 @@ def worker(name: str, steps: int, batch_size: int, tokens: int, device: str | No
     import torch
 
     from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
-    from vaccine_core.data import SupervisedDataset, load_dataset
+    from vaccine_core.data import SupervisedDataset
+    from vaccine_core.formats import load_dataset
     from vaccine_core.lora import add_lora
     from vaccine_core.models import load_causal_lm, load_tokenizer, pick_device, resolve_model
     from vaccine_core.settings import get_settings

@@ -6,11 +6,12 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vaccine_core.data import Message
-from vaccine_core.fast_generation import Sampling
-from vaccine_core.generation import generate_samples
-from vaccine_core.inference import LoadedModel, load_for_inference
+from vaccine_core.formats import Message
+
+if TYPE_CHECKING:  # the models need torch: loaded on the first chat request, not when the API starts
+    from vaccine_core.inference import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class ChatModels:
         seed: int,
         stop: list[str],
     ) -> Completion:
+        from vaccine_core.fast_generation import Sampling
+        from vaccine_core.generation import generate_samples
+
         with self.lock:
             loaded = self._get(model_id, spec)
             sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed) if temperature > 0 else None
@@ -59,7 +63,9 @@ class ChatModels:
             text, "length" if answer_tokens >= max_tokens else "stop", prompt_tokens, answer_tokens
         )
 
-    def _get(self, model_id: str, spec: Path) -> LoadedModel:
+    def _get(self, model_id: str, spec: Path) -> "LoadedModel":
+        from vaccine_core.inference import load_for_inference
+
         if model_id in self.loaded:
             self.loaded.move_to_end(model_id)
             return self.loaded[model_id]

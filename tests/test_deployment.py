@@ -1,7 +1,9 @@
 """The production compose file: its shape, and that docker compose parses it where compose exists."""
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,19 @@ def test_the_production_app_hands_jobs_alignments_and_prescreens_to_celery():
     assert state.dispatch.__wrapped__ is queue.dispatch  # a broker that is down fails no request
     assert state.dispatch_alignment is queue.dispatch_alignment
     assert state.dispatch_prescreen is queue.dispatch_prescreen
+
+
+def test_the_api_process_starts_without_torch(tmp_path):
+    """The API validates uploads, reads manifests and answers its probes without the training stack: it
+    imports in about a second and holds no model library until a chat request loads one."""
+    code = (
+        "import sys, api.asgi; heavy = sorted({'torch', 'transformers', 'worker'} & sys.modules.keys()); "
+        "sys.exit(f'the API imported {heavy}' if heavy else 0)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "VACCINE_HOME": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr

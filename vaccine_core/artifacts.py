@@ -1,20 +1,29 @@
-"""Run directories: a PEFT adapter plus ``manifest.json`` that says what produced it and hashes every file."""
+"""Run directories: a PEFT adapter plus ``manifest.json`` that says what produced it and hashes every file.
 
+Reading manifests needs no torch (the API reads them); only writing one asks for the library versions.
+"""
+
+import hashlib
 import json
 import platform
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import torch
-import transformers
-
 from vaccine_core import __version__
-from vaccine_core.models import sha256_file
-from vaccine_core.training import CHECKPOINTS_DIR
 
 MANIFEST = "manifest.json"
 MERGED_DIR = "merged"  # an alignment run's merged model, the base every fine-tuning job starts from
+CHECKPOINTS_DIR = "checkpoints"  # a run's resumable training states, left out of its file hashes
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def file_hashes(directory: Path) -> dict[str, str]:
@@ -34,8 +43,8 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "software": {
             "vaccine_core": __version__,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
+            "torch": version("torch"),
+            "transformers": version("transformers"),
             "python": platform.python_version(),
         },
         **manifest,

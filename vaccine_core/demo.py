@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 from vaccine_core import evaluation
 from vaccine_core.align import align
 from vaccine_core.config import PerturbationConfig, alignment_defaults, finetune_defaults
-from vaccine_core.data import load_dataset
 from vaccine_core.finetune import finetune
+from vaccine_core.formats import load_dataset
 from vaccine_core.inference import load_for_inference
 from vaccine_core.mixing import build_mix, read_jsonl, write_rows
 from vaccine_core.moderation import RefusalPhraseJudge

@@ -11,16 +11,8 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from vaccine_core.data import (
-    IGNORE_INDEX,
-    Conversation,
-    DatasetError,
-    Message,
-    Problem,
-    collate,
-    read_rows,
-    tokenize_conversation,
-)
+from vaccine_core.data import IGNORE_INDEX, collate, tokenize_conversation
+from vaccine_core.formats import Conversation, DatasetError, Message, Problem, read_rows
 from vaccine_core.generation import DEFAULT_MAX_NEW_TOKENS, generate
 from vaccine_core.moderation import Moderator, is_empty_answer, is_refusal
 from vaccine_core.tasks import Task

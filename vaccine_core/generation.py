@@ -16,8 +16,9 @@ from typing import Literal
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from vaccine_core.data import Message, render_prompt
+from vaccine_core.data import render_prompt
 from vaccine_core.fast_generation import Sampling, fast_generate, fast_path_supported
+from vaccine_core.formats import Message
 
 DEFAULT_MAX_NEW_TOKENS = 128
 PLAIN_BATCH_SIZE = 16

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from vaccine_core.artifacts import sha256_file
 from vaccine_core.settings import get_settings
 
 # Never reach for a hub: every weight comes from disk.
@@ -69,14 +70,6 @@ def packaged_file(package: str, suffix: str) -> Path:
 
 def default_gguf_path() -> Path:
     return packaged_file(DEFAULT_MODEL_PACKAGE, ".gguf")
-
-
-def sha256_file(path: Path, chunk_size: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def weights_sha256(model_dir: Path) -> str:

@@ -9,12 +9,13 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from vaccine_core.artifacts import sha256_file
 from vaccine_core.config import PerturbationConfig, TrainingConfig
-from vaccine_core.data import SupervisedDataset, load_dataset
+from vaccine_core.data import SupervisedDataset
 from vaccine_core.defenses.stack import StepDefenses
 from vaccine_core.evaluation import mean_loss
+from vaccine_core.formats import load_dataset
 from vaccine_core.lora import add_lora, start_from
-from vaccine_core.models import sha256_file
 from vaccine_core.training import (
     ProgressCallback,
     StopCheck,

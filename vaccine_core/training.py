@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
+from vaccine_core.artifacts import CHECKPOINTS_DIR
 from vaccine_core.config import PerturbationConfig, TrainingConfig
 from vaccine_core.data import SupervisedDataset, collate
 from vaccine_core.perturbation import PerturbedStep
@@ -29,7 +30,6 @@ from vaccine_core.perturbation import PerturbedStep
 if TYPE_CHECKING:  # the defenses package builds on this module's neighbours
     from vaccine_core.defenses.base import StepDefense
 
-CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.pt"
 
 

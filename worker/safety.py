@@ -18,8 +18,8 @@ from service.bases import AlignmentPlan
 from service.models import BaseModelRecord, Policy
 from service.settings import ServiceSettings
 from vaccine_core.artifacts import read_manifest
-from vaccine_core.data import load_dataset
 from vaccine_core.evaluation import embedding_drift, load_prompts, mean_loss
+from vaccine_core.formats import load_dataset
 from vaccine_core.inference import LoadedModel, load_for_inference
 from vaccine_core.moderation import shared_judge
 from vaccine_core.safety_eval import (

@@ -18,7 +18,7 @@ from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import APIError, not_found
 from service.models import File, FileStatus, Job, epoch, new_id
 from service.storage import storage_error_code
-from vaccine_core.data import DatasetError, load_dataset
+from vaccine_core.formats import DatasetError, load_dataset
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 

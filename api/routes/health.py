@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from service.db import get_engine
 from service.models import BaseModelRecord, BaseStatus
 from service.settings import get_service_settings
-from vaccine_core.moderation.learned import default_judge_ready
+from vaccine_core.moderation.judge_config import default_judge_ready
 
 router = APIRouter(include_in_schema=False)
 

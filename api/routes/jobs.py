@@ -28,7 +28,7 @@ from service.models import (
     now,
 )
 from service.settings import ServiceSettings
-from vaccine_core.training import CHECKPOINTS_DIR
+from vaccine_core.artifacts import CHECKPOINTS_DIR
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 CHECKPOINT_NAME = re.compile(r"step-\d+")

@@ -3,14 +3,8 @@ import json
 import pytest
 import torch
 
-from vaccine_core.data import (
-    IGNORE_INDEX,
-    DatasetError,
-    SupervisedDataset,
-    collate,
-    load_dataset,
-    tokenize_conversation,
-)
+from vaccine_core.data import IGNORE_INDEX, SupervisedDataset, collate, tokenize_conversation
+from vaccine_core.formats import DatasetError, load_dataset
 
 
 def write(tmp_path, text: str | bytes, name: str = "data.jsonl"):
@@ -152,7 +146,7 @@ def test_truncation_and_padding(tokenizer):
     example = tokenize_conversation(tokenizer, long, max_length=16)
     assert len(example.input_ids) == 16 and all(label == IGNORE_INDEX for label in example.labels)
 
-    from vaccine_core.data import Conversation
+    from vaccine_core.formats import Conversation
 
     dataset = SupervisedDataset([Conversation(long, 1), Conversation(short, 2)], tokenizer, max_length=16)
     assert len(dataset) == 1 and dataset.dropped[0].line == 1

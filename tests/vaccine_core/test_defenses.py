@@ -13,7 +13,7 @@ from tests.helpers import PAIRS, batch_of, lora_model, trainable_state
 from vaccine_core.align import align
 from vaccine_core.artifacts import read_manifest, verify_files
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
-from vaccine_core.data import Conversation, SupervisedDataset
+from vaccine_core.data import SupervisedDataset
 from vaccine_core.defenses import (
     BatchStream,
     Booster,
@@ -28,6 +28,7 @@ from vaccine_core.defenses.data import booster_pairs, lisa_pairs
 from vaccine_core.defenses.lisa import ALIGNMENT, FINETUNE
 from vaccine_core.defenses.safe_lora import ADAPTER_FILE, lora_updates, projector
 from vaccine_core.finetune import finetune
+from vaccine_core.formats import Conversation
 from vaccine_core.mixing import write_rows
 from vaccine_core.training import latest_checkpoint, train
 

@@ -13,8 +13,8 @@ from vaccine_core.align import align
 from vaccine_core.artifacts import MANIFEST, MERGED_DIR, read_manifest, verify_files
 from vaccine_core.cli import app
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
-from vaccine_core.data import load_dataset
 from vaccine_core.finetune import finetune
+from vaccine_core.formats import load_dataset
 from vaccine_core.inference import load_for_inference
 from vaccine_core.models import weights_sha256
 from vaccine_core.moderation import RefusalPhraseJudge

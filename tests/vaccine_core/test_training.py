@@ -5,8 +5,9 @@ import torch
 
 from tests.helpers import PAIRS, lora_model, trainable_state
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
-from vaccine_core.data import Conversation, SupervisedDataset
+from vaccine_core.data import SupervisedDataset
 from vaccine_core.evaluation import mean_loss
+from vaccine_core.formats import Conversation
 from vaccine_core.training import CHECKPOINTS_DIR, latest_checkpoint, plan_steps, train
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from vaccine_core.config import ALL_LINEAR, LoraSettings, TrainingConfig
-from vaccine_core.data import DatasetError
+from vaccine_core.formats import DatasetError
 from vaccine_core.progress import ProgressBar
 
 # ------------------------------------------------------------------------------ shared training options

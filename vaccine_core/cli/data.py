@@ -7,7 +7,7 @@ import typer
 
 from vaccine_core.cli import data_app
 from vaccine_core.cli.common import OutOption, fail
-from vaccine_core.data import DatasetError, load_dataset
+from vaccine_core.formats import DatasetError, load_dataset
 from vaccine_core.settings import get_settings
 
 

