@@ -308,3 +308,22 @@ def test_threshold_calibration_maximises_f1():
     threshold, f1 = calibrate_threshold(scores, labels)
     # 0.3 flags 0.35..0.9 (P 3/4, R 1, F1 0.857); 0.6 flags 0.8, 0.9 (P 1, R 2/3, F1 0.8)
     assert threshold == pytest.approx(0.275) and f1 == pytest.approx(6 / 7)
+
+
+def test_an_epochs_batches_hold_every_pair_once_grouped_by_length_or_not():
+    import torch
+
+    from vaccine_core.moderation.judge_config import JudgeTrainingConfig
+    from vaccine_core.moderation.learned import epoch_batches
+
+    lengths = [5 + (i * 37) % 120 for i in range(300)]
+    random_order = epoch_batches(lengths, 32, torch.Generator().manual_seed(0), group_by_length=False)
+    grouped = epoch_batches(lengths, 32, torch.Generator().manual_seed(0), group_by_length=True)
+    for batches in (random_order, grouped):
+        assert sorted(i for batch in batches for i in batch) == list(range(300))
+
+    def padding(batches):
+        return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+
+    assert padding(grouped) < padding(random_order) / 1.5
+    assert JudgeTrainingConfig().key() != JudgeTrainingConfig(group_by_length=True).key()
