@@ -5,7 +5,7 @@ release gate's decision. Bases are the safety grid's (40-step alignment, cached)
 
     .venv/bin/python benchmarks/harmful_upload.py [--arms sft vaccine+lisa+safe_lora]
 
-Writes benchmarks/results/harmful_upload.json.
+Writes benchmarks/results/harmful_upload.json (a run replaces the rows of the arms it ran).
 """
 
 import argparse
@@ -84,6 +84,10 @@ def main() -> None:
             }
         )
         log.info("%s: harmful score %.1f, gate %s", name, report["harmful_score"], report["gate"])
+    out = Path(__file__).parent / "results" / "harmful_upload.json"
+    # a run replaces its own arms' rows: arms may be run one at a time, as their bases become ready
+    kept = json.loads(out.read_text())["results"] if out.is_file() else []
+    results = [r for r in kept if r["defense"] not in args.arms] + results
     result = {
         "rows": ROWS,
         "data": HARMFUL_FILE,
@@ -93,7 +97,6 @@ def main() -> None:
         "machine": machine_info(),
         **provenance(__file__),
     }
-    out = Path(__file__).parent / "results" / "harmful_upload.json"
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(json.dumps([{k: r[k] for k in ("defense", "harmful_score", "passed")} for r in results], indent=2))
 
