@@ -453,6 +453,77 @@ def postgres_drill(stack: Stack, key: str) -> dict[str, Any]:
     }
 
 
+def drills_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """One row a drill in the shape operators compare: trials and outcomes (lost, stuck, server errors)."""
+    rows = []
+    if "kill" in results:
+        kill = results["kill"]
+        rows.append(
+            {
+                "drill": "worker-sigkill",
+                "trials": kill["kills"],
+                "succeeded": kill["succeeded"],
+                "failed_with_code": kill["failed_with_code"],
+                "lost": kill["kills"] - kill["succeeded"] - kill["failed_with_code"] - kill["stuck"],
+                "stuck": kill["stuck"],
+                "same_weights_as_uninterrupted": kill["max_abs_adapter_difference"] == 0.0,
+                "command": kill["command"],
+                "date": kill["date"],
+            }
+        )
+    if "redis" in results:
+        redis = results["redis"]
+        rows.append(
+            {
+                "drill": "redis-restart",
+                "trials": redis["job_count"],
+                "succeeded": redis["succeeded"],
+                "lost": redis["lost"],
+                "stuck": redis["job_count"] - redis["succeeded"] - redis["lost"],
+                "run_twice_at_once": redis["started_more_than_once"],
+                "recovery_seconds": redis["recovery_seconds"],
+                "command": redis["command"],
+                "date": redis["date"],
+            }
+        )
+    if "postgres" in results:
+        postgres = results["postgres"]
+        rows.append(
+            {
+                "drill": "postgres-restart",
+                "trials": postgres["requests_from_the_restart_on"],
+                "answers": postgres["answers"],
+                "server_errors_500": postgres["server_errors_500"],
+                "slowest_answer_seconds": postgres["slowest_answer_seconds"],
+                "job_after_the_restart": postgres["job_after_the_restart"],
+                "command": postgres["command"],
+                "date": postgres["date"],
+            }
+        )
+    rows.append(
+        {
+            "drill": "storage-full-or-read-only",
+            "trials": 4,
+            "command": "pytest tests/api/test_storage.py",
+            "outcome": "upload: 507 storage_full or 500 storage_unavailable, no partial file, quota "
+            "unchanged; job: failed storage_full while training or writing results, no model released",
+        }
+    )
+    return {"drills": rows, "machine": results.get("machine")}
+
+
+def write_summary(results: dict[str, Any]) -> None:
+    summary = drills_summary(results)
+    (RESULTS / "drills.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = ["# Fault drills", "", "| drill | trials | outcome | command |", "|---|---|---|---|"]
+    for row in summary["drills"]:
+        outcome = row.get("outcome") or ", ".join(
+            f"{k} {v}" for k, v in row.items() if k not in ("drill", "trials", "command", "date")
+        )
+        lines.append(f"| {row['drill']} | {row['trials']} | {outcome} | `{row['command']}` |")
+    (RESULTS / "drills.md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -462,7 +533,15 @@ def main() -> None:
     )
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS / "fault_drills.json")
+    parser.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="rewrite drills.json and drills.md from --out, run nothing",
+    )
     args = parser.parse_args()
+    if args.summary_only:
+        write_summary(json.loads(args.out.read_text()))
+        return
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # stop the stack on the way out
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is not installed")
@@ -487,6 +566,7 @@ def main() -> None:
         for name in args.drills:
             results[name] = {**provenance(__file__), **drills[name]()}
             args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_summary(results)
     for drill in args.drills:
         if drill in results:
             summary = {k: v for k, v in results[drill].items() if k not in ("jobs", "records")}
