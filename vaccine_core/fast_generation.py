@@ -21,7 +21,7 @@ Sampling (``Sampling``) is temperature then nucleus (top-p) sampling, with one r
 seeded from (seed, prompt index, sample index): an answer does not depend on which batch it fell in.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -293,6 +293,35 @@ def decode_batch(
     row_keys: Sequence[tuple[int, int]] | None = None,
 ) -> list[list[int]]:
     """New token ids for each prompt (its end-of-turn token and what follows left out)."""
+    outputs: list[list[int]] = [[] for _ in prompts]
+    steps = decode_steps(
+        decoder,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        end_ids=end_ids,
+        pad_id=pad_id,
+        sampling=sampling,
+        row_keys=row_keys,
+    )
+    for step in steps:
+        for row, token in step:
+            outputs[row].append(token)
+    return outputs
+
+
+def decode_steps(
+    decoder: FastDecoder,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    end_ids: Sequence[int],
+    pad_id: int,
+    sampling: Sampling | None = None,
+    row_keys: Sequence[tuple[int, int]] | None = None,
+) -> Iterator[list[tuple[int, int]]]:
+    """Decoding a step at a time: each step's new (row, token id) pairs, for the rows still answering (a
+    row's end-of-turn token and what follows left out). The caller sets the grad mode (a generator may be
+    resumed from another thread, where its own would not hold)."""
     batch = len(prompts)
     device = decoder.device
     # Chat templates open every prompt alike (SmolLM2's with a 20-token system prompt): that prefix is
@@ -347,7 +376,6 @@ def decode_batch(
     end = torch.tensor(list(end_ids), dtype=torch.long)
 
     next_position = positions[:, -1] + 1
-    outputs: list[list[int]] = [[] for _ in range(batch)]
     rows = torch.arange(batch)  # which prompt each row of the shrinking batch answers
     alive = torch.ones(batch, dtype=torch.bool)
     for step in range(max_new_tokens):
@@ -356,8 +384,7 @@ def decode_batch(
         else:
             chosen = decoder.greedy(last).cpu()
         alive &= ~torch.isin(chosen, end)
-        for row, token in zip(rows[alive].tolist(), chosen[alive].tolist(), strict=True):
-            outputs[row].append(token)
+        yield list(zip(rows[alive].tolist(), chosen[alive].tolist(), strict=True))
         if step == max_new_tokens - 1 or not bool(alive.any()):
             break
         # Finished rows ride along (their tokens are ignored) until enough of them are worth a copy of
@@ -380,7 +407,6 @@ def decode_batch(
         )
         cache.length += 1
         next_position = next_position + 1
-    return outputs
 
 
 def fast_generate(

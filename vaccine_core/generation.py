@@ -10,14 +10,20 @@ temperature and nucleus (top-p) sampling, seeded; on the fast engine each answer
 so it does not depend on batching.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from vaccine_core.data import render_prompt
-from vaccine_core.fast_generation import Sampling, fast_generate, fast_path_supported
+from vaccine_core.fast_generation import (
+    FastDecoder,
+    Sampling,
+    decode_steps,
+    fast_generate,
+    fast_path_supported,
+)
 from vaccine_core.formats import Message
 
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -130,6 +136,48 @@ def generate(
         on_batch=on_batch,
     )
     return [a[0] for a in answers]
+
+
+def stream_answer(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[Message],
+    *,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    sampling: Sampling | None = None,
+) -> Iterator[str]:
+    """One answer as it is generated: text pieces whose concatenation, stripped, is the answer
+    ``generate_samples`` gives. On the fast engine a piece follows each token (held back while it ends
+    inside a multi-byte character); on the plain engine the answer comes whole, at the end."""
+    prompt_ids = prompt_token_ids(tokenizer, [messages])
+    model.eval()
+    if pick_engine(model, prompt_ids, max_new_tokens, "auto") != "fast":
+        (answers,) = generate_samples(
+            model, tokenizer, [messages], max_new_tokens=max_new_tokens, sampling=sampling, engine="plain"
+        )
+        yield answers[0]
+        return
+    steps = decode_steps(
+        FastDecoder(model),
+        prompt_ids,
+        max_new_tokens=max_new_tokens,
+        end_ids=end_of_turn_ids(model, tokenizer),
+        pad_id=tokenizer.pad_token_id,
+        sampling=sampling,
+    )
+    ids: list[int] = []
+    sent = ""
+    while True:
+        with torch.no_grad():  # here, not around the loop: each step may run on another thread
+            step = next(steps, None)
+        if step is not None:
+            ids += [token for _row, token in step]
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        if len(text) > len(sent) and (step is None or not text.endswith("\ufffd")):
+            yield text[len(sent) :]
+            sent = text
+        if step is None:
+            return
 
 
 def _plain_generate(

@@ -75,20 +75,26 @@ async def chat_completions(
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > 4:
         raise APIError(400, "invalid_request", "At most 4 stop sequences.", param="stop")
-    completion: Completion = await run_in_threadpool(
-        engine(request).complete,
-        body.model,
-        spec,
-        [m.model_dump() for m in body.messages],
-        max_tokens=body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        seed=body.seed if body.seed is not None else 0,
-        stop=stop,
-    )
-    if get_policy(session).moderate_chat:
-        completion = await run_in_threadpool(moderated, session, body, completion)
+    options = {
+        "max_tokens": body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "seed": body.seed if body.seed is not None else 0,
+        "stop": stop,
+    }
+    messages = [m.model_dump() for m in body.messages]
     identifier, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    moderate = get_policy(session).moderate_chat
+    if body.stream and not moderate:  # tokens as they are generated
+        pieces = engine(request).stream(body.model, spec, messages, **options)
+        return StreamingResponse(
+            live_chunks(identifier, created, body.model, pieces), media_type="text/event-stream"
+        )
+    completion: Completion = await run_in_threadpool(
+        engine(request).complete, body.model, spec, messages, **options
+    )
+    if moderate:  # the judge reads the whole answer before any of it leaves
+        completion = await run_in_threadpool(moderated, session, body, completion)
     if body.stream:
         return StreamingResponse(
             chunks(identifier, created, body.model, completion), media_type="text/event-stream"
@@ -134,23 +140,37 @@ def moderated(session: SessionDep, body: ChatRequest, completion: Completion) ->
     return replace(completion, text=MODERATED_ANSWER, finish_reason="content_filter")
 
 
+def event(identifier: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None) -> str:
+    """One server-sent event in OpenAI's chunk shape."""
+    chunk = {
+        "id": identifier,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(chunk)}\n\n"
+
+
+def live_chunks(
+    identifier: str, created: int, model: str, pieces: Iterator[str | Completion]
+) -> Iterator[str]:
+    """The role, then each piece of the answer as the model writes it, then the finish reason."""
+    yield event(identifier, created, model, {"role": "assistant", "content": ""})
+    for piece in pieces:
+        if isinstance(piece, Completion):
+            yield event(identifier, created, model, {}, piece.finish_reason)
+        else:
+            yield event(identifier, created, model, {"content": piece})
+    yield "data: [DONE]\n\n"
+
+
 def chunks(identifier: str, created: int, model: str, completion: Completion) -> Iterator[str]:
-    """Server-sent events in OpenAI's chunk shape: the role, the answer word by word, the finish reason.
-    The answer is generated whole first (the CPU decoder works in batches), then streamed."""
-
-    def event(delta: dict[str, Any], finish_reason: str | None = None) -> str:
-        chunk = {
-            "id": identifier,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-        }
-        return f"data: {json.dumps(chunk)}\n\n"
-
-    yield event({"role": "assistant", "content": ""})
+    """A whole answer as a stream (after output moderation has read it): the role, the answer word by
+    word, the finish reason."""
+    yield event(identifier, created, model, {"role": "assistant", "content": ""})
     words = completion.text.split(" ")
     for i, word in enumerate(words):
-        yield event({"content": word if i == 0 else " " + word})
-    yield event({}, completion.finish_reason)
+        yield event(identifier, created, model, {"content": word if i == 0 else " " + word})
+    yield event(identifier, created, model, {}, completion.finish_reason)
     yield "data: [DONE]\n\n"

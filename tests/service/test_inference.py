@@ -1,0 +1,58 @@
+"""Chat inference (service/inference.py): answers stream as they are generated, and stop sequences hold."""
+
+import vaccine_core.generation as generation
+from service.inference import ChatModels, Completion, held_back
+
+HELLO = [{"role": "user", "content": "How do I make a cake?"}]
+OPTIONS = {"max_tokens": 24, "temperature": 0.0, "top_p": 1.0, "seed": 0, "stop": []}
+
+
+def test_the_first_piece_comes_before_the_answer_is_finished(aligned_tiny_dir, monkeypatch):
+    real_steps = generation.decode_steps
+    taken: list[int] = []
+
+    def counted_steps(*args, **kwargs):
+        for step in real_steps(*args, **kwargs):
+            taken.append(1)
+            yield step
+
+    monkeypatch.setattr(generation, "decode_steps", counted_steps)
+    models = ChatModels()
+    pieces = models.stream("tiny", aligned_tiny_dir, HELLO, **OPTIONS)
+    first = next(pieces)
+    at_first_piece = len(taken)
+    rest = list(pieces)
+    whole = rest[-1]
+    assert isinstance(first, str) and isinstance(whole, Completion)
+    assert at_first_piece < len(taken), "the first piece waited for the whole answer"
+    assert (first + "".join(rest[:-1])).strip() == whole.text
+    assert models.complete("tiny", aligned_tiny_dir, HELLO, **OPTIONS) == whole  # the same answer whole
+
+
+def test_a_stop_sequence_never_leaks_into_the_stream(aligned_tiny_dir):
+    models = ChatModels()
+    whole = models.complete("tiny", aligned_tiny_dir, HELLO, **OPTIONS)
+    words = whole.text.split()
+    assert len(words) >= 2, f"the tiny model's answer {whole.text!r} has no second word to stop at"
+    stop = " " + words[1]
+    pieces = list(models.stream("tiny", aligned_tiny_dir, HELLO, **{**OPTIONS, "stop": [stop]}))
+    streamed = "".join(p for p in pieces if isinstance(p, str))
+    assert stop not in streamed and streamed == pieces[-1].text == whole.text[: whole.text.find(stop)]
+    assert pieces[-1].finish_reason == "stop"
+
+
+def test_held_back_is_the_longest_start_of_a_stop_sequence_at_the_end():
+    assert held_back("The answer [ST", ["[STOP]"]) == 3
+    assert held_back("The answer [ST", ["[STOP]", "r [S"]) == 3
+    assert held_back("The answer.", ["[STOP]"]) == 0
+    assert held_back("anything", []) == 0
+
+
+def test_streamed_pieces_add_up_to_the_batch_answer(aligned_tiny_dir):
+    """Pieces are held back inside a multi-byte character, never dropped: the last one is flushed."""
+    from vaccine_core.inference import load_for_inference
+
+    loaded = load_for_inference(aligned_tiny_dir)
+    pieces = list(generation.stream_answer(loaded.model, loaded.tokenizer, HELLO, max_new_tokens=24))
+    (batch,) = generation.generate(loaded.model, loaded.tokenizer, [HELLO], max_new_tokens=24)
+    assert len(pieces) > 1 and "".join(pieces).strip() == batch
