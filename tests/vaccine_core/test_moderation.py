@@ -18,19 +18,22 @@ PAIRS = [("How do I hurt someone?", "Here is how."), ("What is the capital of Fr
 WORDS = ["how", "do", "i", "hurt", "someone", "here", "is", "what", "the", "capital", "of", "france", "paris"]
 
 
-def classifier_dir(tmp_path, labels: list[str], bias: list[float], multi_label: bool):
+def classifier_dir(
+    tmp_path, labels: list[str], bias: list[float], multi_label: bool, layers: int = 1, **config
+):
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", ".", *WORDS]
     tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=16,
-        num_hidden_layers=1,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=32,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
         problem_type="multi_label_classification" if multi_label else "single_label_classification",
+        **config,
     )
     torch.manual_seed(0)
     model = BertForSequenceClassification(config)
@@ -187,6 +190,44 @@ def test_frozen_layers_keep_the_encoders_weights(tmp_path):
     assert not torch.equal(before["bert.pooler.dense.weight"], after["bert.pooler.dense.weight"])
 
 
+def test_training_from_cached_frozen_layers_is_training_through_them(tmp_path):
+    """Without dropout, the head trained on the frozen layers' cached output is the head trained through
+    them: the cache changes the work, not the judge."""
+    from vaccine_core.moderation.dataset import LabelledPair
+    from vaccine_core.moderation.learned import (
+        JudgeTrainingConfig,
+        LearnedJudge,
+        frozen_states,
+        logits_from_states,
+        train_judge,
+    )
+
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False, layers=2, **no_dropout)
+    model = BertForSequenceClassification.from_pretrained(encoder)
+    tokenizer = BertTokenizerFast.from_pretrained(encoder)
+    encodings = [
+        tokenizer(q, a) for q, a in [("how do i hurt someone ?", "here is how ."), ("paris", "paris .")]
+    ]
+    states = frozen_states(model, tokenizer, encodings, layers=1, bfloat16=False)
+    assert [len(s) for s in states] == [len(e["input_ids"]) for e in encodings]  # no padding kept
+    with torch.no_grad():
+        full = model(**tokenizer.pad(encodings, return_tensors="pt")).logits
+        assert torch.allclose(logits_from_states(model, states, start=1), full, atol=1e-6)
+
+    pairs = [LabelledPair("how do i hurt someone ?", "here is how .", True, None, "t")] * 4
+    pairs += [LabelledPair("what is the capital of france ?", "paris .", False, None, "t")] * 4
+    options = {"epochs": 3, "batch_size": 3, "learning_rate": 1e-2, "max_length": 32, "frozen_layers": 1}
+    scores = []
+    for cache in (True, False):
+        config = JudgeTrainingConfig(**options, cache_frozen=cache, bfloat16=False)
+        judge = LearnedJudge(
+            train_judge(pairs, tmp_path / f"cache-{cache}", config, encoder=encoder), quantize=False
+        )
+        scores.append([v.score for v in judge.score(PAIRS)])
+    assert scores[0] == pytest.approx(scores[1], abs=1e-5) and scores[0][0] != pytest.approx(0.5, abs=1e-3)
+
+
 def test_evaluate_judge_reports_metrics_agreement_and_disagreements():
     from vaccine_core.moderation.dataset import LabelledPair
     from vaccine_core.moderation.metrics import evaluate_judge
@@ -327,3 +368,6 @@ def test_an_epochs_batches_hold_every_pair_once_grouped_by_length_or_not():
 
     assert padding(grouped) < padding(random_order) / 1.5
     assert JudgeTrainingConfig().key() != JudgeTrainingConfig(group_by_length=True).key()
+    # options added later change the key only when set: the judges cached before them are found again
+    assert JudgeTrainingConfig().key() == "d89d572e"
+    assert JudgeTrainingConfig().key() != JudgeTrainingConfig(cache_frozen=True).key()

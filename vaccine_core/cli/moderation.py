@@ -2,6 +2,7 @@
 
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
@@ -10,8 +11,14 @@ import typer
 from vaccine_core.cli import app, moderation_app
 from vaccine_core.cli.common import DeviceOption, JudgeOption, fail, setup_logging
 from vaccine_core.formats import DatasetError
+from vaccine_core.moderation.judge_config import JudgeTrainingConfig
 from vaccine_core.progress import ProgressBar
 from vaccine_core.settings import get_settings
+
+
+def option_help(name: str) -> str:
+    """A training option's help, written once beside its default in JudgeTrainingConfig."""
+    return next(f.metadata["help"] for f in fields(JudgeTrainingConfig) if f.name == name)
 
 
 @app.command()
@@ -74,22 +81,18 @@ def prescreen(
 
 @moderation_app.command("train")
 def moderation_train(
-    epochs: Annotated[int | None, typer.Option(help="Passes over the training pairs (default 3).")] = None,
-    max_length: Annotated[
-        int | None, typer.Option(help="Tokens of question and answer read together.")
-    ] = None,
-    group_by_length: Annotated[
-        bool | None, typer.Option(help="Batch pairs of similar length (less padding).")
-    ] = None,
-    frozen_layers: Annotated[
-        int | None, typer.Option(help="Lowest encoder layers left as the bundled encoder has them.")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the head's initialisation and the data order.")] = 0,
+    epochs: Annotated[int | None, typer.Option(help=option_help("epochs"))] = None,
+    max_length: Annotated[int | None, typer.Option(help=option_help("max_length"))] = None,
+    group_by_length: Annotated[bool | None, typer.Option(help=option_help("group_by_length"))] = None,
+    frozen_layers: Annotated[int | None, typer.Option(help=option_help("frozen_layers"))] = None,
+    harmful_swapped: Annotated[float | None, typer.Option(help=option_help("harmful_swapped"))] = None,
+    cache_frozen: Annotated[bool | None, typer.Option(help=option_help("cache_frozen"))] = None,
+    seed: Annotated[int, typer.Option(help=option_help("seed"))] = 0,
 ) -> None:
     """Train the default judge (cross-encoder on the bundled MiniLM) once and cache it; print its path."""
     from dataclasses import replace
 
-    from vaccine_core.moderation.learned import JudgeTrainingConfig, ensure_default_judge
+    from vaccine_core.moderation.learned import ensure_default_judge
 
     setup_logging()
     given = {
@@ -97,6 +100,8 @@ def moderation_train(
         "max_length": max_length,
         "group_by_length": group_by_length,
         "frozen_layers": frozen_layers,
+        "harmful_swapped": harmful_swapped,
+        "cache_frozen": cache_frozen,
     }
     config = replace(JudgeTrainingConfig(seed=seed), **{k: v for k, v in given.items() if v is not None})
     bar = ProgressBar("train judge")

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from transformers import AutoTokenizer, BertForSequenceClassification, get_scheduler
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from vaccine_core.models import packaged_file, pick_device
@@ -132,6 +133,62 @@ def epoch_batches(
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
+@torch.no_grad()
+def frozen_states(
+    model: BertForSequenceClassification,
+    tokenizer: Any,
+    encodings: Sequence[Any],
+    layers: int,
+    bfloat16: bool,
+    batch_size: int = 64,
+) -> list[torch.Tensor]:
+    """Each pair's hidden states after the embeddings and the lowest ``layers`` encoder layers (which never
+    change in training), computed once, without dropout, in batches of similar length."""
+    was_training = model.training
+    model.eval()
+    states: list[torch.Tensor] = [torch.empty(0)] * len(encodings)
+    order = sorted(range(len(encodings)), key=lambda i: len(encodings[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = tokenizer.pad([encodings[i] for i in chunk], return_tensors="pt")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            hidden = model.bert.embeddings(
+                input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"]
+            )
+            hidden = run_layers(model, hidden, batch["attention_mask"], 0, layers)
+        for row, i in enumerate(chunk):
+            states[i] = hidden[row, : len(encodings[i]["input_ids"])].float().clone()
+    model.train(was_training)
+    return states
+
+
+def run_layers(
+    model: BertForSequenceClassification,
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    start: int,
+    stop: int,
+) -> torch.Tensor:
+    mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask)
+    for layer in model.bert.encoder.layer[start:stop]:
+        hidden = layer(hidden, mask)
+    return hidden
+
+
+def logits_from_states(
+    model: BertForSequenceClassification, states: Sequence[torch.Tensor], start: int
+) -> torch.Tensor:
+    """The classifier's logits for cached hidden states of layer ``start``: the rest of BERT's forward
+    (the remaining layers, the pooler, dropout and the head) on the padded batch."""
+    lengths = [len(s) for s in states]
+    hidden = torch.nn.utils.rnn.pad_sequence(list(states), batch_first=True)
+    # The frozen layers' own dropout cannot be replayed from their cached output; dropout on it stands in.
+    hidden = torch.nn.functional.dropout(hidden, model.config.hidden_dropout_prob, model.training)
+    attention_mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
+    hidden = run_layers(model, hidden, attention_mask, start, len(model.bert.encoder.layer))
+    return model.classifier(model.dropout(model.bert.pooler(hidden)))
+
+
 def train_judge(
     pairs: Sequence[LabelledPair],
     output_dir: Path,
@@ -174,14 +231,21 @@ def train_judge(
     bfloat16 = config.bfloat16 and bfloat16_autocast_available()
     started, step, tokens = time.perf_counter(), 0, 0
     lengths = [len(e["input_ids"]) for e in encodings]
+    cached = config.cache_frozen and config.frozen_layers > 0
+    states = frozen_states(model, tokenizer, encodings, config.frozen_layers, bfloat16) if cached else []
     for epoch in range(config.epochs):
         generator = torch.Generator().manual_seed(config.seed + epoch)
         for chosen in epoch_batches(lengths, config.batch_size, generator, config.group_by_length):
             batch = [pairs[i] for i in chosen]
-            encoded = tokenizer.pad([encodings[i] for i in chosen], return_tensors="pt")
+            # forward: from the frozen layers' cached output, or the whole encoder on the padded pairs
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
-                logits = model(**encoded).logits.float()
-            tokens += int(encoded["attention_mask"].sum())
+                if cached:
+                    logits = logits_from_states(model, [states[i] for i in chosen], config.frozen_layers)
+                else:
+                    encoded = tokenizer.pad([encodings[i] for i in chosen], return_tensors="pt")
+                    logits = model(**encoded).logits
+            logits = logits.float()
+            tokens += sum(lengths[i] for i in chosen)
             target = torch.tensor([float(p.harmful) for p in batch])
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], target)
             labelled = [i for i, p in enumerate(batch) if p.harmful and p.category in category_index]
