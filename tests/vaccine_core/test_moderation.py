@@ -19,7 +19,7 @@ WORDS = ["how", "do", "i", "hurt", "someone", "here", "is", "what", "the", "capi
 
 
 def classifier_dir(
-    tmp_path, labels: list[str], bias: list[float], multi_label: bool, layers: int = 1, **config
+    tmp_path, labels: list[str], bias: list[float], multi_label: bool, layers: int = 1, **bert_options
 ):
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", ".", *WORDS]
     tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
@@ -33,7 +33,7 @@ def classifier_dir(
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
         problem_type="multi_label_classification" if multi_label else "single_label_classification",
-        **config,
+        **bert_options,
     )
     torch.manual_seed(0)
     model = BertForSequenceClassification(config)
