@@ -152,8 +152,9 @@ def frozen_states(
         chunk = order[start : start + batch_size]
         batch = tokenizer.pad([encodings[i] for i in chunk], return_tensors="pt")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            # encoders whose tokenizer writes no segment ids get the embeddings' default ones
             hidden = model.bert.embeddings(
-                input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"]
+                input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids")
             )
             hidden = run_layers(model, hidden, batch["attention_mask"], 0, layers)
         for row, i in enumerate(chunk):
