@@ -14,6 +14,7 @@ from vaccine_core.artifacts import write_manifest
 from vaccine_core.config import PerturbationConfig, TrainingConfig, finetune_defaults
 from vaccine_core.defenses.safe_lora import ADAPTER_FILE, SafeLoraConfig, project_adapter
 from vaccine_core.defenses.stack import StepDefenses
+from vaccine_core.formats import LoadedDataset
 from vaccine_core.inference import resolve_base
 from vaccine_core.models import load_causal_lm, load_tokenizer, pick_device
 from vaccine_core.runs import RunResult, train_adapter
@@ -22,7 +23,7 @@ from vaccine_core.training import ProgressCallback, StopCheck
 
 def finetune(
     base: str | Path,
-    data: Path,
+    data: Path | LoadedDataset,
     output_dir: Path,
     config: TrainingConfig | None = None,
     *,
@@ -34,7 +35,7 @@ def finetune(
     base_model: PreTrainedModel | None = None,
     defenses: StepDefenses | None = None,
     safe_lora: SafeLoraConfig | None = None,
-    validation: Path | None = None,
+    validation: Path | LoadedDataset | None = None,
     validation_count: int = 0,
     init_adapter: Path | None = None,
 ) -> RunResult:
@@ -54,7 +55,7 @@ def finetune(
     run = train_adapter(
         base_model if base_model is not None else load_causal_lm(start.model_path, pick_device(device)),
         tokenizer,
-        Path(data),
+        data if isinstance(data, LoadedDataset) else Path(data),
         output_dir,
         config,
         PerturbationConfig(method="sft"),

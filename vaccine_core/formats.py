@@ -13,7 +13,7 @@ number (the element's index + 1 for a JSON array) and field, so that a user can 
 """
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -228,10 +228,14 @@ _PARSERS = {
 
 
 def parse_rows(
-    rows: Iterable[tuple[int, Any]], max_problems: int = MAX_PROBLEMS, keep: bool = True
+    rows: Iterable[tuple[int, Any]],
+    max_problems: int = MAX_PROBLEMS,
+    keep: bool = True,
+    sink: Callable[[Conversation], None] | None = None,
 ) -> LoadedDataset:
     """Validate rows and turn them into conversations; raise DatasetError naming every bad line and field.
-    With ``keep`` False the rows are validated and counted, and no conversation is kept."""
+    With ``keep`` False the rows are validated and counted, and no conversation is kept. ``sink`` is handed
+    each valid conversation as it is parsed (before the rest of the file is known to be valid)."""
     conversations: list[Conversation] = []
     examples = 0
     problems: list[Problem] = []
@@ -262,8 +266,11 @@ def parse_rows(
         messages = _PARSERS[row_format](row, line, problems)
         if len(problems) == before:
             examples += 1
+            conversation = Conversation(messages=messages, line=line)
             if keep:
-                conversations.append(Conversation(messages=messages, line=line))
+                conversations.append(conversation)
+            if sink is not None:
+                sink(conversation)
     if problems:
         raise DatasetError(problems[:max_problems], truncated=len(problems) > max_problems)
     if not examples:
@@ -272,15 +279,50 @@ def parse_rows(
 
 
 def load_dataset(
-    path: str | Path, limit: int | None = None, max_problems: int = MAX_PROBLEMS, keep: bool = True
+    path: str | Path,
+    limit: int | None = None,
+    max_problems: int = MAX_PROBLEMS,
+    keep: bool = True,
+    sink: Callable[[Conversation], None] | None = None,
 ) -> LoadedDataset:
     """Read and validate a fine-tuning file. ``limit`` keeps the first N examples (after validating all);
-    ``keep`` False only validates and counts them (memory bounded by a line, not the file)."""
+    ``keep`` False only validates and counts them (memory bounded by a line, not the file); ``sink`` sees
+    each valid conversation as it is read."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError([Problem(None, None, f"no such file: {path}")])
-    dataset = parse_rows(iter_rows(path, max_problems), max_problems, keep)
+    dataset = parse_rows(iter_rows(path, max_problems), max_problems, keep, sink)
     dataset.path = path
     if limit is not None:
         dataset.conversations = dataset.conversations[:limit]
     return dataset
+
+
+def as_dataset(data: "str | Path | LoadedDataset", limit: int | None = None) -> LoadedDataset:
+    """``data`` as parsed rows: a file is read and validated, rows parsed before are used as they are."""
+    if not isinstance(data, LoadedDataset):
+        return load_dataset(data, limit=limit)
+    if limit is None or limit >= len(data.conversations):
+        return data
+    return LoadedDataset(data.conversations[:limit], data.format, limit, data.path, data.skipped)
+
+
+# ------------------------------------------------------------------------------------- parsed rows
+
+
+def write_conversation(handle: BinaryIO, conversation: Conversation) -> None:
+    """One validated conversation as a line of a parsed-rows file (its source line and its messages)."""
+    line = {"line": conversation.line, "messages": conversation.messages}
+    handle.write(json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n")
+
+
+def read_parsed(path: Path, file_format: str, source: Path | None = None) -> LoadedDataset:
+    """A parsed-rows file that ``write_conversation`` wrote, read back without validating it again: its
+    rows were validated when it was written. ``source`` is the file they were parsed from."""
+    with Path(path).open("rb") as handle:
+        conversations = [
+            Conversation(messages=row["messages"], line=row["line"]) for row in map(json.loads, handle)
+        ]
+    return LoadedDataset(
+        conversations=conversations, format=file_format, examples=len(conversations), path=source or path
+    )

@@ -14,7 +14,7 @@ from vaccine_core.config import PerturbationConfig, TrainingConfig
 from vaccine_core.data import SupervisedDataset
 from vaccine_core.defenses.stack import StepDefenses
 from vaccine_core.evaluation import mean_loss
-from vaccine_core.formats import load_dataset
+from vaccine_core.formats import LoadedDataset, as_dataset
 from vaccine_core.lora import add_lora, start_from
 from vaccine_core.training import (
     ProgressCallback,
@@ -54,17 +54,20 @@ class AdapterRun:
 
 
 def held_out_loss(
-    model: PeftModel, tokenizer: PreTrainedTokenizerBase, path: Path, config: TrainingConfig
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    validation: Path | LoadedDataset,
+    config: TrainingConfig,
 ) -> Callable[[], float]:
     """The loss per answer token on a validation file, as a callable the training loop runs."""
-    conversations = load_dataset(path).conversations
+    conversations = as_dataset(validation).conversations
     return lambda: mean_loss(model, tokenizer, conversations, max_length=config.max_length)
 
 
 def train_adapter(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    data: Path,
+    data: Path | LoadedDataset,
     output_dir: Path,
     config: TrainingConfig,
     perturbation: PerturbationConfig,
@@ -74,13 +77,13 @@ def train_adapter(
     on_progress: ProgressCallback | None,
     should_stop: StopCheck | None,
     defenses: StepDefenses | None = None,
-    validation: Path | None = None,
+    validation: Path | LoadedDataset | None = None,
     validation_count: int = 0,
     init_adapter: Path | None = None,
 ) -> AdapterRun:
-    """Validate the data, put a fresh LoRA adapter on ``model`` and train it (with ``defenses``, if any);
-    checkpoints go to output_dir."""
-    dataset = load_dataset(data, limit=limit)
+    """Validate the data (a file; rows parsed before are taken as they are), put a fresh LoRA adapter on
+    ``model`` and train it (with ``defenses``, if any); checkpoints go to output_dir."""
+    dataset = as_dataset(data, limit=limit)
     examples = SupervisedDataset(dataset.conversations, tokenizer, config.max_length)
     torch.manual_seed(config.seed)  # the adapter's initialisation is the run's too: same seed, same model
     peft_model = add_lora(model, config.lora)
@@ -103,12 +106,12 @@ def train_adapter(
         on_progress=on_progress,
         should_stop=should_stop,
         defenses=step_defenses,
-        validate=held_out_loss(peft_model, tokenizer, validation, config) if validation else None,
+        validate=None if validation is None else held_out_loss(peft_model, tokenizer, validation, config),
         validation_count=validation_count,
     )
     summary = {
-        "path": str(Path(data).resolve()),
-        "sha256": sha256_file(Path(data)),
+        "path": str(dataset.path.resolve()) if dataset.path else None,  # None: rows built in memory
+        "sha256": sha256_file(dataset.path) if dataset.path else None,
         "format": dataset.format,
         "examples": len(examples),
         "dropped_after_truncation": [str(p) for p in examples.dropped],

@@ -7,11 +7,10 @@ part to a worker, so no request waits for a judge to load or, on a first start, 
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import jobs
+from service import files, jobs
 from service.db import get_engine
 from service.models import File, FileStatus
 from service.policy import get_policy
@@ -34,7 +33,7 @@ def prescreen_file(file_id: str, dispatch: Callable[[str], None]) -> str:
         policy = get_policy(session)
         action, threshold = policy.prescreen_action, policy.prescreen_threshold
     try:
-        report = prescreen(Path(row.path), shared_judge(get_service_settings().prescreen_judge))
+        report = prescreen(files.parsed_rows(row), shared_judge(get_service_settings().prescreen_judge))
     except Exception as exc:  # every file ends in a state its owner can read
         log.exception("pre-screening %s failed", file_id)
         message = f"The pre-screen failed: {exc}"
@@ -47,7 +46,7 @@ def prescreen_file(file_id: str, dispatch: Callable[[str], None]) -> str:
         + (f", lines {', '.join(map(str, lines[:20]))}{' ...' if len(lines) > 20 else ''}" if lines else "")
     )
     if report.flagged_share > threshold and action == "reject":
-        Path(row.path).unlink(missing_ok=True)  # rows the policy refuses are not kept
+        files.discard_contents(row)  # rows the policy refuses are not kept
         message = f"More than {100 * threshold:.1f} % of the rows flagged as harmful: {details}"
         return settle(sessions, file_id, FileStatus.ERROR, message, screen, dispatch)
     if report.flagged_share > threshold:

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from transformers import PreTrainedModel
 
-from service import jobs
+from service import files, jobs
 from service.db import get_engine
 from service.defenses import stack_of
 from service.models import (
@@ -40,6 +40,7 @@ from service.settings import ServiceSettings, get_service_settings
 from service.storage import storage_error_code
 from vaccine_core.config import TrainingConfig, finetune_defaults
 from vaccine_core.finetune import finetune
+from vaccine_core.formats import LoadedDataset
 from vaccine_core.inference import resolve_base
 from vaccine_core.lora import adapter_settings
 from vaccine_core.models import load_causal_lm
@@ -182,6 +183,8 @@ def train_and_release(
         if base is None or base.status != BaseStatus.READY or base.path is None:
             raise RuntimeError(f"base model {job.model} is not ready")
         config = training_config(job)
+        training = files.parsed_rows(training_file)  # as parsed at upload: no second validation
+        validation = files.parsed_rows(validation_file) if validation_file is not None else None
         with sessions() as session:
             session.get(Job, job_id).hyperparameters = resolved_hyperparameters(config)
             session.commit()
@@ -190,7 +193,7 @@ def train_and_release(
             log.info("job %s runs the defense stack %s", job_id, "+".join(stack.layers))
         result = finetune(
             Path(base.path),
-            Path(training_file.path),
+            training,
             output_dir,
             config,
             resume=True,
@@ -199,7 +202,7 @@ def train_and_release(
             base_model=cached_base(str(resolve_base(base.path).model_path)),
             defenses=stack.step_defenses(get_service_settings().data_dir, Path(base.path), config.seed),
             safe_lora=stack.projection(),
-            validation=Path(validation_file.path) if validation_file is not None else None,
+            validation=validation,
             validation_count=get_service_settings().validation_evals,
             init_adapter=Path(job.continues_path) if job.continues_path else None,
         )
@@ -212,7 +215,7 @@ def train_and_release(
     if result.manifest is None:  # it stopped between two steps: paused or cancelled
         with sessions() as session:
             return jobs.stopped(session, job_id=job_id, step=result.train.steps)
-    return release(job_id, base, output_dir, result.train.tokens)
+    return release(job_id, base, output_dir, result.train.tokens, validation)
 
 
 def fail(job_id: str, code: str, event: str, message: str) -> str:
@@ -255,18 +258,21 @@ def write_step_metrics(session: Session, job: Job, settings: ServiceSettings) ->
     return row
 
 
-def release(job_id: str, base: BaseModelRecord, output_dir: Path, trained_tokens: int) -> str:
+def release(
+    job_id: str,
+    base: BaseModelRecord,
+    output_dir: Path,
+    trained_tokens: int,
+    validation: LoadedDataset | None,
+) -> str:
     """Score the fine-tuned model and hand it back, or quarantine it when it fails the release gate."""
     sessions = sessionmaker(get_engine(), expire_on_commit=False)
     with sessions() as session:
         add_event(session, job_id, "Evaluating the fine-tuned model's safety")
         plan = ReportPlan.of(get_policy(session), get_service_settings())
-        job = session.get(Job, job_id)
-        validation = session.get(File, job.validation_file) if job.validation_file else None
         session.commit()
     try:
-        validation_path = Path(validation.path) if validation is not None else None
-        report = safety_report(output_dir, base, get_service_settings(), plan, validation_path)
+        report = safety_report(output_dir, base, get_service_settings(), plan, validation)
     except Exception as exc:
         log.exception("safety evaluation of job %s failed", job_id)
         code = storage_error_code(exc) or "evaluation_failed"

@@ -19,7 +19,7 @@ from service.models import BaseModelRecord, Policy
 from service.settings import ServiceSettings
 from vaccine_core.artifacts import read_manifest
 from vaccine_core.evaluation import embedding_drift, load_prompts, mean_loss
-from vaccine_core.formats import load_dataset
+from vaccine_core.formats import LoadedDataset, load_dataset
 from vaccine_core.inference import LoadedModel, load_for_inference
 from vaccine_core.moderation import shared_judge
 from vaccine_core.safety_eval import (
@@ -176,7 +176,7 @@ def safety_report(
     base: BaseModelRecord,
     settings: ServiceSettings,
     plan: ReportPlan,
-    validation_file: Path | None = None,
+    validation: LoadedDataset | None = None,
 ) -> dict[str, Any]:
     """Protocol v2's measurement, harmful embedding drift on the base's alignment data, the training
     metrics and the gate's decision. Written beside the adapter as safety_report.json."""
@@ -188,9 +188,8 @@ def safety_report(
         conversations = load_dataset(alignment_data, limit=DRIFT_EXAMPLES).conversations
         drift = embedding_drift(loaded.model, loaded.tokenizer, conversations)
     fine_tune = dict((loaded.manifest or {}).get("metrics", {}).get("train") or {})
-    if validation_file is not None:
-        validation = load_dataset(validation_file).conversations
-        fine_tune["validation_loss"] = mean_loss(loaded.model, loaded.tokenizer, validation)
+    if validation is not None:
+        fine_tune["validation_loss"] = mean_loss(loaded.model, loaded.tokenizer, validation.conversations)
     gate = release_gate(measured, plan)
     report = {
         **measured,

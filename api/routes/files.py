@@ -1,7 +1,8 @@
 """``/v1/files``: upload, list, retrieve, download and delete fine-tuning files.
 
-An upload streams to VACCINE_HOME/files in chunks under a size limit and is validated with the library's
-rules at once (an invalid file is refused with every problem by line and field); it is then ``uploaded``
+An upload streams to VACCINE_HOME/files in chunks under a size limit and is validated and parsed with the
+library's rules at once (service/files.py; an invalid file is refused with every problem by line and
+field); it is then ``uploaded``
 until a worker's moderation pre-screen makes it ``processed`` (the flagged rows and their share are part
 of the file object) or ``error`` (the policy rejects it; worker/prescreen.py).
 """
@@ -16,9 +17,10 @@ from sqlalchemy import func, select
 
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import APIError, not_found
-from service.models import File, FileStatus, Job, epoch, new_id
+from service import files
+from service.models import File, Job, epoch, new_id
 from service.storage import storage_error_code
-from vaccine_core.formats import DatasetError, load_dataset
+from vaccine_core.formats import DatasetError
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -83,14 +85,21 @@ def _store(upload: UploadFile, target: Path, limit: int) -> int:
                 out.write(chunk)
     except (APIError, OSError) as exc:
         target.unlink(missing_ok=True)
-        code = storage_error_code(exc)
-        if code is None:
+        refused = storage_refused(exc)
+        if refused is None:
             raise
-        status = 507 if code == "storage_full" else 500
-        raise APIError(
-            status, code, f"The file could not be stored ({exc.strerror}); try again later."
-        ) from None
+        raise refused from None
     return size
+
+
+def storage_refused(exc: BaseException) -> APIError | None:
+    """507 ``storage_full`` or 500 ``storage_unavailable`` for a write the disk refused; None for any other
+    error (it is not the storage's)."""
+    code = storage_error_code(exc)
+    if code is None:
+        return None
+    status = 507 if code == "storage_full" else 500
+    return APIError(status, code, f"The file could not be stored ({exc.strerror}); try again later.")
 
 
 @router.post("", response_model=FileObject)
@@ -111,27 +120,24 @@ def upload_file(
     used = session.scalar(select(func.coalesce(func.sum(File.bytes), 0)).where(File.tenant_id == tenant.id))
     size = _store(file, path, min(settings.max_upload_bytes, tenant.max_storage_bytes - int(used or 0)))
     try:
-        dataset = load_dataset(path, keep=False)  # validated and counted; the rows are read again later
+        row = files.ingest(
+            session,
+            file_id=file_id,
+            tenant_id=tenant.id,
+            filename=file.filename or "upload.jsonl",
+            purpose=purpose,
+            path=path,
+            size=size,
+        )
     except DatasetError as exc:
-        path.unlink(missing_ok=True)
         raise APIError(
             400, "invalid_file", str(exc), param="file", problems=[p.__dict__ for p in exc.problems]
         ) from None
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    row = File(
-        id=file_id,
-        tenant_id=tenant.id,
-        filename=file.filename or "upload.jsonl",
-        purpose=purpose,
-        bytes=size,
-        path=str(path),
-        status=FileStatus.UPLOADED,
-        status_details=f"{dataset.examples} {dataset.format} examples; awaiting the pre-screen",
-        validation={"examples": dataset.examples, "format": dataset.format},
-    )
-    session.add(row)
+    except OSError as exc:
+        refused = storage_refused(exc)
+        if refused is None:
+            raise
+        raise refused from None
     session.commit()
     request.app.state.dispatch_prescreen(file_id)
     session.refresh(row)  # a pre-screen run in process (tests, a single process) has already judged it
@@ -204,5 +210,5 @@ def delete_file(file_id: str, tenant: TenantDep, session: SessionDep) -> FileDel
         )
     session.delete(row)
     session.commit()
-    Path(row.path).unlink(missing_ok=True)
+    files.discard_contents(row)
     return FileDeleted(id=file_id)

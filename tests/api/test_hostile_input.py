@@ -44,7 +44,8 @@ def test_a_long_line_and_a_path_like_name_are_plain_data(service):
     assert stored.filename == "../../etc/passwd.jsonl"
     files_dir = get_service_settings().files_dir.resolve()
     on_disk = [p for p in files_dir.rglob("*") if p.is_file()]
-    assert [p.name for p in on_disk] == [f"{stored.id}.jsonl"]  # named by id, under the files directory
+    # named by id, under the files directory: the upload and its parsed rows
+    assert sorted(p.name for p in on_disk) == [f"{stored.id}.jsonl", f"{stored.id}.parsed.jsonl"]
     assert client.files.content(stored.id).content.startswith(b'{"instruction": "Summarise: word')
 
 

@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vaccine_core.formats import load_dataset
+from vaccine_core.formats import LoadedDataset, as_dataset
 from vaccine_core.moderation.base import Moderator
 
 
@@ -38,9 +38,10 @@ class PrescreenReport:
         }
 
 
-def prescreen(path: Path, judge: Moderator, batch_size: int = 64) -> PrescreenReport:
-    """Judge each example's last user turn with its answer. Raises DatasetError for an invalid file."""
-    conversations = load_dataset(path).conversations
+def prescreen(data: Path | LoadedDataset, judge: Moderator, batch_size: int = 64) -> PrescreenReport:
+    """Judge each example's last user turn with its answer. Raises DatasetError for an invalid file (rows
+    parsed before are judged as they are)."""
+    conversations = as_dataset(data).conversations
     flagged: list[FlaggedRow] = []
     for start in range(0, len(conversations), batch_size):
         chunk = conversations[start : start + batch_size]
