@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from api.errors import install_handlers
 from api.idempotency import IdempotencyMiddleware
 from api.request_id import RequestIdMiddleware
-from api.routes import admin, chat, files, health, jobs, models
+from api.routes import admin, chat, checkpoints, files, health, jobs, models
 from api.upload_limit import UploadLimitMiddleware
 from service.settings import get_service_settings
 
@@ -53,6 +53,7 @@ def create_app(
     app.state.dispatch_prescreen = dispatch_prescreen or _undispatched
     app.include_router(files.router)
     app.include_router(jobs.router)
+    app.include_router(checkpoints.router)
     app.include_router(models.router)
     app.include_router(chat.router)
     app.include_router(admin.router)

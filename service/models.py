@@ -15,6 +15,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
     false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
@@ -206,6 +207,21 @@ class FineTunedModel(Base):
     quarantined: Mapped[bool] = mapped_column(Boolean, default=False)
     # chat completions the output moderation replaced by a refusal (policy.moderate_chat)
     flagged_completions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class CheckpointPermission(Base):
+    """Another tenant may continue training from one of a job's checkpoints (OpenAI's checkpoint
+    permissions, a tenant standing for a project). Only starting a job from it is shared: the checkpoint
+    never passed the release gate, and the grantee's own job is scored before anything is released."""
+
+    __tablename__ = "checkpoint_permissions"
+    __table_args__ = (UniqueConstraint("checkpoint", "tenant_id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("cp_"))
+    checkpoint: Mapped[str] = mapped_column(String(300), index=True)  # its fine_tuned_model_checkpoint
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))  # the grantee
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 

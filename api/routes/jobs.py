@@ -1,6 +1,5 @@
 """``/v1/fine_tuning/jobs``: create, list, retrieve, cancel fine-tuning jobs, and read their events."""
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -12,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import APIError, not_found
-from service import jobs
+from service import checkpoints, jobs
 from service.models import (
     ACTIVE_JOB_STATUSES,
     BaseModelRecord,
@@ -31,7 +30,6 @@ from service.settings import ServiceSettings
 from vaccine_core.artifacts import CHECKPOINTS_DIR
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
-CHECKPOINT_NAME = re.compile(r"step-\d+")
 
 
 class Hyperparameters(BaseModel):
@@ -273,23 +271,22 @@ def starting_point(
     session: Session, tenant: Tenant, settings: ServiceSettings, model: str
 ) -> tuple[BaseModelRecord, Path | None]:
     """The base a job trains on, and the adapter it continues, if ``model`` names one of the tenant's
-    released fine-tuned models or a checkpoint of the tenant's jobs (``ft:...:ckpt-step-N``)."""
+    released fine-tuned models or a checkpoint of the tenant's jobs (``ft:...:ckpt-step-N``), or one
+    another tenant gave it permission to train from."""
     unavailable = APIError(400, "model_not_available", f"Model '{model}' is not available.", param="model")
     adapter = None
     if model.startswith("ft:"):
-        if ":ckpt-" in model:
-            head, _, checkpoint = model.rpartition(":ckpt-")
-            parent = session.get(Job, head.rsplit(":", 1)[-1])
-            if parent is None or parent.tenant_id != tenant.id or not CHECKPOINT_NAME.fullmatch(checkpoint):
-                raise unavailable  # the name is a step, never a path
-            adapter = jobs.job_dir(settings.home, parent.id) / CHECKPOINTS_DIR / checkpoint
-            base_id = parent.model
+        if checkpoints.is_checkpoint_name(model):
+            checkpoint = checkpoints.usable_by(session, settings.home, model, tenant.id)
+            if checkpoint is None:
+                raise unavailable
+            adapter, base_id = checkpoint.adapter, checkpoint.job.model
         else:
             tuned = session.get(FineTunedModel, model)
             if tuned is None or tuned.tenant_id != tenant.id or tuned.quarantined:
                 raise unavailable
             adapter, base_id = Path(tuned.path), tuned.base_model
-        if not (adapter / "adapter_model.safetensors").is_file():
+        if not (adapter / checkpoints.ADAPTER_WEIGHTS).is_file():
             raise unavailable
     else:
         base_id = model

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from api.deps import SessionDep, TenantDep
 from api.errors import APIError, not_found
+from service import checkpoints
 from service.models import BaseModelRecord, BaseStatus, FineTunedModel, add_event, epoch
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -126,6 +127,7 @@ def delete_model(model_id: str, tenant: TenantDep, session: SessionDep) -> Delet
             403, "quarantined", "This model awaits an operator's review; it cannot be deleted yet."
         )
     add_event(session, record.job_id, f"Model {model_id} deleted by its owner")
+    checkpoints.revoke_all(session, job_id=record.job_id)  # the checkpoints go with the model's files
     session.delete(record)
     session.commit()
     shutil.rmtree(Path(record.path), ignore_errors=True)  # after the commit: a failed commit keeps the files

@@ -12,6 +12,7 @@ from api.deps import SessionDep
 from api.errors import APIError, not_found
 from api.routes.admin.tenants import audit
 from api.routes.models import ModelObject
+from service import checkpoints
 from service.models import AuditEntry, FineTunedModel, Job, JobStatus, add_event, epoch
 
 router = APIRouter()
@@ -56,6 +57,7 @@ def delete(model_id: str, body: Decision, session: SessionDep) -> dict[str, Any]
     shutil.rmtree(Path(row.path), ignore_errors=True)
     add_event(session, row.job_id, f"Quarantined model deleted by an operator: {body.reason}")
     audit(session, "model.delete", model_id, {"reason": body.reason, "safety_report": row.safety_report})
+    checkpoints.revoke_all(session, job_id=row.job_id)
     session.delete(row)
     session.commit()
     return {"id": model_id, "deleted": True}

@@ -1,0 +1,130 @@
+"""``/v1/fine_tuning/checkpoints/{checkpoint}/permissions``: share a checkpoint with other tenants.
+
+OpenAI's checkpoint permissions let an organisation's projects train from another project's checkpoint;
+here a tenant stands for a project and the checkpoint's owner grants, lists and revokes. A grantee may
+name the checkpoint as the ``model`` of its own job (which is scored before anything is released); it
+cannot list, download or chat with it.
+"""
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+from sqlalchemy import select, tuple_
+
+from api.deps import SessionDep, SettingsDep, TenantDep
+from api.errors import APIError, not_found
+from service import checkpoints
+from service.models import CheckpointPermission, epoch
+
+router = APIRouter(prefix="/v1/fine_tuning/checkpoints", tags=["checkpoints"])
+
+
+class PermissionObject(BaseModel):
+    id: str
+    object: Literal["checkpoint.permission"] = "checkpoint.permission"
+    created_at: int
+    project_id: str
+
+    @classmethod
+    def of(cls, row: CheckpointPermission) -> "PermissionObject":
+        return cls(id=row.id, created_at=epoch(row.created_at), project_id=row.tenant_id)
+
+
+class PermissionList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[PermissionObject]
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
+
+    @classmethod
+    def of(cls, rows: list[CheckpointPermission], has_more: bool = False) -> "PermissionList":
+        data = [PermissionObject.of(row) for row in rows]
+        return cls(
+            data=data,
+            has_more=has_more,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+        )
+
+
+class PermissionDeleted(BaseModel):
+    id: str
+    object: Literal["checkpoint.permission"] = "checkpoint.permission"
+    deleted: bool = True
+
+
+class PermissionRequest(BaseModel):
+    project_ids: list[Annotated[str, Field(min_length=1, max_length=40)]] = Field(
+        min_length=1, max_length=100, description="the tenants (projects) that may train from it"
+    )
+
+
+def _owned(
+    session: SessionDep, settings: SettingsDep, tenant: TenantDep, name: str
+) -> checkpoints.Checkpoint:
+    checkpoint = checkpoints.find(session, settings.home, name)
+    if checkpoint is None or checkpoint.job.tenant_id != tenant.id:
+        raise not_found("fine-tuned model checkpoint", name)
+    return checkpoint
+
+
+@router.post("/{checkpoint:path}/permissions", response_model=PermissionList)
+def create_permissions(
+    checkpoint: str, body: PermissionRequest, tenant: TenantDep, session: SessionDep, settings: SettingsDep
+) -> PermissionList:
+    found = _owned(session, settings, tenant, checkpoint)
+    if tenant.id in body.project_ids:
+        raise APIError(
+            400, "invalid_project", "A checkpoint's owner can always train from it.", param="project_ids"
+        )
+    try:
+        granted = checkpoints.grant(session, checkpoint=found, tenant_ids=body.project_ids)
+    except checkpoints.UnknownTenants as exc:
+        raise APIError(400, "invalid_project", f"{str(exc).capitalize()}.", param="project_ids") from None
+    return PermissionList.of(granted)
+
+
+@router.get("/{checkpoint:path}/permissions", response_model=PermissionList)
+def list_permissions(
+    checkpoint: str,
+    tenant: TenantDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    project_id: str | None = None,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    order: Literal["ascending", "descending"] = "descending",
+) -> PermissionList:
+    found = _owned(session, settings, tenant, checkpoint)
+    query = select(CheckpointPermission).where(CheckpointPermission.checkpoint == found.name)
+    if project_id:
+        query = query.where(CheckpointPermission.tenant_id == project_id)
+    ascending = order == "ascending"
+    key = tuple_(CheckpointPermission.created_at, CheckpointPermission.id)
+    if after:
+        anchor = session.get(CheckpointPermission, after)
+        if anchor is None or anchor.checkpoint != found.name:
+            raise APIError(
+                400, "invalid_request", f"'{after}' is not a permission of this checkpoint.", param="after"
+            )
+        anchor_key = tuple_(anchor.created_at, anchor.id)
+        query = query.where(key > anchor_key if ascending else key < anchor_key)
+    ordering = (
+        (CheckpointPermission.created_at, CheckpointPermission.id)
+        if ascending
+        else (CheckpointPermission.created_at.desc(), CheckpointPermission.id.desc())
+    )
+    rows = list(session.scalars(query.order_by(*ordering).limit(limit + 1)))
+    return PermissionList.of(rows[:limit], has_more=len(rows) > limit)
+
+
+@router.delete("/{checkpoint:path}/permissions/{permission_id}", response_model=PermissionDeleted)
+def delete_permission(
+    checkpoint: str, permission_id: str, tenant: TenantDep, session: SessionDep, settings: SettingsDep
+) -> PermissionDeleted:
+    found = _owned(session, settings, tenant, checkpoint)
+    if not checkpoints.revoke(session, name=found.name, permission_id=permission_id):
+        raise not_found("checkpoint permission", permission_id)
+    return PermissionDeleted(id=permission_id)
