@@ -1,5 +1,7 @@
 """Operator routes: tenants and keys, jobs of every tenant, and the quarantine with its audit log."""
 
+import json
+
 import openai
 import pytest
 
@@ -131,7 +133,26 @@ def test_probes_and_the_workers_view(service):
     view = service.get("/admin/workers", headers=OPERATOR).json()
     assert view["workers"] == {} and view["jobs"] == {}  # no worker runs in this test
     assert view["queue"]["name"] == "celery"
+    assert view["warming_up"] == {}  # the tests' judges need no training
     assert service.get("/admin/workers", headers=client.auth_headers).status_code == 403
+
+
+def test_the_probes_show_the_default_judge_training_in_a_worker(service, monkeypatch):
+    from vaccine_core.moderation.judge_config import PROGRESS_SUFFIX, JudgeTrainingConfig
+
+    monkeypatch.setenv("VACCINE_SAFETY_JUDGE", "default")
+    get_service_settings.cache_clear()
+    waiting = {"status": "not trained yet (a worker trains it on first use)"}
+    assert service.get("/readyz").json()["warming_up"] == {"judge:default": waiting}
+    judges = get_service_settings().home / "judges"
+    judges.mkdir(parents=True, exist_ok=True)
+    progress = {"step": 57, "total_steps": 285, "percent": 20.0, "eta_seconds": 370.5}
+    (judges / f"default-0123456789-{JudgeTrainingConfig().key()}{PROGRESS_SUFFIX}").write_text(
+        json.dumps(progress)
+    )
+    training = {"judge:default": {"status": "training", "progress": progress}}
+    assert service.get("/readyz").json()["warming_up"] == training
+    assert service.get("/admin/workers", headers=OPERATOR).json()["warming_up"] == training
 
 
 def test_an_operator_registers_and_aligns_a_base_that_tenants_then_use(service, tiny_model_dir, alpaca_file):

@@ -371,3 +371,35 @@ def test_an_epochs_batches_hold_every_pair_once_grouped_by_length_or_not():
     # options added later change the key only when set: the judges cached before them are found again
     assert JudgeTrainingConfig().key() == "d89d572e"
     assert JudgeTrainingConfig().key() != JudgeTrainingConfig(cache_frozen=True).key()
+
+
+def test_the_default_judge_s_training_progress_is_readable_from_another_process(tmp_path, monkeypatch):
+    import vaccine_core.moderation.learned as learned
+    from vaccine_core.moderation.judge_config import JudgeTrainingConfig, judge_training_progress
+    from vaccine_core.settings import get_settings
+    from vaccine_core.training import Progress
+
+    target = get_settings().home / "judges" / f"default-0123456789-{JudgeTrainingConfig().key()}"
+    target.parent.mkdir(parents=True)
+    seen = []
+
+    def train_two_steps_then_fail(pairs, output_dir, config, extra_options, on_progress):
+        for step in (1, 2):
+            on_progress(Progress(step, 4, 1.0, 0.5, 1e-4, 100.0, eta_seconds=30.0 / step))
+            seen.append(judge_training_progress())  # what a probe in the API process reads
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(learned, "default_judge_dir", lambda data_dir, config: target)
+    monkeypatch.setattr(learned, "judge_data", lambda data_dir, seed: [])
+    monkeypatch.setattr(learned, "split", lambda pairs: ([], [], []))
+    monkeypatch.setattr(learned, "augment", lambda *args: [])
+    monkeypatch.setattr(learned, "train_judge", train_two_steps_then_fail)
+    assert judge_training_progress() is None
+    with pytest.raises(RuntimeError, match="killed"):
+        learned.ensure_default_judge(tmp_path, on_progress=lambda progress: None)
+    assert seen == [
+        {"step": 1, "total_steps": 4, "percent": 25.0, "eta_seconds": 30.0},
+        {"step": 2, "total_steps": 4, "percent": 50.0, "eta_seconds": 15.0},
+    ]
+    assert judge_training_progress() is None  # a training that ended leaves no progress behind
+    assert list(target.parent.iterdir()) == []

@@ -72,6 +72,21 @@ class JudgeTrainingConfig:
         return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
 
 
+PROGRESS_SUFFIX = ".progress.json"  # beside a judge being trained: its step, total and time left
+
+
+def judge_training_progress(config: JudgeTrainingConfig | None = None) -> dict | None:
+    """How far a worker is in training the default judge of these options (its last report), or None
+    when none is training; read from a file, so a probe sees another process's training."""
+    key = (config or JudgeTrainingConfig()).key()
+    for path in (get_settings().home / "judges").glob(f"default-*-{key}{PROGRESS_SUFFIX}"):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):  # being replaced this very moment
+            return None
+    return None
+
+
 def default_judge_ready(config: JudgeTrainingConfig | None = None) -> bool:
     """Whether a default judge of these training options is cached: a look at the cache, with no model
     loaded and nothing generated (for a readiness probe; the judge's data digest is not checked)."""

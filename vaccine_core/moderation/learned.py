@@ -33,7 +33,13 @@ from vaccine_core.moderation.dataset import (
     sources_digest,
     split,
 )
-from vaccine_core.moderation.judge_config import JUDGE_TYPE, OPTIONS_FILE, JudgeTrainingConfig
+from vaccine_core.moderation.judge_config import (
+    JUDGE_TYPE,
+    OPTIONS_FILE,
+    PROGRESS_SUFFIX,
+    JudgeTrainingConfig,
+)
+from vaccine_core.progress import ProgressBar
 from vaccine_core.settings import get_settings
 from vaccine_core.training import Progress, ProgressCallback
 
@@ -322,6 +328,29 @@ def judge_data(data_dir: Path, seed: int = 0) -> list[LabelledPair]:
     return load_labelled_pairs(data_dir, seed=seed, borderline_answers=ensure_borderline_answers(data_dir))
 
 
+class ProgressReport:
+    """Hands each step's progress on, and writes it to ``path`` for a probe in another process to read
+    (replaced whole, so a reader never sees half of it)."""
+
+    def __init__(self, path: Path, then: ProgressCallback):
+        self.path, self.then = path, then
+
+    def __call__(self, progress: Progress) -> None:
+        self.then(progress)
+        staged = self.path.with_name(self.path.name + ".tmp")
+        staged.write_text(
+            json.dumps(
+                {
+                    "step": progress.step,
+                    "total_steps": progress.total_steps,
+                    "percent": round(100 * progress.step / progress.total_steps, 1),
+                    "eta_seconds": round(progress.eta_seconds, 1),
+                }
+            )
+        )
+        staged.replace(self.path)
+
+
 def default_judge_dir(data_dir: Path, config: JudgeTrainingConfig) -> Path:
     digest = sources_digest(data_dir, ensure_borderline_answers(data_dir))
     return get_settings().home / "judges" / f"default-{digest[:10]}-{config.key()}"
@@ -341,13 +370,19 @@ def ensure_default_judge(
         return target
     log.info("training the default judge once (cached at %s); this takes minutes on a CPU", target)
     train, validation, _test = split(judge_data(data_dir, seed=config.seed))
-    path = train_judge(
-        train + augment(train, config.seed, config.masked, config.helpful_swapped, config.harmful_swapped),
-        target.with_name(target.name + ".uncalibrated"),
-        config,
-        extra_options={"data_digest": target.name},
-        on_progress=on_progress,
-    )
+    progress_file = target.with_name(target.name + PROGRESS_SUFFIX)
+    report = ProgressReport(progress_file, on_progress or ProgressBar("training the default judge"))
+    try:
+        path = train_judge(
+            train
+            + augment(train, config.seed, config.masked, config.helpful_swapped, config.harmful_swapped),
+            target.with_name(target.name + ".uncalibrated"),
+            config,
+            extra_options={"data_digest": target.name},
+            on_progress=report,
+        )
+    finally:
+        progress_file.unlink(missing_ok=True)
     verdicts = LearnedJudge(path).score([(p.question, p.answer) for p in validation])
     threshold, f1 = calibrate_threshold([v.score for v in verdicts], [p.harmful for p in validation])
     set_threshold(path, threshold, {"split": "validation", "pairs": len(validation), "f1": f1})

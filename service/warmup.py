@@ -1,0 +1,32 @@
+"""What a worker is still preparing after a first start: bases not aligned yet and an untrained default
+judge, each with its progress. The API takes requests meanwhile (jobs wait in the queue for their base,
+uploads for their pre-screen); the readiness probe and the operator's workers view show this."""
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.models import BaseModelRecord, BaseStatus
+from service.settings import get_service_settings
+from vaccine_core.moderation.judge_config import default_judge_ready, judge_training_progress
+
+
+def warming_up(session: Session) -> dict[str, Any]:
+    settings = get_service_settings()
+    pending: dict[str, Any] = {}
+    for base in session.scalars(
+        select(BaseModelRecord).where(
+            BaseModelRecord.status.in_((BaseStatus.REGISTERED, BaseStatus.ALIGNING))
+        )
+    ):
+        pending[f"base:{base.id}"] = {"status": base.status, "progress": base.progress}
+    judges = {settings.prescreen_judge, settings.safety_judge}
+    if "default" in judges and not default_judge_ready():
+        progress = judge_training_progress()
+        pending["judge:default"] = (
+            {"status": "training", "progress": progress}
+            if progress is not None
+            else {"status": "not trained yet (a worker trains it on first use)"}
+        )
+    return pending
