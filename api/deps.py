@@ -9,8 +9,9 @@ from sqlalchemy.orm import Session
 from api.errors import APIError
 from service.db import get_session
 from service.models import Tenant
+from service.rate_limit import seconds_to_wait
 from service.settings import ServiceSettings, get_service_settings
-from service.tenants import tenant_for_key
+from service.tenants import hash_key, tenant_for_key
 
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[ServiceSettings, Depends(get_service_settings)]
@@ -23,10 +24,21 @@ def _bearer(authorization: str | None) -> str:
     return token.strip()
 
 
-def current_tenant(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Tenant:
-    tenant = tenant_for_key(session, _bearer(authorization))
+def current_tenant(
+    session: SessionDep, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
+) -> Tenant:
+    key = _bearer(authorization)
+    tenant = tenant_for_key(session, key)
     if tenant is None:
         raise APIError(401, "invalid_api_key", "Unknown or revoked API key.")
+    wait = seconds_to_wait(hash_key(key), settings.rate_limit, settings.rate_limit_storage)
+    if wait is not None:
+        raise APIError(
+            429,
+            "rate_limit_exceeded",
+            f"More than {settings.rate_limit} requests with this key; try again in {wait} s.",
+            headers={"Retry-After": str(wait)},
+        )
     return tenant
 
 

@@ -132,6 +132,9 @@ class Stack:
             "VACCINE_ADMIN_KEY": "drill-operator",
             "VACCINE_PRESCREEN_JUDGE": "refusal",
             "VACCINE_SAFETY_JUDGE": "refusal",
+            # the drills and the load benchmark poll with one key, many times a second: what they measure
+            # is the service under faults and load, not the per-key limit (tests/api/test_rate_limit.py)
+            "VACCINE_RATE_LIMIT": "",
             "VACCINE_EVAL_PROMPTS_FILE": str(prompts),
             "VACCINE_EVAL_PROMPTS": "24",
             "VACCINE_HARMLESS_PROMPTS_FILE": str(prompts),

@@ -24,6 +24,10 @@ class ServiceSettings(Settings):
     # persistence forgets its messages); long enough that a busy queue gets few duplicates
     redispatch_after_seconds: int = 1800
     max_upload_bytes: int = 512 * MiB
+    # requests per tenant key (limits' notation, "" for none): over it a 429 with Retry-After; counted in
+    # the API process's memory, or in Redis (redis://...) where several API processes share one count
+    rate_limit: str = "1200/minute"
+    rate_limit_storage: str = "memory://"
     prescreen_judge: str = "default"  # any judge spec vaccine_core.moderation.load_judge accepts
     # The embedded default's base: aligned with Vaccine on first start, on a mix of safety and helpful pairs
     # (refusals alone teach a model to refuse everything).

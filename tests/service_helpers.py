@@ -26,6 +26,18 @@ POSTGRES_ADMIN_URL = os.environ.get(
 REQUIRE_SERVICES = os.environ.get("VACCINE_REQUIRE_SERVICES") == "1"
 
 
+REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own: the tests flush nothing else
+
+
+def redis_or_skip() -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.exceptions.ConnectionError as exc:
+        skip_or_fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
+
+
 def alembic_config(url: str) -> Config:
     config = Config(str(ROOT / "alembic.ini"))
     config.set_main_option("sqlalchemy.url", url)

@@ -16,21 +16,17 @@ from service.db import get_engine
 from service.models import BaseModelRecord
 from service.settings import get_service_settings
 from service.tenants import create_tenant
-from tests.service_helpers import fresh_postgres_database, skip_or_fail, small_safety_evaluation, upgrade
+from tests.service_helpers import (
+    REDIS_URL,
+    fresh_postgres_database,
+    redis_or_skip,
+    small_safety_evaluation,
+    upgrade,
+)
 from vaccine_core.align import align
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
 FAST = TrainingConfig(epochs=1.0, batch_size=4, learning_rate=1e-2, lora=LoraSettings(r=4, alpha=4))
-
-
-def redis_or_skip() -> None:
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis.exceptions.ConnectionError as exc:
-        skip_or_fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
 
 
 @contextmanager
