@@ -1,6 +1,9 @@
 """``/v1/models``: the aligned bases and the tenant's fine-tuned models, and the adapter download."""
 
+import base64
+import hashlib
 import io
+import logging
 import shutil
 import tarfile
 from pathlib import Path
@@ -15,7 +18,9 @@ from api.deps import SessionDep, TenantDep
 from api.errors import APIError, not_found
 from service import checkpoints
 from service.models import BaseModelRecord, BaseStatus, FineTunedModel, add_event, epoch
+from vaccine_core.artifacts import verify_files
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/models", tags=["models"])
 SYSTEM_OWNER = "vaccine"
 
@@ -78,7 +83,8 @@ def list_models(tenant: TenantDep, session: SessionDep) -> ModelList:
 
 @router.get("/{model_id:path}/content")
 def download_adapter(model_id: str, tenant: TenantDep, session: SessionDep) -> StreamingResponse:
-    """A .tar.gz of the PEFT adapter, its manifest.json and its safety_report.json."""
+    """A .tar.gz of the PEFT adapter, its manifest.json (every file's sha256) and its safety_report.json;
+    the files are checked against the manifest first, and the archive's own sha256 is in Repr-Digest."""
     record = _find(session, tenant, model_id)
     if not isinstance(record, FineTunedModel):
         raise APIError(400, "not_downloadable", "Only fine-tuned adapters can be downloaded.", param="model")
@@ -87,17 +93,29 @@ def download_adapter(model_id: str, tenant: TenantDep, session: SessionDep) -> S
             403, "quarantined", "This model failed the release gate and awaits an operator's review."
         )
     run_dir = Path(record.path)
+    if changed := verify_files(run_dir):  # a disk or a hand changed them since training: never served
+        log.error("model %s: files differ from their manifest's sha256: %s", model_id, ", ".join(changed))
+        raise APIError(
+            500,
+            "artifact_corrupted",
+            f"The model's stored files no longer match their checksums ({', '.join(changed)}); "
+            "it is not served until an operator restores it.",
+        )
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         for path in sorted(run_dir.iterdir()):
             if path.is_file():  # the adapter, tokenizer, manifest and report; not the checkpoints
                 archive.add(path, arcname=f"{record.job_id}/{path.name}")
+    digest = base64.b64encode(hashlib.sha256(buffer.getbuffer()).digest()).decode()
     buffer.seek(0)
     filename = f"{record.job_id}-adapter.tar.gz"
     return StreamingResponse(
         buffer,
         media_type="application/gzip",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Repr-Digest": f"sha-256=:{digest}:",  # RFC 9530: the client checks what it received
+        },
     )
 
 

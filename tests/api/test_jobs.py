@@ -153,6 +153,35 @@ def test_a_fine_tuned_model_comes_with_its_safety_report_and_downloads(service, 
     assert not any("checkpoints" in n for n in names)
 
 
+def test_a_download_is_checked_against_its_manifest_and_carries_its_digest(service, base):
+    import base64
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    assert run_job(job.id) == "succeeded"
+    model_id = client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
+    archive = service.get(f"/v1/models/{model_id}/content", headers=client.auth_headers)
+    digest = base64.b64encode(hashlib.sha256(archive.content).digest()).decode()
+    assert archive.headers["Repr-Digest"] == f"sha-256=:{digest}:"
+    with tarfile.open(fileobj=io.BytesIO(archive.content)) as bundle:
+        manifest = json.load(bundle.extractfile(f"{job.id}/manifest.json"))
+        for name, expected in manifest["files"].items():  # what a client can check after unpacking
+            assert hashlib.sha256(bundle.extractfile(f"{job.id}/{name}").read()).hexdigest() == expected
+
+    weights = get_service_settings().home / "jobs" / job.id / "adapter_model.safetensors"
+    damaged = bytearray(weights.read_bytes())
+    damaged[-1] ^= 0xFF  # one bit-flipped byte on disk
+    weights.write_bytes(bytes(damaged))
+    refused = service.get(f"/v1/models/{model_id}/content", headers=client.auth_headers)
+    assert refused.status_code == 500
+    error = refused.json()["error"]
+    assert error["code"] == "artifact_corrupted" and "adapter_model.safetensors" in error["message"]
+
+
 def test_the_release_gate_quarantines_a_model_above_the_threshold(service, base, monkeypatch):
     from service.settings import get_service_settings
 
