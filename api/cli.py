@@ -68,6 +68,7 @@ def serve(
     from api.embedded import demo_key, register_default_base
     from api.main import create_app
     from service.models import BaseStatus
+    from service.operator import ensure_operator_key
     from service.queue import dispatch, dispatch_alignment, dispatch_prescreen
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -77,6 +78,7 @@ def serve(
     if base.status != BaseStatus.READY:
         dispatch_alignment(base.id)  # idempotent: a worker finds a ready base and leaves it alone
     key = demo_key()
+    operator_key = ensure_operator_key(settings)
     process = None
     if worker:
         command = [
@@ -98,6 +100,7 @@ def serve(
         f"\nserving on http://{host}:{port}/v1  base model: {base.id} ({base.status})  judge: "
         f"{settings.prescreen_judge}\n"
         f"demo tenant key (shown once): {key}\n"
+        + (f"operator key (shown once; /admin and /console): {operator_key}\n" if operator_key else "")
     )
     try:
         uvicorn.run(

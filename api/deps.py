@@ -1,6 +1,5 @@
 """Request dependencies: a database session, the calling tenant, the operator."""
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Header
@@ -9,6 +8,7 @@ from sqlalchemy.orm import Session
 from api.errors import APIError
 from service.db import get_session
 from service.models import Tenant
+from service.operator import is_operator_key
 from service.rate_limit import seconds_to_wait
 from service.settings import ServiceSettings, get_service_settings
 from service.tenants import hash_key, tenant_for_key
@@ -43,8 +43,7 @@ def current_tenant(
 
 
 def require_operator(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
-    expected = settings.admin_key.get_secret_value() if settings.admin_key else None
-    if not expected or not hmac.compare_digest(_bearer(authorization), expected):
+    if not is_operator_key(settings, _bearer(authorization)):
         raise APIError(403, "forbidden", "This route needs the operator key.")
 
 

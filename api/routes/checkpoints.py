@@ -8,7 +8,7 @@ cannot list, download or chat with it.
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import select, tuple_
 
@@ -61,20 +61,24 @@ class PermissionRequest(BaseModel):
     )
 
 
-def _owned(
-    session: SessionDep, settings: SettingsDep, tenant: TenantDep, name: str
+def owned_checkpoint(
+    checkpoint: str, session: SessionDep, settings: SettingsDep, tenant: TenantDep
 ) -> checkpoints.Checkpoint:
-    checkpoint = checkpoints.find(session, settings.home, name)
-    if checkpoint is None or checkpoint.job.tenant_id != tenant.id:
-        raise not_found("fine-tuned model checkpoint", name)
-    return checkpoint
+    """The caller's checkpoint named in the path; another tenant's answers as a missing one, before the
+    body is read."""
+    found = checkpoints.find(session, settings.home, checkpoint)
+    if found is None or found.job.tenant_id != tenant.id:
+        raise not_found("fine-tuned model checkpoint", checkpoint)
+    return found
+
+
+OwnedCheckpoint = Annotated[checkpoints.Checkpoint, Depends(owned_checkpoint)]
 
 
 @router.post("/{checkpoint:path}/permissions", response_model=PermissionList)
 def create_permissions(
-    checkpoint: str, body: PermissionRequest, tenant: TenantDep, session: SessionDep, settings: SettingsDep
+    found: OwnedCheckpoint, body: PermissionRequest, tenant: TenantDep, session: SessionDep
 ) -> PermissionList:
-    found = _owned(session, settings, tenant, checkpoint)
     if tenant.id in body.project_ids:
         raise APIError(
             400, "invalid_project", "A checkpoint's owner can always train from it.", param="project_ids"
@@ -88,16 +92,13 @@ def create_permissions(
 
 @router.get("/{checkpoint:path}/permissions", response_model=PermissionList)
 def list_permissions(
-    checkpoint: str,
-    tenant: TenantDep,
+    found: OwnedCheckpoint,
     session: SessionDep,
-    settings: SettingsDep,
     project_id: str | None = None,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     order: Literal["ascending", "descending"] = "descending",
 ) -> PermissionList:
-    found = _owned(session, settings, tenant, checkpoint)
     query = select(CheckpointPermission).where(CheckpointPermission.checkpoint == found.name)
     if project_id:
         query = query.where(CheckpointPermission.tenant_id == project_id)
@@ -121,10 +122,7 @@ def list_permissions(
 
 
 @router.delete("/{checkpoint:path}/permissions/{permission_id}", response_model=PermissionDeleted)
-def delete_permission(
-    checkpoint: str, permission_id: str, tenant: TenantDep, session: SessionDep, settings: SettingsDep
-) -> PermissionDeleted:
-    found = _owned(session, settings, tenant, checkpoint)
+def delete_permission(found: OwnedCheckpoint, permission_id: str, session: SessionDep) -> PermissionDeleted:
     if not checkpoints.revoke(session, name=found.name, permission_id=permission_id):
         raise not_found("checkpoint permission", permission_id)
     return PermissionDeleted(id=permission_id)

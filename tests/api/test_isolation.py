@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from service.db import get_engine
 from service.models import FineTunedModel
+from service.settings import get_service_settings
 from tests.service_helpers import tenant_client, upload
 
 PUBLIC = {"/healthz", "/readyz"}
@@ -52,8 +53,13 @@ def owned(service, base, tmp_path):
             )
         )  # fmt: skip
         session.commit()
+    step = get_service_settings().home / "jobs" / job.id / "checkpoints" / "step-000001"
+    step.mkdir(parents=True)
+    (step / "adapter_model.safetensors").write_bytes(b"")
     intruder = tenant_client(service, "globex")
     ids = {
+        "checkpoint": f"{model_id}:ckpt-step-000001",
+        "permission_id": "cp_x",
         "file_id": file_id,
         "job_id": job.id,
         "model_id": model_id,

@@ -67,7 +67,7 @@ def test_a_quickstart_job_made_at_first_start_succeeds_once_the_base_is_ready(
     small_safety_evaluation(monkeypatch, tmp_path)  # the report's settings, read by the worker below
     port = free_port()
     env = {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name != "VACCINE_ADMIN_KEY"},
         "VACCINE_HOME": str(tmp_path / "home"),
         "VACCINE_DATA_DIR": str(tiny_data_dir),
         "VACCINE_DEFAULT_BASE_SOURCE": str(tiny_model_dir),
@@ -81,12 +81,14 @@ def test_a_quickstart_job_made_at_first_start_succeeds_once_the_base_is_ready(
     )
     lines: list[str] = []
     try:
-        key = None
-        while key is None and (line := server.stdout.readline()):
+        key = operator_key = None
+        while operator_key is None and (line := server.stdout.readline()):
             lines.append(line)
             if found := re.search(r"demo tenant key \(shown once\): (vk-\S+)", line):
                 key = found.group(1)
-        assert key is not None, "".join(lines)
+            if found := re.search(r"operator key \(shown once; /admin and /console\): (vop-\S+)", line):
+                operator_key = found.group(1)  # none was configured: the first start made one
+        assert key is not None and operator_key is not None, "".join(lines)
         threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True).start()  # keep it drained
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # the API answers before the worker has aligned anything
@@ -95,6 +97,8 @@ def test_a_quickstart_job_made_at_first_start_succeeds_once_the_base_is_ready(
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
+        operator = {"Authorization": f"Bearer {operator_key}"}
+        assert httpx.get(f"http://127.0.0.1:{port}/admin/workers", headers=operator).status_code == 200
         warming = httpx.get(f"http://127.0.0.1:{port}/readyz").json()["warming_up"]
         assert warming["base:smollm2-135m-vaccine"]["status"] in {"registered", "aligning"}
         quickstart = subprocess.run(  # the example as a user runs it, at once: nothing special
