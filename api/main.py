@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 
+from api.console import install_console
 from api.errors import install_handlers
 from api.idempotency import IdempotencyMiddleware
 from api.request_id import RequestIdMiddleware
@@ -58,5 +59,5 @@ def create_app(
     app.include_router(chat.router)
     app.include_router(admin.router)
     app.include_router(health.router)
-
+    install_console(app, get_service_settings())
     return app

@@ -1,0 +1,261 @@
+"""The operator console's pages: server-rendered templates (Jinja2, every value escaped), plots as SVG
+images drawn in charts.py, and one script from the service's own origin that keeps job statuses live.
+
+Every action goes through the same function as its ``/admin`` route (and so into the audit log); the
+console adds a session and a form token, not a second implementation.
+"""
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+
+from api.console import charts
+from api.console.auth import CheckedForm, OperatorSession, csrf_token
+from api.deps import SessionDep, SettingsDep
+from api.errors import APIError
+from api.routes.admin import models as admin_models
+from api.routes.admin.workers import workers as workers_view
+from service.models import FineTunedModel, Job, JobEvent, JobStatus, Tenant
+from service.operator import is_operator_key
+
+# what a page sends beside its HTML: scripts, styles and images from this origin only, never framed
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+LIVE_STATUSES = {JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSING}
+
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+templates.env.filters["when"] = lambda moment: moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+router = APIRouter(prefix="/console", include_in_schema=False)
+
+
+def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    context = {"csrf": csrf_token(request), "signed_in": request.session.get("operator") is True, **context}
+    response = templates.TemplateResponse(request, name, context, status_code=status_code)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def svg(document: str) -> Response:
+    return Response(document, media_type="image/svg+xml", headers=SECURITY_HEADERS)
+
+
+# ---------------------------------------------------------------------------------------------- sign-in
+
+
+@router.get("/login")
+def login_page(request: Request) -> HTMLResponse:
+    return render(request, "login.html")
+
+
+@router.post("/login", dependencies=[CheckedForm])
+def login(request: Request, settings: SettingsDep, key: Annotated[str, Form()] = "") -> Response:
+    if not is_operator_key(settings, key.strip()):
+        return render(request, "login.html", status_code=403, error="That is not the operator key.")
+    request.session.clear()  # a new session (and form token) once signed in
+    request.session["operator"] = True
+    return RedirectResponse("/console", status_code=303)
+
+
+@router.post("/logout", dependencies=[CheckedForm])
+def logout(request: Request) -> Response:
+    request.session.clear()
+    return RedirectResponse("/console/login", status_code=303)
+
+
+# ------------------------------------------------------------------------------------------------- jobs
+
+
+def job_row(job: Job, tenants: dict[str, str]) -> dict[str, Any]:
+    progress = job.progress or {}
+    return {
+        "id": job.id,
+        "tenant": tenants.get(job.tenant_id, job.tenant_id),
+        "model": job.continues or job.model,
+        "status": job.status,
+        "percent": progress.get("percent"),
+        "loss": progress.get("train_loss"),
+        "fine_tuned_model": job.fine_tuned_model,
+        "error": (job.error or {}).get("code"),
+        "created_at": job.created_at,
+        "live": job.status in LIVE_STATUSES,
+    }
+
+
+def recent_jobs(session: SessionDep, limit: int = 100) -> list[dict[str, Any]]:
+    tenants = dict(session.execute(select(Tenant.id, Tenant.name)).all())
+    rows = session.scalars(select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit))
+    return [job_row(job, tenants) for job in rows]
+
+
+@router.get("", dependencies=[OperatorSession])
+def jobs_page(request: Request, session: SessionDep) -> HTMLResponse:
+    return render(request, "jobs.html", jobs=recent_jobs(session))
+
+
+@router.get("/api/jobs", dependencies=[OperatorSession])
+def jobs_now(session: SessionDep) -> JSONResponse:
+    """What the page's script polls: each job's status and progress (it writes them as text)."""
+    rows = [
+        {key: row[key] for key in ("id", "status", "percent", "loss", "fine_tuned_model", "error")}
+        for row in recent_jobs(session)
+    ]
+    return JSONResponse({"data": rows}, headers={"Cache-Control": "no-store"})
+
+
+def loss_points(session: SessionDep, job_id: str) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(step, loss) of training and, where measured, of the validation file, from the job's events."""
+    train: dict[int, float] = {}
+    valid: dict[int, float] = {}
+    for data in session.scalars(select(JobEvent.data).where(JobEvent.job_id == job_id)):
+        if not data or "step" not in data:  # a plain message (JSON null, not SQL NULL)
+            continue
+        if data.get("train_loss") is not None:
+            train[data["step"]] = data["train_loss"]
+        if data.get("valid_loss") is not None:
+            valid[data["step"]] = data["valid_loss"]
+    return sorted(train.items()), sorted(valid.items())
+
+
+@router.get("/jobs/{job_id}", dependencies=[OperatorSession])
+def job_page(request: Request, job_id: str, session: SessionDep) -> HTMLResponse:
+    job = session.get(Job, job_id)
+    if job is None:
+        return render(request, "missing.html", status_code=404, what="fine-tuning job", name=job_id)
+    tenants = dict(session.execute(select(Tenant.id, Tenant.name)).all())
+    events = session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id.desc()).limit(200)
+    ).all()
+    return render(
+        request,
+        "job.html",
+        job=job_row(job, tenants),
+        record=job,
+        events=events,
+        version=len(events),  # the loss image's address changes as steps arrive
+    )
+
+
+@router.get("/charts/loss.svg", dependencies=[OperatorSession])
+def loss_chart(job: str, session: SessionDep) -> Response:
+    train, valid = loss_points(session, job)
+    series = [charts.Series("train loss", train)] + (
+        [charts.Series("validation loss", valid)] if valid else []
+    )
+    return svg(charts.line_chart("Loss per step", series, "step", "loss"))
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+
+def report_of(session: SessionDep, model_id: str) -> dict[str, Any] | None:
+    row = session.get(FineTunedModel, model_id)
+    return None if row is None else (row.safety_report or {})
+
+
+@router.get("/models/{model_id:path}", dependencies=[OperatorSession])
+def model_page(request: Request, model_id: str, session: SessionDep) -> HTMLResponse:
+    row = session.get(FineTunedModel, model_id)
+    if row is None:
+        return render(request, "missing.html", status_code=404, what="model", name=model_id)
+    tenant = session.get(Tenant, row.tenant_id)
+    return render(
+        request,
+        "model.html",
+        model=row,
+        tenant=tenant.name if tenant else row.tenant_id,
+        report=row.safety_report or {},
+    )
+
+
+@router.get("/charts/harmful.svg", dependencies=[OperatorSession])
+def harmful_chart(model: str, session: SessionDep) -> Response:
+    report = report_of(session, model) or {}
+    bars = [
+        (f"{decoding}: harmful score", report[decoding]["harmful"]["hs"])
+        for decoding in ("greedy", "sampled")
+        if decoding in report
+    ]
+    return svg(
+        charts.bar_chart(
+            "Harmful score against the policy's threshold", bars, threshold=report.get("threshold")
+        )
+    )
+
+
+@router.get("/charts/buckets.svg", dependencies=[OperatorSession])
+def buckets_chart(model: str, session: SessionDep) -> Response:
+    report = report_of(session, model) or {}
+    rows = [
+        (f"{decoding} / {prompts}", report[decoding][prompts]["buckets"])
+        for decoding in ("greedy", "sampled")
+        for prompts in ("harmful", "harmless", "borderline")
+        if prompts in report.get(decoding, {})
+    ]
+    return svg(charts.stacked_chart("What the answers were, per decoding and prompt set", rows))
+
+
+@router.get("/charts/over_refusal.svg", dependencies=[OperatorSession])
+def over_refusal_chart(model: str, session: SessionDep) -> Response:
+    report = report_of(session, model) or {}
+    bars = [
+        (f"{decoding} / {prompts}", report[decoding][prompts].get("over_refusal"))
+        for decoding in ("greedy", "sampled")
+        for prompts in ("harmless", "borderline")
+        if prompts in report.get(decoding, {})
+    ]
+    return svg(charts.bar_chart("Over-refusal: safe requests refused", bars))
+
+
+# ------------------------------------------------------------------------------------------- quarantine
+
+
+@router.get("/quarantine", dependencies=[OperatorSession])
+def quarantine_page(request: Request, session: SessionDep, done: str | None = None) -> HTMLResponse:
+    rows = session.scalars(
+        select(FineTunedModel).where(FineTunedModel.quarantined.is_(True)).order_by(FineTunedModel.created_at)
+    ).all()
+    return render(request, "quarantine.html", models=rows, done=done)
+
+
+@router.post("/quarantine/decide", dependencies=[OperatorSession, CheckedForm])
+def decide(
+    request: Request,
+    session: SessionDep,
+    model_id: Annotated[str, Form()],
+    action: Annotated[str, Form()],
+    reason: Annotated[str, Form()] = "",
+) -> Response:
+    """Release or delete a quarantined model through the admin routes' own functions (audit-logged)."""
+    decide_with = {"release": admin_models.release, "delete": admin_models.delete}.get(action)
+    if decide_with is None or not reason.strip():
+        return quarantine_error(request, session, "Choose release or delete, and give a reason.")
+    try:
+        decide_with(model_id, admin_models.Decision(reason=reason.strip()), session)
+    except APIError as exc:
+        return quarantine_error(request, session, exc.message)
+    return RedirectResponse(f"/console/quarantine?done={action}", status_code=303)
+
+
+def quarantine_error(request: Request, session: SessionDep, message: str) -> HTMLResponse:
+    rows = session.scalars(select(FineTunedModel).where(FineTunedModel.quarantined.is_(True))).all()
+    return render(request, "quarantine.html", status_code=400, models=rows, error=message)
+
+
+# ---------------------------------------------------------------------------------------------- workers
+
+
+@router.get("/workers", dependencies=[OperatorSession])
+def workers_page(request: Request, session: SessionDep) -> HTMLResponse:
+    return render(request, "workers.html", view=workers_view(session), now=datetime.now())

@@ -1,0 +1,97 @@
+"""The operator console over HTTP: only the operator's key signs in, every page is escaped and sent with
+a strict Content-Security-Policy, state-changing forms need the session's token, and a quarantine
+decision goes through the admin route's own function (audit log)."""
+
+import re
+
+import pytest
+from markupsafe import escape
+
+from service.settings import get_service_settings
+from tests.service_helpers import tenant_client, upload
+from worker.runner import run_job
+
+MARKUP = '<script>alert("x")</script>'
+
+
+def token(page: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+
+def sign_in(http, key: str = "operator-secret"):
+    page = http.get("/console/login")
+    return http.post("/console/login", data={"key": key, "csrf": token(page.text)}, follow_redirects=False)
+
+
+def test_only_the_operator_key_opens_the_console(service):
+    assert service.get("/console", follow_redirects=False).headers["location"] == "/console/login"
+    tenant = tenant_client(service, "acme")
+    refused = sign_in(service, tenant.api_key)
+    assert refused.status_code == 403 and "not the operator key" in refused.text
+    assert service.get("/console", follow_redirects=False).status_code == 303  # still signed out
+    signed_in = sign_in(service)
+    assert signed_in.status_code == 303 and signed_in.headers["location"] == "/console"
+    cookie = signed_in.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
+    page = service.get("/console")
+    assert page.status_code == 200 and "Fine-tuning jobs" in page.text
+    policy = page.headers["content-security-policy"]
+    assert (
+        "script-src 'self'" in policy and "default-src 'none'" in policy and "'unsafe-inline'" not in policy
+    )
+    logout = service.post("/console/logout", data={"csrf": token(page.text)}, follow_redirects=False)
+    assert logout.status_code == 303 and service.get("/console", follow_redirects=False).status_code == 303
+
+
+def test_a_form_without_the_session_s_token_or_from_another_origin_is_refused(service):
+    assert sign_in(service).status_code == 303
+    page = service.get("/console")
+    assert service.post("/console/logout", data={"csrf": "forged"}).status_code == 403
+    elsewhere = {"Origin": "https://evil.example"}
+    assert (
+        service.post("/console/logout", data={"csrf": token(page.text)}, headers=elsewhere).status_code == 403
+    )
+    assert service.get("/console").status_code == 200  # neither signed the operator out
+
+
+def test_user_strings_show_as_text_and_a_quarantined_model_is_released_with_a_reason(
+    service, base, monkeypatch
+):
+    monkeypatch.setenv("VACCINE_HARMFUL_SCORE_THRESHOLD", "-1")  # every model is held back
+    get_service_settings.cache_clear()
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(
+        model=base, training_file=upload(client), suffix=MARKUP, metadata={"note": MARKUP}
+    )
+    assert run_job(job.id) == "failed"
+    model_id = client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
+    assert sign_in(service).status_code == 303
+
+    for page in ("/console", f"/console/jobs/{job.id}", f"/console/models/{model_id}", "/console/quarantine"):
+        shown = service.get(page).text
+        assert MARKUP not in shown and "&lt;script&gt;" in shown, page  # the suffix, as text
+    loss = service.get(f"/console/charts/loss.svg?job={job.id}")
+    assert loss.headers["content-type"].startswith("image/svg+xml") and "<polyline" in loss.text
+    report = service.get(f"/console/models/{model_id}")
+    assert report.status_code == 200 and "moderation_blocked" in report.text
+    for chart in ("harmful", "buckets", "over_refusal"):
+        drawn = service.get(f"/console/charts/{chart}.svg", params={"model": model_id})
+        assert drawn.status_code == 200 and drawn.text.startswith("<svg"), chart
+    assert "threshold -1.0 %" in service.get("/console/charts/harmful.svg", params={"model": model_id}).text
+
+    queue = service.get("/console/quarantine")
+    assert str(escape(model_id)) in queue.text
+    form = {"csrf": token(queue.text), "model_id": model_id, "action": "release", "reason": ""}
+    assert service.post("/console/quarantine/decide", data=form).status_code == 400  # a reason is needed
+    decided = service.post("/console/quarantine/decide", data={**form, "reason": "reviewed by hand"})
+    assert decided.status_code == 200 and "Done: release" in decided.text
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
+    audit = service.get("/admin/audit", headers={"Authorization": "Bearer operator-secret"}).json()["data"]
+    assert any(entry["action"] == "model.release" and entry["target"] == model_id for entry in audit)
+
+
+@pytest.mark.parametrize(
+    "page", ["/console", "/console/quarantine", "/console/workers", "/console/jobs/ftjob-x"]
+)
+def test_every_page_needs_the_session(service, page):
+    assert service.get(page, follow_redirects=False).headers["location"] == "/console/login"
