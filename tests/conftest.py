@@ -208,3 +208,46 @@ def base(service, tiny_model_dir, aligned_tiny_dir) -> str:
         )
         session.commit()
     return "tiny-vaccine"
+
+
+@pytest.fixture
+def live_service(service):
+    """The test service's app served over a real socket (uvicorn in a thread), for a browser; its URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(service.app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser_page():
+    """A page in headless Chromium (Debian's package, driven by Playwright; no browser download)."""
+    import shutil
+
+    from tests.service_helpers import skip_or_fail
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        skip_or_fail("Chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        yield page
+        browser.close()

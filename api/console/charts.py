@@ -17,11 +17,11 @@ class Series:
     points: Sequence[tuple[float, float]]
 
 
-def _frame(title: str, body: list[str]) -> str:
+def _frame(title: str, body: list[str], height: int = HEIGHT) -> str:
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-        f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">'
-        f'<rect width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">'
+        f'<rect width="{WIDTH}" height="{height}" fill="#ffffff"/>'
         f'<text x="{LEFT}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>'
         + "".join(body)
         + "</svg>"
@@ -38,8 +38,10 @@ def line_chart(title: str, series: Sequence[Series], x_label: str, y_label: str)
     if not points:
         return _empty(title, "nothing recorded yet")
     x_min, x_max = min(p[0] for p in points), max(p[0] for p in points)
-    y_min, y_max = min(0.0, min(p[1] for p in points)), max(p[1] for p in points)
-    x_span, y_span = (x_max - x_min) or 1.0, (y_max - y_min) or 1.0
+    low, high = min(p[1] for p in points), max(p[1] for p in points)
+    pad = (high - low) * 0.05 or abs(high) * 0.05 or 1.0  # a loss curve lives far from 0: zoom to it
+    y_min, y_max = low - pad, high + pad
+    x_span, y_span = (x_max - x_min) or 1.0, y_max - y_min
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
     def xy(x: float, y: float) -> tuple[float, float]:
@@ -88,8 +90,8 @@ def bar_chart(
     """Horizontal bars in percent, with the policy's threshold as a dashed line where one applies."""
     if not bars:
         return _empty(title, "not measured")
-    plot_w = WIDTH - 200 - RIGHT
-    row = min(32, (HEIGHT - TOP - 12) // len(bars))
+    plot_w = WIDTH - 200 - RIGHT - 60  # room for the value after a full bar
+    row = 28
     body = []
     for index, (label, value) in enumerate(bars):
         y = TOP + 8 + index * row
@@ -98,22 +100,21 @@ def bar_chart(
             body.append(f'<text x="200" y="{y + row * 0.6:.1f}" fill="#64748b">not measured</text>')
             continue
         width = max(0.0, min(value, maximum)) / maximum * plot_w
-        body.append(
-            f'<rect x="200" y="{y}" width="{width:.1f}" height="{row - 8}" '
-            f'fill="{COLOURS[index % len(COLOURS)]}"/>'
-        )
+        colour = COLOURS[index % len(COLOURS)]
+        body.append(f'<rect x="200" y="{y}" width="{width:.1f}" height="{row - 8}" fill="{colour}"/>')
         body.append(f'<text x="{204 + width:.1f}" y="{y + row * 0.6:.1f}">{value:.1f} %</text>')
+    bottom = TOP + 8 + len(bars) * row
     if threshold is not None:
-        x = 200 + min(threshold, maximum) / maximum * plot_w
-        bottom = TOP + 8 + len(bars) * row
+        x = 200 + max(0.0, min(threshold, maximum)) / maximum * plot_w
         body.append(
             f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{bottom}" stroke="#dc2626" '
             f'stroke-dasharray="5,4" stroke-width="2"/>'
         )
         body.append(
-            f'<text x="{x + 4:.1f}" y="{bottom + 14}" fill="#dc2626">threshold {threshold:.1f} %</text>'
+            f'<text x="{x:.1f}" y="{bottom + 14}" fill="#dc2626" text-anchor="middle">'
+            f"threshold {threshold:.1f} %</text>"
         )
-    return _frame(title, body)
+    return _frame(title, body, height=bottom + 24)
 
 
 def stacked_chart(title: str, rows: Sequence[tuple[str, dict[str, float]]]) -> str:
@@ -121,7 +122,7 @@ def stacked_chart(title: str, rows: Sequence[tuple[str, dict[str, float]]]) -> s
     if not rows:
         return _empty(title, "not measured")
     plot_w = WIDTH - 200 - RIGHT
-    row = min(32, (HEIGHT - TOP - 40) // len(rows))
+    row = 28
     body = []
     for index, (label, buckets) in enumerate(rows):
         y, x = TOP + 8 + index * row, 200.0
@@ -140,4 +141,4 @@ def stacked_chart(title: str, rows: Sequence[tuple[str, dict[str, float]]]) -> s
         x = 200 + index * 110
         body.append(f'<rect x="{x}" y="{legend_y - 10}" width="12" height="12" fill="{colour}"/>')
         body.append(f'<text x="{x + 16}" y="{legend_y}">{escape(bucket)}</text>')
-    return _frame(title, body)
+    return _frame(title, body, height=legend_y + 12)
