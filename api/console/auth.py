@@ -7,7 +7,7 @@ import hmac
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, Form, Request
+from fastapi import Depends, Form, Header, Request
 
 from service.operator import operator_secret
 from service.settings import ServiceSettings
@@ -57,5 +57,11 @@ def checked_form(request: Request, csrf: Annotated[str, Form()] = "") -> None:
         raise CrossSiteRequest
 
 
+def checked_json(request: Request, x_csrf_token: Annotated[str, Header()] = "") -> None:
+    """The same check for the page script's JSON requests: the token rides in a header."""
+    checked_form(request, x_csrf_token)
+
+
 OperatorSession = Depends(require_operator_session)
 CheckedForm = Depends(checked_form)
+CheckedJson = Depends(checked_json)

@@ -10,17 +10,24 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import select
 
 from api.console import charts
-from api.console.auth import CheckedForm, OperatorSession, csrf_token
+from api.console.auth import CheckedForm, CheckedJson, OperatorSession, csrf_token
 from api.deps import SessionDep, SettingsDep
 from api.errors import APIError
+from api.routes.admin import bases as admin_bases
 from api.routes.admin import models as admin_models
+from api.routes.admin import policy as admin_policy
+from api.routes.admin import tenants as admin_tenants
 from api.routes.admin.workers import workers as workers_view
-from service.models import FineTunedModel, Job, JobEvent, JobStatus, Tenant
+from api.routes.chat import ChatMessage
+from api.routes.chat import engine as chat_engine
+from service.models import BaseModelRecord, BaseStatus, FineTunedModel, Job, JobEvent, JobStatus, Tenant
 from service.operator import is_operator_key
 
 # what a page sends beside its HTML: scripts, styles and images from this origin only, never framed
@@ -260,3 +267,197 @@ def quarantine_error(request: Request, session: SessionDep, message: str) -> HTM
 @router.get("/workers", dependencies=[OperatorSession])
 def workers_page(request: Request, session: SessionDep) -> HTMLResponse:
     return render(request, "workers.html", view=workers_view(session), now=datetime.now())
+
+
+# ------------------------------------------------------------------------------------------- base models
+
+
+@router.get("/bases", dependencies=[OperatorSession])
+def bases_page(request: Request, session: SessionDep) -> HTMLResponse:
+    return show_bases(request, session)
+
+
+def show_bases(request: Request, session: SessionDep, status_code: int = 200, **context: Any) -> HTMLResponse:
+    rows = session.scalars(select(BaseModelRecord).order_by(BaseModelRecord.created_at)).all()
+    return render(request, "bases.html", status_code=status_code, bases=rows, **context)
+
+
+@router.post("/bases", dependencies=[OperatorSession, CheckedForm])
+def register_base(
+    request: Request,
+    session: SessionDep,
+    name: Annotated[str, Form()],
+    source: Annotated[str, Form()],
+    method: Annotated[str, Form()] = "vaccine",
+    data: Annotated[str, Form()] = "",
+) -> Response:
+    """Register a base and queue its alignment, through the admin route's function."""
+    try:
+        body = admin_bases.NewBase(
+            name=name.strip(), source=source.strip(), method=method, data=data.strip() or None
+        )
+        admin_bases.register(body, request, session)
+    except ValidationError as exc:
+        return show_bases(request, session, status_code=400, error=first_problem(exc))
+    except APIError as exc:
+        return show_bases(request, session, status_code=exc.status, error=exc.message)
+    return RedirectResponse("/console/bases", status_code=303)
+
+
+def first_problem(exc: ValidationError) -> str:
+    problem = exc.errors()[0]
+    return f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
+
+
+# ------------------------------------------------------------------------------------- tenants and keys
+
+
+@router.get("/tenants", dependencies=[OperatorSession])
+def tenants_page(request: Request, session: SessionDep) -> HTMLResponse:
+    return show_tenants(request, session)
+
+
+def show_tenants(
+    request: Request, session: SessionDep, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    return render(
+        request,
+        "tenants.html",
+        status_code=status_code,
+        tenants=admin_tenants.list_tenants(session)["data"],
+        **context,
+    )
+
+
+@router.post("/tenants", dependencies=[OperatorSession, CheckedForm])
+def new_tenant(request: Request, session: SessionDep, name: Annotated[str, Form()]) -> HTMLResponse:
+    """A tenant and its first key, shown on this page only (it is stored hashed)."""
+    try:
+        created = admin_tenants.create(admin_tenants.NewTenant(name=name.strip()), session)
+    except ValidationError as exc:
+        return show_tenants(request, session, status_code=400, error=first_problem(exc))
+    except APIError as exc:
+        return show_tenants(request, session, status_code=exc.status, error=exc.message)
+    return show_tenants(request, session, new_key=created["api_key"], new_key_for=created["name"])
+
+
+@router.post("/tenants/{tenant_id}/quotas", dependencies=[OperatorSession, CheckedForm])
+def set_quotas(
+    request: Request,
+    session: SessionDep,
+    tenant_id: str,
+    max_concurrent_jobs: Annotated[int, Form()],
+    max_storage_gib: Annotated[float, Form()],
+) -> Response:
+    try:
+        quotas = admin_tenants.Quotas(
+            max_concurrent_jobs=max_concurrent_jobs, max_storage_bytes=int(max_storage_gib * (1 << 30))
+        )
+        admin_tenants.set_quotas(tenant_id, quotas, session)
+    except ValidationError as exc:
+        return show_tenants(request, session, status_code=400, error=first_problem(exc))
+    except APIError as exc:
+        return show_tenants(request, session, status_code=exc.status, error=exc.message)
+    return RedirectResponse("/console/tenants", status_code=303)
+
+
+@router.post("/tenants/{tenant_id}/keys/{key_id}/revoke", dependencies=[OperatorSession, CheckedForm])
+def revoke_key(request: Request, session: SessionDep, tenant_id: str, key_id: str) -> Response:
+    try:
+        admin_tenants.revoke_key(tenant_id, key_id, session)
+    except APIError as exc:
+        return show_tenants(request, session, status_code=exc.status, error=exc.message)
+    return RedirectResponse("/console/tenants", status_code=303)
+
+
+# ------------------------------------------------------------------------------------------------ policy
+
+POLICY_FIELDS = (
+    "harmful_score_threshold",
+    "degenerate_threshold",
+    "eval_prompts",
+    "harmless_prompts",
+    "borderline_prompts",
+    "eval_samples",
+    "prescreen_action",
+    "prescreen_threshold",
+    "moderate_chat",
+)
+
+
+@router.get("/policy", dependencies=[OperatorSession])
+def policy_page(request: Request, session: SessionDep) -> HTMLResponse:
+    return show_policy(request, session)
+
+
+def show_policy(
+    request: Request, session: SessionDep, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    return render(
+        request,
+        "policy.html",
+        status_code=status_code,
+        policy=admin_policy.read(session),
+        fields={name: admin_policy.PolicyUpdate.model_fields[name] for name in POLICY_FIELDS},
+        **context,
+    )
+
+
+@router.post("/policy", dependencies=[OperatorSession, CheckedForm])
+async def update_policy(request: Request, session: SessionDep) -> Response:
+    """The form's fields as a PATCH of the policy (its bounds checked by the admin route's schema)."""
+    form = await request.form()
+    changes: dict[str, Any] = {
+        name: form.get(name) for name in POLICY_FIELDS if form.get(name) not in (None, "")
+    }
+    changes["moderate_chat"] = form.get("moderate_chat") == "on"
+    try:
+        admin_policy.update(admin_policy.PolicyUpdate.model_validate(changes), session)
+    except ValidationError as exc:
+        return show_policy(request, session, status_code=400, error=first_problem(exc))
+    return RedirectResponse("/console/policy?saved=1", status_code=303)
+
+
+# -------------------------------------------------------------------------------------------- playground
+
+
+@router.get("/playground", dependencies=[OperatorSession])
+def playground_page(request: Request, session: SessionDep) -> HTMLResponse:
+    bases = session.scalars(select(BaseModelRecord).where(BaseModelRecord.status == BaseStatus.READY)).all()
+    tuned = session.scalars(
+        select(FineTunedModel).order_by(FineTunedModel.created_at.desc()).limit(200)
+    ).all()
+    return render(request, "playground.html", bases=bases, tuned=tuned)
+
+
+class PlaygroundRequest(BaseModel):
+    model: str = Field(max_length=300)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=64)
+    max_tokens: int = Field(default=128, ge=1, le=1024)
+    temperature: float = Field(default=0.0, ge=0, le=2)
+
+
+@router.post("/api/chat", dependencies=[OperatorSession, CheckedJson])
+async def playground_chat(body: PlaygroundRequest, request: Request, session: SessionDep) -> JSONResponse:
+    """One answer from any ready base or fine-tuned model, quarantined ones included (the operator reviews
+    them), on the chat endpoint's machinery. Shown unmoderated: a review needs the model's own words."""
+    tuned = session.get(FineTunedModel, body.model)
+    base = session.get(BaseModelRecord, body.model)
+    if tuned is not None:
+        spec = Path(tuned.path)
+    elif base is not None and base.status == BaseStatus.READY and base.path:
+        spec = Path(base.path)
+    else:
+        return JSONResponse({"error": f"No model '{body.model}' to chat with."}, status_code=404)
+    completion = await run_in_threadpool(
+        chat_engine(request).complete,
+        body.model,
+        spec,
+        [m.model_dump() for m in body.messages],
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=1.0,
+        seed=0,
+        stop=[],
+    )
+    return JSONResponse({"content": completion.text, "finish_reason": completion.finish_reason})

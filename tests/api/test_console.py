@@ -12,6 +12,7 @@ from tests.service_helpers import tenant_client, upload
 from worker.runner import run_job
 
 MARKUP = '<script>alert("x")</script>'
+OPERATOR = {"Authorization": "Bearer operator-secret"}
 
 
 def token(page: str) -> str:
@@ -86,12 +87,60 @@ def test_user_strings_show_as_text_and_a_quarantined_model_is_released_with_a_re
     decided = service.post("/console/quarantine/decide", data={**form, "reason": "reviewed by hand"})
     assert decided.status_code == 200 and "Done: release" in decided.text
     assert client.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
-    audit = service.get("/admin/audit", headers={"Authorization": "Bearer operator-secret"}).json()["data"]
+    audit = service.get("/admin/audit", headers=OPERATOR).json()["data"]
     assert any(entry["action"] == "model.release" and entry["target"] == model_id for entry in audit)
 
 
-@pytest.mark.parametrize(
-    "page", ["/console", "/console/quarantine", "/console/workers", "/console/jobs/ftjob-x"]
-)
+PAGES = ["/console", "/console/quarantine", "/console/workers", "/console/jobs/ftjob-x", "/console/bases",
+         "/console/tenants", "/console/policy", "/console/playground"]  # fmt: skip
+
+
+@pytest.mark.parametrize("page", PAGES)
 def test_every_page_needs_the_session(service, page):
     assert service.get(page, follow_redirects=False).headers["location"] == "/console/login"
+
+
+def test_bases_tenants_and_policy_are_managed_through_the_admin_functions(service, tiny_model_dir):
+    assert sign_in(service).status_code == 303
+    page = service.get("/console/bases")
+    form = {"csrf": token(page.text), "name": "tiny-sft", "source": str(tiny_model_dir), "method": "sft"}
+    assert service.post("/console/bases", data={**form, "name": "bad name!"}).status_code == 400
+    assert service.post("/console/bases", data=form).status_code == 200  # redirected to the list
+    assert service.alignments == ["tiny-sft"]  # its alignment was queued for a worker
+    assert "tiny-sft" in service.get("/console/bases").text
+    assert service.post("/console/bases", data=form).status_code == 409  # the name is taken
+
+    created = service.post("/console/tenants", data={"csrf": form["csrf"], "name": "globex"})
+    key = re.search(r'id="new-key">(vk-[^<]+)<', created.text).group(1)  # shown this once
+    assert key not in service.get("/console/tenants").text
+    tenants = service.get("/admin/tenants", headers=OPERATOR).json()["data"]
+    (globex,) = [t for t in tenants if t["name"] == "globex"]
+    quotas = {"csrf": form["csrf"], "max_concurrent_jobs": "5", "max_storage_gib": "2"}
+    assert service.post(f"/console/tenants/{globex['id']}/quotas", data=quotas).status_code == 200
+    tenants = service.get("/admin/tenants", headers=OPERATOR).json()["data"]
+    (globex,) = [t for t in tenants if t["name"] == "globex"]
+    assert globex["max_concurrent_jobs"] == 5 and globex["max_storage_bytes"] == 2 << 30
+
+    policy = {"csrf": form["csrf"], "harmful_score_threshold": "30", "prescreen_action": "reject"}
+    assert (
+        service.post("/console/policy", data={**policy, "harmful_score_threshold": "300"}).status_code == 400
+    )
+    assert service.post("/console/policy", data=policy).status_code == 200
+    saved = service.get("/admin/policy", headers=OPERATOR).json()
+    assert saved["harmful_score_threshold"] == 30 and saved["prescreen_action"] == "reject"
+    actions = [entry["action"] for entry in service.get("/admin/audit", headers=OPERATOR).json()["data"]]
+    assert {"base.register", "tenant.create", "policy.update"} <= set(actions)
+
+
+def test_the_playground_answers_with_any_model_and_needs_the_page_s_token(service, base):
+    assert sign_in(service).status_code == 303
+    page = service.get("/console/playground")
+    assert f'<option value="{base}">' in page.text
+    body = {"model": base, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
+    assert service.post("/console/api/chat", json=body).status_code == 403  # no token: not the page's
+    answer = service.post("/console/api/chat", json=body, headers={"X-CSRF-Token": token(page.text)})
+    assert answer.status_code == 200 and isinstance(answer.json()["content"], str)
+    missing = service.post(
+        "/console/api/chat", json={**body, "model": "nothing"}, headers={"X-CSRF-Token": token(page.text)}
+    )
+    assert missing.status_code == 404

@@ -88,3 +88,25 @@ def test_an_operator_watches_a_job_reads_its_report_and_releases_a_held_model(
         d for d in dialogs if d.startswith("alert")
     ]
     assert client.fine_tuning.jobs.retrieve(held.id).status == "succeeded"
+
+
+def test_an_operator_chats_with_a_model_in_the_playground(
+    service, base, live_service, browser_page, tmp_path
+):
+    shots = Path(os.environ.get("VACCINE_CONSOLE_SCREENSHOTS") or tmp_path)
+    page = browser_page
+    page.goto(f"{live_service}/console/login")
+    page.fill('input[name="key"]', "operator-secret")
+    page.click('button[type="submit"]')
+    page.click('a[href="/console/playground"]')
+    page.select_option('select[name="model"]', base)
+    page.fill('input[name="max_tokens"]', "6")
+    page.fill('textarea[name="message"]', "<b>Hello</b> there")
+    page.click('#chat button[type="submit"]')
+    expect(page.locator("#transcript li.user")).to_have_text("user: <b>Hello</b> there")  # text, not markup
+    expect(page.locator("#transcript li.assistant")).to_have_count(1, timeout=30_000)
+    assert page.locator("#transcript b").count() == 0
+    page.fill('textarea[name="message"]', "And again")
+    page.click('#chat button[type="submit"]')
+    expect(page.locator("#transcript li.assistant")).to_have_count(2, timeout=30_000)  # a conversation
+    page.screenshot(path=str(shots / "console-playground.png"))

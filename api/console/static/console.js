@@ -50,7 +50,51 @@ async function poll(table) {
   setTimeout(() => poll(table), EVERY_MS);
 }
 
+// The playground: the conversation lives in the page and is sent whole with each message.
+function playground(form) {
+  const transcript = document.getElementById("transcript");
+  let messages = [];
+  function say(role, text) {
+    const line = document.createElement("li");
+    line.className = role;
+    line.textContent = role + ": " + text;
+    transcript.append(line);
+  }
+  document.getElementById("chat-reset").addEventListener("click", () => {
+    messages = [];
+    transcript.replaceChildren();
+  });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const text = form.elements.message.value;
+    messages.push({ role: "user", content: text });
+    say("user", text);
+    form.elements.message.value = "";
+    const answer = await fetch("/console/api/chat", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": form.dataset.csrf },
+      body: JSON.stringify({
+        model: form.elements.model.value,
+        messages: messages,
+        temperature: Number(form.elements.temperature.value),
+        max_tokens: Number(form.elements.max_tokens.value),
+      }),
+    });
+    const reply = await answer.json();
+    if (!answer.ok) {
+      say("error", reply.error || JSON.stringify(reply));
+      messages.pop();
+      return;
+    }
+    messages.push({ role: "assistant", content: reply.content });
+    say("assistant", reply.content);
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  const chat = document.getElementById("chat");
+  if (chat) playground(chat);
   const table = document.getElementById("jobs");
   if (table && table.dataset.poll) setTimeout(() => poll(table), EVERY_MS);
   for (const form of document.querySelectorAll("form[data-confirm]")) {
