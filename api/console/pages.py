@@ -214,6 +214,18 @@ def buckets_chart(model: str, session: SessionDep) -> Response:
     return svg(charts.stacked_chart("What the answers were, per decoding and prompt set", rows))
 
 
+@router.get("/charts/categories.svg", dependencies=[OperatorSession])
+def categories_chart(model: str, session: SessionDep) -> Response:
+    """The judge's first category of each harmful answer, as a share of the answers to harmful prompts."""
+    report = report_of(session, model) or {}
+    bars = []
+    for decoding in ("greedy", "sampled"):
+        harmful = report.get(decoding, {}).get("harmful") or {}
+        for category, count in sorted((harmful.get("categories") or {}).items(), key=lambda c: -c[1]):
+            bars.append((f"{decoding}: {category}", 100.0 * count / max(harmful.get("answers", 1), 1)))
+    return svg(charts.bar_chart("Harmful answers per category (share of answers)", bars))
+
+
 @router.get("/charts/over_refusal.svg", dependencies=[OperatorSession])
 def over_refusal_chart(model: str, session: SessionDep) -> Response:
     report = report_of(session, model) or {}

@@ -75,7 +75,7 @@ def test_user_strings_show_as_text_and_a_quarantined_model_is_released_with_a_re
     assert loss.headers["content-type"].startswith("image/svg+xml") and "<polyline" in loss.text
     report = service.get(f"/console/models/{model_id}")
     assert report.status_code == 200 and "moderation_blocked" in report.text
-    for chart in ("harmful", "buckets", "over_refusal"):
+    for chart in ("harmful", "buckets", "over_refusal", "categories"):
         drawn = service.get(f"/console/charts/{chart}.svg", params={"model": model_id})
         assert drawn.status_code == 200 and drawn.text.startswith("<svg"), chart
     assert "threshold -1.0 %" in service.get("/console/charts/harmful.svg", params={"model": model_id}).text
