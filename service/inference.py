@@ -1,10 +1,15 @@
-"""Chat with a ready base or a tenant's released fine-tuned model, in the API's process: models are loaded
-on first use and kept in a small least-recently-used cache, and one answer is generated at a time (a CPU
-has no room for two). On a GPU deployment an existing multi-LoRA engine serves better (README)."""
+"""Chat with a ready base or a tenant's released fine-tuned model, in the API's process. A base is loaded
+once and shared: every fine-tuned model on it is a LoRA adapter loaded beside the others on that one copy
+(PEFT's named adapters), the least recently used dropped beyond ``adapters``, and a chat with the base
+itself runs with the adapters switched off. Bases beyond ``bases`` are dropped the same way. One answer
+is generated at a time (a CPU has no room for two). On a GPU deployment an existing multi-LoRA engine
+serves better (README)."""
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,7 +17,8 @@ from typing import TYPE_CHECKING
 from vaccine_core.formats import Message
 
 if TYPE_CHECKING:  # the models need torch: loaded on the first chat request, not when the API starts
-    from vaccine_core.inference import LoadedModel
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -23,12 +29,28 @@ class Completion:
     completion_tokens: int
 
 
-class ChatModels:
-    """Loaded models by id, the least recently used dropped beyond ``capacity``."""
+@dataclass
+class SharedBase:
+    """A loaded base and the adapters loaded on it, by model id (least recently used first)."""
 
-    def __init__(self, capacity: int = 2):
-        self.capacity = capacity
-        self.loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+    model: "PreTrainedModel | PeftModel"
+    tokenizer: "PreTrainedTokenizerBase"
+    adapters: OrderedDict[str, str]  # model id -> PEFT adapter name
+
+
+def adapter_name(model_id: str) -> str:
+    """A PEFT adapter name for a model id (ids hold ':' and whatever a suffix held; names are keys of
+    module dicts)."""
+    return "m" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
+
+
+class ChatModels:
+    """Loaded bases by model path, each with its adapters; the least recently used dropped beyond the
+    capacities."""
+
+    def __init__(self, bases: int = 2, adapters: int = 8):
+        self.capacity, self.adapter_capacity = bases, adapters
+        self.bases: OrderedDict[str, SharedBase] = OrderedDict()
         self.lock = threading.Lock()  # one load or one generation at a time
 
     def complete(
@@ -73,8 +95,7 @@ class ChatModels:
         from vaccine_core.fast_generation import Sampling
         from vaccine_core.generation import stream_answer
 
-        with self.lock:  # released when the stream ends or its reader goes away
-            loaded = self._get(model_id, spec)
+        with self.lock, self._selected(model_id, spec) as loaded:  # until the stream ends or its reader goes
             sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed) if temperature > 0 else None
             pieces = stream_answer(
                 loaded.model, loaded.tokenizer, messages, max_new_tokens=max_tokens, sampling=sampling
@@ -101,17 +122,61 @@ class ChatModels:
         finish = "length" if not stopped and answer_tokens >= max_tokens else "stop"
         yield Completion(text, finish, prompt_tokens, answer_tokens)
 
-    def _get(self, model_id: str, spec: Path) -> "LoadedModel":
-        from vaccine_core.inference import load_for_inference
+    @contextmanager
+    def _selected(self, model_id: str, spec: Path) -> Iterator[SharedBase]:
+        """The shared base of ``spec`` with ``model_id``'s adapter active, or with every adapter off when
+        ``spec`` is a base itself."""
+        from peft import PeftModel
 
-        if model_id in self.loaded:
-            self.loaded.move_to_end(model_id)
-            return self.loaded[model_id]
-        loaded = load_for_inference(spec)
-        self.loaded[model_id] = loaded
-        while len(self.loaded) > self.capacity:
-            self.loaded.popitem(last=False)
-        return loaded
+        from vaccine_core.artifacts import read_manifest
+        from vaccine_core.inference import resolve_base
+
+        manifest = read_manifest(spec) if spec.is_dir() else None
+        if manifest is not None and manifest.get("kind") == "finetune":
+            shared = self._base(Path(manifest["base_model"]["path"]))
+            shared.model = self._with_adapter(shared, model_id, spec)
+            shared.model.set_adapter(shared.adapters[model_id])
+            yield shared
+            return
+        shared = self._base(resolve_base(spec).model_path)
+        if isinstance(shared.model, PeftModel):
+            with shared.model.disable_adapter():
+                yield shared
+        else:
+            yield shared
+
+    def _base(self, model_path: Path) -> SharedBase:
+        from vaccine_core.models import load_causal_lm, load_tokenizer, pick_device
+
+        key = str(Path(model_path).resolve())
+        if key in self.bases:
+            self.bases.move_to_end(key)
+            return self.bases[key]
+        model = load_causal_lm(model_path, pick_device(None))
+        model.eval()
+        self.bases[key] = SharedBase(model, load_tokenizer(model_path), OrderedDict())
+        while len(self.bases) > self.capacity:
+            self.bases.popitem(last=False)
+        return self.bases[key]
+
+    def _with_adapter(self, shared: SharedBase, model_id: str, adapter_dir: Path) -> "PeftModel":
+        """The shared model with ``model_id``'s adapter loaded (the least recently used one dropped)."""
+        from peft import PeftModel
+
+        if model_id in shared.adapters:
+            shared.adapters.move_to_end(model_id)
+            return shared.model
+        name = adapter_name(model_id)
+        if isinstance(shared.model, PeftModel):
+            shared.model.load_adapter(str(adapter_dir), adapter_name=name)
+        else:
+            shared.model = PeftModel.from_pretrained(shared.model, str(adapter_dir), adapter_name=name)
+        shared.model.eval()
+        shared.adapters[model_id] = name
+        while len(shared.adapters) > self.adapter_capacity:
+            _dropped, oldest = shared.adapters.popitem(last=False)
+            shared.model.delete_adapter(oldest)
+        return shared.model
 
 
 def held_back(text: str, stop: list[str]) -> int:

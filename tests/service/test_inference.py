@@ -1,5 +1,7 @@
 """Chat inference (service/inference.py): answers stream as they are generated, and stop sequences hold."""
 
+from dataclasses import replace
+
 import vaccine_core.generation as generation
 from service.inference import ChatModels, Completion, held_back
 
@@ -56,3 +58,35 @@ def test_streamed_pieces_add_up_to_the_batch_answer(aligned_tiny_dir):
     pieces = list(generation.stream_answer(loaded.model, loaded.tokenizer, HELLO, max_new_tokens=24))
     (batch,) = generation.generate(loaded.model, loaded.tokenizer, [HELLO], max_new_tokens=24)
     assert len(pieces) > 1 and "".join(pieces).strip() == batch
+
+
+def test_fine_tuned_models_share_one_base_and_answer_as_if_loaded_alone(
+    aligned_tiny_dir, alpaca_file, tmp_path, monkeypatch
+):
+    import vaccine_core.models as models_module
+    from tests.service_helpers import FAST
+    from vaccine_core.finetune import finetune
+    from vaccine_core.inference import load_for_inference
+
+    runs = {
+        name: finetune(aligned_tiny_dir, alpaca_file, tmp_path / name, replace(FAST, seed=seed)).output_dir
+        for name, seed in (("a", 1), ("b", 2))
+    }
+    alone = {}
+    for name, spec in {**runs, "base": aligned_tiny_dir}.items():
+        loaded = load_for_inference(spec)
+        (alone[name],) = generation.generate(loaded.model, loaded.tokenizer, [HELLO], max_new_tokens=24)
+    assert alone["a"] != alone["b"] != alone["base"]  # three different models to tell apart
+
+    loads = []
+    real_load = models_module.load_causal_lm
+    monkeypatch.setattr(
+        models_module, "load_causal_lm", lambda *a, **k: loads.append(a) or real_load(*a, **k)
+    )
+    chat = ChatModels(adapters=1)  # room for one adapter: switching drops the other and loads it again
+    for name in ("a", "b", "base", "a", "base", "b"):
+        spec = runs.get(name, aligned_tiny_dir)
+        assert chat.complete(name, spec, HELLO, **OPTIONS).text == alone[name], name
+    assert len(loads) == 1  # one copy of the base for all three
+    (shared,) = chat.bases.values()
+    assert list(shared.adapters) == ["b"] and list(shared.model.peft_config) == [shared.adapters["b"]]
