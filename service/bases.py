@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.defenses import config_help
-from service.models import ADOPT, BaseModelRecord, BaseStatus, Job, JobStatus
+from service.models import ADOPT, BaseModelRecord, BaseStatus, Job, JobStatus, now
 from vaccine_core.config import PerturbationConfig, TrainingConfig, alignment_defaults
 from vaccine_core.defenses.config import BoosterConfig
 
@@ -91,7 +91,11 @@ def register(session: Session, *, name: str, source: str, plan: AlignmentPlan) -
     """A new base, ``registered``; aligning it is a worker's task, dispatched by the caller after this
     commit."""
     record = BaseModelRecord(
-        id=name, source=source, status=BaseStatus.REGISTERED, alignment=plan.model_dump(mode="json")
+        id=name,
+        source=source,
+        status=BaseStatus.REGISTERED,
+        alignment=plan.model_dump(mode="json"),
+        dispatched_at=now(),  # the caller sends its alignment right after the commit
     )
     session.add(record)
     session.commit()

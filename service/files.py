@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from service.models import File, FileStatus
+from service.models import File, FileStatus, now
 from vaccine_core.formats import LoadedDataset, as_dataset, load_dataset, read_parsed, write_conversation
 
 
@@ -42,6 +42,7 @@ def ingest(
             leftover.unlink(missing_ok=True)
         raise
     row.status = FileStatus.UPLOADED
+    row.dispatched_at = now()  # the caller sends its pre-screen right after the commit
     row.status_details = f"{dataset.examples} {dataset.format} examples; awaiting the pre-screen"
     row.validation = {"examples": dataset.examples, "format": dataset.format}
     session.add(row)

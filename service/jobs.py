@@ -32,6 +32,7 @@ from service.models import (
     add_event,
     now,
 )
+from service.redispatch import restamp_unsent
 
 NOT_ENDED = tuple(status for status in JobStatus if status not in TERMINAL_JOB_STATUSES)
 
@@ -354,22 +355,9 @@ def mark_dispatched(session: Session, *, job_ids: Collection[str]) -> None:
 def redispatch_lost(session: Session, *, sent_before: datetime) -> list[str]:
     """The queued jobs on a ready base last handed to the broker before ``sent_before``: a broker that
     restarted without persistence lost their messages, and nothing else would ever start them. Each is
-    stamped again (a compare-and-set, so two sweepers do not both send it) and returned for the caller to
-    send; a duplicate of a message that was not lost is harmless, as a worker claims a job once."""
-    unsent = Job.dispatched_at.is_(None) | (Job.dispatched_at < sent_before)
+    stamped again and returned for the caller to send (service/redispatch.py); a worker claims a job once,
+    so a duplicate of a message that was not lost is harmless."""
     ready = select(BaseModelRecord.id).where(BaseModelRecord.status == BaseStatus.READY)
-    candidates = session.scalars(
-        select(Job.id).where(Job.status == JobStatus.QUEUED, Job.model.in_(ready), unsent)
-    ).all()
-    stamped = [
-        job_id
-        for job_id in candidates
-        if session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.QUEUED, unsent)
-            .values(dispatched_at=now())
-            .execution_options(synchronize_session=False)
-        ).rowcount
-    ]
-    session.commit()
-    return stamped
+    return restamp_unsent(
+        session, Job, waiting=[JobStatus.QUEUED], sent_before=sent_before, also=[Job.model.in_(ready)]
+    )

@@ -124,6 +124,8 @@ class File(Base):
     validation: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # examples, format
     prescreen: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # judge, flagged rows and share
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    # when its pre-screen was last handed to the broker (service/redispatch.py sends a lost one again)
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 # A base's alignment method when it was aligned elsewhere (a `vaccine align` run directory): adopted as it is.
@@ -145,6 +147,8 @@ class BaseModelRecord(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     flagged_completions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    # when its alignment was last handed to the broker (service/redispatch.py sends a lost one again)
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Job(Base):

@@ -15,6 +15,7 @@ from service.db import get_engine
 from service.models import now
 from service.queue import ALIGN_TASK_NAME, PRESCREEN_TASK_NAME, TASK_NAME
 from service.queue import make_celery as make_broker
+from service.redispatch import lost_alignments, lost_prescreens
 from service.settings import ServiceSettings, get_service_settings
 from worker.alignment import align_base
 from worker.prescreen import prescreen_file
@@ -52,9 +53,18 @@ def dispatch(job_id: str) -> None:
     celery_app.send_task(TASK_NAME, args=[job_id])
 
 
+def dispatch_prescreen(file_id: str) -> None:
+    celery_app.send_task(PRESCREEN_TASK_NAME, args=[file_id])
+
+
+def dispatch_alignment(base_id: str) -> None:
+    celery_app.send_task(ALIGN_TASK_NAME, args=[base_id])
+
+
 def reap(settings: ServiceSettings) -> list[str]:
     """Queue again the jobs whose worker died (their heartbeat stopped), failing those retried too often;
-    send again the queued jobs whose message the broker may have lost."""
+    send again what the broker may have lost: queued jobs, uploads waiting for their pre-screen, bases
+    waiting for their alignment. The ids of all of them."""
     with Session(get_engine()) as session:
         requeued = requeue_stale_jobs(
             session,
@@ -64,9 +74,15 @@ def reap(settings: ServiceSettings) -> list[str]:
         )
         sent_before = now() - timedelta(seconds=settings.redispatch_after_seconds)
         resent = jobs.redispatch_lost(session, sent_before=sent_before)
+        prescreens = lost_prescreens(session, sent_before=sent_before)
+        alignments = lost_alignments(session, sent_before=sent_before)
     for job_id in resent:
         dispatch(job_id)
-    return requeued + resent
+    for file_id in prescreens:
+        dispatch_prescreen(file_id)
+    for base_id in alignments:
+        dispatch_alignment(base_id)
+    return requeued + resent + prescreens + alignments
 
 
 @worker_ready.connect
