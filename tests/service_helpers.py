@@ -2,9 +2,15 @@
 
 import json
 import os
+import re
+import subprocess
+import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import openai
@@ -117,3 +123,81 @@ def jsonl(rows) -> bytes:
 def upload(client: openai.OpenAI) -> str:
     """Upload JOB_ROWS for fine-tuning; the file's id."""
     return client.files.create(file=("train.jsonl", jsonl(JOB_ROWS)), purpose="fine-tune").id
+
+
+QUICKSTART = ROOT / "examples" / "quickstart.py"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class FirstStart:
+    """`vaccine serve` (API and worker) on an empty VACCINE_HOME, and what it printed once."""
+
+    url: str
+    key: str
+    operator_key: str
+    env: dict[str, str]
+    lines: list[str]
+
+    def quickstart(self, cwd: Path) -> "subprocess.CompletedProcess[str]":
+        """examples/quickstart.py as a user runs it (it waits for its job to end)."""
+        return subprocess.run(
+            [sys.executable, str(QUICKSTART)],
+            env={**self.env, "VACCINE_KEY": self.key, "VACCINE_URL": f"{self.url}/v1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=cwd,
+        )
+
+
+@contextmanager
+def first_start(home: Path, model_dir: Path, data_dir: Path, **extra_env: str) -> Iterator[FirstStart]:
+    """The embedded default on the tiny model: a small alignment (8 pairs, 1 epoch), the refusal judge for
+    the pre-screen, no operator key configured (the start makes one). The safety report's settings come
+    from the caller's environment (``small_safety_evaluation``). Stopped on exit."""
+    import httpx
+
+    port = free_port()
+    env = {
+        **{name: value for name, value in os.environ.items() if name != "VACCINE_ADMIN_KEY"},
+        "VACCINE_HOME": str(home),
+        "VACCINE_DATA_DIR": str(data_dir),
+        "VACCINE_DEFAULT_BASE_SOURCE": str(model_dir),
+        "VACCINE_DEFAULT_ALIGNMENT_PAIRS": "8",
+        "VACCINE_DEFAULT_ALIGNMENT_EPOCHS": "1",
+        "VACCINE_PRESCREEN_JUDGE": "refusal",
+        **extra_env,
+    }
+    # the CLI through Python itself: a GPU machine may hold the project without its console scripts
+    command = [sys.executable, "-c", "from api.cli import app; app()", "serve", "--port", str(port)]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        key = operator_key = None
+        while operator_key is None and (line := server.stdout.readline()):
+            lines.append(line)
+            if found := re.search(r"demo tenant key \(shown once\): (vk-\S+)", line):
+                key = found.group(1)
+            if found := re.search(r"operator key \(shown once; /admin and /console\): (vop-\S+)", line):
+                operator_key = found.group(1)
+        assert key is not None and operator_key is not None, "".join(lines)
+        threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True).start()  # keep it drained
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield FirstStart(url, key, operator_key, env, lines)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)

@@ -38,6 +38,7 @@ class AdapterRun:
     model: PeftModel
     train: TrainResult
     data: dict[str, Any]
+    device: str = ""  # where it trained, with the weights' dtype: "cuda:0 torch.bfloat16"
 
     def train_summary(self) -> dict[str, Any]:
         losses = self.train.losses
@@ -47,6 +48,7 @@ class AdapterRun:
             "mean_loss": sum(losses) / len(losses) if losses else None,
             "tokens": self.train.tokens,
             "seconds": round(self.train.seconds, 2),
+            "device": self.device,
             # to the 0.1 ms: a defense's share of a small run is milliseconds, which 2 decimals round to 0
             "defense_seconds": {k: round(v, 4) for k, v in self.train.defense_seconds.items()},
             "validation_losses": {str(k): v for k, v in self.train.validation_losses.items()},
@@ -116,4 +118,5 @@ def train_adapter(
         "examples": len(examples),
         "dropped_after_truncation": [str(p) for p in examples.dropped],
     }
-    return AdapterRun(model=peft_model, train=result, data=summary)
+    weight = next(peft_model.parameters())
+    return AdapterRun(model=peft_model, train=result, data=summary, device=f"{weight.device} {weight.dtype}")
