@@ -12,6 +12,8 @@ Shapes (``--shape``):
 * ``llama2-7b``: the paper's model shape (Llama2-7B's configuration) randomly initialised in bf16 on the
   GPU (timing needs no trained weights), the paper's batch of 5, sequences of ``--tokens`` random tokens
   (256 unless given: VACCINE.md does not state the paper's length; its pairs are short);
+* ``smollm2-135m``: the default model's shape with random weights, as ``default`` measures it (for a GPU
+  machine, where the model's file cannot travel);
 * ``tiny``: a two-layer model of the same family, to check the script anywhere in seconds.
 
 The paper's figures (A100, Llama2-7B): Vaccine 0.73 s a step against SFT's 0.37 s (1.97x), memory
@@ -47,6 +49,16 @@ RANDOM_SHAPES = {
         "max_position_embeddings": 4096,
         "rms_norm_eps": 1e-5,
     },
+    "smollm2-135m": {  # the default model's shape (its weights are the GGUF, too big to carry to a GPU)
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "vocab_size": 49152,
+        "max_position_embeddings": 8192,
+        "tie_word_embeddings": True,
+    },
     "tiny": {
         "hidden_size": 64,
         "intermediate_size": 128,
@@ -57,7 +69,7 @@ RANDOM_SHAPES = {
         "max_position_embeddings": 1024,
     },
 }
-SHAPE_DEFAULTS = {"default": (8, 160), "llama2-7b": (5, 256), "tiny": (5, 64)}  # batch, tokens
+SHAPE_DEFAULTS = {"default": (8, 160), "smollm2-135m": (8, 160), "llama2-7b": (5, 256), "tiny": (5, 64)}
 PAPER = {"device": "A100", "shape": "llama2-7b", "sft_seconds": 0.37, "vaccine_tau1_seconds": 0.73,
          "vaccine_tau1": 1.97, "vaccine_tau100": 1.02, "memory_vaccine_tau1": 1.003}  # fmt: skip
 
