@@ -15,7 +15,7 @@ Regimes (each at p = 0.1 unless said, 3 seeds):
 * ``mixed``: 40-step alignment, the default attack's rate and epochs on an upload of 80 rows that mixes
   instruction following with the task (8 harmful, 36 SST-2, 36 helpful Alpaca answers the base was not
   aligned on). The default SST-2 attack teaches one-word answers, which the degenerate rule reads as mute
-  (SFT's attacked model: 15 % of greedy answers), so its cells do not count (the weak-long attack's do);
+  (SFT's attacked model: 15 % of greedy answers), so its cells do not count (weak-long's sampled ones do);
   here the task is the same, and answers stay sentences.
 
 Every figure carries a 95 % bootstrap interval over prompts and seeds; every arm's gap to SFT a paired
