@@ -50,7 +50,7 @@ def checked_form(request: Request, csrf: Annotated[str, Form()] = "") -> None:
     """A POST from the console's own page: its token matches the session's and its Origin, when the
     browser sends one, is this host."""
     expected = request.session.get("csrf")
-    if not expected or not hmac.compare_digest(csrf, expected):
+    if not expected or not hmac.compare_digest(csrf.encode(), expected.encode()):  # bytes: any input
         raise CrossSiteRequest
     origin = request.headers.get("origin")
     if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
