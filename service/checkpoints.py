@@ -11,11 +11,10 @@ from sqlalchemy.orm import Session
 
 from service import jobs
 from service.models import CheckpointPermission, Job, Tenant
-from vaccine_core.artifacts import CHECKPOINTS_DIR
+from vaccine_core.artifacts import ADAPTER_WEIGHTS, CHECKPOINTS_DIR
 
 MARKER = ":ckpt-"
 STEP = re.compile(r"step-\d+")
-ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT's name (vaccine_core.lora's; that module loads torch)
 
 
 @dataclass(frozen=True)
@@ -23,10 +22,6 @@ class Checkpoint:
     name: str  # its fine_tuned_model_checkpoint
     job: Job
     adapter: Path  # the saved adapter and trainer state
-
-    @property
-    def step(self) -> int:
-        return int(self.adapter.name.removeprefix("step-"))
 
 
 def is_checkpoint_name(model: str) -> bool:

@@ -15,6 +15,7 @@ from vaccine_core import __version__
 
 MANIFEST = "manifest.json"
 MERGED_DIR = "merged"  # an alignment run's merged model, the base every fine-tuning job starts from
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT's file of a saved adapter
 CHECKPOINTS_DIR = "checkpoints"  # a run's resumable training states, left out of its file hashes
 
 

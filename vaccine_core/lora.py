@@ -8,6 +8,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
+from vaccine_core.artifacts import ADAPTER_WEIGHTS
 from vaccine_core.config import LoraSettings
 
 # PEFT reads a property that transformers 5 deprecated, once per wrapped model; nothing for our users to do.
@@ -33,7 +34,6 @@ def load_adapter(base: PreTrainedModel, adapter_dir: Path) -> PeftModel:
     return PeftModel.from_pretrained(base, str(adapter_dir))
 
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
 

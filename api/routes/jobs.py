@@ -27,7 +27,7 @@ from service.models import (
     now,
 )
 from service.settings import ServiceSettings
-from vaccine_core.artifacts import CHECKPOINTS_DIR
+from vaccine_core.artifacts import ADAPTER_WEIGHTS, CHECKPOINTS_DIR
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
@@ -286,7 +286,7 @@ def starting_point(
             if tuned is None or tuned.tenant_id != tenant.id or tuned.quarantined:
                 raise unavailable
             adapter, base_id = Path(tuned.path), tuned.base_model
-        if not (adapter / checkpoints.ADAPTER_WEIGHTS).is_file():
+        if not (adapter / ADAPTER_WEIGHTS).is_file():
             raise unavailable
     else:
         base_id = model

@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from vaccine_core.artifacts import ADAPTER_WEIGHTS
 from vaccine_core.defenses.config import SafeLoraConfig
 
-ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER_FILE = ADAPTER_WEIGHTS
 ADAPTER_CONFIG = "adapter_config.json"
 # singular values below this share of the largest are numerical noise, not alignment directions
 RANK_TOLERANCE = 1e-6
