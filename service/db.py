@@ -1,17 +1,16 @@
-"""Engine and sessions. SQLite for the embedded default, PostgreSQL in production."""
+"""The engine. SQLite for the embedded default, PostgreSQL in production."""
 
-from collections.abc import Iterator
 from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.orm import Session, sessionmaker
 
 from service.settings import get_service_settings
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engine:
+    pool = {"pool_size": pool_size, "max_overflow": max_overflow}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        engine = create_engine(url, connect_args={"check_same_thread": False}, **pool)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(connection, _record) -> None:  # foreign keys and concurrent readers
@@ -23,14 +22,14 @@ def make_engine(url: str) -> Engine:
         return engine
     # a pooled connection is tested before use (a restarted server leaves them all dead), and a server that
     # does not answer fails a request in seconds instead of hanging it
-    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5}, **pool)
 
 
 @lru_cache
 def get_engine() -> Engine:
-    return make_engine(get_service_settings().database_url)
-
-
-def get_session() -> Iterator[Session]:
-    with sessionmaker(get_engine(), expire_on_commit=False)() as session:
-        yield session
+    settings = get_service_settings()
+    return make_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )

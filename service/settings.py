@@ -14,6 +14,10 @@ MiB = 1 << 20
 class ServiceSettings(Settings):
     admin_key: SecretStr | None = None  # the operator key; from the environment, never from code
     database_url: str = ""  # default: a SQLite file in VACCINE_HOME
+    # connections each process keeps open, and how many more it may open at a busy moment (SQLAlchemy's
+    # QueuePool); the API lets this many requests at a time hold a session, minus one (api.deps)
+    database_pool_size: int = 5
+    database_max_overflow: int = 10
     broker_url: str = ""  # default: a broker in files under VACCINE_HOME (one machine, no server)
     longest_job_seconds: int = 24 * 3600  # the broker redelivers an unacknowledged job after this
     # a running job whose heartbeat is older than this has lost its worker: queued again to resume

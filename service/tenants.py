@@ -33,7 +33,9 @@ def create_tenant(session: Session, name: str) -> tuple[Tenant, str]:
 
 
 def tenant_for_key(session: Session, key: str) -> Tenant | None:
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
-    if row is None or not row.tenant.active:
-        return None
-    return row.tenant
+    """The active tenant a live key belongs to (one query: every request asks)."""
+    return session.scalar(
+        select(Tenant)
+        .join(ApiKey)
+        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None), Tenant.active)
+    )

@@ -14,11 +14,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import update
+from sqlalchemy.orm import Session
 
-from api.deps import SessionDep, TenantDep
+from api.deps import TenantDep
 from api.errors import APIError
+from service.db import get_engine
 from service.inference import ChatModels, Completion
-from service.models import BaseModelRecord, BaseStatus, FineTunedModel
+from service.models import BaseModelRecord, BaseStatus, FineTunedModel, Tenant
 from service.policy import get_policy
 from service.settings import get_service_settings
 from vaccine_core.moderation import shared_judge
@@ -47,7 +49,7 @@ class ChatRequest(BaseModel):
 DEFAULT_MAX_TOKENS = 256
 
 
-def model_spec(session: SessionDep, tenant: TenantDep, model_id: str) -> Path:
+def model_spec(session: Session, tenant: Tenant, model_id: str) -> Path:
     tuned = session.get(FineTunedModel, model_id)
     if tuned is not None and tuned.tenant_id == tenant.id:
         if tuned.quarantined:
@@ -67,11 +69,16 @@ def engine(request: Request) -> ChatModels:
     return request.app.state.chat_models
 
 
+def looked_up(tenant: Tenant, model_id: str) -> tuple[Path, bool]:
+    """The model's weights, and whether answers pass the judge first. A session of its own, closed before
+    generation starts: a chat holds no admitted session (api.deps.get_session) for the seconds it takes."""
+    with Session(get_engine()) as session:
+        return model_spec(session, tenant, model_id), get_policy(session).moderate_chat
+
+
 @router.post("/completions")
-async def chat_completions(
-    body: ChatRequest, request: Request, tenant: TenantDep, session: SessionDep
-) -> Any:
-    spec = model_spec(session, tenant, body.model)
+async def chat_completions(body: ChatRequest, request: Request, tenant: TenantDep) -> Any:
+    spec, moderate = await run_in_threadpool(looked_up, tenant, body.model)
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > 4:
         raise APIError(400, "invalid_request", "At most 4 stop sequences.", param="stop")
@@ -84,7 +91,6 @@ async def chat_completions(
     }
     messages = [m.model_dump() for m in body.messages]
     identifier, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    moderate = get_policy(session).moderate_chat
     if body.stream and not moderate:  # tokens as they are generated
         pieces = engine(request).stream(body.model, spec, messages, **options)
         return StreamingResponse(
@@ -94,7 +100,7 @@ async def chat_completions(
         engine(request).complete, body.model, spec, messages, **options
     )
     if moderate:  # the judge reads the whole answer before any of it leaves
-        completion = await run_in_threadpool(moderated, session, body, completion)
+        completion = await run_in_threadpool(moderated, body, completion)
     if body.stream:
         return StreamingResponse(
             chunks(identifier, created, body.model, completion), media_type="text/event-stream"
@@ -122,21 +128,22 @@ async def chat_completions(
 MODERATED_ANSWER = "I can't help with that."
 
 
-def moderated(session: SessionDep, body: ChatRequest, completion: Completion) -> Completion:
+def moderated(body: ChatRequest, completion: Completion) -> Completion:
     """The answer as the safety judge lets it out: a flagged one is replaced by a refusal (OpenAI's
     ``content_filter`` finish reason) and counted on the model."""
     question = next((m.content for m in reversed(body.messages) if m.role == "user"), "")
     judge = shared_judge(get_service_settings().safety_judge)
     if not judge.score([(question, completion.text)])[0].flagged:
         return completion
-    for table in (FineTunedModel, BaseModelRecord):
-        session.execute(
-            update(table)
-            .where(table.id == body.model)
-            .values(flagged_completions=table.flagged_completions + 1)
-            .execution_options(synchronize_session=False)
-        )
-    session.commit()
+    with Session(get_engine()) as session:
+        for table in (FineTunedModel, BaseModelRecord):
+            session.execute(
+                update(table)
+                .where(table.id == body.model)
+                .values(flagged_completions=table.flagged_completions + 1)
+                .execution_options(synchronize_session=False)
+            )
+        session.commit()
     return replace(completion, text=MODERATED_ANSWER, finish_reason="content_filter")
 
 

@@ -370,7 +370,8 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobObject)
 def retrieve_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobObject:
-    return JobObject.of(_owned(session, tenant, job_id), QueueState(session))
+    job = _owned(session, tenant, job_id)
+    return JobObject.of(job, QueueState(session) if job.status == JobStatus.QUEUED else None)
 
 
 @router.post("/{job_id}/pause", response_model=JobObject)
