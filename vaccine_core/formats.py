@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import orjson
+
 MAX_PROBLEMS = 50
 ROLES = ("system", "user", "assistant")
 
@@ -98,7 +100,7 @@ def iter_rows(path: Path, max_problems: int = MAX_PROBLEMS) -> Iterator[tuple[in
                 continue
             seen = True
             try:
-                value = json.loads(line.decode("utf-8"))
+                value = _loads(line)
             except UnicodeDecodeError as exc:
                 problems.append(Problem(number, None, f"not UTF-8 text (byte {exc.start} of the line)"))
             except json.JSONDecodeError as exc:
@@ -114,6 +116,16 @@ def iter_rows(path: Path, max_problems: int = MAX_PROBLEMS) -> Iterator[tuple[in
 
 
 EMPTY = "the file is empty; expected JSON Lines or a JSON array"
+
+
+def _loads(line: bytes) -> Any:
+    """A line's JSON value: orjson's parser (a few times faster on a large upload), and the standard
+    library's where orjson refuses, so what is accepted (NaN, integers past 64 bits) and each error's
+    wording stay the standard library's."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return json.loads(line.decode("utf-8"))
 
 
 def _first_byte(handle: BinaryIO) -> bytes:
@@ -313,7 +325,10 @@ def as_dataset(data: "str | Path | LoadedDataset", limit: int | None = None) -> 
 def write_conversation(handle: BinaryIO, conversation: Conversation) -> None:
     """One validated conversation as a line of a parsed-rows file (its source line and its messages)."""
     line = {"line": conversation.line, "messages": conversation.messages}
-    handle.write(json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n")
+    try:
+        handle.write(orjson.dumps(line) + b"\n")
+    except orjson.JSONEncodeError:  # what orjson will not write (a lone surrogate): as it always was
+        handle.write(json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n")
 
 
 def read_parsed(path: Path, file_format: str, source: Path | None = None) -> LoadedDataset:
@@ -321,7 +336,7 @@ def read_parsed(path: Path, file_format: str, source: Path | None = None) -> Loa
     rows were validated when it was written. ``source`` is the file they were parsed from."""
     with Path(path).open("rb") as handle:
         conversations = [
-            Conversation(messages=row["messages"], line=row["line"]) for row in map(json.loads, handle)
+            Conversation(messages=row["messages"], line=row["line"]) for row in map(_loads, handle)
         ]
     return LoadedDataset(
         conversations=conversations, format=file_format, examples=len(conversations), path=source or path

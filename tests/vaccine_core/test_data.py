@@ -102,6 +102,18 @@ def test_rejects_empty_non_utf8_mixed_and_unknown(tmp_path):
         load_dataset(tmp_path / "missing.jsonl")
 
 
+def test_lines_read_as_the_standard_library_reads_them(tmp_path):
+    # the fast parser (orjson) refuses some JSON the standard library takes, and words its errors its own
+    # way: both stay the standard library's
+    text = '{"instruction": "a", "output": "b", "score": NaN, "id": 123456789012345678901234567890}\n'
+    text += '{"instruction": "caf\\u00e9 \u00e9", "output": "b"}\n{"instruction": "a", "output": \n'
+    with pytest.raises(DatasetError) as error:
+        load_dataset(write(tmp_path, text))
+    assert str(error.value).endswith("line 3: invalid JSON: Expecting value (column 1)")
+    dataset = load_dataset(write(tmp_path, text.rsplit("\n", 2)[0] + "\n"))
+    assert dataset.conversations[1].messages[0]["content"] == "caf\u00e9 \u00e9"
+
+
 def test_chat_rows_are_checked(tmp_path):
     text = lines(
         {"messages": [{"role": "user", "content": "Hi"}]},
