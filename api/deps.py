@@ -5,6 +5,8 @@ import weakref
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, Header
 from sqlalchemy.orm import Session
 
@@ -41,8 +43,15 @@ async def get_session() -> AsyncIterator[Session]:
     thread, and nothing moves until the pool's 30 s timeout (200 pollers did exactly that with 40 threads
     and 15 connections)."""
     async with _admission():
-        with Session(get_engine(), expire_on_commit=False) as session:
+        session = Session(get_engine(), expire_on_commit=False)
+        try:
             yield session
+        finally:
+            # in a pool thread: giving a connection back talks to the database (a rollback) and must never
+            # stall the event loop; an admitted request never waits there for a connection, so threads
+            # always come free. Shielded, so that a client who hangs up still gets its connection closed.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(session.close)
 
 
 async def get_settings() -> ServiceSettings:
@@ -60,12 +69,11 @@ def _bearer(authorization: str | None) -> str:
     return token.strip()
 
 
-def current_tenant(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> Tenant:
-    """The caller's tenant, read with a session of its own that is closed before the route runs (so the
-    lookup needs no admission, see get_session); its columns stay loaded."""
+def authenticate(session: Session, settings: ServiceSettings, authorization: str | None) -> Tenant:
+    """The tenant whose key the ``Authorization`` header carries, within its rate limit: 401 or 429
+    otherwise."""
     key = _bearer(authorization)
-    with Session(get_engine(), expire_on_commit=False) as session:
-        tenant = tenant_for_key(session, key)
+    tenant = tenant_for_key(session, key)
     if tenant is None:
         raise APIError(401, "invalid_api_key", "Unknown or revoked API key.")
     wait = seconds_to_wait(hash_key(key), settings.rate_limit, settings.rate_limit_storage)
@@ -77,6 +85,12 @@ def current_tenant(settings: SettingsDep, authorization: Annotated[str | None, H
             headers={"Retry-After": str(wait)},
         )
     return tenant
+
+
+def current_tenant(
+    session: SessionDep, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
+) -> Tenant:
+    return authenticate(session, settings, authorization)
 
 
 def require_operator(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:

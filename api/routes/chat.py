@@ -9,14 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from api.deps import TenantDep
+from api.deps import SettingsDep, authenticate
 from api.errors import APIError
 from service.db import get_engine
 from service.inference import ChatModels, Completion
@@ -69,15 +69,25 @@ def engine(request: Request) -> ChatModels:
     return request.app.state.chat_models
 
 
+# A chat generates for seconds: it holds no admitted session (api.deps.get_session) meanwhile, and reads
+# what it needs with short sessions of its own, closed before generation starts.
+
+
+def caller(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> Tenant:
+    with Session(get_engine(), expire_on_commit=False) as session:
+        return authenticate(session, settings, authorization)
+
+
 def looked_up(tenant: Tenant, model_id: str) -> tuple[Path, bool]:
-    """The model's weights, and whether answers pass the judge first. A session of its own, closed before
-    generation starts: a chat holds no admitted session (api.deps.get_session) for the seconds it takes."""
+    """The model's weights, and whether answers pass the judge first."""
     with Session(get_engine()) as session:
         return model_spec(session, tenant, model_id), get_policy(session).moderate_chat
 
 
 @router.post("/completions")
-async def chat_completions(body: ChatRequest, request: Request, tenant: TenantDep) -> Any:
+async def chat_completions(
+    body: ChatRequest, request: Request, tenant: Annotated[Tenant, Depends(caller)]
+) -> Any:
     spec, moderate = await run_in_threadpool(looked_up, tenant, body.model)
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > 4:
