@@ -224,8 +224,9 @@ class Benchmark:
         self.reused = {"alignments": 0, "attacks": 0, "measurements": 0}
 
     # -- alignment ---------------------------------------------------------------------------------------
-    def base(self, arm: Arm) -> str:
-        """The arm's starting model: a model spec, or an alignment run's directory (trained once)."""
+    def base(self, arm: Arm, build: bool = True) -> str:
+        """The arm's starting model: a model spec, or an alignment run's directory (trained once; with
+        ``build`` False only named, for a caller that may not need the model itself)."""
         if arm.method is None:
             return self.model
         s = self.sizes
@@ -243,7 +244,7 @@ class Benchmark:
             key_parts.append(defenses.to_dict())
         suffix = "-booster" if arm.booster else ""
         out = self.cache / "bases" / f"{arm.method}-rho{arm.rho:g}{suffix}-{digest(key_parts)}"
-        if not (out / "manifest.json").is_file():
+        if build and not (out / "manifest.json").is_file():
             data = out.with_suffix(".jsonl")
             write_rows(data, self.alignment)
             log.info("aligning %s: %d pairs x %g epochs", arm.name, len(self.alignment), s.alignment_epochs)
@@ -251,12 +252,14 @@ class Benchmark:
             align(self.model, data, out, perturbation, config, resume=True, defenses=defenses)
             self.timings[f"align {arm.name}"] = round(time.monotonic() - started, 1)
             self.computed["alignments"] += 1
-        else:
+        elif build:
             self.reused["alignments"] += 1
         return str(out)
 
     # -- the attack --------------------------------------------------------------------------------------
-    def attack(self, arm: Arm, base: str, fraction: float, seed: int) -> Path:
+    def attack(self, arm: Arm, base: str, fraction: float, seed: int, build: bool = True) -> Path:
+        """The attacked model's run directory (trained once from ``base``, which must be built; with
+        ``build`` False only named: a Lisa arm's name then depends on the base's files)."""
         rows = build_mix(
             self.task.name,
             self.sizes.attack_n,
@@ -280,14 +283,18 @@ class Benchmark:
         if safe_lora is not None:
             key_parts.append({"safe_lora": safe_lora.to_dict()})
         out = self.cache / "attacks" / digest(key_parts)
-        if not (out / "manifest.json").is_file():
+        if build and not (out / "manifest.json").is_file():
             data = out / "data.jsonl"
             write_rows(data, rows)
             finetune(base, data, out, config, resume=True, defenses=defenses, safe_lora=safe_lora)
             self.computed["attacks"] += 1
-        else:
+        elif build:
             self.reused["attacks"] += 1
         return out
+
+    def attacked(self, arm: Arm, fraction: float, seed: int, build: bool = True) -> Path:
+        """The attack on the arm's base, the base built first where the attack is."""
+        return self.attack(arm, self.base(arm, build=build), fraction, seed, build=build)
 
     # -- measurement -------------------------------------------------------------------------------------
     def outputs(self, spec: str | Path) -> dict[str, Any]:

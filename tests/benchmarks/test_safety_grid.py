@@ -1,10 +1,12 @@
 """The protocol v2 safety grid end to end on a tiny model and a tiny data directory."""
 
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+import harmful_finetune
 import safety_grid as grid_module
 from safety_grid_report import write_report
 
@@ -84,6 +86,44 @@ def test_grid_measures_every_cell_with_intervals_and_caches(
     paths = write_report(result, tmp_path / "out" / "safety-tiny")
     assert [p.name for p in paths] == ["safety-tiny.json", "safety-tiny.md", "safety-tiny-default.png"]
     assert "no difference" in paths[1].read_text() or "lower" in paths[1].read_text()
+
+
+def test_archived_answers_stand_in_for_the_models_on_a_fresh_machine(
+    tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch
+):
+    config = ProtocolConfig(
+        harmful_prompts=3, harmless_prompts=2, borderline_prompts=1, samples=2, max_new_tokens=4
+    )
+    home, archive = tmp_path / "home", tmp_path / "archive"
+
+    def grid():
+        return grid_module.Grid(
+            config, home / "answers", model=str(tiny_model_dir), data_dir=tiny_data_dir, prompts=PROMPTS,
+            judge="refusal", sizes=TINY, models_cache=home / "models", archive=archive,
+        )  # fmt: skip
+
+    regimes = [replace(grid_module.REGIMES["default"], fractions=(0.5,))]
+    first = grid_module.run_grid(grid(), regimes, ["sft"], seeds=[0])
+    assert len(list(archive.glob("*.json.xz"))) == 2  # the aligned base and its attacked model
+
+    # a fresh machine: no cache, no models; the archived answers are judged again and nothing is trained
+    shutil.rmtree(home)
+
+    def never(*args, **kwargs):
+        raise AssertionError("trained or generated again")
+
+    with monkeypatch.context() as patch:
+        for module, name in ((harmful_finetune, "align"), (harmful_finetune, "finetune"),
+                             (grid_module, "generate_answers")):  # fmt: skip
+            patch.setattr(module, name, never)
+        fresh = grid()
+        again = grid_module.run_grid(fresh, regimes, ["sft"], seeds=[0])
+    assert (fresh.computed, fresh.reused) == (0, 2) and again["cells"] == first["cells"]
+
+    # another seed trains what it needs, the base included, and measures only its own model
+    more = grid()
+    pooled = grid_module.run_grid(more, regimes, ["sft"], seeds=[0, 1])
+    assert (more.computed, more.reused) == (1, 2) and pooled["cells"][0]["seeds"] == [0, 1]
 
 
 def test_defense_stacks_run_as_arms_with_their_layers_and_cost(tiny_model_dir, tiny_data_dir, tmp_path):
