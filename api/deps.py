@@ -7,13 +7,13 @@ from typing import Annotated
 
 import anyio
 import anyio.to_thread
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
 from api.errors import APIError
 from service.db import get_engine
 from service.models import Tenant
-from service.operator import is_operator_key
+from service.operator import seconds_locked_out, try_operator_key
 from service.rate_limit import seconds_to_wait
 from service.settings import ServiceSettings, get_service_settings
 from service.tenants import hash_key, tenant_for_key
@@ -93,8 +93,22 @@ def current_tenant(
     return authenticate(session, settings, authorization)
 
 
-def require_operator(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
-    if not is_operator_key(settings, _bearer(authorization)):
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def require_operator(
+    request: Request, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
+) -> None:
+    client = client_address(request)
+    if (wait := seconds_locked_out(settings, client)) is not None:
+        raise APIError(
+            429,
+            "too_many_failed_attempts",
+            f"Too many wrong operator keys from this address; try again in {wait} s.",
+            headers={"Retry-After": str(wait)},
+        )
+    if not try_operator_key(settings, _bearer(authorization), client):
         raise APIError(403, "forbidden", "This route needs the operator key.")
 
 

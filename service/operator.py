@@ -6,6 +6,7 @@ import hmac
 import secrets
 from pathlib import Path
 
+from service.rate_limit import blocked_for, count_failure
 from service.settings import ServiceSettings
 
 OPERATOR_KEY_PREFIX = "vop-"
@@ -42,3 +43,17 @@ def is_operator_key(settings: ServiceSettings, token: str) -> bool:
     expected = operator_secret(settings)
     digest = hashlib.sha256(token.encode()).hexdigest()
     return expected is not None and hmac.compare_digest(digest, expected)
+
+
+def seconds_locked_out(settings: ServiceSettings, client: str) -> int | None:
+    """Seconds until ``client`` (an address) may try an operator key again, when its recent wrong keys
+    fill ``operator_key_failures``; None when it may try now."""
+    return blocked_for(f"operator-key:{client}", settings.operator_key_failures, settings.rate_limit_storage)
+
+
+def try_operator_key(settings: ServiceSettings, token: str, client: str) -> bool:
+    """Whether ``token`` is the operator key; a wrong one counts against ``client``."""
+    if is_operator_key(settings, token):
+        return True
+    count_failure(f"operator-key:{client}", settings.operator_key_failures, settings.rate_limit_storage)
+    return False

@@ -1,5 +1,6 @@
-"""Requests per API key in a moving window, counted by the `limits` library: in the API process's memory
-(``memory://``, one API process) or in Redis (a ``redis://`` URL, shared by every API process)."""
+"""Requests per API key, and failed operator-key attempts per client address, in a moving window counted
+by the `limits` library: in the API process's memory (``memory://``, one API process) or in Redis (a
+``redis://`` URL, shared by every API process)."""
 
 import logging
 import math
@@ -37,3 +38,27 @@ def seconds_to_wait(key_hash: str, limit: str, storage_uri: str) -> int | None:
         log.warning("rate limit not applied: its store %s does not answer (%s)", storage_uri, exc)
         return None
     return max(1, math.ceil(reset - time.time()))
+
+
+def blocked_for(who: str, limit: str, storage_uri: str) -> int | None:
+    """Whole seconds until ``who`` may try again when its failures already fill ``limit``, else None
+    (nothing is counted here: ``count_failure`` counts). The store failing lets the attempt through."""
+    if not limit:
+        return None
+    try:
+        if limiter(storage_uri).test(rule(limit), who):
+            return None
+        reset = limiter(storage_uri).get_window_stats(rule(limit), who).reset_time
+    except Exception as exc:
+        log.warning("failed attempts not limited: the store %s does not answer (%s)", storage_uri, exc)
+        return None
+    return max(1, math.ceil(reset - time.time()))
+
+
+def count_failure(who: str, limit: str, storage_uri: str) -> None:
+    if not limit:
+        return
+    try:
+        limiter(storage_uri).hit(rule(limit), who)
+    except Exception as exc:
+        log.warning("failed attempt not counted: the store %s does not answer (%s)", storage_uri, exc)

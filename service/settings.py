@@ -32,6 +32,9 @@ class ServiceSettings(Settings):
     # the API process's memory, or in Redis (redis://...) where several API processes share one count
     rate_limit: str = "1200/minute"
     rate_limit_storage: str = "memory://"
+    # failed operator-key attempts (console sign-in, /admin) per client address, in the same store: past it
+    # every attempt from there answers 429 until the window passes, so a weak key cannot be guessed quickly
+    operator_key_failures: str = "10/minute"
     prescreen_judge: str = "default"  # any judge spec vaccine_core.moderation.load_judge accepts
     # The embedded default's base: aligned with Vaccine on first start, on a mix of safety and helpful pairs
     # (refusals alone teach a model to refuse everything).

@@ -144,6 +144,7 @@ def service(tmp_path, monkeypatch):
 
     from api.main import create_app
     from service.db import get_engine
+    from service.rate_limit import limiter
     from service.settings import get_service_settings
     from tests.service_helpers import small_safety_evaluation, upgrade
     from worker.prescreen import prescreen_file
@@ -155,6 +156,7 @@ def service(tmp_path, monkeypatch):
     small_safety_evaluation(monkeypatch, tmp_path)
     get_service_settings.cache_clear()
     get_engine.cache_clear()
+    limiter.cache_clear()  # counts kept in memory start from nothing in every test
     upgrade(url)
     dispatched: list[str] = []
     alignments: list[str] = []

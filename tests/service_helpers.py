@@ -201,3 +201,14 @@ def first_start(home: Path, model_dir: Path, data_dir: Path, **extra_env: str) -
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def token(page: str) -> str:
+    """The console form token in a page."""
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+
+def sign_in(http: TestClient, key: str = "operator-secret"):
+    """The console's sign-in form, posted with ``key``; the answer (a redirect once signed in)."""
+    page = http.get("/console/login")
+    return http.post("/console/login", data={"key": key, "csrf": token(page.text)}, follow_redirects=False)

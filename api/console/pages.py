@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from api.console import charts
 from api.console.auth import CheckedForm, CheckedJson, OperatorSession, csrf_token
-from api.deps import SessionDep, SettingsDep
+from api.deps import SessionDep, SettingsDep, client_address
 from api.errors import APIError
 from api.routes.admin import bases as admin_bases
 from api.routes.admin import models as admin_models
@@ -28,7 +28,7 @@ from api.routes.admin.workers import workers as workers_view
 from api.routes.chat import ChatMessage
 from api.routes.chat import engine as chat_engine
 from service.models import BaseModelRecord, BaseStatus, FineTunedModel, Job, JobEvent, JobStatus, Tenant
-from service.operator import is_operator_key
+from service.operator import seconds_locked_out, try_operator_key
 
 # what a page sends beside its HTML: scripts, styles and images from this origin only, never framed
 SECURITY_HEADERS = {
@@ -69,7 +69,17 @@ def login_page(request: Request) -> HTMLResponse:
 
 @router.post("/login", dependencies=[CheckedForm])
 def login(request: Request, settings: SettingsDep, key: Annotated[str, Form()] = "") -> Response:
-    if not is_operator_key(settings, key.strip()):
+    client = client_address(request)
+    if (wait := seconds_locked_out(settings, client)) is not None:
+        page = render(
+            request,
+            "login.html",
+            status_code=429,
+            error=f"Too many wrong keys from this address; try again in {wait} s.",
+        )
+        page.headers["Retry-After"] = str(wait)
+        return page
+    if not try_operator_key(settings, key.strip(), client):
         return render(request, "login.html", status_code=403, error="That is not the operator key.")
     request.session.clear()  # a new session (and form token) once signed in
     request.session["operator"] = True

@@ -8,20 +8,11 @@ import pytest
 from markupsafe import escape
 
 from service.settings import get_service_settings
-from tests.service_helpers import tenant_client, upload
+from tests.service_helpers import sign_in, tenant_client, token, upload
 from worker.runner import run_job
 
 MARKUP = '<script>alert("x")</script>'
 OPERATOR = {"Authorization": "Bearer operator-secret"}
-
-
-def token(page: str) -> str:
-    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
-
-
-def sign_in(http, key: str = "operator-secret"):
-    page = http.get("/console/login")
-    return http.post("/console/login", data={"key": key, "csrf": token(page.text)}, follow_redirects=False)
 
 
 def test_only_the_operator_key_opens_the_console(service):
