@@ -179,9 +179,12 @@ def train_and_release(
         with sessions() as session:
             return session.get(Job, job_id).status != JobStatus.RUNNING
 
+    if base is None or base.status != BaseStatus.READY or base.path is None:
+        # as when its alignment fails under queued jobs (worker/alignment.py): the same code, its own words
+        state = "missing" if base is None else base.status
+        message = f"The base model {job.model} is not available ({state})."
+        return fail(job_id, "model_not_available", message, message)
     try:
-        if base is None or base.status != BaseStatus.READY or base.path is None:
-            raise RuntimeError(f"base model {job.model} is not ready")
         config = training_config(job)
         training = files.parsed_rows(training_file)  # as parsed at upload: no second validation
         validation = files.parsed_rows(validation_file) if validation_file is not None else None

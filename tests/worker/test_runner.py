@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 import worker.runner as runner
 from service.db import get_engine
-from service.models import Job, JobStatus
+from service.models import BaseModelRecord, Job, JobStatus
 from service.settings import get_service_settings
 from tests.service_helpers import tenant_client, upload
 from worker.runner import run_job
@@ -55,3 +55,14 @@ def test_a_worker_stops_a_job_the_reaper_queued_again(service, base, monkeypatch
     monkeypatch.setattr(runner, "finetune", requeued_after_first_step)
     assert run_job(job_id) == "queued"
     assert client.fine_tuning.jobs.retrieve(job_id).progress["step"] == 1
+
+
+def test_a_job_whose_base_is_no_longer_ready_fails_as_model_not_available(service, base):
+    client = tenant_client(service, "acme")
+    job_id = client.fine_tuning.jobs.create(model=base, training_file=upload(client)).id
+    with Session(get_engine()) as session:  # an operator's re-alignment failed after the job was queued
+        session.execute(update(BaseModelRecord).where(BaseModelRecord.id == base).values(status="failed"))
+        session.commit()
+    assert run_job(job_id) == "failed"
+    error = client.fine_tuning.jobs.retrieve(job_id).error
+    assert error.code == "model_not_available" and f"{base} is not available (failed)" in error.message
