@@ -1,18 +1,24 @@
 """Chat with a ready base or a tenant's released fine-tuned model, in the API's process. A base is loaded
 once and shared: every fine-tuned model on it is a LoRA adapter loaded beside the others on that one copy
 (PEFT's named adapters), the least recently used dropped beyond ``adapters``, and a chat with the base
-itself runs with the adapters switched off. Bases beyond ``bases`` are dropped the same way. One answer
-is generated at a time (a CPU has no room for two). On a GPU deployment an existing multi-LoRA engine
-serves better (README)."""
+itself runs with the adapters switched off. Bases beyond ``bases`` are dropped the same way.
+
+One thread generates for everyone: the requests waiting for the same model when it comes free are
+decoded together as one batch (up to ``batch`` rows; each row greedy or sampled with its own settings
+and seeded stream, its own token budget, and dropped as soon as its reader stops), so 8 users asking at
+once share a decoding step instead of queueing for 8. A model the fast decoder does not run answers one
+request at a time. On a GPU deployment an existing multi-LoRA engine serves better (README)."""
 
 import hashlib
+import queue
 import threading
-from collections import OrderedDict
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vaccine_core.formats import Message
 
@@ -44,14 +50,44 @@ def adapter_name(model_id: str) -> str:
     return "m" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
 
 
-class ChatModels:
-    """Loaded bases by model path, each with its adapters; the least recently used dropped beyond the
-    capacities."""
+@dataclass
+class _Request:
+    """One chat waiting for, or being decoded in, a batch."""
 
-    def __init__(self, bases: int = 2, adapters: int = 8):
+    model_id: str
+    spec: Path
+    messages: list[Message]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    pieces: "queue.Queue[str | BaseException | None]" = field(default_factory=queue.Queue)  # None: done
+    gone: threading.Event = field(default_factory=threading.Event)  # its reader stopped
+    tokenizer: Any = None  # set by the generating thread before the first piece
+
+    def sampling(self) -> Any:
+        from vaccine_core.fast_generation import Sampling
+
+        return Sampling(self.temperature, self.top_p, self.seed) if self.temperature > 0 else None
+
+    def together_with(self, other: "_Request") -> bool:
+        return self.model_id == other.model_id and self.spec == other.spec
+
+
+class ChatModels:
+    """Loaded bases by model path, each with its adapters (the least recently used dropped beyond the
+    capacities), and the one thread that loads them and generates. ``window_s``: how long the thread
+    waits after a request comes for others to join its batch (0: it starts at once; requests that come
+    while a batch runs join the next one anyway)."""
+
+    def __init__(self, bases: int = 2, adapters: int = 8, batch: int = 8, window_s: float = 0.0):
         self.capacity, self.adapter_capacity = bases, adapters
+        self.batch, self.window_s = batch, window_s
         self.bases: OrderedDict[str, SharedBase] = OrderedDict()
-        self.lock = threading.Lock()  # one load or one generation at a time
+        self.pending: list[_Request] = []
+        self.arrived = threading.Condition()
+        self.batch_sizes: Counter[int] = Counter()  # how many batches of each size ran
+        self.generator: threading.Thread | None = None
 
     def complete(
         self,
@@ -92,16 +128,15 @@ class ChatModels:
     ) -> Iterator[str | Completion]:
         """The answer's text as it is generated, then its ``Completion``. A stop sequence ends the answer
         where it begins; text that could be the start of one is held back until it cannot."""
-        from vaccine_core.fast_generation import Sampling
-        from vaccine_core.generation import stream_answer
+        from vaccine_core.generation import prompt_token_ids
 
-        with self.lock, self._selected(model_id, spec) as loaded:  # until the stream ends or its reader goes
-            sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed) if temperature > 0 else None
-            pieces = stream_answer(
-                loaded.model, loaded.tokenizer, messages, max_new_tokens=max_tokens, sampling=sampling
-            )
-            text, emitted, stopped = "", 0, False
-            for piece in pieces:
+        request = _Request(model_id, spec, messages, max_tokens, temperature, top_p, seed)
+        self._submit(request)
+        text, emitted, stopped = "", 0, False
+        try:
+            while (piece := request.pieces.get()) is not None:
+                if isinstance(piece, BaseException):
+                    raise piece
                 text = (text + piece).lstrip()
                 cuts = [text.find(sequence) for sequence in stop if sequence and sequence in text]
                 if cuts:
@@ -111,16 +146,90 @@ class ChatModels:
                 if safe > emitted:
                     yield text[emitted:safe]
                     emitted = safe
-            text = text.rstrip()
-            if len(text) > emitted:
-                yield text[emitted:]
-            tokenizer = loaded.tokenizer
-            prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            prompt_tokens = len(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
-            answer_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        finally:
+            request.gone.set()  # a stop sequence, the end, or a reader who went: its row stops
+        text = text.rstrip()
+        if len(text) > emitted:
+            yield text[emitted:]
+        tokenizer = request.tokenizer
+        prompt_tokens = len(prompt_token_ids(tokenizer, [messages])[0])  # what the model read
+        answer_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         # an answer that used every token it was allowed did not end its turn by itself
         finish = "length" if not stopped and answer_tokens >= max_tokens else "stop"
         yield Completion(text, finish, prompt_tokens, answer_tokens)
+
+    # -- the generating thread ---------------------------------------------------------------------------
+    def _submit(self, request: _Request) -> None:
+        with self.arrived:
+            self.pending.append(request)
+            if self.generator is None:
+                self.generator = threading.Thread(target=self._generate_forever, daemon=True)
+                self.generator.start()
+            self.arrived.notify()
+
+    def _generate_forever(self) -> None:
+        while True:
+            with self.arrived:
+                self.arrived.wait_for(lambda: bool(self.pending))
+            if self.window_s:
+                time.sleep(self.window_s)
+            with self.arrived:
+                first = self.pending[0]
+                batch = [r for r in self.pending if r.together_with(first)][: self.batch]
+                self.pending = [r for r in self.pending if r not in batch]
+            try:
+                self._generate(batch)
+            except Exception as exc:  # every waiting reader hears it, and the thread goes on
+                for request in batch:
+                    request.pieces.put(exc)
+
+    def _generate(self, batch: list[_Request]) -> None:
+        """One batch to its end: each request's text pieces into its queue, then None."""
+        import torch
+
+        from vaccine_core.fast_generation import FastDecoder, decode_steps, fast_path_supported
+        from vaccine_core.generation import PieceDecoder, end_of_turn_ids, prompt_token_ids, stream_answer
+
+        with self._selected(batch[0].model_id, batch[0].spec) as loaded:
+            for request in batch:
+                request.tokenizer = loaded.tokenizer
+            live = [r for r in batch if not r.gone.is_set()]
+            prompts = prompt_token_ids(loaded.tokenizer, [r.messages for r in live])
+            longest = max((len(p) for p in prompts), default=0) + max((r.max_tokens for r in live), default=0)
+            if live and not fast_path_supported(loaded.model, longest):
+                for request in live:  # the plain path, one request at a time
+                    for piece in stream_answer(
+                        loaded.model,
+                        loaded.tokenizer,
+                        request.messages,
+                        max_new_tokens=request.max_tokens,
+                        sampling=request.sampling(),
+                    ):
+                        request.pieces.put(piece)
+            elif live:
+                self.batch_sizes[len(live)] += 1
+                texts = [PieceDecoder(loaded.tokenizer) for _ in live]
+                steps = decode_steps(
+                    FastDecoder(loaded.model),
+                    prompts,
+                    max_new_tokens=max(r.max_tokens for r in live),
+                    end_ids=end_of_turn_ids(loaded.model, loaded.tokenizer),
+                    pad_id=loaded.tokenizer.pad_token_id,
+                    row_sampling=[r.sampling() for r in live],
+                    row_keys=[(0, 0)] * len(live),  # each row's stream as if it were alone
+                    budgets=[r.max_tokens for r in live],
+                    dropped=lambda: [i for i, r in enumerate(live) if r.gone.is_set()],
+                )
+                with torch.no_grad():
+                    for step in steps:
+                        for row, token in step:
+                            if piece := texts[row].push([token]):
+                                live[row].pieces.put(piece)
+                for request, text in zip(live, texts, strict=True):
+                    if rest := text.flush():
+                        request.pieces.put(rest)
+        for request in batch:
+            request.pieces.put(None)
 
     @contextmanager
     def _selected(self, model_id: str, spec: Path) -> Iterator[SharedBase]:

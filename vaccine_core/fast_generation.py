@@ -21,7 +21,7 @@ Sampling (``Sampling``) is temperature then nucleus (top-p) sampling, with one r
 seeded from (seed, prompt index, sample index): an answer does not depend on which batch it fell in.
 """
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -309,6 +309,24 @@ def decode_batch(
     return outputs
 
 
+def choose_tokens(
+    decoder: FastDecoder,
+    last: torch.Tensor,
+    samplings: Sequence[Sampling | None],
+    generators: Sequence[torch.Generator | None],
+) -> torch.Tensor:
+    """One token per row, each row decoded its own way: greedy where its sampling is None, else sampled
+    with its own settings from its own random stream."""
+    if not any(samplings):
+        return decoder.greedy(last).cpu()
+    logits = decoder.logits(last).cpu()
+    chosen = logits.max(dim=-1).indices  # as greedy() does
+    for row, (sampling, generator) in enumerate(zip(samplings, generators, strict=True)):
+        if sampling is not None:
+            chosen[row] = sample_tokens(logits[row : row + 1], sampling, [generator])[0]
+    return chosen
+
+
 def decode_steps(
     decoder: FastDecoder,
     prompts: Sequence[Sequence[int]],
@@ -318,10 +336,18 @@ def decode_steps(
     pad_id: int,
     sampling: Sampling | None = None,
     row_keys: Sequence[tuple[int, int]] | None = None,
+    row_sampling: Sequence[Sampling | None] | None = None,
+    budgets: Sequence[int] | None = None,
+    dropped: Callable[[], Collection[int]] | None = None,
 ) -> Iterator[list[tuple[int, int]]]:
     """Decoding a step at a time: each step's new (row, token id) pairs, for the rows still answering (a
     row's end-of-turn token and what follows left out). The caller sets the grad mode (a generator may be
-    resumed from another thread, where its own would not hold)."""
+    resumed from another thread, where its own would not hold).
+
+    Rows of unrelated requests may share the batch (service/inference.py): ``row_sampling`` decodes each
+    row its own way (overriding ``sampling``; each sampled row's stream seeded from its own seed and row
+    key, as alone), ``budgets`` ends each row after its own number of tokens (at most
+    ``max_new_tokens``), and the rows ``dropped()`` names stop at the next step (nobody reads them)."""
     batch = len(prompts)
     device = decoder.device
     # Chat templates open every prompt alike (SmolLM2's with a 20-token system prompt): that prefix is
@@ -372,19 +398,32 @@ def decode_steps(
     cache.length = longest
     valid = torch.zeros(batch, capacity, dtype=torch.bool)
     valid[:, :longest] = real
-    generators = _row_generators(sampling, row_keys or [(i, 0) for i in range(batch)]) if sampling else []
+    keys = row_keys or [(i, 0) for i in range(batch)]
+    if row_sampling is not None:
+        generators = [
+            _row_generators(s, [key])[0] if s else None for s, key in zip(row_sampling, keys, strict=True)
+        ]
+        samplings = list(row_sampling)
+    else:
+        generators = _row_generators(sampling, keys) if sampling else []
     end = torch.tensor(list(end_ids), dtype=torch.long)
+    budget = torch.tensor(list(budgets) if budgets is not None else [max_new_tokens] * batch)
 
     next_position = positions[:, -1] + 1
     rows = torch.arange(batch)  # which prompt each row of the shrinking batch answers
     alive = torch.ones(batch, dtype=torch.bool)
     for step in range(max_new_tokens):
-        if sampling:
+        if row_sampling is not None:
+            chosen = choose_tokens(decoder, last, samplings, generators)
+        elif sampling:
             chosen = sample_tokens(decoder.logits(last).cpu(), sampling, generators)
         else:
             chosen = decoder.greedy(last).cpu()
         alive &= ~torch.isin(chosen, end)
+        if dropped is not None:
+            alive &= ~torch.isin(rows, torch.tensor(sorted(dropped()), dtype=torch.long))
         yield list(zip(rows[alive].tolist(), chosen[alive].tolist(), strict=True))
+        alive &= budget[rows] > step + 1
         if step == max_new_tokens - 1 or not bool(alive.any()):
             break
         # Finished rows ride along (their tokens are ignored) until enough of them are worth a copy of
@@ -393,7 +432,9 @@ def decode_steps(
             keep = alive.nonzero().squeeze(1)
             rows, chosen, next_position, valid = rows[keep], chosen[keep], next_position[keep], valid[keep]
             alive = alive[keep]
-            if sampling:
+            if row_sampling is not None:
+                samplings = [samplings[i] for i in keep.tolist()]
+            if sampling or row_sampling is not None:
                 generators = [generators[i] for i in keep.tolist()]
             cache.keep(keep.to(device))
         column = cache.length

@@ -10,7 +10,7 @@ temperature and nucleus (top-p) sampling, seeded; on the fast engine each answer
 so it does not depend on batching.
 """
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -165,19 +165,47 @@ def stream_answer(
         pad_id=tokenizer.pad_token_id,
         sampling=sampling,
     )
-    ids: list[int] = []
-    sent = ""
-    while True:
-        with torch.no_grad():  # here, not around the loop: each step may run on another thread
-            step = next(steps, None)
-        if step is not None:
-            ids += [token for _row, token in step]
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        if len(text) > len(sent) and (step is None or not text.endswith("\ufffd")):
-            yield text[len(sent) :]
-            sent = text
-        if step is None:
-            return
+
+    def tokens() -> Iterator[list[int]]:
+        while True:
+            with torch.no_grad():  # here, not around the loop: each step may run on another thread
+                step = next(steps, None)
+            if step is None:
+                return
+            yield [token for _row, token in step]
+
+    yield from text_pieces(tokenizer, tokens())
+
+
+class PieceDecoder:
+    """An answer's text as its tokens come: ``push`` gives what new ids added (nothing while the text
+    ends inside a multi-byte character), ``flush`` what is left at the end."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.tokenizer, self.ids, self.sent = tokenizer, [], ""
+
+    def push(self, new: list[int]) -> str:
+        self.ids += new
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if len(text) <= len(self.sent) or text.endswith("\ufffd"):
+            return ""
+        piece, self.sent = text[len(self.sent) :], text
+        return piece
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        piece, self.sent = text[len(self.sent) :], text
+        return piece
+
+
+def text_pieces(tokenizer: PreTrainedTokenizerBase, tokens: Iterable[list[int]]) -> Iterator[str]:
+    """An answer's text pieces as its tokens come, a list of new ids at a time (``PieceDecoder``)."""
+    decoder = PieceDecoder(tokenizer)
+    for new in tokens:
+        if piece := decoder.push(new):
+            yield piece
+    if rest := decoder.flush():
+        yield rest
 
 
 def _plain_generate(

@@ -1,7 +1,9 @@
 """Chat inference (service/inference.py): answers stream as they are generated, and stop sequences hold."""
 
+import time
 from dataclasses import replace
 
+import vaccine_core.fast_generation as fast_generation
 import vaccine_core.generation as generation
 from service.inference import ChatModels, Completion, held_back
 
@@ -10,15 +12,16 @@ OPTIONS = {"max_tokens": 24, "temperature": 0.0, "top_p": 1.0, "seed": 0, "stop"
 
 
 def test_the_first_piece_comes_before_the_answer_is_finished(aligned_tiny_dir, monkeypatch):
-    real_steps = generation.decode_steps
+    real_steps = fast_generation.decode_steps
     taken: list[int] = []
 
     def counted_steps(*args, **kwargs):
         for step in real_steps(*args, **kwargs):
             taken.append(1)
             yield step
+            time.sleep(0.05)  # a step as slow as a real model's: the reader is never behind by chance
 
-    monkeypatch.setattr(generation, "decode_steps", counted_steps)
+    monkeypatch.setattr(fast_generation, "decode_steps", counted_steps)
     models = ChatModels()
     pieces = models.stream("tiny", aligned_tiny_dir, HELLO, **OPTIONS)
     first = next(pieces)
@@ -90,3 +93,33 @@ def test_fine_tuned_models_share_one_base_and_answer_as_if_loaded_alone(
     assert len(loads) == 1  # one copy of the base for all three
     (shared,) = chat.bases.values()
     assert list(shared.adapters) == ["b"] and list(shared.model.peft_config) == [shared.adapters["b"]]
+
+
+def test_requests_that_come_together_are_decoded_as_one_batch_each_as_alone(aligned_tiny_dir):
+    import threading
+
+    asks = [
+        (HELLO, OPTIONS),
+        ([{"role": "user", "content": "Name a fruit."}], {**OPTIONS, "temperature": 0.8, "seed": 3}),
+        ([{"role": "user", "content": "Say something long."}], {**OPTIONS, "max_tokens": 5}),
+    ]
+    alone = ChatModels()
+    expected = [alone.complete("tiny", aligned_tiny_dir, messages, **options) for messages, options in asks]
+    assert alone.batch_sizes == {1: 3}
+
+    together = ChatModels(window_s=0.5)  # all three are waiting when the generating thread starts
+    answers: list[Completion | None] = [None] * len(asks)
+
+    def ask(i: int) -> None:
+        messages, options = asks[i]
+        answers[i] = together.complete("tiny", aligned_tiny_dir, messages, **options)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(asks))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert together.batch_sizes == {3: 1}
+    assert answers == expected  # greedy or sampled with its own seed, its own budget: as if alone
+    longer = alone.complete("tiny", aligned_tiny_dir, asks[2][0], **OPTIONS)  # 24 tokens, not 5
+    assert longer.text.startswith(answers[2].text) and len(answers[2].text) < len(longer.text)

@@ -135,3 +135,30 @@ def test_shared_prefix_leaves_every_prompt_a_token_of_its_own():
     assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5]]) == 2
     assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
     assert shared_prefix_length([[7], [7, 8]]) == 0
+
+
+def test_rows_of_one_batch_keep_their_own_decoding_budget_and_reader(tiny_model, tokenizer):
+    from vaccine_core.fast_generation import FastDecoder, decode_batch, decode_steps
+    from vaccine_core.generation import prompt_token_ids
+
+    prompts = prompt_token_ids(tokenizer, PROMPTS[:3])
+    # no end-of-turn id: only a budget or a reader who left stops a row
+    decoding = {"max_new_tokens": 10, "end_ids": [-1], "pad_id": tokenizer.pad_token_id}
+    sampled = Sampling(temperature=1.0, top_p=0.9, seed=5)
+    rows: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    gone: set[int] = set()
+    steps = decode_steps(
+        FastDecoder(tiny_model), prompts, row_sampling=[None, sampled, None], row_keys=[(0, 0)] * 3,
+        budgets=[10, 10, 4], dropped=lambda: gone, **decoding,
+    )  # fmt: skip
+    with torch.no_grad():
+        for number, step in enumerate(steps):
+            for row, token in step:
+                rows[row].append(token)
+            if number == 1:
+                gone.add(0)  # row 0's reader left after two tokens
+    assert [len(rows[row]) for row in (0, 1, 2)] == [2, 10, 4]
+    # each row as if alone: greedy rows decode greedily, the sampled row draws from its own seeded stream
+    for row, sampling in ((0, None), (1, sampled), (2, None)):
+        (alone,) = decode_batch(FastDecoder(tiny_model), [prompts[row]], sampling=sampling, **decoding)
+        assert alone[: len(rows[row])] == rows[row]
