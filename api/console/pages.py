@@ -27,6 +27,7 @@ from api.routes.admin import tenants as admin_tenants
 from api.routes.admin.workers import workers as workers_view
 from api.routes.chat import ChatMessage
 from api.routes.chat import engine as chat_engine
+from service.defenses import DefenseStack
 from service.models import BaseModelRecord, BaseStatus, FineTunedModel, Job, JobEvent, JobStatus, Tenant
 from service.operator import seconds_locked_out, try_operator_key
 
@@ -415,12 +416,19 @@ def policy_page(request: Request, session: SessionDep) -> HTMLResponse:
 def show_policy(
     request: Request, session: SessionDep, status_code: int = 200, **context: Any
 ) -> HTMLResponse:
+    policy = admin_policy.read(session)
+    stack = DefenseStack.model_validate(policy["defenses"] or {})
     return render(
         request,
         "policy.html",
         status_code=status_code,
-        policy=admin_policy.read(session),
+        policy=policy,
         fields={name: admin_policy.PolicyUpdate.model_fields[name] for name in POLICY_FIELDS},
+        # name, whether it is a switch, what it does, its value now
+        defense_fields=[
+            (name, field.annotation is bool, field.description, getattr(stack, name))
+            for name, field in DefenseStack.model_fields.items()
+        ],
         **context,
     )
 
@@ -437,6 +445,25 @@ async def update_policy(request: Request, session: SessionDep) -> Response:
         admin_policy.update(admin_policy.PolicyUpdate.model_validate(changes), session)
     except ValidationError as exc:
         return show_policy(request, session, status_code=400, error=first_problem(exc))
+    return RedirectResponse("/console/policy?saved=1", status_code=303)
+
+
+@router.post("/policy/defenses", dependencies=[OperatorSession, CheckedForm])
+async def update_defenses(request: Request, session: SessionDep) -> Response:
+    """The stack every job runs, set whole from the form (a checkbox left out is a layer off), its bounds
+    checked by the stack's own schema."""
+    form = await request.form()
+    stack: dict[str, Any] = {}
+    for name, field in DefenseStack.model_fields.items():
+        if field.annotation is bool:
+            stack[name] = form.get(name) == "on"
+        elif form.get(name) not in (None, ""):
+            stack[name] = form.get(name)
+    try:
+        update = admin_policy.PolicyUpdate(defenses=DefenseStack.model_validate(stack))
+    except ValidationError as exc:
+        return show_policy(request, session, status_code=400, error=first_problem(exc))
+    admin_policy.update(update, session)
     return RedirectResponse("/console/policy?saved=1", status_code=303)
 
 

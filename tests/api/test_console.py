@@ -123,6 +123,19 @@ def test_bases_tenants_and_policy_are_managed_through_the_admin_functions(servic
     actions = [entry["action"] for entry in service.get("/admin/audit", headers=OPERATOR).json()["data"]]
     assert {"base.register", "tenant.create", "policy.update"} <= set(actions)
 
+    page = service.get("/console/policy").text
+    assert 'name="lisa"' in page and 'name="safe_lora_threshold"' in page  # every option of the stack
+    stack = {"csrf": form["csrf"], "lisa": "on", "lisa_rho": "2", "safe_lora_threshold": "0.4"}
+    refused = service.post("/console/policy/defenses", data={**stack, "lisa_rho": "-1"})
+    assert refused.status_code == 400 and "lisa_rho" in refused.text
+    assert service.post("/console/policy/defenses", data={**stack, "csrf": "forged"}).status_code == 403
+    assert service.post("/console/policy/defenses", data=stack).status_code == 200
+    saved = service.get("/admin/policy", headers=OPERATOR).json()["defenses"]
+    assert saved["lisa"] and not saved["safe_lora"] and saved["lisa_rho"] == 2
+    assert (
+        saved["safe_lora_threshold"] == 0.4 and 'name="lisa" checked' in service.get("/console/policy").text
+    )
+
 
 def test_the_playground_answers_with_any_model_and_needs_the_page_s_token(service, base):
     assert sign_in(service).status_code == 303
