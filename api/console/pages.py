@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.console import charts
 from api.console.auth import CheckedForm, CheckedJson, OperatorSession, csrf_token
@@ -27,6 +28,7 @@ from api.routes.admin import tenants as admin_tenants
 from api.routes.admin.workers import workers as workers_view
 from api.routes.chat import ChatMessage
 from api.routes.chat import engine as chat_engine
+from service.db import get_engine
 from service.defenses import DefenseStack
 from service.models import BaseModelRecord, BaseStatus, FineTunedModel, Job, JobEvent, JobStatus, Tenant
 from service.operator import seconds_locked_out, try_operator_key
@@ -486,17 +488,24 @@ class PlaygroundRequest(BaseModel):
     temperature: float = Field(default=0.0, ge=0, le=2)
 
 
+def playground_model(model_id: str) -> Path | None:
+    """Any ready base's or fine-tuned model's weights, quarantined ones included. A session of its own,
+    closed before generation starts: a chat holds no admitted session (api.deps.get_session)."""
+    with Session(get_engine()) as session:
+        tuned = session.get(FineTunedModel, model_id)
+        if tuned is not None:
+            return Path(tuned.path)
+        base = session.get(BaseModelRecord, model_id)
+        ready = base is not None and base.status == BaseStatus.READY and base.path
+        return Path(base.path) if ready else None
+
+
 @router.post("/api/chat", dependencies=[OperatorSession, CheckedJson])
-async def playground_chat(body: PlaygroundRequest, request: Request, session: SessionDep) -> JSONResponse:
+async def playground_chat(body: PlaygroundRequest, request: Request) -> JSONResponse:
     """One answer from any ready base or fine-tuned model, quarantined ones included (the operator reviews
     them), on the chat endpoint's machinery. Shown unmoderated: a review needs the model's own words."""
-    tuned = session.get(FineTunedModel, body.model)
-    base = session.get(BaseModelRecord, body.model)
-    if tuned is not None:
-        spec = Path(tuned.path)
-    elif base is not None and base.status == BaseStatus.READY and base.path:
-        spec = Path(base.path)
-    else:
+    spec = await run_in_threadpool(playground_model, body.model)
+    if spec is None:
         return JSONResponse({"error": f"No model '{body.model}' to chat with."}, status_code=404)
     completion = await run_in_threadpool(
         chat_engine(request).complete,
