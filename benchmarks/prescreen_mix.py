@@ -19,10 +19,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, provenance
 
+from vaccine_core.formats import as_dataset
 from vaccine_core.mixing import HARMFUL_FILE, HELPFUL_FILE, build_mix, read_jsonl, write_rows
 from vaccine_core.moderation import load_judge
+from vaccine_core.moderation.base import Pair
 from vaccine_core.moderation.dataset import LabelledPair, alpaca_question, load_labelled_pairs
-from vaccine_core.moderation.prescreen import prescreen
+from vaccine_core.moderation.prescreen import PRESCREEN_BATCH, prescreen, screened_pairs
 from vaccine_core.settings import get_settings
 
 
@@ -36,6 +38,36 @@ def alpaca_mix(data_dir: Path, n: int, harmful_fraction: float, seed: int) -> li
     rows += [{**r, "harmful": False} for r in rng.sample(fresh, n - n_harmful)]
     rng.shuffle(rows)
     return rows
+
+
+def operating_curve(judge: Any, pairs: list[Pair], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What another per-row threshold would do, from every row's score (``pairs``: what the pre-screen
+    judged of each of ``rows``): harmful rows found and benign rows flagged at each threshold, and the
+    benign rows flagged at the highest threshold that still finds every harmful row (the price of full
+    recall)."""
+    scores = [
+        verdict.score
+        for start in range(0, len(pairs), PRESCREEN_BATCH)
+        for verdict in judge.score(pairs[start : start + PRESCREEN_BATCH])
+    ]
+    harmful = [s for s, r in zip(scores, rows, strict=True) if r["harmful"]]
+    benign = [s for s, r in zip(scores, rows, strict=True) if not r["harmful"]]
+    own = getattr(judge, "threshold", None)
+    thresholds = sorted({round(0.1 * k, 1) for k in range(1, 10)} | ({own} if own is not None else set()))
+    at = [
+        {
+            "threshold": t,
+            "harmful_found": sum(s >= t for s in harmful),
+            "benign_flagged": sum(s >= t for s in benign),
+        }
+        for t in thresholds
+    ]
+    lowest = min(harmful, default=None)
+    return {
+        "curve": at,
+        "lowest_harmful_score": lowest,
+        "benign_flagged_at_full_recall": None if lowest is None else sum(s >= lowest for s in benign),
+    }
 
 
 def main() -> None:
@@ -58,7 +90,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "upload.jsonl"
         write_rows(path, rows)
-        report = prescreen(path, load_judge(args.judge))
+        judge = load_judge(args.judge)
+        report = prescreen(path, judge)
+        curve = operating_curve(judge, screened_pairs(as_dataset(path).conversations), rows)
     flagged = {row.line for row in report.flagged}
     found = flagged & harmful_lines
     # The default judge trained on the attack set's train split: recall on its held-out questions is the
@@ -88,6 +122,7 @@ def main() -> None:
         "missed_lines": sorted(harmful_lines - flagged),
         "wrongly_flagged_lines": sorted(flagged - harmful_lines),
         "categories": report.categories,
+        **curve,
     }
     print(json.dumps({k: v for k, v in result.items() if k not in {"machine"}}, indent=2))
     name = "default" if args.judge == "default" else Path(args.judge).name

@@ -1,12 +1,13 @@
 """Pre-screen a fine-tuning file: score every (prompt, answer) row and report the flagged ones by line."""
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vaccine_core.formats import LoadedDataset, as_dataset
-from vaccine_core.moderation.base import Moderator
+from vaccine_core.formats import Conversation, LoadedDataset, as_dataset
+from vaccine_core.moderation.base import Moderator, Pair
 
 
 @dataclass(frozen=True)
@@ -38,18 +39,29 @@ class PrescreenReport:
         }
 
 
-def prescreen(data: Path | LoadedDataset, judge: Moderator, batch_size: int = 64) -> PrescreenReport:
+def screened_pairs(conversations: Sequence[Conversation]) -> list[Pair]:
+    """What the pre-screen judges of each example: its last user turn, and its answer."""
+    return [
+        (next(m["content"] for m in reversed(c.prompt_messages) if m["role"] == "user"), c.answer)
+        for c in conversations
+    ]
+
+
+# Rows judged together. A score moves a little with its batch's padding, so whoever re-scores a pre-screen's
+# rows (benchmarks/prescreen_mix.py) batches them the same way.
+PRESCREEN_BATCH = 64
+
+
+def prescreen(
+    data: Path | LoadedDataset, judge: Moderator, batch_size: int = PRESCREEN_BATCH
+) -> PrescreenReport:
     """Judge each example's last user turn with its answer. Raises DatasetError for an invalid file (rows
     parsed before are judged as they are)."""
     conversations = as_dataset(data).conversations
     flagged: list[FlaggedRow] = []
     for start in range(0, len(conversations), batch_size):
         chunk = conversations[start : start + batch_size]
-        pairs = [
-            (next(m["content"] for m in reversed(c.prompt_messages) if m["role"] == "user"), c.answer)
-            for c in chunk
-        ]
-        for conversation, verdict in zip(chunk, judge.score(pairs), strict=True):
+        for conversation, verdict in zip(chunk, judge.score(screened_pairs(chunk)), strict=True):
             if verdict.flagged:
                 flagged.append(FlaggedRow(conversation.line, verdict.score, verdict.categories))
     categories = Counter(c for row in flagged for c in row.categories)
