@@ -15,7 +15,7 @@ wanted=(
     pydantic pydantic-core pydantic-settings annotated-types typing-inspection python-dotenv
     gguf fastapi starlette python-multipart uvicorn sqlalchemy greenlet alembic mako
     celery kombu billiard vine amqp redis click-didyoumean click-repl click-plugins prompt-toolkit wcwidth tzdata
-    limits deprecated itsdangerous openai distro jiter sniffio
+    limits deprecated itsdangerous openai distro jiter sniffio orjson
 )
 python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     "${platforms[@]}" -d .whl "${wanted[@]}"
