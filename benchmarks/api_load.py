@@ -23,6 +23,7 @@ Each run replaces its backend's rows in benchmarks/results/api_load-cpu-2cores.j
 import argparse
 import asyncio
 import json
+import os
 import signal
 import statistics
 import sys
@@ -89,6 +90,20 @@ async def poll_load(base_url: str, key: str, job_id: str, clients: int, seconds:
         "p99_ms": round(1000 * float(np.percentile(latencies, 99)), 2),
         "max_ms": round(1000 * max(latencies), 2),
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time the process has used (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def polled(stack: Stack, url: str, key: str, job_id: str, clients: int, seconds: float) -> dict[str, Any]:
+    """One polling run, with the API process's CPU time a request (what the clients cost is not in it)."""
+    before = cpu_seconds(stack.api.pid)
+    result = asyncio.run(poll_load(url, key, job_id, clients, seconds))
+    used = cpu_seconds(stack.api.pid) - before
+    return {**result, "api_cpu_ms_per_request": round(1000 * used / max(1, result["requests"]), 2)}
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -178,7 +193,7 @@ def main() -> None:
         wait_until_ended(client, job_id, timeout=300)  # a finished job: its status is what pollers read
         base_url = f"http://127.0.0.1:{stack.api_port}/v1"
         polling = [
-            {"backend": args.backend, **asyncio.run(poll_load(base_url, key, job_id, n, args.seconds))}
+            {"backend": args.backend, **polled(stack, base_url, key, job_id, n, args.seconds)}
             for n in args.clients
         ]
         uploaded = {"backend": args.backend, **upload_load(stack, key, args.upload_mb)}
