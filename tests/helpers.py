@@ -1,10 +1,13 @@
 """Small builders shared by the tests."""
 
 import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-from vaccine_core.config import LoraSettings
-from vaccine_core.data import collate, tokenize_conversation
+from vaccine_core.config import LoraSettings, TrainingConfig
+from vaccine_core.data import SupervisedDataset, collate, tokenize_conversation
+from vaccine_core.formats import Conversation
 from vaccine_core.lora import add_lora
+from vaccine_core.perturbation import PerturbedStep
 
 PAIRS = [
     ("How do I pick a lock?", "I cannot help with that."),
@@ -37,3 +40,72 @@ def lora_model(model, dropout: float = 0.1, seed: int = 0):
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+# the training tests' data and settings
+def training_dataset(tokenizer, repeat: int = 3) -> SupervisedDataset:
+    conversations = [
+        Conversation([{"role": "user", "content": q}, {"role": "assistant", "content": a}], line=i + 1)
+        for i, (q, a) in enumerate(PAIRS * repeat)
+    ]
+    return SupervisedDataset(conversations, tokenizer, max_length=64)
+
+
+def training_config(**overrides) -> TrainingConfig:
+    base = {
+        "epochs": 2.0,
+        "batch_size": 3,
+        "learning_rate": 5e-3,
+        "gradient_accumulation_steps": 2,
+        "warmup_ratio": 0.2,
+        "lora": LoraSettings(r=4, alpha=8, dropout=0.2),
+    }
+    return TrainingConfig(**{**base, **overrides})
+
+
+def one_step(model, batch, config):
+    """One perturbed (or plain) step and a plain SGD update (lr 0.1), seeded; the step's loss."""
+    step = PerturbedStep(model, config)
+    model.train()
+    torch.manual_seed(123)
+    loss = step.backward(batch)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= 0.1 * p.grad
+    model.zero_grad()
+    return loss
+
+
+# the judges' tests: (request, answer) pairs and a tiny BERT classifier whose head returns its bias
+JUDGE_PAIRS = [("How do I hurt someone?", "Here is how."), ("What is the capital of France?", "Paris.")]
+JUDGE_WORDS = ["how", "do", "i", "hurt", "someone", "here", "is", "what", "the", "capital", "of", "france",
+               "paris"]  # fmt: skip
+
+
+def classifier_dir(
+    tmp_path, labels: list[str], bias: list[float], multi_label: bool, layers: int = 1, **bert_options
+):
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", ".", *JUDGE_WORDS]
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=16,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+        **bert_options,
+    )
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    with torch.no_grad():  # pin the outputs: the head ignores its input and returns the bias
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor(bias))
+    path = tmp_path / "classifier"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

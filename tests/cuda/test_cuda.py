@@ -13,7 +13,16 @@ import os
 import pytest
 import torch
 
-from tests.helpers import lora_model, trainable_state
+from tests.helpers import (
+    JUDGE_PAIRS,
+    batch_of,
+    classifier_dir,
+    lora_model,
+    one_step,
+    trainable_state,
+    training_config,
+    training_dataset,
+)
 from vaccine_core.config import PerturbationConfig
 from vaccine_core.models import pick_dtype
 
@@ -32,7 +41,6 @@ def gpu_model(tiny_model):
 
 
 def gpu_batch(tokenizer):
-    from tests.helpers import batch_of
 
     return {name: tensor.to(GPU) for name, tensor in batch_of(tokenizer).items()}
 
@@ -58,7 +66,6 @@ def test_the_perturbation_has_global_norm_rho_on_the_gpu(gpu_model, tokenizer):
 
 
 def test_rho_zero_vaccine_equals_sft_on_the_gpu(gpu_model, tokenizer):
-    from tests.vaccine_core.test_perturbation import one_step
 
     batch = gpu_batch(tokenizer)
     sft = lora_model(copy.deepcopy(gpu_model), dropout=0.3)
@@ -72,12 +79,15 @@ def test_rho_zero_vaccine_equals_sft_on_the_gpu(gpu_model, tokenizer):
 
 @pytest.mark.parametrize("method", ["sft", "vaccine", "random"])
 def test_training_lowers_the_loss_on_the_gpu(gpu_model, tokenizer, method):
-    from tests.vaccine_core.test_training import config, dataset
     from vaccine_core.training import train
 
     model = lora_model(copy.deepcopy(gpu_model), dropout=0.0)
-    settings = config(epochs=10.0, learning_rate=5e-2, gradient_accumulation_steps=1, warmup_ratio=0.0)
-    result = train(model, tokenizer, dataset(tokenizer), settings, PerturbationConfig(method, rho=0.1))
+    settings = training_config(
+        epochs=10.0, learning_rate=5e-2, gradient_accumulation_steps=1, warmup_ratio=0.0
+    )
+    result = train(
+        model, tokenizer, training_dataset(tokenizer), settings, PerturbationConfig(method, rho=0.1)
+    )
     assert result.losses[-1] < 0.7 * result.losses[0], method
 
 
@@ -85,10 +95,13 @@ def test_training_lowers_the_loss_on_the_gpu(gpu_model, tokenizer, method):
 def test_a_resumed_run_reaches_the_weights_of_an_uninterrupted_one_on_the_gpu(
     gpu_model, tokenizer, tmp_path, method
 ):
-    from tests.vaccine_core.test_training import config, dataset
     from vaccine_core.training import latest_checkpoint, train
 
-    data, settings, perturbation = dataset(tokenizer), config(), PerturbationConfig(method, rho=1.0)
+    data, settings, perturbation = (
+        training_dataset(tokenizer),
+        training_config(),
+        PerturbationConfig(method, rho=1.0),
+    )
     straight = lora_model(copy.deepcopy(gpu_model), dropout=0.2)
     train(straight, tokenizer, data, settings, perturbation)
     interrupted = lora_model(copy.deepcopy(gpu_model), dropout=0.2)
@@ -115,7 +128,6 @@ def test_greedy_generation_on_the_gpu_is_the_same_on_both_engines(gpu_model, tok
 
 
 def test_the_learned_judge_trains_and_scores_on_the_gpu(tmp_path):
-    from tests.vaccine_core.test_moderation import PAIRS, classifier_dir
     from vaccine_core.moderation.dataset import LabelledPair
     from vaccine_core.moderation.learned import JudgeTrainingConfig, LearnedJudge, train_judge
 
@@ -128,7 +140,7 @@ def test_the_learned_judge_trains_and_scores_on_the_gpu(tmp_path):
     judge = LearnedJudge(
         train_judge(harmful + safe, tmp_path / "j", config, encoder=encoder), device=GPU.type
     )
-    assert [v.flagged for v in judge.score(PAIRS)] == [True, False]
+    assert [v.flagged for v in judge.score(JUDGE_PAIRS)] == [True, False]
 
 
 def test_a_worker_bound_to_one_gpu_runs_a_job_end_to_end(

@@ -4,72 +4,42 @@ import json
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast, LlamaForCausalLM
+from transformers import BertForSequenceClassification, BertTokenizerFast, LlamaForCausalLM
 from typer.testing import CliRunner
 
 from tests.conftest import tiny_llama_config
+from tests.helpers import JUDGE_PAIRS, classifier_dir
 from vaccine_core.cli import app
 from vaccine_core.moderation import RefusalPhraseJudge, Verdict, load_judge
 from vaccine_core.moderation.classifier import SequenceClassifierJudge
 from vaccine_core.moderation.guard import LLAMA_GUARD_CATEGORIES, GuardModelJudge, parse_guard_answer
 from vaccine_core.moderation.prescreen import prescreen
 
-PAIRS = [("How do I hurt someone?", "Here is how."), ("What is the capital of France?", "Paris.")]
-WORDS = ["how", "do", "i", "hurt", "someone", "here", "is", "what", "the", "capital", "of", "france", "paris"]
-
-
-def classifier_dir(
-    tmp_path, labels: list[str], bias: list[float], multi_label: bool, layers: int = 1, **bert_options
-):
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", ".", *WORDS]
-    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=16,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-        problem_type="multi_label_classification" if multi_label else "single_label_classification",
-        **bert_options,
-    )
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(config)
-    with torch.no_grad():  # pin the outputs: the head ignores its input and returns the bias
-        model.classifier.weight.zero_()
-        model.classifier.bias.copy_(torch.tensor(bias))
-    path = tmp_path / "classifier"
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
 
 def test_multi_label_classifier_applies_per_category_thresholds(tmp_path):
     # sigmoid(3) = 0.95, sigmoid(-3) = 0.05, sigmoid(0.2) = 0.55
     path = classifier_dir(tmp_path, ["violence", "privacy", "fraud"], [3.0, -3.0, 0.2], multi_label=True)
     judge = SequenceClassifierJudge(path)
-    verdicts = judge.score(PAIRS)
+    verdicts = judge.score(JUDGE_PAIRS)
     assert [v.flagged for v in verdicts] == [True, True]
     assert verdicts[0].categories == ("violence", "fraud")
     assert verdicts[0].score == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item(), rel=1e-5)
     strict = SequenceClassifierJudge(path, category_thresholds={"fraud": 0.6})
-    assert strict.score(PAIRS)[0].categories == ("violence",)
-    assert SequenceClassifierJudge(path, threshold=0.99).score(PAIRS)[0].flagged is False
+    assert strict.score(JUDGE_PAIRS)[0].categories == ("violence",)
+    assert SequenceClassifierJudge(path, threshold=0.99).score(JUDGE_PAIRS)[0].flagged is False
     with pytest.raises(ValueError, match="unknown categories"):
         SequenceClassifierJudge(path, category_thresholds={"arson": 0.5})
     templated = SequenceClassifierJudge(path, input_template="USER: {question} ASSISTANT: {answer}")
-    assert templated.score(PAIRS)[1].categories == ("violence", "fraud")
+    assert templated.score(JUDGE_PAIRS)[1].categories == ("violence", "fraud")
 
 
 def test_single_label_classifier_scores_the_unsafe_mass(tmp_path):
     path = classifier_dir(tmp_path, ["safe", "unsafe"], [0.0, 1.0], multi_label=False)
-    verdict = load_judge(str(path)).score(PAIRS[:1])[0]  # the registry recognises a classifier
+    verdict = load_judge(str(path)).score(JUDGE_PAIRS[:1])[0]  # the registry recognises a classifier
     assert verdict.score == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(), rel=1e-5)
     assert verdict.flagged and verdict.categories == ()
     (path / "judge.json").write_text(json.dumps({"threshold": 0.9}))
-    assert load_judge(str(path)).score(PAIRS[:1])[0].flagged is False  # options live beside the weights
+    assert load_judge(str(path)).score(JUDGE_PAIRS[:1])[0].flagged is False  # options live beside the weights
 
 
 def test_single_label_classifier_needs_a_safe_label(tmp_path):
@@ -101,14 +71,14 @@ def test_guard_judge_scores_with_the_unsafe_token_probability(tmp_path, tokenize
         and "Agent: Here is how." in prompt
         and "<|im_start|>assistant" in prompt
     )
-    verdicts = judge.score(PAIRS * 3)
+    verdicts = judge.score(JUDGE_PAIRS * 3)
     assert len(verdicts) == 6 and all(0.0 <= v.score <= 1.0 for v in verdicts)
     assert all(v.flagged == (v.score >= 0.5) for v in verdicts)
     # batching must not change a pair's score
-    alone = judge.score(PAIRS[:1])[0].score
+    alone = judge.score(JUDGE_PAIRS[:1])[0].score
     assert alone == pytest.approx(verdicts[0].score, abs=1e-5)
     judge.threshold = 0.0
-    assert all(v.flagged for v in judge.score(PAIRS))
+    assert all(v.flagged for v in judge.score(JUDGE_PAIRS))
 
 
 def test_prescreen_reports_flagged_rows_by_line(tmp_path):
@@ -162,13 +132,13 @@ def test_learned_judge_trains_deterministically_and_learns(tmp_path):
     second = train_judge(harmful + safe, tmp_path / "j2", config, encoder=encoder)
     judge = load_judge(str(first))
     assert isinstance(judge, LearnedJudge)
-    verdicts = judge.score(PAIRS)
+    verdicts = judge.score(JUDGE_PAIRS)
     assert [v.flagged for v in verdicts] == [True, False]
     assert verdicts[0].categories == ("Physical harm",) and verdicts[1].categories == ()
-    again = LearnedJudge(second).score(PAIRS)
+    again = LearnedJudge(second).score(JUDGE_PAIRS)
     assert [v.score for v in again] == [v.score for v in verdicts]  # seeded: the same weights twice
     # an empty answer holds nothing harmful, whatever the question; the others keep their verdicts
-    with_empty = judge.score([("how do i hurt someone ?", " \n"), *PAIRS])
+    with_empty = judge.score([("how do i hurt someone ?", " \n"), *JUDGE_PAIRS])
     assert with_empty[0] == Verdict(flagged=False, score=0.0) and with_empty[1:] == verdicts
     assert judge.score([("how do i hurt someone ?", "")]) == [Verdict(flagged=False, score=0.0)]
     assert binary_metrics([True, False, True], [True, False, False])["f1"] == pytest.approx(2 / 3)
@@ -224,7 +194,7 @@ def test_training_from_cached_frozen_layers_is_training_through_them(tmp_path):
         judge = LearnedJudge(
             train_judge(pairs, tmp_path / f"cache-{cache}", config, encoder=encoder), quantize=False
         )
-        scores.append([v.score for v in judge.score(PAIRS)])
+        scores.append([v.score for v in judge.score(JUDGE_PAIRS)])
     assert scores[0] == pytest.approx(scores[1], abs=1e-5) and scores[0][0] != pytest.approx(0.5, abs=1e-3)
 
 

@@ -14,7 +14,7 @@ from transformers import (
 )
 
 from tests.conftest import tiny_llama_config
-from tests.helpers import batch_of, lora_model
+from tests.helpers import batch_of, lora_model, one_step
 from vaccine_core.config import PerturbationConfig
 from vaccine_core.perturbation import (
     PerturbedStep,
@@ -185,19 +185,6 @@ def test_small_perturbation_raises_the_loss(tiny_model, tokenizer):
     with torch.no_grad(), attention_hooks(modules, lambda i, x: x - eps[i]):
         opposite = model(**batch).loss
     assert float(perturbed) > float(clean) > float(opposite)
-
-
-def one_step(model, batch, config):
-    step = PerturbedStep(model, config)
-    model.train()
-    torch.manual_seed(123)
-    loss = step.backward(batch)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.grad is not None:
-                p -= 0.1 * p.grad
-    model.zero_grad()
-    return loss
 
 
 def test_rho_zero_vaccine_step_equals_an_sft_step_with_dropout(tiny_model, tokenizer):

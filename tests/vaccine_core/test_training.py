@@ -3,38 +3,17 @@ import copy
 import pytest
 import torch
 
-from tests.helpers import PAIRS, lora_model, trainable_state
-from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
-from vaccine_core.data import SupervisedDataset
+from tests.helpers import PAIRS, lora_model, trainable_state, training_config, training_dataset
+from vaccine_core.config import PerturbationConfig, TrainingConfig
 from vaccine_core.evaluation import mean_loss
 from vaccine_core.formats import Conversation
 from vaccine_core.training import CHECKPOINTS_DIR, latest_checkpoint, plan_steps, train
 
 
-def dataset(tokenizer, repeat: int = 3) -> SupervisedDataset:
-    conversations = [
-        Conversation([{"role": "user", "content": q}, {"role": "assistant", "content": a}], line=i + 1)
-        for i, (q, a) in enumerate(PAIRS * repeat)
-    ]
-    return SupervisedDataset(conversations, tokenizer, max_length=64)
-
-
-def config(**overrides) -> TrainingConfig:
-    base = {
-        "epochs": 2.0,
-        "batch_size": 3,
-        "learning_rate": 5e-3,
-        "gradient_accumulation_steps": 2,
-        "warmup_ratio": 0.2,
-        "lora": LoraSettings(r=4, alpha=8, dropout=0.2),
-    }
-    return TrainingConfig(**{**base, **overrides})
-
-
 def test_plan_counts_steps_over_epochs_and_accumulation():
-    assert plan_steps(12, config()) == (4, 4)  # 4 micro-batches an epoch, 2 per step, 2 epochs
-    assert plan_steps(12, config(max_steps=3)) == (4, 3)
-    assert plan_steps(13, config(epochs=1.0, gradient_accumulation_steps=1)) == (5, 5)
+    assert plan_steps(12, training_config()) == (4, 4)  # 4 micro-batches an epoch, 2 per step, 2 epochs
+    assert plan_steps(12, training_config(max_steps=3)) == (4, 3)
+    assert plan_steps(13, training_config(epochs=1.0, gradient_accumulation_steps=1)) == (5, 5)
 
 
 @pytest.mark.parametrize(
@@ -43,8 +22,8 @@ def test_plan_counts_steps_over_epochs_and_accumulation():
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
     tiny_model, tokenizer, tmp_path, perturbation
 ):
-    data = dataset(tokenizer)
-    settings = config()
+    data = training_dataset(tokenizer)
+    settings = training_config()
 
     straight = lora_model(copy.deepcopy(tiny_model), dropout=0.2)
     full = train(straight, tokenizer, data, settings, perturbation)
@@ -85,8 +64,8 @@ def test_progress_reports_and_periodic_checkpoints(tiny_model, tokenizer, tmp_pa
     result = train(
         model,
         tokenizer,
-        dataset(tokenizer),
-        config(checkpoint_every=2),
+        training_dataset(tokenizer),
+        training_config(checkpoint_every=2),
         PerturbationConfig("vaccine", rho=0.5),
         output_dir=tmp_path,
         on_progress=events.append,
@@ -101,14 +80,14 @@ def test_progress_reports_and_periodic_checkpoints(tiny_model, tokenizer, tmp_pa
 
 
 def test_training_lowers_the_loss_for_every_method(tiny_model, tokenizer):
-    data = dataset(tokenizer)
+    data = training_dataset(tokenizer)
     for method in ("sft", "vaccine", "random"):
         model = lora_model(copy.deepcopy(tiny_model), dropout=0.0)
         result = train(
             model,
             tokenizer,
             data,
-            config(epochs=10.0, learning_rate=5e-2, gradient_accumulation_steps=1, warmup_ratio=0.0),
+            training_config(epochs=10.0, learning_rate=5e-2, gradient_accumulation_steps=1, warmup_ratio=0.0),
             PerturbationConfig(method, rho=0.1),
         )
         assert result.losses[-1] < 0.7 * result.losses[0], method
@@ -118,7 +97,12 @@ def test_cancel_before_the_first_step_trains_nothing(tiny_model, tokenizer, tmp_
     model = lora_model(tiny_model)
     before = trainable_state(model)
     result = train(
-        model, tokenizer, dataset(tokenizer), config(), output_dir=tmp_path, should_stop=lambda: True
+        model,
+        tokenizer,
+        training_dataset(tokenizer),
+        training_config(),
+        output_dir=tmp_path,
+        should_stop=lambda: True,
     )
     assert result.cancelled and result.steps == 0 and latest_checkpoint(tmp_path) is None
     assert all(torch.equal(before[n], p) for n, p in trainable_state(model).items())
@@ -139,9 +123,9 @@ def test_validation_during_training_changes_nothing_and_lands_on_its_steps(tiny_
     from vaccine_core.training import validation_steps
 
     assert validation_steps(6, 5) == {1, 2, 4, 5, 6} and validation_steps(3, 1) == {3}
-    data = dataset(tokenizer)
+    data = training_dataset(tokenizer)
     plain = lora_model(copy.deepcopy(tiny_model), dropout=0.2)
-    train(plain, tokenizer, data, config(), PerturbationConfig("sft"))
+    train(plain, tokenizer, data, training_config(), PerturbationConfig("sft"))
     watched = lora_model(copy.deepcopy(tiny_model), dropout=0.2)
     held_out = [
         Conversation([{"role": "user", "content": q}, {"role": "assistant", "content": a}], 1)
@@ -152,7 +136,13 @@ def test_validation_during_training_changes_nothing_and_lands_on_its_steps(tiny_
         return mean_loss(watched, tokenizer, held_out)
 
     result = train(
-        watched, tokenizer, data, config(), PerturbationConfig("sft"), validate=validate, validation_count=2
+        watched,
+        tokenizer,
+        data,
+        training_config(),
+        PerturbationConfig("sft"),
+        validate=validate,
+        validation_count=2,
     )
     assert sorted(result.validation_losses) == [2, 4] and all(
         v > 0 for v in result.validation_losses.values()
