@@ -1,6 +1,8 @@
 """The ``vaccine`` command with the service's subcommands added to the library's."""
 
 import logging
+import signal
+import subprocess
 from pathlib import Path
 from typing import Annotated
 
@@ -51,6 +53,25 @@ def tenants_create(name: Annotated[str, typer.Argument(help="The tenant's unique
         typer.echo(f"tenant {tenant.id} ({name})\napi key: {key}")
 
 
+WORKER_STOP_SECONDS = 10
+
+
+def exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def stop_worker(process: subprocess.Popen) -> None:
+    """Stop the embedded worker with the service: a warm shutdown first, then a kill. Celery's warm
+    shutdown waits for the task in hand, which may be a whole job; the job loses nothing by the kill (it
+    resumes from its newest checkpoint when a worker next reaps it), and no worker outlives its service."""
+    process.terminate()
+    try:
+        process.wait(timeout=WORKER_STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -60,7 +81,6 @@ def serve(
     """Run the service: migrate, register the default base, start a worker and the API. On a first start
     the worker aligns the default base (and trains the default judge) while the API already answers: jobs
     wait in the queue for the base, uploads for their pre-screen."""
-    import subprocess
     import sys
 
     import uvicorn
@@ -102,6 +122,9 @@ def serve(
         f"demo tenant key (shown once): {key}\n"
         + (f"operator key (shown once; /admin and /console): {operator_key}\n" if operator_key else "")
     )
+    # uvicorn shuts down gracefully on SIGTERM and then raises it again under the handler it found: make
+    # that an exit, so that the worker is stopped below instead of outliving a process killed mid-way
+    signal.signal(signal.SIGTERM, exit_on_signal)
     try:
         uvicorn.run(
             create_app(
@@ -114,5 +137,4 @@ def serve(
         )
     finally:
         if process is not None:
-            process.terminate()
-            process.wait(timeout=30)
+            stop_worker(process)

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -199,8 +200,34 @@ def first_start(home: Path, model_dir: Path, data_dir: Path, **extra_env: str) -
                 time.sleep(0.2)
         yield FirstStart(url, key, operator_key, env, lines)
     finally:
+        workers = child_pids(server.pid)
         server.terminate()
         server.wait(timeout=60)
+        outlived = [pid for pid in workers if alive(pid)]
+        for pid in outlived:  # never left running, even when the check below fails
+            os.kill(pid, signal.SIGKILL)
+    assert not outlived, f"vaccine serve left its worker running: {outlived}"
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def token(page: str) -> str:
