@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, provenance
 from fault_drills import Redis, Stack, create_job, upload, wait_until_ended
 
-from tests.service_helpers import fresh_postgres_database
+from tests.service_helpers import fresh_postgres_database, proc_stat
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {
@@ -93,8 +93,8 @@ async def poll_load(base_url: str, key: str, job_id: str, clients: int, seconds:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU time the process has used (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User and system CPU time the process has used."""
+    fields = proc_stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

@@ -63,7 +63,9 @@ class _Request:
     seed: int
     pieces: "queue.Queue[str | BaseException | None]" = field(default_factory=queue.Queue)  # None: done
     gone: threading.Event = field(default_factory=threading.Event)  # its reader stopped
-    tokenizer: Any = None  # set by the generating thread before the first piece
+    # set by the generating thread before the first piece
+    tokenizer: Any = None
+    prompt_tokens: int = 0
 
     def sampling(self) -> Any:
         from vaccine_core.fast_generation import Sampling
@@ -131,8 +133,6 @@ class ChatModels:
     ) -> Iterator[str | Completion]:
         """The answer's text as it is generated, then its ``Completion``. A stop sequence ends the answer
         where it begins; text that could be the start of one is held back until it cannot."""
-        from vaccine_core.generation import prompt_token_ids
-
         request = _Request(model_id, spec, messages, max_tokens, temperature, top_p, seed)
         self._submit(request)
         text, emitted, stopped = "", 0, False
@@ -154,12 +154,10 @@ class ChatModels:
         text = text.rstrip()
         if len(text) > emitted:
             yield text[emitted:]
-        tokenizer = request.tokenizer
-        prompt_tokens = len(prompt_token_ids(tokenizer, [messages])[0])  # what the model read
-        answer_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        answer_tokens = len(request.tokenizer(text, add_special_tokens=False)["input_ids"])
         # an answer that used every token it was allowed did not end its turn by itself
         finish = "length" if not stopped and answer_tokens >= max_tokens else "stop"
-        yield Completion(text, finish, prompt_tokens, answer_tokens)
+        yield Completion(text, finish, request.prompt_tokens, answer_tokens)
 
     # -- the generating thread ---------------------------------------------------------------------------
     def _submit(self, request: _Request) -> None:
@@ -194,10 +192,12 @@ class ChatModels:
         from vaccine_core.generation import PieceDecoder, end_of_turn_ids, prompt_token_ids, stream_answer
 
         with self._selected(batch[0].model_id, batch[0].spec) as loaded:
-            for request in batch:
-                request.tokenizer = loaded.tokenizer
             live = [r for r in batch if not r.gone.is_set()]
             prompts = prompt_token_ids(loaded.tokenizer, [r.messages for r in live])
+            for request in batch:
+                request.tokenizer = loaded.tokenizer
+            for request, prompt in zip(live, prompts, strict=True):
+                request.prompt_tokens = len(prompt)  # what the model read
             longest = max((len(p) for p in prompts), default=0) + max((r.max_tokens for r in live), default=0)
             if live and not fast_path_supported(loaded.model, longest):
                 for request in live:  # the plain path, one request at a time

@@ -209,23 +209,27 @@ def first_start(home: Path, model_dir: Path, data_dir: Path, **extra_env: str) -
     assert not outlived, f"vaccine serve left its worker running: {outlived}"
 
 
+def proc_stat(pid: int | str) -> list[str]:
+    """/proc/PID/stat's fields after the command name: state, parent, ..., utime (11), stime (12)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def child_pids(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (from /proc)."""
+    """The processes whose parent is ``pid``."""
     children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for entry in Path("/proc").glob("[0-9]*"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(proc_stat(entry.name)[1]) == pid:
+                children.append(int(entry.name))
         except OSError:
             continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
     return children
 
 
 def alive(pid: int) -> bool:
     """Whether ``pid`` still runs (a zombie has ended)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return proc_stat(pid)[0] != "Z"
     except OSError:
         return False
 

@@ -1,5 +1,6 @@
 """``/v1/fine_tuning/jobs``: create, list, retrieve, cancel fine-tuning jobs, and read their events."""
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -148,9 +149,17 @@ class QueueState:
     estimate from the typical duration of recent jobs and the number of busy workers."""
 
     def __init__(self, session: Session):
+        # each figure is read when first asked for: a poll of a job that is not queued asks for none
+        self.session = session
+
+    @functools.cached_property
+    def queued(self) -> list[str]:
         queued = select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.created_at, Job.id)
-        self.queued = list(session.scalars(queued))
-        recent = session.execute(
+        return list(self.session.scalars(queued))
+
+    @functools.cached_property
+    def typical_seconds(self) -> float | None:
+        recent = self.session.execute(
             select(Job.started_at, Job.finished_at)
             .where(
                 Job.status == JobStatus.SUCCEEDED, Job.started_at.is_not(None), Job.finished_at.is_not(None)
@@ -159,19 +168,20 @@ class QueueState:
             .limit(20)
         ).all()
         durations = sorted((end - begin).total_seconds() for begin, end in recent)
-        self.typical_seconds = durations[len(durations) // 2] if durations else None
-        self.running = (
-            session.scalar(select(func.count()).select_from(Job).where(Job.status == JobStatus.RUNNING)) or 0
+        return durations[len(durations) // 2] if durations else None
+
+    @functools.cached_property
+    def running(self) -> int:
+        count = select(func.count()).select_from(Job).where(Job.status == JobStatus.RUNNING)
+        return self.session.scalar(count) or 0
+
+    @functools.cached_property
+    def alignment_eta(self) -> dict[str, float | None]:
+        """Bases still aligning: a job on one starts no sooner than its alignment's remaining time."""
+        aligning = select(BaseModelRecord).where(
+            BaseModelRecord.status.in_((BaseStatus.REGISTERED, BaseStatus.ALIGNING))
         )
-        # bases still aligning: a job on one starts no sooner than its alignment's remaining time
-        self.alignment_eta = {
-            base.id: (base.progress or {}).get("eta_seconds")
-            for base in session.scalars(
-                select(BaseModelRecord).where(
-                    BaseModelRecord.status.in_((BaseStatus.REGISTERED, BaseStatus.ALIGNING))
-                )
-            )
-        }
+        return {base.id: (base.progress or {}).get("eta_seconds") for base in self.session.scalars(aligning)}
 
     def position(self, job: Job) -> int | None:
         return self.queued.index(job.id) + 1 if job.id in self.queued else None
@@ -370,8 +380,7 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobObject)
 def retrieve_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobObject:
-    job = _owned(session, tenant, job_id)
-    return JobObject.of(job, QueueState(session) if job.status == JobStatus.QUEUED else None)
+    return JobObject.of(_owned(session, tenant, job_id), QueueState(session))
 
 
 @router.post("/{job_id}/pause", response_model=JobObject)
