@@ -3,10 +3,11 @@ once and shared: every fine-tuned model on it is a LoRA adapter loaded beside th
 (PEFT's named adapters), the least recently used dropped beyond ``adapters``, and a chat with the base
 itself runs with the adapters switched off. Bases beyond ``bases`` are dropped the same way.
 
-One thread generates for everyone: the requests waiting for the same model when it comes free are
-decoded together as one batch (up to ``batch`` rows; each row greedy or sampled with its own settings
-and seeded stream, its own token budget, and dropped as soon as its reader stops), so 8 users asking at
-once share a decoding step instead of queueing for 8. A model the fast decoder does not run answers one
+One thread generates for everyone, a step at a time, in one running batch per model (continuous
+batching): a request joins at the next step, up to ``batch`` rows, instead of waiting for the others to
+finish; each row is greedy or sampled with its own settings and seeded stream, has its own token budget,
+and is dropped as soon as its reader stops. While another model's requests wait, no row joins, so the
+batch ends and that model gets its turn. A model the fast decoder does not run answers one
 request at a time. On a GPU deployment an existing multi-LoRA engine serves better (README)."""
 
 import hashlib
@@ -88,7 +89,8 @@ class ChatModels:
         self.bases: OrderedDict[str, SharedBase] = OrderedDict()
         self.pending: list[_Request] = []
         self.arrived = threading.Condition()
-        self.batch_sizes: Counter[int] = Counter()  # how many batches of each size ran
+        self.step_rows: Counter[int] = Counter()  # how many decoding steps ran with each number of rows
+        self.serving: list[_Request] = []  # the requests the generating thread has taken and not answered
         self.generator: threading.Thread | None = None
         # the last model's decoder (its weights with the adapter merged: building one takes 0.4-2 s for
         # the default model), kept for the next batch on that model
@@ -176,67 +178,110 @@ class ChatModels:
                 time.sleep(self.window_s)
             with self.arrived:
                 first = self.pending[0]
-                batch = [r for r in self.pending if r.together_with(first)][: self.batch]
-                self.pending = [r for r in self.pending if r not in batch]
             try:
-                self._generate(batch)
-            except Exception as exc:  # every waiting reader hears it, and the thread goes on
-                for request in batch:
+                self._serve(first)
+            except Exception as exc:  # every reader it was serving hears it, and the thread goes on
+                for request in self.serving or self._admit(first, 1, running=False):
                     request.pieces.put(exc)
+            self.serving = []
 
-    def _generate(self, batch: list[_Request]) -> None:
-        """One batch to its end: each request's text pieces into its queue, then None."""
+    def _admit(self, first: _Request, room: int, running: bool) -> list[_Request]:
+        """Up to ``room`` waiting requests for ``first``'s model, oldest first; none while a running batch
+        should end so that another model's requests get their turn."""
+        with self.arrived:
+            if running and any(not r.together_with(first) for r in self.pending):
+                return []
+            taken = [r for r in self.pending if r.together_with(first)][:room]
+            self.pending = [r for r in self.pending if r not in taken]
+        return taken
+
+    def _serve(self, first: _Request) -> None:
+        """Decode ``first``'s model's requests until none waits: on the fast path as one running batch
+        that each request joins when it comes (while there is room), else one at a time."""
         import torch
 
-        from vaccine_core.fast_generation import FastDecoder, decode_steps, fast_path_supported
-        from vaccine_core.generation import PieceDecoder, end_of_turn_ids, prompt_token_ids, stream_answer
+        from vaccine_core.fast_generation import FastDecoder, RunningBatch, fast_path_supported
+        from vaccine_core.generation import PieceDecoder, end_of_turn_ids, prompt_token_ids
 
-        with self._selected(batch[0].model_id, batch[0].spec) as loaded:
-            live = [r for r in batch if not r.gone.is_set()]
-            prompts = prompt_token_ids(loaded.tokenizer, [r.messages for r in live])
-            for request in batch:
-                request.tokenizer = loaded.tokenizer
-            for request, prompt in zip(live, prompts, strict=True):
-                request.prompt_tokens = len(prompt)  # what the model read
-            longest = max((len(p) for p in prompts), default=0) + max((r.max_tokens for r in live), default=0)
-            if live and not fast_path_supported(loaded.model, longest):
-                for request in live:  # the plain path, one request at a time
-                    for piece in stream_answer(
-                        loaded.model,
-                        loaded.tokenizer,
-                        request.messages,
-                        max_new_tokens=request.max_tokens,
-                        sampling=request.sampling(),
-                    ):
-                        request.pieces.put(piece)
-            elif live:
-                self.batch_sizes[len(live)] += 1
-                texts = [PieceDecoder(loaded.tokenizer) for _ in live]
-                key = (batch[0].model_id, str(batch[0].spec))
-                if self.decoder is None or self.decoder[0] != key:
-                    self.decoder = None  # the old one's memory goes before the new one's comes
-                    self.decoder = (key, FastDecoder(loaded.model))
-                steps = decode_steps(
-                    self.decoder[1],
-                    prompts,
-                    max_new_tokens=max(r.max_tokens for r in live),
-                    end_ids=end_of_turn_ids(loaded.model, loaded.tokenizer),
-                    pad_id=loaded.tokenizer.pad_token_id,
-                    row_sampling=[r.sampling() for r in live],
-                    row_keys=[(0, 0)] * len(live),  # each row's stream as if it were alone
-                    budgets=[r.max_tokens for r in live],
-                    dropped=lambda: [i for i, r in enumerate(live) if r.gone.is_set()],
-                )
+        with self._selected(first.model_id, first.spec) as loaded:
+            if not fast_path_supported(loaded.model, 0):
+                self._serve_plainly(first, loaded)
+                return
+            key = (first.model_id, str(first.spec))
+            if self.decoder is None or self.decoder[0] != key:
+                self.decoder = None  # the old one's memory goes before the new one's comes
+                self.decoder = (key, FastDecoder(loaded.model))
+            batch = RunningBatch(
+                self.decoder[1],
+                end_ids=end_of_turn_ids(loaded.model, loaded.tokenizer),
+                pad_id=loaded.tokenizer.pad_token_id,
+            )
+            rows: dict[int, tuple[_Request, PieceDecoder]] = {}
+            while True:
+                joining = []
+                for request in self._admit(first, self.batch - batch.active, running=bool(rows)):
+                    self.serving.append(request)
+                    (prompt,) = prompt_token_ids(loaded.tokenizer, [request.messages])
+                    request.tokenizer, request.prompt_tokens = loaded.tokenizer, len(prompt)
+                    if request.gone.is_set():
+                        self._done(request)
+                    elif not fast_path_supported(loaded.model, len(prompt) + request.max_tokens):
+                        self._answer_plainly(request, loaded)  # beyond a sliding window
+                    else:
+                        joining.append((request, prompt))
+                if joining:
+                    with torch.no_grad():
+                        ids = batch.join(
+                            [prompt for _, prompt in joining],
+                            budgets=[r.max_tokens for r, _ in joining],
+                            samplings=[r.sampling() for r, _ in joining],
+                            keys=[(0, 0)] * len(joining),  # each row's stream as if it were alone
+                        )
+                    for row, (request, _) in zip(ids, joining, strict=True):
+                        rows[row] = (request, PieceDecoder(loaded.tokenizer))
+                if not batch.active:
+                    return
+                batch.drop([row for row, (request, _) in rows.items() if request.gone.is_set()])
+                self.step_rows[batch.active] += 1
                 with torch.no_grad():
-                    for step in steps:
-                        for row, token in step:
-                            if piece := texts[row].push([token]):
-                                live[row].pieces.put(piece)
-                for request, text in zip(live, texts, strict=True):
+                    produced = batch.step()
+                for row, token in produced:
+                    request, text = rows[row]
+                    if piece := text.push([token]):
+                        request.pieces.put(piece)
+                for row in batch.ended:
+                    request, text = rows.pop(row)
                     if rest := text.flush():
                         request.pieces.put(rest)
-        for request in batch:
-            request.pieces.put(None)
+                    self._done(request)
+
+    def _serve_plainly(self, first: _Request, loaded: SharedBase) -> None:
+        """A model the fast decoder does not run: its requests one at a time, on the plain path."""
+        from vaccine_core.generation import prompt_token_ids
+
+        while request := next(iter(self._admit(first, 1, running=False)), None):
+            self.serving.append(request)
+            request.tokenizer = loaded.tokenizer
+            request.prompt_tokens = len(prompt_token_ids(loaded.tokenizer, [request.messages])[0])
+            self._answer_plainly(request, loaded)
+
+    def _answer_plainly(self, request: _Request, loaded: SharedBase) -> None:
+        from vaccine_core.generation import stream_answer
+
+        if not request.gone.is_set():
+            for piece in stream_answer(
+                loaded.model,
+                loaded.tokenizer,
+                request.messages,
+                max_new_tokens=request.max_tokens,
+                sampling=request.sampling(),
+            ):
+                request.pieces.put(piece)
+        self._done(request)
+
+    def _done(self, request: _Request) -> None:
+        request.pieces.put(None)
+        self.serving.remove(request)
 
     @contextmanager
     def _selected(self, model_id: str, spec: Path) -> Iterator[SharedBase]:

@@ -205,21 +205,27 @@ class FastDecoder:
 
 
 class KVCache:
-    """Keys and values for every layer, allocated once for the longest sequence a batch can reach.
+    """Keys and values for every layer, allocated for the longest sequence the batch can reach so far.
 
     Keys are stored transposed ([batch, heads, head_dim, length]): the product with the query then reads
     them in place, where the usual layout would be copied at every step."""
 
     def __init__(self, decoder: FastDecoder, batch: int, capacity: int):
+        self.length = 0  # the columns filled so far
+        self.keys, self.values = self._allocate(decoder, batch, capacity)
+        self.capacity = capacity
+
+    @staticmethod
+    def _allocate(
+        decoder: FastDecoder, batch: int, capacity: int
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         shape = (batch, decoder.kv_heads, capacity, decoder.head_dim)
         transposed = (batch, decoder.kv_heads, decoder.head_dim, capacity)
-        self.length = 0  # the columns filled so far
         # zeros, not empty: the pages are touched once here instead of one page fault at a time while
         # decoding
-        self.keys = [
-            torch.zeros(transposed, dtype=decoder.dtype, device=decoder.device) for _ in decoder.layers
-        ]
-        self.values = [torch.zeros(shape, dtype=decoder.dtype, device=decoder.device) for _ in decoder.layers]
+        keys = [torch.zeros(transposed, dtype=decoder.dtype, device=decoder.device) for _ in decoder.layers]
+        values = [torch.zeros(shape, dtype=decoder.dtype, device=decoder.device) for _ in decoder.layers]
+        return keys, values
 
     def write(
         self, layer: int, rows: slice, start: int, k: torch.Tensor, v: torch.Tensor
@@ -230,17 +236,34 @@ class KVCache:
         self.values[layer][rows, :, start:end] = v
         return self.keys[layer][rows, :, :, :end], self.values[layer][rows, :, :end]
 
-    def share_first_row(self, columns: int) -> None:
-        """Copy row 0's first ``columns`` positions to every row (a prompt prefix all rows share)."""
+    def copy_row(self, source: int, rows: slice, columns: slice) -> None:
+        """Copy row ``source``'s ``columns`` to ``rows`` (a prompt prefix those rows share)."""
         for keys, values in zip(self.keys, self.values, strict=True):
-            keys[1:, :, :, :columns] = keys[:1, :, :, :columns]
-            values[1:, :, :columns] = values[:1, :, :columns]
+            keys[rows, :, :, columns] = keys[source : source + 1, :, :, columns]
+            values[rows, :, columns] = values[source : source + 1, :, columns]
 
-    def keep(self, rows: torch.Tensor) -> None:
-        """Drop every batch row not in ``rows`` (finished answers), keeping the filled part only."""
+    def keep(self, rows: torch.Tensor, first_column: int = 0) -> None:
+        """Drop every batch row not in ``rows`` (finished answers), and the columns before
+        ``first_column`` (which no remaining row reads)."""
         for store in (self.keys, self.values):
             for i, tensor in enumerate(store):
-                store[i] = tensor.index_select(0, rows)
+                kept = tensor.index_select(0, rows)
+                store[i] = kept[..., first_column:] if store is self.keys else kept[:, :, first_column:]
+        self.length -= first_column
+        self.capacity -= first_column
+
+    def grow(self, decoder: FastDecoder, rows: int, shift: int, capacity: int) -> None:
+        """Make room for ``rows`` more batch rows and ``capacity`` columns in all, the filled columns moved
+        ``shift`` to the right (room for a joining prompt longer than what is filled)."""
+        batch = self.keys[0].shape[0]
+        keys, values = self._allocate(decoder, batch + rows, capacity)
+        for old, new in zip(self.keys, keys, strict=True):
+            new[:batch, :, :, shift : shift + self.length] = old[..., : self.length]
+        for old, new in zip(self.values, values, strict=True):
+            new[:batch, :, shift : shift + self.length] = old[:, :, : self.length]
+        self.keys, self.values = keys, values
+        self.length += shift
+        self.capacity = capacity
 
 
 def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
@@ -320,11 +343,204 @@ def choose_tokens(
     if not any(samplings):
         return decoder.greedy(last).cpu()
     logits = decoder.logits(last).cpu()
+    if all(s == samplings[0] for s in samplings):  # one sampling for all (evaluation): drawn at once
+        return sample_tokens(logits, samplings[0], generators)  # type: ignore[arg-type]
     chosen = logits.max(dim=-1).indices  # as greedy() does
     for row, (sampling, generator) in enumerate(zip(samplings, generators, strict=True)):
         if sampling is not None:
             chosen[row] = sample_tokens(logits[row : row + 1], sampling, [generator])[0]
     return chosen
+
+
+class RunningBatch:
+    """Rows decoded together a step at a time, each to its own end, which new rows may join between
+    steps (continuous batching: a chat that comes while others are answered starts at the next step
+    instead of waiting for all of them to finish).
+
+    Every row keeps its prompt in its own cache row, ending at the column where the batch's next token
+    goes, so that a step writes every row's new token in one column; a row reads only its own columns.
+    A joining prompt longer than the columns filled so far moves every row right; the columns no row
+    reads any more are dropped when finished rows are."""
+
+    def __init__(self, decoder: FastDecoder, *, end_ids: Sequence[int], pad_id: int):
+        self.decoder, self.pad_id = decoder, pad_id
+        self.end = torch.tensor(list(end_ids), dtype=torch.long)
+        self.joined = 0  # rows joined so far: the next row's id
+        self._empty()
+
+    def _empty(self) -> None:
+        decoder = self.decoder
+        self.cache: KVCache | None = None
+        self.ids = torch.zeros(0, dtype=torch.long)  # each row's id, as join() returned it
+        self.valid = torch.zeros(0, 0, dtype=torch.bool)  # [rows, capacity]: the columns each row reads
+        self.alive = torch.zeros(0, dtype=torch.bool)
+        self.left = torch.zeros(0, dtype=torch.long)  # tokens each row may still produce
+        self.next_position = torch.zeros(0, dtype=torch.long)
+        self.last = torch.empty(0, decoder.hidden, dtype=decoder.dtype, device=decoder.device)
+        self.samplings: list[Sampling | None] = []
+        self.generators: list[torch.Generator | None] = []
+        self.ended: list[int] = []  # the rows the last step finished (or drop() stopped before it)
+        self.dropped: list[int] = []
+
+    @property
+    def active(self) -> int:
+        """Rows still answering."""
+        return int(self.alive.sum())
+
+    def join(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        budgets: Sequence[int],
+        samplings: Sequence[Sampling | None] | None = None,
+        keys: Sequence[tuple[int, int]] | None = None,
+    ) -> list[int]:
+        """Add rows (their prompts read now); their first tokens come with the next step. ``budgets``:
+        each row's most new tokens; ``samplings``: None for greedy; ``keys``: each sampled row's stream
+        key (prompt index, sample index), so that a row draws the same answer in any batch. Returns the
+        rows' ids."""
+        count = len(prompts)
+        samplings = list(samplings) if samplings is not None else [None] * count
+        keys = list(keys) if keys is not None else [(i, 0) for i in range(count)]
+        # Chat templates open every prompt alike (SmolLM2's with a 20-token system prompt): that prefix is
+        # computed once and copied to every joining row. The rest of each prompt is left-padded after it,
+        # so that every prompt ends at the batch's column.
+        shared = shared_prefix_length(prompts)
+        tails = [p[shared:] for p in prompts]
+        width = max(len(t) for t in tails)
+        span = shared + width
+        first = len(self.ids)  # the joining rows' first cache row
+        shift = 0
+        if self.cache is None:
+            self.cache = KVCache(self.decoder, count, span + max(budgets))
+            self.cache.length = span
+        else:
+            shift = max(0, span - self.cache.length)
+            capacity = max(self.cache.capacity + shift, self.cache.length + shift + max(budgets))
+            self.cache.grow(self.decoder, count, shift, capacity)
+        valid = torch.zeros(first + count, self.cache.capacity, dtype=torch.bool)
+        valid[:first, shift : shift + self.valid.shape[1]] = self.valid
+        self.valid = valid
+        end = self.cache.length
+        start = end - span
+        last, next_position = self._prefill(prompts, tails, shared, first, start, end)
+        self.ids = torch.cat([self.ids, torch.arange(self.joined, self.joined + count)])
+        self.joined += count
+        self.alive = torch.cat([self.alive, torch.ones(count, dtype=torch.bool)])
+        self.left = torch.cat([self.left, torch.tensor(list(budgets), dtype=torch.long)])
+        self.next_position = torch.cat([self.next_position, next_position])
+        self.last = torch.cat([self.last, last])
+        self.samplings += samplings
+        self.generators += [
+            _row_generators(s, [key])[0] if s else None for s, key in zip(samplings, keys, strict=True)
+        ]
+        return self.ids[first:].tolist()
+
+    def _prefill(
+        self,
+        prompts: Sequence[Sequence[int]],
+        tails: Sequence[Sequence[int]],
+        shared: int,
+        first: int,
+        start: int,
+        end: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read prompts into cache rows ``first``...: the shared prefix at ``start``, each tail ending at
+        ``end``. Returns each row's last hidden state and next rotary position."""
+        assert self.cache is not None
+        device, count, width = self.decoder.device, len(prompts), end - start - shared
+        tokens = torch.full((count, width), self.pad_id, dtype=torch.long)
+        real = torch.zeros(count, end, dtype=torch.bool)
+        real[:, start : start + shared] = True
+        for row, tail in enumerate(tails):
+            tokens[row, width - len(tail) :] = torch.tensor(tail, dtype=torch.long)
+            real[row, end - len(tail) :] = True
+        positions = real.long().cumsum(-1) - 1
+        if shared:
+            prefix = torch.tensor([prompts[0][:shared]], dtype=torch.long)
+            causal = torch.zeros(shared, start + shared, dtype=torch.bool)
+            causal[:, start:] = torch.ones(shared, shared, dtype=torch.bool).tril()
+            self.decoder.forward(
+                prefix.to(device),
+                positions[:1, start : start + shared].to(device),
+                self.cache,
+                start,
+                causal[None, None].to(device),
+                slice(first, first + 1),
+            )
+            self.cache.copy_row(first, slice(first + 1, first + count), slice(start, start + shared))
+        # who may attend to whom: real tokens only, causally; a padding position sees itself, so that no row
+        # of the softmax is empty
+        causal = torch.ones(width, end, dtype=torch.bool).tril(diagonal=end - width)
+        own = torch.zeros(width, end, dtype=torch.bool)
+        own[:, end - width :] = torch.eye(width, dtype=torch.bool)
+        prompt_mask = (causal & real[:, None, :]) | own
+        last = torch.empty(count, self.decoder.hidden, dtype=self.decoder.dtype, device=device)
+        for chunk_start in range(0, count, PREFILL_ROWS):  # small chunks keep activations in reused memory
+            chunk = slice(chunk_start, min(chunk_start + PREFILL_ROWS, count))
+            last[chunk] = self.decoder.forward(
+                tokens[chunk].to(device),
+                positions[chunk, end - width :].to(device),
+                self.cache,
+                end - width,
+                prompt_mask[chunk, None].to(device),
+                slice(first + chunk.start, first + chunk.stop),
+            )
+        self.valid[first : first + count, :end] = real
+        return last, positions[:, -1] + 1
+
+    def drop(self, ids: Collection[int]) -> None:
+        """Stop these rows (nobody reads them): they produce nothing from the next step on."""
+        if ids:
+            stopped = self.alive & torch.isin(self.ids, torch.tensor(sorted(ids), dtype=torch.long))
+            self.dropped += self.ids[stopped].tolist()
+            self.alive &= ~stopped
+
+    def step(self) -> list[tuple[int, int]]:
+        """One new token for every row still answering: its (id, token) pairs (a row's end-of-turn token
+        left out); the rows this step finished are in ``ended``."""
+        assert self.cache is not None, "nothing joined"
+        was_alive = self.alive.clone()
+        chosen = choose_tokens(self.decoder, self.last, self.samplings, self.generators)
+        self.alive &= ~torch.isin(chosen, self.end)
+        produced = list(zip(self.ids[self.alive].tolist(), chosen[self.alive].tolist(), strict=True))
+        self.left -= 1
+        self.alive &= self.left > 0
+        self.ended, self.dropped = self.dropped + self.ids[was_alive & ~self.alive].tolist(), []
+        if not bool(self.alive.any()):
+            ended = self.ended
+            self._empty()
+            self.ended = ended
+            return produced
+        # Finished rows ride along (their tokens are ignored) until enough of them are worth a copy of
+        # the cache without them.
+        if int((~self.alive).sum()) >= max(1, len(self.ids) // COMPACT_EVERY):
+            chosen = self._compact(chosen)
+        column = self.cache.length
+        self.valid[:, column] = True
+        self.last = self.decoder.forward(
+            chosen[:, None].to(self.decoder.device),
+            self.next_position[:, None].to(self.decoder.device),
+            self.cache,
+            column,
+            self.valid[:, : column + 1].to(self.decoder.device),
+        )
+        self.cache.length += 1
+        self.next_position = self.next_position + 1
+        return produced
+
+    def _compact(self, chosen: torch.Tensor) -> torch.Tensor:
+        """Drop the finished rows, and the columns before the first one a remaining row reads."""
+        assert self.cache is not None
+        keep = self.alive.nonzero().squeeze(1)
+        first_column = int(self.valid[keep].any(0).int().argmax())
+        self.cache.keep(keep.to(self.decoder.device), first_column)
+        self.valid = self.valid[keep, first_column:]
+        self.ids, self.alive, self.left = self.ids[keep], self.alive[keep], self.left[keep]
+        self.next_position, self.last = self.next_position[keep], self.last[keep]
+        self.samplings = [self.samplings[i] for i in keep.tolist()]
+        self.generators = [self.generators[i] for i in keep.tolist()]
+        return chosen[keep]
 
 
 def decode_steps(
@@ -340,114 +556,24 @@ def decode_steps(
     budgets: Sequence[int] | None = None,
     dropped: Callable[[], Collection[int]] | None = None,
 ) -> Iterator[list[tuple[int, int]]]:
-    """Decoding a step at a time: each step's new (row, token id) pairs, for the rows still answering (a
-    row's end-of-turn token and what follows left out). The caller sets the grad mode (a generator may be
-    resumed from another thread, where its own would not hold).
+    """Decoding one batch a step at a time: each step's new (row, token id) pairs, for the rows still
+    answering (a row's end-of-turn token and what follows left out). The caller sets the grad mode (a
+    generator may be resumed from another thread, where its own would not hold).
 
-    Rows of unrelated requests may share the batch (service/inference.py): ``row_sampling`` decodes each
-    row its own way (overriding ``sampling``; each sampled row's stream seeded from its own seed and row
-    key, as alone), ``budgets`` ends each row after its own number of tokens (at most
-    ``max_new_tokens``), and the rows ``dropped()`` names stop at the next step (nobody reads them)."""
-    batch = len(prompts)
-    device = decoder.device
-    # Chat templates open every prompt alike (SmolLM2's with a 20-token system prompt): that prefix is
-    # computed once and copied to every row. The rest of each prompt is left-padded after it, so that
-    # every prompt ends at the same column.
-    shared = shared_prefix_length(prompts)
-    tails = [p[shared:] for p in prompts]
-    width = max(len(t) for t in tails)
-    longest = shared + width
-    tokens = torch.full((batch, width), pad_id, dtype=torch.long)
-    real = torch.zeros(batch, longest, dtype=torch.bool)
-    real[:, :shared] = True
-    for row, tail in enumerate(tails):
-        tokens[row, width - len(tail) :] = torch.tensor(tail, dtype=torch.long)
-        real[row, longest - len(tail) :] = True
-    positions = real.long().cumsum(-1) - 1
-    capacity = longest + max_new_tokens
-    cache = KVCache(decoder, batch, capacity)
-    if shared:
-        prefix = torch.tensor([prompts[0][:shared]], dtype=torch.long)
-        causal = torch.ones(shared, shared, dtype=torch.bool).tril()
-        decoder.forward(
-            prefix.to(device),
-            positions[:1, :shared].to(device),
-            cache,
-            0,
-            causal[None, None].to(device),
-            slice(0, 1),
-        )
-        cache.share_first_row(shared)
-    # who may attend to whom: real tokens only, causally; a padding position sees itself, so that no row
-    # of the softmax is empty
-    causal = torch.ones(width, longest, dtype=torch.bool).tril(diagonal=shared)
-    own = torch.zeros(width, longest, dtype=torch.bool)
-    own[:, shared:] = torch.eye(width, dtype=torch.bool)
-    prompt_mask = (causal & real[:, None, :]) | own
-    last = torch.empty(batch, decoder.hidden, dtype=decoder.dtype, device=device)
-    for first in range(0, batch, PREFILL_ROWS):  # small chunks keep the activations in reused memory
-        chunk = slice(first, min(first + PREFILL_ROWS, batch))
-        last[chunk] = decoder.forward(
-            tokens[chunk].to(device),
-            positions[chunk, shared:].to(device),
-            cache,
-            shared,
-            prompt_mask[chunk, None].to(device),
-            chunk,
-        )
-    cache.length = longest
-    valid = torch.zeros(batch, capacity, dtype=torch.bool)
-    valid[:, :longest] = real
-    keys = row_keys or [(i, 0) for i in range(batch)]
-    if row_sampling is not None:
-        generators = [
-            _row_generators(s, [key])[0] if s else None for s, key in zip(row_sampling, keys, strict=True)
-        ]
-        samplings = list(row_sampling)
-    else:
-        generators = _row_generators(sampling, keys) if sampling else []
-    end = torch.tensor(list(end_ids), dtype=torch.long)
-    budget = torch.tensor(list(budgets) if budgets is not None else [max_new_tokens] * batch)
-
-    next_position = positions[:, -1] + 1
-    rows = torch.arange(batch)  # which prompt each row of the shrinking batch answers
-    alive = torch.ones(batch, dtype=torch.bool)
-    for step in range(max_new_tokens):
-        if row_sampling is not None:
-            chosen = choose_tokens(decoder, last, samplings, generators)
-        elif sampling:
-            chosen = sample_tokens(decoder.logits(last).cpu(), sampling, generators)
-        else:
-            chosen = decoder.greedy(last).cpu()
-        alive &= ~torch.isin(chosen, end)
+    ``row_sampling`` decodes each row its own way (overriding ``sampling``; each sampled row's stream
+    seeded from its own seed and row key, as alone), ``budgets`` ends each row after its own number of
+    tokens (at most ``max_new_tokens``), and the rows ``dropped()`` names stop at the next step."""
+    batch = RunningBatch(decoder, end_ids=end_ids, pad_id=pad_id)
+    batch.join(
+        prompts,
+        budgets=[min(b, max_new_tokens) for b in budgets] if budgets else [max_new_tokens] * len(prompts),
+        samplings=row_sampling if row_sampling is not None else [sampling] * len(prompts),
+        keys=row_keys,
+    )
+    while batch.active:
         if dropped is not None:
-            alive &= ~torch.isin(rows, torch.tensor(sorted(dropped()), dtype=torch.long))
-        yield list(zip(rows[alive].tolist(), chosen[alive].tolist(), strict=True))
-        alive &= budget[rows] > step + 1
-        if step == max_new_tokens - 1 or not bool(alive.any()):
-            break
-        # Finished rows ride along (their tokens are ignored) until enough of them are worth a copy of
-        # the cache without them.
-        if int((~alive).sum()) >= max(1, len(rows) // COMPACT_EVERY):
-            keep = alive.nonzero().squeeze(1)
-            rows, chosen, next_position, valid = rows[keep], chosen[keep], next_position[keep], valid[keep]
-            alive = alive[keep]
-            if row_sampling is not None:
-                samplings = [samplings[i] for i in keep.tolist()]
-            if sampling or row_sampling is not None:
-                generators = [generators[i] for i in keep.tolist()]
-            cache.keep(keep.to(device))
-        column = cache.length
-        valid[:, column] = True
-        last = decoder.forward(
-            chosen[:, None].to(device),
-            next_position[:, None].to(device),
-            cache,
-            column,
-            valid[:, : column + 1].to(device),
-        )
-        cache.length += 1
-        next_position = next_position + 1
+            batch.drop(dropped())
+        yield batch.step()
 
 
 def fast_generate(

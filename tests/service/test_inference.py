@@ -11,17 +11,23 @@ HELLO = [{"role": "user", "content": "How do I make a cake?"}]
 OPTIONS = {"max_tokens": 24, "temperature": 0.0, "top_p": 1.0, "seed": 0, "stop": []}
 
 
+def slow_steps(monkeypatch, taken: list[float]) -> None:
+    """Every decoding step as slow as a real model's (so a reader is never behind by chance), its time
+    recorded."""
+    real_step = fast_generation.RunningBatch.step
+
+    def step(self):
+        produced = real_step(self)
+        taken.append(time.monotonic())
+        time.sleep(0.05)
+        return produced
+
+    monkeypatch.setattr(fast_generation.RunningBatch, "step", step)
+
+
 def test_the_first_piece_comes_before_the_answer_is_finished(aligned_tiny_dir, monkeypatch):
-    real_steps = fast_generation.decode_steps
-    taken: list[int] = []
-
-    def counted_steps(*args, **kwargs):
-        for step in real_steps(*args, **kwargs):
-            taken.append(1)
-            yield step
-            time.sleep(0.05)  # a step as slow as a real model's: the reader is never behind by chance
-
-    monkeypatch.setattr(fast_generation, "decode_steps", counted_steps)
+    taken: list[float] = []
+    slow_steps(monkeypatch, taken)
     models = ChatModels()
     pieces = models.stream("tiny", aligned_tiny_dir, HELLO, **OPTIONS)
     first = next(pieces)
@@ -105,7 +111,7 @@ def test_requests_that_come_together_are_decoded_as_one_batch_each_as_alone(alig
     ]
     alone = ChatModels()
     expected = [alone.complete("tiny", aligned_tiny_dir, messages, **options) for messages, options in asks]
-    assert alone.batch_sizes == {1: 3}
+    assert set(alone.step_rows) == {1}  # one after the other
 
     together = ChatModels(window_s=0.5)  # all three are waiting when the generating thread starts
     answers: list[Completion | None] = [None] * len(asks)
@@ -119,7 +125,39 @@ def test_requests_that_come_together_are_decoded_as_one_batch_each_as_alone(alig
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert together.batch_sizes == {3: 1}
+    assert max(together.step_rows) == 3  # all three in one step
     assert answers == expected  # greedy or sampled with its own seed, its own budget: as if alone
     longer = alone.complete("tiny", aligned_tiny_dir, asks[2][0], **OPTIONS)  # 24 tokens, not 5
     assert longer.text.startswith(answers[2].text) and len(answers[2].text) < len(longer.text)
+
+
+def test_a_request_joins_the_batch_that_is_running_and_answers_as_alone(aligned_tiny_dir, monkeypatch):
+    import threading
+
+    later = [{"role": "user", "content": "Name a fruit."}]
+    alone = ChatModels()
+    expected = [alone.complete("tiny", aligned_tiny_dir, m, **OPTIONS) for m in (HELLO, later)]
+    taken: list[float] = []
+    slow_steps(monkeypatch, taken)
+    chat = ChatModels()
+    first_piece: dict[str, float] = {}
+    answers: dict[str, Completion] = {}
+
+    def ask(name: str, messages, options) -> None:
+        for piece in chat.stream("tiny", aligned_tiny_dir, messages, **options):
+            first_piece.setdefault(name, time.monotonic())
+            if isinstance(piece, Completion):
+                answers[name] = piece
+                first_piece[name + " done"] = time.monotonic()
+
+    running = threading.Thread(target=ask, args=("first", HELLO, {**OPTIONS, "max_tokens": 40}))
+    running.start()
+    while "first" not in first_piece:
+        time.sleep(0.01)
+    ask("later", later, OPTIONS)
+    running.join(timeout=60)
+    # the later request was answered while the first still decoded: it did not wait for that batch
+    assert first_piece["later"] < first_piece["first done"]
+    assert chat.step_rows[2] > 0
+    assert answers["later"] == expected[1]
+    assert answers["first"].text.startswith(expected[0].text)  # 40 tokens allowed, not 24

@@ -162,3 +162,36 @@ def test_rows_of_one_batch_keep_their_own_decoding_budget_and_reader(tiny_model,
     for row, sampling in ((0, None), (1, sampled), (2, None)):
         (alone,) = decode_batch(FastDecoder(tiny_model), [prompts[row]], sampling=sampling, **decoding)
         assert alone[: len(rows[row])] == rows[row]
+
+
+def test_rows_that_join_a_running_batch_answer_as_if_alone(tiny_model, tokenizer):
+    """Continuous batching: a row that joins between steps (a prompt longer than the columns filled, so
+    every row moves right; later a short one) decodes exactly as alone, and finished rows leave."""
+    from vaccine_core.fast_generation import FastDecoder, RunningBatch, decode_batch
+    from vaccine_core.generation import prompt_token_ids
+
+    long_prompt, short_prompt, other = prompt_token_ids(tokenizer, [PROMPTS[5], PROMPTS[4], PROMPTS[0]])
+    decoding = {"end_ids": [-1], "pad_id": tokenizer.pad_token_id}  # only budgets end rows here
+    sampled = Sampling(temperature=1.0, top_p=0.9, seed=5)
+    batch = RunningBatch(FastDecoder(tiny_model), **decoding)
+    rows: dict[int, list[int]] = {}
+    plan = {0: [(short_prompt[:4], 9, None)], 2: [(long_prompt, 12, sampled)], 6: [(other, 5, None)]}
+    asked: dict[int, tuple[list[int], int, Sampling | None]] = {}
+    widths = []
+    with torch.no_grad():
+        for step in range(40):
+            for prompt, budget, sampling in plan.get(step, []):
+                (row,) = batch.join([prompt], budgets=[budget], samplings=[sampling])
+                asked[row], rows[row] = (prompt, budget, sampling), []
+            if not batch.active:
+                break
+            for row, token in batch.step():
+                rows[row].append(token)
+            widths.append(len(batch.ids))
+    assert set(rows) == {0, 1, 2} and not batch.active
+    assert 2 in widths and 1 in widths[widths.index(2) :]  # rows overlapped, and finished ones left
+    for row, (prompt, budget, sampling) in asked.items():
+        (alone,) = decode_batch(
+            FastDecoder(tiny_model), [prompt], max_new_tokens=budget, sampling=sampling, **decoding
+        )
+        assert rows[row] == alone, row
