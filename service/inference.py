@@ -201,7 +201,7 @@ class ChatModels:
         import torch
 
         from vaccine_core.fast_generation import FastDecoder, RunningBatch, fast_path_supported
-        from vaccine_core.generation import PieceDecoder, end_of_turn_ids, prompt_token_ids
+        from vaccine_core.generation import PieceDecoder, end_of_turn_ids
 
         with self._selected(first.model_id, first.spec) as loaded:
             if not fast_path_supported(loaded.model, 0):
@@ -220,9 +220,7 @@ class ChatModels:
             while True:
                 joining = []
                 for request in self._admit(first, self.batch - batch.active, running=bool(rows)):
-                    self.serving.append(request)
-                    (prompt,) = prompt_token_ids(loaded.tokenizer, [request.messages])
-                    request.tokenizer, request.prompt_tokens = loaded.tokenizer, len(prompt)
+                    prompt = self._take(request, loaded)
                     if request.gone.is_set():
                         self._done(request)
                     elif not fast_path_supported(loaded.model, len(prompt) + request.max_tokens):
@@ -257,13 +255,18 @@ class ChatModels:
 
     def _serve_plainly(self, first: _Request, loaded: SharedBase) -> None:
         """A model the fast decoder does not run: its requests one at a time, on the plain path."""
+        while request := next(iter(self._admit(first, 1, running=False)), None):
+            self._take(request, loaded)
+            self._answer_plainly(request, loaded)
+
+    def _take(self, request: _Request, loaded: SharedBase) -> list[int]:
+        """A request the generating thread now serves: its prompt's token ids (what the model reads)."""
         from vaccine_core.generation import prompt_token_ids
 
-        while request := next(iter(self._admit(first, 1, running=False)), None):
-            self.serving.append(request)
-            request.tokenizer = loaded.tokenizer
-            request.prompt_tokens = len(prompt_token_ids(loaded.tokenizer, [request.messages])[0])
-            self._answer_plainly(request, loaded)
+        self.serving.append(request)
+        (prompt,) = prompt_token_ids(loaded.tokenizer, [request.messages])
+        request.tokenizer, request.prompt_tokens = loaded.tokenizer, len(prompt)
+        return prompt
 
     def _answer_plainly(self, request: _Request, loaded: SharedBase) -> None:
         from vaccine_core.generation import stream_answer

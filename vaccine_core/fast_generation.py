@@ -366,6 +366,8 @@ class RunningBatch:
         self.decoder, self.pad_id = decoder, pad_id
         self.end = torch.tensor(list(end_ids), dtype=torch.long)
         self.joined = 0  # rows joined so far: the next row's id
+        self.ended: list[int] = []  # the rows the last step finished (or drop() stopped before it)
+        self.dropped: list[int] = []
         self._empty()
 
     def _empty(self) -> None:
@@ -379,8 +381,6 @@ class RunningBatch:
         self.last = torch.empty(0, decoder.hidden, dtype=decoder.dtype, device=decoder.device)
         self.samplings: list[Sampling | None] = []
         self.generators: list[torch.Generator | None] = []
-        self.ended: list[int] = []  # the rows the last step finished (or drop() stopped before it)
-        self.dropped: list[int] = []
 
     @property
     def active(self) -> int:
@@ -507,10 +507,8 @@ class RunningBatch:
         self.left -= 1
         self.alive &= self.left > 0
         self.ended, self.dropped = self.dropped + self.ids[was_alive & ~self.alive].tolist(), []
-        if not bool(self.alive.any()):
-            ended = self.ended
+        if not bool(self.alive.any()):  # its memory goes now; a later join starts afresh
             self._empty()
-            self.ended = ended
             return produced
         # Finished rows ride along (their tokens are ignored) until enough of them are worth a copy of
         # the cache without them.
