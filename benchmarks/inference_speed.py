@@ -4,8 +4,8 @@ clients, streaming through the official openai client.
 The API (uvicorn, the embedded default's SQLite and file broker) serves a base registered from an alignment
 run directory (``--base``, default: the safety grid's SFT base of the default model); every client asks
 ``--requests`` questions from protocol v2's harmless prompts one after another, greedy, ``--max-tokens``
-new tokens. Requests that wait together are decoded as one batch (service/inference.py), so 8 clients
-share decoding steps rather than queue for them: the figures say what a user waits for.
+new tokens. A request joins the model's running batch at its next decoding step (service/inference.py),
+so 8 clients share decoding steps rather than queue for them: the figures say what a user waits for.
 
     .venv/bin/python benchmarks/inference_speed.py [--base PATH] [--clients 1 8]
 
