@@ -160,6 +160,34 @@ def test_frozen_layers_keep_the_encoders_weights(tmp_path):
     assert not torch.equal(before["bert.pooler.dense.weight"], after["bert.pooler.dense.weight"])
 
 
+def test_average_tail_saves_the_mean_of_the_last_steps_weights(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+    from torch.optim.swa_utils import AveragedModel
+
+    from vaccine_core.moderation.dataset import LabelledPair
+    from vaccine_core.moderation.learned import JudgeTrainingConfig, train_judge
+
+    seen: list[torch.Tensor] = []
+    update = AveragedModel.update_parameters
+
+    def recording(self, model):
+        seen.append(model.bert.pooler.dense.weight.detach().clone())
+        update(self, model)
+
+    monkeypatch.setattr(AveragedModel, "update_parameters", recording)
+    encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False)
+    pairs = [LabelledPair("how do i hurt someone ?", "here is how .", True, None, "t")] * 4
+    pairs += [LabelledPair("what is the capital of france ?", "paris .", False, None, "t")] * 4
+    config = JudgeTrainingConfig(
+        epochs=2, batch_size=2, learning_rate=1e-2, max_length=32, average_tail=0.5, bfloat16=False
+    )
+    saved = load_file(train_judge(pairs, tmp_path / "j", config, encoder=encoder) / "model.safetensors")
+    assert len(seen) == 4  # half of 2 epochs x 4 steps
+    assert torch.allclose(saved["bert.pooler.dense.weight"], torch.stack(seen).mean(0), atol=1e-6)
+    assert not torch.allclose(saved["bert.pooler.dense.weight"], seen[-1], atol=1e-4)
+    assert JudgeTrainingConfig().key() != JudgeTrainingConfig(average_tail=0.5).key()
+
+
 def test_training_from_cached_frozen_layers_is_training_through_them(tmp_path):
     """Without dropout, the head trained on the frozen layers' cached output is the head trained through
     them: the cache changes the work, not the judge."""

@@ -12,7 +12,7 @@ OPTIONS_FILE = "judge.json"
 
 
 # Options added after judges were first cached, each with a default that trains as before it existed.
-LATER_OPTIONS = ("group_by_length", "cache_frozen")
+LATER_OPTIONS = ("group_by_length", "cache_frozen", "average_tail")
 
 
 @dataclass
@@ -57,6 +57,13 @@ class JudgeTrainingConfig:
             "help": "Batch pairs of similar length (transformers' length-grouped order, the batches then "
             "shuffled): 18 % fewer padded tokens, but batches of one kind of answer; it lowered validation "
             "F1 from 0.924 to 0.896 (benchmarks/results/judge_selection.md), so it is off."
+        },
+    )
+    average_tail: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of the last optimizer steps whose weights are averaged into the saved judge "
+            "(stochastic weight averaging's uniform mean; 0 saves the last step's weights)."
         },
     )
     threshold: float = field(

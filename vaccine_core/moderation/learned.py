@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 from transformers import AutoTokenizer, BertForSequenceClassification, get_scheduler
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.trainer_pt_utils import get_length_grouped_indices
@@ -240,6 +241,9 @@ def train_judge(
     lengths = [len(e["input_ids"]) for e in encodings]
     cached = config.cache_frozen and config.frozen_layers > 0
     states = frozen_states(model, tokenizer, encodings, config.frozen_layers, bfloat16) if cached else []
+    # the weights of the last steps, averaged as they come (SWA's mean); None keeps the last step's
+    averaged = AveragedModel(model) if config.average_tail > 0 else None
+    average_from = total - max(1, round(config.average_tail * total))
     for epoch in range(config.epochs):
         generator = torch.Generator().manual_seed(config.seed + epoch)
         for chosen in epoch_batches(lengths, config.batch_size, generator, config.group_by_length):
@@ -268,6 +272,8 @@ def train_judge(
             optimizer.step()
             scheduler.step()
             step += 1
+            if averaged is not None and step > average_from:
+                averaged.update_parameters(model)
             if on_progress is not None:
                 elapsed = time.perf_counter() - started
                 on_progress(
@@ -282,6 +288,8 @@ def train_judge(
                     )
                 )
 
+    if averaged is not None:
+        model = averaged.module
     staging = output_dir.with_name(output_dir.name + ".partial")
     staging.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(staging)

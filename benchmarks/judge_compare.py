@@ -1,0 +1,109 @@
+"""Score trained judges side by side, each the same way, to choose the default judge's training options.
+
+For every judge directory given (``vaccine moderation train [options]`` prints one): validation F1 and its
+calibrated threshold (from judge.json), training seconds and pairs; the held-out test split of seed 0's
+data, scored as the service runs it (int8 on a CPU), overall and per slice; and the pre-screen
+benchmark's two uploads (prescreen_mix.py's rows, SST-2 and Alpaca, 500 rows with 50 harmful), as
+harmful rows found and benign rows flagged at the judge's own threshold.
+
+    .venv/bin/python benchmarks/judge_compare.py JUDGE_DIR [JUDGE_DIR ...] --name NAME
+
+Writes benchmarks/results/judge_compare-NAME.json. Judges trained with another seed draw other Alpaca
+rows for training, some of them in the Alpaca upload: their Alpaca figure is marked as such.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine_info, provenance
+from prescreen_mix import alpaca_mix
+
+from vaccine_core.formats import as_dataset
+from vaccine_core.mixing import build_mix, write_rows
+from vaccine_core.moderation.dataset import split
+from vaccine_core.moderation.judge_config import OPTIONS_FILE
+from vaccine_core.moderation.learned import LearnedJudge, judge_data
+from vaccine_core.moderation.metrics import evaluate_judge
+from vaccine_core.moderation.prescreen import PRESCREEN_BATCH, screened_pairs
+from vaccine_core.settings import get_settings
+
+RESULTS = Path(__file__).parent / "results"
+UPLOAD_ROWS, HARMFUL_FRACTION = 500, 0.1
+
+
+def upload_figures(judge: LearnedJudge, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Harmful rows found and benign rows flagged, each row judged as the pre-screen judges it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "upload.jsonl"
+        write_rows(path, rows)
+        pairs = screened_pairs(as_dataset(path).conversations)
+    flags = [
+        verdict.flagged
+        for start in range(0, len(pairs), PRESCREEN_BATCH)
+        for verdict in judge.score(pairs[start : start + PRESCREEN_BATCH])
+    ]
+    return {
+        "harmful_found": sum(f for f, r in zip(flags, rows, strict=True) if r["harmful"]),
+        "benign_flagged": sum(f for f, r in zip(flags, rows, strict=True) if not r["harmful"]),
+        "harmful_rows": sum(r["harmful"] for r in rows),
+    }
+
+
+def assess(path: Path, test: list[Any], uploads: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    options = json.loads((path / OPTIONS_FILE).read_text())
+    judge = LearnedJudge(path)  # int8 on a CPU, as the service loads it
+    report = evaluate_judge(judge, test)
+    overall = report["overall"]
+    return {
+        "training": options["training"],
+        "train_seconds": options["train_seconds"],
+        "train_pairs": options["train_pairs"],
+        "threshold": options["threshold"],
+        "validation_f1": options.get("calibration", {}).get("f1"),
+        "quantized": judge.quantized,
+        "test": {k: round(overall[k], 4) for k in ("precision", "recall", "f1")} | {"n": overall["n"]},
+        "slices_flagged": {
+            name: f"{round(m['flag_rate'] * m['n'])}/{m['n']}" for name, m in report["by_slice"].items()
+        },
+        "uploads": {name: upload_figures(judge, rows) for name, rows in uploads.items()},
+        "alpaca_upload_seen_in_training": options["training"]["seed"] != 0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("judges", nargs="+", type=Path)
+    parser.add_argument("--name", required=True, help="the results file's suffix")
+    args = parser.parse_args()
+
+    data_dir = get_settings().data_dir
+    _train, _validation, test = split(judge_data(data_dir, seed=0))
+    uploads = {
+        "sst2": build_mix("sst2", UPLOAD_ROWS, HARMFUL_FRACTION, data_dir, seed=0),
+        "alpaca": alpaca_mix(data_dir, UPLOAD_ROWS, HARMFUL_FRACTION, seed=0),
+    }
+    judges = {}
+    for path in args.judges:
+        judges[path.name] = assess(path, test, uploads)
+        print(path.name, json.dumps({k: v for k, v in judges[path.name].items() if k != "training"}))
+    result = {
+        "benchmark": "judge_compare",
+        **provenance("benchmarks/judge_compare.py"),
+        "machine": machine_info(),
+        "test_split": {"data_seed": 0, "pairs": len(test)},
+        "judges": judges,
+    }
+    out = RESULTS / f"judge_compare-{args.name}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
