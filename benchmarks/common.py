@@ -2,6 +2,7 @@
 
 import os
 import platform
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,11 +28,25 @@ def machine_info(gpu: bool = False) -> dict[str, Any]:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def provenance(script: str) -> dict[str, str]:
-    """The command line that reproduces a result (the script's path relative to the repository)."""
+def source_commit() -> str | None:
+    """The commit the code ran from, "+changes" when tracked files differ from it (None outside git)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO, check=False).returncode
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+changes" if changed else "")
+
+
+def provenance(script: str) -> dict[str, str | None]:
+    """The command line that reproduces a result (the script's path relative to the repository), and the
+    commit it ran from."""
     path = Path(script).resolve()
     shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
     return {
         "command": " ".join(["python", str(shown), *sys.argv[1:]]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": source_commit(),
     }

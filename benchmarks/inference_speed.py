@@ -7,7 +7,7 @@ run directory (``--base``, default: the safety grid's SFT base of the default mo
 new tokens. A request joins the model's running batch at its next decoding step (service/inference.py),
 so 8 clients share decoding steps rather than queue for them: the figures say what a user waits for.
 
-    .venv/bin/python benchmarks/inference_speed.py [--base PATH] [--clients 1 8]
+    .venv/bin/python benchmarks/inference_speed.py [--base PATH] [--clients 1 8] [--repeats 3]
 
 Writes benchmarks/results/inference-cpu-2cores.json.
 """
@@ -112,6 +112,9 @@ def main() -> None:
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--requests", type=int, default=16, help="questions in all, shared by the clients")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each client count (arrival order varies between runs)"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     base = args.base or default_base()
@@ -128,7 +131,11 @@ def main() -> None:
             model=BASE_NAME, messages=[{"role": "user", "content": "Hello"}], max_tokens=4, temperature=0
         )
         assert warm.choices[0].message.content is not None
-        runs = [run(stack, key, prompts, clients, args.max_tokens) for clients in args.clients]
+        runs = [
+            {"repeat": repeat, **run(stack, key, prompts, clients, args.max_tokens)}
+            for repeat in range(args.repeats)
+            for clients in args.clients
+        ]
     result = {
         "benchmark": "inference_speed",
         "base": str(base),

@@ -381,6 +381,9 @@ class RunningBatch:
         self.last = torch.empty(0, decoder.hidden, dtype=decoder.dtype, device=decoder.device)
         self.samplings: list[Sampling | None] = []
         self.generators: list[torch.Generator | None] = []
+        # the tokens the last step chose, not yet read into the cache: a step hands its tokens out
+        # before the forward that feeds them back, which the next step or join runs first
+        self.pending: torch.Tensor | None = None
 
     @property
     def active(self) -> int:
@@ -399,6 +402,7 @@ class RunningBatch:
         each row's most new tokens; ``samplings``: None for greedy; ``keys``: each sampled row's stream
         key (prompt index, sample index), so that a row draws the same answer in any batch. Returns the
         rows' ids."""
+        self._advance()
         count = len(prompts)
         samplings = list(samplings) if samplings is not None else [None] * count
         keys = list(keys) if keys is not None else [(i, 0) for i in range(count)]
@@ -500,6 +504,11 @@ class RunningBatch:
         """One new token for every row still answering: its (id, token) pairs (a row's end-of-turn token
         left out); the rows this step finished are in ``ended``."""
         assert self.cache is not None, "nothing joined"
+        self._advance()
+        if not bool(self.alive.any()):  # every row was dropped: nothing to choose
+            self.ended, self.dropped = self.dropped, []
+            self._empty()
+            return []
         was_alive = self.alive.clone()
         chosen = choose_tokens(self.decoder, self.last, self.samplings, self.generators)
         self.alive &= ~torch.isin(chosen, self.end)
@@ -507,9 +516,18 @@ class RunningBatch:
         self.left -= 1
         self.alive &= self.left > 0
         self.ended, self.dropped = self.dropped + self.ids[was_alive & ~self.alive].tolist(), []
-        if not bool(self.alive.any()):  # its memory goes now; a later join starts afresh
+        if bool(self.alive.any()):
+            self.pending = chosen
+        else:  # its memory goes now; a later join starts afresh
             self._empty()
-            return produced
+        return produced
+
+    def _advance(self) -> None:
+        """Read the last step's tokens into the cache: every row's next hidden state."""
+        if self.pending is None:
+            return
+        assert self.cache is not None
+        chosen, self.pending = self.pending, None
         # Finished rows ride along (their tokens are ignored) until enough of them are worth a copy of
         # the cache without them.
         if int((~self.alive).sum()) >= max(1, len(self.ids) // COMPACT_EVERY):
@@ -525,7 +543,6 @@ class RunningBatch:
         )
         self.cache.length += 1
         self.next_position = self.next_position + 1
-        return produced
 
     def _compact(self, chosen: torch.Tensor) -> torch.Tensor:
         """Drop the finished rows, and the columns before the first one a remaining row reads."""
