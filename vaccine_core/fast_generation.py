@@ -526,6 +526,9 @@ class RunningBatch:
         """Read the last step's tokens into the cache: every row's next hidden state."""
         if self.pending is None:
             return
+        if not bool(self.alive.any()):  # every row was dropped: nobody reads what it would compute
+            self._empty()
+            return
         assert self.cache is not None
         chosen, self.pending = self.pending, None
         # Finished rows ride along (their tokens are ignored) until enough of them are worth a copy of

@@ -164,6 +164,31 @@ def test_rows_of_one_batch_keep_their_own_decoding_budget_and_reader(tiny_model,
         assert alone[: len(rows[row])] == rows[row]
 
 
+def test_a_step_hands_out_its_tokens_before_the_forward_that_reads_them(tiny_model, tokenizer, monkeypatch):
+    """A chat's first token comes straight from the prompt's prefill, each later one after one forward;
+    rows all dropped between steps end with no forward run for them, whether a row joins first or not."""
+    from vaccine_core.fast_generation import FastDecoder, RunningBatch
+    from vaccine_core.generation import prompt_token_ids
+
+    decoder = FastDecoder(tiny_model)
+    forwards = []
+    forward = decoder.forward
+    monkeypatch.setattr(decoder, "forward", lambda *a, **k: forwards.append(1) or forward(*a, **k))
+    batch = RunningBatch(decoder, end_ids=[-1], pad_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        first, second = batch.join(prompt_token_ids(tokenizer, PROMPTS[:2]), budgets=[5, 5])
+        forwards.clear()
+        assert [row for row, _ in batch.step()] == [first, second] and not forwards
+        assert len(batch.step()) == 2 and len(forwards) == 1
+        batch.drop([first, second])  # and one joins before the next step: it starts a fresh batch
+        (third,) = batch.join(prompt_token_ids(tokenizer, PROMPTS[2:3]), budgets=[5])
+        assert [row for row, _ in batch.step()] == [third] and sorted(batch.ended) == [first, second]
+        batch.drop([third])
+        forwards.clear()
+        assert batch.step() == [] and not forwards
+    assert batch.ended == [third] and not batch.active
+
+
 def test_rows_that_join_a_running_batch_answer_as_if_alone(tiny_model, tokenizer):
     """Continuous batching: a row that joins between steps (a prompt longer than the columns filled, so
     every row moves right; later a short one) decodes exactly as alone, and finished rows leave."""
