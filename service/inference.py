@@ -252,6 +252,8 @@ class ChatModels:
                     if rest := text.flush():
                         request.pieces.put(rest)
                     self._done(request)
+                with torch.no_grad():
+                    batch.advance()  # after the tokens went out, and before requests that came meanwhile join
 
     def _serve_plainly(self, first: _Request, loaded: SharedBase) -> None:
         """A model the fast decoder does not run: its requests one at a time, on the plain path."""

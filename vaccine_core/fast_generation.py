@@ -402,7 +402,7 @@ class RunningBatch:
         each row's most new tokens; ``samplings``: None for greedy; ``keys``: each sampled row's stream
         key (prompt index, sample index), so that a row draws the same answer in any batch. Returns the
         rows' ids."""
-        self._advance()
+        self.advance()
         count = len(prompts)
         samplings = list(samplings) if samplings is not None else [None] * count
         keys = list(keys) if keys is not None else [(i, 0) for i in range(count)]
@@ -504,7 +504,7 @@ class RunningBatch:
         """One new token for every row still answering: its (id, token) pairs (a row's end-of-turn token
         left out); the rows this step finished are in ``ended``."""
         assert self.cache is not None, "nothing joined"
-        self._advance()
+        self.advance()
         if not bool(self.alive.any()):  # every row was dropped: nothing to choose
             self.ended, self.dropped = self.dropped, []
             self._empty()
@@ -522,8 +522,10 @@ class RunningBatch:
             self._empty()
         return produced
 
-    def _advance(self) -> None:
-        """Read the last step's tokens into the cache: every row's next hidden state."""
+    def advance(self) -> None:
+        """Read the last step's tokens into the cache: every row's next hidden state (the next step or
+        join does it when the caller has not; a caller who hands the step's tokens out first calls it
+        after that, before it looks for rows to join)."""
         if self.pending is None:
             return
         if not bool(self.alive.any()):  # every row was dropped: nobody reads what it would compute
