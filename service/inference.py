@@ -256,10 +256,13 @@ class ChatModels:
                     batch.advance()  # after the tokens went out, and before requests that came meanwhile join
 
     def _serve_plainly(self, first: _Request, loaded: SharedBase) -> None:
-        """A model the fast decoder does not run: its requests one at a time, on the plain path."""
-        while request := next(iter(self._admit(first, 1, running=False)), None):
+        """A model the fast decoder does not run: its requests one at a time, on the plain path, until
+        another model's request waits."""
+        served = False
+        while request := next(iter(self._admit(first, 1, running=served)), None):
             self._take(request, loaded)
             self._answer_plainly(request, loaded)
+            served = True
 
     def _take(self, request: _Request, loaded: SharedBase) -> list[int]:
         """A request the generating thread now serves: its prompt's token ids (what the model reads)."""

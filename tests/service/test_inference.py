@@ -161,3 +161,30 @@ def test_a_request_joins_the_batch_that_is_running_and_answers_as_alone(aligned_
     assert chat.step_rows[2] > 0
     assert answers["later"] == expected[1]
     assert answers["first"].text.startswith(expected[0].text)  # 40 tokens allowed, not 24
+
+
+def test_on_the_plain_path_requests_of_two_models_are_served_in_the_order_they_came(
+    aligned_tiny_dir, monkeypatch
+):
+    import threading
+
+    monkeypatch.setattr(fast_generation, "fast_path_supported", lambda model, length: False)
+    chat = ChatModels(window_s=0.5)  # all three wait when the generating thread starts
+    answered: list[str] = []
+    answer_plainly = ChatModels._answer_plainly
+
+    def recording(self, request, loaded):
+        answered.append(request.model_id)
+        answer_plainly(self, request, loaded)
+
+    monkeypatch.setattr(ChatModels, "_answer_plainly", recording)
+    threads = []
+    for model_id in ("a", "b", "a"):  # in the order they come, not all of a's first
+        threads.append(
+            threading.Thread(target=chat.complete, args=(model_id, aligned_tiny_dir, HELLO), kwargs=OPTIONS)
+        )
+        threads[-1].start()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert answered == ["a", "b", "a"]
