@@ -127,14 +127,16 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict[str, Any], path: Path) -> Path | None:
+def plot(result: dict[str, Any], regime: str, path: Path) -> Path | None:
+    """HS and degenerate share against p, per arm and decoding, for a regime measured at several p (None
+    for a regime measured at one)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = [c for c in result["cells"] if c["regime"] == "default"]
-    if not cells:
+    cells = [c for c in result["cells"] if c["regime"] == regime]
+    if len({c["attack"]["p"] for c in cells}) < 2:
         return None
     figure, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
     for column, decoding in enumerate(("greedy", "sampled")):
@@ -158,7 +160,7 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
             axis.set_xlabel("harmful fraction p")
             axis.grid(alpha=0.3)
     axes[0][0].legend()
-    figure.suptitle("Protocol v2, default regime: mean and 95 % bootstrap interval over prompts and seeds")
+    figure.suptitle(f"Protocol v2, {regime} regime: mean and 95 % bootstrap interval over prompts and seeds")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -172,9 +174,10 @@ def write_report(result: dict[str, Any], stem: Path) -> list[Path]:
     md_path = stem.with_suffix(".md")
     md_path.write_text(markdown(result))
     written = [json_path, md_path]
-    png = plot(result, stem.with_name(stem.name + "-default.png"))
-    if png:
-        written.append(png)
+    for regime in sorted({c["regime"] for c in result["cells"]}):
+        png = plot(result, regime, stem.with_name(f"{stem.name}-{regime}.png"))
+        if png:
+            written.append(png)
     return written
 
 
