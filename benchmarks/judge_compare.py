@@ -15,38 +15,25 @@ rows for training, some of them in the Alpaca upload: their Alpaca figure is mar
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, provenance
-from prescreen_mix import alpaca_mix
+from prescreen_mix import batched_verdicts, benchmark_uploads, upload_pairs
 
-from vaccine_core.formats import as_dataset
-from vaccine_core.mixing import build_mix, write_rows
 from vaccine_core.moderation.dataset import split
 from vaccine_core.moderation.judge_config import OPTIONS_FILE
 from vaccine_core.moderation.learned import LearnedJudge, judge_data
 from vaccine_core.moderation.metrics import evaluate_judge
-from vaccine_core.moderation.prescreen import PRESCREEN_BATCH, screened_pairs
 from vaccine_core.settings import get_settings
 
 RESULTS = Path(__file__).parent / "results"
-UPLOAD_ROWS, HARMFUL_FRACTION = 500, 0.1
 
 
 def upload_figures(judge: LearnedJudge, rows: list[dict[str, Any]]) -> dict[str, int]:
     """Harmful rows found and benign rows flagged, each row judged as the pre-screen judges it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "upload.jsonl"
-        write_rows(path, rows)
-        pairs = screened_pairs(as_dataset(path).conversations)
-    flags = [
-        verdict.flagged
-        for start in range(0, len(pairs), PRESCREEN_BATCH)
-        for verdict in judge.score(pairs[start : start + PRESCREEN_BATCH])
-    ]
+    flags = [verdict.flagged for verdict in batched_verdicts(judge, upload_pairs(rows))]
     return {
         "harmful_found": sum(f for f, r in zip(flags, rows, strict=True) if r["harmful"]),
         "benign_flagged": sum(f for f, r in zip(flags, rows, strict=True) if not r["harmful"]),
@@ -85,10 +72,7 @@ def main() -> None:
 
     data_dir = get_settings().data_dir
     _train, _validation, test = split(judge_data(data_dir, seed=0))
-    uploads = {
-        "sst2": build_mix("sst2", UPLOAD_ROWS, HARMFUL_FRACTION, data_dir, seed=0),
-        "alpaca": alpaca_mix(data_dir, UPLOAD_ROWS, HARMFUL_FRACTION, seed=0),
-    }
+    uploads = benchmark_uploads(data_dir)
     judges = {}
     for path in args.judges:
         judges[path.name] = assess(path, test, uploads)

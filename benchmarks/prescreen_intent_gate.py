@@ -15,7 +15,6 @@ Writes benchmarks/results/prescreen_intent_gate.json.
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,11 @@ from transformers import AutoModel, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, provenance
-from prescreen_mix import alpaca_mix
+from prescreen_mix import batched_verdicts, benchmark_uploads, upload_pairs
 
-from vaccine_core.formats import as_dataset
-from vaccine_core.mixing import build_mix, read_jsonl, write_rows
+from vaccine_core.mixing import read_jsonl
 from vaccine_core.moderation import load_judge
 from vaccine_core.moderation.learned import bundled_encoder
-from vaccine_core.moderation.prescreen import PRESCREEN_BATCH, screened_pairs
 from vaccine_core.settings import get_settings
 
 GATES = (None, -0.2, -0.15, -0.1, -0.05, 0.0)
@@ -82,21 +79,11 @@ def main() -> None:
     bank_seconds = time.perf_counter() - started
     judge = load_judge(args.judge)
     uploads: dict[str, Any] = {}
-    for name, rows in (
-        ("sst2", build_mix("sst2", 500, 0.1, data, seed=0)),
-        ("alpaca", alpaca_mix(data, 500, 0.1, seed=0)),
-    ):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "upload.jsonl"
-            write_rows(path, rows)
-            pairs = screened_pairs(as_dataset(path).conversations)
+    for name, rows in benchmark_uploads(data).items():
+        pairs = upload_pairs(rows)
         queries = embed([question for question, _ in pairs])
         intent = (nearest(queries, harmful_vectors) - nearest(queries, harmless_vectors)).tolist()
-        flags = [
-            v.flagged
-            for start in range(0, len(pairs), PRESCREEN_BATCH)
-            for v in judge.score(pairs[start : start + PRESCREEN_BATCH])
-        ]
+        flags = [verdict.flagged for verdict in batched_verdicts(judge, pairs)]
         gates = []
         for gate in GATES:
             kept = [f and (gate is None or g >= gate) for f, g in zip(flags, intent, strict=True)]

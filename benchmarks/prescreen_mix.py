@@ -22,7 +22,7 @@ from common import machine_info, provenance
 from vaccine_core.formats import as_dataset
 from vaccine_core.mixing import HARMFUL_FILE, HELPFUL_FILE, build_mix, read_jsonl, write_rows
 from vaccine_core.moderation import load_judge
-from vaccine_core.moderation.base import Pair
+from vaccine_core.moderation.base import Pair, Verdict
 from vaccine_core.moderation.dataset import LabelledPair, alpaca_question, load_labelled_pairs
 from vaccine_core.moderation.prescreen import PRESCREEN_BATCH, prescreen, screened_pairs
 from vaccine_core.settings import get_settings
@@ -40,16 +40,37 @@ def alpaca_mix(data_dir: Path, n: int, harmful_fraction: float, seed: int) -> li
     return rows
 
 
+def upload_pairs(rows: list[dict[str, Any]]) -> list[Pair]:
+    """What the pre-screen judges of each row, were ``rows`` uploaded as a file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "upload.jsonl"
+        write_rows(path, rows)
+        return screened_pairs(as_dataset(path).conversations)
+
+
+def batched_verdicts(judge: Any, pairs: list[Pair]) -> list[Verdict]:
+    """The judge's verdicts in the pre-screen's batches (a score moves a little with its batch's padding)."""
+    return [
+        verdict
+        for start in range(0, len(pairs), PRESCREEN_BATCH)
+        for verdict in judge.score(pairs[start : start + PRESCREEN_BATCH])
+    ]
+
+
+def benchmark_uploads(data_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """This benchmark's two uploads at its defaults (500 rows, 50 harmful, seed 0), SST-2 and Alpaca."""
+    return {
+        "sst2": build_mix("sst2", 500, 0.1, data_dir, seed=0),
+        "alpaca": alpaca_mix(data_dir, 500, 0.1, seed=0),
+    }
+
+
 def operating_curve(judge: Any, pairs: list[Pair], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """What another per-row threshold would do, from every row's score (``pairs``: what the pre-screen
     judged of each of ``rows``): harmful rows found and benign rows flagged at each threshold, and the
     benign rows flagged at the highest threshold that still finds every harmful row (the price of full
     recall)."""
-    scores = [
-        verdict.score
-        for start in range(0, len(pairs), PRESCREEN_BATCH)
-        for verdict in judge.score(pairs[start : start + PRESCREEN_BATCH])
-    ]
+    scores = [verdict.score for verdict in batched_verdicts(judge, pairs)]
     harmful = [s for s, r in zip(scores, rows, strict=True) if r["harmful"]]
     benign = [s for s, r in zip(scores, rows, strict=True) if not r["harmful"]]
     own = getattr(judge, "threshold", None)

@@ -203,7 +203,8 @@ class ChatModels:
         from vaccine_core.fast_generation import FastDecoder, RunningBatch, fast_path_supported
         from vaccine_core.generation import PieceDecoder, end_of_turn_ids
 
-        with self._selected(first.model_id, first.spec) as loaded:
+        # no gradients anywhere in this thread's decoding (the grad mode is the thread's own)
+        with self._selected(first.model_id, first.spec) as loaded, torch.no_grad():
             if not fast_path_supported(loaded.model, 0):
                 self._serve_plainly(first, loaded)
                 return
@@ -228,22 +229,19 @@ class ChatModels:
                     else:
                         joining.append((request, prompt))
                 if joining:
-                    with torch.no_grad():
-                        ids = batch.join(
-                            [prompt for _, prompt in joining],
-                            budgets=[r.max_tokens for r, _ in joining],
-                            samplings=[r.sampling() for r, _ in joining],
-                            keys=[(0, 0)] * len(joining),  # each row's stream as if it were alone
-                        )
+                    ids = batch.join(
+                        [prompt for _, prompt in joining],
+                        budgets=[r.max_tokens for r, _ in joining],
+                        samplings=[r.sampling() for r, _ in joining],
+                        keys=[(0, 0)] * len(joining),  # each row's stream as if it were alone
+                    )
                     for row, (request, _) in zip(ids, joining, strict=True):
                         rows[row] = (request, PieceDecoder(loaded.tokenizer))
                 if not batch.active:
                     return
                 batch.drop([row for row, (request, _) in rows.items() if request.gone.is_set()])
                 self.step_rows[batch.active] += 1
-                with torch.no_grad():
-                    produced = batch.step()
-                for row, token in produced:
+                for row, token in batch.step():
                     request, text = rows[row]
                     if piece := text.push([token]):
                         request.pieces.put(piece)
@@ -252,8 +250,7 @@ class ChatModels:
                     if rest := text.flush():
                         request.pieces.put(rest)
                     self._done(request)
-                with torch.no_grad():
-                    batch.advance()  # after the tokens went out, and before requests that came meanwhile join
+                batch.advance()  # after the tokens went out, and before requests that came meanwhile join
 
     def _serve_plainly(self, first: _Request, loaded: SharedBase) -> None:
         """A model the fast decoder does not run: its requests one at a time, on the plain path, until
