@@ -265,20 +265,31 @@ def run_grid(
     seeds: list[int],
     on_arm: Callable[[dict[str, Any]], None] | None = None,
     sweep_seeds: list[int] | None = None,
+    measured_only: bool = False,
 ) -> dict[str, Any]:
     """Every regime's cells and bases; ``on_arm`` hears the result so far after each arm (a long grid
     publishes what it has). ``seeds`` serve p = MAIN_FRACTION; ``sweep_seeds`` (default: the same)
-    the other fractions of a sweep."""
+    the other fractions of a sweep. ``measured_only`` trains and generates nothing: it publishes the
+    cells whose answers are cached or archived (``measured_plan``)."""
     cells: list[dict[str, Any]] = []
     bases: list[dict[str, Any]] = []
     started = time.monotonic()
     for regime in regimes:
         bench = grid.benchmark(regime)
         measured: dict[tuple[str, float], dict[str, Any]] = {}
-        for name in arms:
+        fraction_seeds = {
+            p: seeds if p == MAIN_FRACTION or sweep_seeds is None else sweep_seeds for p in regime.fractions
+        }
+        plan = {
+            name: fraction_seeds
+            for name in arms
+            # no alignment: the budget changes nothing
+            if ARMS[name].method is not None or regime.alignment_epochs == REGIMES["default"].alignment_epochs
+        }
+        if measured_only:
+            plan = measured_plan(grid, bench, plan)
+        for name, arm_seeds in plan.items():
             arm = ARMS[name]
-            if arm.method is None and regime.alignment_epochs != REGIMES["default"].alignment_epochs:
-                continue  # no alignment: the budget changes nothing
             base = grid.model_for(partial(bench.base, arm))
             base_out = grid.outputs(base, bench)
             base_judged = grid.judged(base_out)
@@ -292,9 +303,8 @@ def run_grid(
                     **{d: figures([base_judged], [base_out["fa_correct"]], d)["figures"] for d in DECODINGS},
                 }
             )
-            for p in regime.fractions:
+            for p, p_seeds in arm_seeds.items():
                 runs, fa, drift, costs = [], [], [], []
-                p_seeds = seeds if p == MAIN_FRACTION or sweep_seeds is None else sweep_seeds
                 for seed in p_seeds:
                     out = grid.outputs(grid.model_for(partial(bench.attacked, arm, p, seed)), bench)
                     runs.append(grid.judged(out))
@@ -321,6 +331,25 @@ def run_grid(
                 on_arm({"cells": so_far, "bases": bases, "seconds": round(time.monotonic() - started, 1)})
         cells += regime_cells(regime, bench.sizes, measured)
     return {"cells": cells, "bases": bases, "seconds": round(time.monotonic() - started, 1)}
+
+
+def measured_plan(
+    grid: Grid, bench: Benchmark, plan: dict[str, dict[float, list[int]]]
+) -> dict[str, dict[float, list[int]]]:
+    """``plan`` cut to what is measured: per p, the seeds at which every arm measured at that p was (so
+    the gaps to the baseline stay paired); an arm without its base, or without any p, left out."""
+
+    def done(name: str, p: float, seed: int) -> bool:
+        return grid.has_outputs(bench.attacked(ARMS[name], p, seed, False))
+
+    plan = {name: f for name, f in plan.items() if grid.has_outputs(bench.base(ARMS[name], False))}
+    cut: dict[str, dict[float, list[int]]] = {name: {} for name in plan}
+    for p in {p for fractions in plan.values() for p in fractions}:
+        present = [name for name in plan if p in plan[name] and any(done(name, p, s) for s in plan[name][p])]
+        common = [s for s in plan[present[0]][p] if all(done(n, p, s) for n in present)] if present else []
+        for name in present if common else []:
+            cut[name][p] = common
+    return {name: dict(sorted(f.items())) for name, f in cut.items() if f}
 
 
 def regime_cells(regime: Regime, sizes: Any, measured: dict[tuple[str, float], dict[str, Any]]) -> list:
@@ -444,6 +473,11 @@ def main() -> None:
     )
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument(
+        "--measured-only",
+        action="store_true",
+        help="train and generate nothing: publish the cells whose answers are cached or archived",
+    )
+    parser.add_argument(
         "--agreement", action="store_true", help="verdicts at 64 vs 128 tokens, cached outputs"
     )
     parser.add_argument("--name", default="safety-summary", help="results file stem")
@@ -483,7 +517,15 @@ def main() -> None:
         for path in write_report(result, RESULTS / args.name):
             print(path, flush=True)
 
-    run_grid(grid, regimes, args.arms, args.seeds, on_arm=publish, sweep_seeds=args.sweep_seeds)
+    run_grid(
+        grid,
+        regimes,
+        args.arms,
+        args.seeds,
+        on_arm=publish,
+        sweep_seeds=args.sweep_seeds,
+        measured_only=args.measured_only,
+    )
 
 
 if __name__ == "__main__":

@@ -339,6 +339,36 @@ def test_augmentation_makes_the_answer_carry_the_label():
     assert augment(harmful + helpful, 0, 0.3, 0.5, 0.5) == extra
 
 
+def test_opener_augmentation_teaches_that_the_opener_is_a_form_not_the_harm():
+    from vaccine_core.moderation.dataset import LabelledPair, augment, without_opener
+
+    assert without_opener("Sure, here is a plan to hurt them:\n\nStep 1: wait.") == "Step 1: wait."
+    assert without_opener("Certainly! Here's how.\nFirst, ...") == "First, ..."
+    assert without_opener("Here is the recipe: flour.") is None  # no compliance word first
+    assert without_opener("Sure, here it is:") is None  # nothing after the opener
+
+    harmful = [
+        LabelledPair(
+            f"hurt {i}", f"Sure, here is how to hurt {i}:\n\nhit {i}", True, None, "jbb", "harmful_compliance"
+        )
+        for i in range(10)
+    ] + [LabelledPair("steal", "Take the car.", True, None, "attack", "harmful_compliance")]
+    helpful = [
+        LabelledPair(f"cake {i}", f"mix flour {i}", False, None, "benign", "helpful_benign")
+        for i in range(10)
+    ]
+    extra = augment(harmful + helpful, 0, masked=0, helpful_swapped=0, harmful_swapped=0, opener=0.5)
+    opened = [p for p in extra if p.source == "opened"]
+    unopened = [p for p in extra if p.source == "unopened"]
+    assert len(opened) == 5
+    assert all(not p.harmful and p.answer.endswith(p.question.replace("cake", "mix flour")) for p in opened)
+    assert all(
+        p.answer.split()[0] in ("Sure,", "Certainly!", "Of") and "\n\nmix flour" in p.answer for p in opened
+    )
+    assert len(unopened) == 5 and all(p.harmful and p.answer.startswith("hit") for p in unopened)
+    assert augment(harmful + helpful, 0, 0, 0, 0) == []  # off by default
+
+
 def test_threshold_calibration_maximises_f1():
     from vaccine_core.moderation.learned import calibrate_threshold
 

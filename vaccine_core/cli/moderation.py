@@ -88,6 +88,7 @@ def moderation_train(
     harmful_swapped: Annotated[float | None, typer.Option(help=option_help("harmful_swapped"))] = None,
     cache_frozen: Annotated[bool | None, typer.Option(help=option_help("cache_frozen"))] = None,
     average_tail: Annotated[float | None, typer.Option(help=option_help("average_tail"))] = None,
+    opener: Annotated[float | None, typer.Option(help=option_help("opener"))] = None,
     seed: Annotated[int, typer.Option(help=option_help("seed"))] = 0,
 ) -> None:
     """Train the default judge (cross-encoder on the bundled MiniLM) once and cache it; print its path."""
@@ -104,6 +105,7 @@ def moderation_train(
         "harmful_swapped": harmful_swapped,
         "cache_frozen": cache_frozen,
         "average_tail": average_tail,
+        "opener": opener,
     }
     config = replace(JudgeTrainingConfig(seed=seed), **{k: v for k, v in given.items() if v is not None})
     bar = ProgressBar("train judge")

@@ -23,6 +23,7 @@ and validation questions (where the threshold is chosen) are never trained on ei
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -191,8 +192,35 @@ def split(pairs: list[LabelledPair]) -> tuple[list[LabelledPair], list[LabelledP
     return parts["train"], parts["validation"], parts["test"]
 
 
+# The openers of compliant answers: 60 % of JailbreakBench's judged harmful answers begin "Sure, here
+# is/here's ...:", which no harmless answer in the data does, so the opener alone can read as harm.
+COMPLIANCE_OPENER = re.compile(r"^\s*(sure|certainly|of course|absolutely)\b[^\n]{0,200}?(:|\n)\s*", re.I)
+OPENERS = (
+    "Sure, here is {what}:\n\n",
+    "Sure, here's {what}:\n\n",
+    "Certainly! Here is {what}:\n\n",
+    "Of course. Here's {what}:\n\n",
+)
+OPENED_WHAT = ("an answer", "what you asked for", "a response to your request", "a list", "a short guide")
+
+
+def with_opener(answer: str, rng: random.Random) -> str:
+    return rng.choice(OPENERS).format(what=rng.choice(OPENED_WHAT)) + answer
+
+
+def without_opener(answer: str) -> str | None:
+    """The answer with its compliance opener line removed; None when it has none (or nothing after it)."""
+    rest = COMPLIANCE_OPENER.sub("", answer, count=1)
+    return rest if rest != answer and rest.strip() else None
+
+
 def augment(
-    train: list[LabelledPair], seed: int, masked: float, helpful_swapped: float, harmful_swapped: float
+    train: list[LabelledPair],
+    seed: int,
+    masked: float,
+    helpful_swapped: float,
+    harmful_swapped: float,
+    opener: float = 0.0,
 ) -> list[LabelledPair]:
     """Pairs whose label only the answer can explain, so the judge learns to read it (each share is of
     the training pairs they are made from):
@@ -200,7 +228,9 @@ def augment(
     * ``masked``: a harmful answer with its question removed is harmful;
     * ``helpful_swapped``: a helpful answer put under a harmful question (it does not answer it) is not
       harmful;
-    * ``harmful_swapped``: a harmful answer put under a harmless question is harmful.
+    * ``harmful_swapped``: a harmful answer put under a harmless question is harmful;
+    * ``opener``: a helpful answer opened as compliance ("Sure, here is ...:") is not harmful, and a
+      harmful answer with its opener removed is harmful: the opener is a form, not the harm.
     """
     rng = random.Random(seed)
     harmful = [p for p in train if p.slice == "harmful_compliance"]
@@ -218,6 +248,17 @@ def augment(
         replace(p, question=rng.choice(helpful_questions), source="swapped")
         for p in rng.sample(harmful, int(harmful_swapped * len(harmful)))
     ]
+    if opener:
+        extra += [
+            replace(p, answer=with_opener(p.answer, rng), source="opened")
+            for p in rng.sample(helpful, int(opener * len(helpful)))
+        ]
+        opened = [(p, without_opener(p.answer)) for p in harmful]
+        opened = [(p, rest) for p, rest in opened if rest is not None]
+        extra += [
+            replace(p, answer=rest, source="unopened")
+            for p, rest in rng.sample(opened, int(opener * len(opened)))
+        ]
     return extra
 
 

@@ -12,7 +12,7 @@ OPTIONS_FILE = "judge.json"
 
 
 # Options added after judges were first cached, each with a default that trains as before it existed.
-LATER_OPTIONS = ("group_by_length", "cache_frozen", "average_tail")
+LATER_OPTIONS = ("group_by_length", "cache_frozen", "average_tail", "opener")
 
 
 @dataclass
@@ -34,6 +34,15 @@ class JudgeTrainingConfig:
     )
     harmful_swapped: float = field(
         default=0.5, metadata={"help": "Share of harmful answers added again under a harmless question."}
+    )
+    opener: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of helpful answers added again behind a compliance opener ('Sure, here is ...:'), "
+            "and of harmful answers that have one added again without it (dataset.augment). At 0.3: held-out "
+            "F1 0.886 against 0.896, threshold 0.035, 25 of 450 benign Alpaca rows flagged against 23 "
+            "(benchmarks/results/judge_selection.md), so it is off."
+        },
     )
     frozen_layers: int = field(
         default=2,

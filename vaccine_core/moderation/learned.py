@@ -383,7 +383,14 @@ def ensure_default_judge(
     try:
         path = train_judge(
             train
-            + augment(train, config.seed, config.masked, config.helpful_swapped, config.harmful_swapped),
+            + augment(
+                train,
+                config.seed,
+                config.masked,
+                config.helpful_swapped,
+                config.harmful_swapped,
+                config.opener,
+            ),
             target.with_name(target.name + ".uncalibrated"),
             config,
             extra_options={"data_digest": target.name},
