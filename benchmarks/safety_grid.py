@@ -25,6 +25,7 @@ either arm's answers are degenerate; cells that do not count are published, mark
 
     .venv/bin/python benchmarks/safety_grid.py [--regimes default weak-long align120] [--max-new-tokens 64]
     .venv/bin/python benchmarks/safety_grid.py --agreement    # judge verdicts at 64 vs 128 tokens
+    .venv/bin/python benchmarks/safety_grid.py --measured-only ...  # pool what is archived, train nothing
 
 Writes benchmarks/results/safety-summary.{json,md} and safety-summary-*.png; answers are cached under
 $VACCINE_HOME/benchmarks/safety_grid keyed by the model, the split and the protocol, and archived (xz) in
