@@ -192,8 +192,8 @@ def split(pairs: list[LabelledPair]) -> tuple[list[LabelledPair], list[LabelledP
     return parts["train"], parts["validation"], parts["test"]
 
 
-# The openers of compliant answers: 60 % of JailbreakBench's judged harmful answers begin "Sure, here
-# is/here's ...:", which no harmless answer in the data does, so the opener alone can read as harm.
+# The openers of compliant answers: 61 % of JailbreakBench's judged harmful answers begin "Sure, here
+# is/here's ...:" against 9 % of its harmless ones and 1 % of Alpaca's, so the opener alone can read as harm.
 COMPLIANCE_OPENER = re.compile(r"^\s*(sure|certainly|of course|absolutely)\b[^\n]{0,200}?(:|\n)\s*", re.I)
 OPENERS = (
     "Sure, here is {what}:\n\n",
