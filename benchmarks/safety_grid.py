@@ -339,18 +339,19 @@ def measured_plan(
 ) -> dict[str, dict[float, list[int]]]:
     """``plan`` cut to what is measured: per p, the seeds at which every arm measured at that p was (so
     the gaps to the baseline stay paired); an arm without its base, or without any p, left out."""
-
-    def done(name: str, p: float, seed: int) -> bool:
-        return grid.has_outputs(bench.attacked(ARMS[name], p, seed, False))
-
     plan = {name: f for name, f in plan.items() if grid.has_outputs(bench.base(ARMS[name], False))}
+    done = {  # each model's store looked up once
+        (name, p): {s for s in seeds if grid.has_outputs(bench.attacked(ARMS[name], p, s, False))}
+        for name, fractions in plan.items()
+        for p, seeds in fractions.items()
+    }
     cut: dict[str, dict[float, list[int]]] = {name: {} for name in plan}
-    for p in {p for fractions in plan.values() for p in fractions}:
-        present = [name for name in plan if p in plan[name] and any(done(name, p, s) for s in plan[name][p])]
-        common = [s for s in plan[present[0]][p] if all(done(n, p, s) for n in present)] if present else []
+    for p in sorted({p for _, p in done}):
+        present = [name for name in plan if done.get((name, p))]
+        common = set.intersection(*(done[name, p] for name in present)) if present else set()
         for name in present if common else []:
-            cut[name][p] = common
-    return {name: dict(sorted(f.items())) for name, f in cut.items() if f}
+            cut[name][p] = sorted(common)
+    return {name: f for name, f in cut.items() if f}
 
 
 def regime_cells(regime: Regime, sizes: Any, measured: dict[tuple[str, float], dict[str, Any]]) -> list:

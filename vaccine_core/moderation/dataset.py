@@ -253,8 +253,7 @@ def augment(
             replace(p, answer=with_opener(p.answer, rng), source="opened")
             for p in rng.sample(helpful, int(opener * len(helpful)))
         ]
-        opened = [(p, without_opener(p.answer)) for p in harmful]
-        opened = [(p, rest) for p, rest in opened if rest is not None]
+        opened = [(p, rest) for p in harmful if (rest := without_opener(p.answer)) is not None]
         extra += [
             replace(p, answer=rest, source="unopened")
             for p, rest in rng.sample(opened, int(opener * len(opened)))
