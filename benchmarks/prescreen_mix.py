@@ -10,7 +10,6 @@ precision, and benign rows wrongly flagged.
 
 import argparse
 import json
-import random
 import sys
 import tempfile
 from pathlib import Path
@@ -20,24 +19,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, provenance
 
 from vaccine_core.formats import as_dataset
-from vaccine_core.mixing import HARMFUL_FILE, HELPFUL_FILE, build_mix, read_jsonl, write_rows
+from vaccine_core.mixing import build_mix, write_rows
 from vaccine_core.moderation import load_judge
 from vaccine_core.moderation.base import Pair, Verdict
-from vaccine_core.moderation.dataset import LabelledPair, alpaca_question, load_labelled_pairs
+from vaccine_core.moderation.dataset import (
+    LabelledPair,
+    alpaca_question,
+    alpaca_upload,
+    prescreen_benchmark_uploads,
+)
 from vaccine_core.moderation.prescreen import PRESCREEN_BATCH, prescreen, screened_pairs
 from vaccine_core.settings import get_settings
-
-
-def alpaca_mix(data_dir: Path, n: int, harmful_fraction: float, seed: int) -> list[dict[str, Any]]:
-    """Alpaca rows the default judge never saw (in any split), with round(n * p) BeaverTails rows."""
-    rng = random.Random(seed)
-    judged = {p.question for p in load_labelled_pairs(data_dir) if p.source == "benign"}
-    fresh = [r for r in read_jsonl(data_dir / HELPFUL_FILE) if alpaca_question(r) not in judged]
-    n_harmful = round(n * harmful_fraction)
-    rows = [{**r, "harmful": True} for r in rng.sample(read_jsonl(data_dir / HARMFUL_FILE), n_harmful)]
-    rows += [{**r, "harmful": False} for r in rng.sample(fresh, n - n_harmful)]
-    rng.shuffle(rows)
-    return rows
 
 
 def upload_pairs(rows: list[dict[str, Any]]) -> list[Pair]:
@@ -59,10 +51,7 @@ def batched_verdicts(judge: Any, pairs: list[Pair]) -> list[Verdict]:
 
 def benchmark_uploads(data_dir: Path) -> dict[str, list[dict[str, Any]]]:
     """This benchmark's two uploads at its defaults (500 rows, 50 harmful, seed 0), SST-2 and Alpaca."""
-    return {
-        "sst2": build_mix("sst2", 500, 0.1, data_dir, seed=0),
-        "alpaca": alpaca_mix(data_dir, 500, 0.1, seed=0),
-    }
+    return prescreen_benchmark_uploads(data_dir)
 
 
 def operating_curve(judge: Any, pairs: list[Pair], rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -106,7 +95,7 @@ def main() -> None:
     if args.benign == "sst2":
         rows = build_mix("sst2", args.n, args.harmful_fraction, data_dir, seed=args.seed)
     else:
-        rows = alpaca_mix(data_dir, args.n, args.harmful_fraction, args.seed)
+        rows = alpaca_upload(data_dir, args.n, args.harmful_fraction, args.seed)
     harmful_lines = {i + 1 for i, row in enumerate(rows) if row["harmful"]}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "upload.jsonl"

@@ -35,7 +35,10 @@ class ServiceSettings(Settings):
     # failed operator-key attempts (console sign-in, /admin) per client address, in the same store: past it
     # every attempt from there answers 429 until the window passes, so a weak key cannot be guessed quickly
     operator_key_failures: str = "10/minute"
-    prescreen_judge: str = "default"  # any judge spec vaccine_core.moderation.load_judge accepts
+    # any judge spec vaccine_core.moderation.load_judge accepts; "+intent": a row is flagged only when its
+    # request also reads as harmful (benign Alpaca rows flagged 23 -> 3 of 450, harmful found 46 -> 44 of
+    # 50: benchmarks/results/judge_selection.md)
+    prescreen_judge: str = "default+intent"
     # The embedded default's base: aligned with Vaccine on first start, on a mix of safety and helpful pairs
     # (refusals alone teach a model to refuse everything).
     default_base_name: str = "smollm2-135m-vaccine"

@@ -9,7 +9,9 @@ from sqlalchemy.orm import Session
 
 from service.models import BaseModelRecord, BaseStatus
 from service.settings import get_service_settings
+from vaccine_core.moderation.intent import intent_model_ready
 from vaccine_core.moderation.judge_config import default_judge_ready, judge_training_progress
+from vaccine_core.moderation.registry import DEFAULT_JUDGE, INTENT_GATE_SUFFIX
 
 
 def warming_up(session: Session) -> dict[str, Any]:
@@ -21,12 +23,15 @@ def warming_up(session: Session) -> dict[str, Any]:
         )
     ):
         pending[f"base:{base.id}"] = {"status": base.status, "progress": base.progress}
-    judges = {settings.prescreen_judge, settings.safety_judge}
-    if "default" in judges and not default_judge_ready():
+    specs = {settings.prescreen_judge, settings.safety_judge}
+    judges = {spec.removesuffix(INTENT_GATE_SUFFIX) for spec in specs}
+    if DEFAULT_JUDGE in judges and not default_judge_ready():
         progress = judge_training_progress()
         pending["judge:default"] = (
             {"status": "training", "progress": progress}
             if progress is not None
             else {"status": "not trained yet (a worker trains it on first use)"}
         )
+    if any(spec.endswith(INTENT_GATE_SUFFIX) for spec in specs) and not intent_model_ready():
+        pending["judge:intent"] = {"status": "not trained yet (a worker trains it on first use)"}
     return pending

@@ -155,6 +155,19 @@ def test_the_probes_show_the_default_judge_training_in_a_worker(service, monkeyp
     assert service.get("/admin/workers", headers=OPERATOR).json()["warming_up"] == training
 
 
+def test_the_probes_show_the_pre_screen_s_intent_gate_until_a_worker_trained_it(service, monkeypatch):
+    from vaccine_core.moderation.intent import INTENT_FILE, IntentTrainingConfig
+
+    monkeypatch.setenv("VACCINE_PRESCREEN_JUDGE", "refusal+intent")
+    get_service_settings.cache_clear()
+    waiting = {"status": "not trained yet (a worker trains it on first use)"}
+    assert service.get("/readyz").json()["warming_up"] == {"judge:intent": waiting}
+    trained = get_service_settings().home / "judges" / f"intent-0123456789-{IntentTrainingConfig().key()}"
+    trained.mkdir(parents=True)
+    (trained / INTENT_FILE).write_text("{}")
+    assert service.get("/readyz").json()["warming_up"] == {}
+
+
 def test_an_operator_registers_and_aligns_a_base_that_tenants_then_use(service, tiny_model_dir, alpaca_file):
     from worker.alignment import align_base
 

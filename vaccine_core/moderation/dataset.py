@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from vaccine_core.mixing import build_mix, read_jsonl
+from vaccine_core.mixing import HARMFUL_FILE, HELPFUL_FILE, build_mix, read_jsonl
 from vaccine_core.moderation.refusal import is_refusal
 from vaccine_core.tasks import get_task
 
@@ -139,6 +139,28 @@ def task_pairs(data_dir: Path, seed: int) -> list[LabelledPair]:
             question = alpaca_question(row) if i % 2 == 0 else (row["input"] or row["instruction"])
             pairs.append(LabelledPair(question, row["output"], False, None, f"task_{name}", "helpful_benign"))
     return pairs
+
+
+def alpaca_upload(data_dir: Path, n: int, harmful_fraction: float, seed: int) -> list[dict[str, Any]]:
+    """An upload of Alpaca rows the default judge never saw (in any split), with round(n * p) BeaverTails
+    rows, each marked ``harmful``."""
+    rng = random.Random(seed)
+    judged = {p.question for p in load_labelled_pairs(data_dir) if p.source == "benign"}
+    fresh = [r for r in read_jsonl(data_dir / HELPFUL_FILE) if alpaca_question(r) not in judged]
+    n_harmful = round(n * harmful_fraction)
+    rows = [{**r, "harmful": True} for r in rng.sample(read_jsonl(data_dir / HARMFUL_FILE), n_harmful)]
+    rows += [{**r, "harmful": False} for r in rng.sample(fresh, n - n_harmful)]
+    rng.shuffle(rows)
+    return rows
+
+
+def prescreen_benchmark_uploads(data_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """benchmarks/prescreen_mix.py's two uploads at its defaults (500 rows, 50 harmful, seed 0): what no
+    model trained for the pre-screen may learn from."""
+    return {
+        "sst2": build_mix(data_dir=data_dir, **PRESCREEN_MIX),
+        "alpaca": alpaca_upload(data_dir, PRESCREEN_MIX["n"], PRESCREEN_MIX["harmful_fraction"], seed=0),
+    }
 
 
 def borderline_pairs(answers: list[dict[str, str]]) -> list[LabelledPair]:

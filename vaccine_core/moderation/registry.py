@@ -16,10 +16,17 @@ JUDGE_OPTIONS_FILE = "judge.json"
 
 
 DEFAULT_JUDGE = "default"
+INTENT_GATE_SUFFIX = "+intent"  # "default+intent": the default judge's flags gated by request intent
 
 
 def load_judge(spec: str, device: str | None = None, **options: Any) -> Moderator:
-    """``refusal``; ``default`` (the learned judge, trained once on first use); or a model directory."""
+    """``refusal``; ``default`` (the learned judge, trained once on first use); or a model directory;
+    any of them with ``+intent`` after it: its flags gated by the request-intent model (``intent.py``)."""
+    if spec.endswith(INTENT_GATE_SUFFIX):
+        from vaccine_core.moderation.intent import IntentGatedJudge, IntentModel, ensure_intent_model
+
+        judge = load_judge(spec.removesuffix(INTENT_GATE_SUFFIX), device=device, **options)
+        return IntentGatedJudge(judge, IntentModel(ensure_intent_model(), device=device))
     if spec == RefusalPhraseJudge.name:
         return RefusalPhraseJudge()
     if spec == DEFAULT_JUDGE:

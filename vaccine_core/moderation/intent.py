@@ -1,0 +1,256 @@
+"""The pre-screen's request-intent gate: a request classifier fine-tuned from the bundled MiniLM, harmful
+requests against harmless ones, that a judge's flag on an upload row must also pass.
+
+The judge reads a (request, answer) pair and was trained so the answer carries its decision; on plain
+Alpaca uploads that makes it flag long, helpful answers to harmless requests (23 of 450 rows). An upload's
+harmful row is a harmful request with its compliance, so the pre-screen flags a row only when the judge
+flags it *and* its request reads as harmful. Measured on the pre-screen benchmark's two uploads (500 rows,
+50 BeaverTails harmful, every row unseen in training): benign rows flagged 23 -> 3 (Alpaca) and 2 -> 2
+(SST-2), harmful rows found 46 -> 44 of 50 on both (benchmarks/results/judge_selection.md).
+
+Training data, none of it from the safety protocol's split or the pre-screen benchmark's uploads: harmful
+requests are the alignment data's instructions, BeaverTails' and JailbreakBench's prompts; harmless ones
+are Alpaca-style ``harmless_val`` prompts, the judge's Alpaca and task rows, and the borderline requests
+that only sound harmful. Split by question hash as the judge's data; the gate's threshold is the highest
+that keeps ``gate_recall`` of the validation part's harmful requests.
+"""
+
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vaccine_core.mixing import read_jsonl
+from vaccine_core.moderation.base import Moderator, Pair, Verdict
+from vaccine_core.moderation.borderline import borderline_requests
+from vaccine_core.moderation.dataset import (
+    alpaca_question,
+    load_labelled_pairs,
+    prescreen_benchmark_uploads,
+    question_part,
+)
+from vaccine_core.moderation.registry import INTENT_GATE_SUFFIX
+from vaccine_core.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+INTENT_TYPE = "vaccine-request-intent"
+INTENT_FILE = "intent.json"
+
+
+@dataclass
+class IntentTrainingConfig:
+    max_length: int = field(default=64, metadata={"help": "Tokens of a request read."})
+    epochs: int = field(default=1, metadata={"help": "Passes over the training requests."})
+    batch_size: int = field(default=32, metadata={"help": "Requests per optimizer step."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak AdamW learning rate."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps warming the rate up."})
+    gate_recall: float = field(
+        default=0.99,
+        metadata={"help": "Share of validation harmful requests the gate lets through (sets its threshold)."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the head's initialisation and the data order."})
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def normalised(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def labelled_requests(data_dir: Path) -> list[tuple[str, bool]]:
+    """(request, harmful), de-duplicated, none of them a protocol prompt or a benchmark upload's request."""
+    from vaccine_core.safety_eval import load_split
+
+    protocol = load_split(data_dir)
+    unseen = {normalised(p) for p in protocol.harmful + protocol.harmless + protocol.borderline}
+    unseen |= {
+        normalised(alpaca_question(r))
+        for rows in prescreen_benchmark_uploads(data_dir).values()
+        for r in rows
+    }
+    harmful = [alpaca_question(r) for r in read_jsonl(data_dir / "alignment/safe_refusals.jsonl")]
+    harmful += [alpaca_question(r) for r in read_jsonl(data_dir / "attack/beavertails_unsafe.jsonl")]
+    harmful += [r["prompt"] for r in read_jsonl(data_dir / "moderation/jailbreakbench_judged.jsonl")]
+    harmless = [r["prompt"] for r in read_jsonl(data_dir / "eval/harmless_val.jsonl")]
+    harmless += [
+        p.question
+        for p in load_labelled_pairs(data_dir)
+        if p.source == "benign" or p.source.startswith("task_")
+    ]
+    harmless += [r.request for r in borderline_requests(data_dir)]
+    labelled, seen = [], set(unseen)
+    for harm, texts in ((True, harmful), (False, harmless)):
+        for text in texts:
+            if (key := normalised(text)) not in seen:
+                seen.add(key)
+                labelled.append((text, harm))
+    return labelled
+
+
+def gate_threshold(scores: Sequence[float], harmful: Sequence[bool], recall: float) -> float:
+    """The highest threshold at which ``recall`` of the harmful requests still score at or above it."""
+    ranked = sorted(s for s, h in zip(scores, harmful, strict=True) if h)
+    if not ranked:
+        raise ValueError("no harmful request to set the gate on")
+    return ranked[min(len(ranked) - 1, int((1 - recall) * len(ranked)))]
+
+
+class IntentModel:
+    """A trained request classifier: the probability that a request asks for harm."""
+
+    def __init__(self, path: Path, device: str | None = None):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from vaccine_core.models import pick_device
+
+        self.path = path
+        options = json.loads((path / INTENT_FILE).read_text())
+        self.threshold: float = options["threshold"]
+        self.max_length: int = options["max_length"]
+        self.device = torch.device(device or pick_device())
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        if self.device.type == "cpu":  # as the judge runs on a CPU
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        self.model = model.to(self.device)
+
+    def encode(self, requests: Sequence[str]) -> Any:
+        return self.tokenizer(
+            list(requests), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+
+    def score(self, requests: Sequence[str], batch_size: int = 64) -> list[float]:
+        import torch
+
+        scores: list[float] = []
+        with torch.inference_mode():
+            for start in range(0, len(requests), batch_size):
+                logits = self.model(**self.encode(requests[start : start + batch_size])).logits
+                scores += torch.sigmoid(logits[:, 0].float()).tolist()
+        return scores
+
+
+def train_intent(
+    train: Sequence[tuple[str, bool]],
+    validation: Sequence[tuple[str, bool]],
+    target: Path,
+    config: IntentTrainingConfig,
+    encoder: Path | None = None,
+) -> Path:
+    """Fine-tune ``encoder`` (the bundled MiniLM) on ``train``'s (request, harmful) pairs, the classes
+    weighted to balance; set the gate on ``validation``; save it all to ``target``."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
+
+    from vaccine_core.moderation.learned import bundled_encoder
+
+    started = time.perf_counter()
+    encoder = encoder or bundled_encoder()
+    torch.manual_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    model = AutoModelForSequenceClassification.from_pretrained(  # one sigmoid logit: "asks for harm"
+        encoder, num_labels=1, problem_type="multi_label_classification", ignore_mismatched_sizes=True
+    )
+    labels = torch.tensor([h for _, h in train], dtype=torch.float32)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=(labels == 0).sum() / (labels == 1).sum().clamp(min=1))
+    steps = config.epochs * -(-len(train) // config.batch_size)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+    schedule = get_scheduler("linear", optimiser, int(config.warmup_ratio * steps), steps)
+    order_rng = random.Random(config.seed)
+    model.train()
+    for _ in range(config.epochs):
+        order = list(range(len(train)))
+        order_rng.shuffle(order)
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            encoded = tokenizer(
+                [train[i][0] for i in batch],
+                padding=True,
+                truncation=True,
+                max_length=config.max_length,
+                return_tensors="pt",
+            )
+            loss = loss_fn(model(**encoded).logits[:, 0], labels[batch])
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            optimiser.zero_grad()
+    staged = target.with_name(target.name + ".partial")
+    model.save_pretrained(staged)
+    tokenizer.save_pretrained(staged)
+    options = {
+        "type": INTENT_TYPE,
+        "threshold": 0.5,
+        "max_length": config.max_length,
+        "training": asdict(config),
+        "train_requests": len(train),
+        "train_seconds": round(time.perf_counter() - started, 1),
+    }
+    (staged / INTENT_FILE).write_text(json.dumps(options, indent=2) + "\n")
+    # the gate is set with the model as it runs (int8 on a CPU)
+    scores = IntentModel(staged).score([t for t, _ in validation])
+    harmful = [h for _, h in validation]
+    threshold = gate_threshold(scores, harmful, config.gate_recall)
+    passed = sum(s >= threshold for s, h in zip(scores, harmful, strict=True) if not h)
+    options |= {
+        "threshold": threshold,
+        "validation": {
+            "harmful": sum(harmful),
+            "harmless": len(harmful) - sum(harmful),
+            "harmless_passing_the_gate": passed,
+        },
+    }
+    (staged / INTENT_FILE).write_text(json.dumps(options, indent=2) + "\n")
+    staged.rename(target)
+    return target
+
+
+def intent_dir(labelled: Sequence[tuple[str, bool]], config: IntentTrainingConfig) -> Path:
+    digest = hashlib.sha256(json.dumps(list(labelled)).encode()).hexdigest()[:10]
+    return get_settings().home / "judges" / f"intent-{digest}-{config.key()}"
+
+
+def ensure_intent_model(data_dir: Path | None = None, config: IntentTrainingConfig | None = None) -> Path:
+    """The cached intent model, trained once (minutes on a CPU) when missing."""
+    data_dir = data_dir or get_settings().data_dir
+    config = config or IntentTrainingConfig()
+    labelled = labelled_requests(data_dir)
+    target = intent_dir(labelled, config)
+    if (target / INTENT_FILE).is_file():
+        return target
+    log.info("training the pre-screen's intent gate once (cached at %s)", target)
+    parts = {
+        part: [(t, h) for t, h in labelled if question_part(t) == part] for part in ("train", "validation")
+    }
+    return train_intent(parts["train"], parts["validation"], target, config)
+
+
+def intent_model_ready(config: IntentTrainingConfig | None = None) -> bool:
+    """Whether an intent model of these options is cached (a look, for a readiness probe)."""
+    key = (config or IntentTrainingConfig()).key()
+    return any((get_settings().home / "judges").glob(f"intent-*-{key}/{INTENT_FILE}"))
+
+
+class IntentGatedJudge:
+    """A judge whose flags stand only where the request also reads as harmful (scores: the judge's)."""
+
+    def __init__(self, judge: Moderator, intent: IntentModel):
+        self.judge, self.intent = judge, intent
+        self.name = f"{judge.name}{INTENT_GATE_SUFFIX}"
+
+    def score(self, pairs: Sequence[Pair]) -> list[Verdict]:
+        verdicts = self.judge.score(pairs)
+        flagged = [i for i, v in enumerate(verdicts) if v.flagged]
+        intents = self.intent.score([pairs[i][0] for i in flagged])  # only what the judge flagged
+        for i, intent in zip(flagged, intents, strict=True):
+            if intent < self.intent.threshold:
+                verdicts[i] = Verdict(False, verdicts[i].score)
+        return verdicts
