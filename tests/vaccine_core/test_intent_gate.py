@@ -79,6 +79,9 @@ def test_the_intent_model_learns_and_sets_its_gate_on_validation(tmp_path, monke
     options = json.loads((path / INTENT_FILE).read_text())
     assert options["threshold"] == pytest.approx(harmful)  # the one validation harmful request passes
     assert options["validation"] == {"harmful": 1, "harmless": 1, "harmless_passing_the_gate": 0}
+    # a second worker that trained the same model meanwhile leaves the first one's in place, and no debris
+    assert train_intent(train, train[:2], path, config, encoder=encoder) == path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classifier", "intent"]
 
     import vaccine_core.moderation.intent as intent_module
 

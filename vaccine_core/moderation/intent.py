@@ -18,7 +18,9 @@ that keeps ``gate_recall`` of the validation part's harmful requests.
 import hashlib
 import json
 import logging
+import os
 import random
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -183,7 +185,7 @@ def train_intent(
             optimiser.step()
             schedule.step()
             optimiser.zero_grad()
-    staged = target.with_name(target.name + ".partial")
+    staged = target.with_name(f"{target.name}.partial-{os.getpid()}")  # two workers may train at once
     model.save_pretrained(staged)
     tokenizer.save_pretrained(staged)
     options = {
@@ -209,7 +211,12 @@ def train_intent(
         },
     }
     (staged / INTENT_FILE).write_text(json.dumps(options, indent=2) + "\n")
-    staged.rename(target)
+    try:
+        staged.rename(target)
+    except OSError:  # another process finished first: its model stands
+        if not (target / INTENT_FILE).is_file():
+            raise
+        shutil.rmtree(staged)
     return target
 
 
