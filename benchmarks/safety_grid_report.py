@@ -169,9 +169,10 @@ def plot(result: dict[str, Any], regime: str, path: Path) -> Path | None:
 
 def write_report(result: dict[str, Any], stem: Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
-    json_path = stem.with_suffix(".json")
+    # a stem may hold a dot ("...-p0.1"): the names are appended to, never a suffix replaced
+    json_path = stem.with_name(f"{stem.name}.json")
     json_path.write_text(json.dumps(result, indent=2) + "\n")
-    md_path = stem.with_suffix(".md")
+    md_path = stem.with_name(f"{stem.name}.md")
     md_path.write_text(markdown(result))
     written = [json_path, md_path]
     for regime in sorted({c["regime"] for c in result["cells"]}):

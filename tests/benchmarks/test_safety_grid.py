@@ -83,8 +83,12 @@ def test_grid_measures_every_cell_with_intervals_and_caches(
     assert rerun["cells"] == result["cells"]
 
     result.update(report_fields(max_new_tokens=4))
-    paths = write_report(result, tmp_path / "out" / "safety-tiny")
-    assert [p.name for p in paths] == ["safety-tiny.json", "safety-tiny.md", "safety-tiny-default.png"]
+    paths = write_report(result, tmp_path / "out" / "safety-tiny-p0.1")
+    assert [p.name for p in paths] == [
+        "safety-tiny-p0.1.json",
+        "safety-tiny-p0.1.md",
+        "safety-tiny-p0.1-default.png",
+    ]
     assert "no difference" in paths[1].read_text() or "lower" in paths[1].read_text()
 
 
