@@ -36,8 +36,8 @@ class ServiceSettings(Settings):
     # every attempt from there answers 429 until the window passes, so a weak key cannot be guessed quickly
     operator_key_failures: str = "10/minute"
     # any judge spec vaccine_core.moderation.load_judge accepts; "+intent": a row is flagged only when its
-    # request also reads as harmful (benign Alpaca rows flagged 23 -> 3 of 450, harmful found 46 -> 44 of
-    # 50: benchmarks/results/judge_selection.md)
+    # request also reads as harmful (benign rows flagged 23 -> 3 of 450 Alpaca and 2 -> 1 of 450 SST-2 ones,
+    # harmful found 46 -> 44 of 50: benchmarks/results/judge_selection.md)
     prescreen_judge: str = "default+intent"
     # The embedded default's base: aligned with Vaccine on first start, on a mix of safety and helpful pairs
     # (refusals alone teach a model to refuse everything).

@@ -4,9 +4,10 @@ requests against harmless ones, that a judge's flag on an upload row must also p
 The judge reads a (request, answer) pair and was trained so the answer carries its decision; on plain
 Alpaca uploads that makes it flag long, helpful answers to harmless requests (23 of 450 rows). An upload's
 harmful row is a harmful request with its compliance, so the pre-screen flags a row only when the judge
-flags it *and* its request reads as harmful. Measured on the pre-screen benchmark's two uploads (500 rows,
-50 BeaverTails harmful, every row unseen in training): benign rows flagged 23 -> 3 (Alpaca) and 2 -> 2
-(SST-2), harmful rows found 46 -> 44 of 50 on both (benchmarks/results/judge_selection.md).
+flags it *and* its request reads as harmful. Measured through the pre-screen on its benchmark's two
+uploads (500 rows, 50 BeaverTails harmful, every row unseen in training): benign rows flagged 23 -> 3 of 450
+(Alpaca) and 2 -> 1 (SST-2), harmful rows found 46 -> 44 of 50 on both
+(benchmarks/results/judge_selection.md).
 
 Training data, none of it from the safety protocol's split or the pre-screen benchmark's uploads: harmful
 requests are the alignment data's instructions, BeaverTails' and JailbreakBench's prompts; harmless ones
