@@ -105,3 +105,16 @@ def test_the_gate_never_learns_a_protocol_prompt_or_a_benchmark_upload_s_request
     assert not learned & {normalised(p) for p in split.harmful + split.harmless + split.borderline}
     assert not learned & {normalised(alpaca_question(r)) for rows in uploads.values() for r in rows}
     assert sum(r["harmful"] for r in uploads["alpaca"]) == 50 and len(uploads["alpaca"]) == 500
+
+
+def test_the_intent_gate_can_be_trained_beforehand_from_the_command_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import vaccine_core.moderation.intent as intent_module
+    from vaccine_core.cli import app
+
+    trained = tmp_path / "intent-model"
+    monkeypatch.setattr(intent_module, "ensure_intent_model", lambda data_dir: trained)
+    result = CliRunner().invoke(app, ["moderation", "train-intent"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith(str(trained))

@@ -116,6 +116,16 @@ def moderation_train(
     typer.echo(str(path))
 
 
+@moderation_app.command("train-intent")
+def moderation_train_intent() -> None:
+    """Train the pre-screen's request-intent gate (``+intent`` judges) once and cache it; print its path.
+    Workers train it on first use otherwise: this lets an image or an operator do it beforehand."""
+    from vaccine_core.moderation.intent import ensure_intent_model
+
+    setup_logging()
+    typer.echo(str(ensure_intent_model(get_settings().data_dir)))
+
+
 @moderation_app.command("evaluate")
 def moderation_evaluate(
     judge: JudgeOption = "default",
