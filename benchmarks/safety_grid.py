@@ -41,7 +41,7 @@ import lzma
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -57,6 +57,7 @@ from vaccine_core.evaluation import embedding_drift, task_accuracy
 from vaccine_core.inference import load_for_inference
 from vaccine_core.mixing import read_jsonl
 from vaccine_core.moderation import load_judge
+from vaccine_core.moderation.base import Moderator, Pair, Verdict
 from vaccine_core.safety_eval import (
     DECODINGS,
     Bucket,
@@ -106,6 +107,29 @@ REGIMES = {
 DEFAULT_ARMS = ("none", "sft", "vaccine-rho2")
 
 
+class StoredVerdicts:
+    """A judge whose verdicts on a batch of pairs are kept on disk, keyed by the judge's identity (its
+    options file: path, threshold and validation figures) and the pairs: a summary rebuilt from archived
+    answers judges each model's answers once per judge, not once per run."""
+
+    def __init__(self, judge: Moderator, store: Path):
+        self.judge, self.store, self.name = judge, store, judge.name
+        options = Path(getattr(judge, "path", "")) / "judge.json"
+        self.identity = [judge.name, str(options.parent), options.read_text() if options.is_file() else None]
+
+    def score(self, pairs: Sequence[Pair]) -> list[Verdict]:
+        path = self.store / f"{digest([self.identity, list(pairs)])}.json"
+        if path.is_file():
+            return [
+                Verdict(v["flagged"], v["score"], tuple(v["categories"]))
+                for v in json.loads(path.read_text())
+            ]
+        verdicts = self.judge.score(pairs)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps([asdict(v) for v in verdicts]))
+        return verdicts
+
+
 class Grid:
     def __init__(
         self,
@@ -129,6 +153,7 @@ class Grid:
         self.data_dir = data_dir or get_settings().data_dir
         self.prompts = prompts or load_split(self.data_dir)
         self.judge = load_judge(judge)
+        self.stored_verdicts = StoredVerdicts(self.judge, cache / "verdicts")
         rows = read_jsonl(self.data_dir / "benign/sst2_validation.jsonl")
         self.fa_rows = random.Random(0).sample(rows, min(FA_ROWS, len(rows)))
         self.computed, self.reused = 0, 0
@@ -195,7 +220,7 @@ class Grid:
         return result
 
     def judged(self, outputs: dict[str, Any]) -> list[JudgedAnswer]:
-        return judge_answers(outputs["answers"], self.prompts, self.config, self.judge)
+        return judge_answers(outputs["answers"], self.prompts, self.config, self.stored_verdicts)
 
 
 # -- outcome arrays ---------------------------------------------------------------------------------------
