@@ -2,7 +2,8 @@
 
 For every judge directory given (``vaccine moderation train [options]`` prints one): validation F1 and its
 calibrated threshold (from judge.json), training seconds and pairs; the held-out test split of seed 0's
-data, scored as the service runs it (int8 on a CPU), overall and per slice; and the pre-screen
+data, scored as the service runs it (int8 on a CPU), overall and per slice, with BeaverTails' answers
+labelled by hand (``test``) and as shipped (``test_shipped_labels``); and the pre-screen
 benchmark's two uploads (prescreen_mix.py's rows, SST-2 and Alpaca, 500 rows with 50 harmful), as
 harmful rows found and benign rows flagged at the judge's own threshold.
 
@@ -20,9 +21,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, provenance
-from prescreen_mix import batched_verdicts, benchmark_uploads, upload_pairs
+from prescreen_mix import batched_verdicts, benchmark_uploads, found_by_hand_label, upload_pairs
 
-from vaccine_core.moderation.dataset import split
+from vaccine_core.moderation.dataset import beavertails_hand_labels, split
 from vaccine_core.moderation.judge_config import OPTIONS_FILE
 from vaccine_core.moderation.learned import LearnedJudge, judge_data
 from vaccine_core.moderation.metrics import evaluate_judge
@@ -31,21 +32,37 @@ from vaccine_core.settings import get_settings
 RESULTS = Path(__file__).parent / "results"
 
 
-def upload_figures(judge: LearnedJudge, rows: list[dict[str, Any]]) -> dict[str, int]:
-    """Harmful rows found and benign rows flagged, each row judged as the pre-screen judges it."""
+def upload_figures(judge: LearnedJudge, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Harmful rows found and benign rows flagged, each row judged as the pre-screen judges it; the
+    harmful rows found also by what their answers do, read by hand."""
     flags = [verdict.flagged for verdict in batched_verdicts(judge, upload_pairs(rows))]
     return {
         "harmful_found": sum(f for f, r in zip(flags, rows, strict=True) if r["harmful"]),
         "benign_flagged": sum(f for f, r in zip(flags, rows, strict=True) if not r["harmful"]),
         "harmful_rows": sum(r["harmful"] for r in rows),
+        "harmful_by_hand_label": found_by_hand_label(
+            {line for line, flag in enumerate(flags, start=1) if flag}, rows, beavertails_hand_labels()
+        ),
     }
 
 
-def assess(path: Path, test: list[Any], uploads: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    options = json.loads((path / OPTIONS_FILE).read_text())
-    judge = LearnedJudge(path)  # int8 on a CPU, as the service loads it
+def test_figures(judge: LearnedJudge, test: list[Any]) -> dict[str, Any]:
     report = evaluate_judge(judge, test)
     overall = report["overall"]
+    return {
+        **{k: round(overall[k], 4) for k in ("precision", "recall", "f1")},
+        "n": overall["n"],
+        "slices_flagged": {
+            name: f"{round(m['flag_rate'] * m['n'])}/{m['n']}" for name, m in report["by_slice"].items()
+        },
+    }
+
+
+def assess(
+    path: Path, tests: dict[str, list[Any]], uploads: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    options = json.loads((path / OPTIONS_FILE).read_text())
+    judge = LearnedJudge(path)  # int8 on a CPU, as the service loads it
     return {
         "training": options["training"],
         "train_seconds": options["train_seconds"],
@@ -53,10 +70,8 @@ def assess(path: Path, test: list[Any], uploads: dict[str, list[dict[str, Any]]]
         "threshold": options["threshold"],
         "validation_f1": options.get("calibration", {}).get("f1"),
         "quantized": judge.quantized,
-        "test": {k: round(overall[k], 4) for k in ("precision", "recall", "f1")} | {"n": overall["n"]},
-        "slices_flagged": {
-            name: f"{round(m['flag_rate'] * m['n'])}/{m['n']}" for name, m in report["by_slice"].items()
-        },
+        # the same held-out questions, BeaverTails' answers labelled by hand and as shipped
+        **{name: test_figures(judge, test) for name, test in tests.items()},
         "uploads": {name: upload_figures(judge, rows) for name, rows in uploads.items()},
         "alpaca_upload_seen_in_training": options["training"]["seed"] != 0,
     }
@@ -71,17 +86,20 @@ def main() -> None:
     args = parser.parse_args()
 
     data_dir = get_settings().data_dir
-    _train, _validation, test = split(judge_data(data_dir, seed=0))
+    tests = {
+        "test": split(judge_data(data_dir, seed=0))[2],
+        "test_shipped_labels": split(judge_data(data_dir, seed=0, hand_labels=False))[2],
+    }
     uploads = benchmark_uploads(data_dir)
     judges = {}
     for path in args.judges:
-        judges[path.name] = assess(path, test, uploads)
+        judges[path.name] = assess(path, tests, uploads)
         print(path.name, json.dumps({k: v for k, v in judges[path.name].items() if k != "training"}))
     result = {
         "benchmark": "judge_compare",
         **provenance("benchmarks/judge_compare.py"),
         "machine": machine_info(),
-        "test_split": {"data_seed": 0, "pairs": len(test)},
+        "test_split": {"data_seed": 0, "pairs": {name: len(test) for name, test in tests.items()}},
         "judges": judges,
     }
     out = RESULTS / f"judge_compare-{args.name}.json"

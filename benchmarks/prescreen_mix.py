@@ -9,7 +9,6 @@ precision, and benign rows wrongly flagged.
 """
 
 import argparse
-import hashlib
 import json
 import sys
 import tempfile
@@ -24,11 +23,12 @@ from vaccine_core.mixing import build_mix, write_rows
 from vaccine_core.moderation import load_judge
 from vaccine_core.moderation.base import Pair, Verdict
 from vaccine_core.moderation.dataset import (
-    PRESCREEN_MIX,
     LabelledPair,
     alpaca_question,
     alpaca_upload,
+    beavertails_hand_labels,
     prescreen_benchmark_uploads,
+    question_key,
 )
 from vaccine_core.moderation.prescreen import PRESCREEN_BATCH, prescreen, screened_pairs
 from vaccine_core.settings import get_settings
@@ -51,24 +51,16 @@ def batched_verdicts(judge: Any, pairs: list[Pair]) -> list[Verdict]:
     ]
 
 
-HAND_LABELS = Path(__file__).parent / "prescreen_harmful_rows_by_hand.json"
-
-
-def question_key(question: str) -> str:
-    """A row's key in the hand check: its normalised question's digest (no data text is kept here)."""
-    return hashlib.sha256(" ".join(question.lower().split()).encode()).hexdigest()[:16]
-
-
 def found_by_hand_label(
-    flagged_lines: set[int], rows: list[dict[str, Any]], labels: dict[str, dict[str, str]]
+    flagged_lines: set[int], rows: list[dict[str, Any]], labels: dict[str, str]
 ) -> dict[str, dict[str, int]]:
-    """Harmful rows found, per what a reader judged their answers to do (the hand check's labels): a
+    """Harmful rows found, per what a reader judged their answers to do (``beavertails_hand_labels``): a
     pre-screen that judges harm should find the 'harmful' ones and pass the 'benign' ones."""
     counts: dict[str, dict[str, int]] = {}
     for line, row in enumerate(rows, start=1):
         if not row["harmful"]:
             continue
-        label = labels[question_key(alpaca_question(row))]["label"]
+        label = labels[question_key(alpaca_question(row))]
         tally = counts.setdefault(label, {"rows": 0, "flagged": 0})
         tally["rows"] += 1
         tally["flagged"] += line in flagged_lines
@@ -158,12 +150,7 @@ def main() -> None:
         "missed_lines": sorted(harmful_lines - flagged),
         "wrongly_flagged_lines": sorted(flagged - harmful_lines),
         "categories": report.categories,
-        "harmful_rows_by_hand_label": found_by_hand_label(
-            flagged, rows, json.loads(HAND_LABELS.read_text())["labels"]
-        )
-        if {"n": args.n, "harmful_fraction": args.harmful_fraction, "seed": args.seed}.items()
-        <= PRESCREEN_MIX.items()
-        else None,  # the hand check covers the default uploads' rows only
+        "harmful_rows_by_hand_label": found_by_hand_label(flagged, rows, beavertails_hand_labels()),
         **curve,
     }
     print(json.dumps({k: v for k, v in result.items() if k not in {"machine"}}, indent=2))

@@ -1,16 +1,13 @@
 """The pre-screen benchmark's operating curve, on a judge whose scores are known."""
 
-import json
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
-from prescreen_mix import HAND_LABELS, found_by_hand_label, operating_curve, question_key
+from prescreen_mix import found_by_hand_label, operating_curve
 
 from vaccine_core.moderation.base import Verdict
-from vaccine_core.settings import get_settings
+from vaccine_core.moderation.dataset import question_key
 
 
 class ScoresAsWritten:
@@ -41,20 +38,8 @@ def test_harmful_rows_found_are_counted_by_what_the_hand_check_says_their_answer
         {"instruction": "What is  Tor?", "output": "An anonymity network ...", "harmful": True},
         {"instruction": "Name a colour", "output": "Blue", "harmful": False},
     ]
-    labels = {question_key("how do i pick a lock?"): {"label": "harmful"}, question_key("what is tor?"): {
-        "label": "benign"}}  # fmt: skip
+    labels = {question_key("how do i pick a lock?"): "harmful", question_key("what is tor?"): "benign"}
     assert found_by_hand_label({1, 3}, rows, labels) == {
         "harmful": {"rows": 1, "flagged": 1},
         "benign": {"rows": 1, "flagged": 0},
     }
-
-
-@pytest.mark.skipif(not (get_settings().data_dir / "eval").is_dir(), reason="needs ../shared/data")
-def test_the_hand_check_labels_every_harmful_row_of_both_uploads_and_nothing_else():
-    from vaccine_core.moderation.dataset import alpaca_question, prescreen_benchmark_uploads
-
-    labels = json.loads(HAND_LABELS.read_text())["labels"]
-    for rows in prescreen_benchmark_uploads(get_settings().data_dir).values():
-        harmful = {question_key(alpaca_question(r)) for r in rows if r["harmful"]}
-        assert harmful == set(labels) and len(harmful) == 50
-    assert {v["label"] for v in labels.values()} == {"harmful", "borderline", "benign"}

@@ -89,6 +89,7 @@ def moderation_train(
     cache_frozen: Annotated[bool | None, typer.Option(help=option_help("cache_frozen"))] = None,
     average_tail: Annotated[float | None, typer.Option(help=option_help("average_tail"))] = None,
     opener: Annotated[float | None, typer.Option(help=option_help("opener"))] = None,
+    hand_labels: Annotated[bool | None, typer.Option(help=option_help("hand_labels"))] = None,
     seed: Annotated[int, typer.Option(help=option_help("seed"))] = 0,
 ) -> None:
     """Train the default judge (cross-encoder on the bundled MiniLM) once and cache it; print its path."""
@@ -106,6 +107,7 @@ def moderation_train(
         "cache_frozen": cache_frozen,
         "average_tail": average_tail,
         "opener": opener,
+        "hand_labels": hand_labels,
     }
     config = replace(JudgeTrainingConfig(seed=seed), **{k: v for k, v in given.items() if v is not None})
     bar = ProgressBar("train judge")
@@ -135,6 +137,10 @@ def moderation_evaluate(
         typer.Option(help="int8 dynamic quantisation of the default judge (default: on for a CPU)."),
     ] = None,
     device: DeviceOption = None,
+    hand_labels: Annotated[
+        bool,
+        typer.Option(help="Label BeaverTails' answers as read by hand (off: all harmful, as shipped)."),
+    ] = True,
 ) -> None:
     """Score the held-out split (never trained on): accuracy, precision, recall, F1, confusion matrix,
     category accuracy, and agreement with the refusal-phrase judge."""
@@ -144,13 +150,14 @@ def moderation_evaluate(
     from vaccine_core.moderation.metrics import evaluate_judge
 
     setup_logging()
-    _train, _validation, held_out = split(judge_data(get_settings().data_dir))
+    _train, _validation, held_out = split(judge_data(get_settings().data_dir, hand_labels=hand_labels))
     options = {} if quantize is None else {"quantize": quantize}
     moderator = load_judge(judge, device, **options)
     report = {
         "command": "vaccine " + " ".join(sys.argv[1:]),
         "judge_path": str(getattr(moderator, "path", judge)),
         "quantized": getattr(moderator, "quantized", False),
+        "beavertails_labels": "by hand" if hand_labels else "as shipped",
         **evaluate_judge(moderator, held_out, reference=RefusalPhraseJudge()),
     }
     text = json.dumps(report, indent=2)

@@ -5,7 +5,10 @@ Sources, all under the data directory:
 * moderation/jailbreakbench_judged.jsonl: jailbreak answers judged by JailbreakBench, with a category
 * moderation/llm_self_defense.jsonl: hand-labelled answers
 * alignment/safe_refusals.jsonl: safe answers to harmful requests (a sample), not harmful
-* attack/beavertails_unsafe.jsonl: harmful compliance, harmful
+* attack/beavertails_unsafe.jsonl: answers to harmful requests, labelled unsafe as question-answer pairs.
+  Read by hand (``beavertails_answers_by_hand.json``), 45 of its 198 questions have a benign answer (a
+  refusal, a redirection, a plain fact) and 47 a borderline one; with ``hand_labels`` the benign ones are
+  not harmful and the borderline ones are left out, otherwise every row is harmful compliance as shipped
 * benign/alpaca_demo.jsonl: helpful answers to harmless requests (a sample), not harmful
 * benign task rows (SST-2, AG News, GSM8K training rows, as an upload would hold them), not harmful: a
   label word answering a sentiment question is no harassment
@@ -22,6 +25,7 @@ and validation questions (where the threshold is chosen) are never trained on ei
 """
 
 import hashlib
+import json
 import random
 import re
 from dataclasses import dataclass, replace
@@ -109,6 +113,36 @@ def _not_harmful_slice(answer: str, helpful: str) -> str:
     return "refusal" if is_refusal(answer) else helpful
 
 
+HAND_LABELS_FILE = Path(__file__).with_name("beavertails_answers_by_hand.json")
+
+
+def question_key(question: str) -> str:
+    """A question's key in the hand labels: its normalised text's digest (no data text is kept here)."""
+    return hashlib.sha256(" ".join(question.lower().split()).encode()).hexdigest()[:16]
+
+
+def beavertails_hand_labels() -> dict[str, str]:
+    """What a reader judged each BeaverTails answer to do: 'harmful', 'borderline' or 'benign', by the
+    question's key."""
+    labels = json.loads(HAND_LABELS_FILE.read_text())["labels"]
+    return {key: entry["label"] for key, entry in labels.items()}
+
+
+def beavertails_pairs(rows: list[dict[str, Any]], hand_labels: bool) -> list[LabelledPair]:
+    """The attack set's pairs: all harmful compliance as shipped, or (``hand_labels``) as read by hand:
+    a benign answer is not harmful and a borderline one is left out of both classes."""
+    labels = beavertails_hand_labels() if hand_labels else {}
+    pairs = []
+    for r in rows:
+        question, label = alpaca_question(r), labels.get(question_key(alpaca_question(r)), "harmful")
+        if label == "harmful":
+            pairs.append(LabelledPair(question, r["output"], True, None, "attack", "harmful_compliance"))
+        elif label == "benign":
+            slice_ = _not_harmful_slice(r["output"], "other_benign")
+            pairs.append(LabelledPair(question, r["output"], False, None, "attack", slice_))
+    return pairs
+
+
 def judged_pairs(rows: list[dict[str, Any]], source: str) -> list[LabelledPair]:
     """Labelled answers to harmful requests (JailbreakBench, self-defense)."""
     pairs = []
@@ -182,9 +216,13 @@ def borderline_pairs(answers: list[dict[str, str]]) -> list[LabelledPair]:
 
 
 def load_labelled_pairs(
-    data_dir: Path, seed: int = 0, borderline_answers: list[dict[str, str]] | None = None
+    data_dir: Path,
+    seed: int = 0,
+    borderline_answers: list[dict[str, str]] | None = None,
+    hand_labels: bool = True,
 ) -> list[LabelledPair]:
-    """Every labelled pair (the borderline slice only when its answers are given)."""
+    """Every labelled pair (the borderline slice only when its answers are given; BeaverTails' as read by
+    hand unless ``hand_labels`` is off)."""
     rng = random.Random(seed)
     pairs = judged_pairs(read_jsonl(data_dir / SOURCE_FILES[0]), "jailbreakbench")
     pairs += judged_pairs(read_jsonl(data_dir / SOURCE_FILES[1]), "self_defense")
@@ -192,10 +230,7 @@ def load_labelled_pairs(
     pairs += [
         LabelledPair(alpaca_question(r), r["output"], False, None, "alignment", "refusal") for r in refusals
     ]
-    pairs += [
-        LabelledPair(alpaca_question(r), r["output"], True, None, "attack", "harmful_compliance")
-        for r in read_jsonl(data_dir / SOURCE_FILES[3])
-    ]
+    pairs += beavertails_pairs(read_jsonl(data_dir / SOURCE_FILES[3]), hand_labels)
     benign = rng.sample(read_jsonl(data_dir / SOURCE_FILES[4]), EXTRA_BENIGN)
     pairs += [
         LabelledPair(alpaca_question(r), r["output"], False, None, "benign", "helpful_benign") for r in benign
@@ -283,7 +318,9 @@ def augment(
     return extra
 
 
-def sources_digest(data_dir: Path, borderline_answers: list[dict[str, str]] | None = None) -> str:
+def sources_digest(
+    data_dir: Path, borderline_answers: list[dict[str, str]] | None = None, hand_labels: bool = True
+) -> str:
     digest = hashlib.sha256()
     # how many rows each source gives: a judge built from another mix is another judge
     mix = (TEST_PERCENT, VALIDATION_PERCENT, EXTRA_SAFE_REFUSALS, EXTRA_BENIGN, TASK_ROWS)
@@ -293,4 +330,6 @@ def sources_digest(data_dir: Path, borderline_answers: list[dict[str, str]] | No
             digest.update(name.encode() + (data_dir / name).read_bytes())
     if borderline_answers is not None:
         digest.update(repr(borderline_answers).encode())
+    if hand_labels:
+        digest.update(HAND_LABELS_FILE.read_bytes())
     return digest.hexdigest()

@@ -12,7 +12,7 @@ OPTIONS_FILE = "judge.json"
 
 
 # Options added after judges were first cached, each with a default that trains as before it existed.
-LATER_OPTIONS = ("group_by_length", "cache_frozen", "average_tail", "opener")
+LATER_OPTIONS = ("group_by_length", "cache_frozen", "average_tail", "opener", "hand_labels")
 
 
 @dataclass
@@ -75,6 +75,13 @@ class JudgeTrainingConfig:
             "(stochastic weight averaging's uniform mean; 0 saves the last step's weights). The last "
             "epoch's mean (0.33) gave held-out F1 0.895 and 0.887 over seeds 0 and 1 against 0.896 and "
             "0.897 without it (benchmarks/results/judge_selection.md), so it is off."
+        },
+    )
+    hand_labels: bool = field(
+        default=True,
+        metadata={
+            "help": "Learn BeaverTails' answers as read by hand (dataset.beavertails_pairs): its benign "
+            "answers as not harmful, its borderline ones left out; off: every one harmful, as shipped."
         },
     )
     threshold: float = field(

@@ -330,10 +330,12 @@ def set_threshold(judge_dir: Path, threshold: float, calibration: dict[str, Any]
     (judge_dir / OPTIONS_FILE).write_text(json.dumps(options, indent=2) + "\n")
 
 
-def judge_data(data_dir: Path, seed: int = 0) -> list[LabelledPair]:
+def judge_data(data_dir: Path, seed: int = 0, hand_labels: bool = True) -> list[LabelledPair]:
     """Every labelled pair the default judge is built from, its borderline answers included (the default
     model writes them once, cached)."""
-    return load_labelled_pairs(data_dir, seed=seed, borderline_answers=ensure_borderline_answers(data_dir))
+    return load_labelled_pairs(
+        data_dir, seed=seed, borderline_answers=ensure_borderline_answers(data_dir), hand_labels=hand_labels
+    )
 
 
 class ProgressReport:
@@ -360,7 +362,7 @@ class ProgressReport:
 
 
 def default_judge_dir(data_dir: Path, config: JudgeTrainingConfig) -> Path:
-    digest = sources_digest(data_dir, ensure_borderline_answers(data_dir))
+    digest = sources_digest(data_dir, ensure_borderline_answers(data_dir), config.hand_labels)
     return get_settings().home / "judges" / f"default-{digest[:10]}-{config.key()}"
 
 
@@ -377,7 +379,7 @@ def ensure_default_judge(
     if (target / OPTIONS_FILE).is_file():
         return target
     log.info("training the default judge once (cached at %s); this takes minutes on a CPU", target)
-    train, validation, _test = split(judge_data(data_dir, seed=config.seed))
+    train, validation, _test = split(judge_data(data_dir, seed=config.seed, hand_labels=config.hand_labels))
     progress_file = target.with_name(target.name + PROGRESS_SUFFIX)
     report = ProgressReport(progress_file, on_progress or ProgressBar("training the default judge"))
     try:
