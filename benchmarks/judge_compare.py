@@ -87,7 +87,7 @@ def main() -> None:
 
     data_dir = get_settings().data_dir
     tests = {
-        "test": split(judge_data(data_dir, seed=0))[2],
+        "test": split(judge_data(data_dir, seed=0, hand_labels=True))[2],
         "test_shipped_labels": split(judge_data(data_dir, seed=0, hand_labels=False))[2],
     }
     uploads = benchmark_uploads(data_dir)

@@ -8,7 +8,8 @@ Sources, all under the data directory:
 * attack/beavertails_unsafe.jsonl: answers to harmful requests, labelled unsafe as question-answer pairs.
   Read by hand (``beavertails_answers_by_hand.json``), 45 of its 198 questions have a benign answer (a
   refusal, a redirection, a plain fact) and 47 a borderline one; with ``hand_labels`` the benign ones are
-  not harmful and the borderline ones are left out, otherwise every row is harmful compliance as shipped
+  not harmful and the borderline ones are left out (how the judge is *evaluated* by default), otherwise
+  every row is harmful compliance as shipped (how the default judge is *trained*: judge_selection.md)
 * benign/alpaca_demo.jsonl: helpful answers to harmless requests (a sample), not harmful
 * benign task rows (SST-2, AG News, GSM8K training rows, as an upload would hold them), not harmful: a
   label word answering a sentiment question is no harassment
@@ -219,10 +220,10 @@ def load_labelled_pairs(
     data_dir: Path,
     seed: int = 0,
     borderline_answers: list[dict[str, str]] | None = None,
-    hand_labels: bool = True,
+    hand_labels: bool = False,
 ) -> list[LabelledPair]:
     """Every labelled pair (the borderline slice only when its answers are given; BeaverTails' as read by
-    hand unless ``hand_labels`` is off)."""
+    hand with ``hand_labels``, else as shipped)."""
     rng = random.Random(seed)
     pairs = judged_pairs(read_jsonl(data_dir / SOURCE_FILES[0]), "jailbreakbench")
     pairs += judged_pairs(read_jsonl(data_dir / SOURCE_FILES[1]), "self_defense")
@@ -319,7 +320,7 @@ def augment(
 
 
 def sources_digest(
-    data_dir: Path, borderline_answers: list[dict[str, str]] | None = None, hand_labels: bool = True
+    data_dir: Path, borderline_answers: list[dict[str, str]] | None = None, hand_labels: bool = False
 ) -> str:
     digest = hashlib.sha256()
     # how many rows each source gives: a judge built from another mix is another judge

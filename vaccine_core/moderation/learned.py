@@ -330,7 +330,7 @@ def set_threshold(judge_dir: Path, threshold: float, calibration: dict[str, Any]
     (judge_dir / OPTIONS_FILE).write_text(json.dumps(options, indent=2) + "\n")
 
 
-def judge_data(data_dir: Path, seed: int = 0, hand_labels: bool = True) -> list[LabelledPair]:
+def judge_data(data_dir: Path, seed: int = 0, hand_labels: bool = False) -> list[LabelledPair]:
     """Every labelled pair the default judge is built from, its borderline answers included (the default
     model writes them once, cached)."""
     return load_labelled_pairs(
