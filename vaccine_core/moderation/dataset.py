@@ -135,7 +135,8 @@ def beavertails_pairs(rows: list[dict[str, Any]], hand_labels: bool) -> list[Lab
     labels = beavertails_hand_labels() if hand_labels else {}
     pairs = []
     for r in rows:
-        question, label = alpaca_question(r), labels.get(question_key(alpaca_question(r)), "harmful")
+        question = alpaca_question(r)
+        label = labels.get(question_key(question), "harmful")
         if label == "harmful":
             pairs.append(LabelledPair(question, r["output"], True, None, "attack", "harmful_compliance"))
         elif label == "benign":
