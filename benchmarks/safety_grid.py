@@ -58,6 +58,7 @@ from vaccine_core.inference import load_for_inference
 from vaccine_core.mixing import read_jsonl
 from vaccine_core.moderation import load_judge
 from vaccine_core.moderation.base import Moderator, Pair, Verdict
+from vaccine_core.moderation.judge_config import OPTIONS_FILE
 from vaccine_core.safety_eval import (
     DECODINGS,
     Bucket,
@@ -114,8 +115,11 @@ class StoredVerdicts:
 
     def __init__(self, judge: Moderator, store: Path):
         self.judge, self.store, self.name = judge, store, judge.name
-        options = Path(getattr(judge, "path", "")) / "judge.json"
-        self.identity = [judge.name, str(options.parent), options.read_text() if options.is_file() else None]
+        # a judge without a directory (the refusal-phrase judge) is its name; never a file in the cwd
+        path = getattr(judge, "path", None)
+        options = Path(path) / OPTIONS_FILE if path is not None else None
+        saved = options.read_text() if options is not None and options.is_file() else None
+        self.identity = [judge.name, str(path), saved]
 
     def score(self, pairs: Sequence[Pair]) -> list[Verdict]:
         path = self.store / f"{digest([self.identity, list(pairs)])}.json"
