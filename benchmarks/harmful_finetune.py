@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import random
+import shutil
 import statistics
 import sys
 import time
@@ -39,12 +40,13 @@ from common import machine_info, provenance
 from harmful_finetune_report import write_report
 
 from vaccine_core.align import align
+from vaccine_core.artifacts import MANIFEST, read_manifest, write_manifest
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig, alignment_defaults
 from vaccine_core.defenses import BoosterConfig, LisaConfig, SafeLoraConfig, StepDefenses
 from vaccine_core.defenses.config import LISA_SAFETY_PAIRS
 from vaccine_core.defenses.data import booster_pairs, lisa_pairs
 from vaccine_core.evaluation import embedding_drift, judge_answers, load_prompts, refusal_rate, task_accuracy
-from vaccine_core.finetune import finetune
+from vaccine_core.finetune import apply_safe_lora, finetune
 from vaccine_core.formats import parse_rows
 from vaccine_core.generation import generate
 from vaccine_core.inference import load_for_inference
@@ -101,6 +103,17 @@ ARMS: dict[str, Arm] = {
         Arm("vaccine+booster+lisa+safe_lora", "vaccine", rho=2.0, booster=True, lisa=True, safe_lora=True),
     )
 }
+
+
+def project_copy(run: Path, out: Path, base: str, config: SafeLoraConfig) -> None:
+    """``run``'s adapter copied to ``out`` and projected there by Safe LoRA, its manifest saying so."""
+    shutil.copytree(run, out, dirs_exist_ok=True)
+    (out / MANIFEST).unlink()  # written last: an interrupted copy is built again
+    manifest = read_manifest(run)
+    projection = apply_safe_lora(out, base, config)
+    written = ("format_version", "created_at", "software", "files")  # write_manifest's own keys
+    kept = {key: value for key, value in manifest.items() if key not in written}
+    write_manifest(out, kept | {"defenses": {**(manifest.get("defenses") or {}), "safe_lora": projection}})
 
 
 @dataclass
@@ -284,9 +297,15 @@ class Benchmark:
             key_parts.append({"safe_lora": safe_lora.to_dict()})
         out = self.cache / "attacks" / digest(key_parts)
         if build and not (out / "manifest.json").is_file():
-            data = out / "data.jsonl"
-            write_rows(data, rows)
-            finetune(base, data, out, config, resume=True, defenses=defenses, safe_lora=safe_lora)
+            if safe_lora is not None:
+                # Safe LoRA only edits the saved adapter: project a copy of the same arm's unprojected
+                # run (trained once, the same seed), so the two models differ by the projection alone
+                unprojected = self.attack(replace(arm, safe_lora=False), base, fraction, seed)
+                project_copy(unprojected, out, base, safe_lora)
+            else:
+                data = out / "data.jsonl"
+                write_rows(data, rows)
+                finetune(base, data, out, config, resume=True, defenses=defenses)
             self.computed["attacks"] += 1
         elif build:
             self.reused["attacks"] += 1

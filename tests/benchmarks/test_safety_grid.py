@@ -11,6 +11,7 @@ import safety_grid as grid_module
 from safety_grid_report import write_report
 
 from tests.benchmarks.test_harmful_finetune import TINY
+from vaccine_core.artifacts import read_manifest, verify_files
 from vaccine_core.mixing import write_rows
 from vaccine_core.safety_eval import ProtocolConfig, ProtocolPrompts
 
@@ -160,6 +161,13 @@ def test_defense_stacks_run_as_arms_with_their_layers_and_cost(tiny_model_dir, t
     result.update(report_fields(max_new_tokens=2))
     report = write_report(result, tmp_path / "out" / "safety-tiny")[1].read_text()
     assert "## Cost" in report and "| default | 0.1 | booster+lisa+safe_lora | 2 |" in report
+    # Safe LoRA projects a copy of the same arm's unprojected run: one training, two models
+    bench = grid.benchmark(regime)
+    projected = read_manifest(bench.attacked(grid_module.ARMS["booster+lisa+safe_lora"], 0.1, 0, False))
+    unprojected = read_manifest(bench.attacked(grid_module.ARMS["booster+lisa"], 0.1, 0, False))
+    assert projected["metrics"] == unprojected["metrics"] and projected["data"] == unprojected["data"]
+    assert set(projected["defenses"]) == {"lisa", "safe_lora"} and "safe_lora" not in unprojected["defenses"]
+    assert verify_files(bench.attacked(grid_module.ARMS["booster+lisa+safe_lora"], 0.1, 0, False)) == []
 
 
 class CountingJudge:
