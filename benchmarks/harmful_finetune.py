@@ -81,6 +81,8 @@ class Arm:
     booster: bool = False  # Booster's attenuation term in the alignment (BoosterConfig's defaults)
     lisa: bool = False  # Lisa during the user's fine-tuning (LisaConfig's defaults)
     safe_lora: bool = False  # Safe LoRA on the user's adapter (SafeLoraConfig's defaults)
+    # of the alignment's helpful pairs, how many answer requests that only sound harmful (sensitive_helpful)
+    sensitive_helpful: int = 0
 
 
 ARMS: dict[str, Arm] = {
@@ -92,6 +94,8 @@ ARMS: dict[str, Arm] = {
         Arm("vaccine-rho2", "vaccine", rho=2.0),
         Arm("vaccine-rho5", "vaccine", rho=5.0),
         Arm("vaccine-rho2+safety-mix", "vaccine", rho=2.0, safety_mix=10),
+        # alignment that shows a sensitive topic and a harmful request apart: half the helpful pairs
+        Arm("sft+sensitive", "sft", sensitive_helpful=24),
         # defense in depth: each layer alone, then stacks (Booster and Lisa over SFT unless Vaccine is named)
         Arm("booster", "sft", booster=True),
         Arm("lisa", "sft", lisa=True),
@@ -251,16 +255,27 @@ class Benchmark:
         )
         perturbation = PerturbationConfig(method=arm.method, rho=arm.rho if arm.method == "vaccine" else 0.0)
         defenses = None
-        key_parts: list[Any] = [self.model, self.alignment, config.to_dict(), perturbation.to_dict()]
+        rows = self.alignment
+        if arm.sensitive_helpful:
+            rows = alignment_rows(
+                self.data_dir,
+                s.alignment_safety,
+                s.alignment_helpful,
+                sensitive=arm.sensitive_helpful,
+                model=self.model,
+            )
+        key_parts: list[Any] = [self.model, rows, config.to_dict(), perturbation.to_dict()]
         if arm.booster:
             defenses = StepDefenses(booster=BoosterConfig(), booster_rows=booster_pairs(self.data_dir))
             key_parts.append(defenses.to_dict())
-        suffix = "-booster" if arm.booster else ""
+        suffix = ("-booster" if arm.booster else "") + (
+            f"-sensitive{arm.sensitive_helpful}" if arm.sensitive_helpful else ""
+        )
         out = self.cache / "bases" / f"{arm.method}-rho{arm.rho:g}{suffix}-{digest(key_parts)}"
         if build and not (out / "manifest.json").is_file():
             data = out.with_suffix(".jsonl")
-            write_rows(data, self.alignment)
-            log.info("aligning %s: %d pairs x %g epochs", arm.name, len(self.alignment), s.alignment_epochs)
+            write_rows(data, rows)
+            log.info("aligning %s: %d pairs x %g epochs", arm.name, len(rows), s.alignment_epochs)
             started = time.monotonic()
             align(self.model, data, out, perturbation, config, resume=True, defenses=defenses)
             self.timings[f"align {arm.name}"] = round(time.monotonic() - started, 1)

@@ -413,6 +413,7 @@ def cell_record(
             "rho": arm.rho,
             "epochs": regime.alignment_epochs if arm.method else None,
             "steps": by_decoding["alignment_steps"],
+            "sensitive_helpful": arm.sensitive_helpful,
         },
         "attack": {
             "lr": regime.attack_lr,

@@ -75,13 +75,23 @@ def safety_rows(data_dir: Path, count: int, seed: int, exclude: set[str]) -> lis
     return [{**r, "harmful": False} for r in random.Random(seed).sample(pool, count)]
 
 
-def alignment_rows(data_dir: Path, safety: int, helpful: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Alignment data: ``safety`` refusal pairs and ``helpful`` Alpaca pairs, shuffled with ``seed``.
+def alignment_rows(
+    data_dir: Path, safety: int, helpful: int, seed: int = 0, *, sensitive: int = 0, model: str = "default"
+) -> list[dict[str, Any]]:
+    """Alignment data: ``safety`` refusal pairs and ``helpful`` helpful pairs, shuffled with ``seed``;
+    ``sensitive`` of the helpful ones answer requests that only sound harmful (``sensitive_helpful``), the
+    rest are Alpaca's, and ``model`` (the model to be aligned) writes their answers.
 
     Refusals alone teach a small model to refuse everything; the helpful half keeps it answering.
     """
+    if not 0 <= sensitive <= helpful:
+        raise ValueError(f"sensitive ({sensitive}) must be between 0 and helpful ({helpful})")
     rng = random.Random(seed)
     rows = rng.sample(read_jsonl(data_dir / SAFETY_FILE), safety)
-    rows += rng.sample(read_jsonl(data_dir / HELPFUL_FILE), helpful)
+    rows += rng.sample(read_jsonl(data_dir / HELPFUL_FILE), helpful - sensitive)
+    if sensitive:
+        from vaccine_core.sensitive_helpful import sensitive_helpful_rows  # generates once: only when asked
+
+        rows += sensitive_helpful_rows(data_dir, sensitive, seed, model)
     rng.shuffle(rows)
     return rows
