@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -54,6 +54,14 @@ class AlignmentPlan(BaseModel):
         le=100_000,
         description="safety + helpful pairs, half each, when no data is given",
     )
+    sensitive: int = Field(
+        default=0,
+        ge=0,
+        le=200,
+        description="of the default mix's helpful pairs, how many answer requests that only sound harmful "
+        "(the base's own answers to this project's contrastive requests), so that alignment does not teach "
+        "refusing every sensitive topic",
+    )
     data: str | None = Field(default=None, description="an alignment file instead of the default mix")
     epochs: float = Field(
         default=alignment_defaults().epochs, gt=0, le=100, description="passes over the data"
@@ -62,6 +70,13 @@ class AlignmentPlan(BaseModel):
         default=None,
         description="Booster's attenuation term (combines with vaccine or sft); none when absent",
     )
+
+    @model_validator(mode="after")
+    def sensitive_fits_the_helpful_half(self) -> "AlignmentPlan":
+        if self.sensitive > self.pairs - self.pairs // 2:
+            helpful = self.pairs - self.pairs // 2
+            raise ValueError(f"sensitive ({self.sensitive}) exceeds the mix's {helpful} helpful pairs")
+        return self
 
     @classmethod
     def of(cls, record: BaseModelRecord) -> "AlignmentPlan":

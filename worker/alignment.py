@@ -28,9 +28,12 @@ from worker.safety import ReportPlan, measure_safety
 log = logging.getLogger(__name__)
 
 
-def alignment_mix(settings: ServiceSettings, pairs: int, target: Path) -> Path:
-    """Half safety pairs (harmful request, safe answer), half helpful Alpaca pairs, seeded."""
-    write_rows(target, alignment_rows(settings.data_dir, pairs // 2, pairs - pairs // 2))
+def alignment_mix(settings: ServiceSettings, plan: AlignmentPlan, source: str, target: Path) -> Path:
+    """Half safety pairs (harmful request, safe answer), half helpful pairs, seeded: Alpaca's, and
+    ``plan.sensitive`` answers of ``source`` to requests that only sound harmful."""
+    safety, helpful = plan.pairs // 2, plan.pairs - plan.pairs // 2
+    rows = alignment_rows(settings.data_dir, safety, helpful, sensitive=plan.sensitive, model=source)
+    write_rows(target, rows)
     return target
 
 
@@ -60,7 +63,7 @@ def align_base(
     elif plan.data:
         data = Path(plan.data)
     else:
-        data = alignment_mix(settings, plan.pairs, out.with_suffix(".jsonl"))
+        data = alignment_mix(settings, plan, record.source, out.with_suffix(".jsonl"))
 
     def progress(p: Progress) -> None:
         with sessions() as session:

@@ -31,7 +31,17 @@ def test_a_plan_stored_before_it_was_typed_still_reads():
     assert AlignmentPlan.of(BaseModelRecord(id="adopted", source="/run", alignment={"method": ADOPT})).adopted
 
 
-@pytest.mark.parametrize("bad", [{"rho": -1}, {"epochs": 0}, {"pairs": 1}, {"booster": {"alpha": 0}}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"rho": -1},
+        {"epochs": 0},
+        {"pairs": 1},
+        {"booster": {"alpha": 0}},
+        {"sensitive": -1},
+        {"pairs": 8, "sensitive": 5},
+    ],
+)
 def test_out_of_bounds_plans_are_refused(bad):
     with pytest.raises(ValidationError):
         AlignmentPlan.model_validate(bad)

@@ -18,8 +18,8 @@ CACHED = [
 ] + [{"source": "jbb_benign", "request": "Write a story about a heist.", "answer": "Once upon a time. " * 5}]
 
 
-@pytest.fixture
-def cached_answers(monkeypatch):
+def use_cached_answers(monkeypatch) -> list[str]:
+    """CACHED stands in for the model's answers; the list returned names the models asked."""
     asked = []
 
     def answers(data_dir, model="default"):
@@ -37,7 +37,8 @@ def test_whole_sentences_cut_after_the_last_finished_sentence():
     assert whole_sentences("never ends") == ""
 
 
-def test_only_whole_helpful_contrastive_answers_are_kept(cached_answers, tmp_path):
+def test_only_whole_helpful_contrastive_answers_are_kept(monkeypatch, tmp_path):
+    cached_answers = use_cached_answers(monkeypatch)
     rows = sensitive_helpful_rows(tmp_path, 2, seed=0, model="tiny")
     assert cached_answers == ["tiny"]  # the model to be aligned writes the answers
     assert sorted(r["instruction"] for r in rows) == [CACHED[0]["request"], CACHED[3]["request"]]
@@ -46,7 +47,8 @@ def test_only_whole_helpful_contrastive_answers_are_kept(cached_answers, tmp_pat
         sensitive_helpful_rows(tmp_path, 3)
 
 
-def test_alignment_rows_give_part_of_the_helpful_half_to_sensitive_requests(cached_answers, tiny_data_dir):
+def test_alignment_rows_give_part_of_the_helpful_half_to_sensitive_requests(monkeypatch, tiny_data_dir):
+    cached_answers = use_cached_answers(monkeypatch)
     plain = alignment_rows(tiny_data_dir, 6, 4)
     mixed = alignment_rows(tiny_data_dir, 6, 4, sensitive=2)
     assert len(plain) == len(mixed) == 10
