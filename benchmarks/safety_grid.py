@@ -512,6 +512,9 @@ def main() -> None:
     parser.add_argument(
         "--agreement", action="store_true", help="verdicts at 64 vs 128 tokens, cached outputs"
     )
+    parser.add_argument(
+        "--bases-only", action="store_true", help="measure the arms' aligned bases, attack nothing"
+    )
     parser.add_argument("--name", default="safety-summary", help="results file stem")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -529,8 +532,8 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     regimes = [REGIMES[name] for name in args.regimes]
-    if args.fractions:
-        regimes = [replace(r, fractions=tuple(args.fractions)) for r in regimes]
+    if args.fractions or args.bases_only:
+        regimes = [replace(r, fractions=() if args.bases_only else tuple(args.fractions)) for r in regimes]
     from safety_grid_report import write_report
 
     def publish(partial: dict[str, Any]) -> None:
