@@ -82,6 +82,12 @@ def test_grid_measures_every_cell_with_intervals_and_caches(
     rerun = grid_module.run_grid(again, regimes, arms, seeds=[0, 1])
     assert again.computed == 0 and again.reused == grid.computed
     assert rerun["cells"] == result["cells"]
+    # --bases-only: the regimes without their fractions measure the aligned bases and attack nothing
+    no_attack = [replace(regime, fractions=()) for regime in regimes]
+    bases_only = grid_module.run_grid(again, no_attack, arms, seeds=[0, 1])
+    assert bases_only["cells"] == [] and bases_only["bases"] == result["bases"]
+    bases_only.update(report_fields(max_new_tokens=4))
+    assert "## Aligned bases" in write_report(bases_only, tmp_path / "out" / "bases")[1].read_text()
 
     result.update(report_fields(max_new_tokens=4))
     paths = write_report(result, tmp_path / "out" / "safety-tiny-p0.1")
