@@ -73,8 +73,8 @@ class AlignmentPlan(BaseModel):
 
     @model_validator(mode="after")
     def sensitive_fits_the_helpful_half(self) -> "AlignmentPlan":
-        if self.sensitive > self.pairs - self.pairs // 2:
-            helpful = self.pairs - self.pairs // 2
+        helpful = self.pairs - self.pairs // 2
+        if self.sensitive > helpful:
             raise ValueError(f"sensitive ({self.sensitive}) exceeds the mix's {helpful} helpful pairs")
         return self
 

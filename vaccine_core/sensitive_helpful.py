@@ -7,6 +7,9 @@ benign requests (``moderation/contrastive.py``: kill a process, the history of a
 effects), answered by the model itself before alignment, so that the alignment data shows a harmful
 request and a sensitive topic apart. The answers are the cached ones the default judge learns from
 (``moderation/borderline.py``); JailbreakBench's benign behaviours, an evaluation set, are never used.
+
+Measured on the default 135M model (README, "Defense layers under protocol v2"): 24 such pairs of 96 lower
+the refusal of harmful and of borderline requests alike, by 10-13 points; they do not teach the difference.
 """
 
 import random
