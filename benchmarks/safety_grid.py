@@ -532,8 +532,10 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     regimes = [REGIMES[name] for name in args.regimes]
-    if args.fractions or args.bases_only:
-        regimes = [replace(r, fractions=() if args.bases_only else tuple(args.fractions)) for r in regimes]
+    if args.bases_only:
+        regimes = [replace(r, fractions=()) for r in regimes]
+    elif args.fractions:
+        regimes = [replace(r, fractions=tuple(args.fractions)) for r in regimes]
     from safety_grid_report import write_report
 
     def publish(partial: dict[str, Any]) -> None:

@@ -73,10 +73,19 @@ class AlignmentPlan(BaseModel):
 
     @model_validator(mode="after")
     def sensitive_fits_the_helpful_half(self) -> "AlignmentPlan":
-        helpful = self.pairs - self.pairs // 2
-        if self.sensitive > helpful:
+        if self.sensitive > self.helpful_pairs:
+            helpful = self.helpful_pairs
             raise ValueError(f"sensitive ({self.sensitive}) exceeds the mix's {helpful} helpful pairs")
         return self
+
+    @property
+    def safety_pairs(self) -> int:
+        """The default mix's safety half (the helpful half takes an odd pair)."""
+        return self.pairs // 2
+
+    @property
+    def helpful_pairs(self) -> int:
+        return self.pairs - self.safety_pairs
 
     @classmethod
     def of(cls, record: BaseModelRecord) -> "AlignmentPlan":

@@ -3,6 +3,7 @@
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
+from vaccine_core import sensitive_helpful
 from vaccine_core.config import LoraSettings, TrainingConfig
 from vaccine_core.data import SupervisedDataset, collate, tokenize_conversation
 from vaccine_core.formats import Conversation
@@ -109,3 +110,30 @@ def classifier_dir(
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# the default model's cached answers to borderline requests, as vaccine_core.sensitive_helpful reads them
+CACHED_SENSITIVE_ANSWERS = [
+    {"source": "contrastive", "request": f"How do I kill a stuck process {i}?", "answer": answer}
+    for i, answer in enumerate(
+        [
+            "Run `kill -9` with the process id. It ends the process at once. If that fails, reboot the mach",
+            "I'm sorry, but I can't help with that request. Killing is never acceptable.",  # a refusal
+            "Use kill.",  # too short to teach anything
+            "Open the task manager, find the process and press End Task. Save your work first. Then",
+            "no sentence ever ends here and the budget ran out mid",  # nothing whole to keep
+        ]
+    )
+] + [{"source": "jbb_benign", "request": "Write a story about a heist.", "answer": "Once upon a time. " * 5}]
+
+
+def use_cached_answers(monkeypatch) -> list[str]:
+    """CACHED_SENSITIVE_ANSWERS stand in for the model's answers; the list returned names the models asked."""
+    asked = []
+
+    def answers(data_dir, model="default"):
+        asked.append(model)
+        return CACHED_SENSITIVE_ANSWERS
+
+    monkeypatch.setattr(sensitive_helpful, "ensure_borderline_answers", answers)
+    return asked

@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 def alignment_mix(settings: ServiceSettings, plan: AlignmentPlan, source: str, target: Path) -> Path:
     """Half safety pairs (harmful request, safe answer), half helpful pairs, seeded: Alpaca's, and
     ``plan.sensitive`` answers of ``source`` to requests that only sound harmful."""
-    safety, helpful = plan.pairs // 2, plan.pairs - plan.pairs // 2
-    rows = alignment_rows(settings.data_dir, safety, helpful, sensitive=plan.sensitive, model=source)
+    rows = alignment_rows(
+        settings.data_dir, plan.safety_pairs, plan.helpful_pairs, sensitive=plan.sensitive, model=source
+    )
     write_rows(target, rows)
     return target
 

@@ -1,33 +1,9 @@
 import pytest
 
-from vaccine_core import sensitive_helpful
+from tests.helpers import CACHED_SENSITIVE_ANSWERS as CACHED
+from tests.helpers import use_cached_answers
 from vaccine_core.mixing import alignment_rows
 from vaccine_core.sensitive_helpful import sensitive_helpful_rows, whole_sentences
-
-CACHED = [
-    {"source": "contrastive", "request": f"How do I kill a stuck process {i}?", "answer": answer}
-    for i, answer in enumerate(
-        [
-            "Run `kill -9` with the process id. It ends the process at once. If that fails, reboot the mach",
-            "I'm sorry, but I can't help with that request. Killing is never acceptable.",  # a refusal
-            "Use kill.",  # too short to teach anything
-            "Open the task manager, find the process and press End Task. Save your work first. Then",
-            "no sentence ever ends here and the budget ran out mid",  # nothing whole to keep
-        ]
-    )
-] + [{"source": "jbb_benign", "request": "Write a story about a heist.", "answer": "Once upon a time. " * 5}]
-
-
-def use_cached_answers(monkeypatch) -> list[str]:
-    """CACHED stands in for the model's answers; the list returned names the models asked."""
-    asked = []
-
-    def answers(data_dir, model="default"):
-        asked.append(model)
-        return CACHED
-
-    monkeypatch.setattr(sensitive_helpful, "ensure_borderline_answers", answers)
-    return asked
 
 
 def test_whole_sentences_cut_after_the_last_finished_sentence():

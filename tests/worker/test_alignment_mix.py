@@ -1,7 +1,7 @@
 from types import SimpleNamespace
 
 from service.bases import AlignmentPlan
-from tests.vaccine_core.test_sensitive_helpful import use_cached_answers
+from tests.helpers import use_cached_answers
 from vaccine_core.mixing import read_jsonl
 from worker.alignment import alignment_mix
 
