@@ -476,3 +476,47 @@ def test_the_hand_labels_cover_every_beavertails_question_and_the_digest_follows
     assert dataset.sources_digest(data_dir, hand_labels=True) != dataset.sources_digest(
         data_dir, hand_labels=False
     )
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_pairs_are_cut_as_longest_first_and_a_cut_answer_can_keep_its_end(tmp_path, fast):
+    from transformers import BertTokenizer
+
+    from vaccine_core.moderation.learned import encode_pairs, longest_first_lengths
+
+    encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False)
+    tokenizer = (BertTokenizerFast if fast else BertTokenizer).from_pretrained(encoder)
+    cut = 16
+    room = cut - tokenizer.num_special_tokens_to_add(pair=True)
+    for q in range(1, 20):
+        for a in range(1, 20):
+            question, answer = " ".join(["?"] * q), " ".join(["."] * a)
+            ids = tokenizer(question, answer, truncation="longest_first", max_length=cut)["input_ids"]
+            assert longest_first_lengths(q, a, room) == (ids.count(5), ids.count(6)), (q, a)
+
+    words = [w for w in tokenizer.get_vocab() if w.isalpha()][:12]
+    question, answer = "how ?", " ".join(words)  # 2 + 12 tokens, 9 kept at 12 with 3 special: 7 of the answer
+    head_only, with_tail = (encode_pairs(tokenizer, [(question, answer)], 12, tail)[0] for tail in (0, 3))
+    assert len(head_only["input_ids"]) == len(with_tail["input_ids"]) == 12
+    assert with_tail["token_type_ids"] == head_only["token_type_ids"]
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    assert head_only["input_ids"][4:-1] == answer_ids[:7]
+    assert with_tail["input_ids"][4:-1] == answer_ids[:4] + answer_ids[-3:]
+    assert encode_pairs(tokenizer, [(question, answer)], 12, 0) == [
+        dict(tokenizer(question, answer, truncation="longest_first", max_length=12))
+    ]
+    short = [(question, " ".join(words[:3]))]  # nothing cut: the tail option changes nothing
+    assert encode_pairs(tokenizer, short, cut, 4) == encode_pairs(tokenizer, short, cut, 0)
+
+
+def test_a_judge_reads_pairs_as_it_was_trained_to(tmp_path):
+    from vaccine_core.moderation.dataset import LabelledPair
+    from vaccine_core.moderation.learned import JudgeTrainingConfig, LearnedJudge, train_judge
+
+    encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False)
+    pairs = [LabelledPair("how do i hurt someone ?", "here is how .", True, None, "t")] * 2
+    config = JudgeTrainingConfig(epochs=1, batch_size=2, max_length=8, answer_tail=2, frozen_layers=0)
+    judge = LearnedJudge(train_judge(pairs, tmp_path / "j", config, encoder=encoder))
+    assert (judge.max_length, judge.answer_tail) == (8, 2)
+    assert JudgeTrainingConfig().key() != JudgeTrainingConfig(answer_tail=2).key()
+    assert JudgeTrainingConfig().key() == JudgeTrainingConfig(answer_tail=0).key()

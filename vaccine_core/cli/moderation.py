@@ -83,6 +83,7 @@ def prescreen(
 def moderation_train(
     epochs: Annotated[int | None, typer.Option(help=option_help("epochs"))] = None,
     max_length: Annotated[int | None, typer.Option(help=option_help("max_length"))] = None,
+    answer_tail: Annotated[int | None, typer.Option(help=option_help("answer_tail"))] = None,
     group_by_length: Annotated[bool | None, typer.Option(help=option_help("group_by_length"))] = None,
     frozen_layers: Annotated[int | None, typer.Option(help=option_help("frozen_layers"))] = None,
     harmful_swapped: Annotated[float | None, typer.Option(help=option_help("harmful_swapped"))] = None,
@@ -101,6 +102,7 @@ def moderation_train(
     given = {
         "epochs": epochs,
         "max_length": max_length,
+        "answer_tail": answer_tail,
         "group_by_length": group_by_length,
         "frozen_layers": frozen_layers,
         "harmful_swapped": harmful_swapped,

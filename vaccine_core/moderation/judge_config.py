@@ -12,12 +12,20 @@ OPTIONS_FILE = "judge.json"
 
 
 # Options added after judges were first cached, each with a default that trains as before it existed.
-LATER_OPTIONS = ("group_by_length", "cache_frozen", "average_tail", "opener", "hand_labels")
+LATER_OPTIONS = ("group_by_length", "cache_frozen", "average_tail", "opener", "hand_labels", "answer_tail")
 
 
 @dataclass
 class JudgeTrainingConfig:
     max_length: int = field(default=128, metadata={"help": "Tokens of question and answer read together."})
+    answer_tail: int = field(
+        default=0,
+        metadata={
+            "help": "Tokens of the answer's end kept when a pair is cut to max_length, the rest of its share "
+            "from its start (0: only its start, transformers' longest_first). Half the held-out harmful "
+            "answers run past what 128 tokens keep, and what they do may show only at their end."
+        },
+    )
     epochs: int = field(default=3, metadata={"help": "Passes over the training pairs."})
     batch_size: int = field(default=32, metadata={"help": "Pairs per optimizer step."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate."})

@@ -71,6 +71,7 @@ class LearnedJudge:
         self.categories: list[str] = options["categories"]
         self.threshold = options["threshold"] if threshold is None else threshold
         self.max_length = options["max_length"]
+        self.answer_tail = options.get("answer_tail", 0)  # judges saved before the option cut at the end
         self.batch_size = batch_size
         self.device = pick_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
@@ -90,7 +91,10 @@ class LearnedJudge:
         out = torch.empty(len(pairs), 1 + len(self.categories))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            encoded = encode(self.tokenizer, [pairs[i] for i in chunk], self.max_length).to(self.device)
+            encodings = encode_pairs(
+                self.tokenizer, [pairs[i] for i in chunk], self.max_length, self.answer_tail
+            )
+            encoded = self.tokenizer.pad(encodings, return_tensors="pt").to(self.device)
             out[chunk] = self.model(**encoded).logits.float().cpu()
         return out
 
@@ -110,16 +114,38 @@ class LearnedJudge:
         return verdicts
 
 
-def encode(tokenizer: Any, pairs: Sequence[Pair], max_length: int) -> Any:
-    questions, answers = zip(*pairs, strict=True)
-    return tokenizer(
-        list(questions),
-        list(answers),
-        truncation="longest_first",
-        max_length=max_length,
-        padding=True,
-        return_tensors="pt",
-    )
+def encode_pairs(tokenizer: Any, pairs: Sequence[Pair], max_length: int, answer_tail: int = 0) -> list[Any]:
+    """Each (question, answer) pair as the encoder reads it, unpadded, cut to ``max_length`` tokens: the
+    longer of the two loses tokens first (transformers' longest_first); a cut answer keeps its start and,
+    with ``answer_tail``, that many tokens of its end."""
+    if not answer_tail:
+        return [tokenizer(q, a, truncation="longest_first", max_length=max_length) for q, a in pairs]
+    room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+    encodings = []
+    for question, answer in pairs:
+        full = tokenizer(question, answer)  # whole, then cut by segment: any tokenizer's pair template
+        segment = full.sequence_ids()
+        q = [i for i, s in enumerate(segment) if s == 0]
+        a = [i for i, s in enumerate(segment) if s == 1]
+        q_kept, a_kept = longest_first_lengths(len(q), len(a), room)
+        tail = min(answer_tail, a_kept // 2) if a_kept < len(a) else 0
+        dropped = set(q[q_kept:]) | set(a[a_kept - tail : len(a) - tail])
+        kept = [i for i in range(len(segment)) if i not in dropped]
+        encodings.append({name: [values[i] for i in kept] for name, values in full.items()})
+    return encodings
+
+
+def longest_first_lengths(question: int, answer: int, room: int) -> tuple[int, int]:
+    """The lengths longest_first truncation leaves two sequences at within ``room`` tokens: the longer
+    one is cut until both fit or both are as long, then each in turn, the shorter one first."""
+    excess = question + answer - room
+    if excess <= 0:
+        return question, answer
+    longer, shorter = max(question, answer), min(question, answer)
+    cut_longer = min(excess, longer - shorter)
+    rest = excess - cut_longer
+    longer, shorter = longer - cut_longer - rest // 2, shorter - (rest + 1) // 2
+    return (shorter, longer) if answer >= question else (longer, shorter)
 
 
 def bfloat16_autocast_available() -> bool:
@@ -232,10 +258,9 @@ def train_judge(
     scheduler = get_scheduler("linear", optimizer, math.ceil(config.warmup_ratio * total), total)
     category_index = {name: i for i, name in enumerate(CATEGORIES)}
     # every pair tokenized once; a batch is padded when it is drawn
-    encodings = [
-        tokenizer(p.question, p.answer, truncation="longest_first", max_length=config.max_length)
-        for p in pairs
-    ]
+    encodings = encode_pairs(
+        tokenizer, [(p.question, p.answer) for p in pairs], config.max_length, config.answer_tail
+    )
     bfloat16 = config.bfloat16 and bfloat16_autocast_available()
     started, step, tokens = time.perf_counter(), 0, 0
     lengths = [len(e["input_ids"]) for e in encodings]
@@ -299,6 +324,7 @@ def train_judge(
         "categories": list(CATEGORIES),
         "threshold": config.threshold,
         "max_length": config.max_length,
+        "answer_tail": config.answer_tail,
         "training": asdict(config),
         "bfloat16_autocast": bfloat16,
         "encoder": str(encoder),
