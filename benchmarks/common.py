@@ -9,12 +9,27 @@ from pathlib import Path
 from typing import Any
 
 
+def device_name() -> str | None:
+    """The card's name where CUDA is present, else the CPU's model name (None where neither is known):
+    what a wall time depends on, unlike the host name, which is the same on every machine here."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+
+
 def machine_info(gpu: bool = False) -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {
         "host": platform.node(),
         "processor": platform.processor() or platform.machine(),
+        "device": device_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

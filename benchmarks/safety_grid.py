@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import device_name, machine_info, provenance
 from harmful_finetune import ARMS, PROFILES, Benchmark, Sizes, digest
 
 from vaccine_core.evaluation import embedding_drift, task_accuracy
@@ -214,6 +214,7 @@ class Grid:
             "train": (loaded.manifest or {}).get("metrics", {}).get("train"),
             "defenses": (loaded.manifest or {}).get("defenses"),
             "seconds": round(time.monotonic() - started, 1),
+            "device": device_name(),  # where it was trained and answered: its wall times are this one's
         }
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps(result))
@@ -330,17 +331,19 @@ def run_grid(
                     "regime": regime.name,
                     "alignment_steps": (base_out["train"] or {}).get("steps"),
                     "alignment_cost": cost(base_out) if arm.method else None,
+                    "device": base_out.get("device"),
                     **{d: figures([base_judged], [base_out["fa_correct"]], d)["figures"] for d in DECODINGS},
                 }
             )
             for p, p_seeds in arm_seeds.items():
-                runs, fa, drift, costs = [], [], [], []
+                runs, fa, drift, costs, devices = [], [], [], [], set()
                 for seed in p_seeds:
                     out = grid.outputs(grid.model_for(partial(bench.attacked, arm, p, seed)), bench)
                     runs.append(grid.judged(out))
                     fa.append(out["fa_correct"])
                     drift.append(out["drift"])
                     costs.append(cost(out))
+                    devices.add(out.get("device"))  # None: answers archived before devices were recorded
                     log.info(
                         "%s %s p=%g seed %d done [%.0f min]",
                         regime.name,
@@ -355,6 +358,7 @@ def run_grid(
                     "alignment_steps": bases[-1]["alignment_steps"],
                     "seeds": p_seeds,
                     "cost": mean_cost(costs),
+                    "cost_device": devices.pop() if len(devices) == 1 else None,
                 }
             if on_arm is not None:  # what is measured so far (a long grid publishes as it goes)
                 so_far = cells + regime_cells(regime, bench.sizes, measured)
@@ -431,6 +435,7 @@ def cell_record(
         else None,
         "attack_taught": taught,
         "cost": by_decoding["cost"],
+        "cost_device": by_decoding["cost_device"],
         "layers": [layer for layer in ("booster", "lisa", "safe_lora") if getattr(arm, layer)],
     }
     baseline = measured.get((BASELINE, p))

@@ -55,35 +55,45 @@ def cells_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+UNKNOWN = "mixed or unknown"  # seeds trained on several devices, or archived before devices were recorded
+
+
 def cost_table(result: dict[str, Any]) -> list[str]:
     """Wall time per fine-tuning job (greedy rows only: the two decodings share their models) against the
-    plain-LoRA fine-tuning of the SFT arm at the same regime and p, and per alignment against SFT's."""
+    plain-LoRA fine-tuning of the SFT arm at the same regime and p, and per alignment against SFT's. A
+    ratio is given only where both were trained on one known device: cells pool answers archived from
+    other machines, whose seconds do not compare."""
     cells = [c for c in result["cells"] if c["decoding"] == "greedy"]
-    plain = {
-        (c["regime"], c["attack"]["p"]): c["cost"]["train_seconds"] for c in cells if c["defense"] == "sft"
-    }
+    plain = {(c["regime"], c["attack"]["p"]): c for c in cells if c["defense"] == "sft"}
     lines = [
-        "| regime | p | defense | seeds | fine-tuning s | x plain LoRA | defense hooks s | Safe LoRA s |",
-        "|" + "---|" * 8,
+        "| regime | p | defense | seeds | fine-tuning s | x plain LoRA | hooks s | Safe LoRA s | device |",
+        "|" + "---|" * 9,
     ]
     for c in cells:
         seconds = c["cost"]["train_seconds"]
         baseline = plain.get((c["regime"], c["attack"]["p"]))
-        ratio = f"{seconds / baseline:.2f}" if baseline else "–"
+        device = c.get("cost_device")
+        same_device = baseline is not None and device is not None and baseline.get("cost_device") == device
+        ratio = f"{seconds / baseline['cost']['train_seconds']:.2f}" if same_device else "–"
         hooks = sum(
             v for k, v in c["cost"].items() if k.endswith("_seconds") and k[:-8] in ("booster", "lisa")
         )
         lines.append(
             f"| {c['regime']} | {c['attack']['p']:g} | {c['defense']} | {len(c['seeds'])} | {seconds:.1f} | "
-            f"{ratio} | {hooks:.1f} | {c['cost'].get('safe_lora_seconds', 0.0):.1f} |"
+            f"{ratio} | {hooks:.1f} | {c['cost'].get('safe_lora_seconds', 0.0):.1f} | {device or UNKNOWN} |"
         )
     aligned = [b for b in result["bases"] if b.get("alignment_cost")]
-    sft = {b["regime"]: b["alignment_cost"]["train_seconds"] for b in aligned if b["defense"] == "sft"}
-    lines += ["", "| regime | base of | alignment s | x SFT alignment |", "|---|---|---|---|"]
+    sft = {b["regime"]: b for b in aligned if b["defense"] == "sft"}
+    lines += ["", "| regime | base of | alignment s | x SFT alignment | device |", "|---|---|---|---|---|"]
     for b in aligned:
-        seconds = b["alignment_cost"]["train_seconds"]
-        ratio = f"{seconds / sft[b['regime']]:.2f}" if sft.get(b["regime"]) else "–"
-        lines.append(f"| {b['regime']} | {b['defense']} | {seconds:.1f} | {ratio} |")
+        seconds, device, baseline = (
+            b["alignment_cost"]["train_seconds"],
+            b.get("device"),
+            sft.get(b["regime"]),
+        )
+        same_device = baseline is not None and device is not None and baseline.get("device") == device
+        ratio = f"{seconds / baseline['alignment_cost']['train_seconds']:.2f}" if same_device else "–"
+        lines.append(f"| {b['regime']} | {b['defense']} | {seconds:.1f} | {ratio} | {device or UNKNOWN} |")
     return lines
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 import harmful_finetune
 import safety_grid as grid_module
-from safety_grid_report import write_report
+from common import device_name
+from safety_grid_report import cost_table, write_report
 
 from tests.benchmarks.test_harmful_finetune import TINY
 from vaccine_core.artifacts import read_manifest, verify_files
@@ -167,6 +168,7 @@ def test_defense_stacks_run_as_arms_with_their_layers_and_cost(tiny_model_dir, t
     result.update(report_fields(max_new_tokens=2))
     report = write_report(result, tmp_path / "out" / "safety-tiny")[1].read_text()
     assert "## Cost" in report and "| default | 0.1 | booster+lisa+safe_lora | 2 |" in report
+    assert stack["cost_device"] == device_name() is not None  # trained here: its seconds compare
     # Safe LoRA projects a copy of the same arm's unprojected run: one training, two models
     bench = grid.benchmark(regime)
     projected = read_manifest(bench.attacked(grid_module.ARMS["booster+lisa+safe_lora"], 0.1, 0, False))
@@ -202,3 +204,31 @@ def test_verdicts_are_stored_per_judge_and_answers(tmp_path):
     (tmp_path / "judge" / "judge.json").write_text('{"threshold": 0.95}')  # the judge retrained
     grid_module.StoredVerdicts(judge, tmp_path / "verdicts").score(pairs)
     assert judge.asked == 5
+
+
+def test_cost_ratios_only_between_runs_on_one_device():
+    def cell(defense: str, seconds: float, device: str | None) -> dict:
+        cost = {"train_seconds": seconds}
+        attack = {"p": 0.1}
+        return {"decoding": "greedy", "regime": "r", "attack": attack, "defense": defense, "seeds": [0],
+                "cost": cost, "cost_device": device}  # fmt: skip
+
+    def base(defense: str, seconds: float, device: str | None) -> dict:
+        return {
+            "regime": "r",
+            "defense": defense,
+            "alignment_cost": {"train_seconds": seconds},
+            "device": device,
+        }
+
+    same = cost_table({"cells": [cell("sft", 100, "cpu A"), cell("lisa", 110, "cpu A")], "bases": []})
+    assert "| r | 0.1 | lisa | 1 | 110.0 | 1.10 |" in "\n".join(same)
+    other = cost_table({"cells": [cell("sft", 100, "cpu B"), cell("lisa", 110, "cpu A")], "bases": []})
+    assert "| r | 0.1 | lisa | 1 | 110.0 | – |" in "\n".join(other)
+    unknown = cost_table({"cells": [cell("sft", 100, None), cell("lisa", 110, None)], "bases": []})
+    assert "| r | 0.1 | lisa | 1 | 110.0 | – |" in "\n".join(unknown)
+    bases = [base("sft", 50, "cpu A"), base("vaccine", 100, "cpu A"), base("booster", 150, "cpu B")]
+    table = "\n".join(cost_table({"cells": [], "bases": bases}))
+    assert (
+        "| r | vaccine | 100.0 | 2.00 | cpu A |" in table and "| r | booster | 150.0 | – | cpu B |" in table
+    )
