@@ -4,6 +4,7 @@ Two defenses act here: Lisa while training (``defenses``) and Safe LoRA on the s
 layers whose update strays from the base's alignment subspace are projected onto it).
 """
 
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -108,5 +109,11 @@ def apply_safe_lora(adapter_dir: Path, base: str | Path, config: SafeLoraConfig)
         "layers": len(layers),
         "projected": sum(layer.projected for layer in layers),
         "mean_cosine": sum(layer.cosine for layer in layers) / len(layers) if layers else None,
+        # where a threshold would fall: the cosine below which 10 %, 20 %, ... 90 % of the layers lie
+        "cosine_deciles": [
+            round(c, 4) for c in statistics.quantiles([layer.cosine for layer in layers], n=10)
+        ]
+        if len(layers) > 1
+        else None,
         "seconds": round(time.perf_counter() - started, 2),
     }

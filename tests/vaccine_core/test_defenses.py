@@ -338,6 +338,8 @@ def test_finetune_with_lisa_and_safe_lora_records_both(tiny_model_dir, alpaca_fi
     record = result.manifest["defenses"]
     assert record["lisa"]["rho"] == 1.0 and record["lisa"]["data"]["rows"] == 8
     assert record["safe_lora"]["projected"] == record["safe_lora"]["layers"] > 0  # threshold 1: every layer
+    deciles = record["safe_lora"]["cosine_deciles"]
+    assert len(deciles) == 9 and deciles == sorted(deciles) and 0 <= deciles[0] <= deciles[-1] <= 1 + 1e-6
     assert verify_files(tmp_path / "tuned") == []  # the manifest hashes the projected adapter
     assert read_manifest(tmp_path / "tuned")["kind"] == "finetune"
 
