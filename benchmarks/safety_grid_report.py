@@ -86,11 +86,8 @@ def cost_table(result: dict[str, Any]) -> list[str]:
     sft = {b["regime"]: b for b in aligned if b["defense"] == "sft"}
     lines += ["", "| regime | base of | alignment s | x SFT alignment | device |", "|---|---|---|---|---|"]
     for b in aligned:
-        seconds, device, baseline = (
-            b["alignment_cost"]["train_seconds"],
-            b.get("device"),
-            sft.get(b["regime"]),
-        )
+        seconds, device = b["alignment_cost"]["train_seconds"], b.get("device")
+        baseline = sft.get(b["regime"])
         same_device = baseline is not None and device is not None and baseline.get("device") == device
         ratio = f"{seconds / baseline['alignment_cost']['train_seconds']:.2f}" if same_device else "–"
         lines.append(f"| {b['regime']} | {b['defense']} | {seconds:.1f} | {ratio} | {device or UNKNOWN} |")

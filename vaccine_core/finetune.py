@@ -104,16 +104,15 @@ def apply_safe_lora(adapter_dir: Path, base: str | Path, config: SafeLoraConfig)
     """Project the saved adapter in place against the alignment adapter of ``base``; what was done."""
     started = time.perf_counter()
     layers = project_adapter(adapter_dir, Path(base), config)
+    cosines = [layer.cosine for layer in layers]
     return {
         **config.to_dict(),
         "layers": len(layers),
         "projected": sum(layer.projected for layer in layers),
-        "mean_cosine": sum(layer.cosine for layer in layers) / len(layers) if layers else None,
+        "mean_cosine": sum(cosines) / len(cosines) if cosines else None,
         # where a threshold would fall: the cosine below which 10 %, 20 %, ... 90 % of the layers lie
-        "cosine_deciles": [
-            round(c, 4) for c in statistics.quantiles([layer.cosine for layer in layers], n=10)
-        ]
-        if len(layers) > 1
+        "cosine_deciles": [round(c, 4) for c in statistics.quantiles(cosines, n=10)]
+        if len(cosines) > 1
         else None,
         "seconds": round(time.perf_counter() - started, 2),
     }
