@@ -81,6 +81,7 @@ class Arm:
     booster: bool = False  # Booster's attenuation term in the alignment (BoosterConfig's defaults)
     lisa: bool = False  # Lisa during the user's fine-tuning (LisaConfig's defaults)
     safe_lora: bool = False  # Safe LoRA on the user's adapter (SafeLoraConfig's defaults)
+    safe_lora_threshold: float | None = None  # another threshold than SafeLoraConfig's default
     # of the alignment's helpful pairs, how many answer requests that only sound harmful (sensitive_helpful)
     sensitive_helpful: int = 0
 
@@ -100,9 +101,28 @@ ARMS: dict[str, Arm] = {
         Arm("booster", "sft", booster=True),
         Arm("lisa", "sft", lisa=True),
         Arm("safe_lora", "sft", safe_lora=True),
+        # thresholds by the share of layers they project (safety-defenses-plan.md): 0.1 ~14 %, 0.2 ~50 %
+        Arm("safe_lora-t0.1", "sft", safe_lora=True, safe_lora_threshold=0.1),
+        Arm("safe_lora-t0.2", "sft", safe_lora=True, safe_lora_threshold=0.2),
         Arm("vaccine+lisa", "vaccine", rho=2.0, lisa=True),
         Arm("booster+lisa", "sft", booster=True, lisa=True),
         Arm("vaccine+lisa+safe_lora", "vaccine", rho=2.0, lisa=True, safe_lora=True),
+        Arm(
+            "vaccine+lisa+safe_lora-t0.1",
+            "vaccine",
+            rho=2.0,
+            lisa=True,
+            safe_lora=True,
+            safe_lora_threshold=0.1,
+        ),
+        Arm(
+            "vaccine+lisa+safe_lora-t0.2",
+            "vaccine",
+            rho=2.0,
+            lisa=True,
+            safe_lora=True,
+            safe_lora_threshold=0.2,
+        ),
         Arm("booster+lisa+safe_lora", "sft", booster=True, lisa=True, safe_lora=True),
         Arm("vaccine+booster+lisa+safe_lora", "vaccine", rho=2.0, booster=True, lisa=True, safe_lora=True),
     )
@@ -307,7 +327,10 @@ class Benchmark:
             pairs = lisa_pairs(self.data_dir, base, self.sizes.lisa_pairs, seed)
             defenses = StepDefenses(lisa=LisaConfig(), lisa_rows=pairs)
             key_parts.append(defenses.to_dict())
-        safe_lora = SafeLoraConfig() if arm.safe_lora else None
+        safe_lora = None
+        if arm.safe_lora:
+            threshold = arm.safe_lora_threshold
+            safe_lora = SafeLoraConfig() if threshold is None else SafeLoraConfig(threshold=threshold)
         if safe_lora is not None:
             key_parts.append({"safe_lora": safe_lora.to_dict()})
         out = self.cache / "attacks" / digest(key_parts)
@@ -315,7 +338,9 @@ class Benchmark:
             if safe_lora is not None:
                 # Safe LoRA only edits the saved adapter: project a copy of the same arm's unprojected
                 # run (trained once, the same seed), so the two models differ by the projection alone
-                unprojected = self.attack(replace(arm, safe_lora=False), base, fraction, seed)
+                unprojected = self.attack(
+                    replace(arm, safe_lora=False, safe_lora_threshold=None), base, fraction, seed
+                )
                 project_copy(unprojected, out, base, safe_lora)
             else:
                 data = out / "data.jsonl"

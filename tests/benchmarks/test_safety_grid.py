@@ -176,6 +176,14 @@ def test_defense_stacks_run_as_arms_with_their_layers_and_cost(tiny_model_dir, t
     assert projected["metrics"] == unprojected["metrics"] and projected["data"] == unprojected["data"]
     assert set(projected["defenses"]) == {"lisa", "safe_lora"} and "safe_lora" not in unprojected["defenses"]
     assert verify_files(bench.attacked(grid_module.ARMS["booster+lisa+safe_lora"], 0.1, 0, False)) == []
+    # another threshold: another model, projected from the same unprojected run (nothing trained again)
+    other = replace(grid_module.ARMS["booster+lisa+safe_lora"], safe_lora_threshold=0.1)
+    trained = bench.computed["attacks"]
+    lower = bench.attacked(other, 0.1, 0)
+    assert lower != bench.attacked(grid_module.ARMS["booster+lisa+safe_lora"], 0.1, 0, False)
+    assert bench.computed["attacks"] == trained + 1  # the projection only
+    assert read_manifest(lower)["defenses"]["safe_lora"]["threshold"] == 0.1
+    assert read_manifest(lower)["metrics"] == unprojected["metrics"]
 
 
 class CountingJudge:
