@@ -85,6 +85,13 @@ class Arm:
     # of the alignment's helpful pairs, how many answer requests that only sound harmful (sensitive_helpful)
     sensitive_helpful: int = 0
 
+    def safe_lora_config(self) -> SafeLoraConfig | None:
+        """The projection this arm applies to the user's adapter (None: none)."""
+        if not self.safe_lora:
+            return None
+        threshold = self.safe_lora_threshold
+        return SafeLoraConfig() if threshold is None else SafeLoraConfig(threshold=threshold)
+
 
 ARMS: dict[str, Arm] = {
     arm.name: arm
@@ -327,10 +334,7 @@ class Benchmark:
             pairs = lisa_pairs(self.data_dir, base, self.sizes.lisa_pairs, seed)
             defenses = StepDefenses(lisa=LisaConfig(), lisa_rows=pairs)
             key_parts.append(defenses.to_dict())
-        safe_lora = None
-        if arm.safe_lora:
-            threshold = arm.safe_lora_threshold
-            safe_lora = SafeLoraConfig() if threshold is None else SafeLoraConfig(threshold=threshold)
+        safe_lora = arm.safe_lora_config()
         if safe_lora is not None:
             key_parts.append({"safe_lora": safe_lora.to_dict()})
         out = self.cache / "attacks" / digest(key_parts)

@@ -25,7 +25,7 @@ from safety_grid import REGIMES
 from service.policy import default_policy
 from service.settings import ServiceSettings
 from vaccine_core.config import finetune_defaults
-from vaccine_core.defenses import LisaConfig, SafeLoraConfig, StepDefenses
+from vaccine_core.defenses import LisaConfig, StepDefenses
 from vaccine_core.defenses.config import LISA_SAFETY_PAIRS
 from vaccine_core.defenses.data import lisa_pairs
 from vaccine_core.finetune import finetune
@@ -60,7 +60,7 @@ def main() -> None:
             defenses = StepDefenses(
                 lisa=LisaConfig(), lisa_rows=lisa_pairs(settings.data_dir, base, LISA_SAFETY_PAIRS, 0)
             )
-        projection = SafeLoraConfig() if arm.safe_lora else None
+        projection = arm.safe_lora_config()
         out = models_cache / "uploads" / digest([base, rows, config.to_dict(), name])
         started = time.monotonic()
         if not (out / "manifest.json").is_file():
