@@ -74,8 +74,9 @@ class AlignmentPlan(BaseModel):
     @model_validator(mode="after")
     def sensitive_fits_the_helpful_half(self) -> "AlignmentPlan":
         if self.sensitive > self.helpful_pairs:
-            helpful = self.helpful_pairs
-            raise ValueError(f"sensitive ({self.sensitive}) exceeds the mix's {helpful} helpful pairs")
+            raise ValueError(
+                f"sensitive ({self.sensitive}) exceeds the mix's {self.helpful_pairs} helpful pairs"
+            )
         return self
 
     @property

@@ -118,8 +118,10 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[Pair], max_length: int, answer_
     """Each (question, answer) pair as the encoder reads it, unpadded, cut to ``max_length`` tokens: the
     longer of the two loses tokens first (transformers' longest_first); a cut answer keeps its start and,
     with ``answer_tail``, that many tokens of its end."""
-    if not answer_tail:
-        return [tokenizer(q, a, truncation="longest_first", max_length=max_length) for q, a in pairs]
+    if not answer_tail:  # one batched call: the judge scores through here
+        questions, answers = ([pair[i] for pair in pairs] for i in (0, 1))
+        batch = tokenizer(questions, answers, truncation="longest_first", max_length=max_length)
+        return [{name: values[i] for name, values in batch.items()} for i in range(len(pairs))]
     room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
     encodings = []
     for question, answer in pairs:
