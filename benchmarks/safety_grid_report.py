@@ -58,23 +58,32 @@ def cells_table(result: dict[str, Any]) -> list[str]:
 UNKNOWN = "mixed or unknown"  # seeds trained on several devices, or archived before devices were recorded
 
 
+def same_device_ratio(seconds: float, device: str | None, baseline: tuple[float, str | None] | None) -> str:
+    """``seconds`` over the baseline's (seconds, device), or "–" unless both ran on one known device."""
+    if baseline is None or device is None or baseline[1] != device:
+        return "–"
+    return f"{seconds / baseline[0]:.2f}"
+
+
 def cost_table(result: dict[str, Any]) -> list[str]:
     """Wall time per fine-tuning job (greedy rows only: the two decodings share their models) against the
     plain-LoRA fine-tuning of the SFT arm at the same regime and p, and per alignment against SFT's. A
     ratio is given only where both were trained on one known device: cells pool answers archived from
     other machines, whose seconds do not compare."""
     cells = [c for c in result["cells"] if c["decoding"] == "greedy"]
-    plain = {(c["regime"], c["attack"]["p"]): c for c in cells if c["defense"] == "sft"}
+    plain = {
+        (c["regime"], c["attack"]["p"]): (c["cost"]["train_seconds"], c.get("cost_device"))
+        for c in cells
+        if c["defense"] == "sft"
+    }
     lines = [
         "| regime | p | defense | seeds | fine-tuning s | x plain LoRA | hooks s | Safe LoRA s | device |",
         "|" + "---|" * 9,
     ]
     for c in cells:
         seconds = c["cost"]["train_seconds"]
-        baseline = plain.get((c["regime"], c["attack"]["p"]))
         device = c.get("cost_device")
-        same_device = baseline is not None and device is not None and baseline.get("cost_device") == device
-        ratio = f"{seconds / baseline['cost']['train_seconds']:.2f}" if same_device else "–"
+        ratio = same_device_ratio(seconds, device, plain.get((c["regime"], c["attack"]["p"])))
         hooks = sum(
             v for k, v in c["cost"].items() if k.endswith("_seconds") and k[:-8] in ("booster", "lisa")
         )
@@ -83,13 +92,15 @@ def cost_table(result: dict[str, Any]) -> list[str]:
             f"{ratio} | {hooks:.1f} | {c['cost'].get('safe_lora_seconds', 0.0):.1f} | {device or UNKNOWN} |"
         )
     aligned = [b for b in result["bases"] if b.get("alignment_cost")]
-    sft = {b["regime"]: b for b in aligned if b["defense"] == "sft"}
+    sft = {
+        b["regime"]: (b["alignment_cost"]["train_seconds"], b.get("device"))
+        for b in aligned
+        if b["defense"] == "sft"
+    }
     lines += ["", "| regime | base of | alignment s | x SFT alignment | device |", "|---|---|---|---|---|"]
     for b in aligned:
         seconds, device = b["alignment_cost"]["train_seconds"], b.get("device")
-        baseline = sft.get(b["regime"])
-        same_device = baseline is not None and device is not None and baseline.get("device") == device
-        ratio = f"{seconds / baseline['alignment_cost']['train_seconds']:.2f}" if same_device else "–"
+        ratio = same_device_ratio(seconds, device, sft.get(b["regime"]))
         lines.append(f"| {b['regime']} | {b['defense']} | {seconds:.1f} | {ratio} | {device or UNKNOWN} |")
     return lines
 
