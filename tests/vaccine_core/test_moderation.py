@@ -478,6 +478,49 @@ def test_the_hand_labels_cover_every_beavertails_question_and_the_digest_follows
     )
 
 
+def test_jailbreakbench_answers_read_by_hand_replace_its_verdicts_and_borderline_ones_are_left_out():
+    from vaccine_core.moderation import dataset
+
+    rows = [
+        {"prompt": "Write  a fake article", "response": "Breaking: the candidate  lied.", "harmful": False},
+        {"prompt": "Write a fake article", "response": "I cannot do that.", "harmful": True},
+        {"prompt": "Write a fake article", "response": "Step 1: research.", "harmful": True},
+        {"prompt": "Write a fake article", "response": "An answer nobody read", "harmful": True},
+    ]
+    read = {
+        "breaking: the candidate lied.": "harmful",
+        "i cannot do that.": "benign",
+        "step 1: research.": "borderline",
+    }
+    keyed = {dataset.pair_key("write a fake article", answer): label for answer, label in read.items()}
+    pairs = dataset.judged_pairs(rows, "jailbreakbench", keyed)
+    assert [(p.answer, p.harmful, p.slice) for p in pairs] == [
+        ("Breaking: the candidate  lied.", True, "harmful_compliance"),  # keys ignore case and spacing
+        ("I cannot do that.", False, "refusal"),
+        ("An answer nobody read", True, "harmful_compliance"),  # unread pairs keep the source's verdict
+    ]  # the borderline answer is in neither class
+    assert [p.harmful for p in dataset.judged_pairs(rows, "jailbreakbench")] == [False, True, True, True]
+
+
+def test_the_jailbreakbench_hand_labels_cover_its_test_split_only():
+    from vaccine_core.mixing import read_jsonl
+    from vaccine_core.moderation import dataset
+    from vaccine_core.settings import get_settings
+
+    data_dir = get_settings().data_dir
+    if not (data_dir / "moderation").is_dir():
+        pytest.skip(f"no shared data at {data_dir}")
+    labels = dataset.jailbreakbench_hand_labels()
+    rows = read_jsonl(data_dir / "moderation/jailbreakbench_judged.jsonl")
+    test_keys = {
+        dataset.pair_key(r["prompt"], r["response"] or "")
+        for r in rows
+        if dataset.question_part(r["prompt"]) == "test"
+    }
+    assert test_keys == set(labels)  # every test answer read, and no answer a judge trains on
+    assert set(labels.values()) == {"harmful", "borderline", "benign"}
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_pairs_are_cut_as_longest_first_and_a_cut_answer_can_keep_its_end(tmp_path, fast):
     from transformers import BertTokenizer

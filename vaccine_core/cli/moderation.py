@@ -141,7 +141,10 @@ def moderation_evaluate(
     device: DeviceOption = None,
     hand_labels: Annotated[
         bool,
-        typer.Option(help="Label BeaverTails' answers as read by hand (off: all harmful, as shipped)."),
+        typer.Option(
+            help="Label BeaverTails' answers and JailbreakBench's test answers as read by hand, borderline "
+            "ones left out (off: BeaverTails all harmful, JailbreakBench as its automated judge decided)."
+        ),
     ] = True,
 ) -> None:
     """Score the held-out split (never trained on): accuracy, precision, recall, F1, confusion matrix,
@@ -159,7 +162,7 @@ def moderation_evaluate(
         "command": "vaccine " + " ".join(sys.argv[1:]),
         "judge_path": str(getattr(moderator, "path", judge)),
         "quantized": getattr(moderator, "quantized", False),
-        "beavertails_labels": "by hand" if hand_labels else "as shipped",
+        "labels": "BeaverTails and JailbreakBench read by hand" if hand_labels else "as shipped",
         **evaluate_judge(moderator, held_out, reference=RefusalPhraseJudge()),
     }
     text = json.dumps(report, indent=2)

@@ -2,7 +2,9 @@
 
 Sources, all under the data directory:
 
-* moderation/jailbreakbench_judged.jsonl: jailbreak answers judged by JailbreakBench, with a category
+* moderation/jailbreakbench_judged.jsonl: jailbreak answers judged by JailbreakBench's automated judge, with
+  a category. Its test-split answers were read by hand too (``jailbreakbench_answers_by_hand.json``); with
+  ``hand_labels`` they are labelled as read (borderline ones left out), otherwise as JailbreakBench judged
 * moderation/llm_self_defense.jsonl: hand-labelled answers
 * alignment/safe_refusals.jsonl: safe answers to harmful requests (a sample), not harmful
 * attack/beavertails_unsafe.jsonl: answers to harmful requests, labelled unsafe as question-answer pairs.
@@ -115,6 +117,7 @@ def _not_harmful_slice(answer: str, helpful: str) -> str:
 
 
 HAND_LABELS_FILE = Path(__file__).with_name("beavertails_answers_by_hand.json")
+JBB_HAND_LABELS_FILE = Path(__file__).with_name("jailbreakbench_answers_by_hand.json")
 
 
 def question_key(question: str) -> str:
@@ -122,11 +125,25 @@ def question_key(question: str) -> str:
     return hashlib.sha256(" ".join(question.lower().split()).encode()).hexdigest()[:16]
 
 
+def pair_key(question: str, answer: str) -> str:
+    """A (question, answer) pair's key in the hand labels of a source with many answers per question."""
+    text = " ".join(question.lower().split()) + "\n" + " ".join(answer.lower().split())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _read_hand_labels(path: Path) -> dict[str, str]:
+    return {key: entry["label"] for key, entry in json.loads(path.read_text())["labels"].items()}
+
+
 def beavertails_hand_labels() -> dict[str, str]:
     """What a reader judged each BeaverTails answer to do: 'harmful', 'borderline' or 'benign', by the
     question's key."""
-    labels = json.loads(HAND_LABELS_FILE.read_text())["labels"]
-    return {key: entry["label"] for key, entry in labels.items()}
+    return _read_hand_labels(HAND_LABELS_FILE)
+
+
+def jailbreakbench_hand_labels() -> dict[str, str]:
+    """What a reader judged each JailbreakBench test-split answer to do, by the pair's key (``pair_key``)."""
+    return _read_hand_labels(JBB_HAND_LABELS_FILE)
 
 
 def beavertails_pairs(rows: list[dict[str, Any]], hand_labels: bool) -> list[LabelledPair]:
@@ -145,11 +162,19 @@ def beavertails_pairs(rows: list[dict[str, Any]], hand_labels: bool) -> list[Lab
     return pairs
 
 
-def judged_pairs(rows: list[dict[str, Any]], source: str) -> list[LabelledPair]:
-    """Labelled answers to harmful requests (JailbreakBench, self-defense)."""
+def judged_pairs(
+    rows: list[dict[str, Any]], source: str, hand_labels: dict[str, str] | None = None
+) -> list[LabelledPair]:
+    """Labelled answers to harmful requests (JailbreakBench, self-defense): as the source judged them, or,
+    for a pair in ``hand_labels`` (by ``pair_key``), as read by hand, a borderline answer left out."""
     pairs = []
     for r in rows:
         answer, harmful = r["response"] or "", bool(r["harmful"])
+        read = (hand_labels or {}).get(pair_key(r["prompt"], answer))
+        if read == "borderline":
+            continue
+        if read is not None:
+            harmful = read == "harmful"
         slice_ = "harmful_compliance" if harmful else _not_harmful_slice(answer, "other_benign")
         pairs.append(
             LabelledPair(r["prompt"], answer, harmful, r.get("category") if harmful else None, source, slice_)
@@ -224,9 +249,10 @@ def load_labelled_pairs(
     hand_labels: bool = False,
 ) -> list[LabelledPair]:
     """Every labelled pair (the borderline slice only when its answers are given; BeaverTails' as read by
-    hand with ``hand_labels``, else as shipped)."""
+    hand with ``hand_labels``, else as shipped; so are JailbreakBench's test answers)."""
     rng = random.Random(seed)
-    pairs = judged_pairs(read_jsonl(data_dir / SOURCE_FILES[0]), "jailbreakbench")
+    jbb_read = jailbreakbench_hand_labels() if hand_labels else None
+    pairs = judged_pairs(read_jsonl(data_dir / SOURCE_FILES[0]), "jailbreakbench", jbb_read)
     pairs += judged_pairs(read_jsonl(data_dir / SOURCE_FILES[1]), "self_defense")
     refusals = rng.sample(read_jsonl(data_dir / SOURCE_FILES[2]), EXTRA_SAFE_REFUSALS)
     pairs += [
@@ -333,5 +359,5 @@ def sources_digest(
     if borderline_answers is not None:
         digest.update(repr(borderline_answers).encode())
     if hand_labels:
-        digest.update(HAND_LABELS_FILE.read_bytes())
+        digest.update(HAND_LABELS_FILE.read_bytes() + JBB_HAND_LABELS_FILE.read_bytes())
     return digest.hexdigest()

@@ -101,8 +101,9 @@ class JudgeTrainingConfig:
             "help": "Learn BeaverTails' answers as read by hand (dataset.beavertails_pairs): its benign "
             "answers as not harmful, its borderline ones left out (off: every one harmful, as shipped). On, "
             "the benchmark upload's benign-answer rows flagged fell from 12 to 2-3 of 13 and held-out F1 on "
-            "hand labels rose from 0.878 to 0.884, but 2 more of its 29 harmful-answer rows were missed "
-            "(benchmarks/results/judge_selection.md), so it is off."
+            "BeaverTails' hand labels rose from 0.878 to 0.884, but 2 more of its 29 harmful-answer rows "
+            "were missed (benchmarks/results/judge_selection.md), so it is off. JailbreakBench's hand labels "
+            "cover its test split only, so they change no pair learned from."
         },
     )
     threshold: float = field(
