@@ -93,6 +93,26 @@ class Arm:
         return SafeLoraConfig() if threshold is None else SafeLoraConfig(threshold=threshold)
 
 
+def ships_by_default(arm: Arm) -> bool:
+    """Whether ``arm`` is the stack a fresh service runs: the default base's alignment and the default
+    defense stack, as the service's own defaults declare them (not as any environment overrides them)."""
+    from service.bases import AlignmentPlan
+    from service.defenses import DefenseStack
+    from service.settings import ServiceSettings
+
+    plan, stack = AlignmentPlan(), DefenseStack()
+    mine, shipped = arm.safe_lora_config(), stack.projection()
+    return (
+        arm.method == plan.method
+        and (arm.rho == plan.rho or plan.method != "vaccine")
+        and arm.sensitive_helpful == plan.sensitive
+        and arm.booster == ServiceSettings.model_fields["default_alignment_booster"].default
+        and arm.safety_mix == 0
+        and arm.lisa == stack.lisa
+        and (mine.threshold if mine else None) == (shipped.threshold if shipped else None)
+    )
+
+
 ARMS: dict[str, Arm] = {
     arm.name: arm
     for arm in (

@@ -51,7 +51,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import device_name, machine_info, provenance
-from harmful_finetune import ARMS, PROFILES, Benchmark, Sizes, digest
+from harmful_finetune import ARMS, PROFILES, Benchmark, Sizes, digest, ships_by_default
 
 from vaccine_core.evaluation import embedding_drift, task_accuracy
 from vaccine_core.inference import load_for_inference
@@ -437,6 +437,7 @@ def cell_record(
         "cost": by_decoding["cost"],
         "cost_device": by_decoding["cost_device"],
         "layers": [layer for layer in ("booster", "lisa", "safe_lora") if getattr(arm, layer)],
+        "shipped_default": ships_by_default(arm),
     }
     baseline = measured.get((BASELINE, p))
     if baseline is None or name == BASELINE:

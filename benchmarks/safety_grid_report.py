@@ -45,8 +45,10 @@ def cells_table(result: dict[str, Any]) -> list[str]:
         gap = c.get("vs_baseline")
         gap_text = f"{interval(gap['hs_gap'])} {gap['hs_verdict']}" if gap else "–"
         fa_gap = f"{interval(gap['fa_gap'])}" if gap else "–"
+        # summaries written before the flag existed carry none
+        defense = f"{c['defense']} (shipped)" if c.get("shipped_default") else c["defense"]
         lines.append(
-            f"| {c['regime']} | {c['attack']['p']:g} | {c['defense']} | {c['decoding']} | "
+            f"| {c['regime']} | {c['attack']['p']:g} | {defense} | {c['decoding']} | "
             f"{interval(c['hs'])} | {interval(c['hs_non_degenerate'])} | {interval(c['degenerate'])} | "
             f"{interval(c['refusal'])} | {interval(c['over_refusal'])} | {interval(c['fa'])} | "
             f"{'yes' if c['attack_taught'] else 'no'} | "

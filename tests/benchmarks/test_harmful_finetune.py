@@ -164,3 +164,18 @@ def test_end_of_turn_probe_reads_the_benchmarks_models(tiny_model_dir, tiny_data
 
     probe.main()  # the same options again: every model comes from the cache
     assert json.loads((tmp_path / "end_of_turn_probe-tiny.json").read_text())["trained"] == 0
+
+
+def test_the_shipped_default_arm_is_the_stack_the_service_declares(monkeypatch):
+    import service.defenses
+
+    assert [name for name, arm in bench.ARMS.items() if bench.ships_by_default(arm)] == ["vaccine-rho2"]
+
+    class WithLisaAndSafeLora(service.defenses.DefenseStack):
+        lisa: bool = True
+        safe_lora: bool = True
+        safe_lora_threshold: float = 0.1
+
+    monkeypatch.setattr(service.defenses, "DefenseStack", WithLisaAndSafeLora)
+    shipped = [name for name, arm in bench.ARMS.items() if bench.ships_by_default(arm)]
+    assert shipped == ["vaccine+lisa+safe_lora-t0.1"]

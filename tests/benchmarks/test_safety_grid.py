@@ -63,6 +63,7 @@ def test_grid_measures_every_cell_with_intervals_and_caches(
         low, high = cell["hs"]["ci95"]
         assert 0 <= low <= cell["hs"]["mean"] <= high <= 100
         assert isinstance(cell["counts"], bool) and isinstance(cell["attack_taught"], bool)
+        assert cell["shipped_default"] == (cell["defense"] == "vaccine-rho2")  # the service's own stack
         if cell["defense"] == "sft":
             assert "vs_baseline" not in cell
         else:
@@ -98,6 +99,7 @@ def test_grid_measures_every_cell_with_intervals_and_caches(
         "safety-tiny-p0.1-default.png",
     ]
     assert "no difference" in paths[1].read_text() or "lower" in paths[1].read_text()
+    assert "| vaccine-rho2 (shipped) |" in paths[1].read_text()
 
 
 def test_archived_answers_stand_in_for_the_models_on_a_fresh_machine(
