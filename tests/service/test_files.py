@@ -124,3 +124,14 @@ def test_parsed_rows_round_trip_through_their_file(tmp_path):
     assert json.loads(path.read_text("utf-8"))["line"] == 3
     loaded = formats.read_parsed(path, "chat")
     assert loaded.conversations == conversations and loaded.path == path and loaded.examples == 1
+
+
+def test_a_fresh_service_rejects_an_upload_its_prescreen_flags(monkeypatch):
+    # the release gate cannot tell a harmful-only upload from a benign one at this scale (harmful_upload.py),
+    # so the shipped default stops flagged uploads before they train
+    monkeypatch.delenv("VACCINE_PRESCREEN_ACTION", raising=False)
+    get_service_settings.cache_clear()
+    try:
+        assert get_service_settings().prescreen_action == "reject"
+    finally:
+        get_service_settings.cache_clear()
