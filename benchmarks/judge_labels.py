@@ -100,17 +100,12 @@ def main() -> None:
         p for p in shipped if p.source == "jailbreakbench"
     ]
     judge = load_judge(args.judge)
-    label_sets: dict[str, Any] = {
-        name: f1_by_question(pairs, scored(judge, pairs))
-        for name, pairs in (
-            ("as_shipped", shipped),
-            ("beavertails_read_by_hand", beavertails_read),
-            ("both_read_by_hand", read),
-        )
-    }
+    sets = {"as_shipped": shipped, "beavertails_read_by_hand": beavertails_read, "both_read_by_hand": read}
+    flags = {name: scored(judge, pairs) for name, pairs in sets.items()}
+    label_sets = {name: f1_by_question(pairs, flags[name]) for name, pairs in sets.items()}
     # int8 activations are quantised per batch, so a pair's verdict can move with the pairs batched
     # beside it: the same split scored in two halves instead of whole
-    whole = scored(judge, read)
+    whole = flags["both_read_by_hand"]
     halves = scored(judge, read[: len(read) // 2]) | scored(judge, read[len(read) // 2 :])
     result = {
         "judge": str(getattr(judge, "path", args.judge)),

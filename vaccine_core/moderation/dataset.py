@@ -120,15 +120,18 @@ HAND_LABELS_FILE = Path(__file__).with_name("beavertails_answers_by_hand.json")
 JBB_HAND_LABELS_FILE = Path(__file__).with_name("jailbreakbench_answers_by_hand.json")
 
 
+def _normalised(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
 def question_key(question: str) -> str:
     """A question's key in the hand labels: its normalised text's digest (no data text is kept here)."""
-    return hashlib.sha256(" ".join(question.lower().split()).encode()).hexdigest()[:16]
+    return hashlib.sha256(_normalised(question).encode()).hexdigest()[:16]
 
 
 def pair_key(question: str, answer: str) -> str:
     """A (question, answer) pair's key in the hand labels of a source with many answers per question."""
-    text = " ".join(question.lower().split()) + "\n" + " ".join(answer.lower().split())
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{_normalised(question)}\n{_normalised(answer)}".encode()).hexdigest()[:16]
 
 
 def _read_hand_labels(path: Path) -> dict[str, str]:
@@ -170,7 +173,7 @@ def judged_pairs(
     pairs = []
     for r in rows:
         answer, harmful = r["response"] or "", bool(r["harmful"])
-        read = (hand_labels or {}).get(pair_key(r["prompt"], answer))
+        read = hand_labels.get(pair_key(r["prompt"], answer)) if hand_labels else None
         if read == "borderline":
             continue
         if read is not None:
