@@ -2,10 +2,11 @@
 
 For every judge directory given (``vaccine moderation train [options]`` prints one): validation F1 and its
 calibrated threshold (from judge.json), training seconds and pairs; the held-out test split of seed 0's
-data, scored as the service runs it (int8 on a CPU), overall and per slice, with BeaverTails' answers and
-JailbreakBench's test answers labelled by hand (``test``) and as shipped (``test_shipped_labels``); and the
-pre-screen benchmark's two uploads (prescreen_mix.py's rows, SST-2 and Alpaca, 500 rows with 50 harmful), as
-harmful rows found and benign rows flagged at the judge's own threshold.
+data, scored as the service runs it (in the precision each was calibrated in), overall and per slice, with
+BeaverTails' answers and JailbreakBench's test answers labelled by hand (``test``) and as shipped
+(``test_shipped_labels``); and the pre-screen benchmark's two uploads (prescreen_mix.py's rows, SST-2 and
+Alpaca, 500 rows with 50 harmful), as harmful rows found and benign rows flagged at the judge's own
+threshold.
 
     .venv/bin/python benchmarks/judge_compare.py JUDGE_DIR [JUDGE_DIR ...] --name NAME
 
@@ -62,7 +63,7 @@ def assess(
     path: Path, tests: dict[str, list[Any]], uploads: dict[str, list[dict[str, Any]]]
 ) -> dict[str, Any]:
     options = json.loads((path / OPTIONS_FILE).read_text())
-    judge = LearnedJudge(path)  # int8 on a CPU, as the service loads it
+    judge = LearnedJudge(path)  # as the service loads it
     return {
         "training": options["training"],
         "train_seconds": options["train_seconds"],

@@ -1,17 +1,18 @@
 """How much of the judge's held-out F1 depends on whose labels it is scored against.
 
-The test split is scored once by a judge (the service's int8 CPU path for the default judge), then
+The test split is scored once by a judge (as the service runs it; ``--int8`` for the default judge's
+int8 CPU path), then
 compared with three label sets: as shipped (BeaverTails' attack rows all harmful, JailbreakBench as its
 automated judge decided), BeaverTails' answers read by hand, and both sources read by hand (borderline
 answers left out, ``vaccine_core/moderation/*_answers_by_hand.json``). Each F1 comes with a 95 % bootstrap
 interval that resamples questions, not pairs: JailbreakBench holds about 15 answers to each of its 21 test
 questions, and answers to one question are not independent. Also printed: how JailbreakBench's verdicts
 and the hand labels agree on its test answers, and how many flags move when the split is scored in two
-halves instead of whole (int8 activations are quantised per batch).
+halves or one pair at a time instead of whole (int8 activations are quantised per batch).
 
-    .venv/bin/python benchmarks/judge_labels.py [--judge default]
+    .venv/bin/python benchmarks/judge_labels.py [--judge default] [--int8]
 
-Writes benchmarks/results/judge_labels.json.
+Writes benchmarks/results/judge_labels.json (judge_labels-int8.json with --int8).
 """
 
 import argparse
@@ -92,6 +93,7 @@ def verdict_agreement(data_dir: Path) -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--judge", default="default")
+    parser.add_argument("--int8", action="store_true", help="Score with int8 dynamic quantisation.")
     args = parser.parse_args()
     data_dir = get_settings().data_dir
     shipped = split(judge_data(data_dir, hand_labels=False))[2]
@@ -99,25 +101,32 @@ def main() -> None:
     beavertails_read = [p for p in read if p.source != "jailbreakbench"] + [
         p for p in shipped if p.source == "jailbreakbench"
     ]
-    judge = load_judge(args.judge)
+    judge = load_judge(args.judge, **({"quantize": True} if args.int8 else {}))
     sets = {"as_shipped": shipped, "beavertails_read_by_hand": beavertails_read, "both_read_by_hand": read}
     flags = {name: scored(judge, pairs) for name, pairs in sets.items()}
     label_sets = {name: f1_by_question(pairs, flags[name]) for name, pairs in sets.items()}
     # int8 activations are quantised per batch, so a pair's verdict can move with the pairs batched
-    # beside it: the same split scored in two halves instead of whole
+    # beside it: the same split scored in two halves, and one pair at a time, instead of whole
     whole = flags["both_read_by_hand"]
-    halves = scored(judge, read[: len(read) // 2]) | scored(judge, read[len(read) // 2 :])
+    batchings = {
+        "halves": scored(judge, read[: len(read) // 2]) | scored(judge, read[len(read) // 2 :]),
+        "one_at_a_time": {k: v for p in read for k, v in scored(judge, [p]).items()},
+    }
     result = {
         "judge": str(getattr(judge, "path", args.judge)),
         "threshold": getattr(judge, "threshold", None),
+        "quantized": getattr(judge, "quantized", False),
         "label_sets": label_sets,
         "jailbreakbench_verdict_to_hand_label": verdict_agreement(data_dir),
-        "flags_moved_by_batching": f"{sum(whole[k] != halves[k] for k in whole)}/{len(whole)}",
+        "flags_moved_by_batching": {
+            name: f"{sum(whole[k] != batched[k] for k in whole)}/{len(whole)}"
+            for name, batched in batchings.items()
+        },
         "resamples": RESAMPLES,
         "machine": machine_info(),
         **provenance(__file__),
     }
-    out = Path(__file__).parent / "results" / "judge_labels.json"
+    out = Path(__file__).parent / "results" / f"judge_labels{'-int8' if args.int8 else ''}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     shown = ("label_sets", "jailbreakbench_verdict_to_hand_label", "flags_moved_by_batching")
     print(json.dumps({k: result[k] for k in shown}, indent=2))

@@ -11,7 +11,7 @@ harmful) and of the safety protocol's split is kept out of training, so the uplo
 
 ``--fine-tune`` scores with the pre-screen's shipped intent gate instead (vaccine_core/moderation/intent.py:
 the whole encoder fine-tuned, one epoch, batch 32, lr 5e-5, 64 tokens, the classes weighted to balance;
-trained and cached on first use, and run int8 as the pre-screen runs it) on the same requests.
+trained and cached on first use, and run as the pre-screen runs it) on the same requests.
 
 Thresholds come from the validation part (by question hash, as the judge's) before any upload is scored:
 

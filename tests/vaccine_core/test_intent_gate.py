@@ -76,6 +76,8 @@ def test_the_intent_model_learns_and_sets_its_gate_on_validation(tmp_path, monke
     model = IntentModel(path)
     harmful, harmless = model.score([HARMFUL_REQUEST, HARMLESS_REQUEST])
     assert harmful > 0.9 and harmless < 0.1
+    # float32: a request's score does not move with the requests batched beside it
+    assert not model.quantized and model.score([HARMFUL_REQUEST])[0] == pytest.approx(harmful, abs=1e-6)
     options = json.loads((path / INTENT_FILE).read_text())
     assert options["threshold"] == pytest.approx(harmful)  # the one validation harmful request passes
     assert options["validation"] == {"harmful": 1, "harmless": 1, "harmless_passing_the_gate": 0}

@@ -563,3 +563,31 @@ def test_a_judge_reads_pairs_as_it_was_trained_to(tmp_path):
     assert (judge.max_length, judge.answer_tail) == (8, 2)
     assert JudgeTrainingConfig().key() != JudgeTrainingConfig(answer_tail=2).key()
     assert JudgeTrainingConfig().key() == JudgeTrainingConfig(answer_tail=0).key()
+
+
+def test_a_pair_s_verdict_does_not_depend_on_the_pairs_scored_with_it(tmp_path):
+    from vaccine_core.moderation.dataset import LabelledPair
+    from vaccine_core.moderation.judge_config import OPTIONS_FILE
+    from vaccine_core.moderation.learned import JudgeTrainingConfig, LearnedJudge, train_judge
+
+    encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False)
+    pairs = [LabelledPair(*JUDGE_PAIRS[0], True, None, "t"), LabelledPair(*JUDGE_PAIRS[1], False, None, "t")]
+    config = JudgeTrainingConfig(epochs=1, batch_size=2, max_length=64, frozen_layers=0)
+    path = train_judge(pairs, tmp_path / "j", config, encoder=encoder)
+    neighbour = ("why ? " * 12, "because of this and that . " * 8)  # longer, other activations
+
+    def alone_and_batched(judge: LearnedJudge) -> tuple[float, float]:
+        return judge.score(JUDGE_PAIRS[:1])[0].score, judge.score([JUDGE_PAIRS[0], neighbour])[0].score
+
+    judge = LearnedJudge(path)
+    alone, batched = alone_and_batched(judge)
+    assert not judge.quantized and batched == pytest.approx(alone, abs=1e-6)
+    # int8 scales each layer's input by its whole batch's range: what the default avoids
+    alone, batched = alone_and_batched(LearnedJudge(path, quantize=True))
+    assert batched != pytest.approx(alone, abs=1e-6)
+    # a judge cached before the option had its threshold calibrated at int8, and runs so
+    options = json.loads((path / OPTIONS_FILE).read_text())
+    del options["training"]["int8_scoring"]
+    (path / OPTIONS_FILE).write_text(json.dumps(options))
+    assert LearnedJudge(path).quantized
+    assert JudgeTrainingConfig().key() != "d89d572e"  # the key of the default judges calibrated at int8

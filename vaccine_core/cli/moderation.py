@@ -136,7 +136,10 @@ def moderation_evaluate(
     out: Annotated[Path | None, typer.Option("--out", help="Write the JSON report here too.")] = None,
     quantize: Annotated[
         bool | None,
-        typer.Option(help="int8 dynamic quantisation of the default judge (default: on for a CPU)."),
+        typer.Option(
+            help="int8 dynamic quantisation of the default judge on a CPU (default: as its threshold "
+            "was calibrated; float32 for judges trained with the default options)."
+        ),
     ] = None,
     device: DeviceOption = None,
     hand_labels: Annotated[

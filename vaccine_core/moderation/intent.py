@@ -57,6 +57,13 @@ class IntentTrainingConfig:
         default=0.99,
         metadata={"help": "Share of validation harmful requests the gate lets through (sets its threshold)."},
     )
+    int8_scoring: bool = field(
+        default=False,
+        metadata={
+            "help": "Score on a CPU with int8 dynamic quantisation, and set the gate so; off, as the judge's "
+            "option of the same name: int8 makes a request's score depend on the requests batched with it."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the head's initialisation and the data order."})
 
     def key(self) -> str:
@@ -121,7 +128,10 @@ class IntentModel:
         self.device = torch.device(device or pick_device())
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-        if self.device.type == "cpu":  # as the judge runs on a CPU
+        # as its gate was set (models cached before the option were set with int8 on a CPU)
+        int8 = options.get("training", {}).get("int8_scoring", True)
+        self.quantized = int8 and self.device.type == "cpu"
+        if self.quantized:
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         self.model = model.to(self.device)
 
@@ -198,7 +208,7 @@ def train_intent(
         "train_seconds": round(time.perf_counter() - started, 1),
     }
     (staged / INTENT_FILE).write_text(json.dumps(options, indent=2) + "\n")
-    # the gate is set with the model as it runs (int8 on a CPU)
+    # the gate is set with the model as it runs
     scores = IntentModel(staged).score([t for t, _ in validation])
     harmful = [h for _, h in validation]
     threshold = gate_threshold(scores, harmful, config.gate_recall)

@@ -78,6 +78,16 @@ class JudgeTrainingConfig:
     bfloat16: bool = field(
         default=True, metadata={"help": "Train under bfloat16 autocast where the CPU has bfloat16 units."}
     )
+    int8_scoring: bool = field(
+        default=False,
+        metadata={
+            "help": "Score on a CPU with int8 dynamic quantisation, and calibrate the threshold so: ~1.5x "
+            "faster, but each layer's input is scaled by its whole batch's range, so a pair's verdict "
+            "depends on the pairs scored with it (6 of 572 test flags moved between two batchings; "
+            "benchmarks/results/judge_selection.md), so it is off. Not a later option: judges cached before "
+            "it were calibrated at int8 and must not be reused to give float32 verdicts."
+        },
+    )
     group_by_length: bool = field(
         default=False,
         metadata={

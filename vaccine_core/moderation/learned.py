@@ -76,9 +76,11 @@ class LearnedJudge:
         self.device = pick_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
         self.model = BertForSequenceClassification.from_pretrained(str(self.path)).to(self.device).eval()
-        # On a CPU, by default: int8 weights for the linear layers, activations quantised on the fly. It
-        # scores ~1.45x faster here at the same held-out F1 (benchmarks/judge_speed.py, moderation evaluate).
-        self.quantized = (quantize is None or quantize) and self.device.type == "cpu"
+        # By default as its threshold was calibrated (JudgeTrainingConfig.int8_scoring; judges cached
+        # before that option were calibrated with int8 on a CPU).
+        if quantize is None:
+            quantize = options.get("training", {}).get("int8_scoring", True)
+        self.quantized = quantize and self.device.type == "cpu"
         if self.quantized:
             from torch.ao.quantization import quantize_dynamic
 
@@ -400,7 +402,8 @@ def ensure_default_judge(
     on_progress: ProgressCallback | None = None,
 ) -> Path:
     """The cached default judge, trained once (and said so) when missing, its threshold calibrated on the
-    validation split for F1 with the judge as it runs here (int8 on a CPU)."""
+    validation split for F1 with the judge as it runs here (float32, or int8 on a CPU with the
+    ``int8_scoring`` option)."""
     data_dir = data_dir or get_settings().data_dir
     config = config or JudgeTrainingConfig()
     target = default_judge_dir(data_dir, config)
@@ -428,8 +431,10 @@ def ensure_default_judge(
         )
     finally:
         progress_file.unlink(missing_ok=True)
-    verdicts = LearnedJudge(path).score([(p.question, p.answer) for p in validation])
+    judge = LearnedJudge(path)
+    verdicts = judge.score([(p.question, p.answer) for p in validation])
     threshold, f1 = calibrate_threshold([v.score for v in verdicts], [p.harmful for p in validation])
-    set_threshold(path, threshold, {"split": "validation", "pairs": len(validation), "f1": f1})
+    calibration = {"split": "validation", "pairs": len(validation), "f1": f1, "int8": judge.quantized}
+    set_threshold(path, threshold, calibration)
     path.rename(target)
     return target
