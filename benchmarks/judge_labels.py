@@ -37,7 +37,7 @@ from vaccine_core.moderation.dataset import (
     question_part,
     split,
 )
-from vaccine_core.moderation.learned import judge_data
+from vaccine_core.moderation.learned import calibrate_threshold, judge_data
 from vaccine_core.settings import get_settings
 
 RESAMPLES = 2000
@@ -93,7 +93,11 @@ def verdict_agreement(data_dir: Path) -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--judge", default="default")
-    parser.add_argument("--int8", action="store_true", help="Score with int8 dynamic quantisation.")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="Score with int8 dynamic quantisation, the threshold calibrated on validation at int8.",
+    )
     args = parser.parse_args()
     data_dir = get_settings().data_dir
     shipped = split(judge_data(data_dir, hand_labels=False))[2]
@@ -102,6 +106,10 @@ def main() -> None:
         p for p in shipped if p.source == "jailbreakbench"
     ]
     judge = load_judge(args.judge, **({"quantize": True} if args.int8 else {}))
+    if args.int8:  # the threshold the int8_scoring option would have calibrated: validation's best F1
+        validation = split(judge_data(data_dir))[1]
+        verdicts = judge.score([(p.question, p.answer) for p in validation])
+        judge.threshold, _ = calibrate_threshold([v.score for v in verdicts], [p.harmful for p in validation])
     sets = {"as_shipped": shipped, "beavertails_read_by_hand": beavertails_read, "both_read_by_hand": read}
     flags = {name: scored(judge, pairs) for name, pairs in sets.items()}
     label_sets = {name: f1_by_question(pairs, flags[name]) for name, pairs in sets.items()}

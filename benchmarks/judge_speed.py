@@ -3,7 +3,9 @@
 Pairs are the held-out moderation pairs (real lengths, up to the judge's max_length tokens), scored once
 as a warm-up and then timed over ``--repeats`` passes.
 
-    .venv/bin/python benchmarks/judge_speed.py      # writes benchmarks/results/judge_speed-<machine>.json
+    .venv/bin/python benchmarks/judge_speed.py [--name NAME]
+
+Writes benchmarks/results/judge_speed-<machine>[-NAME].json.
 """
 
 import argparse
@@ -28,6 +30,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--name", default="", help="Appended to the result's file name (the machine's).")
     args = parser.parse_args()
 
     _train, _validation, held_out = split(judge_data(get_settings().data_dir))
@@ -63,7 +66,8 @@ def main() -> None:
         "target_pairs_per_second": 50,
     }
     label = "gpu" if "gpu" in info else f"cpu-{info['cpu_count']}cores"
-    out = Path(__file__).parent / "results" / f"judge_speed-{label}.json"
+    suffix = f"-{args.name}" if args.name else ""
+    out = Path(__file__).parent / "results" / f"judge_speed-{label}{suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
