@@ -592,3 +592,25 @@ def test_a_pair_s_verdict_does_not_depend_on_the_pairs_scored_with_it(tmp_path):
     (path / OPTIONS_FILE).write_text(json.dumps(options))
     assert LearnedJudge(path).quantized
     assert JudgeTrainingConfig().key() != "d89d572e"  # the key of the default judges calibrated at int8
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_the_default_judge_s_threshold_is_calibrated_in_the_precision_it_runs_in(tmp_path, monkeypatch, int8):
+    import vaccine_core.moderation.learned as learned
+    from vaccine_core.moderation.dataset import LabelledPair
+    from vaccine_core.moderation.judge_config import OPTIONS_FILE, JudgeTrainingConfig
+
+    encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False)
+    pairs = [LabelledPair(*JUDGE_PAIRS[0], True, None, "t"), LabelledPair(*JUDGE_PAIRS[1], False, None, "t")]
+    config = JudgeTrainingConfig(epochs=1, batch_size=2, max_length=32, frozen_layers=0, int8_scoring=int8)
+    real_train = learned.train_judge
+    monkeypatch.setattr(learned, "default_judge_dir", lambda data_dir, config: tmp_path / "judge")
+    monkeypatch.setattr(learned, "judge_data", lambda data_dir, seed, hand_labels: pairs)
+    monkeypatch.setattr(learned, "split", lambda pairs: (pairs, pairs, []))
+    monkeypatch.setattr(learned, "augment", lambda *args: [])
+    monkeypatch.setattr(
+        learned, "train_judge", lambda *args, **kwargs: real_train(*args, **kwargs, encoder=encoder)
+    )
+    path = learned.ensure_default_judge(tmp_path, config, on_progress=lambda progress: None)
+    assert json.loads((path / OPTIONS_FILE).read_text())["calibration"]["int8"] is int8
+    assert learned.LearnedJudge(path).quantized is int8  # and it runs as it was calibrated

@@ -91,6 +91,7 @@ def moderation_train(
     average_tail: Annotated[float | None, typer.Option(help=option_help("average_tail"))] = None,
     opener: Annotated[float | None, typer.Option(help=option_help("opener"))] = None,
     hand_labels: Annotated[bool | None, typer.Option(help=option_help("hand_labels"))] = None,
+    int8_scoring: Annotated[bool | None, typer.Option(help=option_help("int8_scoring"))] = None,
     seed: Annotated[int, typer.Option(help=option_help("seed"))] = 0,
 ) -> None:
     """Train the default judge (cross-encoder on the bundled MiniLM) once and cache it; print its path."""
@@ -110,6 +111,7 @@ def moderation_train(
         "average_tail": average_tail,
         "opener": opener,
         "hand_labels": hand_labels,
+        "int8_scoring": int8_scoring,
     }
     config = replace(JudgeTrainingConfig(seed=seed), **{k: v for k, v in given.items() if v is not None})
     bar = ProgressBar("train judge")
