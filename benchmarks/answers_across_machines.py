@@ -1,0 +1,100 @@
+"""Whether a safety-grid model's answers depend on the machine that trained it and generated them.
+
+The grid archives every model's answers, so a summary can compare an arm generated on one machine with an
+arm archived from another. This takes archived models of one arm, trains each again here (or finds it in
+this machine's cache), generates its protocol answers again, and judges both answer sets with this
+machine's judge: HS, degenerate share and FA per decoding for each, and the share of answers that are
+the same text.
+
+    .venv/bin/python benchmarks/answers_across_machines.py --regime align120 --arm sft --seeds 0
+
+Writes benchmarks/results/answers_across_machines-REGIME-ARM.json.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine_info, provenance
+from safety_grid import ARCHIVE, ARMS, DECODINGS, MAIN_FRACTION, REGIMES, RESULTS, Grid, figures
+
+from vaccine_core.safety_eval import ProtocolConfig
+from vaccine_core.settings import get_settings
+
+
+def same_text_share(first: dict, second: dict) -> dict[str, float]:
+    """Per decoding, the share of answers (every prompt set, every sample) that are the same text."""
+    shares = {}
+    for decoding in DECODINGS:
+        pairs = [
+            (a, b)
+            for prompt_set, answers in first["answers"].items()
+            for x, y in zip(answers[decoding], second["answers"][prompt_set][decoding], strict=True)
+            for a, b in zip(x, y, strict=True)
+        ]
+        shares[decoding] = round(100 * sum(a == b for a, b in pairs) / len(pairs), 1)
+    return shares
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--regime", choices=list(REGIMES), default="align120")
+    parser.add_argument("--arm", choices=list(ARMS), default="sft")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    args = parser.parse_args()
+    config = ProtocolConfig(max_new_tokens=128)
+    cache = get_settings().home / "benchmarks" / "safety_grid" / "tokens128"
+    archived = Grid(config, cache, archive=ARCHIVE / "tokens128")
+    bench = archived.benchmark(REGIMES[args.regime])
+    arm = ARMS[args.arm]
+    seeds = {}
+    with tempfile.TemporaryDirectory() as fresh_cache:
+        here = Grid(config, Path(fresh_cache), archive=None)  # finds no answers: generates them
+        for seed in args.seeds:
+            spec = partial(bench.attacked, arm, MAIN_FRACTION, seed)
+            if not archived.has_outputs(spec(False)):
+                parser.error(f"seed {seed} of {args.arm} has no archived answers to compare with")
+            model = spec(True)
+            answer_sets = {"archived": archived.outputs(model, bench), "here": here.outputs(model, bench)}
+            seeds[seed] = {
+                "same_text_percent": same_text_share(*answer_sets.values()),
+                **{
+                    name: {
+                        "device": out.get("device", "unknown"),
+                        **{
+                            d: {
+                                k: v
+                                for k, v in figures([archived.judged(out)], [out["fa_correct"]], d)[
+                                    "figures"
+                                ].items()
+                                if k in ("hs", "degenerate", "refusal", "fa")
+                            }
+                            for d in DECODINGS
+                        },
+                    }
+                    for name, out in answer_sets.items()
+                },
+            }
+            print(json.dumps({seed: seeds[seed]}, indent=1))
+    result = {
+        "regime": args.regime,
+        "arm": args.arm,
+        "fraction": MAIN_FRACTION,
+        "judge": str(getattr(archived.judge, "path", "")),
+        "seeds": seeds,
+        "machine": machine_info(),
+        **provenance(__file__),
+    }
+    out = RESULTS / f"answers_across_machines-{args.regime}-{args.arm}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
