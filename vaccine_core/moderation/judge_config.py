@@ -81,11 +81,12 @@ class JudgeTrainingConfig:
     int8_scoring: bool = field(
         default=False,
         metadata={
-            "help": "Score on a CPU with int8 dynamic quantisation, and calibrate the threshold so: ~1.5x "
+            "help": "Score on a CPU with int8 dynamic quantisation, and calibrate the threshold so: 1.3-1.5x "
             "faster, but each layer's input is scaled by its whole batch's range, so a pair's verdict "
-            "depends on the pairs scored with it (6 of 572 test flags moved between two batchings; "
-            "benchmarks/results/judge_selection.md), so it is off. Not a later option: judges cached before "
-            "it were calibrated at int8 and must not be reused to give float32 verdicts."
+            "depends on the pairs scored with it (9 of 572 test flags moved between scoring them together "
+            "and one at a time; none at float32, at the same F1: benchmarks/results/judge_selection.md), so "
+            "it is off. Not a later option: judges cached before it were calibrated at int8 and must not be "
+            "reused to give float32 verdicts."
         },
     )
     group_by_length: bool = field(
