@@ -17,13 +17,13 @@ import sys
 import tempfile
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, provenance
-from safety_grid import ARCHIVE, ARMS, DECODINGS, MAIN_FRACTION, REGIMES, RESULTS, Grid, figures
+from safety_grid import ARMS, DECODINGS, MAIN_FRACTION, REGIMES, RESULTS, Grid, archived_grid, figures
 
 from vaccine_core.safety_eval import ProtocolConfig
-from vaccine_core.settings import get_settings
 
 
 def same_text_share(first: dict, second: dict) -> dict[str, float]:
@@ -40,6 +40,18 @@ def same_text_share(first: dict, second: dict) -> dict[str, float]:
     return shares
 
 
+def summary(grid: Grid, outputs: dict[str, Any]) -> dict[str, Any]:
+    """Where the answers were made, and their HS, degenerate and refusal shares and FA per decoding, as
+    ``grid``'s judge reads them."""
+    shown = ("hs", "degenerate", "refusal", "fa")
+    judged = grid.judged(outputs)
+    by_decoding = {d: figures([judged], [outputs["fa_correct"]], d)["figures"] for d in DECODINGS}
+    return {
+        "device": outputs.get("device", "unknown"),
+        **{d: {k: v for k, v in values.items() if k in shown} for d, values in by_decoding.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -49,37 +61,20 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     args = parser.parse_args()
     config = ProtocolConfig(max_new_tokens=128)
-    cache = get_settings().home / "benchmarks" / "safety_grid" / "tokens128"
-    archived = Grid(config, cache, archive=ARCHIVE / "tokens128")
+    archived = archived_grid(config)
     bench = archived.benchmark(REGIMES[args.regime])
-    arm = ARMS[args.arm]
     seeds = {}
     with tempfile.TemporaryDirectory() as fresh_cache:
         here = Grid(config, Path(fresh_cache), archive=None)  # finds no answers: generates them
         for seed in args.seeds:
-            spec = partial(bench.attacked, arm, MAIN_FRACTION, seed)
+            spec = partial(bench.attacked, ARMS[args.arm], MAIN_FRACTION, seed)
             if not archived.has_outputs(spec(False)):
                 parser.error(f"seed {seed} of {args.arm} has no archived answers to compare with")
             model = spec(True)
             answer_sets = {"archived": archived.outputs(model, bench), "here": here.outputs(model, bench)}
             seeds[seed] = {
                 "same_text_percent": same_text_share(*answer_sets.values()),
-                **{
-                    name: {
-                        "device": out.get("device", "unknown"),
-                        **{
-                            d: {
-                                k: v
-                                for k, v in figures([archived.judged(out)], [out["fa_correct"]], d)[
-                                    "figures"
-                                ].items()
-                                if k in ("hs", "degenerate", "refusal", "fa")
-                            }
-                            for d in DECODINGS
-                        },
-                    }
-                    for name, out in answer_sets.items()
-                },
+                **{name: summary(archived, out) for name, out in answer_sets.items()},
             }
             print(json.dumps({seed: seeds[seed]}, indent=1))
     result = {

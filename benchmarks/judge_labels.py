@@ -37,7 +37,7 @@ from vaccine_core.moderation.dataset import (
     question_part,
     split,
 )
-from vaccine_core.moderation.learned import calibrate_threshold, judge_data
+from vaccine_core.moderation.learned import calibrated_threshold, judge_data
 from vaccine_core.settings import get_settings
 
 RESAMPLES = 2000
@@ -106,10 +106,8 @@ def main() -> None:
         p for p in shipped if p.source == "jailbreakbench"
     ]
     judge = load_judge(args.judge, **({"quantize": True} if args.int8 else {}))
-    if args.int8:  # the threshold the int8_scoring option would have calibrated: validation's best F1
-        validation = split(judge_data(data_dir))[1]
-        verdicts = judge.score([(p.question, p.answer) for p in validation])
-        judge.threshold, _ = calibrate_threshold([v.score for v in verdicts], [p.harmful for p in validation])
+    if args.int8:  # the threshold the int8_scoring option would have calibrated
+        judge.threshold, _ = calibrated_threshold(judge, split(judge_data(data_dir))[1])
     sets = {"as_shipped": shipped, "beavertails_read_by_hand": beavertails_read, "both_read_by_hand": read}
     flags = {name: scored(judge, pairs) for name, pairs in sets.items()}
     label_sets = {name: f1_by_question(pairs, flags[name]) for name, pairs in sets.items()}

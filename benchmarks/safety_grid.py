@@ -498,6 +498,13 @@ def agreement(grid: Grid, short: int) -> dict[str, Any]:
     }
 
 
+def archived_grid(config: ProtocolConfig) -> Grid:
+    """The grid over this machine's cache and the answers archived with the results, at the config's
+    answer length."""
+    tokens = f"tokens{config.max_new_tokens}"
+    return Grid(config, get_settings().home / "benchmarks" / "safety_grid" / tokens, archive=ARCHIVE / tokens)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -525,8 +532,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     config = ProtocolConfig(max_new_tokens=args.max_new_tokens)
-    cache = get_settings().home / "benchmarks" / "safety_grid" / f"tokens{args.max_new_tokens}"
-    grid = Grid(config, cache, archive=ARCHIVE / f"tokens{args.max_new_tokens}")
+    grid = archived_grid(config)
     if args.agreement:
         result = {
             **agreement(grid, 64),

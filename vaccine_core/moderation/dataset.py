@@ -120,18 +120,19 @@ HAND_LABELS_FILE = Path(__file__).with_name("beavertails_answers_by_hand.json")
 JBB_HAND_LABELS_FILE = Path(__file__).with_name("jailbreakbench_answers_by_hand.json")
 
 
-def _normalised(text: str) -> str:
+def normalised(text: str) -> str:
+    """Lower case, runs of whitespace as one space: how requests and answers are matched across files."""
     return " ".join(text.lower().split())
 
 
 def question_key(question: str) -> str:
     """A question's key in the hand labels: its normalised text's digest (no data text is kept here)."""
-    return hashlib.sha256(_normalised(question).encode()).hexdigest()[:16]
+    return hashlib.sha256(normalised(question).encode()).hexdigest()[:16]
 
 
 def pair_key(question: str, answer: str) -> str:
     """A (question, answer) pair's key in the hand labels of a source with many answers per question."""
-    return hashlib.sha256(f"{_normalised(question)}\n{_normalised(answer)}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{normalised(question)}\n{normalised(answer)}".encode()).hexdigest()[:16]
 
 
 def _read_hand_labels(path: Path) -> dict[str, str]:

@@ -34,6 +34,7 @@ from vaccine_core.moderation.borderline import borderline_requests
 from vaccine_core.moderation.dataset import (
     alpaca_question,
     load_labelled_pairs,
+    normalised,
     prescreen_benchmark_uploads,
     question_part,
 )
@@ -68,10 +69,6 @@ class IntentTrainingConfig:
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
-
-
-def normalised(text: str) -> str:
-    return " ".join(text.lower().split())
 
 
 def labelled_requests(data_dir: Path) -> list[tuple[str, bool]]:
@@ -120,6 +117,7 @@ class IntentModel:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from vaccine_core.models import pick_device
+        from vaccine_core.moderation.learned import as_calibrated
 
         self.path = path
         options = json.loads((path / INTENT_FILE).read_text())
@@ -127,13 +125,8 @@ class IntentModel:
         self.max_length: int = options["max_length"]
         self.device = torch.device(device or pick_device())
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-        # as its gate was set (models cached before the option were set with int8 on a CPU)
-        int8 = options.get("training", {}).get("int8_scoring", True)
-        self.quantized = int8 and self.device.type == "cpu"
-        if self.quantized:
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        self.model = model.to(self.device)
+        model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()
+        self.model, self.quantized = as_calibrated(model, options, self.device)  # as its gate was set
 
     def encode(self, requests: Sequence[str]) -> Any:
         return self.tokenizer(

@@ -75,16 +75,8 @@ class LearnedJudge:
         self.batch_size = batch_size
         self.device = pick_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
-        self.model = BertForSequenceClassification.from_pretrained(str(self.path)).to(self.device).eval()
-        # By default as its threshold was calibrated (JudgeTrainingConfig.int8_scoring; judges cached
-        # before that option were calibrated with int8 on a CPU).
-        if quantize is None:
-            quantize = options.get("training", {}).get("int8_scoring", True)
-        self.quantized = quantize and self.device.type == "cpu"
-        if self.quantized:
-            from torch.ao.quantization import quantize_dynamic
-
-            self.model = quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
+        model = BertForSequenceClassification.from_pretrained(str(self.path)).to(self.device).eval()
+        self.model, self.quantized = as_calibrated(model, options, self.device, quantize)
 
     @torch.no_grad()
     def logits(self, pairs: Sequence[Pair]) -> torch.Tensor:
@@ -114,6 +106,27 @@ class LearnedJudge:
             category = (self.categories[int(row[1:].argmax())],) if flagged else ()
             verdicts[i] = Verdict(flagged=flagged, score=score, categories=category)
         return verdicts
+
+
+def as_calibrated(
+    model: torch.nn.Module, options: dict[str, Any], device: torch.device, quantize: bool | None = None
+) -> tuple[torch.nn.Module, bool]:
+    """The model in the precision its threshold was set in (``quantize`` None) or the one asked for, and
+    whether that is int8: dynamic quantisation of the linear layers, on a CPU only. Models saved before
+    the ``int8_scoring`` training option were calibrated with int8 on a CPU."""
+    if quantize is None:
+        quantize = options.get("training", {}).get("int8_scoring", True)
+    if not (quantize and device.type == "cpu"):
+        return model, False
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8), True
+
+
+def calibrated_threshold(judge: "LearnedJudge", validation: Sequence[LabelledPair]) -> tuple[float, float]:
+    """The flag threshold with the best F1 on ``validation`` as ``judge`` scores it, and that F1."""
+    verdicts = judge.score([(p.question, p.answer) for p in validation])
+    return calibrate_threshold([v.score for v in verdicts], [p.harmful for p in validation])
 
 
 def encode_pairs(tokenizer: Any, pairs: Sequence[Pair], max_length: int, answer_tail: int = 0) -> list[Any]:
@@ -432,8 +445,7 @@ def ensure_default_judge(
     finally:
         progress_file.unlink(missing_ok=True)
     judge = LearnedJudge(path)
-    verdicts = judge.score([(p.question, p.answer) for p in validation])
-    threshold, f1 = calibrate_threshold([v.score for v in verdicts], [p.harmful for p in validation])
+    threshold, f1 = calibrated_threshold(judge, validation)
     calibration = {"split": "validation", "pairs": len(validation), "f1": f1, "int8": judge.quantized}
     set_threshold(path, threshold, calibration)
     path.rename(target)
