@@ -79,11 +79,20 @@ class Arm:
     rho: float = 0.0
     safety_mix: int = 0  # safety pairs added to every fine-tuning set (a defense beyond the paper)
     booster: bool = False  # Booster's attenuation term in the alignment (BoosterConfig's defaults)
-    lisa: bool = False  # Lisa during the user's fine-tuning (LisaConfig's defaults)
+    lisa: bool = False  # Lisa during the user's fine-tuning (LisaConfig's defaults unless set below)
+    lisa_rho: float | None = None  # another proximal strength than LisaConfig's default
+    lisa_finetune_steps: int | None = None  # another count of user steps per safety step
     safe_lora: bool = False  # Safe LoRA on the user's adapter (SafeLoraConfig's defaults)
     safe_lora_threshold: float | None = None  # another threshold than SafeLoraConfig's default
     # of the alignment's helpful pairs, how many answer requests that only sound harmful (sensitive_helpful)
     sensitive_helpful: int = 0
+
+    def lisa_config(self) -> LisaConfig | None:
+        """Lisa's settings in this arm (None: no Lisa)."""
+        if not self.lisa:
+            return None
+        changed = {"rho": self.lisa_rho, "finetune_steps": self.lisa_finetune_steps}
+        return LisaConfig(**{name: value for name, value in changed.items() if value is not None})
 
     def safe_lora_config(self) -> SafeLoraConfig | None:
         """The projection this arm applies to the user's adapter (None: none)."""
@@ -108,7 +117,7 @@ def ships_by_default(arm: Arm) -> bool:
         and arm.sensitive_helpful == plan.sensitive
         and arm.booster == ServiceSettings.model_fields["default_alignment_booster"].default
         and arm.safety_mix == 0
-        and arm.lisa == stack.lisa
+        and arm.lisa_config() == stack.lisa_config()
         and (mine.threshold if mine else None) == (shipped.threshold if shipped else None)
     )
 
@@ -127,6 +136,9 @@ ARMS: dict[str, Arm] = {
         # defense in depth: each layer alone, then stacks (Booster and Lisa over SFT unless Vaccine is named)
         Arm("booster", "sft", booster=True),
         Arm("lisa", "sft", lisa=True),
+        # gentler Lisa (safety-defenses-plan.md, 2026-12-04): a tenth of the pull, or half the safety steps
+        Arm("lisa-rho0.1", "sft", lisa=True, lisa_rho=0.1),
+        Arm("lisa-1in20", "sft", lisa=True, lisa_finetune_steps=19),
         Arm("safe_lora", "sft", safe_lora=True),
         # thresholds by the share of layers they project (safety-defenses-plan.md): 0.1 ~14 %, 0.2 ~50 %
         Arm("safe_lora-t0.1", "sft", safe_lora=True, safe_lora_threshold=0.1),
@@ -350,9 +362,10 @@ class Benchmark:
         config = attack_config(self.sizes, seed)
         defenses = None
         key_parts: list[Any] = [base, rows, config.to_dict()]
-        if arm.lisa:
+        lisa = arm.lisa_config()
+        if lisa is not None:
             pairs = lisa_pairs(self.data_dir, base, self.sizes.lisa_pairs, seed)
-            defenses = StepDefenses(lisa=LisaConfig(), lisa_rows=pairs)
+            defenses = StepDefenses(lisa=lisa, lisa_rows=pairs)
             key_parts.append(defenses.to_dict())
         safe_lora = arm.safe_lora_config()
         if safe_lora is not None:

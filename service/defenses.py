@@ -51,17 +51,22 @@ class DefenseStack(BaseModel):
     def step_defenses(self, data_dir: Path, base_dir: Path, seed: int) -> "StepDefenses | None":
         """Lisa over safety pairs the base at ``base_dir`` was not aligned on (seeded: a resumed job draws
         the same ones)."""
-        if not self.lisa:
+        config = self.lisa_config()
+        if config is None:
             return None
         from vaccine_core.defenses.data import lisa_pairs
         from vaccine_core.defenses.stack import StepDefenses
 
-        config = LisaConfig(
+        return StepDefenses(lisa=config, lisa_rows=lisa_pairs(data_dir, base_dir, self.lisa_pairs, seed))
+
+    def lisa_config(self) -> LisaConfig | None:
+        if not self.lisa:
+            return None
+        return LisaConfig(
             alignment_steps=self.lisa_alignment_steps,
             finetune_steps=self.lisa_finetune_steps,
             rho=self.lisa_rho,
         )
-        return StepDefenses(lisa=config, lisa_rows=lisa_pairs(data_dir, base_dir, self.lisa_pairs, seed))
 
     def projection(self) -> SafeLoraConfig | None:
         return SafeLoraConfig(threshold=self.safe_lora_threshold) if self.safe_lora else None

@@ -179,3 +179,19 @@ def test_the_shipped_default_arm_is_the_stack_the_service_declares(monkeypatch):
     monkeypatch.setattr(service.defenses, "DefenseStack", WithLisaAndSafeLora)
     shipped = [name for name, arm in bench.ARMS.items() if bench.ships_by_default(arm)]
     assert shipped == ["vaccine+lisa+safe_lora-t0.1"]
+
+    class WithGentlerLisa(service.defenses.DefenseStack):
+        lisa: bool = True
+        lisa_rho: float = 0.1
+
+    monkeypatch.setattr(service.defenses, "DefenseStack", WithGentlerLisa)
+    assert not any(bench.ships_by_default(arm) for arm in bench.ARMS.values())  # vaccine+lisa has rho 1
+
+
+def test_an_arm_s_lisa_settings_are_its_own():
+    from vaccine_core.defenses import LisaConfig
+
+    assert bench.ARMS["sft"].lisa_config() is None
+    assert bench.ARMS["lisa"].lisa_config() == LisaConfig()
+    assert bench.ARMS["lisa-rho0.1"].lisa_config() == LisaConfig(rho=0.1)
+    assert bench.ARMS["lisa-1in20"].lisa_config() == LisaConfig(alignment_steps=1, finetune_steps=19)
