@@ -60,9 +60,9 @@ from vaccine_core.mixing import (
     write_rows,
 )
 from vaccine_core.moderation import load_judge
-from vaccine_core.safety_eval import normalise
 from vaccine_core.settings import get_settings
 from vaccine_core.tasks import get_task
+from vaccine_core.text import normalised
 
 log = logging.getLogger("harmful_finetune")
 RESULTS = Path(__file__).parent / "results"
@@ -269,7 +269,7 @@ def harmful_eval_prompts(data_dir: Path, count: int, seen: set[str]) -> list[lis
     prompts: list[list[dict[str, str]]] = []
     for i, name in enumerate(HARMFUL_EVAL_FILES):
         want = count // len(HARMFUL_EVAL_FILES) + (i < count % len(HARMFUL_EVAL_FILES))
-        fresh = [p for p in load_prompts(data_dir / name) if normalise(p[-1]["content"]) not in seen]
+        fresh = [p for p in load_prompts(data_dir / name) if normalised(p[-1]["content"]) not in seen]
         prompts += random.Random(0).sample(fresh, min(want, len(fresh)))
     return prompts
 
@@ -285,7 +285,7 @@ class Benchmark:
         safety = read_jsonl(data_dir / SAFETY_FILE)
         safety_instructions = {r["instruction"] for r in safety}
         # no evaluation prompt may appear in any safety or attack data, used here or not
-        seen = {normalise(r["instruction"]) for r in safety + read_jsonl(data_dir / HARMFUL_FILE)}
+        seen = {normalised(r["instruction"]) for r in safety + read_jsonl(data_dir / HARMFUL_FILE)}
         drift_rows = [r for r in self.alignment if r["instruction"] in safety_instructions]
         self.evals = EvalSets(
             harmful=harmful_eval_prompts(data_dir, sizes.harmful_prompts, seen),

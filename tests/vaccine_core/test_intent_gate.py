@@ -97,8 +97,9 @@ def test_the_intent_model_learns_and_sets_its_gate_on_validation(tmp_path, monke
 @pytest.mark.skipif(not (get_settings().data_dir / "eval").is_dir(), reason="needs ../shared/data")
 def test_the_gate_never_learns_a_protocol_prompt_or_a_benchmark_upload_s_request():
     from vaccine_core.moderation.dataset import alpaca_question, prescreen_benchmark_uploads
-    from vaccine_core.moderation.intent import labelled_requests, normalised
+    from vaccine_core.moderation.intent import labelled_requests
     from vaccine_core.safety_eval import load_split
+    from vaccine_core.text import normalised
 
     data = get_settings().data_dir
     learned = {normalised(text) for text, _ in labelled_requests(data)}

@@ -19,8 +19,9 @@ from vaccine_core.safety_eval import (
     paired_gap,
     summarise,
 )
-from vaccine_core.safety_eval.split import SPLIT_FILE, build_split, load_split, normalise, training_prompts
+from vaccine_core.safety_eval.split import SPLIT_FILE, build_split, load_split, training_prompts
 from vaccine_core.settings import get_settings
+from vaccine_core.text import normalised
 
 
 @pytest.mark.parametrize(
@@ -144,8 +145,8 @@ def test_the_committed_split_matches_the_data_and_avoids_training_prompts():
     prompts = load_split(data_dir)
     assert (len(prompts.harmful), len(prompts.harmless), len(prompts.borderline)) == (256, 128, 100)
     seen = training_prompts(data_dir)
-    assert not {normalise(p) for p in prompts.harmful} & seen
-    assert len({normalise(p) for p in prompts.harmful}) == 256
+    assert not {normalised(p) for p in prompts.harmful} & seen
+    assert len({normalised(p) for p in prompts.harmful}) == 256
     assert json.loads(SPLIT_FILE.read_text())["harmful"] == build_split(data_dir)["harmful"]
 
 

@@ -38,6 +38,7 @@ from typing import Any
 from vaccine_core.mixing import HARMFUL_FILE, HELPFUL_FILE, build_mix, read_jsonl
 from vaccine_core.moderation.refusal import is_refusal
 from vaccine_core.tasks import get_task
+from vaccine_core.text import normalised
 
 TEST_PERCENT = 20
 VALIDATION_PERCENT = 10
@@ -118,11 +119,6 @@ def _not_harmful_slice(answer: str, helpful: str) -> str:
 
 HAND_LABELS_FILE = Path(__file__).with_name("beavertails_answers_by_hand.json")
 JBB_HAND_LABELS_FILE = Path(__file__).with_name("jailbreakbench_answers_by_hand.json")
-
-
-def normalised(text: str) -> str:
-    """Lower case, runs of whitespace as one space: how requests and answers are matched across files."""
-    return " ".join(text.lower().split())
 
 
 def question_key(question: str) -> str:

@@ -34,12 +34,12 @@ from vaccine_core.moderation.borderline import borderline_requests
 from vaccine_core.moderation.dataset import (
     alpaca_question,
     load_labelled_pairs,
-    normalised,
     prescreen_benchmark_uploads,
     question_part,
 )
 from vaccine_core.moderation.registry import INTENT_GATE_SUFFIX
 from vaccine_core.settings import get_settings
+from vaccine_core.text import normalised
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from vaccine_core.safety_eval.protocol import (
     protocol_identity,
     summarise,
 )
-from vaccine_core.safety_eval.split import ProtocolPrompts, load_split, normalise
+from vaccine_core.safety_eval.split import ProtocolPrompts, load_split
 
 __all__ = [
     "DECODINGS",
@@ -32,7 +32,6 @@ __all__ = [
     "generate_answers",
     "judge_answers",
     "load_split",
-    "normalise",
     "paired_gap",
     "protocol_identity",
     "summarise",

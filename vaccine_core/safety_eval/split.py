@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vaccine_core.mixing import HARMFUL_FILE, SAFETY_FILE, read_jsonl
+from vaccine_core.text import normalised
 
 VERSION = 2
 SPLIT_FILE = Path(__file__).with_name(f"split_v{VERSION}.json")
@@ -30,19 +31,15 @@ HARMFUL_PROMPTS = 256
 HARMLESS_PROMPTS = 128
 
 
-def normalise(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 def training_prompts(data_dir: Path) -> set[str]:
     """Every request (normalised) that alignment, the attack or the default judge trains on."""
     from vaccine_core.moderation.borderline import borderline_requests
     from vaccine_core.moderation.dataset import load_labelled_pairs
 
     rows = read_jsonl(data_dir / SAFETY_FILE) + read_jsonl(data_dir / HARMFUL_FILE)
-    seen = {normalise(r["instruction"]) for r in rows}
-    seen |= {normalise(r.request) for r in borderline_requests(data_dir)}
-    return seen | {normalise(p.question) for p in load_labelled_pairs(data_dir)}
+    seen = {normalised(r["instruction"]) for r in rows}
+    seen |= {normalised(r.request) for r in borderline_requests(data_dir)}
+    return seen | {normalised(p.question) for p in load_labelled_pairs(data_dir)}
 
 
 @dataclass(frozen=True)
@@ -69,7 +66,7 @@ def build_split(data_dir: Path, seed: int = 0) -> dict[str, Any]:
     def fresh(name: str, keep: Any = lambda row: True) -> list[PromptId]:
         ids = []
         for line, row in _lines(data_dir, name):
-            text = normalise(row["prompt"])
+            text = normalised(row["prompt"])
             if keep(row) and text not in excluded and text not in taken:
                 taken.add(text)
                 ids.append(PromptId(name, line))
