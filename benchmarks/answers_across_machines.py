@@ -65,7 +65,8 @@ def main() -> None:
     bench = archived.benchmark(REGIMES[args.regime])
     seeds = {}
     with tempfile.TemporaryDirectory() as fresh_cache:
-        here = Grid(config, Path(fresh_cache), archive=None)  # finds no answers: generates them
+        # finds no answers, so generates them; judged by the archived grid's judge
+        here = Grid(config, Path(fresh_cache), archive=None, judge=archived.judge)
         for seed in args.seeds:
             spec = partial(bench.attacked, ARMS[args.arm], MAIN_FRACTION, seed)
             if not archived.has_outputs(spec(False)):

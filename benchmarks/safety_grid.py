@@ -143,7 +143,7 @@ class Grid:
         model: str = "default",
         data_dir: Path | None = None,
         prompts: ProtocolPrompts | None = None,
-        judge: str = "default",
+        judge: str | Moderator = "default",  # a spec, or a judge already loaded
         sizes: Sizes = PROFILES["default"],
         models_cache: Path | None = None,
         archive: Path | None = None,
@@ -156,7 +156,7 @@ class Grid:
         self.models_cache = models_cache or get_settings().home / "benchmarks" / "harmful_finetune"
         self.data_dir = data_dir or get_settings().data_dir
         self.prompts = prompts or load_split(self.data_dir)
-        self.judge = load_judge(judge)
+        self.judge = load_judge(judge) if isinstance(judge, str) else judge
         self.stored_verdicts = StoredVerdicts(self.judge, cache / "verdicts")
         rows = read_jsonl(self.data_dir / "benign/sst2_validation.jsonl")
         self.fa_rows = random.Random(0).sample(rows, min(FA_ROWS, len(rows)))
