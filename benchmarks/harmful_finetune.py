@@ -110,7 +110,6 @@ def ships_by_default(arm: Arm) -> bool:
     from service.settings import ServiceSettings
 
     plan, stack = AlignmentPlan(), DefenseStack()
-    mine, shipped = arm.safe_lora_config(), stack.projection()
     return (
         arm.method == plan.method
         and (arm.rho == plan.rho or plan.method != "vaccine")
@@ -118,7 +117,7 @@ def ships_by_default(arm: Arm) -> bool:
         and arm.booster == ServiceSettings.model_fields["default_alignment_booster"].default
         and arm.safety_mix == 0
         and arm.lisa_config() == stack.lisa_config()
-        and (mine.threshold if mine else None) == (shipped.threshold if shipped else None)
+        and arm.safe_lora_config() == stack.projection()
     )
 
 

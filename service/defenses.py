@@ -60,6 +60,7 @@ class DefenseStack(BaseModel):
         return StepDefenses(lisa=config, lisa_rows=lisa_pairs(data_dir, base_dir, self.lisa_pairs, seed))
 
     def lisa_config(self) -> LisaConfig | None:
+        """Lisa's settings in this stack (None: Lisa is off)."""
         if not self.lisa:
             return None
         return LisaConfig(

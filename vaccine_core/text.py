@@ -1,4 +1,5 @@
-"""Text matching shared by the data sets, the judge and the protocol (no heavy imports: the API uses it)."""
+"""Text matching shared by the data sets, the judge, the intent gate and the protocol split (no imports, so
+that none of them pulls another's dependencies in to match text)."""
 
 
 def normalised(text: str) -> str:
