@@ -86,6 +86,20 @@ class Arm:
     safe_lora_threshold: float | None = None  # another threshold than SafeLoraConfig's default
     # of the alignment's helpful pairs, how many answer requests that only sound harmful (sensitive_helpful)
     sensitive_helpful: int = 0
+    # alignment on other data than the profile's, in as many optimizer steps (fewer epochs over more pairs)
+    alignment_pairs: int | None = None  # safety + helpful pairs; None: the profile's
+    alignment_safety_share: float = 0.5  # of those pairs, the share that are safety pairs
+
+    def alignment_sizes(self, sizes: "Sizes") -> tuple[int, int, float]:
+        """The safety pairs, helpful pairs and epochs this arm's base is aligned on: the profile's, or
+        ``alignment_pairs`` split by ``alignment_safety_share`` over the epochs that keep the profile's
+        number of examples seen (so the same steps)."""
+        profile = sizes.alignment_safety + sizes.alignment_helpful
+        if self.alignment_pairs is None:
+            return sizes.alignment_safety, sizes.alignment_helpful, sizes.alignment_epochs
+        safety = round(self.alignment_pairs * self.alignment_safety_share)
+        epochs = sizes.alignment_epochs * profile / self.alignment_pairs
+        return safety, self.alignment_pairs - safety, epochs
 
     def lisa_config(self) -> LisaConfig | None:
         """Lisa's settings in this arm (None: no Lisa)."""
@@ -114,6 +128,7 @@ def ships_by_default(arm: Arm) -> bool:
         arm.method == plan.method
         and (arm.rho == plan.rho or plan.method != "vaccine")
         and arm.sensitive_helpful == plan.sensitive
+        and arm.alignment_pairs is None
         and arm.booster == ServiceSettings.model_fields["default_alignment_booster"].default
         and arm.safety_mix == 0
         and arm.lisa_config() == stack.lisa_config()
@@ -132,6 +147,10 @@ ARMS: dict[str, Arm] = {
         Arm("vaccine-rho2+safety-mix", "vaccine", rho=2.0, safety_mix=10),
         # alignment that shows a sensitive topic and a harmful request apart: half the helpful pairs
         Arm("sft+sensitive", "sft", sensitive_helpful=24),
+        # broader alignment data in the same steps (safety-defenses-plan.md, 2026-12-04 third session): 576
+        # pairs seen once instead of 96 six times in align120, half safety or a quarter
+        Arm("sft-broad", "sft", alignment_pairs=576),
+        Arm("sft-broad-q", "sft", alignment_pairs=576, alignment_safety_share=0.25),
         # defense in depth: each layer alone, then stacks (Booster and Lisa over SFT unless Vaccine is named)
         Arm("booster", "sft", booster=True),
         Arm("lisa", "sft", lisa=True),
@@ -305,35 +324,31 @@ class Benchmark:
         if arm.method is None:
             return self.model
         s = self.sizes
+        safety, helpful, epochs = arm.alignment_sizes(s)
         config = replace(
-            alignment_defaults(),
-            epochs=s.alignment_epochs,
-            learning_rate=s.alignment_lr,
-            max_length=s.max_length,
+            alignment_defaults(), epochs=epochs, learning_rate=s.alignment_lr, max_length=s.max_length
         )
         perturbation = PerturbationConfig(method=arm.method, rho=arm.rho if arm.method == "vaccine" else 0.0)
         defenses = None
         rows = self.alignment
-        if arm.sensitive_helpful:
+        if arm.sensitive_helpful or arm.alignment_pairs is not None:
             rows = alignment_rows(
-                self.data_dir,
-                s.alignment_safety,
-                s.alignment_helpful,
-                sensitive=arm.sensitive_helpful,
-                model=self.model,
+                self.data_dir, safety, helpful, sensitive=arm.sensitive_helpful, model=self.model
             )
         key_parts: list[Any] = [self.model, rows, config.to_dict(), perturbation.to_dict()]
         if arm.booster:
             defenses = StepDefenses(booster=BoosterConfig(), booster_rows=booster_pairs(self.data_dir))
             key_parts.append(defenses.to_dict())
-        suffix = ("-booster" if arm.booster else "") + (
-            f"-sensitive{arm.sensitive_helpful}" if arm.sensitive_helpful else ""
+        suffix = (
+            ("-booster" if arm.booster else "")
+            + (f"-sensitive{arm.sensitive_helpful}" if arm.sensitive_helpful else "")
+            + (f"-pairs{safety}+{helpful}" if arm.alignment_pairs is not None else "")
         )
         out = self.cache / "bases" / f"{arm.method}-rho{arm.rho:g}{suffix}-{digest(key_parts)}"
         if build and not (out / "manifest.json").is_file():
             data = out.with_suffix(".jsonl")
             write_rows(data, rows)
-            log.info("aligning %s: %d pairs x %g epochs", arm.name, len(rows), s.alignment_epochs)
+            log.info("aligning %s: %d pairs x %g epochs", arm.name, len(rows), epochs)
             started = time.monotonic()
             align(self.model, data, out, perturbation, config, resume=True, defenses=defenses)
             self.timings[f"align {arm.name}"] = round(time.monotonic() - started, 1)

@@ -415,9 +415,10 @@ def cell_record(
         "alignment": {
             "method": arm.method,
             "rho": arm.rho,
-            "epochs": regime.alignment_epochs if arm.method else None,
+            "epochs": arm.alignment_sizes(sizes)[2] if arm.method else None,
             "steps": by_decoding["alignment_steps"],
             "sensitive_helpful": arm.sensitive_helpful,
+            "pairs": dict(zip(("safety", "helpful"), arm.alignment_sizes(sizes)[:2], strict=True)),
         },
         "attack": {
             "lr": regime.attack_lr,

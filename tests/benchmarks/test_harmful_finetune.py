@@ -5,6 +5,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 import harmful_finetune as bench
 from harmful_finetune_report import markdown, target_checks, write_report
@@ -195,3 +197,23 @@ def test_an_arm_s_lisa_settings_are_its_own():
     assert bench.ARMS["lisa"].lisa_config() == LisaConfig()
     assert bench.ARMS["lisa-rho0.1"].lisa_config() == LisaConfig(rho=0.1)
     assert bench.ARMS["lisa-1in20"].lisa_config() == LisaConfig(alignment_steps=1, finetune_steps=19)
+
+
+def test_an_arm_aligned_on_more_pairs_sees_them_in_the_same_steps(tiny_model_dir, tiny_data_dir, tmp_path):
+    broad = replace(
+        bench.ARMS["sft"], name="sft-broad-tiny", alignment_pairs=12, alignment_safety_share=1 / 3
+    )
+    safety, helpful, epochs = broad.alignment_sizes(TINY)  # the profile's 8 pairs x 1 epoch, as 12 x 2/3
+    assert (safety, helpful) == (4, 8) and epochs == pytest.approx(2 / 3)
+    assert bench.ARMS["sft"].alignment_sizes(TINY) == (4, 4, 1)
+    benchmark = bench.Benchmark(TINY, str(tiny_model_dir), tiny_data_dir, tmp_path, judge="refusal")
+
+    narrow_base, broad_base = (Path(benchmark.base(arm)) for arm in (bench.ARMS["sft"], broad))
+    rows = [json.loads(line) for line in broad_base.with_suffix(".jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and sum(r["output"] == TINY_REFUSAL for r in rows) == 4
+    steps = [
+        json.loads((base / "manifest.json").read_text())["metrics"]["train"]["steps"]
+        for base in (narrow_base, broad_base)
+    ]
+    assert steps[0] == steps[1]
+    assert not bench.ships_by_default(broad)
