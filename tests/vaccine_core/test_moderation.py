@@ -614,3 +614,47 @@ def test_the_default_judge_s_threshold_is_calibrated_in_the_precision_it_runs_in
     path = learned.ensure_default_judge(tmp_path, config, on_progress=lambda progress: None)
     assert json.loads((path / OPTIONS_FILE).read_text())["calibration"]["int8"] is int8
     assert learned.LearnedJudge(path).quantized is int8  # and it runs as it was calibrated
+
+
+def test_bfloat16_is_chosen_unless_its_passes_are_markedly_slower():
+    from vaccine_core.moderation.learned import bfloat16_is_faster
+
+    def timed(bfloat16_seconds: float, float32_seconds: float) -> bool:
+        now = [0.0]
+        passes: list[bool] = []
+
+        def run_pass(autocast: bool) -> None:
+            passes.append(autocast)
+            now[0] += bfloat16_seconds if autocast else float32_seconds
+
+        choice = bfloat16_is_faster(run_pass, repeats=2, clock=lambda: now[0])
+        assert passes == [True, False] * 3  # a warm-up pass each, then alternating
+        return choice
+
+    assert timed(1.0, 1.6)  # an AMX-like CPU
+    assert timed(1.1, 1.0)  # about as fast: bfloat16 kept
+    assert not timed(2.4, 1.6)  # the Intel Xeon without AMX measured here
+
+
+def test_the_timed_bfloat16_choice_leaves_the_model_and_random_state_alone(tmp_path, monkeypatch):
+    from vaccine_core.moderation import learned
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(learned, "_timed_choice", {})
+    encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False)
+    model = BertForSequenceClassification.from_pretrained(encoder).train()
+    batch = BertTokenizerFast.from_pretrained(encoder)(["how do i hurt someone ?"], return_tensors="pt")
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    rng = torch.get_rng_state()
+
+    choice = learned.train_in_bfloat16(model, batch)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(p.grad is None and torch.equal(p, weights[name]) for name, p in model.named_parameters())
+    monkeypatch.setattr(learned, "timed_bfloat16_choice", lambda *_: pytest.fail("timed twice"))
+    assert learned.train_in_bfloat16(model, batch) == choice  # once per process: every judge alike
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert learned.train_in_bfloat16(model, batch) is False  # emulated: never
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert learned.train_in_bfloat16(model, batch) is True

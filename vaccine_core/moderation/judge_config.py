@@ -76,7 +76,12 @@ class JudgeTrainingConfig:
         },
     )
     bfloat16: bool = field(
-        default=True, metadata={"help": "Train under bfloat16 autocast where the CPU has bfloat16 units."}
+        default=True,
+        metadata={
+            "help": "Train under bfloat16 autocast where this CPU runs it faster: always with AMX tiles, "
+            "never without bfloat16 instructions, and with them but no AMX as timed on the first batch "
+            "(learned.train_in_bfloat16)."
+        },
     )
     int8_scoring: bool = field(
         default=False,

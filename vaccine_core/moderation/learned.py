@@ -12,7 +12,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -165,9 +165,60 @@ def longest_first_lengths(question: int, answer: int, room: int) -> tuple[int, i
     return (shorter, longer) if answer >= question else (longer, shorter)
 
 
-def bfloat16_autocast_available() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices natively (autocast there trains ~1.6x faster)."""
-    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+# bfloat16 passes at least this much slower than float32 ones: train in float32 (a margin, so that two
+# timings of about the same speed keep the bfloat16 choice that every AMX machine makes)
+SLOWER_BFLOAT16 = 1.2
+
+
+def bfloat16_is_faster(
+    run_pass: Callable[[bool], None], repeats: int = 2, clock: Callable[[], float] = time.perf_counter
+) -> bool:
+    """Whether ``run_pass(autocast)`` (one forward and backward pass, under bfloat16 autocast or not) is not
+    markedly slower under bfloat16: timed over ``repeats`` passes each, alternating, after a warm-up pass
+    each (the first pass of a shape builds its kernels)."""
+    for autocast in (True, False):
+        run_pass(autocast)
+    spent = {True: 0.0, False: 0.0}
+    for _ in range(repeats):
+        for autocast in (True, False):
+            started = clock()
+            run_pass(autocast)
+            spent[autocast] += clock() - started
+    log.info("judge training passes: bfloat16 %.2f s, float32 %.2f s", spent[True], spent[False])
+    return spent[True] < SLOWER_BFLOAT16 * spent[False]
+
+
+# this process's timed choice: every judge it trains is trained alike, so a seed gives one set of weights
+_timed_choice: dict[str, bool] = {}
+
+
+def train_in_bfloat16(model: BertForSequenceClassification, batch: Mapping[str, torch.Tensor]) -> bool:
+    """Whether to train under bfloat16 autocast on this CPU. With AMX tiles it is faster (about 1.6x on an
+    Intel Xeon); without bfloat16 instructions it is emulated. With bfloat16 instructions but no AMX it
+    differs by CPU (on an Intel Xeon without AMX, 1.45x *slower*), so it is timed on ``batch``, once per
+    process; the random state and the gradients are left as they were."""
+    if torch.cpu._is_amx_tile_supported():
+        return True
+    if not torch.cpu._is_avx512_bf16_supported():
+        return False
+    if "bfloat16" not in _timed_choice:
+        _timed_choice["bfloat16"] = timed_bfloat16_choice(model, batch)
+    return _timed_choice["bfloat16"]
+
+
+def timed_bfloat16_choice(model: BertForSequenceClassification, batch: Mapping[str, torch.Tensor]) -> bool:
+    rng = torch.get_rng_state()
+
+    def run_pass(autocast: bool) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(**batch).logits
+        logits.float().sum().backward()
+
+    try:
+        return bfloat16_is_faster(run_pass)
+    finally:
+        model.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng)
 
 
 def epoch_batches(
@@ -278,9 +329,12 @@ def train_judge(
     encodings = encode_pairs(
         tokenizer, [(p.question, p.answer) for p in pairs], config.max_length, config.answer_tail
     )
-    bfloat16 = config.bfloat16 and bfloat16_autocast_available()
-    started, step, tokens = time.perf_counter(), 0, 0
     lengths = [len(e["input_ids"]) for e in encodings]
+    # timed on a batch as long as a typical one: the first of the first epoch
+    first = epoch_batches(lengths, config.batch_size, torch.Generator().manual_seed(config.seed), False)[0]
+    probe = tokenizer.pad([encodings[i] for i in first], return_tensors="pt")
+    bfloat16 = config.bfloat16 and train_in_bfloat16(model, probe)
+    started, step, tokens = time.perf_counter(), 0, 0
     cached = config.cache_frozen and config.frozen_layers > 0
     states = frozen_states(model, tokenizer, encodings, config.frozen_layers, bfloat16) if cached else []
     # the weights of the last steps, averaged as they come (SWA's mean); None keeps the last step's
