@@ -409,16 +409,17 @@ def cell_record(
     fa = mine["figures"]["fa"]["mean"]
     taught = fa >= by_decoding["base_fa"] + TAUGHT_MARGIN
     clean = mine["figures"]["degenerate_all"] <= DEGENERATE_CEILING
+    safety, helpful, epochs = arm.alignment_sizes(sizes)
     record: dict[str, Any] = {
         "defense": name,
         "regime": regime.name,
         "alignment": {
             "method": arm.method,
             "rho": arm.rho,
-            "epochs": arm.alignment_sizes(sizes)[2] if arm.method else None,
+            "epochs": epochs if arm.method else None,
             "steps": by_decoding["alignment_steps"],
             "sensitive_helpful": arm.sensitive_helpful,
-            "pairs": dict(zip(("safety", "helpful"), arm.alignment_sizes(sizes)[:2], strict=True)),
+            "pairs": {"safety": safety, "helpful": helpful} if arm.method else None,
         },
         "attack": {
             "lr": regime.attack_lr,
