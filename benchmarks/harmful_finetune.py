@@ -151,6 +151,13 @@ ARMS: dict[str, Arm] = {
         # pairs seen once instead of 96 six times in align120, half safety or a quarter
         Arm("sft-broad", "sft", alignment_pairs=576),
         Arm("sft-broad-q", "sft", alignment_pairs=576, alignment_safety_share=0.25),
+        Arm(
+            "sft-broad-q+sensitive",
+            "sft",
+            alignment_pairs=576,
+            alignment_safety_share=0.25,
+            sensitive_helpful=144,
+        ),
         # defense in depth: each layer alone, then stacks (Booster and Lisa over SFT unless Vaccine is named)
         Arm("booster", "sft", booster=True),
         Arm("lisa", "sft", lisa=True),
