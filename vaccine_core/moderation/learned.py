@@ -195,8 +195,8 @@ _timed_choice: dict[str, bool] = {}
 def train_in_bfloat16(model: BertForSequenceClassification, batch: Mapping[str, torch.Tensor]) -> bool:
     """Whether to train under bfloat16 autocast on this CPU. With AMX tiles it is faster (about 1.6x on an
     Intel Xeon); without bfloat16 instructions it is emulated. With bfloat16 instructions but no AMX it
-    differs by CPU (on an Intel Xeon without AMX, 1.45x *slower*), so it is timed on ``batch``, once per
-    process; the random state and the gradients are left as they were."""
+    differs by CPU (on an Intel Xeon without AMX, the judge trained 1.37x *slower* in it), so it is timed on
+    ``batch``, once per process; the random state and the gradients are left as they were."""
     if torch.cpu._is_amx_tile_supported():
         return True
     if not torch.cpu._is_avx512_bf16_supported():
@@ -330,9 +330,13 @@ def train_judge(
         tokenizer, [(p.question, p.answer) for p in pairs], config.max_length, config.answer_tail
     )
     lengths = [len(e["input_ids"]) for e in encodings]
-    # timed on a batch as long as a typical one: the first of the first epoch
+    # timed on the first epoch's first batch padded to the longest a batch can be: on a short batch the two
+    # precisions time alike (on an Intel Xeon without AMX a short first batch chose bfloat16, and the judge
+    # then trained in 655 s against 480 s in float32)
     first = epoch_batches(lengths, config.batch_size, torch.Generator().manual_seed(config.seed), False)[0]
-    probe = tokenizer.pad([encodings[i] for i in first], return_tensors="pt")
+    probe = tokenizer.pad(
+        [encodings[i] for i in first], padding="max_length", max_length=config.max_length, return_tensors="pt"
+    )
     bfloat16 = config.bfloat16 and train_in_bfloat16(model, probe)
     started, step, tokens = time.perf_counter(), 0, 0
     cached = config.cache_frozen and config.frozen_layers > 0
