@@ -79,7 +79,7 @@ class JudgeTrainingConfig:
         default=True,
         metadata={
             "help": "Train under bfloat16 autocast where this CPU runs it faster: always with AMX tiles, "
-            "never without bfloat16 instructions, and with them but no AMX as timed on the first batch "
+            "never without bfloat16 instructions, and with them but no AMX as timed on a full-length batch "
             "(learned.train_in_bfloat16)."
         },
     )
