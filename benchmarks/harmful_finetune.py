@@ -94,10 +94,10 @@ class Arm:
         """The safety pairs, helpful pairs and epochs this arm's base is aligned on: the profile's, or
         ``alignment_pairs`` split by ``alignment_safety_share`` over the epochs that keep the profile's
         number of examples seen (so the same steps)."""
-        profile = sizes.alignment_safety + sizes.alignment_helpful
         if self.alignment_pairs is None:
             return sizes.alignment_safety, sizes.alignment_helpful, sizes.alignment_epochs
         safety = round(self.alignment_pairs * self.alignment_safety_share)
+        profile = sizes.alignment_safety + sizes.alignment_helpful
         epochs = sizes.alignment_epochs * profile / self.alignment_pairs
         return safety, self.alignment_pairs - safety, epochs
 
