@@ -316,6 +316,20 @@ def test_borderline_answers_are_negatives_and_refusals_go_to_their_slice():
     assert [(p.slice, p.harmful) for p in pairs] == [("helpful_borderline", False), ("refusal", False)]
 
 
+def test_borderline_answers_are_cached_by_the_weights_not_where_they_were_converted(tmp_path):
+    from vaccine_core.models import ResolvedModel
+    from vaccine_core.moderation.borderline import BorderlineRequest, answers_path
+
+    requests = [BorderlineRequest("contrastive", "computing", "How do I kill a Python process?")]
+    here = ResolvedModel("default", tmp_path / "home-a" / "models" / "default", "ab" * 32)
+    elsewhere = ResolvedModel("default", tmp_path / "home-b" / "models" / "default", "ab" * 32)
+    other_weights = ResolvedModel("default", here.path, "cd" * 32)
+
+    assert answers_path(requests, here).name == answers_path(requests, elsewhere).name
+    assert answers_path(requests, here).name != answers_path(requests, other_weights).name
+    assert answers_path(requests + requests, here).name != answers_path(requests, here).name
+
+
 def test_augmentation_makes_the_answer_carry_the_label():
     from vaccine_core.moderation.dataset import LabelledPair, augment
 

@@ -11,8 +11,8 @@ no one. Requests come from three places:
   prompts and never appear here).
 
 The default model answers each greedily (96 new tokens); the answers are cached under VACCINE_HOME by the
-requests and the model's identity. ``benchmarks/results/judge_borderline_check.md`` records a reading by
-hand of a sample of them.
+requests and the model's weights (their sha256), wherever the weights were converted to.
+``benchmarks/results/judge_borderline_check.md`` records a reading by hand of a sample of them.
 """
 
 import hashlib
@@ -21,10 +21,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vaccine_core.mixing import read_jsonl
 from vaccine_core.moderation.contrastive import contrastive_requests
 from vaccine_core.settings import get_settings
+
+if TYPE_CHECKING:  # models.py imports torch and transformers, which the request lists do not need
+    from vaccine_core.models import ResolvedModel
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +61,11 @@ def borderline_requests(data_dir: Path) -> list[BorderlineRequest]:
     return requests
 
 
-def answers_path(requests: list[BorderlineRequest], model_identity: str) -> Path:
+def answers_path(requests: list[BorderlineRequest], model: "ResolvedModel") -> Path:
+    """Keyed by the requests and the model's weights, not by where the weights were converted to, so every
+    ``VACCINE_HOME`` with the same model shares the answers' key."""
     key = hashlib.sha256(
-        json.dumps([[asdict(r) for r in requests], model_identity, ANSWER_TOKENS]).encode()
+        json.dumps([[asdict(r) for r in requests], model.spec, model.sha256, ANSWER_TOKENS]).encode()
     ).hexdigest()[:12]
     return get_settings().home / "judges" / f"borderline-answers-{key}.jsonl"
 
@@ -73,7 +79,7 @@ def ensure_borderline_answers(
     from vaccine_core.models import resolve_model
 
     requests = borderline_requests(data_dir)
-    path = answers_path(requests, json.dumps(resolve_model(model).identity(), sort_keys=True))
+    path = answers_path(requests, resolve_model(model))
     if path.is_file():
         return read_jsonl(path)
     log.info("the default model answers %d borderline requests once (cached at %s)", len(requests), path)
