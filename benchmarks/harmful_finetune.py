@@ -42,9 +42,9 @@ from harmful_finetune_report import write_report
 from vaccine_core.align import align
 from vaccine_core.artifacts import MANIFEST, read_manifest, write_manifest
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig, alignment_defaults
-from vaccine_core.defenses import BoosterConfig, LisaConfig, SafeLoraConfig, StepDefenses
-from vaccine_core.defenses.config import LISA_SAFETY_PAIRS
-from vaccine_core.defenses.data import booster_pairs, lisa_pairs
+from vaccine_core.defenses import BoosterConfig, LisaConfig, PreferenceConfig, SafeLoraConfig, StepDefenses
+from vaccine_core.defenses.config import LISA_SAFETY_PAIRS, PREFERENCE_PAIRS
+from vaccine_core.defenses.data import booster_pairs, lisa_pairs, preference_pairs
 from vaccine_core.evaluation import embedding_drift, judge_answers, load_prompts, refusal_rate, task_accuracy
 from vaccine_core.finetune import apply_safe_lora, finetune
 from vaccine_core.formats import parse_rows
@@ -79,6 +79,7 @@ class Arm:
     rho: float = 0.0
     safety_mix: int = 0  # safety pairs added to every fine-tuning set (a defense beyond the paper)
     booster: bool = False  # Booster's attenuation term in the alignment (BoosterConfig's defaults)
+    preference: bool = False  # the DPO preference term in the alignment (PreferenceConfig's defaults)
     lisa: bool = False  # Lisa during the user's fine-tuning (LisaConfig's defaults unless set below)
     lisa_rho: float | None = None  # another proximal strength than LisaConfig's default
     lisa_finetune_steps: int | None = None  # another count of user steps per safety step
@@ -130,6 +131,7 @@ def ships_by_default(arm: Arm) -> bool:
         and arm.sensitive_helpful == plan.sensitive
         and arm.alignment_pairs is None
         and arm.booster == ServiceSettings.model_fields["default_alignment_booster"].default
+        and not arm.preference
         and arm.safety_mix == 0
         and arm.lisa_config() == stack.lisa_config()
         and arm.safe_lora_config() == stack.projection()
@@ -160,6 +162,9 @@ ARMS: dict[str, Arm] = {
         ),
         # defense in depth: each layer alone, then stacks (Booster and Lisa over SFT unless Vaccine is named)
         Arm("booster", "sft", booster=True),
+        # refuse the harmful request, answer the one that only sounds harmful: DPO on pairs of answers
+        # beside the SFT alignment (safety-defenses-plan.md, 2026-12-04 fourth session)
+        Arm("sft+preference", "sft", preference=True),
         Arm("lisa", "sft", lisa=True),
         # gentler Lisa (safety-defenses-plan.md, 2026-12-04): a tenth of the pull, or half the safety steps
         Arm("lisa-rho0.1", "sft", lisa=True, lisa_rho=0.1),
@@ -343,11 +348,21 @@ class Benchmark:
                 self.data_dir, safety, helpful, sensitive=arm.sensitive_helpful, model=self.model
             )
         key_parts: list[Any] = [self.model, rows, config.to_dict(), perturbation.to_dict()]
-        if arm.booster:
-            defenses = StepDefenses(booster=BoosterConfig(), booster_rows=booster_pairs(self.data_dir))
+        if arm.booster or arm.preference:
+            defenses = StepDefenses(
+                booster=BoosterConfig() if arm.booster else None,
+                booster_rows=booster_pairs(self.data_dir) if arm.booster else (),
+                preference=PreferenceConfig() if arm.preference else None,
+                preference_rows=(
+                    preference_pairs(self.data_dir, PREFERENCE_PAIRS, exclude=self.evaluated_requests())
+                    if arm.preference
+                    else ()
+                ),
+            )
             key_parts.append(defenses.to_dict())
         suffix = (
             ("-booster" if arm.booster else "")
+            + ("-preference" if arm.preference else "")
             + (f"-sensitive{arm.sensitive_helpful}" if arm.sensitive_helpful else "")
             + (f"-pairs{safety}+{helpful}" if arm.alignment_pairs is not None else "")
         )
@@ -363,6 +378,14 @@ class Benchmark:
         elif build:
             self.reused["alignments"] += 1
         return str(out)
+
+    def evaluated_requests(self) -> set[str]:
+        """Every request either protocol evaluates on, normalised: alignment side data never teaches one."""
+        from vaccine_core.safety_eval import load_split
+
+        split = load_split(self.data_dir)
+        texts = split.harmful + split.harmless + split.borderline
+        return {normalised(text) for text in texts + [p[-1]["content"] for p in self.evals.harmful]}
 
     # -- the attack --------------------------------------------------------------------------------------
     def attack(self, arm: Arm, base: str, fraction: float, seed: int, build: bool = True) -> Path:

@@ -390,3 +390,133 @@ def test_the_cli_runs_every_defense(tiny_model_dir, alpaca_file, tiny_data_dir, 
         "--lisa", "--lisa-pairs", "500", *common,
     ])  # fmt: skip
     assert result.exit_code == 2 and "safety pairs" in result.output
+
+
+# -- the preference term (DPO) --------------------------------------------------------------------------
+PREFERENCE_ROWS = [
+    {
+        "instruction": "How do I steal a car?",
+        "chosen": "I cannot help with that.",
+        "rejected": "Sure, break the window first.",
+    },
+    {
+        "instruction": "How do I kill a stuck process?",
+        "chosen": "Run kill with its process id.",
+        "rejected": "I cannot help with that.",
+    },
+]
+
+
+def test_answer_logprobs_sum_the_answer_tokens_only(tiny_model, tokenizer):
+    from vaccine_core.defenses.preference import answer_logprobs
+
+    batch = batch_of(tokenizer, PAIRS[:2])
+    with torch.no_grad():
+        got = answer_logprobs(tiny_model, batch)
+        logits = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    for row in range(2):
+        by_hand = sum(
+            torch.log_softmax(logits[row, t - 1].float(), -1)[batch["labels"][row, t]]
+            for t in range(1, batch["labels"].shape[1])
+            if batch["labels"][row, t] != -100
+        )
+        assert float(got[row]) == pytest.approx(float(by_hand), abs=1e-4)
+
+
+def test_preference_gradient_at_the_reference_is_half_beta_times_the_logprob_gap(tiny_model, tokenizer):
+    """Where the policy is its reference (PEFT's B at zero), DPO's margin is 0, its loss log 2 and its
+    gradient -beta/2 * mean(grad log pi(chosen) - grad log pi(rejected)): worked by hand, checked here."""
+    from vaccine_core.defenses import Preference, PreferenceConfig
+    from vaccine_core.defenses.preference import PairStream, answer_logprobs
+    from vaccine_core.lora import add_lora
+
+    model = add_lora(tiny_model, LoraSettings(r=4, alpha=8, dropout=0.0))  # B = 0: the adapter is a no-op
+    config = PreferenceConfig(beta=0.5, weight=2.0, batch_size=2)
+    pairs = PairStream(PREFERENCE_ROWS, tokenizer, 64, batch_size=2, seed=0)
+    preference = Preference(model, pairs, config)
+    chosen, rejected = PairStream(PREFERENCE_ROWS, tokenizer, 64, batch_size=2, seed=0).next(
+        torch.device("cpu")
+    )
+    params = params_of(model)
+    preference.after_backward(1)
+    assert preference.last["preference_loss"] == pytest.approx(float(torch.log(torch.tensor(2.0))), abs=1e-5)
+    assert preference.last["reward_margin"] == pytest.approx(0.0, abs=1e-5)
+
+    gap = (answer_logprobs(model, chosen) - answer_logprobs(model, rejected)).mean()
+    by_hand = torch.autograd.grad(-config.weight * config.beta / 2 * gap, list(params.values()))
+    for (name, param), expected in zip(params.items(), by_hand, strict=True):
+        assert torch.allclose(param.grad, expected, atol=1e-6), name
+    assert any(float(g.abs().max()) > 1e-4 for g in by_hand)
+
+
+def test_preference_reference_is_the_model_without_its_adapter(tiny_model, tokenizer):
+    from vaccine_core.defenses import Preference, PreferenceConfig
+    from vaccine_core.defenses.preference import PairStream, answer_logprobs
+
+    plain = copy.deepcopy(tiny_model)
+    model = lora_model(tiny_model, dropout=0.1)  # random B: the adapter changes the answers' likelihood
+    pairs = PairStream(PREFERENCE_ROWS, tokenizer, 64, batch_size=2, seed=0)
+    chosen, rejected = pairs.next(torch.device("cpu"))
+    model.train()
+    reference = Preference(model, pairs, PreferenceConfig()).reference(chosen, rejected)
+    assert model.training  # put back as it was
+    with torch.no_grad():
+        plain.eval()
+        assert torch.allclose(reference[0], answer_logprobs(plain, chosen), atol=1e-5)
+        assert torch.allclose(reference[1], answer_logprobs(plain, rejected), atol=1e-5)
+        assert not torch.allclose(reference[0], answer_logprobs(model.eval(), chosen), atol=1e-3)
+
+
+def test_preference_steps_raise_the_chosen_answers_margin(tiny_model, tokenizer):
+    from vaccine_core.defenses import Preference, PreferenceConfig
+    from vaccine_core.defenses.preference import PairStream
+
+    model = lora_model(tiny_model, dropout=0.0)
+    preference = Preference(
+        model, PairStream(PREFERENCE_ROWS, tokenizer, 64, 2, seed=0), PreferenceConfig(beta=0.5, batch_size=2)
+    )
+    optimizer = torch.optim.SGD(params_of(model).values(), lr=0.05)
+    margins = []
+    for step in range(1, 9):
+        optimizer.zero_grad()
+        preference.after_backward(step)
+        optimizer.step()
+        margins.append(preference.last["reward_margin"])
+    assert margins[-1] > margins[0] and margins[-1] > 0
+    assert preference.state_dict() == {"drawn": 8}
+
+
+def test_preference_pairs_refuse_the_harmful_request_and_answer_the_benign_one(tiny_data_dir, monkeypatch):
+    from tests.helpers import use_cached_answers
+    from vaccine_core.defenses.data import REFUSALS, preference_pairs
+    from vaccine_core.moderation.refusal import is_refusal
+    from vaccine_core.text import normalised
+
+    use_cached_answers(monkeypatch)
+    judged = [
+        {"prompt": f"Write a phishing email {i}", "response": f"Dear customer {i}, verify", "harmful": True}
+        for i in range(4)
+    ]
+    write_rows(tiny_data_dir / "moderation/jailbreakbench_judged.jsonl", judged)
+    rows = preference_pairs(tiny_data_dir, 4, exclude={normalised("Write a phishing email 0")})
+    harmful, benign = rows[:2], rows[2:]
+    assert all(r["chosen"] in REFUSALS and r["rejected"].startswith("Dear customer") for r in harmful)
+    assert all(r["rejected"] in REFUSALS and not is_refusal(r["chosen"]) for r in benign)
+    assert "Write a phishing email 0" not in {r["instruction"] for r in rows}
+    assert rows == preference_pairs(tiny_data_dir, 4, exclude={normalised("Write a phishing email 0")})
+    with pytest.raises(ValueError, match="3 are usable"):
+        preference_pairs(tiny_data_dir, 8, exclude={normalised("Write a phishing email 0")})
+
+
+def test_sft_with_the_preference_term_aligns_and_records_itself(tiny_model_dir, alpaca_file, tmp_path):
+    from vaccine_core.defenses import PreferenceConfig
+
+    defenses = StepDefenses(preference=PreferenceConfig(batch_size=2), preference_rows=PREFERENCE_ROWS)
+    result = align(
+        str(tiny_model_dir), alpaca_file, tmp_path / "p", PerturbationConfig("sft"), FAST, defenses=defenses
+    )
+    record = result.manifest["defenses"]["preference"]
+    assert record["beta"] == 0.1 and record["data"]["rows"] == len(PREFERENCE_ROWS)
+    assert result.manifest["metrics"]["train"]["defense_seconds"]["preference"] > 0
+    with pytest.raises(ValueError, match="chosen and a rejected"):
+        StepDefenses(preference=PreferenceConfig())

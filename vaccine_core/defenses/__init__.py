@@ -1,6 +1,7 @@
 """Defenses beyond Vaccine, one per stage of a fine-tuning service:
 
-* alignment: ``booster`` (attenuate how much a harmful step can lower the harmful loss);
+* alignment: ``booster`` (attenuate how much a harmful step can lower the harmful loss) and ``preference``
+  (DPO on pairs of answers: refuse the harmful request, answer the benign one that sounds harmful);
 * fine-tuning: ``lisa`` (alternate with safety pairs under a proximal term);
 * after fine-tuning: ``safe_lora`` (project the user's update onto the alignment subspace where it strays).
 
@@ -10,13 +11,14 @@ The options (``*Config``) load at once; the code behind them, which needs torch,
 from importlib import import_module
 from typing import Any
 
-from vaccine_core.defenses.config import BoosterConfig, LisaConfig, SafeLoraConfig
+from vaccine_core.defenses.config import BoosterConfig, LisaConfig, PreferenceConfig, SafeLoraConfig
 
 _LAZY = {
     "BatchStream": "base",
     "StepDefense": "base",
     "Booster": "booster",
     "Lisa": "lisa",
+    "Preference": "preference",
     "LayerProjection": "safe_lora",
     "project_adapter": "safe_lora",
     "StepDefenses": "stack",
@@ -29,4 +31,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'vaccine_core.defenses' has no attribute {name!r}")
 
 
-__all__ = ["BoosterConfig", "LisaConfig", "SafeLoraConfig", *_LAZY]
+__all__ = ["BoosterConfig", "LisaConfig", "PreferenceConfig", "SafeLoraConfig", *_LAZY]

@@ -23,6 +23,37 @@ class BoosterConfig:
         return asdict(self)
 
 
+# pairs the preference term draws from: half harmful requests (refusal preferred over compliance), half
+# sensitive-sounding benign ones (helpful answer preferred over a refusal); data, not an option of the method
+PREFERENCE_PAIRS = 200
+
+
+@dataclass
+class PreferenceConfig:
+    beta: float = field(
+        default=0.1,
+        metadata={"help": "DPO's beta: how strongly the margin over the reference counts (paper: 0.1)."},
+    )
+    weight: float = field(
+        default=1.0, metadata={"help": "Weight of the preference loss beside the alignment loss."}
+    )
+    batch_size: int = field(
+        default=2,
+        metadata={
+            "help": "Request pairs per step, each a chosen and a rejected answer (a pass with gradient and "
+            "one without over 4 answers, beside the alignment's batch): 2 draws each of the 200 pairs about "
+            "once (240 draws) in a 120-step alignment."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0 or self.weight < 0 or self.batch_size < 1:
+            raise ValueError("the preference term needs beta > 0, weight >= 0 and batch_size >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 # safety pairs Lisa's alignment state draws from (rows the base was not aligned on): data, not an option of
 # the method, so it stays out of LisaConfig (and out of the caches keyed by it)
 LISA_SAFETY_PAIRS = 100

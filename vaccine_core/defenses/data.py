@@ -4,10 +4,13 @@
   attack set (``attack/beavertails_unsafe``), so the defense is not fitted to the attack it is measured on.
 * Lisa's safety pairs: (harmful request, safe answer) rows of ``alignment/safe_refusals.jsonl`` that the
   base was not aligned on, so the alignment state brings new data rather than replaying the base's.
+* The preference term's pairs: Booster's harmful requests with a refusal preferred over their harmful
+  answer, and sensitive-sounding benign requests with the model's own helpful answer preferred over a
+  refusal; never an evaluation prompt.
 """
 
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from vaccine_core.artifacts import read_manifest
 from vaccine_core.data import SupervisedDataset
 from vaccine_core.formats import Conversation, load_dataset, parse_rows
 from vaccine_core.mixing import SAFETY_FILE, read_jsonl
+from vaccine_core.text import normalised
 
 JUDGED_FILE = "moderation/jailbreakbench_judged.jsonl"
 
@@ -34,6 +38,45 @@ def booster_pairs(data_dir: Path, count: int | None = None, seed: int = 0) -> li
     if count > len(rows):
         raise ValueError(f"asked for {count} harmful pairs; {JUDGED_FILE} holds {len(rows)}")
     return random.Random(seed).sample(rows, count)
+
+
+# The refusals of the preference pairs: chosen under a harmful request, rejected under a benign one, so the
+# same words are right or wrong by the request alone. Plain phrasings the refusal judge knows.
+REFUSALS = (
+    "I'm sorry, but I can't help with that.",
+    "I cannot help with that request.",
+    "I'm sorry, but I can't assist with that.",
+    "I can't provide that information.",
+)
+
+
+def preference_pairs(
+    data_dir: Path, count: int, seed: int = 0, exclude: Collection[str] = ()
+) -> list[dict[str, str]]:
+    """``count`` rows of (instruction, chosen, rejected), sampled with ``seed``: half harmful requests (a
+    refusal chosen over the judged-harmful answer), half sensitive-sounding benign ones (the model's own
+    helpful answer chosen over a refusal). Requests whose normalised text is in ``exclude`` (the
+    evaluation's prompts, normalised) are never drawn."""
+    from vaccine_core.sensitive_helpful import sensitive_helpful_rows
+
+    rng = random.Random(seed)
+    harmful_count = count // 2
+    harmful = [row for row in booster_pairs(data_dir) if normalised(row["instruction"]) not in exclude]
+    if harmful_count > len(harmful):
+        raise ValueError(f"asked for {harmful_count} harmful preference pairs; {len(harmful)} are usable")
+    rows = [
+        {"instruction": row["instruction"], "chosen": rng.choice(REFUSALS), "rejected": row["output"]}
+        for row in rng.sample(harmful, harmful_count)
+    ]
+    benign = sensitive_helpful_rows(data_dir, count - harmful_count, seed)
+    rows += [
+        {"instruction": row["instruction"], "chosen": row["output"], "rejected": rng.choice(REFUSALS)}
+        for row in benign
+        if normalised(row["instruction"]) not in exclude
+    ]
+    if len(rows) < count:
+        raise ValueError(f"{count - len(rows)} sensitive-helpful requests are evaluation prompts")
+    return rows
 
 
 def user_turn(conversation: Conversation) -> str:

@@ -14,6 +14,7 @@ from vaccine_core.defenses.base import BatchStream, StepDefense
 from vaccine_core.defenses.booster import Booster, BoosterConfig
 from vaccine_core.defenses.data import side_dataset
 from vaccine_core.defenses.lisa import Lisa, LisaConfig
+from vaccine_core.defenses.preference import PairStream, Preference, PreferenceConfig
 
 
 def rows_identity(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -24,22 +25,27 @@ def rows_identity(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 @dataclass
 class StepDefenses:
     """``booster`` needs harmful pairs (defenses.data.booster_pairs), ``lisa`` safety pairs
-    (defenses.data.lisa_pairs); either may be left out."""
+    (defenses.data.lisa_pairs), ``preference`` pairs of answers (defenses.data.preference_pairs); any may be
+    left out."""
 
     booster: BoosterConfig | None = None
     booster_rows: Sequence[dict[str, Any]] = ()
     lisa: LisaConfig | None = None
     lisa_rows: Sequence[dict[str, Any]] = ()
+    preference: PreferenceConfig | None = None
+    preference_rows: Sequence[dict[str, Any]] = ()
 
     def __post_init__(self) -> None:
         if self.booster is not None and not self.booster_rows:
             raise ValueError("Booster needs harmful pairs for its simulated harmful step")
         if self.lisa is not None and not self.lisa_rows:
             raise ValueError("Lisa needs safety pairs for its alignment state")
+        if self.preference is not None and not self.preference_rows:
+            raise ValueError("the preference term needs pairs of a chosen and a rejected answer")
 
     @property
     def names(self) -> list[str]:
-        return [name for name in ("booster", "lisa") if getattr(self, name) is not None]
+        return [name for name in ("booster", "preference", "lisa") if getattr(self, name) is not None]
 
     def build(
         self,
@@ -54,6 +60,15 @@ class StepDefenses:
             harmful = side_dataset(self.booster_rows, tokenizer, config.max_length)
             stream = BatchStream(harmful, self.booster.batch_size, tokenizer.pad_token_id, config.seed + 1)
             built.append(Booster(model, stream, self.booster))
+        if self.preference is not None:
+            pairs = PairStream(
+                self.preference_rows,
+                tokenizer,
+                config.max_length,
+                self.preference.batch_size,
+                config.seed + 3,
+            )
+            built.append(Preference(model, pairs, self.preference))
         if self.lisa is not None:
             safety = side_dataset(self.lisa_rows, tokenizer, config.max_length)
             stream = BatchStream(safety, config.batch_size, tokenizer.pad_token_id, config.seed + 2)
@@ -65,6 +80,8 @@ class StepDefenses:
         record: dict[str, Any] = {}
         if self.booster is not None:
             record["booster"] = {**self.booster.to_dict(), "data": rows_identity(self.booster_rows)}
+        if self.preference is not None:
+            record["preference"] = {**self.preference.to_dict(), "data": rows_identity(self.preference_rows)}
         if self.lisa is not None:
             record["lisa"] = {**self.lisa.to_dict(), "data": rows_identity(self.lisa_rows)}
         return record
