@@ -12,6 +12,7 @@ import harmful_finetune as bench
 from harmful_finetune_report import markdown, target_checks, write_report
 
 from tests.conftest import TINY_REFUSAL
+from vaccine_core.settings import get_settings
 
 TINY = replace(
     bench.PROFILES["quick"],
@@ -217,3 +218,22 @@ def test_an_arm_aligned_on_more_pairs_sees_them_in_the_same_steps(tiny_model_dir
     ]
     assert steps[0] == steps[1]
     assert not bench.ships_by_default(broad)
+
+
+@pytest.mark.skipif(not (get_settings().data_dir / "eval").is_dir(), reason="needs ../shared/data")
+def test_the_preference_term_never_learns_an_evaluated_request(tiny_model_dir, tmp_path, monkeypatch):
+    from tests.helpers import use_cached_answers
+    from vaccine_core.defenses.data import preference_pairs
+    from vaccine_core.safety_eval import load_split
+    from vaccine_core.text import normalised
+
+    use_cached_answers(monkeypatch)  # the default model's answers, without generating them
+    data = get_settings().data_dir
+    benchmark = bench.Benchmark(TINY, str(tiny_model_dir), data, tmp_path, judge="refusal")
+    evaluated = benchmark.evaluated_requests()
+    split = load_split(data)
+    assert {normalised(p) for p in split.harmful + split.harmless + split.borderline} <= evaluated
+    assert {normalised(p[-1]["content"]) for p in benchmark.evals.harmful} <= evaluated
+    rows = preference_pairs(data, 4, exclude=evaluated)
+    assert not {normalised(r["instruction"]) for r in rows} & evaluated
+    assert not bench.ships_by_default(bench.ARMS["sft+preference"])
