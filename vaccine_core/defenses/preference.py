@@ -18,8 +18,8 @@ and one forward pass of each without gradient, without dropout, for the referenc
 
 Measured on the default 135M model (README, "A preference term in the alignment"): beside the 120-step
 SFT alignment it lowered the refusal of harmful (88.7 to 61.3 %), borderline-benign (67.0 to 48.0 %) and
-harmless requests (39.8 to 14.8 %) together, at 1.33x the alignment's time; it did not teach the
-difference it was built to teach.
+harmless requests (39.8 to 14.8 %) together (1317.8 s to align, 532.3 s of it in the term); it did not
+teach the difference it was built to teach.
 """
 
 from collections.abc import Sequence
