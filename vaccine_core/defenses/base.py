@@ -41,13 +41,19 @@ class BatchStream:
         self.drawn = 0
 
     def next(self, device: torch.device) -> Batch:
-        per_epoch = -(-len(self.dataset) // self.batch_size)
-        epoch, position = divmod(self.drawn, per_epoch)
-        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + epoch))
-        chosen = order[position * self.batch_size : (position + 1) * self.batch_size].tolist()
+        chosen = batch_indices(len(self.dataset), self.batch_size, self.seed, self.drawn)
         self.drawn += 1
         batch = collate([self.dataset[i] for i in chosen], self.pad_token_id)
         return {k: v.to(device) for k, v in batch.items()}
+
+
+def batch_indices(size: int, batch_size: int, seed: int, drawn: int) -> list[int]:
+    """The indices of a side stream's batch number ``drawn``: each epoch a fresh permutation, seeded by
+    ``seed`` and the epoch, so a stream's position alone restores it."""
+    per_epoch = -(-size // batch_size)
+    epoch, position = divmod(drawn, per_epoch)
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed + epoch))
+    return order[position * batch_size : (position + 1) * batch_size].tolist()
 
 
 def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

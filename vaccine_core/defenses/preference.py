@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from vaccine_core.data import IGNORE_INDEX, TokenizedExample, collate, tokenize_conversation
-from vaccine_core.defenses.base import Batch
+from vaccine_core.defenses.base import Batch, batch_indices
 from vaccine_core.defenses.config import PreferenceConfig
 
 
@@ -43,17 +43,6 @@ def answer_logprobs(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         F.log_softmax(logits.float(), dim=-1), 2, labels.clamp(min=0).unsqueeze(-1)
     ).squeeze(-1)
     return (per_token * mask).sum(-1)
-
-
-def dpo_loss(
-    policy_chosen: torch.Tensor,
-    policy_rejected: torch.Tensor,
-    reference_chosen: torch.Tensor,
-    reference_rejected: torch.Tensor,
-    beta: float,
-) -> torch.Tensor:
-    margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
-    return -F.logsigmoid(beta * margin).mean()
 
 
 class PairStream:
@@ -91,10 +80,9 @@ class PairStream:
         self.drawn = 0
 
     def next(self, device: torch.device) -> tuple[Batch, Batch]:
-        per_epoch = -(-len(self.pairs) // self.batch_size)
-        epoch, position = divmod(self.drawn, per_epoch)
-        order = torch.randperm(len(self.pairs), generator=torch.Generator().manual_seed(self.seed + epoch))
-        chosen = [self.pairs[i] for i in order[position * self.batch_size : (position + 1) * self.batch_size]]
+        chosen = [
+            self.pairs[i] for i in batch_indices(len(self.pairs), self.batch_size, self.seed, self.drawn)
+        ]
         self.drawn += 1
         return tuple(  # type: ignore[return-value]
             {k: v.to(device) for k, v in collate([pair[side] for pair in chosen], self.pad_token_id).items()}
@@ -130,13 +118,12 @@ class Preference:
         device = next(p for p in self.model.parameters() if p.requires_grad).device
         chosen, rejected = self.pairs.next(device)
         reference_chosen, reference_rejected = self.reference(chosen, rejected)
-        policy_chosen = answer_logprobs(self.model, chosen)
-        policy_rejected = answer_logprobs(self.model, rejected)
-        loss = dpo_loss(
-            policy_chosen, policy_rejected, reference_chosen, reference_rejected, self.config.beta
+        # how much more the policy than its reference prefers the chosen answer, in log-probability
+        margin = (answer_logprobs(self.model, chosen) - reference_chosen) - (
+            answer_logprobs(self.model, rejected) - reference_rejected
         )
+        loss = -F.logsigmoid(self.config.beta * margin).mean()
         (self.config.weight * loss).backward()  # adds to .grad, where the alignment loss's gradient is
-        margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
         self.last = {"preference_loss": float(loss.detach()), "reward_margin": float(margin.detach().mean())}
 
     def state_dict(self) -> dict[str, Any]:
