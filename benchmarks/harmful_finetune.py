@@ -23,6 +23,7 @@ so a rerun (or a larger run sharing alignments) only computes what is new.
 """
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -354,7 +355,7 @@ class Benchmark:
                 booster_rows=booster_pairs(self.data_dir) if arm.booster else (),
                 preference=PreferenceConfig() if arm.preference else None,
                 preference_rows=(
-                    preference_pairs(self.data_dir, PREFERENCE_PAIRS, exclude=self.evaluated_requests())
+                    preference_pairs(self.data_dir, PREFERENCE_PAIRS, exclude=self.evaluated_requests)
                     if arm.preference
                     else ()
                 ),
@@ -379,13 +380,13 @@ class Benchmark:
             self.reused["alignments"] += 1
         return str(out)
 
+    @functools.cached_property
     def evaluated_requests(self) -> set[str]:
         """Every request either protocol evaluates on, normalised: alignment side data never teaches one."""
         from vaccine_core.safety_eval import load_split
 
-        split = load_split(self.data_dir)
-        texts = split.harmful + split.harmless + split.borderline
-        return {normalised(text) for text in texts + [p[-1]["content"] for p in self.evals.harmful]}
+        v1 = {normalised(prompt[-1]["content"]) for prompt in self.evals.harmful}
+        return load_split(self.data_dir).normalised() | v1
 
     # -- the attack --------------------------------------------------------------------------------------
     def attack(self, arm: Arm, base: str, fraction: float, seed: int, build: bool = True) -> Path:

@@ -230,7 +230,7 @@ def test_the_preference_term_never_learns_an_evaluated_request(tiny_model_dir, t
     use_cached_answers(monkeypatch)  # the default model's answers, without generating them
     data = get_settings().data_dir
     benchmark = bench.Benchmark(TINY, str(tiny_model_dir), data, tmp_path, judge="refusal")
-    evaluated = benchmark.evaluated_requests()
+    evaluated = benchmark.evaluated_requests
     split = load_split(data)
     assert {normalised(p) for p in split.harmful + split.harmless + split.borderline} <= evaluated
     assert {normalised(p[-1]["content"]) for p in benchmark.evals.harmful} <= evaluated

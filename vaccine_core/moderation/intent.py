@@ -75,8 +75,7 @@ def labelled_requests(data_dir: Path) -> list[tuple[str, bool]]:
     """(request, harmful), de-duplicated, none of them a protocol prompt or a benchmark upload's request."""
     from vaccine_core.safety_eval import load_split
 
-    protocol = load_split(data_dir)
-    unseen = {normalised(p) for p in protocol.harmful + protocol.harmless + protocol.borderline}
+    unseen = load_split(data_dir).normalised()
     unseen |= {
         normalised(alpaca_question(r))
         for rows in prescreen_benchmark_uploads(data_dir).values()

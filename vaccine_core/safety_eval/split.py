@@ -117,6 +117,10 @@ class ProtocolPrompts:
     borderline: list[str]
     sha256: str  # of the whole split (the three digests together): recorded in every result
 
+    def normalised(self) -> set[str]:
+        """Every prompt of the three sets, normalised: what data a model learns from must never hold."""
+        return {normalised(prompt) for prompt in self.harmful + self.harmless + self.borderline}
+
     def take(self, harmful: int, harmless: int, borderline: int) -> "ProtocolPrompts":
         """The first prompts of each set (the split's order is already shuffled)."""
         return ProtocolPrompts(
