@@ -20,7 +20,7 @@ mkdir -p "$out"
 exec > >(tee "$out/check.log") 2>&1
 export PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
-if (( cpu )) && [[ -x .venv/bin/python ]]; then python=.venv/bin/python; fi
+if (( cpu )) && [[ -z "${PYTHON:-}" && -x .venv/bin/python ]]; then python=.venv/bin/python; fi
 
 if compgen -G ".whl/*.whl" >/dev/null; then
     echo "== installing $(ls .whl/*.whl | wc -l) carried wheels"
@@ -35,6 +35,9 @@ import torch, transformers, peft
 name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
 print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}: {name}")
 PY
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$out/device.txt"
+fi
 
 status=0
 echo "== cuda tests"
@@ -44,12 +47,12 @@ timeout 360 "$python" -m pytest -q -m cuda tests/cuda -p no:cacheprovider -rs \
 
 echo "== step cost"
 if (( cpu )); then
-    shapes=(tiny); device=cpu
-else
-    shapes=(smollm2-135m llama2-7b); device=cuda
+    shapes=(tiny); device=cpu; steps=6
+else  # GPU steps take a fraction of a second: 10 timed steps cost little beside each process's start
+    shapes=(smollm2-135m llama2-7b); device=cuda; steps=11
 fi
 for shape in "${shapes[@]}"; do
-    timeout 240 "$python" benchmarks/step_cost.py --shape "$shape" --device "$device" --steps 6 \
+    timeout 240 "$python" benchmarks/step_cost.py --shape "$shape" --device "$device" --steps "$steps" \
         --out "$out/step_cost-$device-$shape.json" || status=1
 done
 echo "== done (status $status): $(ls "$out")"
