@@ -140,6 +140,7 @@ def worker(name: str, shape: str, steps: int, batch_size: int, tokens: int, devi
         batch_size=batch_size, max_steps=steps, max_length=tokens, warmup_ratio=0.0, seed=0
     )
     stamps: list[float] = []
+    cpu_stamps: list[float] = []  # this process's CPU time: near the wall time, a step waits on Python
     if target.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -147,6 +148,7 @@ def worker(name: str, shape: str, steps: int, batch_size: int, tokens: int, devi
         if target.type == "cuda":
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
+        cpu_stamps.append(time.process_time())
 
     train(
         model,
@@ -157,6 +159,7 @@ def worker(name: str, shape: str, steps: int, batch_size: int, tokens: int, devi
         on_progress=on_progress,
     )
     timed = [b - a for a, b in itertools.pairwise(stamps)]  # step 1 is the warm-up
+    cpu = [b - a for a, b in itertools.pairwise(cpu_stamps)]
     peak = (
         torch.cuda.max_memory_allocated() / 2**20
         if target.type == "cuda"
@@ -167,6 +170,7 @@ def worker(name: str, shape: str, steps: int, batch_size: int, tokens: int, devi
         "dtype": str(next(model.parameters()).dtype),
         "seconds_per_step": sum(timed) / len(timed),
         "step_seconds": timed,
+        "cpu_seconds_per_step": sum(cpu) / len(cpu),
         "peak_mib": peak,
     }
 
@@ -224,7 +228,7 @@ def main() -> None:
         runs[name] = json.loads(output.strip().splitlines()[-1])
         print(
             f"{name:15s} {runs[name]['seconds_per_step']:8.3f} s/step  "
-            f"peak {runs[name]['peak_mib']:9.1f} MiB",
+            f"({runs[name]['cpu_seconds_per_step']:.3f} s of CPU)  peak {runs[name]['peak_mib']:9.1f} MiB",
             flush=True,
         )
 

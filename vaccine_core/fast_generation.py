@@ -77,7 +77,8 @@ def effective_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | No
         if not module.merged and not module.disable_adapters:
             for name in module.active_adapters:
                 if name in module.lora_A:
-                    weight = weight + module.get_delta_weight(name).detach()
+                    # PEFT keeps adapters in float32 beside a bf16 base: the merge takes the base's dtype
+                    weight = weight + module.get_delta_weight(name).detach().to(weight.dtype)
         return weight, None if base.bias is None else base.bias.detach()
     return module.weight.detach(), None if module.bias is None else module.bias.detach()
 

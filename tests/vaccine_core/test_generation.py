@@ -63,6 +63,20 @@ def test_fast_greedy_answers_equal_transformers_generate(tiny_model, tokenizer, 
     assert generate(model, tokenizer, PROMPTS, max_new_tokens=24, engine="fast", batch_size=3) == plain
 
 
+def test_the_fast_decoder_runs_a_bf16_model_whose_adapter_peft_keeps_in_float32(tiny_model, tokenizer):
+    """Training loads the base in bf16 on a card that has it, and PEFT keeps the adapter in float32: the
+    merged weights take the base's dtype (a float32 weight beside bf16 activations fails the product)."""
+    from vaccine_core.fast_generation import FastDecoder
+
+    model = with_lora(tiny_model.to(torch.bfloat16))
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.float32}
+    decoder = FastDecoder(model)
+    assert {w.dtype for layer in decoder.layers for w, _ in layer.qkv} == {torch.bfloat16}
+    fast = generate(model, tokenizer, PROMPTS, max_new_tokens=12, engine="fast")
+    plain = generate(model, tokenizer, PROMPTS, max_new_tokens=12, engine="plain")
+    assert sum(f == p for f, p in zip(fast, plain, strict=True)) >= len(PROMPTS) // 2  # bf16 near ties
+
+
 def test_many_prompts_through_a_few_rows_give_the_same_answers(tiny_model, tokenizer):
     prompts = [[{"role": "user", "content": f"{p[0]['content']} {i}"}] for i in range(3) for p in PROMPTS]
     plain = generate(tiny_model, tokenizer, prompts, max_new_tokens=24, engine="plain")
