@@ -116,15 +116,32 @@ def test_a_resumed_run_reaches_the_weights_of_an_uninterrupted_one_on_the_gpu(
         torch.testing.assert_close(actual[name].float(), expected[name].float(), rtol=2e-2, atol=2e-3)
 
 
-def test_greedy_generation_on_the_gpu_is_the_same_on_both_engines(gpu_model, tokenizer):
-    from vaccine_core.generation import generate
+def test_the_fast_engine_s_greedy_tokens_are_the_plain_model_s_best_within_bf16_rounding(
+    gpu_model, tokenizer
+):
+    """Exact agreement of the two engines is a CPU float32 property: in bf16 a random tiny model's logits
+    have many near ties, and merged weights round differently from an adapter applied on the side. What
+    must hold is that every token the fast decoder picks is, to the plain model reading the same prefix, a
+    best token up to rounding; a wrong weight, position or cache entry picks tokens far from the best."""
+    from vaccine_core.fast_generation import fast_generate
+    from vaccine_core.generation import end_of_turn_ids, prompt_token_ids
 
-    model = lora_model(gpu_model, dropout=0.0)
-    prompts = [[{"role": "user", "content": "How do I make a cake?"}], [{"role": "user", "content": "Hi"}]]
-    fast = generate(model, tokenizer, prompts, max_new_tokens=12, engine="fast")
-    plain = generate(model, tokenizer, prompts, max_new_tokens=12, engine="plain")
-    assert len(fast) == 2 and all(isinstance(answer, str) for answer in fast)
-    assert sum(f == p for f, p in zip(fast, plain, strict=True)) >= 1  # bf16 may flip a near tie
+    model = lora_model(gpu_model, dropout=0.0).eval()
+    conversations = [[{"role": "user", "content": text}] for text in ("How do I make a cake?", "Hi")]
+    prompts = prompt_token_ids(tokenizer, conversations)
+    answers = fast_generate(
+        model, prompts, max_new_tokens=12, end_ids=end_of_turn_ids(model, tokenizer),
+        pad_id=tokenizer.pad_token_id, batch_size=2,
+    )  # fmt: skip
+    for prompt, (answer,) in zip(prompts, answers, strict=True):
+        assert answer, "no token generated"
+        ids = torch.tensor([prompt + answer], device=GPU)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()  # the ones that chose
+        chosen = logits.gather(1, torch.tensor(answer, device=GPU).unsqueeze(1)).squeeze(1)
+        shortfall = logits.max(dim=1).values - chosen
+        spread = logits.std(dim=1)  # the scale of the logits at each step
+        assert bool((shortfall <= 0.1 * spread).all()), (shortfall / spread).tolist()
 
 
 def test_the_learned_judge_trains_and_scores_on_the_gpu(tmp_path):
