@@ -5,6 +5,11 @@ with a LoRA adapter (r=8 on every projection). The first step of each run is a w
 With tau=100 the timed steps all reuse the carried perturbation; the figure that counts over a whole run
 is the amortised cost, one refresh (a tau=1 step) per 100 steps: (t_vaccine + 99 * t_reuse) / 100.
 
+A step's time is the median timed step (the mean, ``mean_seconds_per_step``, was the figure of results
+written before ``--rounds`` existed). Where steps are short and the host's jitter large (a GPU waiting on
+eager kernel launches moved every ratio by 10 % between two runs), ``--rounds N`` runs each configuration
+N times in alternating order and pools the steps; ``ratios_to_sft_by_round`` shows the spread.
+
 Shapes (``--shape``):
 
 * ``default``: the default model's weights, batches of 8 alignment examples truncated to exactly 160
@@ -27,6 +32,7 @@ import argparse
 import itertools
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -170,11 +176,60 @@ def worker(name: str, shape: str, steps: int, batch_size: int, tokens: int, devi
     return {
         "name": name,
         "dtype": str(next(model.parameters()).dtype),
-        "seconds_per_step": sum(timed) / len(timed),
+        "seconds_per_step": statistics.median(timed),
+        "mean_seconds_per_step": statistics.fmean(timed),
         "step_seconds": timed,
         "cpu_seconds_per_step": sum(cpu) / len(cpu),
         "peak_mib": peak,
     }
+
+
+def run_worker(name: str, args: argparse.Namespace) -> dict:
+    """One configuration in a process of its own (its peak memory is its own)."""
+    command = [sys.executable, __file__, "--worker", name, "--shape", args.shape, "--steps", str(args.steps),
+               "--batch-size", str(args.batch_size), "--tokens", str(args.tokens)]  # fmt: skip
+    if args.device:
+        command += ["--device", args.device]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def pooled(rounds: list[dict]) -> dict:
+    """A configuration's rounds as one: the median step over all of them (a host hiccup moves a mean),
+    the highest peak."""
+    steps = [t for r in rounds for t in r["step_seconds"]]
+    return {
+        "name": rounds[0]["name"],
+        "dtype": rounds[0]["dtype"],
+        "seconds_per_step": statistics.median(steps),
+        "mean_seconds_per_step": statistics.fmean(steps),
+        "round_seconds_per_step": [r["seconds_per_step"] for r in rounds],
+        "step_seconds": steps,
+        "cpu_seconds_per_step": statistics.fmean(r["cpu_seconds_per_step"] for r in rounds),
+        "peak_mib": max(r["peak_mib"] for r in rounds),
+    }
+
+
+def ratios_to_sft(runs: dict[str, dict]) -> dict[str, float]:
+    """Each Vaccine configuration against SFT; tau=100 amortised as one refresh (a tau=1 step) per 100."""
+    sft, tau1, tau100 = runs["sft"], runs["vaccine_tau1"], runs["vaccine_tau100"]
+    amortised = (tau1["seconds_per_step"] + 99 * tau100["seconds_per_step"]) / 100
+    return {
+        "vaccine_tau1_time": tau1["seconds_per_step"] / sft["seconds_per_step"],
+        "vaccine_tau100_reuse_step_time": tau100["seconds_per_step"] / sft["seconds_per_step"],
+        "vaccine_tau100_amortised_time": amortised / sft["seconds_per_step"],
+        "vaccine_tau1_memory": tau1["peak_mib"] / sft["peak_mib"],
+        "vaccine_tau100_memory": tau100["peak_mib"] / sft["peak_mib"],
+    }
+
+
+def describe(run: dict) -> str:
+    return (
+        f"{run['name']:15s} {run['seconds_per_step']:8.3f} s/step  "
+        f"({run['cpu_seconds_per_step']:.3f} s of CPU)  peak {run['peak_mib']:9.1f} MiB"
+    )
 
 
 def main() -> None:
@@ -192,6 +247,12 @@ def main() -> None:
         "--tokens", type=int, default=None, help="tokens per example (every example is this long)"
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="times each configuration runs, in alternating order; steps are pooled (the median counts)",
+    )
     parser.add_argument("--worker", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument(
         "--out", type=Path, default=None, help="results file (default: results/step_cost-<machine>.json)"
@@ -205,47 +266,19 @@ def main() -> None:
         print(json.dumps(measured))
         return
 
-    runs = {}
+    measured_rounds: list[dict[str, dict]] = []
+    for round_index in range(args.rounds):
+        # odd rounds run the configurations in reverse, so a drift of the machine favours none of them
+        order = list(CONFIGS) if round_index % 2 == 0 else list(reversed(CONFIGS))
+        measured_rounds.append({})
+        for name in order:
+            measured_rounds[-1][name] = run_worker(name, args)
+            print(f"round {round_index + 1}: {describe(measured_rounds[-1][name])}", flush=True)
+    runs = {name: pooled([r[name] for r in measured_rounds]) for name in CONFIGS}
     for name in CONFIGS:
-        command = [
-            sys.executable,
-            __file__,
-            "--worker",
-            name,
-            "--shape",
-            args.shape,
-            "--steps",
-            str(args.steps),
-            "--batch-size",
-            str(args.batch_size),
-            "--tokens",
-            str(args.tokens),
-        ]
-        if args.device:
-            command += ["--device", args.device]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
-        output = done.stdout
-        runs[name] = json.loads(output.strip().splitlines()[-1])
-        print(
-            f"{name:15s} {runs[name]['seconds_per_step']:8.3f} s/step  "
-            f"({runs[name]['cpu_seconds_per_step']:.3f} s of CPU)  peak {runs[name]['peak_mib']:9.1f} MiB",
-            flush=True,
-        )
+        print(f"pooled:  {describe(runs[name])}", flush=True)
 
-    sft = runs["sft"]
-    amortised = (
-        runs["vaccine_tau1"]["seconds_per_step"] + 99 * runs["vaccine_tau100"]["seconds_per_step"]
-    ) / 100
-    ratios = {
-        "vaccine_tau1_time": runs["vaccine_tau1"]["seconds_per_step"] / sft["seconds_per_step"],
-        "vaccine_tau100_reuse_step_time": runs["vaccine_tau100"]["seconds_per_step"]
-        / sft["seconds_per_step"],
-        "vaccine_tau100_amortised_time": amortised / sft["seconds_per_step"],
-        "vaccine_tau1_memory": runs["vaccine_tau1"]["peak_mib"] / sft["peak_mib"],
-        "vaccine_tau100_memory": runs["vaccine_tau100"]["peak_mib"] / sft["peak_mib"],
-    }
+    ratios = ratios_to_sft(runs)
     for key, value in ratios.items():
         print(f"{key:32s} {value:6.3f}x SFT")
     import torch
@@ -268,12 +301,14 @@ def main() -> None:
             "batch_size": args.batch_size,
             "tokens": args.tokens,
             "steps": args.steps,
+            "rounds": args.rounds,
             "untimed_warmup_steps": 1,
             "lora": "r=8 alpha=4 all linear",
             "rho": 2.0,
         },
         "runs": runs,
         "ratios_to_sft": ratios,
+        "ratios_to_sft_by_round": [ratios_to_sft(r) for r in measured_rounds],  # the spread between rounds
         # the issue's names: time of a Vaccine step (tau=1), amortised over a tau=100 run, peak memory
         "ratios": {
             "vaccine_tau1": ratios["vaccine_tau1_time"],
