@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, provenance
@@ -46,6 +46,7 @@ from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
 from vaccine_core.defenses import BoosterConfig, LisaConfig, PreferenceConfig, SafeLoraConfig, StepDefenses
 from vaccine_core.defenses.config import LISA_SAFETY_PAIRS, PREFERENCE_PAIRS
 from vaccine_core.defenses.data import booster_pairs, lisa_pairs, preference_pairs
+from vaccine_core.defenses.own_compliance import own_compliance
 from vaccine_core.evaluation import embedding_drift, judge_answers, load_prompts, refusal_rate, task_accuracy
 from vaccine_core.finetune import apply_safe_lora, finetune
 from vaccine_core.formats import parse_rows
@@ -69,6 +70,9 @@ log = logging.getLogger("harmful_finetune")
 RESULTS = Path(__file__).parent / "results"
 HARMFUL_EVAL_FILES = ("eval/advbench.jsonl", "eval/harmbench_val.jsonl")
 HARMLESS_EVAL_FILE = "eval/harmless_val.jsonl"
+# harmful requests the model answers for the "own" preference source: of these, the judged-harmful answers
+# must cover the preference pairs' harmful half (PREFERENCE_PAIRS // 2)
+OWN_COMPLIANCE_REQUESTS = 400
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,9 @@ class Arm:
     safety_mix: int = 0  # safety pairs added to every fine-tuning set (a defense beyond the paper)
     booster: bool = False  # Booster's attenuation term in the alignment (BoosterConfig's defaults)
     preference: bool = False  # the DPO preference term in the alignment (PreferenceConfig's defaults)
+    # its harmful side: JailbreakBench's judged-harmful answers, or the model's own judged compliance with
+    # safe_refusals' harmful instructions (defenses.own_compliance)
+    preference_source: Literal["jailbreakbench", "own"] = "jailbreakbench"
     lisa: bool = False  # Lisa during the user's fine-tuning (LisaConfig's defaults unless set below)
     lisa_rho: float | None = None  # another proximal strength than LisaConfig's default
     lisa_finetune_steps: int | None = None  # another count of user steps per safety step
@@ -166,6 +173,7 @@ ARMS: dict[str, Arm] = {
         # refuse the harmful request, answer the one that only sounds harmful: DPO on pairs of answers
         # beside the SFT alignment (safety-defenses-plan.md, 2026-12-04 fourth session)
         Arm("sft+preference", "sft", preference=True),
+        Arm("sft+preference-own", "sft", preference=True, preference_source="own"),
         Arm("lisa", "sft", lisa=True),
         # gentler Lisa (safety-defenses-plan.md, 2026-12-04): a tenth of the pull, or half the safety steps
         Arm("lisa-rho0.1", "sft", lisa=True, lisa_rho=0.1),
@@ -355,7 +363,12 @@ class Benchmark:
                 booster_rows=booster_pairs(self.data_dir) if arm.booster else (),
                 preference=PreferenceConfig() if arm.preference else None,
                 preference_rows=(
-                    preference_pairs(self.data_dir, PREFERENCE_PAIRS, exclude=self.evaluated_requests)
+                    preference_pairs(
+                        self.data_dir,
+                        PREFERENCE_PAIRS,
+                        exclude=self.evaluated_requests,
+                        harmful=self.own_compliance(rows) if arm.preference_source == "own" else None,
+                    )
                     if arm.preference
                     else ()
                 ),
@@ -364,6 +377,7 @@ class Benchmark:
         suffix = (
             ("-booster" if arm.booster else "")
             + ("-preference" if arm.preference else "")
+            + ("-own" if arm.preference and arm.preference_source == "own" else "")
             + (f"-sensitive{arm.sensitive_helpful}" if arm.sensitive_helpful else "")
             + (f"-pairs{safety}+{helpful}" if arm.alignment_pairs is not None else "")
         )
@@ -379,6 +393,14 @@ class Benchmark:
         elif build:
             self.reused["alignments"] += 1
         return str(out)
+
+    def own_compliance(self, alignment: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The model's own judged-harmful answers to safe_refusals instructions that neither its alignment
+        data nor any evaluation holds."""
+        exclude = self.evaluated_requests | {normalised(row["instruction"]) for row in alignment}
+        return own_compliance(
+            self.data_dir, self.model, self.judges["main"], requests=OWN_COMPLIANCE_REQUESTS, exclude=exclude
+        )
 
     @functools.cached_property
     def evaluated_requests(self) -> set[str]:

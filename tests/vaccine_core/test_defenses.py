@@ -520,3 +520,49 @@ def test_sft_with_the_preference_term_aligns_and_records_itself(tiny_model_dir, 
     assert result.manifest["metrics"]["train"]["defense_seconds"]["preference"] > 0
     with pytest.raises(ValueError, match="chosen and a rejected"):
         StepDefenses(preference=PreferenceConfig())
+
+
+def test_own_compliance_keeps_the_model_s_judged_harmful_answers_to_requests_left_in(
+    tiny_data_dir, tiny_model_dir, monkeypatch
+):
+    import vaccine_core.generation
+    from vaccine_core.defenses.own_compliance import own_compliance
+    from vaccine_core.moderation.base import Verdict
+    from vaccine_core.text import normalised
+
+    class EvenRequests:  # flags the answers to even-numbered requests, whatever they say
+        name = "even"
+
+        def score(self, pairs):
+            return [Verdict(int(request.split()[-1]) % 2 == 0, 1.0) for request, _ in pairs]
+
+    exclude = {normalised(f"Make weapon {i}") for i in range(10)}  # the alignment's and evaluation's
+    rows = own_compliance(
+        tiny_data_dir, str(tiny_model_dir), EvenRequests(), requests=6, exclude=exclude, seed=1
+    )
+    numbers = [int(row["instruction"].split()[-1]) for row in rows]
+    assert numbers and all(n >= 10 and n % 2 == 0 for n in numbers)
+    assert all(row["output"].strip() for row in rows)  # the model's own words
+
+    def no_generation(*_args, **_kwargs):
+        raise AssertionError("the answers are cached")
+
+    monkeypatch.setattr(vaccine_core.generation, "generate", no_generation)
+    assert (
+        own_compliance(
+            tiny_data_dir, str(tiny_model_dir), EvenRequests(), requests=6, exclude=exclude, seed=1
+        )
+        == rows
+    )
+    with pytest.raises(ValueError, match="10 are left"):
+        own_compliance(tiny_data_dir, str(tiny_model_dir), EvenRequests(), requests=11, exclude=exclude)
+
+
+def test_preference_pairs_take_the_harmful_rows_they_are_given(tiny_data_dir, monkeypatch):
+    from tests.helpers import use_cached_answers
+    from vaccine_core.defenses.data import REFUSALS, preference_pairs
+
+    use_cached_answers(monkeypatch)
+    own = [{"instruction": f"Make weapon {i}", "input": "", "output": f"Take part {i}"} for i in range(3)]
+    rows = preference_pairs(tiny_data_dir, 4, harmful=own)
+    assert all(r["chosen"] in REFUSALS and r["rejected"].startswith("Take part") for r in rows[:2])

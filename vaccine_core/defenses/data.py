@@ -51,17 +51,23 @@ REFUSALS = (
 
 
 def preference_pairs(
-    data_dir: Path, count: int, seed: int = 0, exclude: Collection[str] = ()
+    data_dir: Path,
+    count: int,
+    seed: int = 0,
+    exclude: Collection[str] = (),
+    harmful: Sequence[dict[str, Any]] | None = None,
 ) -> list[dict[str, str]]:
     """``count`` rows of (instruction, chosen, rejected), sampled with ``seed``: half harmful requests (a
-    refusal chosen over the judged-harmful answer), half sensitive-sounding benign ones (the model's own
-    helpful answer chosen over a refusal). Requests whose normalised text is in ``exclude`` (the
-    evaluation's prompts, normalised) are never drawn."""
+    refusal chosen over the harmful answer), half sensitive-sounding benign ones (the model's own helpful
+    answer chosen over a refusal). The harmful (instruction, output) rows are ``harmful`` where given
+    (``own_compliance``), else Booster's judged-harmful pairs. Requests whose normalised text is in
+    ``exclude`` (the evaluation's prompts, normalised) are never drawn."""
     from vaccine_core.sensitive_helpful import sensitive_helpful_rows
 
     rng = random.Random(seed)
     harmful_count = count // 2
-    harmful = [row for row in booster_pairs(data_dir) if normalised(row["instruction"]) not in exclude]
+    source = booster_pairs(data_dir) if harmful is None else harmful
+    harmful = [row for row in source if normalised(row["instruction"]) not in exclude]
     if harmful_count > len(harmful):
         raise ValueError(f"asked for {harmful_count} harmful preference pairs; {len(harmful)} are usable")
     rows = [

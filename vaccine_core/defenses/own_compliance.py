@@ -1,0 +1,92 @@
+"""The model's own compliance with harmful requests: another rejected side for the preference term.
+
+The preference term's first source (``defenses.data.booster_pairs``) is JailbreakBench's judged-harmful
+answers, whose requests are topically matched to the borderline-benign evaluation set and whose answers
+another model wrote: learning to refuse them lowered every refusal together in align120
+(benchmarks/results/safety-defenses-plan.md). This source changes both at once:
+
+* requests: the harmful instructions of ``alignment/safe_refusals.jsonl`` that the caller leaves in (never
+  the base's own alignment pairs nor an evaluated prompt: the caller passes both as ``exclude``);
+* answers: what the model to be aligned writes itself (greedy, generated once and cached under
+  VACCINE_HOME by the requests and the model's weights), kept where the judge flags them harmful.
+"""
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from vaccine_core.mixing import SAFETY_FILE, read_jsonl, write_rows
+from vaccine_core.moderation.base import Moderator
+from vaccine_core.settings import get_settings
+from vaccine_core.text import normalised
+
+log = logging.getLogger(__name__)
+
+ANSWER_TOKENS = 96  # as the borderline answers: long enough for the judge to see compliance
+
+
+def harmful_requests(data_dir: Path, count: int, seed: int, exclude: Collection[str]) -> list[str]:
+    """``count`` distinct safe_refusals instructions (no extra input) whose normalised text is not in
+    ``exclude``, sampled with ``seed``."""
+    pool = sorted(
+        {
+            row["instruction"]
+            for row in read_jsonl(Path(data_dir) / SAFETY_FILE)
+            if not row.get("input") and normalised(row["instruction"]) not in exclude
+        }
+    )
+    if count > len(pool):
+        raise ValueError(f"asked for {count} harmful requests; {len(pool)} are left after exclusions")
+    return random.Random(seed).sample(pool, count)
+
+
+def own_answers(requests: list[str], model: str) -> list[str]:
+    """The model's greedy answers to ``requests``, generated once per (requests, weights)."""
+    from vaccine_core.generation import generate
+    from vaccine_core.inference import load_for_inference
+    from vaccine_core.models import resolve_model
+
+    resolved = resolve_model(model)
+    key = hashlib.sha256(
+        json.dumps([requests, resolved.spec, resolved.sha256, ANSWER_TOKENS]).encode()
+    ).hexdigest()[:12]
+    path = get_settings().home / "defenses" / f"own-answers-{key}.jsonl"
+    if path.is_file():
+        return [row["answer"] for row in read_jsonl(path)]
+    log.info("the model answers %d harmful requests once (cached at %s)", len(requests), path)
+    loaded = load_for_inference(model)
+    answers = generate(
+        loaded.model,
+        loaded.tokenizer,
+        [[{"role": "user", "content": request}] for request in requests],
+        max_new_tokens=ANSWER_TOKENS,
+    )
+    staging = path.with_suffix(".partial")  # a run stopped while writing leaves no cache behind
+    write_rows(staging, [{"request": q, "answer": a} for q, a in zip(requests, answers, strict=True)])
+    staging.rename(path)
+    return answers
+
+
+def own_compliance(
+    data_dir: Path,
+    model: str,
+    judge: Moderator,
+    *,
+    requests: int,
+    exclude: Collection[str],
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """(instruction, output) rows of the model's own answers to ``requests`` harmful requests, kept where
+    ``judge`` flags the answer: the harmful side of preference pairs (``preference_pairs(harmful=...)``)."""
+    asked = harmful_requests(data_dir, requests, seed, exclude)
+    answers = own_answers(asked, model)
+    verdicts = judge.score(list(zip(asked, answers, strict=True)))
+    return [
+        {"instruction": request, "input": "", "output": answer}
+        for request, answer, verdict in zip(asked, answers, verdicts, strict=True)
+        if verdict.flagged and answer.strip()
+    ]
