@@ -4,9 +4,9 @@
   attack set (``attack/beavertails_unsafe``), so the defense is not fitted to the attack it is measured on.
 * Lisa's safety pairs: (harmful request, safe answer) rows of ``alignment/safe_refusals.jsonl`` that the
   base was not aligned on, so the alignment state brings new data rather than replaying the base's.
-* The preference term's pairs: Booster's harmful requests with a refusal preferred over their harmful
-  answer, and sensitive-sounding benign requests with the model's own helpful answer preferred over a
-  refusal; never an evaluation prompt.
+* The preference term's pairs: Booster's harmful requests (or the model's own judged compliance,
+  ``own_compliance``) with a refusal preferred over their harmful answer, and sensitive-sounding benign
+  requests with the model's own helpful answer preferred over a refusal; never an evaluation prompt.
 """
 
 import random
