@@ -395,11 +395,12 @@ class Benchmark:
         return str(out)
 
     def own_compliance(self, alignment: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The model's own judged-harmful answers to safe_refusals instructions that neither its alignment
-        data nor any evaluation holds."""
+        """The model's own answers to safe_refusals instructions that neither its alignment data nor any
+        evaluation holds, where the default learned judge flags them (whatever judge this benchmark scores
+        with: the safety grid builds it with the refusal-phrase judge, which flags every non-refusal)."""
         exclude = self.evaluated_requests | {normalised(row["instruction"]) for row in alignment}
         return own_compliance(
-            self.data_dir, self.model, self.judges["main"], requests=OWN_COMPLIANCE_REQUESTS, exclude=exclude
+            self.data_dir, self.model, load_judge("default"), requests=OWN_COMPLIANCE_REQUESTS, exclude=exclude
         )
 
     @functools.cached_property
