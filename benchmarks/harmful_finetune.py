@@ -399,8 +399,9 @@ class Benchmark:
         evaluation holds, where the default learned judge flags them (whatever judge this benchmark scores
         with: the safety grid builds it with the refusal-phrase judge, which flags every non-refusal)."""
         exclude = self.evaluated_requests | {normalised(row["instruction"]) for row in alignment}
+        judge = load_judge("default")
         return own_compliance(
-            self.data_dir, self.model, load_judge("default"), requests=OWN_COMPLIANCE_REQUESTS, exclude=exclude
+            self.data_dir, self.model, judge, requests=OWN_COMPLIANCE_REQUESTS, exclude=exclude
         )
 
     @functools.cached_property
