@@ -337,6 +337,8 @@ class Benchmark:
         # mistaken for the cost of the experiment
         self.computed = {"alignments": 0, "attacks": 0, "measurements": 0}
         self.reused = {"alignments": 0, "attacks": 0, "measurements": 0}
+        # own compliance by its alignment rows' digest: judged once, though base() is asked for it often
+        self._own_compliance: dict[str, list[dict[str, Any]]] = {}
 
     # -- alignment ---------------------------------------------------------------------------------------
     def base(self, arm: Arm, build: bool = True) -> str:
@@ -398,11 +400,14 @@ class Benchmark:
         """The model's own answers to safe_refusals instructions that neither its alignment data nor any
         evaluation holds, where the default learned judge flags them (whatever judge this benchmark scores
         with: the safety grid builds it with the refusal-phrase judge, which flags every non-refusal)."""
-        exclude = self.evaluated_requests | {normalised(row["instruction"]) for row in alignment}
-        judge = load_judge("default")
-        return own_compliance(
-            self.data_dir, self.model, judge, requests=OWN_COMPLIANCE_REQUESTS, exclude=exclude
-        )
+        key = digest(alignment)
+        if key not in self._own_compliance:
+            exclude = self.evaluated_requests | {normalised(row["instruction"]) for row in alignment}
+            self._own_compliance[key] = own_compliance(
+                self.data_dir, self.model, load_judge("default"), requests=OWN_COMPLIANCE_REQUESTS,
+                exclude=exclude,
+            )  # fmt: skip
+        return self._own_compliance[key]
 
     @functools.cached_property
     def evaluated_requests(self) -> set[str]:

@@ -10,7 +10,8 @@ platforms=()
 for tag in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
     platforms+=(--platform "$tag")
 done
-# each name here is missing on the image (found by a dry run in a Python with only the image's packages); its own needs that the image lacks are listed too (--no-deps)
+# each name here is missing on the image (found by a dry run in a Python with only the image's packages);
+# its own needs that the image lacks are listed too (--no-deps)
 wanted=(
     pydantic pydantic-core pydantic-settings annotated-types typing-inspection python-dotenv
     gguf fastapi starlette python-multipart uvicorn sqlalchemy greenlet alembic mako

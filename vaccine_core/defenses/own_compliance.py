@@ -11,20 +11,16 @@ another model wrote: learning to refuse them lowered every refusal together in a
   VACCINE_HOME by the requests and the model's weights), kept where the judge flags them harmful.
 """
 
-import hashlib
-import json
-import logging
 import random
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from vaccine_core.mixing import SAFETY_FILE, read_jsonl, write_rows
+from vaccine_core.answer_cache import answered_once, cache_key
+from vaccine_core.mixing import SAFETY_FILE, read_jsonl
 from vaccine_core.moderation.base import Moderator
 from vaccine_core.settings import get_settings
 from vaccine_core.text import normalised
-
-log = logging.getLogger(__name__)
 
 ANSWER_TOKENS = 96  # as the borderline answers: long enough for the judge to see compliance
 
@@ -46,29 +42,13 @@ def harmful_requests(data_dir: Path, count: int, seed: int, exclude: Collection[
 
 def own_answers(requests: list[str], model: str) -> list[str]:
     """The model's greedy answers to ``requests``, generated once per (requests, weights)."""
-    from vaccine_core.generation import generate
-    from vaccine_core.inference import load_for_inference
     from vaccine_core.models import resolve_model
 
-    resolved = resolve_model(model)
-    key = hashlib.sha256(
-        json.dumps([requests, resolved.spec, resolved.sha256, ANSWER_TOKENS]).encode()
-    ).hexdigest()[:12]
+    key = cache_key(requests, resolve_model(model), ANSWER_TOKENS)
     path = get_settings().home / "defenses" / f"own-answers-{key}.jsonl"
-    if path.is_file():
-        return [row["answer"] for row in read_jsonl(path)]
-    log.info("the model answers %d harmful requests once (cached at %s)", len(requests), path)
-    loaded = load_for_inference(model)
-    answers = generate(
-        loaded.model,
-        loaded.tokenizer,
-        [[{"role": "user", "content": request}] for request in requests],
-        max_new_tokens=ANSWER_TOKENS,
-    )
-    staging = path.with_suffix(".partial")  # a run stopped while writing leaves no cache behind
-    write_rows(staging, [{"request": q, "answer": a} for q, a in zip(requests, answers, strict=True)])
-    staging.rename(path)
-    return answers
+    asked = [{"request": request} for request in requests]
+    rows = answered_once(path, asked, model, ANSWER_TOKENS, what="harmful requests")
+    return [row["answer"] for row in rows]
 
 
 def own_compliance(

@@ -15,22 +15,18 @@ requests and the model's weights (their sha256), wherever the weights were conve
 ``benchmarks/results/judge_borderline_check.md`` records a reading by hand of a sample of them.
 """
 
-import hashlib
-import json
-import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vaccine_core.answer_cache import answered_once, cache_key
 from vaccine_core.mixing import read_jsonl
 from vaccine_core.moderation.contrastive import contrastive_requests
 from vaccine_core.settings import get_settings
 
 if TYPE_CHECKING:  # models.py imports torch and transformers, which the request lists do not need
     from vaccine_core.models import ResolvedModel
-
-log = logging.getLogger(__name__)
 
 JBB_BENIGN_FILE = "eval/jbb_benign_behaviors.jsonl"
 DONOTANSWER_FILE = "eval/donotanswer.jsonl"
@@ -64,9 +60,7 @@ def borderline_requests(data_dir: Path) -> list[BorderlineRequest]:
 def answers_path(requests: list[BorderlineRequest], model: "ResolvedModel") -> Path:
     """Keyed by the requests and the model's weights, not by where the weights were converted to, so every
     ``VACCINE_HOME`` with the same model shares the answers' key."""
-    key = hashlib.sha256(
-        json.dumps([[asdict(r) for r in requests], model.spec, model.sha256, ANSWER_TOKENS]).encode()
-    ).hexdigest()[:12]
+    key = cache_key([asdict(r) for r in requests], model, ANSWER_TOKENS)
     return get_settings().home / "judges" / f"borderline-answers-{key}.jsonl"
 
 
@@ -74,26 +68,9 @@ def ensure_borderline_answers(
     data_dir: Path, model: str = "default", on_batch: Callable[[int], None] | None = None
 ) -> list[dict[str, str]]:
     """The model's answers to every borderline request (generated once, then read from the cache)."""
-    from vaccine_core.generation import generate
-    from vaccine_core.inference import load_for_inference
     from vaccine_core.models import resolve_model
 
     requests = borderline_requests(data_dir)
     path = answers_path(requests, resolve_model(model))
-    if path.is_file():
-        return read_jsonl(path)
-    log.info("the default model answers %d borderline requests once (cached at %s)", len(requests), path)
-    loaded = load_for_inference(model)
-    answers = generate(
-        loaded.model,
-        loaded.tokenizer,
-        [[{"role": "user", "content": r.request}] for r in requests],
-        max_new_tokens=ANSWER_TOKENS,
-        on_batch=on_batch,
-    )
-    rows = [{**asdict(r), "answer": a} for r, a in zip(requests, answers, strict=True)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".partial")
-    staging.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    staging.rename(path)
-    return rows
+    rows = [asdict(r) for r in requests]
+    return answered_once(path, rows, model, ANSWER_TOKENS, what="borderline requests", on_batch=on_batch)
