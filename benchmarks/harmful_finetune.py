@@ -91,6 +91,7 @@ class Arm:
     lisa: bool = False  # Lisa during the user's fine-tuning (LisaConfig's defaults unless set below)
     lisa_rho: float | None = None  # another proximal strength than LisaConfig's default
     lisa_finetune_steps: int | None = None  # another count of user steps per safety step
+    lisa_helpful_share: float = 0.0  # of Lisa's pairs, the share that are helpful Alpaca answers
     safe_lora: bool = False  # Safe LoRA on the user's adapter (SafeLoraConfig's defaults)
     safe_lora_threshold: float | None = None  # another threshold than SafeLoraConfig's default
     # of the alignment's helpful pairs, how many answer requests that only sound harmful (sensitive_helpful)
@@ -142,6 +143,7 @@ def ships_by_default(arm: Arm) -> bool:
         and not arm.preference
         and arm.safety_mix == 0
         and arm.lisa_config() == stack.lisa_config()
+        and arm.lisa_helpful_share == 0
         and arm.safe_lora_config() == stack.projection()
     )
 
@@ -178,6 +180,9 @@ ARMS: dict[str, Arm] = {
         # gentler Lisa (safety-defenses-plan.md, 2026-12-04): a tenth of the pull, or half the safety steps
         Arm("lisa-rho0.1", "sft", lisa=True, lisa_rho=0.1),
         Arm("lisa-1in20", "sft", lisa=True, lisa_finetune_steps=19),
+        # Lisa's alignment state on the alignment's own mix, half refusals and half helpful answers
+        # (safety-defenses-plan.md, 2026-12-04 sixth session)
+        Arm("lisa-mixed", "sft", lisa=True, lisa_helpful_share=0.5),
         Arm("safe_lora", "sft", safe_lora=True),
         # thresholds by the share of layers they project (safety-defenses-plan.md): 0.1 ~14 %, 0.2 ~50 %
         Arm("safe_lora-t0.1", "sft", safe_lora=True, safe_lora_threshold=0.1),
@@ -438,7 +443,11 @@ class Benchmark:
         key_parts: list[Any] = [base, rows, config.to_dict()]
         lisa = arm.lisa_config()
         if lisa is not None:
-            pairs = lisa_pairs(self.data_dir, base, self.sizes.lisa_pairs, seed)
+            pairs = lisa_pairs(
+                self.data_dir, base, self.sizes.lisa_pairs, seed,
+                helpful=round(arm.lisa_helpful_share * self.sizes.lisa_pairs),
+                exclude=self.evaluated_requests,
+            )  # fmt: skip
             defenses = StepDefenses(lisa=lisa, lisa_rows=pairs)
             key_parts.append(defenses.to_dict())
         safe_lora = arm.safe_lora_config()

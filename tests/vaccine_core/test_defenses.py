@@ -276,6 +276,25 @@ def test_lisa_pairs_leave_out_what_the_base_was_aligned_on(tiny_data_dir, tiny_m
     assert len(lisa_pairs(tiny_data_dir, str(tiny_model_dir), count=20)) == 20  # never aligned here
 
 
+
+def test_lisa_pairs_mix_helpful_answers_in_when_asked(tiny_data_dir, tiny_model_dir):
+    from vaccine_core.mixing import read_jsonl
+    from vaccine_core.text import normalised
+
+    safety = {r["instruction"] for r in read_jsonl(tiny_data_dir / "alignment/safe_refusals.jsonl")}
+    helpful = [r["instruction"] for r in read_jsonl(tiny_data_dir / "benign/alpaca_demo.jsonl")]
+    plain = lisa_pairs(tiny_data_dir, str(tiny_model_dir), count=6, seed=0)
+    assert plain == lisa_pairs(tiny_data_dir, str(tiny_model_dir), count=6, seed=0, helpful=0)
+    evaluated = {normalised(i) for i in helpful[3:]}  # never drawn: only three helpful requests are left
+    mixed = lisa_pairs(tiny_data_dir, str(tiny_model_dir), count=6, seed=0, helpful=3, exclude=evaluated)
+    drawn = [r["instruction"] for r in mixed]
+    assert {i for i in drawn if i not in safety} == set(helpful[:3])
+    assert sum(i in safety for i in drawn) == 3
+    with pytest.raises(ValueError, match="between 0 and count"):
+        lisa_pairs(tiny_data_dir, str(tiny_model_dir), count=2, helpful=3)
+    with pytest.raises(ValueError, match="alpaca_demo"):
+        lisa_pairs(tiny_data_dir, str(tiny_model_dir), count=len(helpful) + 1, helpful=len(helpful) + 1)
+
 # -- inside runs -----------------------------------------------------------------------------------------
 def test_booster_with_vaccine_aligns_and_records_itself(tiny_model_dir, alpaca_file, tmp_path):
     defenses = StepDefenses(booster=BoosterConfig(batch_size=2), booster_rows=HARMFUL_ROWS)

@@ -3,7 +3,8 @@
 * Booster's harmful pairs: answers the JailbreakBench judge found harmful (``moderation/``), never the
   attack set (``attack/beavertails_unsafe``), so the defense is not fitted to the attack it is measured on.
 * Lisa's safety pairs: (harmful request, safe answer) rows of ``alignment/safe_refusals.jsonl`` that the
-  base was not aligned on, so the alignment state brings new data rather than replaying the base's.
+  base was not aligned on, so the alignment state brings new data rather than replaying the base's;
+  optionally mixed with helpful Alpaca pairs, as the alignment itself is.
 * The preference term's pairs: Booster's harmful requests (or the model's own judged compliance,
   ``own_compliance``) with a refusal preferred over their harmful answer, and sensitive-sounding benign
   requests with the model's own helpful answer preferred over a refusal; never an evaluation prompt.
@@ -19,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from vaccine_core.artifacts import read_manifest
 from vaccine_core.data import SupervisedDataset
 from vaccine_core.formats import Conversation, load_dataset, parse_rows
-from vaccine_core.mixing import SAFETY_FILE, read_jsonl
+from vaccine_core.mixing import HELPFUL_FILE, SAFETY_FILE, read_jsonl
 from vaccine_core.text import normalised
 
 JUDGED_FILE = "moderation/jailbreakbench_judged.jsonl"
@@ -98,16 +99,42 @@ def aligned_requests(base: str | Path) -> set[str]:
     return {user_turn(c) for c in load_dataset(path).conversations}
 
 
-def lisa_pairs(data_dir: Path, base: str | Path, count: int, seed: int = 0) -> list[dict[str, Any]]:
-    """``count`` safety pairs, sampled with ``seed``, whose requests the base at ``base`` was not aligned
-    on."""
-    rows = read_jsonl(Path(data_dir) / SAFETY_FILE)
-    requests = parse_rows(enumerate(rows, start=1)).conversations
-    exclude = aligned_requests(base)
-    pool = [row for row, c in zip(rows, requests, strict=True) if user_turn(c) not in exclude]
-    if count > len(pool):
-        raise ValueError(f"asked for {count} safety pairs; {len(pool)} are left beside the base's alignment")
-    return random.Random(seed).sample(pool, count)
+def lisa_pairs(
+    data_dir: Path,
+    base: str | Path,
+    count: int,
+    seed: int = 0,
+    *,
+    helpful: int = 0,
+    exclude: Collection[str] = (),
+) -> list[dict[str, Any]]:
+    """``count`` pairs for Lisa's alignment state, sampled with ``seed``, none on a request the base at
+    ``base`` was aligned on or (normalised) in ``exclude``: safety pairs, except ``helpful`` of them that
+    are helpful Alpaca answers, as the base's alignment mixes them (refusals alone teach a small model to
+    refuse everything)."""
+    if not 0 <= helpful <= count:
+        raise ValueError(f"helpful ({helpful}) must be between 0 and count ({count})")
+    aligned = aligned_requests(base)
+
+    def pool(name: str) -> list[dict[str, Any]]:
+        rows = read_jsonl(Path(data_dir) / name)
+        requests = parse_rows(enumerate(rows, start=1)).conversations
+        return [
+            row
+            for row, c in zip(rows, requests, strict=True)
+            if user_turn(c) not in aligned and normalised(user_turn(c)) not in exclude
+        ]
+
+    rng = random.Random(seed)
+    drawn = []
+    for name, want in ((SAFETY_FILE, count - helpful), (HELPFUL_FILE, helpful)):
+        rows = pool(name) if want else []
+        if want > len(rows):
+            raise ValueError(f"asked for {want} pairs of {name}; {len(rows)} are left beside the base's alignment")
+        drawn += rng.sample(rows, want)
+    if helpful:
+        rng.shuffle(drawn)
+    return drawn
 
 
 def side_dataset(
