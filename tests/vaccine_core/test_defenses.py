@@ -276,7 +276,6 @@ def test_lisa_pairs_leave_out_what_the_base_was_aligned_on(tiny_data_dir, tiny_m
     assert len(lisa_pairs(tiny_data_dir, str(tiny_model_dir), count=20)) == 20  # never aligned here
 
 
-
 def test_lisa_pairs_mix_helpful_answers_in_when_asked(tiny_data_dir, tiny_model_dir):
     from vaccine_core.mixing import read_jsonl
     from vaccine_core.text import normalised
@@ -294,6 +293,7 @@ def test_lisa_pairs_mix_helpful_answers_in_when_asked(tiny_data_dir, tiny_model_
         lisa_pairs(tiny_data_dir, str(tiny_model_dir), count=2, helpful=3)
     with pytest.raises(ValueError, match="alpaca_demo"):
         lisa_pairs(tiny_data_dir, str(tiny_model_dir), count=len(helpful) + 1, helpful=len(helpful) + 1)
+
 
 # -- inside runs -----------------------------------------------------------------------------------------
 def test_booster_with_vaccine_aligns_and_records_itself(tiny_model_dir, alpaca_file, tmp_path):

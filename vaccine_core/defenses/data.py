@@ -130,7 +130,8 @@ def lisa_pairs(
     for name, want in ((SAFETY_FILE, count - helpful), (HELPFUL_FILE, helpful)):
         rows = pool(name) if want else []
         if want > len(rows):
-            raise ValueError(f"asked for {want} pairs of {name}; {len(rows)} are left beside the base's alignment")
+            left = f"{len(rows)} are left beside the base's alignment"
+            raise ValueError(f"asked for {want} pairs of {name}; {left}")
         drawn += rng.sample(rows, want)
     if helpful:
         rng.shuffle(drawn)
