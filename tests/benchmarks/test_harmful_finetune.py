@@ -200,6 +200,25 @@ def test_an_arm_s_lisa_settings_are_its_own():
     assert bench.ARMS["lisa-1in20"].lisa_config() == LisaConfig(alignment_steps=1, finetune_steps=19)
 
 
+def test_lisa_mixed_trains_on_helpful_pairs_beside_refusals(tiny_model_dir, tiny_data_dir, tmp_path):
+    from vaccine_core.artifacts import read_manifest
+    from vaccine_core.defenses.data import lisa_pairs
+    from vaccine_core.defenses.stack import rows_identity
+
+    sizes = replace(TINY, lisa_pairs=6)
+    benchmark = bench.Benchmark(sizes, str(tiny_model_dir), tiny_data_dir, tmp_path, judge="refusal")
+    benchmark.evaluated_requests = set()  # the tiny data holds no protocol v2 split
+    base = benchmark.base(bench.ARMS["sft"])
+    mixed = read_manifest(benchmark.attack(bench.ARMS["lisa-mixed"], base, 0.1, seed=0))
+    expected = lisa_pairs(tiny_data_dir, base, 6, seed=0, helpful=3)
+    assert mixed["defenses"]["lisa"]["data"] == rows_identity(expected)
+    assert sum(r["output"] == TINY_REFUSAL for r in expected) == 3
+    assert benchmark.attack(bench.ARMS["lisa"], base, 0.1, seed=0, build=False) != benchmark.attack(
+        bench.ARMS["lisa-mixed"], base, 0.1, seed=0, build=False
+    )
+    assert not bench.ships_by_default(bench.ARMS["lisa-mixed"])
+
+
 def test_an_arm_aligned_on_more_pairs_sees_them_in_the_same_steps(tiny_model_dir, tiny_data_dir, tmp_path):
     broad = replace(
         bench.ARMS["sft"], name="sft-broad-tiny", alignment_pairs=12, alignment_safety_share=1 / 3
