@@ -183,6 +183,8 @@ ARMS: dict[str, Arm] = {
         # Lisa's alignment state on the alignment's own mix, half refusals and half helpful answers
         # (safety-defenses-plan.md, 2026-12-04 sixth session)
         Arm("lisa-mixed", "sft", lisa=True, lisa_helpful_share=0.5),
+        # Lisa pulls towards its base: a base that refuses fewer harmless requests (sft-broad-q) under it
+        Arm("sft-broad-q+lisa", "sft", alignment_pairs=576, alignment_safety_share=0.25, lisa=True),
         Arm("safe_lora", "sft", safe_lora=True),
         # thresholds by the share of layers they project (safety-defenses-plan.md): 0.1 ~14 %, 0.2 ~50 %
         Arm("safe_lora-t0.1", "sft", safe_lora=True, safe_lora_threshold=0.1),
