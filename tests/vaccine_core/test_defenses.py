@@ -291,7 +291,7 @@ def test_lisa_pairs_mix_helpful_answers_in_when_asked(tiny_data_dir, tiny_model_
     assert sum(i in safety for i in drawn) == 3
     with pytest.raises(ValueError, match="between 0 and count"):
         lisa_pairs(tiny_data_dir, str(tiny_model_dir), count=2, helpful=3)
-    with pytest.raises(ValueError, match="alpaca_demo"):
+    with pytest.raises(ValueError, match="9 helpful pairs; 8 are left"):
         lisa_pairs(tiny_data_dir, str(tiny_model_dir), count=len(helpful) + 1, helpful=len(helpful) + 1)
 
 

@@ -127,11 +127,11 @@ def lisa_pairs(
 
     rng = random.Random(seed)
     drawn = []
-    for name, want in ((SAFETY_FILE, count - helpful), (HELPFUL_FILE, helpful)):
+    for kind, name, want in (("safety", SAFETY_FILE, count - helpful), ("helpful", HELPFUL_FILE, helpful)):
         rows = pool(name) if want else []
         if want > len(rows):
             left = f"{len(rows)} are left beside the base's alignment"
-            raise ValueError(f"asked for {want} pairs of {name}; {left}")
+            raise ValueError(f"asked for {want} {kind} pairs; {left}")
         drawn += rng.sample(rows, want)
     if helpful:
         rng.shuffle(drawn)
