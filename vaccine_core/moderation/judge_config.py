@@ -23,7 +23,8 @@ class JudgeTrainingConfig:
             "help": "Tokens of question and answer read together. 96 trains in 254-264 s on 2 AMD Zen 4 "
             "cores (the 5-minute budget met, against 351-355 s) but gave held-out F1 on hand labels 0.899 "
             "and 0.875 over seeds 0 and 1 against 0.902 and 0.906, with 6 of 128 helpful-borderline answers "
-            "flagged against 2; 256 gave 0.874 at seed 0 (benchmarks/results/judge_selection.md)."
+            "flagged against 2; 256 gave 0.874 against 0.879 at seed 0 on another AMD machine "
+            "(benchmarks/results/judge_selection.md)."
         },
     )
     answer_tail: int = field(
