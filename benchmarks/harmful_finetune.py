@@ -445,10 +445,10 @@ class Benchmark:
         key_parts: list[Any] = [base, rows, config.to_dict()]
         lisa = arm.lisa_config()
         if lisa is not None:
-            # no evaluation prompt is a safety pair (the prompts are drawn beside them); helpful ones may be
-            helpful = round(arm.lisa_helpful_share * self.sizes.lisa_pairs)
-            exclude = self.evaluated_requests if helpful else ()
             count = self.sizes.lisa_pairs
+            helpful = round(arm.lisa_helpful_share * count)
+            # no evaluation prompt is a safety pair (the prompts are drawn beside them); helpful ones may be
+            exclude = self.evaluated_requests if helpful else ()
             pairs = lisa_pairs(self.data_dir, base, count, seed, helpful=helpful, exclude=exclude)
             defenses = StepDefenses(lisa=lisa, lisa_rows=pairs)
             key_parts.append(defenses.to_dict())

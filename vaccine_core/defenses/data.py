@@ -133,7 +133,7 @@ def lisa_pairs(
             left = f"{len(rows)} are left beside the base's alignment"
             raise ValueError(f"asked for {want} {kind} pairs; {left}")
         drawn += rng.sample(rows, want)
-    if helpful:
+    if helpful:  # a safety-only draw keeps the order it always had, so earlier runs' data stays the same
         rng.shuffle(drawn)
     return drawn
 
