@@ -72,7 +72,7 @@ HARMFUL_EVAL_FILES = ("eval/advbench.jsonl", "eval/harmbench_val.jsonl")
 HARMLESS_EVAL_FILE = "eval/harmless_val.jsonl"
 # harmful requests the model answers for the "own" preference source: of these, the judged-harmful answers
 # must cover the preference pairs' harmful half (PREFERENCE_PAIRS // 2)
-OWN_COMPLIANCE_REQUESTS = 400
+OWN_COMPLIANCE_REQUESTS = 1200  # 10.8 % flagged in 400: 1,200 for 100 with margin (safety-defenses-plan.md)
 
 
 @dataclass(frozen=True)
