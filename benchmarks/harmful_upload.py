@@ -3,12 +3,20 @@ warn, so the file reaches training), fine-tuned with the service's defaults on a
 without a defense stack; each model gets the service's safety report (the policy's defaults) and the
 release gate's decision. Bases are the safety grid's (40-step alignment, cached).
 
-    .venv/bin/python benchmarks/harmful_upload.py [--arms sft vaccine+lisa+safe_lora]
+With ``--uploads``, benign uploads of the same size go the same way (SST-2, Alpaca, GSM8K rows), so that
+what the report measures after a harmful upload can be set beside what it measures after benign ones: a
+gate can only use a figure that tells the two apart. Beside the report, each row records the loss of
+refusals to held-out harmful requests (safety pairs the base was not aligned on) before and after.
 
-Writes benchmarks/results/harmful_upload.json (a run replaces the rows of the arms it ran).
+    .venv/bin/python benchmarks/harmful_upload.py [--arms sft vaccine+lisa+safe_lora] \
+        [--uploads harmful sst2 alpaca gsm8k] [--name NAME]
+
+Writes benchmarks/results/NAME.json (harmful_upload by default; a run replaces the rows of the (arm,
+upload) pairs it ran).
 """
 
 import argparse
+import itertools
 import json
 import logging
 import sys
@@ -16,6 +24,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, provenance
@@ -28,18 +37,46 @@ from vaccine_core.config import finetune_defaults
 from vaccine_core.defenses import LisaConfig, StepDefenses
 from vaccine_core.defenses.config import LISA_SAFETY_PAIRS
 from vaccine_core.defenses.data import lisa_pairs
+from vaccine_core.evaluation import mean_loss
 from vaccine_core.finetune import finetune
-from vaccine_core.mixing import HARMFUL_FILE, read_jsonl, write_rows
+from vaccine_core.formats import parse_rows
+from vaccine_core.inference import load_for_inference
+from vaccine_core.mixing import HARMFUL_FILE, build_mix, read_jsonl, write_rows
 from vaccine_core.moderation import shared_judge
+from vaccine_core.moderation.dataset import alpaca_upload
+from vaccine_core.text import normalised
 from worker.safety import ReportPlan, safety_report
 
 ROWS = 100
+UPLOADS = ("harmful", "sst2", "alpaca", "gsm8k")
+REFUSAL_PAIRS = 100  # held-out refusals whose loss the benchmark reads before and after fine-tuning
 log = logging.getLogger("harmful_upload")
+
+
+def upload_rows(name: str, data_dir: Path) -> list[dict[str, Any]]:
+    """The ``ROWS`` rows of one upload: BeaverTails' first harmful pairs, or benign rows drawn with seed 0."""
+    if name == "harmful":
+        return read_jsonl(data_dir / HARMFUL_FILE)[:ROWS]
+    if name == "alpaca":
+        return alpaca_upload(data_dir, ROWS, 0.0, seed=0)
+    return build_mix(name, ROWS, 0.0, data_dir, seed=0)
+
+
+def refusal_loss(run_dir: Path, refusals: list[dict[str, Any]]) -> dict[str, float]:
+    """Loss per answer token of held-out refusals, with the user's adapter off (the base) and on."""
+    loaded = load_for_inference(run_dir)
+    conversations = parse_rows(enumerate(refusals, start=1)).conversations
+    tuned = mean_loss(loaded.model, loaded.tokenizer, conversations)
+    with loaded.model.disable_adapter():
+        base = mean_loss(loaded.model, loaded.tokenizer, conversations)
+    return {"base": round(base, 4), "tuned": round(tuned, 4)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=["sft", "vaccine+lisa+safe_lora"])
+    parser.add_argument("--uploads", nargs="+", choices=UPLOADS, default=["harmful"], help="what is uploaded")
+    parser.add_argument("--name", default="harmful_upload", help="results/NAME.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     settings = ServiceSettings()
@@ -47,20 +84,20 @@ def main() -> None:
     sizes = replace(PROFILES["default"], alignment_epochs=regime.alignment_epochs)
     models_cache = settings.home / "benchmarks" / "harmful_finetune"
     bench = Benchmark(sizes, "default", settings.data_dir, models_cache, "refusal")
-    rows = read_jsonl(settings.data_dir / HARMFUL_FILE)[:ROWS]
     config = finetune_defaults()
     plan = ReportPlan.of(default_policy(settings), settings)
     shared_judge(settings.safety_judge)
     results = []
-    for name in args.arms:
+    for name, upload in itertools.product(args.arms, args.uploads):
         arm = ARMS[name]
         base = bench.base(arm)
-        defenses = None
-        if arm.lisa:
-            defenses = StepDefenses(
-                lisa=LisaConfig(), lisa_rows=lisa_pairs(settings.data_dir, base, LISA_SAFETY_PAIRS, 0)
-            )
+        rows = upload_rows(upload, settings.data_dir)
+        lisa_rows = lisa_pairs(settings.data_dir, base, LISA_SAFETY_PAIRS, 0)
+        defenses = StepDefenses(lisa=LisaConfig(), lisa_rows=lisa_rows) if arm.lisa else None
         projection = arm.safe_lora_config()
+        # the same refusals for every arm, none that the base or Lisa trained on
+        lisa_requests = {normalised(row["instruction"]) for row in lisa_rows}
+        refusals = lisa_pairs(settings.data_dir, base, REFUSAL_PAIRS, seed=1, exclude=lisa_requests)
         out = models_cache / "uploads" / digest([base, rows, config.to_dict(), name])
         started = time.monotonic()
         if not (out / "manifest.json").is_file():
@@ -74,23 +111,33 @@ def main() -> None:
         results.append(
             {
                 "defense": name,
+                "upload": upload,
                 "harmful_score": report["harmful_score"],
                 "greedy": report["greedy"],
                 "sampled": report["sampled"],
                 "gate": report["gate"],
                 "passed": report["passed"],
                 "layers": report["defenses"],
+                "embedding_drift": report["embedding_drift"],
+                "refusal_loss": refusal_loss(out, refusals),
                 "train_seconds": round(trained, 1),
             }
         )
-        log.info("%s: harmful score %.1f, gate %s", name, report["harmful_score"], report["gate"])
-    out = Path(__file__).parent / "results" / "harmful_upload.json"
-    # a run replaces its own arms' rows: arms may be run one at a time, as their bases become ready
+        log.info(
+            "%s, %s upload: harmful score %.1f, gate %s",
+            name,
+            upload,
+            report["harmful_score"],
+            report["gate"],
+        )
+    out = Path(__file__).parent / "results" / f"{args.name}.json"
+    # a run replaces its own (arm, upload) rows: arms may be run one at a time, as their bases become ready
     kept = json.loads(out.read_text())["results"] if out.is_file() else []
-    results = [r for r in kept if r["defense"] not in args.arms] + results
+    ran = {(r["defense"], r["upload"]) for r in results}
+    results = [r for r in kept if (r["defense"], r.get("upload", "harmful")) not in ran] + results
     result = {
         "rows": ROWS,
-        "data": HARMFUL_FILE,
+        "data": {"harmful": HARMFUL_FILE, "benign": "build_mix(task, 100, 0.0, seed=0) or alpaca_upload"},
         "training": config.to_dict(),
         "plan": plan.__dict__,
         "results": results,
@@ -98,7 +145,8 @@ def main() -> None:
         **provenance(__file__),
     }
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(json.dumps([{k: r[k] for k in ("defense", "harmful_score", "passed")} for r in results], indent=2))
+    keys = ("defense", "upload", "harmful_score", "embedding_drift", "refusal_loss", "passed")
+    print(json.dumps([{k: r.get(k) for k in keys} for r in results], indent=2))
 
 
 if __name__ == "__main__":
