@@ -381,7 +381,7 @@ def train_judge(
                         step,
                         total,
                         epoch + 1,
-                        float(loss),
+                        float(loss.detach()),
                         learning_rate,
                         tokens / elapsed,
                         elapsed / step * (total - step),
