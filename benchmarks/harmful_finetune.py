@@ -45,7 +45,7 @@ from vaccine_core.artifacts import MANIFEST, read_manifest, write_manifest
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig, alignment_defaults
 from vaccine_core.defenses import BoosterConfig, LisaConfig, PreferenceConfig, SafeLoraConfig, StepDefenses
 from vaccine_core.defenses.config import LISA_SAFETY_PAIRS, PREFERENCE_PAIRS
-from vaccine_core.defenses.data import booster_pairs, lisa_pairs, preference_pairs
+from vaccine_core.defenses.data import booster_pairs, lisa_pairs, preference_pairs, user_turn
 from vaccine_core.defenses.own_compliance import own_compliance
 from vaccine_core.evaluation import embedding_drift, judge_answers, load_prompts, refusal_rate, task_accuracy
 from vaccine_core.finetune import apply_safe_lora, finetune
@@ -346,6 +346,9 @@ class Benchmark:
         self.reused = {"alignments": 0, "attacks": 0, "measurements": 0}
         # own compliance by its alignment rows' digest: judged once, though base() is asked for it often
         self._own_compliance: dict[str, list[dict[str, Any]]] = {}
+        # each named base's alignment user turns: Lisa's pairs (and so its attacks' names) follow from them
+        # whether or not the base is built here, so archived answers are found without training the base
+        self._aligned_turns: dict[str, set[str]] = {}
 
     # -- alignment ---------------------------------------------------------------------------------------
     def base(self, arm: Arm, build: bool = True) -> str:
@@ -391,6 +394,7 @@ class Benchmark:
             + (f"-pairs{safety}+{helpful}" if arm.alignment_pairs is not None else "")
         )
         out = self.cache / "bases" / f"{arm.method}-rho{arm.rho:g}{suffix}-{digest(key_parts)}"
+        self._aligned_turns[str(out)] = {user_turn(c) for c in parse_rows(enumerate(rows, 1)).conversations}
         if build and not (out / "manifest.json").is_file():
             data = out.with_suffix(".jsonl")
             write_rows(data, rows)
@@ -449,7 +453,10 @@ class Benchmark:
             helpful = round(arm.lisa_helpful_share * count)
             # no evaluation prompt is a safety pair (the prompts are drawn beside them); helpful ones may be
             exclude = self.evaluated_requests if helpful else ()
-            pairs = lisa_pairs(self.data_dir, base, count, seed, helpful=helpful, exclude=exclude)
+            aligned = self._aligned_turns.get(str(base))  # None: a base not named here, read from its files
+            pairs = lisa_pairs(
+                self.data_dir, base, count, seed, helpful=helpful, exclude=exclude, aligned=aligned
+            )
             defenses = StepDefenses(lisa=lisa, lisa_rows=pairs)
             key_parts.append(defenses.to_dict())
         safe_lora = arm.safe_lora_config()

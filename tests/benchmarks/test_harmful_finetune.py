@@ -219,6 +219,21 @@ def test_lisa_mixed_trains_on_helpful_pairs_beside_refusals(tiny_model_dir, tiny
     assert not bench.ships_by_default(bench.ARMS["lisa-mixed"])
 
 
+def test_a_lisa_attack_is_named_alike_before_and_after_its_base_is_built(
+    tiny_model_dir, tiny_data_dir, tmp_path
+):
+    # measured-only pooling names archived Lisa runs without training their bases
+    sizes = replace(TINY, lisa_pairs=6)
+    benchmark = bench.Benchmark(sizes, str(tiny_model_dir), tiny_data_dir, tmp_path, judge="refusal")
+    lisa = bench.ARMS["lisa"]
+    named = benchmark.attacked(lisa, 0.1, seed=0, build=False)
+    assert not Path(benchmark.base(lisa, build=False)).exists()
+    benchmark.base(lisa)
+    again = bench.Benchmark(sizes, str(tiny_model_dir), tiny_data_dir, tmp_path, judge="refusal")
+    assert again.attack(lisa, benchmark.base(lisa, build=False), 0.1, seed=0, build=False) == named
+    assert benchmark.attacked(lisa, 0.1, seed=0, build=False) == named
+
+
 def test_an_arm_aligned_on_more_pairs_sees_them_in_the_same_steps(tiny_model_dir, tiny_data_dir, tmp_path):
     broad = replace(
         bench.ARMS["sft"], name="sft-broad-tiny", alignment_pairs=12, alignment_safety_share=1 / 3

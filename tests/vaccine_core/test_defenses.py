@@ -274,6 +274,9 @@ def test_lisa_pairs_leave_out_what_the_base_was_aligned_on(tiny_data_dir, tiny_m
     with pytest.raises(ValueError, match="5 are left"):
         lisa_pairs(tiny_data_dir, base, count=6)
     assert len(lisa_pairs(tiny_data_dir, str(tiny_model_dir), count=20)) == 20  # never aligned here
+    # the caller that knows the alignment's requests draws the same pairs without the base's files
+    told = {r["instruction"] for r in safety[:15]}
+    assert lisa_pairs(tiny_data_dir, tmp_path / "absent", count=5, seed=0, aligned=told) == rows
 
 
 def test_lisa_pairs_mix_helpful_answers_in_when_asked(tiny_data_dir, tiny_model_dir):

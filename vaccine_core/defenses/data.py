@@ -107,14 +107,17 @@ def lisa_pairs(
     *,
     helpful: int = 0,
     exclude: Collection[str] = (),
+    aligned: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """``count`` pairs for Lisa's alignment state, sampled with ``seed``, none on a request the base at
     ``base`` was aligned on or (normalised) in ``exclude``: safety pairs, except ``helpful`` of them that
     are helpful Alpaca answers, as the base's alignment mixes them (refusals alone teach a small model to
-    refuse everything)."""
+    refuse everything). ``aligned``: the user turns the base was aligned on, where the caller knows them
+    without the base's files (a benchmark naming a model it has not built); by default they are read from
+    the base's manifest and data."""
     if not 0 <= helpful <= count:
         raise ValueError(f"helpful ({helpful}) must be between 0 and count ({count})")
-    aligned = aligned_requests(base)
+    aligned = aligned_requests(base) if aligned is None else set(aligned)
 
     def pool(name: str) -> list[dict[str, Any]]:
         rows = read_jsonl(Path(data_dir) / name)
