@@ -370,8 +370,10 @@ def run_grid(
 def measured_plan(
     grid: Grid, bench: Benchmark, plan: dict[str, dict[float, list[int]]]
 ) -> dict[str, dict[float, list[int]]]:
-    """``plan`` cut to what is measured: per p, the seeds at which every arm measured at that p was (so
-    the gaps to the baseline stay paired); an arm without its base, or without any p, left out."""
+    """``plan`` cut to what is measured, the gaps to the baseline kept paired: per p, the seeds at which
+    the baseline was measured, an arm measured at fewer of them left out at that p (one short arm does not
+    cut every other one); without the baseline at that p, the seeds every arm was measured at. An arm
+    without its base, or without any p, is left out."""
     plan = {name: f for name, f in plan.items() if grid.has_outputs(bench.base(ARMS[name], False))}
     done = {  # each model's store looked up once
         (name, p): {s for s in seeds if grid.has_outputs(bench.attacked(ARMS[name], p, s, False))}
@@ -381,9 +383,15 @@ def measured_plan(
     cut: dict[str, dict[float, list[int]]] = {name: {} for name in plan}
     for p in sorted({p for _, p in done}):
         present = [name for name in plan if done.get((name, p))]
-        common = set.intersection(*(done[name, p] for name in present)) if present else set()
-        for name in present if common else []:
-            cut[name][p] = sorted(common)
+        if not present:
+            continue
+        seeds = done.get((BASELINE, p)) or set.intersection(*(done[name, p] for name in present))
+        for name in present:
+            if seeds <= done[name, p]:
+                cut[name][p] = sorted(seeds)
+            else:
+                log.info("%s p=%g: measured at seeds %s, not all of %s; left out", name, p,
+                         sorted(done[name, p]), sorted(seeds))  # fmt: skip
     return {name: f for name, f in cut.items() if f}
 
 

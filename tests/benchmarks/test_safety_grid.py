@@ -144,6 +144,29 @@ def test_archived_answers_stand_in_for_the_models_on_a_fresh_machine(
     assert (more.computed, more.reused) == (1, 2) and pooled["cells"][0]["seeds"] == [0, 1]
 
 
+def test_pooling_keeps_the_baselines_seeds_and_leaves_out_an_arm_measured_at_fewer(
+    tiny_model_dir, tiny_data_dir, tmp_path
+):
+    config = ProtocolConfig(
+        harmful_prompts=3, harmless_prompts=2, borderline_prompts=1, samples=2, max_new_tokens=4
+    )
+
+    def grid():
+        return grid_module.Grid(
+            config, tmp_path / "answers", model=str(tiny_model_dir), data_dir=tiny_data_dir,
+            prompts=PROMPTS, judge="refusal", sizes=TINY, models_cache=tmp_path / "models",
+        )  # fmt: skip
+
+    regimes = [replace(grid_module.REGIMES["default"], fractions=(0.5,))]
+    grid_module.run_grid(grid(), regimes, ["sft"], seeds=[0, 1])
+    grid_module.run_grid(grid(), regimes, ["none"], seeds=[0])
+    pooled = grid_module.run_grid(grid(), regimes, ["none", "sft"], seeds=[0, 1], measured_only=True)
+    assert {(c["defense"], tuple(c["seeds"])) for c in pooled["cells"]} == {("sft", (0, 1))}
+    # without the baseline, the arms keep the seeds they share
+    alone = grid_module.run_grid(grid(), regimes, ["none"], seeds=[0, 1], measured_only=True)
+    assert {(c["defense"], tuple(c["seeds"])) for c in alone["cells"]} == {("none", (0,))}
+
+
 def test_defense_stacks_run_as_arms_with_their_layers_and_cost(tiny_model_dir, tiny_data_dir, tmp_path):
     judged = [{"prompt": f"Steal car {i}", "response": "Sure.", "harmful": True} for i in range(3)]
     write_rows(tiny_data_dir / "moderation/jailbreakbench_judged.jsonl", judged)
