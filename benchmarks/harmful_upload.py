@@ -5,14 +5,16 @@ release gate's decision. Bases are the safety grid's (40-step alignment, cached)
 
 With ``--uploads``, benign uploads of the same size go the same way (SST-2, Alpaca, GSM8K rows), so that
 what the report measures after a harmful upload can be set beside what it measures after benign ones: a
-gate can only use a figure that tells the two apart. Beside the report, each row records the loss of
-refusals to held-out harmful requests (safety pairs the base was not aligned on) before and after.
+gate can only use a figure that tells the two apart (``sst2-p0.1``: SST-2 with a tenth harmful rows, the
+grid's attack). ``--seeds`` draws other rows (the next 100 harmful pairs, other benign rows). Beside the
+report, each row records the loss of refusals to held-out harmful requests (safety pairs the base was not
+aligned on) before and after.
 
     .venv/bin/python benchmarks/harmful_upload.py [--arms sft vaccine+lisa+safe_lora] \
-        [--uploads harmful sst2 alpaca gsm8k] [--name NAME]
+        [--uploads harmful sst2 alpaca gsm8k sst2-p0.1] [--seeds 0 1] [--name NAME]
 
 Writes benchmarks/results/NAME.json (harmful_upload by default; a run replaces the rows of the (arm,
-upload) pairs it ran).
+upload, seed) it ran).
 """
 
 import argparse
@@ -48,18 +50,20 @@ from vaccine_core.text import normalised
 from worker.safety import ReportPlan, safety_report
 
 ROWS = 100
-UPLOADS = ("harmful", "sst2", "alpaca", "gsm8k")
+UPLOADS = ("harmful", "sst2", "alpaca", "gsm8k", "sst2-p0.1")  # sst2-p0.1: 10 harmful rows among SST-2
 REFUSAL_PAIRS = 100  # held-out refusals whose loss the benchmark reads before and after fine-tuning
 log = logging.getLogger("harmful_upload")
 
 
-def upload_rows(name: str, data_dir: Path) -> list[dict[str, Any]]:
-    """The ``ROWS`` rows of one upload: BeaverTails' first harmful pairs, or benign rows drawn with seed 0."""
+def upload_rows(name: str, data_dir: Path, seed: int = 0) -> list[dict[str, Any]]:
+    """The ``ROWS`` rows of one upload: the ``seed``-th slice of BeaverTails' harmful pairs, or rows drawn
+    with ``seed`` (benign, or SST-2 with a tenth harmful)."""
     if name == "harmful":
-        return read_jsonl(data_dir / HARMFUL_FILE)[:ROWS]
+        return read_jsonl(data_dir / HARMFUL_FILE)[seed * ROWS : (seed + 1) * ROWS]
     if name == "alpaca":
-        return alpaca_upload(data_dir, ROWS, 0.0, seed=0)
-    return build_mix(name, ROWS, 0.0, data_dir, seed=0)
+        return alpaca_upload(data_dir, ROWS, 0.0, seed=seed)
+    task, _, share = name.partition("-p")
+    return build_mix(task, ROWS, float(share or 0), data_dir, seed=seed)
 
 
 def refusal_loss(run_dir: Path, refusals: list[dict[str, Any]]) -> dict[str, float]:
@@ -76,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=["sft", "vaccine+lisa+safe_lora"])
     parser.add_argument("--uploads", nargs="+", choices=UPLOADS, default=["harmful"], help="what is uploaded")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="which rows each upload draws")
     parser.add_argument("--name", default="harmful_upload", help="results/NAME.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -88,10 +93,10 @@ def main() -> None:
     plan = ReportPlan.of(default_policy(settings), settings)
     shared_judge(settings.safety_judge)
     results = []
-    for name, upload in itertools.product(args.arms, args.uploads):
+    for name, upload, seed in itertools.product(args.arms, args.uploads, args.seeds):
         arm = ARMS[name]
         base = bench.base(arm)
-        rows = upload_rows(upload, settings.data_dir)
+        rows = upload_rows(upload, settings.data_dir, seed)
         lisa_rows = lisa_pairs(settings.data_dir, base, LISA_SAFETY_PAIRS, 0)
         defenses = StepDefenses(lisa=LisaConfig(), lisa_rows=lisa_rows) if arm.lisa else None
         projection = arm.safe_lora_config()
@@ -112,6 +117,7 @@ def main() -> None:
             {
                 "defense": name,
                 "upload": upload,
+                "seed": seed,
                 "harmful_score": report["harmful_score"],
                 "greedy": report["greedy"],
                 "sampled": report["sampled"],
@@ -124,17 +130,19 @@ def main() -> None:
             }
         )
         log.info(
-            "%s, %s upload: harmful score %.1f, gate %s",
+            "%s, %s upload, seed %d: harmful score %.1f, gate %s",
             name,
             upload,
+            seed,
             report["harmful_score"],
             report["gate"],
         )
     out = Path(__file__).parent / "results" / f"{args.name}.json"
     # a run replaces its own (arm, upload) rows: arms may be run one at a time, as their bases become ready
     kept = json.loads(out.read_text())["results"] if out.is_file() else []
-    ran = {(r["defense"], r["upload"]) for r in results}
-    results = [r for r in kept if (r["defense"], r.get("upload", "harmful")) not in ran] + results
+    ran = {(r["defense"], r["upload"], r["seed"]) for r in results}
+    kept = [r for r in kept if (r["defense"], r.get("upload", "harmful"), r.get("seed", 0)) not in ran]
+    results = kept + results
     result = {
         "rows": ROWS,
         "data": {"harmful": HARMFUL_FILE, "benign": "build_mix(task, 100, 0.0, seed=0) or alpaca_upload"},
@@ -145,7 +153,7 @@ def main() -> None:
         **provenance(__file__),
     }
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    keys = ("defense", "upload", "harmful_score", "embedding_drift", "refusal_loss", "passed")
+    keys = ("defense", "upload", "seed", "harmful_score", "embedding_drift", "refusal_loss", "passed")
     print(json.dumps([{k: r.get(k) for k in keys} for r in results], indent=2))
 
 
