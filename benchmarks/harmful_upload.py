@@ -138,14 +138,14 @@ def main() -> None:
             report["gate"],
         )
     out = Path(__file__).parent / "results" / f"{args.name}.json"
-    # a run replaces its own (arm, upload) rows: arms may be run one at a time, as their bases become ready
+    # a run replaces its own (arm, upload, seed) rows: arms may run one at a time, as their bases are ready
     kept = json.loads(out.read_text())["results"] if out.is_file() else []
     ran = {(r["defense"], r["upload"], r["seed"]) for r in results}
     kept = [r for r in kept if (r["defense"], r.get("upload", "harmful"), r.get("seed", 0)) not in ran]
     results = kept + results
     result = {
         "rows": ROWS,
-        "data": {"harmful": HARMFUL_FILE, "benign": "build_mix(task, 100, 0.0, seed=0) or alpaca_upload"},
+        "data": {"harmful": HARMFUL_FILE, "rows": "upload_rows(upload, data_dir, seed)"},
         "training": config.to_dict(),
         "plan": plan.__dict__,
         "results": results,
