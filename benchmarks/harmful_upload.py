@@ -11,7 +11,7 @@ report, each row records the loss of refusals to held-out harmful requests (safe
 aligned on) before and after.
 
     .venv/bin/python benchmarks/harmful_upload.py [--arms sft vaccine+lisa+safe_lora] \
-        [--uploads harmful sst2 alpaca gsm8k sst2-p0.1] [--seeds 0 1] [--name NAME]
+        [--uploads harmful sst2 alpaca gsm8k sst2-p0.1] [--seeds 0 1] [--rows 100] [--name NAME]
 
 Writes benchmarks/results/NAME.json (harmful_upload by default; a run replaces the rows of the (arm,
 upload, seed) it ran).
@@ -49,21 +49,21 @@ from vaccine_core.moderation.dataset import alpaca_upload
 from vaccine_core.text import normalised
 from worker.safety import ReportPlan, safety_report
 
-ROWS = 100
+ROWS = 100  # an upload's rows unless --rows says otherwise
 UPLOADS = ("harmful", "sst2", "alpaca", "gsm8k", "sst2-p0.1")  # sst2-p0.1: 10 harmful rows among SST-2
 REFUSAL_PAIRS = 100  # held-out refusals whose loss the benchmark reads before and after fine-tuning
 log = logging.getLogger("harmful_upload")
 
 
-def upload_rows(name: str, data_dir: Path, seed: int = 0) -> list[dict[str, Any]]:
-    """The ``ROWS`` rows of one upload: the ``seed``-th slice of BeaverTails' harmful pairs, or rows drawn
+def upload_rows(name: str, data_dir: Path, seed: int = 0, rows: int = ROWS) -> list[dict[str, Any]]:
+    """The ``rows`` rows of one upload: the ``seed``-th slice of BeaverTails' harmful pairs, or rows drawn
     with ``seed`` (benign, or SST-2 with a tenth harmful)."""
     if name == "harmful":
-        return read_jsonl(data_dir / HARMFUL_FILE)[seed * ROWS : (seed + 1) * ROWS]
+        return read_jsonl(data_dir / HARMFUL_FILE)[seed * rows : (seed + 1) * rows]
     if name == "alpaca":
-        return alpaca_upload(data_dir, ROWS, 0.0, seed=seed)
+        return alpaca_upload(data_dir, rows, 0.0, seed=seed)
     task, _, share = name.partition("-p")
-    return build_mix(task, ROWS, float(share or 0), data_dir, seed=seed)
+    return build_mix(task, rows, float(share or 0), data_dir, seed=seed)
 
 
 def refusal_loss(run_dir: Path, refusals: list[dict[str, Any]]) -> dict[str, float]:
@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=["sft", "vaccine+lisa+safe_lora"])
     parser.add_argument("--uploads", nargs="+", choices=UPLOADS, default=["harmful"], help="what is uploaded")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="which rows each upload draws")
+    parser.add_argument("--rows", type=int, default=ROWS, help="rows per upload (training length)")
     parser.add_argument("--name", default="harmful_upload", help="results/NAME.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -96,7 +97,7 @@ def main() -> None:
     for name, upload, seed in itertools.product(args.arms, args.uploads, args.seeds):
         arm = ARMS[name]
         base = bench.base(arm)
-        rows = upload_rows(upload, settings.data_dir, seed)
+        rows = upload_rows(upload, settings.data_dir, seed, args.rows)
         lisa_rows = lisa_pairs(settings.data_dir, base, LISA_SAFETY_PAIRS, 0)
         defenses = StepDefenses(lisa=LisaConfig(), lisa_rows=lisa_rows) if arm.lisa else None
         projection = arm.safe_lora_config()
@@ -118,6 +119,7 @@ def main() -> None:
                 "defense": name,
                 "upload": upload,
                 "seed": seed,
+                "rows": args.rows,
                 "harmful_score": report["harmful_score"],
                 "greedy": report["greedy"],
                 "sampled": report["sampled"],
@@ -138,14 +140,18 @@ def main() -> None:
             report["gate"],
         )
     out = Path(__file__).parent / "results" / f"{args.name}.json"
-    # a run replaces its own (arm, upload, seed) rows: arms may run one at a time, as their bases are ready
+    # a run replaces its own (arm, upload, seed, rows) rows: arms may run one at a time, as bases are ready
     kept = json.loads(out.read_text())["results"] if out.is_file() else []
-    ran = {(r["defense"], r["upload"], r["seed"]) for r in results}
-    kept = [r for r in kept if (r["defense"], r.get("upload", "harmful"), r.get("seed", 0)) not in ran]
+
+    def key(r: dict[str, Any]) -> tuple[str, str, int, int]:
+        return r["defense"], r.get("upload", "harmful"), r.get("seed", 0), r.get("rows", ROWS)
+
+    ran = {key(r) for r in results}
+    kept = [r for r in kept if key(r) not in ran]
     results = kept + results
     result = {
-        "rows": ROWS,
-        "data": {"harmful": HARMFUL_FILE, "rows": "upload_rows(upload, data_dir, seed)"},
+        "rows": ROWS,  # of a result that names no "rows" of its own
+        "data": {"harmful": HARMFUL_FILE, "rows": "upload_rows(upload, data_dir, seed, rows)"},
         "training": config.to_dict(),
         "plan": plan.__dict__,
         "results": results,
