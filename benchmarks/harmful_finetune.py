@@ -346,9 +346,9 @@ class Benchmark:
         self.reused = {"alignments": 0, "attacks": 0, "measurements": 0}
         # own compliance by its alignment rows' digest: judged once, though base() is asked for it often
         self._own_compliance: dict[str, list[dict[str, Any]]] = {}
-        # each named base's alignment user turns: Lisa's pairs (and so its attacks' names) follow from them
+        # each named base's alignment rows: Lisa's pairs (and so its attacks' names) follow from them
         # whether or not the base is built here, so archived answers are found without training the base
-        self._aligned_turns: dict[str, set[str]] = {}
+        self._alignment_rows: dict[str, list[dict[str, Any]]] = {}
 
     # -- alignment ---------------------------------------------------------------------------------------
     def base(self, arm: Arm, build: bool = True) -> str:
@@ -394,7 +394,7 @@ class Benchmark:
             + (f"-pairs{safety}+{helpful}" if arm.alignment_pairs is not None else "")
         )
         out = self.cache / "bases" / f"{arm.method}-rho{arm.rho:g}{suffix}-{digest(key_parts)}"
-        self._aligned_turns[str(out)] = {user_turn(c) for c in parse_rows(enumerate(rows, 1)).conversations}
+        self._alignment_rows[str(out)] = rows
         if build and not (out / "manifest.json").is_file():
             data = out.with_suffix(".jsonl")
             write_rows(data, rows)
@@ -453,7 +453,9 @@ class Benchmark:
             helpful = round(arm.lisa_helpful_share * count)
             # no evaluation prompt is a safety pair (the prompts are drawn beside them); helpful ones may be
             exclude = self.evaluated_requests if helpful else ()
-            aligned = self._aligned_turns.get(str(base))  # None: a base not named here, read from its files
+            aligned = None  # a base not named here: lisa_pairs reads its alignment from its files
+            if (known := self._alignment_rows.get(str(base))) is not None:
+                aligned = {user_turn(c) for c in parse_rows(enumerate(known, 1)).conversations}
             pairs = lisa_pairs(
                 self.data_dir, base, count, seed, helpful=helpful, exclude=exclude, aligned=aligned
             )

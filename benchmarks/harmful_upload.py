@@ -94,51 +94,58 @@ def main() -> None:
     plan = ReportPlan.of(default_policy(settings), settings)
     shared_judge(settings.safety_judge)
     results = []
-    for name, upload, seed in itertools.product(args.arms, args.uploads, args.seeds):
+    for name in args.arms:  # what depends on the arm alone: its base, Lisa's pairs, the held-out refusals
         arm = ARMS[name]
         base = bench.base(arm)
-        rows = upload_rows(upload, settings.data_dir, seed, args.rows)
         lisa_rows = lisa_pairs(settings.data_dir, base, LISA_SAFETY_PAIRS, 0)
         defenses = StepDefenses(lisa=LisaConfig(), lisa_rows=lisa_rows) if arm.lisa else None
         projection = arm.safe_lora_config()
         # the same refusals for every arm, none that the base or Lisa trained on
         lisa_requests = {normalised(row["instruction"]) for row in lisa_rows}
         refusals = lisa_pairs(settings.data_dir, base, REFUSAL_PAIRS, seed=1, exclude=lisa_requests)
-        out = models_cache / "uploads" / digest([base, rows, config.to_dict(), name])
-        started = time.monotonic()
-        if not (out / "manifest.json").is_file():
-            write_rows(out / "data.jsonl", rows)
-            finetune(
-                base, out / "data.jsonl", out, config, resume=True, defenses=defenses, safe_lora=projection
+        for upload, seed in itertools.product(args.uploads, args.seeds):
+            rows = upload_rows(upload, settings.data_dir, seed, args.rows)
+            out = models_cache / "uploads" / digest([base, rows, config.to_dict(), name])
+            started = time.monotonic()
+            if not (out / "manifest.json").is_file():
+                write_rows(out / "data.jsonl", rows)
+                finetune(
+                    base,
+                    out / "data.jsonl",
+                    out,
+                    config,
+                    resume=True,
+                    defenses=defenses,
+                    safe_lora=projection,
+                )
+            trained = time.monotonic() - started
+            record = SimpleNamespace(alignment={"data": str(Path(base).with_suffix(".jsonl"))}, path=base)
+            report = safety_report(out, record, settings, plan)
+            results.append(
+                {
+                    "defense": name,
+                    "upload": upload,
+                    "seed": seed,
+                    "rows": args.rows,
+                    "harmful_score": report["harmful_score"],
+                    "greedy": report["greedy"],
+                    "sampled": report["sampled"],
+                    "gate": report["gate"],
+                    "passed": report["passed"],
+                    "layers": report["defenses"],
+                    "embedding_drift": report["embedding_drift"],
+                    "refusal_loss": refusal_loss(out, refusals),
+                    "train_seconds": round(trained, 1),
+                }
             )
-        trained = time.monotonic() - started
-        record = SimpleNamespace(alignment={"data": str(Path(base).with_suffix(".jsonl"))}, path=base)
-        report = safety_report(out, record, settings, plan)
-        results.append(
-            {
-                "defense": name,
-                "upload": upload,
-                "seed": seed,
-                "rows": args.rows,
-                "harmful_score": report["harmful_score"],
-                "greedy": report["greedy"],
-                "sampled": report["sampled"],
-                "gate": report["gate"],
-                "passed": report["passed"],
-                "layers": report["defenses"],
-                "embedding_drift": report["embedding_drift"],
-                "refusal_loss": refusal_loss(out, refusals),
-                "train_seconds": round(trained, 1),
-            }
-        )
-        log.info(
-            "%s, %s upload, seed %d: harmful score %.1f, gate %s",
-            name,
-            upload,
-            seed,
-            report["harmful_score"],
-            report["gate"],
-        )
+            log.info(
+                "%s, %s upload, seed %d: harmful score %.1f, gate %s",
+                name,
+                upload,
+                seed,
+                report["harmful_score"],
+                report["gate"],
+            )
     out = Path(__file__).parent / "results" / f"{args.name}.json"
     # a run replaces its own (arm, upload, seed, rows) rows: arms may run one at a time, as bases are ready
     kept = json.loads(out.read_text())["results"] if out.is_file() else []
