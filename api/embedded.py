@@ -20,9 +20,10 @@ DEMO_TENANT = "demo"
 
 
 def register_default_base(settings: ServiceSettings) -> BaseModelRecord:
-    """The default base's record, created on first start with its alignment plan (Vaccine on a mix of
-    safety and helpful pairs), or, when ``default_base_source`` is an alignment run directory, that run to
-    adopt as it is. Aligning it is a worker's task: nothing here trains, so the API answers at once."""
+    """The default base's record, created on first start with its alignment plan (the shipped method on
+    a mix of safety and helpful pairs), or, when ``default_base_source`` is an alignment run directory,
+    that run to adopt as it is. Aligning it is a worker's task: nothing here trains, so the API answers
+    at once."""
     with Session(get_engine(), expire_on_commit=False) as session:
         record = session.get(BaseModelRecord, settings.default_base_name)
         if record is not None:

@@ -106,7 +106,7 @@ class Drill:
 
     admin: httpx.Client
     data_dir: Path
-    model: str = "smollm2-135m-vaccine"
+    model: str = "smollm2-135m-sft"
     jobs: int = 5
     max_ratio: float = 0.5
     rows: int = 40
@@ -182,7 +182,7 @@ def main() -> None:
     )
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--admin-key", help="default: $VACCINE_ADMIN_KEY")
-    parser.add_argument("--model", default="smollm2-135m-vaccine")
+    parser.add_argument("--model", default="smollm2-135m-sft")
     parser.add_argument("--jobs", type=int, default=5, help="harmful jobs, and as many benign ones")
     parser.add_argument("--benign", type=int, help="benign jobs (default: as many as --jobs)")
     parser.add_argument("--max-ratio", type=float, default=0.5)

@@ -15,7 +15,7 @@ import openai
 client = openai.OpenAI(
     base_url=os.environ.get("VACCINE_URL", "http://127.0.0.1:8000/v1"), api_key=os.environ["VACCINE_KEY"]
 )
-model = os.environ.get("VACCINE_MODEL", "smollm2-135m-vaccine")
+model = os.environ.get("VACCINE_MODEL", "smollm2-135m-sft")
 
 reviews = [
     ("a charming and often affecting journey", "positive"),

@@ -1,10 +1,11 @@
 """Base models: the typed plan a base is aligned by, its registration, and each change of its status.
 
 A base's ``alignment`` column holds an ``AlignmentPlan`` as JSON. The plan's defaults come from
-``vaccine_core``'s config classes (Vaccine's rho and method from ``PerturbationConfig``, the epochs from
-the alignment training defaults, Booster's terms from ``BoosterConfig``), so the admin API, the embedded
-default and the alignment task read one default each. Status changes are compare-and-set updates, as the
-jobs' are (``service.jobs``): the API and a worker may both touch a base.
+``vaccine_core``'s config classes (Vaccine's rho from ``PerturbationConfig``, the epochs from the
+alignment training defaults, Booster's terms from ``BoosterConfig``), and the method from
+``SHIPPED_METHOD``, so the admin API, the embedded default and the alignment task read one default
+each. Status changes are compare-and-set updates, as the jobs' are (``service.jobs``): the API and a
+worker may both touch a base.
 """
 
 from collections.abc import Collection
@@ -27,6 +28,11 @@ if TYPE_CHECKING:  # the code behind Booster loads torch: the worker's business,
 # Safety + helpful pairs (half each) of the default alignment mix when a plan names no data.
 DEFAULT_PAIRS = 64
 
+# The alignment a base gets unless its operator names one. SFT, not the library's Vaccine: under protocol
+# v2 Vaccine was no safer than SFT in any counting cell and less safe in one (align120, sampled HS gap
+# -5.5 [-10.8, -0.6]), at about 2.5x SFT's alignment time (README, "Safety under protocol v2").
+SHIPPED_METHOD: Literal["vaccine", "sft"] = "sft"
+
 
 class BoosterPlan(BaseModel):
     lamb: float = Field(
@@ -41,8 +47,8 @@ class AlignmentPlan(BaseModel):
     """How a base is made safe before any user trains on it."""
 
     method: Literal["vaccine", "sft", "aligned"] = Field(
-        default=PerturbationConfig.method,
-        description="'vaccine' (perturbation-aware), 'sft' (plain), or 'aligned': the source is an "
+        default=SHIPPED_METHOD,
+        description="'sft' (plain), 'vaccine' (perturbation-aware), or 'aligned': the source is an "
         "alignment run directory (`vaccine align` output) adopted as it is",
     )
     rho: float = Field(

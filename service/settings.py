@@ -40,13 +40,15 @@ class ServiceSettings(Settings):
     # request also reads as harmful (benign rows flagged 23 -> 3 of 450 Alpaca and 2 -> 1 of 450 SST-2 ones,
     # harmful found 46 -> 44 of 50: benchmarks/results/judge_selection.md)
     prescreen_judge: str = "default+intent"
-    # The embedded default's base: aligned with Vaccine on first start, on a mix of safety and helpful pairs
-    # (refusals alone teach a model to refuse everything).
-    default_base_name: str = "smollm2-135m-vaccine"
+    # The embedded default's base: aligned on first start with the shipped method (service.bases:
+    # SHIPPED_METHOD, SFT), on a mix of safety and helpful pairs (refusals alone teach a model to refuse
+    # everything).
+    default_base_name: str = "smollm2-135m-sft"
     # "default", a .gguf or a HF directory (aligned on first start), or a `vaccine align` run directory
     # (adopted as it is: no training)
     default_base_source: str = "default"
-    # 128 pairs x 2 epochs (~52 steps, ~10 min on 2 CPU cores): an independent probe found 32 steps of such a
+    # 128 pairs x 2 epochs (~52 steps on 2 CPU cores: ~10 min with Vaccine, under half that with SFT,
+    # whose steps take one pass instead of two): an independent probe found 32 steps of such a
     # mix made the default model refuse 72-84 % of harmful prompts; 13 steps left it refusing almost none.
     default_alignment_pairs: int = 128
     default_alignment_epochs: float = 2.0

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import httpx
 
+from service.settings import ServiceSettings
 from tests.service_helpers import first_start, free_port, small_safety_evaluation
 
 FIRST_ANSWER_SECONDS = 10
+DEFAULT_BASE = ServiceSettings.model_fields["default_base_name"].default
 
 
 def test_a_first_start_answers_within_ten_seconds(tmp_path, tiny_model_dir):
@@ -41,7 +43,7 @@ def test_a_first_start_answers_within_ten_seconds(tmp_path, tiny_model_dir):
         print(f"first answer after {answered:.1f} s")
         assert answered <= FIRST_ANSWER_SECONDS, f"first answer after {answered:.1f} s"
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
-        assert ready["warming_up"]["base:smollm2-135m-vaccine"]["status"] == "registered"
+        assert ready["warming_up"][f"base:{DEFAULT_BASE}"]["status"] == "registered"
         bases = httpx.get(
             f"http://127.0.0.1:{port}/admin/models", headers={"Authorization": "Bearer operator-secret"}
         ).json()["data"]
@@ -60,7 +62,7 @@ def test_a_quickstart_job_made_at_first_start_succeeds_once_the_base_is_ready(
         operator = {"Authorization": f"Bearer {started.operator_key}"}  # none was configured: it made one
         assert httpx.get(f"{started.url}/admin/workers", headers=operator).status_code == 200
         warming = httpx.get(f"{started.url}/readyz").json()["warming_up"]  # nothing aligned yet
-        assert warming["base:smollm2-135m-vaccine"]["status"] in {"registered", "aligning"}
+        assert warming[f"base:{DEFAULT_BASE}"]["status"] in {"registered", "aligning"}
         quickstart = started.quickstart(tmp_path)  # the example as a user runs it, at once
     assert re.search(r"created ftjob-\S+ \((validating_files|queued)\)", quickstart.stdout), quickstart.stdout
     assert ": succeeded; model ft:" in quickstart.stdout, quickstart.stdout + quickstart.stderr

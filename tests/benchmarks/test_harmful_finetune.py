@@ -172,23 +172,25 @@ def test_end_of_turn_probe_reads_the_benchmarks_models(tiny_model_dir, tiny_data
 def test_the_shipped_default_arm_is_the_stack_the_service_declares(monkeypatch):
     import service.defenses
 
-    assert [name for name, arm in bench.ARMS.items() if bench.ships_by_default(arm)] == ["vaccine-rho2"]
+    def shipped() -> list[str]:
+        return [name for name, arm in bench.ARMS.items() if bench.ships_by_default(arm)]
 
-    class WithLisaAndSafeLora(service.defenses.DefenseStack):
-        lisa: bool = True
+    assert shipped() == ["sft"]  # SFT alignment, no fine-tuning-stage or post-fine-tuning layer
+    stack = service.defenses.DefenseStack
+
+    class WithSafeLora(stack):
         safe_lora: bool = True
         safe_lora_threshold: float = 0.1
 
-    monkeypatch.setattr(service.defenses, "DefenseStack", WithLisaAndSafeLora)
-    shipped = [name for name, arm in bench.ARMS.items() if bench.ships_by_default(arm)]
-    assert shipped == ["vaccine+lisa+safe_lora-t0.1"]
+    monkeypatch.setattr(service.defenses, "DefenseStack", WithSafeLora)
+    assert shipped() == ["safe_lora-t0.1"]
 
-    class WithGentlerLisa(service.defenses.DefenseStack):
+    class WithGentlerLisa(stack):
         lisa: bool = True
         lisa_rho: float = 0.1
 
     monkeypatch.setattr(service.defenses, "DefenseStack", WithGentlerLisa)
-    assert not any(bench.ships_by_default(arm) for arm in bench.ARMS.values())  # vaccine+lisa has rho 1
+    assert shipped() == ["lisa-rho0.1"]  # not "lisa" (rho 1) nor "lisa-mixed" (helpful pairs too)
 
 
 def test_an_arm_s_lisa_settings_are_its_own():

@@ -63,7 +63,7 @@ def test_grid_measures_every_cell_with_intervals_and_caches(
         low, high = cell["hs"]["ci95"]
         assert 0 <= low <= cell["hs"]["mean"] <= high <= 100
         assert isinstance(cell["counts"], bool) and isinstance(cell["attack_taught"], bool)
-        assert cell["shipped_default"] == (cell["defense"] == "vaccine-rho2")  # the service's own stack
+        assert cell["shipped_default"] == (cell["defense"] == "sft")  # the service's own stack
         if cell["defense"] == "sft":
             assert "vs_baseline" not in cell
         else:

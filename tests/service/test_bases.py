@@ -6,7 +6,7 @@ from sqlalchemy.orm import Session
 
 from api.embedded import register_default_base
 from service import bases
-from service.bases import AlignmentPlan, BoosterPlan
+from service.bases import SHIPPED_METHOD, AlignmentPlan, BoosterPlan
 from service.db import get_engine
 from service.models import ADOPT, BaseModelRecord, BaseStatus
 from service.settings import get_service_settings
@@ -14,11 +14,11 @@ from vaccine_core.config import PerturbationConfig, alignment_defaults
 from vaccine_core.defenses import BoosterConfig
 
 
-def test_the_plan_takes_its_defaults_from_vaccine_core():
+def test_the_plan_takes_its_defaults_from_vaccine_core_and_its_method_from_the_service():
     plan = AlignmentPlan()
-    assert (plan.method, plan.rho) == (PerturbationConfig.method, PerturbationConfig.rho)
+    assert (plan.method, plan.rho) == (SHIPPED_METHOD, PerturbationConfig.rho)
     assert plan.training() == alignment_defaults()
-    assert plan.perturbation() == PerturbationConfig()
+    assert plan.perturbation() == PerturbationConfig(SHIPPED_METHOD)
     assert BoosterPlan().model_dump() == {"lamb": BoosterConfig.lamb, "alpha": BoosterConfig.alpha}
 
 
@@ -51,7 +51,7 @@ def test_the_embedded_default_is_registered_with_the_settings_plan(service):
     settings = get_service_settings()
     record = register_default_base(settings)
     plan = AlignmentPlan.of(record)
-    assert plan.method == "vaccine" and plan.rho == PerturbationConfig.rho
+    assert plan.method == SHIPPED_METHOD == "sft"  # Vaccine measured no safer (README, protocol v2)
     assert (plan.pairs, plan.epochs) == (settings.default_alignment_pairs, settings.default_alignment_epochs)
     assert register_default_base(settings).alignment == record.alignment  # once
 
