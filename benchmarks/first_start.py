@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +36,20 @@ CACHES = ("judges", "models")  # reused from the real home: their first build is
 POLL_SECONDS = 5.0
 
 
-def wait_until_ready(client: httpx.Client, started: float, deadline: float) -> dict[str, float]:
-    """Seconds from ``started`` at which each base became ready (or failed), polling until all have."""
+def wait_until_ready(
+    client: httpx.Client, started: float, deadline: float, done: Collection[str] = ()
+) -> dict[str, float]:
+    """Seconds from ``started`` at which each base not ``done`` already became ready (or failed), polling
+    until all have."""
     ended: dict[str, float] = {}
     while time.monotonic() < deadline:
         for base in client.get("/admin/models").json()["data"]:
+            if base["id"] in done:
+                continue
             if base["status"] in ("ready", "failed") and base["id"] not in ended:
                 ended[base["id"]] = round(time.monotonic() - started, 1)
                 print(f"{base['id']}: {base['status']} after {ended[base['id']]} s", flush=True)
-        if ended and len(ended) == len(client.get("/admin/models").json()["data"]):
+        if ended and len(ended) + len(done) == len(client.get("/admin/models").json()["data"]):
             return ended
         time.sleep(POLL_SECONDS)
     raise TimeoutError(f"bases not ready within the deadline: {ended}")
@@ -114,7 +120,7 @@ def main() -> None:
                 },
             )
             reply.raise_for_status()
-            more = wait_until_ready(client, registered, deadline)
+            more = wait_until_ready(client, registered, deadline, done=ready)
             ready[name] = more[name]
         bases = {b["id"]: base_figures(b, home) for b in client.get("/admin/models").json()["data"]}
     finally:

@@ -30,7 +30,7 @@ DEFAULT_PAIRS = 64
 
 # The alignment a base gets unless its operator names one. SFT, not the library's Vaccine: under protocol
 # v2 Vaccine was no safer than SFT in any counting cell and less safe in one (align120, sampled HS gap
-# -5.5 [-10.8, -0.6]), at about 2.5x SFT's alignment time (README, "Safety under protocol v2").
+# -5.5 [-10.8, -0.6]), at 1.6x SFT's alignment time on the default base (README, "Defense in depth").
 SHIPPED_METHOD: Literal["vaccine", "sft"] = "sft"
 
 

@@ -99,7 +99,7 @@ def test_grid_measures_every_cell_with_intervals_and_caches(
         "safety-tiny-p0.1-default.png",
     ]
     assert "no difference" in paths[1].read_text() or "lower" in paths[1].read_text()
-    assert "| vaccine-rho2 (shipped) |" in paths[1].read_text()
+    assert "| sft (shipped) |" in paths[1].read_text()
 
 
 def test_archived_answers_stand_in_for_the_models_on_a_fresh_machine(
