@@ -69,7 +69,7 @@ def base_figures(base: dict[str, Any], home: Path) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--deadline-minutes", type=float, default=60)
     parser.add_argument("--name", default="cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     real_home = ServiceSettings().home
     home = Path(tempfile.mkdtemp(prefix="vaccine-first-start-"))
@@ -86,7 +86,8 @@ def main() -> None:
             (home / cache).symlink_to(real_home / cache)
     key = "first-start-operator"
     env = {**os.environ, "VACCINE_HOME": str(home), "VACCINE_ADMIN_KEY": key}
-    command = [str(Path(sys.executable).parent / "vaccine"), "serve", "--port", str(args.port)]
+    # the CLI through Python itself: a GPU machine may hold the project without its console scripts
+    command = [sys.executable, "-c", "from api.cli import app; app()", "serve", "--port", str(args.port)]
     started = time.monotonic()
     log = (home / "serve.log").open("w")  # a file, not a pipe: progress bars would fill a pipe and stall it
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -143,6 +144,7 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(out)
     shutil.rmtree(home, ignore_errors=True)
+    return out
 
 
 if __name__ == "__main__":
