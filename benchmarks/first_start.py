@@ -43,13 +43,12 @@ def wait_until_ready(
     until all have."""
     ended: dict[str, float] = {}
     while time.monotonic() < deadline:
-        for base in client.get("/admin/models").json()["data"]:
-            if base["id"] in done:
-                continue
+        waiting = [b for b in client.get("/admin/models").json()["data"] if b["id"] not in done]
+        for base in waiting:
             if base["status"] in ("ready", "failed") and base["id"] not in ended:
                 ended[base["id"]] = round(time.monotonic() - started, 1)
                 print(f"{base['id']}: {base['status']} after {ended[base['id']]} s", flush=True)
-        if ended and len(ended) + len(done) == len(client.get("/admin/models").json()["data"]):
+        if waiting and len(ended) == len(waiting):
             return ended
         time.sleep(POLL_SECONDS)
     raise TimeoutError(f"bases not ready within the deadline: {ended}")
