@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--name", default="cpu")
     args = parser.parse_args(argv)
 
-    real_home = ServiceSettings().home
+    default = ServiceSettings()  # as the environment says, before this run points VACCINE_HOME elsewhere
+    real_home = default.home
     home = Path(tempfile.mkdtemp(prefix="vaccine-first-start-"))
     for cache in CACHES:
         if (real_home / cache).exists():
@@ -106,7 +107,6 @@ def main(argv: list[str] | None = None) -> Path:
         answered = round(time.monotonic() - started, 1)
         ready = wait_until_ready(client, started, deadline)
         if args.also:
-            default = ServiceSettings()
             name = f"smollm2-135m-{args.also}"
             registered = time.monotonic()
             reply = client.post(

@@ -94,7 +94,7 @@ def main() -> None:
     plan = ReportPlan.of(default_policy(settings), settings)
     shared_judge(settings.safety_judge)
     results = []
-    for name in args.arms:  # what depends on the arm alone: its base, Lisa's pairs, the held-out refusals
+    for name in args.arms:  # what depends on the arm alone: its base (and record), Lisa's pairs, refusals
         arm = ARMS[name]
         base = bench.base(arm)
         lisa_rows = lisa_pairs(settings.data_dir, base, LISA_SAFETY_PAIRS, 0)
@@ -103,6 +103,7 @@ def main() -> None:
         # the same refusals for every arm, none that the base or Lisa trained on
         lisa_requests = {normalised(row["instruction"]) for row in lisa_rows}
         refusals = lisa_pairs(settings.data_dir, base, REFUSAL_PAIRS, seed=1, exclude=lisa_requests)
+        record = SimpleNamespace(alignment={"data": str(Path(base).with_suffix(".jsonl"))}, path=base)
         for upload, seed in itertools.product(args.uploads, args.seeds):
             rows = upload_rows(upload, settings.data_dir, seed, args.rows)
             out = models_cache / "uploads" / digest([base, rows, config.to_dict(), name])
@@ -119,7 +120,6 @@ def main() -> None:
                     safe_lora=projection,
                 )
             trained = time.monotonic() - started
-            record = SimpleNamespace(alignment={"data": str(Path(base).with_suffix(".jsonl"))}, path=base)
             report = safety_report(out, record, settings, plan)
             results.append(
                 {

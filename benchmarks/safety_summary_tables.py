@@ -64,66 +64,69 @@ class Summary:
         return sorted({p for (r, p, _, _) in self.cells if r == regime})
 
 
+def table(columns: list[str], rows: list[str]) -> list[str]:
+    """A markdown table: its head, its separator, then ``rows`` (each already ``| a | b |``)."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows]
+
+
+def mean_text(cell: dict[str, Any] | None, key: str = "hs") -> str:
+    return "–" if cell is None else f"{cell[key]['mean']:.1f}"
+
+
+def gap_interval(cell: dict[str, Any] | None) -> str:
+    return "–" if cell is None else interval(cell["vs_baseline"]["hs_gap"])
+
+
 def headline_table(summary: Summary) -> list[str]:
-    lines = [
-        "| attack | arm | decoding | HS | HS among non-degenerate | degenerate (all answers) | FA | counts | "
-        "HS gap to SFT |",
-        "|" + "---|" * 9,
-    ]
+    rows = []
     for regime in summary.regimes:
         for decoding in DECODINGS:
             for defense in HEADLINE_ARMS:
-                cell = summary.get(regime, P, defense, decoding)
-                if cell is None:
+                if (cell := summary.get(regime, P, defense, decoding)) is None:
                     continue
-                lines.append(
+                rows.append(
                     f"| {regime} | {arm_label(cell, HEADLINE_ARMS)} | {decoding} | {interval(cell['hs'])} | "
                     f"{cell['hs_non_degenerate']['mean']:.1f} | {cell['degenerate_all']:.1f} | "
                     f"{cell['fa']['mean']:.1f} | {'**yes**' if cell['counts'] else 'no'} | {gap_text(cell)} |"
                 )
-    return lines
+    columns = ["attack", "arm", "decoding", "HS", "HS among non-degenerate", "degenerate (all answers)", "FA"]
+    return table([*columns, "counts", "HS gap to SFT"], rows)
 
 
 def sweep_table(summary: Summary) -> list[str]:
-    lines = [
-        "| attack | p | seeds | no alignment | SFT | Vaccine | no alignment's gap | Vaccine's gap | "
-        "Vaccine degenerate | counts (SFT, Vaccine) | FA none / SFT / Vaccine |",
-        "|" + "---|" * 11,
-    ]
+    rows = []
     for regime in summary.regimes:
         for p in summary.fractions(regime):
-            if p == P:
-                continue
             none, sft, vaccine = (summary.get(regime, p, d, "sampled") for d in HEADLINE_ARMS)
-            if sft is None:
+            if p == P or sft is None:
                 continue
-
-            def mean(cell: dict[str, Any] | None, key: str = "hs") -> str:
-                return "–" if cell is None else f"{cell[key]['mean']:.1f}"
-
-            def gap(cell: dict[str, Any] | None) -> str:
-                return "–" if cell is None else interval(cell["vs_baseline"]["hs_gap"])
-
             counts = " / ".join(
                 "–" if c is None else ("yes" if c["counts"] else "no") for c in (sft, vaccine)
             )
             degenerate = "–" if vaccine is None else f"{vaccine['degenerate_all']:.1f}"
-            fa = " / ".join(mean(c, "fa") for c in (none, sft, vaccine))
-            lines.append(
-                f"| {regime} | {p:g} | {len(sft['seeds'])} | {mean(none)} | {interval(sft['hs'])} | "
-                f"{mean(vaccine)} | {gap(none)} | {gap(vaccine)} | {degenerate} | {counts} | {fa} |"
+            fa = " / ".join(mean_text(c, "fa") for c in (none, sft, vaccine))
+            rows.append(
+                f"| {regime} | {p:g} | {len(sft['seeds'])} | {mean_text(none)} | {interval(sft['hs'])} | "
+                f"{mean_text(vaccine)} | {gap_interval(none)} | {gap_interval(vaccine)} | {degenerate} | "
+                f"{counts} | {fa} |"
             )
-    return lines
+    columns = [
+        "attack",
+        "p",
+        "seeds",
+        "no alignment",
+        "SFT",
+        "Vaccine",
+        "no alignment's gap",
+        "Vaccine's gap",
+    ]
+    return table([*columns, "Vaccine degenerate", "counts (SFT, Vaccine)", "FA none / SFT / Vaccine"], rows)
 
 
 def stacks_table(summary: Summary) -> tuple[list[str], list[str]]:
     """Every stack but the baseline and no alignment at p = 0.1, in the settings where SFT's sampled cell
     counts; and the cells that pass the rule."""
-    lines = [
-        "| attack | stack | decoding | HS | HS gap to SFT | FA (gap) | over-refusal (SFT) | degenerate | "
-        "counts | rule |",
-        "|" + "---|" * 10,
-    ]
+    rows = []
     passing = []
     for regime in summary.regimes:
         reference = summary.get(regime, P, BASELINE, "sampled")
@@ -142,13 +145,14 @@ def stacks_table(summary: Summary) -> tuple[list[str], list[str]]:
                     passing.append(f"{regime} {defense} {decoding}")
                 fa_gap = cell["vs_baseline"]["fa_gap"]["mean"]
                 hs = interval(cell["hs"])
-                lines.append(
+                rows.append(
                     f"| {regime} | {arm_label(cell)} | {decoding} | {hs} | {gap_text(cell)} | "
                     f"{cell['fa']['mean']:.1f} ({fa_gap:+.1f}) | {cell['over_refusal']['mean']:.1f} "
                     f"({baseline['over_refusal']['mean']:.1f}) | {cell['degenerate_all']:.1f} | "
                     f"{'yes' if cell['counts'] else 'no'} | {'**passes**' if passed else 'fails'} |"
                 )
-    return lines, passing
+    columns = ["attack", "stack", "decoding", "HS", "HS gap to SFT", "FA (gap)", "over-refusal (SFT)"]
+    return table([*columns, "degenerate", "counts", "rule"], rows), passing
 
 
 def render(result: dict[str, Any]) -> str:

@@ -47,8 +47,8 @@ class ServiceSettings(Settings):
     # "default", a .gguf or a HF directory (aligned on first start), or a `vaccine align` run directory
     # (adopted as it is: no training)
     default_base_source: str = "default"
-    # 128 pairs x 2 epochs (~52 steps on 2 CPU cores: ~10 min with Vaccine, under half that with SFT,
-    # whose steps take one pass instead of two): an independent probe found 32 steps of such a
+    # 128 pairs x 2 epochs (52 steps; on 2 CPU cores 291 s of training with SFT, 468 s with Vaccine:
+    # benchmarks/results/first_start-cpu-2cores-intel-amx.json): an independent probe found 32 steps of such a
     # mix made the default model refuse 72-84 % of harmful prompts; 13 steps left it refusing almost none.
     default_alignment_pairs: int = 128
     default_alignment_epochs: float = 2.0
