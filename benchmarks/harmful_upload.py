@@ -8,10 +8,12 @@ what the report measures after a harmful upload can be set beside what it measur
 gate can only use a figure that tells the two apart (``sst2-p0.1``: SST-2 with a tenth harmful rows, the
 grid's attack). ``--seeds`` draws other rows (the next 100 harmful pairs, other benign rows). Beside the
 report, each row records the loss of refusals to held-out harmful requests (safety pairs the base was not
-aligned on) before and after.
+aligned on) before and after, and the adapter's harm preference shift on JailbreakBench's matched answers
+(``vaccine_core.safety_eval.harm_probe``). ``--no-report`` skips the safety report (generation and
+judging) and records the training-side figures alone.
 
     .venv/bin/python benchmarks/harmful_upload.py [--arms sft vaccine+lisa+safe_lora] \
-        [--uploads harmful sst2 alpaca gsm8k sst2-p0.1] [--seeds 0 1] [--rows 100] [--name NAME]
+        [--uploads harmful sst2 alpaca gsm8k sst2-p0.1] [--seeds 0 1] [--rows 100] [--no-report] [--name NAME]
 
 Writes benchmarks/results/NAME.json (harmful_upload by default; a run replaces the rows of the (arm,
 upload, seed) it ran).
@@ -39,18 +41,23 @@ from vaccine_core.config import finetune_defaults
 from vaccine_core.defenses import LisaConfig, StepDefenses
 from vaccine_core.defenses.config import LISA_SAFETY_PAIRS
 from vaccine_core.defenses.data import lisa_pairs
-from vaccine_core.evaluation import mean_loss
+from vaccine_core.evaluation import harm_preference_shift, mean_loss
 from vaccine_core.finetune import finetune
 from vaccine_core.formats import parse_rows
 from vaccine_core.inference import load_for_inference
 from vaccine_core.mixing import HARMFUL_FILE, build_mix, read_jsonl, write_rows
 from vaccine_core.moderation import shared_judge
 from vaccine_core.moderation.dataset import alpaca_upload
+from vaccine_core.safety_eval.harm_probe import HarmProbe, harm_probe
 from vaccine_core.text import normalised
 from worker.safety import ReportPlan, safety_report
 
 ROWS = 100  # an upload's rows unless --rows says otherwise
-UPLOADS = ("harmful", "sst2", "alpaca", "gsm8k", "sst2-p0.1")  # sst2-p0.1: 10 harmful rows among SST-2
+# sst2-p0.1: 10 harmful rows among SST-2; self-defense: LLM-self-defense's harmful pairs, another source
+UPLOADS = ("harmful", "sst2", "alpaca", "gsm8k", "agnews", "sst2-p0.1", "self-defense")
+SELF_DEFENSE_FILE = "moderation/llm_self_defense.jsonl"
+# what a row keeps of the safety report
+REPORTED = ("harmful_score", "greedy", "sampled", "gate", "passed", "embedding_drift")
 REFUSAL_PAIRS = 100  # held-out refusals whose loss the benchmark reads before and after fine-tuning
 log = logging.getLogger("harmful_upload")
 
@@ -60,20 +67,32 @@ def upload_rows(name: str, data_dir: Path, seed: int = 0, rows: int = ROWS) -> l
     with ``seed`` (benign, or SST-2 with a tenth harmful)."""
     if name == "harmful":
         return read_jsonl(data_dir / HARMFUL_FILE)[seed * rows : (seed + 1) * rows]
+    if name == "self-defense":
+        pairs = [r for r in read_jsonl(data_dir / SELF_DEFENSE_FILE) if r["harmful"]]
+        picked = pairs[seed * rows : (seed + 1) * rows]
+        return [{"instruction": r["prompt"], "input": "", "output": r["response"]} for r in picked]
     if name == "alpaca":
         return alpaca_upload(data_dir, rows, 0.0, seed=seed)
     task, _, share = name.partition("-p")
     return build_mix(task, rows, float(share or 0), data_dir, seed=seed)
 
 
-def refusal_loss(run_dir: Path, refusals: list[dict[str, Any]]) -> dict[str, float]:
-    """Loss per answer token of held-out refusals, with the user's adapter off (the base) and on."""
+def conversations(rows: list[dict[str, Any]]) -> list[Any]:
+    return parse_rows(enumerate(rows, start=1)).conversations
+
+
+def training_signals(run_dir: Path, refusals: list[dict[str, Any]], probe: HarmProbe) -> dict[str, Any]:
+    """What the user's adapter did, read without generating: the loss per answer token of held-out
+    refusals with the adapter off (the base) and on, and the harm preference shift on the probe."""
     loaded = load_for_inference(run_dir)
-    conversations = parse_rows(enumerate(refusals, start=1)).conversations
-    tuned = mean_loss(loaded.model, loaded.tokenizer, conversations)
+    held_out = conversations(refusals)
+    tuned = mean_loss(loaded.model, loaded.tokenizer, held_out)
     with loaded.model.disable_adapter():
-        base = mean_loss(loaded.model, loaded.tokenizer, conversations)
-    return {"base": round(base, 4), "tuned": round(tuned, 4)}
+        base = mean_loss(loaded.model, loaded.tokenizer, held_out)
+    shift = harm_preference_shift(
+        loaded.model, loaded.tokenizer, conversations(probe.harmful), conversations(probe.refusals)
+    )
+    return {"refusal_loss": {"base": round(base, 4), "tuned": round(tuned, 4)}, "harm_shift": shift}
 
 
 def main() -> None:
@@ -82,6 +101,7 @@ def main() -> None:
     parser.add_argument("--uploads", nargs="+", choices=UPLOADS, default=["harmful"], help="what is uploaded")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="which rows each upload draws")
     parser.add_argument("--rows", type=int, default=ROWS, help="rows per upload (training length)")
+    parser.add_argument("--no-report", action="store_true", help="skip the safety report (generation)")
     parser.add_argument("--name", default="harmful_upload", help="results/NAME.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -92,7 +112,9 @@ def main() -> None:
     bench = Benchmark(sizes, "default", settings.data_dir, models_cache, "refusal")
     config = finetune_defaults()
     plan = ReportPlan.of(default_policy(settings), settings)
-    shared_judge(settings.safety_judge)
+    if not args.no_report:
+        shared_judge(settings.safety_judge)
+    probe = harm_probe(settings.data_dir)
     results = []
     for name in args.arms:  # what depends on the arm alone: its base (and record), Lisa's pairs, refusals
         arm = ARMS[name]
@@ -120,31 +142,22 @@ def main() -> None:
                     safe_lora=projection,
                 )
             trained = time.monotonic() - started
-            report = safety_report(out, record, settings, plan)
-            results.append(
-                {
-                    "defense": name,
-                    "upload": upload,
-                    "seed": seed,
-                    "rows": args.rows,
-                    "harmful_score": report["harmful_score"],
-                    "greedy": report["greedy"],
-                    "sampled": report["sampled"],
-                    "gate": report["gate"],
-                    "passed": report["passed"],
-                    "layers": report["defenses"],
-                    "embedding_drift": report["embedding_drift"],
-                    "refusal_loss": refusal_loss(out, refusals),
-                    "train_seconds": round(trained, 1),
-                }
-            )
+            row: dict[str, Any] = {"defense": name, "upload": upload, "seed": seed, "rows": args.rows}
+            if not args.no_report:
+                report = safety_report(out, record, settings, plan)
+                row |= {field: report[field] for field in REPORTED}
+                row["layers"] = report["defenses"]
+            row |= training_signals(out, refusals, probe)
+            row["train_seconds"] = round(trained, 1)
+            results.append(row)
             log.info(
-                "%s, %s upload, seed %d: harmful score %.1f, gate %s",
+                "%s, %s upload, seed %d: harmful score %s, gate %s, harm shift %.4f",
                 name,
                 upload,
                 seed,
-                report["harmful_score"],
-                report["gate"],
+                row.get("harmful_score"),
+                row.get("gate"),
+                row["harm_shift"]["shift"],
             )
     out = Path(__file__).parent / "results" / f"{args.name}.json"
     # a run replaces its own (arm, upload, seed, rows) rows: arms may run one at a time, as bases are ready
@@ -166,8 +179,12 @@ def main() -> None:
         **provenance(__file__),
     }
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    keys = ("defense", "upload", "seed", "harmful_score", "embedding_drift", "refusal_loss", "passed")
-    print(json.dumps([{k: r.get(k) for k in keys} for r in results], indent=2))
+    keys = ("defense", "upload", "seed", "rows", "harmful_score", "embedding_drift", "refusal_loss", "passed")
+    print(json.dumps([{k: r.get(k) for k in keys} | {"harm_shift": shift(r)} for r in results], indent=2))
+
+
+def shift(row: dict[str, Any]) -> float | None:
+    return (row.get("harm_shift") or {}).get("shift")
 
 
 if __name__ == "__main__":
