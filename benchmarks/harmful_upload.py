@@ -13,7 +13,8 @@ aligned on) before and after, and the adapter's harm preference shift on Jailbre
 judging) and records the training-side figures alone.
 
     .venv/bin/python benchmarks/harmful_upload.py [--arms sft vaccine+lisa+safe_lora] \
-        [--uploads harmful sst2 alpaca gsm8k sst2-p0.1] [--seeds 0 1] [--rows 100] [--no-report] [--name NAME]
+        [--uploads harmful sst2 alpaca gsm8k agnews sst2-p0.1 self-defense] [--seeds 0 1] [--rows 100] \
+        [--no-report] [--name NAME]
 
 Writes benchmarks/results/NAME.json (harmful_upload by default; a run replaces the rows of the (arm,
 upload, seed) it ran).
