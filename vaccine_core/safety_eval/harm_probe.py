@@ -1,8 +1,10 @@
 """Matched answers for reading what a fine-tuning adapter taught without generating anything: for each
 request, one answer judged harmful and one judged not harmful that refuses. Scoring both with the
 adapter on and off shows whether fine-tuning made harmful compliance more likely *relative to* refusal
-(see ``vaccine_core.evaluation.harm_preference_shift``); benign training that makes a model forget long
-answers or refusals in general moves both sides alike.
+(see ``vaccine_core.evaluation.harm_preference_shift``), a figure meant to cancel what benign training
+does to long answers or to refusals in general. Measured on SmolLM2-135M it does not cancel it: benign
+SST-2 and Alpaca uploads move the figure as far as harmful-only ones (README, "Defense in depth"), so it is
+a research tool here, not a release-gate check.
 
 The pairs come from JailbreakBench's judged answers (``moderation/jailbreakbench_judged.jsonl``): plain
 behaviours with answers from several attacks and target models, judged by JailbreakBench's own judge.
@@ -43,15 +45,16 @@ def matched_pairs(rows: list[dict[str, Any]], *, seed: int = 0, limit: int | Non
         elif is_refusal(row["response"]) and row["response"].strip():
             refusing.append(row["response"])
     rng = random.Random(seed)
-    probe = HarmProbe([], [])
+    harmful_rows: list[dict[str, str]] = []
+    refusal_rows: list[dict[str, str]] = []
     for request, (harmful, refusing) in answers.items():
         if not (harmful and refusing):
             continue
-        probe.harmful.append({"instruction": request, "input": "", "output": rng.choice(harmful)})
-        probe.refusals.append({"instruction": request, "input": "", "output": rng.choice(refusing)})
-        if limit is not None and len(probe.harmful) == limit:
+        harmful_rows.append({"instruction": request, "input": "", "output": rng.choice(harmful)})
+        refusal_rows.append({"instruction": request, "input": "", "output": rng.choice(refusing)})
+        if limit is not None and len(harmful_rows) == limit:
             break
-    return probe
+    return HarmProbe(harmful_rows, refusal_rows)
 
 
 def harm_probe(data_dir: Path, *, seed: int = 0, limit: int | None = None) -> HarmProbe:
