@@ -13,7 +13,9 @@ computed for the very network it is applied to, and with rho = 0 a Vaccine step 
 "Accelerated Vaccine" recomputes eps only every ``tau`` steps. Batches differ in shape between refreshes,
 so what carries over is, per layer, the mean perturbation over the refresh batch's real (non-padding)
 tokens: a direction in hidden space. A later batch gets that direction on each of its real tokens, scaled
-so that the global norm over the new batch is again rho. The refresh step itself uses the exact eps.
+so that the global norm over its real tokens is again rho. The refresh step itself uses the exact eps.
+The direction is added to padded positions too, as one broadcast add a layer: a padded position is never
+attended to and carries no label, so it reaches no loss, and no batch-sized tensor is built per layer.
 """
 
 import contextlib
@@ -214,12 +216,13 @@ class PerturbedStep:
         return [(eps * real).sum(dim=(0, 1)) / count for eps in perturbation]
 
     def _carried_perturbation(self, mask: torch.Tensor) -> list[torch.Tensor]:
+        """Per layer, the carried direction scaled for this batch: one hidden-size vector each, added to
+        every position (see the module's docstring for why padded positions may receive it)."""
         assert self.directions is not None
-        real = mask.unsqueeze(-1).to(self.directions[0].dtype)
         # Each real token gets d_l, so the global norm is sqrt(tokens * sum_l |d_l|^2); rescale that to rho.
-        norm = global_norm(self.directions) * real.sum().sqrt()
+        norm = global_norm(self.directions) * mask.sum().to(torch.float32).sqrt()
         scale = self.config.rho / (norm + NORM_EPSILON)
-        return [real * (d * scale) for d in self.directions]
+        return [d * scale.to(d.dtype) for d in self.directions]
 
     def state_dict(self) -> dict[str, Any]:
         return {"calls": self.calls, "directions": self.directions}

@@ -230,11 +230,32 @@ def test_tau_reuses_a_direction_scaled_to_rho_on_real_tokens(tiny_model, tokeniz
     step.backward(second)
     assert all(torch.equal(a, b) for a, b in zip(directions, step.directions, strict=True))  # not recomputed
     carried = step._carried_perturbation(second["attention_mask"])
-    assert float(global_norm(carried)) == pytest.approx(0.5, rel=1e-5)
-    pads = second["attention_mask"] == 0
-    assert pads.any() and all(torch.all(c[pads] == 0) for c in carried)
+    real_tokens = int(second["attention_mask"].sum())
+    assert float(global_norm(carried)) * real_tokens**0.5 == pytest.approx(0.5, rel=1e-5)
     step.backward(second)  # call 3: a refresh, on this batch
     assert not all(torch.equal(a, b) for a, b in zip(directions, step.directions, strict=True))
+
+
+def test_a_carried_direction_on_padded_positions_changes_no_gradient(tiny_model, tokenizer):
+    """The reused direction is added to every position, padding included, as one broadcast add; the
+    gradients are those of adding it to the real tokens alone."""
+    model = lora_model(tiny_model, dropout=0.0)
+    step = PerturbedStep(model, PerturbationConfig("vaccine", rho=0.5, tau=3))
+    model.train()
+    step.backward(batch_of(tokenizer))  # the refresh that sets the direction
+    batch = batch_of(tokenizer, pairs=[("Hi", "Hello"), ("Bye", "See you soon.")])
+    assert (batch["attention_mask"] == 0).any()
+    model.zero_grad()
+    step.backward(batch)  # a reuse step
+    broadcast = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    real = batch["attention_mask"].unsqueeze(-1).float()
+    carried = step._carried_perturbation(batch["attention_mask"])
+    with attention_hooks(step.modules, lambda i, hidden: hidden + real * carried[i]):
+        model(**batch).loss.backward()
+    for name, grad in broadcast.items():
+        torch.testing.assert_close(grad, model.get_parameter(name).grad, rtol=1e-5, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in broadcast.values())
 
 
 def test_random_noise_has_variance_rho_and_changes_the_loss(tiny_model, tokenizer):
