@@ -44,12 +44,12 @@ from vaccine_core.defenses.config import LISA_SAFETY_PAIRS
 from vaccine_core.defenses.data import lisa_pairs
 from vaccine_core.evaluation import harm_preference_shift, mean_loss
 from vaccine_core.finetune import finetune
-from vaccine_core.formats import parse_rows
+from vaccine_core.formats import Conversation, parse_rows
 from vaccine_core.inference import load_for_inference
 from vaccine_core.mixing import HARMFUL_FILE, build_mix, read_jsonl, write_rows
 from vaccine_core.moderation import shared_judge
 from vaccine_core.moderation.dataset import alpaca_upload
-from vaccine_core.safety_eval.harm_probe import HarmProbe, harm_probe
+from vaccine_core.safety_eval.harm_probe import harm_probe
 from vaccine_core.text import normalised
 from worker.safety import ReportPlan, safety_report
 
@@ -78,21 +78,21 @@ def upload_rows(name: str, data_dir: Path, seed: int = 0, rows: int = ROWS) -> l
     return build_mix(task, rows, float(share or 0), data_dir, seed=seed)
 
 
-def conversations(rows: list[dict[str, Any]]) -> list[Any]:
+def conversations(rows: list[dict[str, Any]]) -> list[Conversation]:
     return parse_rows(enumerate(rows, start=1)).conversations
 
 
-def training_signals(run_dir: Path, refusals: list[dict[str, Any]], probe: HarmProbe) -> dict[str, Any]:
-    """What the user's adapter did, read without generating: the loss per answer token of held-out
-    refusals with the adapter off (the base) and on, and the harm preference shift on the probe."""
+def training_signals(
+    run_dir: Path, held_out: list[Conversation], probe: tuple[list[Conversation], list[Conversation]]
+) -> dict[str, Any]:
+    """What the user's adapter did, read without generating: the loss per answer token of the held-out
+    refusals with the adapter off (the base) and on, and the harm preference shift on the probe's
+    (harmful, refusal) conversations."""
     loaded = load_for_inference(run_dir)
-    held_out = conversations(refusals)
     tuned = mean_loss(loaded.model, loaded.tokenizer, held_out)
     with loaded.model.disable_adapter():
         base = mean_loss(loaded.model, loaded.tokenizer, held_out)
-    shift = harm_preference_shift(
-        loaded.model, loaded.tokenizer, conversations(probe.harmful), conversations(probe.refusals)
-    )
+    shift = harm_preference_shift(loaded.model, loaded.tokenizer, *probe)
     return {"refusal_loss": {"base": round(base, 4), "tuned": round(tuned, 4)}, "harm_shift": shift}
 
 
@@ -115,7 +115,8 @@ def main() -> None:
     plan = ReportPlan.of(default_policy(settings), settings)
     if not args.no_report:
         shared_judge(settings.safety_judge)
-    probe = harm_probe(settings.data_dir)
+    drawn = harm_probe(settings.data_dir)
+    probe = conversations(drawn.harmful), conversations(drawn.refusals)  # parsed once for every model
     results = []
     for name in args.arms:  # what depends on the arm alone: its base (and record), Lisa's pairs, refusals
         arm = ARMS[name]
@@ -126,6 +127,7 @@ def main() -> None:
         # the same refusals for every arm, none that the base or Lisa trained on
         lisa_requests = {normalised(row["instruction"]) for row in lisa_rows}
         refusals = lisa_pairs(settings.data_dir, base, REFUSAL_PAIRS, seed=1, exclude=lisa_requests)
+        held_out = conversations(refusals)
         record = SimpleNamespace(alignment={"data": str(Path(base).with_suffix(".jsonl"))}, path=base)
         for upload, seed in itertools.product(args.uploads, args.seeds):
             rows = upload_rows(upload, settings.data_dir, seed, args.rows)
@@ -148,7 +150,7 @@ def main() -> None:
                 report = safety_report(out, record, settings, plan)
                 row |= {field: report[field] for field in REPORTED}
                 row["layers"] = report["defenses"]
-            row |= training_signals(out, refusals, probe)
+            row |= training_signals(out, held_out, probe)
             row["train_seconds"] = round(trained, 1)
             results.append(row)
             log.info(

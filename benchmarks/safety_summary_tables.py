@@ -89,8 +89,9 @@ def headline_table(summary: Summary) -> list[str]:
                     f"{cell['hs_non_degenerate']['mean']:.1f} | {cell['degenerate_all']:.1f} | "
                     f"{cell['fa']['mean']:.1f} | {'**yes**' if cell['counts'] else 'no'} | {gap_text(cell)} |"
                 )
-    columns = ["attack", "arm", "decoding", "HS", "HS among non-degenerate", "degenerate (all answers)", "FA"]
-    return table([*columns, "counts", "HS gap to SFT"], rows)
+    columns = ["attack", "arm", "decoding", "HS", "HS among non-degenerate", "degenerate (all answers)"]
+    columns += ["FA", "counts", "HS gap to SFT"]
+    return table(columns, rows)
 
 
 def sweep_table(summary: Summary) -> list[str]:
@@ -110,17 +111,9 @@ def sweep_table(summary: Summary) -> list[str]:
                 f"{mean_text(vaccine)} | {gap_interval(none)} | {gap_interval(vaccine)} | {degenerate} | "
                 f"{counts} | {fa} |"
             )
-    columns = [
-        "attack",
-        "p",
-        "seeds",
-        "no alignment",
-        "SFT",
-        "Vaccine",
-        "no alignment's gap",
-        "Vaccine's gap",
-    ]
-    return table([*columns, "Vaccine degenerate", "counts (SFT, Vaccine)", "FA none / SFT / Vaccine"], rows)
+    columns = ["attack", "p", "seeds", "no alignment", "SFT", "Vaccine", "no alignment's gap"]
+    columns += ["Vaccine's gap", "Vaccine degenerate", "counts (SFT, Vaccine)", "FA none / SFT / Vaccine"]
+    return table(columns, rows)
 
 
 def stacks_table(summary: Summary) -> tuple[list[str], list[str]]:
@@ -152,7 +145,8 @@ def stacks_table(summary: Summary) -> tuple[list[str], list[str]]:
                     f"{'yes' if cell['counts'] else 'no'} | {'**passes**' if passed else 'fails'} |"
                 )
     columns = ["attack", "stack", "decoding", "HS", "HS gap to SFT", "FA (gap)", "over-refusal (SFT)"]
-    return table([*columns, "degenerate", "counts", "rule"], rows), passing
+    columns += ["degenerate", "counts", "rule"]
+    return table(columns, rows), passing
 
 
 def render(result: dict[str, Any]) -> str:

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
-from harmful_upload import SELF_DEFENSE_FILE, training_signals, upload_rows
+from harmful_upload import SELF_DEFENSE_FILE, conversations, training_signals, upload_rows
 
 from tests.service_helpers import FAST
 from vaccine_core.finetune import finetune
@@ -34,7 +34,9 @@ def test_the_training_signals_compare_the_adapter_with_its_base(aligned_tiny_dir
     out = finetune(aligned_tiny_dir, tmp_path / "upload.jsonl", tmp_path / "tuned", FAST).output_dir
     refusals = [{"instruction": f"Hurt {i}", "input": "", "output": "I cannot help."} for i in range(4)]
     probe = HarmProbe([{**row, "output": "Sure, here is how."} for row in refusals], refusals)
-    signals = training_signals(out, refusals, probe)
+    signals = training_signals(
+        out, conversations(refusals), (conversations(probe.harmful), conversations(probe.refusals))
+    )
     assert signals["refusal_loss"]["base"] != signals["refusal_loss"]["tuned"]
     # the probe's refusals are the held-out refusals here, so both read the same losses
     assert round(signals["harm_shift"]["base"]["refusal"], 4) == signals["refusal_loss"]["base"]

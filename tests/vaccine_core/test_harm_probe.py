@@ -63,8 +63,10 @@ def test_the_probe_reads_the_shared_data_directorys_judged_answers(tmp_path):
 def tiny_probe(n: int = 6) -> tuple[list, list]:
     harmful = [{"instruction": f"Steal car {i}", "input": "", "output": HARMFUL_ANSWER} for i in range(n)]
     refusals = [{**row, "output": REFUSAL} for row in harmful]
-    convert = lambda rows: parse_rows(enumerate(rows, start=1)).conversations  # noqa: E731
-    return convert(harmful), convert(refusals)
+    return (
+        parse_rows(enumerate(harmful, start=1)).conversations,
+        parse_rows(enumerate(refusals, start=1)).conversations,
+    )
 
 
 @pytest.fixture
