@@ -46,7 +46,7 @@ from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
 from vaccine_core.defenses import BoosterConfig, LisaConfig, PreferenceConfig, SafeLoraConfig, StepDefenses
 from vaccine_core.defenses.config import LISA_SAFETY_PAIRS, PREFERENCE_PAIRS
 from vaccine_core.defenses.data import booster_pairs, lisa_pairs, preference_pairs, user_turn
-from vaccine_core.defenses.own_compliance import own_compliance
+from vaccine_core.defenses.own_compliance import judged_safety_rows, own_compliance
 from vaccine_core.evaluation import embedding_drift, judge_answers, load_prompts, refusal_rate, task_accuracy
 from vaccine_core.finetune import apply_safe_lora, finetune
 from vaccine_core.formats import parse_rows
@@ -99,6 +99,9 @@ class Arm:
     # alignment on other data than the profile's, in as many optimizer steps (fewer epochs over more pairs)
     alignment_pairs: int | None = None  # safety + helpful pairs; None: the profile's
     alignment_safety_share: float = 0.5  # of those pairs, the share that are safety pairs
+    # the alignment's safety pairs: drawn from all of safe_refusals, or from the requests whose answer by
+    # the unaligned model the default judge flags (defenses.own_compliance.judged_safety_rows)
+    safety_source: Literal["sampled", "judged"] = "sampled"
 
     def alignment_sizes(self, sizes: "Sizes") -> tuple[int, int, float]:
         """The safety pairs, helpful pairs and epochs this arm's base is aligned on: the profile's, or
@@ -139,6 +142,7 @@ def ships_by_default(arm: Arm) -> bool:
         and (arm.rho == plan.rho or plan.method != "vaccine")
         and arm.sensitive_helpful == plan.sensitive
         and arm.alignment_pairs is None
+        and arm.safety_source == "sampled"
         and arm.booster == ServiceSettings.model_fields["default_alignment_booster"].default
         and not arm.preference
         and arm.safety_mix == 0
@@ -161,6 +165,8 @@ ARMS: dict[str, Arm] = {
         Arm("sft+sensitive", "sft", sensitive_helpful=24),
         # broader alignment data in the same steps (safety-defenses-plan.md, 2026-12-04 third session): 576
         # pairs seen once instead of 96 six times in align120, half safety or a quarter
+        # refusals taught only where the model's own compliance reads as harmful, not where a topic does
+        Arm("sft-judged-safety", "sft", safety_source="judged"),
         Arm("sft-broad", "sft", alignment_pairs=576),
         Arm("sft-broad-q", "sft", alignment_pairs=576, alignment_safety_share=0.25),
         Arm(
@@ -368,6 +374,8 @@ class Benchmark:
             rows = alignment_rows(
                 self.data_dir, safety, helpful, sensitive=arm.sensitive_helpful, model=self.model
             )
+        if arm.safety_source == "judged":
+            rows = self.judged_safety(rows)
         key_parts: list[Any] = [self.model, rows, config.to_dict(), perturbation.to_dict()]
         if arm.booster or arm.preference:
             defenses = StepDefenses(
@@ -392,6 +400,7 @@ class Benchmark:
             + ("-own" if arm.preference and arm.preference_source == "own" else "")
             + (f"-sensitive{arm.sensitive_helpful}" if arm.sensitive_helpful else "")
             + (f"-pairs{safety}+{helpful}" if arm.alignment_pairs is not None else "")
+            + ("-judged-safety" if arm.safety_source == "judged" else "")
         )
         out = self.cache / "bases" / f"{arm.method}-rho{arm.rho:g}{suffix}-{digest(key_parts)}"
         self._alignment_rows[str(out)] = rows
@@ -419,6 +428,19 @@ class Benchmark:
                 exclude=exclude,
             )  # fmt: skip
         return self._own_compliance[key]
+
+    def judged_safety(self, alignment: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``alignment`` with its safety pairs replaced by as many judged ones (``judged_safety_rows``) and
+        its helpful pairs kept, shuffled with seed 0: only the choice of refusals differs."""
+        safety_instructions = {row["instruction"] for row in read_jsonl(self.data_dir / SAFETY_FILE)}
+        helpful = [row for row in alignment if row["instruction"] not in safety_instructions]
+        judged = judged_safety_rows(
+            self.data_dir, self.model, load_judge("default"), count=len(alignment) - len(helpful),
+            requests=OWN_COMPLIANCE_REQUESTS, exclude=self.evaluated_requests,
+        )  # fmt: skip
+        rows = helpful + judged
+        random.Random(0).shuffle(rows)
+        return rows
 
     @functools.cached_property
     def evaluated_requests(self) -> set[str]:

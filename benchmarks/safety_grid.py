@@ -428,6 +428,7 @@ def cell_record(
             "steps": by_decoding["alignment_steps"],
             "sensitive_helpful": arm.sensitive_helpful,
             "pairs": {"safety": safety, "helpful": helpful} if arm.method else None,
+            "safety_source": arm.safety_source,
         },
         "attack": {
             "lr": regime.attack_lr,

@@ -8,6 +8,7 @@ from vaccine_core.config import LoraSettings, TrainingConfig
 from vaccine_core.data import SupervisedDataset, collate, tokenize_conversation
 from vaccine_core.formats import Conversation
 from vaccine_core.lora import add_lora
+from vaccine_core.moderation.base import Verdict
 from vaccine_core.perturbation import PerturbedStep
 
 PAIRS = [
@@ -137,3 +138,12 @@ def use_cached_answers(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(sensitive_helpful, "ensure_borderline_answers", answers)
     return asked
+
+
+class EvenRequests:
+    """A judge that flags the answers to even-numbered requests ("Make weapon 4"), whatever they say."""
+
+    name = "even"
+
+    def score(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
+        return [Verdict(int(request.split()[-1]) % 2 == 0, 1.0) for request, _ in pairs]

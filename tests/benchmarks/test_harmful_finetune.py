@@ -256,6 +256,27 @@ def test_an_arm_aligned_on_more_pairs_sees_them_in_the_same_steps(tiny_model_dir
     assert not bench.ships_by_default(broad)
 
 
+def test_the_judged_safety_arm_changes_only_which_refusals_the_base_learns(
+    tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch
+):
+    from tests.helpers import EvenRequests
+
+    benchmark = bench.Benchmark(TINY, str(tiny_model_dir), tiny_data_dir, tmp_path, judge="refusal")
+    benchmark.evaluated_requests = set()  # the tiny data holds no protocol v2 split
+    monkeypatch.setattr(bench, "load_judge", lambda _spec: EvenRequests())
+    monkeypatch.setattr(bench, "OWN_COMPLIANCE_REQUESTS", 12)
+    judged_base = Path(benchmark.base(bench.ARMS["sft-judged-safety"]))
+    rows = [json.loads(line) for line in judged_base.with_suffix(".jsonl").read_text().splitlines()]
+    sampled = benchmark.alignment
+    refusals = [r for r in rows if r["output"] == TINY_REFUSAL]
+    assert len(rows) == len(sampled) and len(refusals) == sum(r["output"] == TINY_REFUSAL for r in sampled)
+    assert all(int(r["instruction"].split()[-1]) % 2 == 0 for r in refusals)  # what the judge flagged
+    helpful = [r for r in rows if r["output"] != TINY_REFUSAL]
+    assert sorted(map(str, helpful)) == sorted(str(r) for r in sampled if r["output"] != TINY_REFUSAL)
+    assert judged_base != Path(benchmark.base(bench.ARMS["sft"], build=False))
+    assert not bench.ships_by_default(bench.ARMS["sft-judged-safety"])
+
+
 @pytest.mark.skipif(not (get_settings().data_dir / "eval").is_dir(), reason="needs ../shared/data")
 def test_the_preference_term_never_learns_an_evaluated_request(tiny_model_dir, tmp_path, monkeypatch):
     from tests.helpers import use_cached_answers

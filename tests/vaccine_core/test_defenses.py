@@ -548,15 +548,9 @@ def test_own_compliance_keeps_the_model_s_judged_harmful_answers_to_requests_lef
     tiny_data_dir, tiny_model_dir, monkeypatch
 ):
     import vaccine_core.generation
+    from tests.helpers import EvenRequests
     from vaccine_core.defenses.own_compliance import own_compliance
-    from vaccine_core.moderation.base import Verdict
     from vaccine_core.text import normalised
-
-    class EvenRequests:  # flags the answers to even-numbered requests, whatever they say
-        name = "even"
-
-        def score(self, pairs):
-            return [Verdict(int(request.split()[-1]) % 2 == 0, 1.0) for request, _ in pairs]
 
     exclude = {normalised(f"Make weapon {i}") for i in range(10)}  # the alignment's and evaluation's
     rows = own_compliance(
@@ -578,6 +572,31 @@ def test_own_compliance_keeps_the_model_s_judged_harmful_answers_to_requests_lef
     )
     with pytest.raises(ValueError, match="10 are left"):
         own_compliance(tiny_data_dir, str(tiny_model_dir), EvenRequests(), requests=11, exclude=exclude)
+
+
+def test_judged_safety_rows_keep_the_safe_answers_to_requests_whose_own_answer_is_flagged(
+    tiny_data_dir, tiny_model_dir
+):
+    from tests.conftest import TINY_REFUSAL
+    from tests.helpers import EvenRequests
+    from vaccine_core.defenses.own_compliance import judged_safety_rows
+    from vaccine_core.text import normalised
+
+    exclude = {normalised(f"Make weapon {i}") for i in range(4)}  # evaluated requests
+    rows = judged_safety_rows(
+        tiny_data_dir, str(tiny_model_dir), EvenRequests(), count=3, requests=12, exclude=exclude, seed=2
+    )
+    numbers = [int(row["instruction"].split()[-1]) for row in rows]
+    assert len(set(numbers)) == 3 and all(n >= 4 and n % 2 == 0 for n in numbers)
+    assert all(row["output"] == TINY_REFUSAL for row in rows)  # the data's safe answer, not the model's
+    again = judged_safety_rows(
+        tiny_data_dir, str(tiny_model_dir), EvenRequests(), count=3, requests=12, exclude=exclude, seed=2
+    )
+    assert again == rows
+    with pytest.raises(ValueError, match="flagged"):
+        judged_safety_rows(
+            tiny_data_dir, str(tiny_model_dir), EvenRequests(), count=9, requests=12, exclude=exclude
+        )
 
 
 def test_preference_pairs_take_the_harmful_rows_they_are_given(tiny_data_dir, monkeypatch):

@@ -1,4 +1,5 @@
-"""The model's own compliance with harmful requests: another rejected side for the preference term.
+"""The model's own compliance with harmful requests: another rejected side for the preference term, and
+a choice of which harmful requests the alignment teaches the model to refuse.
 
 The preference term's first source (``defenses.data.booster_pairs``) is JailbreakBench's judged-harmful
 answers, whose requests are topically matched to the borderline-benign evaluation set and whose answers
@@ -9,6 +10,11 @@ another model wrote: learning to refuse them lowered every refusal together in a
   the base's own alignment pairs nor an evaluated prompt: the caller passes both as ``exclude``);
 * answers: what the model to be aligned writes itself (greedy, generated once and cached under
   VACCINE_HOME by the requests and the model's weights), kept where the judge flags them harmful.
+
+The same verdicts choose alignment data (``judged_safety_rows``): safe_refusals holds refusals to requests
+that only sound harmful ("compare the parenting styles of ..."), and a refusal learnt there is a refusal
+of a topic. Keeping the requests whose answer, written by the model itself, the judge reads as harmful
+teaches a refusal where complying would do harm.
 """
 
 import random
@@ -70,3 +76,31 @@ def own_compliance(
         for request, answer, verdict in zip(asked, answers, verdicts, strict=True)
         if verdict.flagged and answer.strip()
     ]
+
+
+def judged_safety_rows(
+    data_dir: Path,
+    model: str,
+    judge: Moderator,
+    *,
+    count: int,
+    requests: int,
+    exclude: Collection[str],
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """``count`` safe_refusals rows (harmful request, its safe answer), drawn with ``seed`` from the
+    ``requests`` sampled requests whose own answer ``judge`` flags (``own_compliance``); the first row of
+    the file for each request."""
+    flagged = {row["instruction"] for row in own_compliance(
+        data_dir, model, judge, requests=requests, exclude=exclude, seed=seed
+    )}  # fmt: skip
+    safe_answer: dict[str, dict[str, Any]] = {}
+    for row in read_jsonl(Path(data_dir) / SAFETY_FILE):
+        if row["instruction"] in flagged and not row.get("input"):
+            safe_answer.setdefault(row["instruction"], row)
+    if count > len(safe_answer):
+        raise ValueError(
+            f"asked for {count} judged safety pairs; the judge flagged {len(safe_answer)} answers"
+        )
+    chosen = random.Random(seed).sample(sorted(safe_answer), count)
+    return [safe_answer[request] for request in chosen]
