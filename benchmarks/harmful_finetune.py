@@ -62,6 +62,7 @@ from vaccine_core.mixing import (
     write_rows,
 )
 from vaccine_core.moderation import load_judge
+from vaccine_core.moderation.refusal import is_refusal
 from vaccine_core.settings import get_settings
 from vaccine_core.tasks import get_task
 from vaccine_core.text import normalised
@@ -99,9 +100,10 @@ class Arm:
     # alignment on other data than the profile's, in as many optimizer steps (fewer epochs over more pairs)
     alignment_pairs: int | None = None  # safety + helpful pairs; None: the profile's
     alignment_safety_share: float = 0.5  # of those pairs, the share that are safety pairs
-    # the alignment's safety pairs: drawn from all of safe_refusals, or from the requests whose answer by
-    # the unaligned model the default judge flags (defenses.own_compliance.judged_safety_rows)
-    safety_source: Literal["sampled", "judged"] = "sampled"
+    # the alignment's safety pairs: drawn from all of safe_refusals; or replaced by as many drawn from the
+    # requests whose answer by the unaligned model the default judge flags (judged_safety_rows); or only
+    # its refusing pairs replaced, by judged ones that refuse (the same count of refusals)
+    safety_source: Literal["sampled", "judged", "judged-refusals"] = "sampled"
 
     def alignment_sizes(self, sizes: "Sizes") -> tuple[int, int, float]:
         """The safety pairs, helpful pairs and epochs this arm's base is aligned on: the profile's, or
@@ -167,6 +169,7 @@ ARMS: dict[str, Arm] = {
         # pairs seen once instead of 96 six times in align120, half safety or a quarter
         # refusals taught only where the model's own compliance reads as harmful, not where a topic does
         Arm("sft-judged-safety", "sft", safety_source="judged"),
+        Arm("sft-judged-refusals", "sft", safety_source="judged-refusals"),
         Arm("sft-broad", "sft", alignment_pairs=576),
         Arm("sft-broad-q", "sft", alignment_pairs=576, alignment_safety_share=0.25),
         Arm(
@@ -374,8 +377,8 @@ class Benchmark:
             rows = alignment_rows(
                 self.data_dir, safety, helpful, sensitive=arm.sensitive_helpful, model=self.model
             )
-        if arm.safety_source == "judged":
-            rows = self.judged_safety(rows)
+        if arm.safety_source != "sampled":
+            rows = self.judged_safety(rows, refusals_only=arm.safety_source == "judged-refusals")
         key_parts: list[Any] = [self.model, rows, config.to_dict(), perturbation.to_dict()]
         if arm.booster or arm.preference:
             defenses = StepDefenses(
@@ -400,7 +403,9 @@ class Benchmark:
             + ("-own" if arm.preference and arm.preference_source == "own" else "")
             + (f"-sensitive{arm.sensitive_helpful}" if arm.sensitive_helpful else "")
             + (f"-pairs{safety}+{helpful}" if arm.alignment_pairs is not None else "")
-            + ("-judged-safety" if arm.safety_source == "judged" else "")
+            + {"sampled": "", "judged": "-judged-safety", "judged-refusals": "-judged-refusals"}[
+                arm.safety_source
+            ]
         )
         out = self.cache / "bases" / f"{arm.method}-rho{arm.rho:g}{suffix}-{digest(key_parts)}"
         self._alignment_rows[str(out)] = rows
@@ -429,16 +434,22 @@ class Benchmark:
             )  # fmt: skip
         return self._own_compliance[key]
 
-    def judged_safety(self, alignment: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """``alignment`` with its safety pairs replaced by as many judged ones (``judged_safety_rows``) and
-        its helpful pairs kept, shuffled with seed 0: only the choice of refusals differs."""
+    def judged_safety(self, alignment: list[dict[str, Any]], refusals_only: bool) -> list[dict[str, Any]]:
+        """``alignment`` with its safety pairs (``refusals_only``: those that refuse) replaced by as many
+        judged ones (``judged_safety_rows``; that refuse) and the rest kept, shuffled with seed 0: only the
+        choice of safety requests differs."""
         safety_instructions = {row["instruction"] for row in read_jsonl(self.data_dir / SAFETY_FILE)}
-        helpful = [row for row in alignment if row["instruction"] not in safety_instructions]
+        kept = [
+            row
+            for row in alignment
+            if row["instruction"] not in safety_instructions
+            or (refusals_only and not is_refusal(row["output"]))
+        ]
         judged = judged_safety_rows(
-            self.data_dir, self.model, load_judge("default"), count=len(alignment) - len(helpful),
-            requests=OWN_COMPLIANCE_REQUESTS, exclude=self.evaluated_requests,
+            self.data_dir, self.model, load_judge("default"), count=len(alignment) - len(kept),
+            requests=OWN_COMPLIANCE_REQUESTS, exclude=self.evaluated_requests, refusing=refusals_only,
         )  # fmt: skip
-        rows = helpful + judged
+        rows = kept + judged
         random.Random(0).shuffle(rows)
         return rows
 

@@ -598,6 +598,18 @@ def test_judged_safety_rows_keep_the_safe_answers_to_requests_whose_own_answer_i
             tiny_data_dir, str(tiny_model_dir), EvenRequests(), count=9, requests=12, exclude=exclude
         )
 
+    safety_file = tiny_data_dir / "alignment/safe_refusals.jsonl"
+    safety = [json.loads(line) for line in safety_file.read_text().splitlines()]
+    for row in safety[10:]:  # the file's other safe answers: a correction, not a refusal
+        row["output"] = "That is a common myth; most people do not."
+    safety_file.write_text("".join(json.dumps(row) + "\n" for row in safety))
+    refusing = judged_safety_rows(
+        tiny_data_dir, str(tiny_model_dir), EvenRequests(), count=2, requests=12, exclude=exclude,
+        seed=2, refusing=True,
+    )  # fmt: skip
+    assert all(int(row["instruction"].split()[-1]) < 10 for row in refusing)
+    assert all(row["output"] == TINY_REFUSAL for row in refusing)
+
 
 def test_preference_pairs_take_the_harmful_rows_they_are_given(tiny_data_dir, monkeypatch):
     from tests.helpers import use_cached_answers

@@ -25,6 +25,7 @@ from typing import Any
 from vaccine_core.answer_cache import answered_once, cache_key
 from vaccine_core.mixing import SAFETY_FILE, read_jsonl
 from vaccine_core.moderation.base import Moderator
+from vaccine_core.moderation.refusal import is_refusal
 from vaccine_core.settings import get_settings
 from vaccine_core.text import normalised
 
@@ -87,10 +88,11 @@ def judged_safety_rows(
     requests: int,
     exclude: Collection[str],
     seed: int = 0,
+    refusing: bool = False,
 ) -> list[dict[str, Any]]:
     """``count`` safe_refusals rows (harmful request, its safe answer), drawn with ``seed`` from the
     ``requests`` sampled requests whose own answer ``judge`` flags (``own_compliance``); the first row of
-    the file for each request."""
+    the file for each request, and with ``refusing`` only where that answer is a refusal."""
     flagged = {row["instruction"] for row in own_compliance(
         data_dir, model, judge, requests=requests, exclude=exclude, seed=seed
     )}  # fmt: skip
@@ -98,6 +100,8 @@ def judged_safety_rows(
     for row in read_jsonl(Path(data_dir) / SAFETY_FILE):
         if row["instruction"] in flagged and not row.get("input"):
             safe_answer.setdefault(row["instruction"], row)
+    if refusing:
+        safe_answer = {request: row for request, row in safe_answer.items() if is_refusal(row["output"])}
     if count > len(safe_answer):
         raise ValueError(
             f"asked for {count} judged safety pairs; the judge flagged {len(safe_answer)} answers"
