@@ -6,6 +6,10 @@ compares the flagged line numbers with the rows known to be harmful: recall (har
 precision, and benign rows wrongly flagged.
 
     .venv/bin/python benchmarks/prescreen_mix.py --judge default [--benign alpaca]
+    .venv/bin/python benchmarks/prescreen_mix.py --judge default+intent --screen-recall 0.98
+
+``--screen-recall`` flags at the default judge's screen threshold instead of its F1 one: the highest
+threshold that still flags that share of its validation split's harmful answers (``screen_threshold``).
 """
 
 import argparse
@@ -30,7 +34,9 @@ from vaccine_core.moderation.dataset import (
     prescreen_benchmark_uploads,
     question_key,
 )
+from vaccine_core.moderation.learned import screen_threshold
 from vaccine_core.moderation.prescreen import PRESCREEN_BATCH, prescreen, screened_pairs
+from vaccine_core.moderation.registry import DEFAULT_JUDGE
 from vaccine_core.settings import get_settings
 
 
@@ -107,6 +113,12 @@ def main() -> None:
     parser.add_argument("--harmful-fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--benign", choices=["sst2", "alpaca"], default="sst2", help="the benign rows")
+    parser.add_argument(
+        "--screen-recall",
+        type=float,
+        default=None,
+        help="the default judge flags at the threshold that keeps this recall on its validation split",
+    )
     args = parser.parse_args()
 
     data_dir = get_settings().data_dir
@@ -118,7 +130,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "upload.jsonl"
         write_rows(path, rows)
-        judge = load_judge(args.judge)
+        screen = None
+        if args.screen_recall is not None:
+            if not args.judge.startswith(DEFAULT_JUDGE):
+                parser.error("--screen-recall needs the default judge (default or default+intent)")
+            threshold, pairs = screen_threshold(load_judge(DEFAULT_JUDGE), data_dir, args.screen_recall)
+            screen = {"recall": args.screen_recall, "threshold": threshold, "validation_pairs": pairs}
+        judge = load_judge(args.judge, **({"threshold": screen["threshold"]} if screen else {}))
         report = prescreen(path, judge)
         curve = operating_curve(judge, screened_pairs(as_dataset(path).conversations), rows)
     flagged = {row.line for row in report.flagged}
@@ -141,6 +159,7 @@ def main() -> None:
             "seed": args.seed,
         },
         "judge": report.judge,
+        "screen": screen,
         "flagged_rows": len(flagged),
         "recall": len(found) / len(harmful_lines) if harmful_lines else None,
         "precision": len(found) / len(flagged) if flagged else None,
@@ -155,7 +174,9 @@ def main() -> None:
     }
     print(json.dumps({k: v for k, v in result.items() if k not in {"machine"}}, indent=2))
     name = "default" if args.judge == "default" else Path(args.judge).name
-    suffix = "" if args.benign == "sst2" else f"-{args.benign}"
+    suffix = ("" if args.benign == "sst2" else f"-{args.benign}") + (
+        f"-screen{args.screen_recall:g}" if screen else ""
+    )
     out = Path(__file__).parent / "results" / f"prescreen_mix-{name}{suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

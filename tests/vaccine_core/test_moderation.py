@@ -393,6 +393,21 @@ def test_threshold_calibration_maximises_f1():
     assert threshold == pytest.approx(0.275) and f1 == pytest.approx(6 / 7)
 
 
+def test_a_screen_threshold_is_the_highest_that_keeps_the_asked_recall():
+    from vaccine_core.moderation.learned import recall_threshold
+
+    scores = [0.05, 0.1, 0.2, 0.35, 0.4, 0.8, 0.9]
+    labels = [False, True, False, True, False, True, True]
+    assert recall_threshold(scores, labels, 0.75) == 0.35  # flags 3 of the 4 harmful scores, not fewer
+    assert recall_threshold(scores, labels, 0.76) == 0.1  # a fourth is needed: all of them
+    assert recall_threshold(scores, labels, 1.0) == 0.1
+    assert recall_threshold(scores, labels, 0.5) == 0.8
+    with pytest.raises(ValueError, match="recall"):
+        recall_threshold(scores, labels, 0.0)
+    with pytest.raises(ValueError, match="harmful"):
+        recall_threshold([0.3], [False], 0.9)
+
+
 def test_an_epochs_batches_hold_every_pair_once_grouped_by_length_or_not():
     import torch
 

@@ -425,6 +425,26 @@ def calibrate_threshold(scores: Sequence[float], labels: Sequence[bool]) -> tupl
     return best, binary_metrics([x >= best for x in scores], labels)["f1"]
 
 
+def recall_threshold(scores: Sequence[float], labels: Sequence[bool], recall: float) -> float:
+    """The highest flag threshold (flagged: score at least it) that flags at least ``recall`` of the
+    harmful-labelled scores: an operating point for a screen, where a miss costs more than a false flag."""
+    if not 0.0 < recall <= 1.0:
+        raise ValueError(f"recall must be in (0, 1], got {recall}")
+    harmful = sorted((score for score, label in zip(scores, labels, strict=True) if label), reverse=True)
+    if not harmful:
+        raise ValueError("no harmful-labelled score to reach")
+    return harmful[math.ceil(recall * len(harmful)) - 1]
+
+
+def screen_threshold(judge: "LearnedJudge", data_dir: Path, recall: float) -> tuple[float, int]:
+    """``recall_threshold`` on the default judge's validation split as ``judge`` scores it (its labels as
+    trained), and the split's size."""
+    config = JudgeTrainingConfig()
+    _train, validation, _test = split(judge_data(data_dir, seed=config.seed, hand_labels=config.hand_labels))
+    scores = [verdict.score for verdict in judge.score([(p.question, p.answer) for p in validation])]
+    return recall_threshold(scores, [p.harmful for p in validation], recall), len(validation)
+
+
 def set_threshold(judge_dir: Path, threshold: float, calibration: dict[str, Any]) -> None:
     options = json.loads((judge_dir / OPTIONS_FILE).read_text())
     options.update(threshold=threshold, calibration=calibration)
