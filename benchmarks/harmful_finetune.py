@@ -165,11 +165,11 @@ ARMS: dict[str, Arm] = {
         Arm("vaccine-rho2+safety-mix", "vaccine", rho=2.0, safety_mix=10),
         # alignment that shows a sensitive topic and a harmful request apart: half the helpful pairs
         Arm("sft+sensitive", "sft", sensitive_helpful=24),
-        # broader alignment data in the same steps (safety-defenses-plan.md, 2026-12-04 third session): 576
-        # pairs seen once instead of 96 six times in align120, half safety or a quarter
         # refusals taught only where the model's own compliance reads as harmful, not where a topic does
         Arm("sft-judged-safety", "sft", safety_source="judged"),
         Arm("sft-judged-refusals", "sft", safety_source="judged-refusals"),
+        # broader alignment data in the same steps (safety-defenses-plan.md, 2026-12-04 third session): 576
+        # pairs seen once instead of 96 six times in align120, half safety or a quarter
         Arm("sft-broad", "sft", alignment_pairs=576),
         Arm("sft-broad-q", "sft", alignment_pairs=576, alignment_safety_share=0.25),
         Arm(
