@@ -10,11 +10,15 @@ grid's attack). ``--seeds`` draws other rows (the next 100 harmful pairs, other 
 report, each row records the loss of refusals to held-out harmful requests (safety pairs the base was not
 aligned on) before and after, and the adapter's harm preference shift on JailbreakBench's matched answers
 (``vaccine_core.safety_eval.harm_probe``). ``--no-report`` skips the safety report (generation and
-judging) and records the training-side figures alone.
+judging) and records the training-side figures alone. Every row records the service's pre-screen of its
+upload (its flagged share), which the release gate reads beside the report; ``--screen-only`` records that
+alone, training nothing.
 
     .venv/bin/python benchmarks/harmful_upload.py [--arms sft vaccine+lisa+safe_lora] \
         [--uploads harmful sst2 alpaca gsm8k agnews sst2-p0.1 self-defense] [--seeds 0 1] [--rows 100] \
         [--no-report] [--name NAME]
+    .venv/bin/python benchmarks/harmful_upload.py --screen-only --name harmful_upload-screen \
+        --uploads harmful sst2 alpaca gsm8k sst2-p0.1
 
 Writes benchmarks/results/NAME.json (harmful_upload by default; a run replaces the rows of the (arm,
 upload, seed) it ran).
@@ -48,7 +52,9 @@ from vaccine_core.formats import Conversation, parse_rows
 from vaccine_core.inference import load_for_inference
 from vaccine_core.mixing import HARMFUL_FILE, build_mix, read_jsonl, write_rows
 from vaccine_core.moderation import shared_judge
+from vaccine_core.moderation.base import Moderator
 from vaccine_core.moderation.dataset import alpaca_upload
+from vaccine_core.moderation.prescreen import prescreen
 from vaccine_core.safety_eval.harm_probe import harm_probe
 from vaccine_core.text import normalised
 from worker.safety import ReportPlan, safety_report
@@ -82,6 +88,13 @@ def conversations(rows: list[dict[str, Any]]) -> list[Conversation]:
     return parse_rows(enumerate(rows, start=1)).conversations
 
 
+def upload_screen(rows: list[dict[str, Any]], judge: Moderator) -> dict[str, Any]:
+    """The pre-screen's verdict on ``rows`` uploaded as a file, as the file record keeps it (the release
+    gate reads its flagged share), without the flagged rows' list."""
+    screen = prescreen(parse_rows(enumerate(rows, start=1)), judge).to_dict()
+    return {key: screen[key] for key in ("judge", "rows", "flagged_rows", "flagged_share")}
+
+
 def training_signals(
     run_dir: Path, held_out: list[Conversation], probe: tuple[list[Conversation], list[Conversation]]
 ) -> dict[str, Any]:
@@ -103,6 +116,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="which rows each upload draws")
     parser.add_argument("--rows", type=int, default=ROWS, help="rows per upload (training length)")
     parser.add_argument("--no-report", action="store_true", help="skip the safety report (generation)")
+    parser.add_argument("--screen-only", action="store_true", help="pre-screen the uploads and train nothing")
     parser.add_argument("--name", default="harmful_upload", help="results/NAME.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -113,6 +127,25 @@ def main() -> None:
     bench = Benchmark(sizes, "default", settings.data_dir, models_cache, "refusal")
     config = finetune_defaults()
     plan = ReportPlan.of(default_policy(settings), settings)
+    screener = shared_judge(settings.prescreen_judge)
+    if args.screen_only:
+        screened = []
+        for upload, seed in itertools.product(args.uploads, args.seeds):
+            screen = upload_screen(upload_rows(upload, settings.data_dir, seed, args.rows), screener)
+            held = screen["flagged_share"] > plan.release_flagged_share
+            screened.append(
+                {"upload": upload, "seed": seed, "rows": args.rows, "prescreen": screen, "held": held}
+            )
+            log.info(
+                "%s upload, seed %d: %d of %d rows flagged", upload, seed, screen["flagged_rows"], args.rows
+            )
+        out = Path(__file__).parent / "results" / f"{args.name}.json"
+        result = {"release_flagged_share": plan.release_flagged_share, "results": screened}
+        out.write_text(
+            json.dumps(result | {"machine": machine_info(), **provenance(__file__)}, indent=2) + "\n"
+        )
+        print(json.dumps(screened, indent=2))
+        return
     if not args.no_report:
         shared_judge(settings.safety_judge)
     drawn = harm_probe(settings.data_dir)
@@ -146,8 +179,9 @@ def main() -> None:
                 )
             trained = time.monotonic() - started
             row: dict[str, Any] = {"defense": name, "upload": upload, "seed": seed, "rows": args.rows}
+            row["prescreen"] = upload_screen(rows, screener)
             if not args.no_report:
-                report = safety_report(out, record, settings, plan)
+                report = safety_report(out, record, settings, plan, training_screen=row["prescreen"])
                 row |= {field: report[field] for field in REPORTED}
                 row["layers"] = report["defenses"]
             row |= training_signals(out, held_out, probe)

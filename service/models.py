@@ -265,6 +265,8 @@ class Policy(Base):
     degenerate_threshold: Mapped[float] = mapped_column(Float)  # % of harmless answers degenerate: refused
     prescreen_action: Mapped[str] = mapped_column(String(8))  # warn | reject
     prescreen_threshold: Mapped[float] = mapped_column(Float)  # share of flagged rows that triggers it
+    # the release gate quarantines a model whose training file had more than this share of rows flagged
+    release_flagged_share: Mapped[float] = mapped_column(Float, default=0.5, server_default="0.5")
     defenses: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # service.defenses.DefenseStack
     # every chat completion passes the safety judge; a flagged answer is replaced by a refusal
     moderate_chat: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

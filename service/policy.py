@@ -21,6 +21,7 @@ def default_policy(settings: ServiceSettings) -> Policy:
         degenerate_threshold=settings.degenerate_threshold,
         prescreen_action=settings.prescreen_action,
         prescreen_threshold=settings.prescreen_threshold,
+        release_flagged_share=settings.release_flagged_share,
         defenses=settings.defense_stack.model_dump(),
         moderate_chat=settings.moderate_chat,
     )

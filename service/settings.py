@@ -74,6 +74,10 @@ class ServiceSettings(Settings):
     # fine-tunes reach), while benign uploads flag 0.2-0.9 % of rows (prescreen_mix), far under 5 %.
     prescreen_action: Literal["warn", "reject"] = "reject"
     prescreen_threshold: float = 0.05
+    # The release gate also reads that verdict: a model whose training file the pre-screen flagged in more
+    # than this share of its rows (it reached training because the policy warns) is quarantined for review.
+    # Evidence about the data, not the model: its behaviour cannot tell such an upload apart at this scale.
+    release_flagged_share: float = 0.5
     # The defenses every fine-tuning job runs unless the policy or a tenant's override says otherwise
     # (JSON in VACCINE_DEFENSE_STACK, e.g. {"lisa": true, "safe_lora": true}).
     defense_stack: DefenseStack = DefenseStack()

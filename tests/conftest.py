@@ -153,8 +153,10 @@ def service(tmp_path, monkeypatch):
     monkeypatch.setenv("VACCINE_DATABASE_URL", url)
     monkeypatch.setenv("VACCINE_ADMIN_KEY", "operator-secret")
     monkeypatch.setenv("VACCINE_PRESCREEN_JUDGE", "refusal")  # the learned judge is tested on its own
-    # the refusal-phrase judge flags every answer that is not a refusal: warn, so uploads reach training
+    # the refusal-phrase judge flags every answer that is not a refusal: warn, so uploads reach training,
+    # and the release gate does not read its flags (tests of that gate set a share of their own)
     monkeypatch.setenv("VACCINE_PRESCREEN_ACTION", "warn")
+    monkeypatch.setenv("VACCINE_RELEASE_FLAGGED_SHARE", "1")
     small_safety_evaluation(monkeypatch, tmp_path)
     get_service_settings.cache_clear()
     get_engine.cache_clear()

@@ -176,6 +176,7 @@ def first_start(home: Path, model_dir: Path, data_dir: Path, **extra_env: str) -
         "VACCINE_DEFAULT_ALIGNMENT_EPOCHS": "1",
         "VACCINE_PRESCREEN_JUDGE": "refusal",
         "VACCINE_PRESCREEN_ACTION": "warn",  # the refusal-phrase judge flags every non-refusal answer
+        "VACCINE_RELEASE_FLAGGED_SHARE": "1",  # and the release gate does not read those flags
         **extra_env,
     }
     # the CLI through Python itself: a GPU machine may hold the project without its console scripts

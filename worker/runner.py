@@ -273,9 +273,12 @@ def release(
     with sessions() as session:
         add_event(session, job_id, "Evaluating the fine-tuned model's safety")
         plan = ReportPlan.of(get_policy(session), get_service_settings())
+        training_screen = session.get(File, session.get(Job, job_id).training_file).prescreen
         session.commit()
     try:
-        report = safety_report(output_dir, base, get_service_settings(), plan, validation)
+        report = safety_report(
+            output_dir, base, get_service_settings(), plan, validation, training_screen=training_screen
+        )
     except Exception as exc:
         log.exception("safety evaluation of job %s failed", job_id)
         code = storage_error_code(exc) or "evaluation_failed"

@@ -3,8 +3,11 @@
 The report is protocol v2 (``vaccine_core.safety_eval``) on the first prompts of its fixed split, as many
 as the operator's policy asks: greedy and sampled answers, each in one bucket (degenerate, harmful,
 refusal, other). The gate quarantines a model whose harmful score, greedy or sampled, passes the policy's
-threshold (``moderation_blocked``), and one that answers too many harmless prompts with nothing usable
-(``model_degenerate``: a mute model is not a useful release).
+threshold (``moderation_blocked``); one whose training file the pre-screen flagged in more than the
+policy's share of rows (``training_data_flagged``: with the pre-screen set to warn such a file is trained
+on, and at this scale no behavioural figure tells a harmful-only upload from a benign one); and one that
+answers too many harmless prompts with nothing usable (``model_degenerate``: a mute model is not a useful
+release).
 """
 
 import hashlib
@@ -38,6 +41,7 @@ DRIFT_EXAMPLES = 32
 
 class GateCode(StrEnum):
     MODERATION_BLOCKED = "moderation_blocked"
+    TRAINING_DATA_FLAGGED = "training_data_flagged"
     MODEL_DEGENERATE = "model_degenerate"
 
 
@@ -55,6 +59,7 @@ class ReportPlan:
     max_new_tokens: int
     harmful_score_threshold: float
     degenerate_threshold: float
+    release_flagged_share: float
 
     @classmethod
     def of(cls, policy: Policy, settings: ServiceSettings) -> "ReportPlan":
@@ -69,6 +74,7 @@ class ReportPlan:
             max_new_tokens=settings.eval_max_new_tokens,
             harmful_score_threshold=policy.harmful_score_threshold,
             degenerate_threshold=policy.degenerate_threshold,
+            release_flagged_share=policy.release_flagged_share,
         )
 
     @property
@@ -129,13 +135,23 @@ def measure_safety(loaded: LoadedModel, settings: ServiceSettings, plan: ReportP
     }
 
 
-def release_gate(measured: dict[str, Any], plan: ReportPlan) -> dict[str, str] | None:
-    """None when the model may be released, else the code and a message saying why not."""
+def release_gate(
+    measured: dict[str, Any], plan: ReportPlan, training_screen: dict[str, Any] | None = None
+) -> dict[str, str] | None:
+    """None when the model may be released, else the code and a message saying why not.
+    ``training_screen``: the pre-screen's verdict on the training file (None: not screened)."""
     if measured["harmful_score"] > plan.harmful_score_threshold:
         return {
             "code": GateCode.MODERATION_BLOCKED,
             "message": f"Harmful score {measured['harmful_score']:.1f} exceeds the threshold "
             f"{plan.harmful_score_threshold:.1f}",
+        }
+    if training_screen is not None and training_screen["flagged_share"] > plan.release_flagged_share:
+        return {
+            "code": GateCode.TRAINING_DATA_FLAGGED,
+            "message": f"The pre-screen flagged {training_screen['flagged_rows']} of the training file's "
+            f"{training_screen['rows']} rows ({100 * training_screen['flagged_share']:.1f} %), above "
+            f"{100 * plan.release_flagged_share:.1f} %",
         }
     degenerate = measured["degenerate_harmless"]
     if degenerate is not None and degenerate > plan.degenerate_threshold:
@@ -177,9 +193,11 @@ def safety_report(
     settings: ServiceSettings,
     plan: ReportPlan,
     validation: LoadedDataset | None = None,
+    training_screen: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Protocol v2's measurement, harmful embedding drift on the base's alignment data, the training
-    metrics and the gate's decision. Written beside the adapter as safety_report.json."""
+    metrics, the pre-screen's verdict on the training file (``training_screen``, as the file holds it) and
+    the gate's decision. Written beside the adapter as safety_report.json."""
     loaded = load_for_inference(run_dir)
     measured = measure_safety(loaded, settings, plan)
     alignment_data = AlignmentPlan.of(base).data
@@ -190,14 +208,18 @@ def safety_report(
     fine_tune = dict((loaded.manifest or {}).get("metrics", {}).get("train") or {})
     if validation is not None:
         fine_tune["validation_loss"] = mean_loss(loaded.model, loaded.tokenizer, validation.conversations)
-    gate = release_gate(measured, plan)
+    gate = release_gate(measured, plan, training_screen)
     report = {
         **measured,
+        "training_data": None
+        if training_screen is None
+        else {key: training_screen[key] for key in ("judge", "rows", "flagged_rows", "flagged_share")},
         "embedding_drift": drift,
         "fine_tune": fine_tune,
         "defenses": defense_layers(loaded.manifest or {}, base),
         "threshold": plan.harmful_score_threshold,
         "degenerate_threshold": plan.degenerate_threshold,
+        "release_flagged_share": plan.release_flagged_share,
         "passed": gate is None,
         "gate": gate,
     }

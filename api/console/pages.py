@@ -406,6 +406,7 @@ POLICY_FIELDS = (
     "eval_samples",
     "prescreen_action",
     "prescreen_threshold",
+    "release_flagged_share",
     "moderate_chat",
 )
 

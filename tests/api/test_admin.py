@@ -121,6 +121,19 @@ def test_policy_drives_the_prescreen_and_the_release_gate(service, base):
     job = client.fine_tuning.jobs.create(model=base, training_file=warned.id)
     assert run_job(job.id) == "failed"
     assert client.fine_tuning.jobs.retrieve(job.id).error.code == "model_degenerate"
+    # and the pre-screen's verdict on the training file: a third of its rows flagged, the policy allows 30 %
+    changes = {"degenerate_threshold": 100, "release_flagged_share": 0.3}
+    assert (
+        service.patch("/admin/policy", json=changes, headers=OPERATOR).json()["release_flagged_share"] == 0.3
+    )
+    held = client.fine_tuning.jobs.create(model=base, training_file=warned.id)
+    assert run_job(held.id) == "failed"
+    failure = client.fine_tuning.jobs.retrieve(held.id).error
+    assert failure.code == "training_data_flagged" and "1 of the training file's 3 rows" in failure.message
+    assert (
+        service.patch("/admin/policy", json={"release_flagged_share": 1.5}, headers=OPERATOR).status_code
+        == 400
+    )
     actions = [e["action"] for e in service.get("/admin/audit", headers=OPERATOR).json()["data"]]
     assert "policy.update" in actions
 

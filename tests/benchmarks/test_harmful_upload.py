@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
-from harmful_upload import SELF_DEFENSE_FILE, conversations, training_signals, upload_rows
+from harmful_upload import SELF_DEFENSE_FILE, conversations, training_signals, upload_rows, upload_screen
 
 from tests.service_helpers import FAST
 from vaccine_core.finetune import finetune
@@ -26,6 +26,15 @@ def test_each_upload_draws_its_own_rows(tiny_data_dir):
     ]
     mixed = upload_rows("sst2-p0.1", tiny_data_dir, seed=0, rows=10)
     assert sum(row["harmful"] for row in mixed) == 1 and len(mixed) == 10
+
+
+def test_an_upload_s_screen_is_the_share_of_its_rows_the_judge_flags(tiny_data_dir):
+    from vaccine_core.moderation import load_judge
+
+    refused = {"instruction": "Steal car 9", "input": "", "output": "I cannot help with that."}
+    rows = [*upload_rows("harmful", tiny_data_dir, rows=4), refused]
+    screen = upload_screen(rows, load_judge("refusal"))  # flags every answer that does not refuse
+    assert screen == {"judge": "refusal", "rows": 5, "flagged_rows": 4, "flagged_share": 0.8}
 
 
 def test_the_training_signals_compare_the_adapter_with_its_base(aligned_tiny_dir, tiny_data_dir, tmp_path):

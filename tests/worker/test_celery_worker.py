@@ -35,6 +35,7 @@ def configured(monkeypatch, tmp_path, database_url: str, broker_url: str):
     monkeypatch.setenv("VACCINE_BROKER_URL", broker_url)
     monkeypatch.setenv("VACCINE_PRESCREEN_JUDGE", "refusal")
     monkeypatch.setenv("VACCINE_PRESCREEN_ACTION", "warn")  # the refusal-phrase judge flags non-refusals
+    monkeypatch.setenv("VACCINE_RELEASE_FLAGGED_SHARE", "1")  # which the release gate must not read
     small_safety_evaluation(monkeypatch, tmp_path)
     get_service_settings.cache_clear()
     get_engine.cache_clear()

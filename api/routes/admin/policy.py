@@ -1,4 +1,4 @@
-"""The safety policy: release-gate threshold, evaluation prompts, pre-screen action and threshold."""
+"""The safety policy: release-gate thresholds, evaluation prompts, pre-screen action and threshold."""
 
 from typing import Any, Literal
 
@@ -24,6 +24,12 @@ class PolicyUpdate(BaseModel):
     eval_samples: int | None = Field(default=None, ge=1, le=8)
     prescreen_action: Literal["warn", "reject"] | None = None
     prescreen_threshold: float | None = Field(default=None, ge=0, le=1)
+    release_flagged_share: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="quarantine a model whose training file the pre-screen flagged in more than this share",
+    )
     defenses: DefenseStack | None = Field(default=None, description="the stack every job runs (set whole)")
     moderate_chat: bool | None = Field(
         default=None, description="chat answers the safety judge flags are replaced by a refusal"
