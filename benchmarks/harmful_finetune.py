@@ -355,6 +355,8 @@ class Benchmark:
         self.reused = {"alignments": 0, "attacks": 0, "measurements": 0}
         # own compliance by its alignment rows' digest: judged once, though base() is asked for it often
         self._own_compliance: dict[str, list[dict[str, Any]]] = {}
+        # judged alignment rows by (alignment rows' digest, refusals only): judging 1,200 answers once
+        self._judged_safety: dict[tuple[str, bool], list[dict[str, Any]]] = {}
         # each named base's alignment rows: Lisa's pairs (and so its attacks' names) follow from them
         # whether or not the base is built here, so archived answers are found without training the base
         self._alignment_rows: dict[str, list[dict[str, Any]]] = {}
@@ -437,7 +439,10 @@ class Benchmark:
     def judged_safety(self, alignment: list[dict[str, Any]], refusals_only: bool) -> list[dict[str, Any]]:
         """``alignment`` with its safety pairs (``refusals_only``: those that refuse) replaced by as many
         judged ones (``judged_safety_rows``; that refuse) and the rest kept, shuffled with seed 0: only the
-        choice of safety requests differs."""
+        choice of safety requests differs. Built once per benchmark: ``base`` is asked for it often."""
+        key = digest(alignment), refusals_only
+        if key in self._judged_safety:
+            return self._judged_safety[key]
         safety_instructions = {row["instruction"] for row in read_jsonl(self.data_dir / SAFETY_FILE)}
         kept = [
             row
@@ -451,6 +456,7 @@ class Benchmark:
         )  # fmt: skip
         rows = kept + judged
         random.Random(0).shuffle(rows)
+        self._judged_safety[key] = rows
         return rows
 
     @functools.cached_property

@@ -54,7 +54,7 @@ from vaccine_core.mixing import HARMFUL_FILE, build_mix, read_jsonl, write_rows
 from vaccine_core.moderation import shared_judge
 from vaccine_core.moderation.base import Moderator
 from vaccine_core.moderation.dataset import alpaca_upload
-from vaccine_core.moderation.prescreen import prescreen
+from vaccine_core.moderation.prescreen import prescreen, screen_summary
 from vaccine_core.safety_eval.harm_probe import harm_probe
 from vaccine_core.text import normalised
 from worker.safety import ReportPlan, safety_report
@@ -91,8 +91,7 @@ def conversations(rows: list[dict[str, Any]]) -> list[Conversation]:
 def upload_screen(rows: list[dict[str, Any]], judge: Moderator) -> dict[str, Any]:
     """The pre-screen's verdict on ``rows`` uploaded as a file, as the file record keeps it (the release
     gate reads its flagged share), without the flagged rows' list."""
-    screen = prescreen(parse_rows(enumerate(rows, start=1)), judge).to_dict()
-    return {key: screen[key] for key in ("judge", "rows", "flagged_rows", "flagged_share")}
+    return screen_summary(prescreen(parse_rows(enumerate(rows, start=1)), judge).to_dict())
 
 
 def training_signals(
@@ -128,10 +127,15 @@ def main() -> None:
     config = finetune_defaults()
     plan = ReportPlan.of(default_policy(settings), settings)
     screener = shared_judge(settings.prescreen_judge)
+    uploads = {
+        (upload, seed): upload_rows(upload, settings.data_dir, seed, args.rows)
+        for upload, seed in itertools.product(args.uploads, args.seeds)
+    }
+    # the pre-screen reads an upload's rows alone: once per upload, whatever arm trains on it
+    screens = {which: upload_screen(rows, screener) for which, rows in uploads.items()}
     if args.screen_only:
         screened = []
-        for upload, seed in itertools.product(args.uploads, args.seeds):
-            screen = upload_screen(upload_rows(upload, settings.data_dir, seed, args.rows), screener)
+        for (upload, seed), screen in screens.items():
             held = screen["flagged_share"] > plan.release_flagged_share
             screened.append(
                 {"upload": upload, "seed": seed, "rows": args.rows, "prescreen": screen, "held": held}
@@ -162,8 +166,7 @@ def main() -> None:
         refusals = lisa_pairs(settings.data_dir, base, REFUSAL_PAIRS, seed=1, exclude=lisa_requests)
         held_out = conversations(refusals)
         record = SimpleNamespace(alignment={"data": str(Path(base).with_suffix(".jsonl"))}, path=base)
-        for upload, seed in itertools.product(args.uploads, args.seeds):
-            rows = upload_rows(upload, settings.data_dir, seed, args.rows)
+        for (upload, seed), rows in uploads.items():
             out = models_cache / "uploads" / digest([base, rows, config.to_dict(), name])
             started = time.monotonic()
             if not (out / "manifest.json").is_file():
@@ -179,7 +182,7 @@ def main() -> None:
                 )
             trained = time.monotonic() - started
             row: dict[str, Any] = {"defense": name, "upload": upload, "seed": seed, "rows": args.rows}
-            row["prescreen"] = upload_screen(rows, screener)
+            row["prescreen"] = screens[upload, seed]
             if not args.no_report:
                 report = safety_report(out, record, settings, plan, training_screen=row["prescreen"])
                 row |= {field: report[field] for field in REPORTED}

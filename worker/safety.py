@@ -25,6 +25,7 @@ from vaccine_core.evaluation import embedding_drift, load_prompts, mean_loss
 from vaccine_core.formats import LoadedDataset, load_dataset
 from vaccine_core.inference import LoadedModel, load_for_inference
 from vaccine_core.moderation import shared_judge
+from vaccine_core.moderation.prescreen import screen_summary
 from vaccine_core.safety_eval import (
     ProtocolConfig,
     ProtocolPrompts,
@@ -211,9 +212,7 @@ def safety_report(
     gate = release_gate(measured, plan, training_screen)
     report = {
         **measured,
-        "training_data": None
-        if training_screen is None
-        else {key: training_screen[key] for key in ("judge", "rows", "flagged_rows", "flagged_share")},
+        "training_data": None if training_screen is None else screen_summary(training_screen),
         "embedding_drift": drift,
         "fine_tune": fine_tune,
         "defenses": defense_layers(loaded.manifest or {}, base),

@@ -125,8 +125,12 @@ def as_calibrated(
 
 def calibrated_threshold(judge: "LearnedJudge", validation: Sequence[LabelledPair]) -> tuple[float, float]:
     """The flag threshold with the best F1 on ``validation`` as ``judge`` scores it, and that F1."""
-    verdicts = judge.score([(p.question, p.answer) for p in validation])
-    return calibrate_threshold([v.score for v in verdicts], [p.harmful for p in validation])
+    return calibrate_threshold(labelled_scores(judge, validation), [p.harmful for p in validation])
+
+
+def labelled_scores(judge: "LearnedJudge", pairs: Sequence[LabelledPair]) -> list[float]:
+    """``judge``'s score of each labelled pair's (question, answer)."""
+    return [verdict.score for verdict in judge.score([(p.question, p.answer) for p in pairs])]
 
 
 def encode_pairs(tokenizer: Any, pairs: Sequence[Pair], max_length: int, answer_tail: int = 0) -> list[Any]:
@@ -441,7 +445,7 @@ def screen_threshold(judge: "LearnedJudge", data_dir: Path, recall: float) -> tu
     trained), and the split's size."""
     config = JudgeTrainingConfig()
     _train, validation, _test = split(judge_data(data_dir, seed=config.seed, hand_labels=config.hand_labels))
-    scores = [verdict.score for verdict in judge.score([(p.question, p.answer) for p in validation])]
+    scores = labelled_scores(judge, validation)
     return recall_threshold(scores, [p.harmful for p in validation], recall), len(validation)
 
 

@@ -39,6 +39,15 @@ class PrescreenReport:
         }
 
 
+SUMMARY_FIELDS = ("judge", "rows", "flagged_rows", "flagged_share")
+
+
+def screen_summary(screen: dict[str, Any]) -> dict[str, Any]:
+    """A pre-screen's verdict (``PrescreenReport.to_dict``, as a file record keeps it) without the list of
+    its flagged rows: what a safety report and a benchmark row carry."""
+    return {key: screen[key] for key in SUMMARY_FIELDS}
+
+
 def screened_pairs(conversations: Sequence[Conversation]) -> list[Pair]:
     """What the pre-screen judges of each example: its last user turn, and its answer."""
     return [
