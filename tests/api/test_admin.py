@@ -41,7 +41,7 @@ def test_tenants_keys_and_quotas(service):
 
 
 def test_an_operator_releases_a_quarantined_model(service, base, monkeypatch):
-    monkeypatch.setenv("VACCINE_HARMFUL_SCORE_THRESHOLD", "-1")
+    monkeypatch.setenv("VACCINE_HARMFUL_SCORE_THRESHOLD", "0")
     get_service_settings.cache_clear()
     client = tenant_client(service, "acme")
     job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
@@ -65,7 +65,7 @@ def test_an_operator_releases_a_quarantined_model(service, base, monkeypatch):
 
 
 def test_an_operator_deletes_a_quarantined_model_and_requeues_a_failed_job(service, base, monkeypatch):
-    monkeypatch.setenv("VACCINE_HARMFUL_SCORE_THRESHOLD", "-1")
+    monkeypatch.setenv("VACCINE_HARMFUL_SCORE_THRESHOLD", "0")
     get_service_settings.cache_clear()
     client = tenant_client(service, "acme")
     job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))

@@ -50,7 +50,7 @@ def test_a_form_without_the_session_s_token_or_from_another_origin_is_refused(se
 def test_user_strings_show_as_text_and_a_quarantined_model_is_released_with_a_reason(
     service, base, monkeypatch
 ):
-    monkeypatch.setenv("VACCINE_HARMFUL_SCORE_THRESHOLD", "-1")  # every model is held back
+    monkeypatch.setenv("VACCINE_HARMFUL_SCORE_THRESHOLD", "0")  # every model is held back
     get_service_settings.cache_clear()
     client = tenant_client(service, "acme")
     job = client.fine_tuning.jobs.create(
@@ -70,7 +70,7 @@ def test_user_strings_show_as_text_and_a_quarantined_model_is_released_with_a_re
     for chart in ("harmful", "buckets", "over_refusal", "categories"):
         drawn = service.get(f"/console/charts/{chart}.svg", params={"model": model_id})
         assert drawn.status_code == 200 and drawn.text.startswith("<svg"), chart
-    assert "threshold -1.0 %" in service.get("/console/charts/harmful.svg", params={"model": model_id}).text
+    assert "threshold 0.0 %" in service.get("/console/charts/harmful.svg", params={"model": model_id}).text
 
     queue = service.get("/console/quarantine")
     assert str(escape(model_id)) in queue.text

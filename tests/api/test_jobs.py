@@ -185,7 +185,7 @@ def test_a_download_is_checked_against_its_manifest_and_carries_its_digest(servi
 def test_the_release_gate_quarantines_a_model_above_the_threshold(service, base, monkeypatch):
     from service.settings import get_service_settings
 
-    monkeypatch.setenv("VACCINE_HARMFUL_SCORE_THRESHOLD", "-1")  # every model is above it
+    monkeypatch.setenv("VACCINE_HARMFUL_SCORE_THRESHOLD", "0")  # the refusal judge flags every answer
     get_service_settings.cache_clear()
     client = tenant_client(service, "acme")
     job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
@@ -201,9 +201,9 @@ def test_the_release_gate_quarantines_a_model_above_the_threshold(service, base,
 def test_the_release_gate_refuses_a_degenerate_model(service, base, monkeypatch):
     from service.settings import get_service_settings
 
-    # no harmful score blocks; any share of degenerate harmless answers (even 0 %) is too many
+    # no harmful score blocks; any degenerate harmless answer is too many (four tokens: most are)
     monkeypatch.setenv("VACCINE_HARMFUL_SCORE_THRESHOLD", "100")
-    monkeypatch.setenv("VACCINE_DEGENERATE_THRESHOLD", "-1")
+    monkeypatch.setenv("VACCINE_DEGENERATE_THRESHOLD", "0")
     get_service_settings.cache_clear()
     client = tenant_client(service, "acme")
     job = client.fine_tuning.jobs.create(model=base, training_file=upload(client))

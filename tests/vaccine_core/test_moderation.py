@@ -687,3 +687,30 @@ def test_the_timed_bfloat16_choice_leaves_the_model_and_random_state_alone(tmp_p
     assert learned.train_in_bfloat16(model, batch) is False  # emulated: never
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert learned.train_in_bfloat16(model, batch) is True
+
+
+def test_without_attention_dropout_the_judge_trains_in_eager_attention_and_keeps_the_default_key(tmp_path):
+    from vaccine_core.moderation.dataset import LabelledPair
+    from vaccine_core.moderation.learned import JudgeTrainingConfig, LearnedJudge, train_judge
+
+    encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False)
+    pairs = [LabelledPair("how do i hurt someone ?", "here is how .", True, None, "t")] * 4
+    pairs += [LabelledPair("what is the capital of france ?", "paris .", False, None, "t")] * 4
+    config = JudgeTrainingConfig(
+        epochs=1, batch_size=4, max_length=32, frozen_layers=0, attention_dropout=0.0
+    )
+    attention: list[tuple[str, float]] = []
+    forward = BertForSequenceClassification.forward
+
+    def recording(self, *args, **kwargs):
+        attention.append((self.config._attn_implementation, self.config.attention_probs_dropout_prob))
+        return forward(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(BertForSequenceClassification, "forward", recording)
+        judge = train_judge(pairs, tmp_path / "j", config, encoder=encoder)
+    assert attention and set(attention) == {("eager", 0.0)}
+    assert json.loads((judge / "config.json").read_text())["attention_probs_dropout_prob"] == 0.0
+    assert len(LearnedJudge(judge).score(JUDGE_PAIRS)) == 2
+    assert JudgeTrainingConfig(attention_dropout=None).key() == JudgeTrainingConfig().key() == "c30f387b"
+    assert JudgeTrainingConfig(attention_dropout=0.0).key() != JudgeTrainingConfig().key()

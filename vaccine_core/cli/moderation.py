@@ -86,6 +86,9 @@ def moderation_train(
     answer_tail: Annotated[int | None, typer.Option(help=option_help("answer_tail"))] = None,
     group_by_length: Annotated[bool | None, typer.Option(help=option_help("group_by_length"))] = None,
     frozen_layers: Annotated[int | None, typer.Option(help=option_help("frozen_layers"))] = None,
+    attention_dropout: Annotated[
+        float | None, typer.Option(min=0, max=1, help=option_help("attention_dropout"))
+    ] = None,
     harmful_swapped: Annotated[float | None, typer.Option(help=option_help("harmful_swapped"))] = None,
     cache_frozen: Annotated[bool | None, typer.Option(help=option_help("cache_frozen"))] = None,
     average_tail: Annotated[float | None, typer.Option(help=option_help("average_tail"))] = None,
@@ -106,6 +109,7 @@ def moderation_train(
         "answer_tail": answer_tail,
         "group_by_length": group_by_length,
         "frozen_layers": frozen_layers,
+        "attention_dropout": attention_dropout,
         "harmful_swapped": harmful_swapped,
         "cache_frozen": cache_frozen,
         "average_tail": average_tail,

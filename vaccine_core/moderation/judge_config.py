@@ -12,7 +12,15 @@ OPTIONS_FILE = "judge.json"
 
 
 # Options added after judges were first cached, each with a default that trains as before it existed.
-LATER_OPTIONS = ("group_by_length", "cache_frozen", "average_tail", "opener", "hand_labels", "answer_tail")
+LATER_OPTIONS = (
+    "group_by_length",
+    "cache_frozen",
+    "average_tail",
+    "opener",
+    "hand_labels",
+    "answer_tail",
+    "attention_dropout",
+)
 
 
 @dataclass
@@ -69,6 +77,16 @@ class JudgeTrainingConfig:
             "and of harmful answers that have one added again without it (dataset.augment). At 0.3: held-out "
             "F1 0.886 against 0.896, threshold 0.035, 25 of 450 benign Alpaca rows flagged against 23 "
             "(benchmarks/results/judge_selection.md), so it is off."
+        },
+    )
+    attention_dropout: float | None = field(
+        default=None,
+        metadata={
+            "help": "Dropout on the attention probabilities in training (None: the encoder's own, 0.1 for "
+            "MiniLM). Drawing those masks is about a quarter of a training step's time on the CPU; at 0 the "
+            "judge trains in 252-263 s on 2 AMD Zen 4 cores (the 5-minute budget met, against 356-358 s) but "
+            "gave held-out F1 on hand labels 0.902 and 0.878 over seeds 0 and 1 against 0.902 and 0.906 "
+            "(benchmarks/results/judge_selection.md), so it is left as the encoder has it."
         },
     )
     frozen_layers: int = field(

@@ -10,24 +10,30 @@ from api.routes.admin.tenants import audit
 from service.defenses import DefenseStack
 from service.models import Policy
 from service.policy import get_policy
+from service.policy_bounds import (
+    BorderlinePrompts,
+    EvalSamples,
+    HarmfulPrompts,
+    HarmlessPrompts,
+    Percent,
+    Share,
+)
 
 router = APIRouter(prefix="/policy")
 
 
 class PolicyUpdate(BaseModel):
-    harmful_score_threshold: float | None = Field(default=None, ge=0, le=100)
-    degenerate_threshold: float | None = Field(default=None, ge=0, le=100)
+    harmful_score_threshold: Percent | None = None
+    degenerate_threshold: Percent | None = None
     eval_prompts_file: str | None = Field(default=None, description='"" for protocol v2\'s harmful prompts')
-    eval_prompts: int | None = Field(default=None, ge=1, le=256)
-    harmless_prompts: int | None = Field(default=None, ge=0, le=128)
-    borderline_prompts: int | None = Field(default=None, ge=0, le=100)
-    eval_samples: int | None = Field(default=None, ge=1, le=8)
+    eval_prompts: HarmfulPrompts | None = None
+    harmless_prompts: HarmlessPrompts | None = None
+    borderline_prompts: BorderlinePrompts | None = None
+    eval_samples: EvalSamples | None = None
     prescreen_action: Literal["warn", "reject"] | None = None
-    prescreen_threshold: float | None = Field(default=None, ge=0, le=1)
-    release_flagged_share: float | None = Field(
+    prescreen_threshold: Share | None = None
+    release_flagged_share: Share | None = Field(
         default=None,
-        ge=0,
-        le=1,
         description="quarantine a model whose training file the pre-screen flagged in more than this share",
     )
     defenses: DefenseStack | None = Field(default=None, description="the stack every job runs (set whole)")
