@@ -9,10 +9,11 @@ from typing import Annotated
 import typer
 from alembic import command
 from alembic.config import Config
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from service.db import get_engine
-from service.settings import get_service_settings
+from service.settings import ServiceSettings, get_service_settings
 from vaccine_core.cli import app
 from vaccine_core.cli.common import fail
 
@@ -24,11 +25,27 @@ app.add_typer(tenants_app, name="tenants")
 app.add_typer(db_app, name="db")
 
 
+def service_settings() -> ServiceSettings:
+    """The service's settings, or an error naming each environment variable that is out of bounds (every
+    service command reads them first, so a bad value stops it before it starts anything)."""
+    try:
+        return get_service_settings()
+    except ValidationError as exc:
+        fail(
+            "\n".join(
+                f"VACCINE_{str(error['loc'][0]).upper()}={error['input']!r}: {error['msg']}"
+                for error in exc.errors()
+            )
+        )
+        raise  # fail() exits; this keeps the type checker's flow
+
+
 def migrate() -> None:
     """Bring the configured database to the newest migration (idempotent)."""
+    settings = service_settings()
     config = Config(str(ALEMBIC_INI))
-    config.set_main_option("sqlalchemy.url", get_service_settings().database_url)
-    get_service_settings().home.mkdir(parents=True, exist_ok=True)
+    config.set_main_option("sqlalchemy.url", settings.database_url)
+    settings.home.mkdir(parents=True, exist_ok=True)
     command.upgrade(config, "head")
 
 
@@ -92,7 +109,7 @@ def serve(
     from service.queue import dispatch, dispatch_alignment, dispatch_prescreen
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    settings = get_service_settings()
+    settings = service_settings()
     migrate()
     base = register_default_base(settings)
     if base.status != BaseStatus.READY:

@@ -67,3 +67,22 @@ def test_a_quickstart_job_made_at_first_start_succeeds_once_the_base_is_ready(
     assert re.search(r"created ftjob-\S+ \((validating_files|queued)\)", quickstart.stdout), quickstart.stdout
     assert ": succeeded; model ft:" in quickstart.stdout, quickstart.stdout + quickstart.stderr
     assert list(tmp_path.glob("ftjob-*-adapter.tar.gz"))  # downloaded, as the example does
+
+
+def test_a_setting_out_of_bounds_stops_serve_before_it_starts_anything_and_names_the_variable(
+    tmp_path, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    from api.cli import app
+    from service.settings import get_service_settings
+
+    monkeypatch.setenv("VACCINE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VACCINE_RELEASE_FLAGGED_SHARE", "2")
+    monkeypatch.setenv("VACCINE_MAX_ATTEMPTS", "0")
+    get_service_settings.cache_clear()
+    result = CliRunner().invoke(app, ["serve", "--no-worker"])
+    assert result.exit_code == 2
+    assert "VACCINE_RELEASE_FLAGGED_SHARE='2': Input should be less than or equal to 1" in result.output
+    assert "VACCINE_MAX_ATTEMPTS='0'" in result.output
+    assert not (tmp_path / "home").exists()  # no database, no key: nothing was started
