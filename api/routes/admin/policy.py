@@ -7,32 +7,25 @@ from pydantic import BaseModel, Field
 
 from api.deps import SessionDep
 from api.routes.admin.tenants import audit
+from service import policy_bounds as bounds
 from service.defenses import DefenseStack
 from service.models import Policy
 from service.policy import get_policy
-from service.policy_bounds import (
-    BorderlinePrompts,
-    EvalSamples,
-    HarmfulPrompts,
-    HarmlessPrompts,
-    Percent,
-    Share,
-)
 
 router = APIRouter(prefix="/policy")
 
 
 class PolicyUpdate(BaseModel):
-    harmful_score_threshold: Percent | None = None
-    degenerate_threshold: Percent | None = None
+    harmful_score_threshold: bounds.Percent | None = None
+    degenerate_threshold: bounds.Percent | None = None
     eval_prompts_file: str | None = Field(default=None, description='"" for protocol v2\'s harmful prompts')
-    eval_prompts: HarmfulPrompts | None = None
-    harmless_prompts: HarmlessPrompts | None = None
-    borderline_prompts: BorderlinePrompts | None = None
-    eval_samples: EvalSamples | None = None
+    eval_prompts: bounds.HarmfulPrompts | None = None
+    harmless_prompts: bounds.HarmlessPrompts | None = None
+    borderline_prompts: bounds.BorderlinePrompts | None = None
+    eval_samples: bounds.EvalSamples | None = None
     prescreen_action: Literal["warn", "reject"] | None = None
-    prescreen_threshold: Share | None = None
-    release_flagged_share: Share | None = Field(
+    prescreen_threshold: bounds.Share | None = None
+    release_flagged_share: bounds.Share | None = Field(
         default=None,
         description="quarantine a model whose training file the pre-screen flagged in more than this share",
     )
