@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,13 +159,30 @@ class FirstStart:
         )
 
 
+def wait_until_healthy(
+    url: str, server: subprocess.Popen, output: Callable[[], str], timeout: float = 60
+) -> float:
+    """The moment ``url``'s /healthz first answers 200 (time.monotonic()); fails with the server's output
+    when it exits first or does not answer within ``timeout`` seconds."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return time.monotonic()
+        except httpx.TransportError:
+            time.sleep(0.2)
+    exited = server.poll() is not None
+    state = f"exited with {server.returncode}" if exited else f"did not answer in {timeout:.0f} s"
+    raise AssertionError(f"the service {state}:\n{output()}")
+
+
 @contextmanager
 def first_start(home: Path, model_dir: Path, data_dir: Path, **extra_env: str) -> Iterator[FirstStart]:
     """The embedded default on the tiny model: a small alignment (8 pairs, 1 epoch), the refusal judge for
     the pre-screen, no operator key configured (the start makes one). The safety report's settings come
     from the caller's environment (``small_safety_evaluation``). Stopped on exit."""
-    import httpx
-
     port = free_port()
     env = {
         **{name: value for name, value in os.environ.items() if name != "VACCINE_ADMIN_KEY"},
@@ -193,13 +210,8 @@ def first_start(home: Path, model_dir: Path, data_dir: Path, **extra_env: str) -
                 operator_key = found.group(1)
         assert key is not None and operator_key is not None, "".join(lines)
         threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True).start()  # keep it drained
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        url = f"http://127.0.0.1:{port}"
+        wait_until_healthy(url, server, lambda: "".join(lines))
         yield FirstStart(url, key, operator_key, env, lines)
     finally:
         workers = child_pids(server.pid)

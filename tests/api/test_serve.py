@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from service.settings import ServiceSettings
-from tests.service_helpers import first_start, free_port, small_safety_evaluation
+from tests.service_helpers import first_start, free_port, small_safety_evaluation, wait_until_healthy
 
 FIRST_ANSWER_SECONDS = 10
 DEFAULT_BASE = ServiceSettings.model_fields["default_base_name"].default
@@ -31,15 +31,11 @@ def test_a_first_start_answers_within_ten_seconds(tmp_path, tiny_model_dir):
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=Path.cwd()
     )
     try:
-        answered = None
-        while time.monotonic() - started < 60 and server.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    answered = time.monotonic() - started
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        assert answered is not None, server.stdout.read() if server.poll() is not None else "no answer"
+
+        def output() -> str:  # read only once it has exited: a running server's pipe would block the read
+            return server.stdout.read() if server.poll() is not None else "(still running)"
+
+        answered = wait_until_healthy(f"http://127.0.0.1:{port}", server, output) - started
         print(f"first answer after {answered:.1f} s")
         assert answered <= FIRST_ANSWER_SECONDS, f"first answer after {answered:.1f} s"
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
