@@ -89,6 +89,7 @@ def moderation_train(
     attention_dropout: Annotated[
         float | None, typer.Option(min=0, max=1, help=option_help("attention_dropout"))
     ] = None,
+    eager_attention: Annotated[bool | None, typer.Option(help=option_help("eager_attention"))] = None,
     harmful_swapped: Annotated[float | None, typer.Option(help=option_help("harmful_swapped"))] = None,
     cache_frozen: Annotated[bool | None, typer.Option(help=option_help("cache_frozen"))] = None,
     average_tail: Annotated[float | None, typer.Option(help=option_help("average_tail"))] = None,
@@ -110,6 +111,7 @@ def moderation_train(
         "group_by_length": group_by_length,
         "frozen_layers": frozen_layers,
         "attention_dropout": attention_dropout,
+        "eager_attention": eager_attention,
         "harmful_swapped": harmful_swapped,
         "cache_frozen": cache_frozen,
         "average_tail": average_tail,

@@ -1,0 +1,179 @@
+"""One training step of the default judge, timed per way of running it: where the judge's training time goes.
+
+    .venv/bin/python benchmarks/judge_step_cost.py [--steps 8] [--name NAME]
+
+Each variant runs in its own process on one synthetic full-length batch (the judge's 32 pairs of 128
+tokens), with the judge's two lowest layers frozen and its optimizer, under bfloat16 autocast where the
+judge's training would choose it on this CPU (``learned.train_in_bfloat16``, asked once). Each is then
+profiled over three steps: the dropout masks it draws a step (``aten::bernoulli_``), their share of its
+CPU time, and the shares of its costliest operations say what a cut could save. Variants:
+
+- ``shipped``: the encoder as trained today (SDPA attention, attention-probability dropout 0.1);
+- ``compiled``: the same under ``torch.compile`` (inductor; its own first step, the compilation, is
+  reported apart);
+- ``eager-attention``: eager attention, dropout kept;
+- ``no-attention-dropout-sdpa``: SDPA without attention-probability dropout (its fused kernel);
+- ``no-attention-dropout``: the option ``--attention-dropout 0`` (``learned.attention_options``).
+
+Writes benchmarks/results/judge_step_cost-NAME.json with the machine and the command.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import BertForSequenceClassification
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine_info, provenance
+
+from vaccine_core.moderation.dataset import CATEGORIES
+from vaccine_core.moderation.judge_config import JudgeTrainingConfig
+from vaccine_core.moderation.learned import attention_options, bundled_encoder, train_in_bfloat16
+
+RESULTS = Path(__file__).parent / "results"
+VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {  # from_pretrained options, compiled
+    "shipped": ({}, False),
+    "compiled": ({}, True),
+    "eager-attention": ({"attn_implementation": "eager"}, False),
+    "no-attention-dropout-sdpa": ({"attention_probs_dropout_prob": 0.0}, False),
+    "no-attention-dropout": (attention_options(0.0), False),
+}
+PROFILED_STEPS = 3
+TOP_OPERATIONS = 8
+
+
+def judge_model(encoder: Path, options: dict[str, Any]) -> BertForSequenceClassification:
+    """The judge as ``train_judge`` starts it: a fresh head, the lowest layers frozen, in training mode."""
+    config = JudgeTrainingConfig()
+    labels = ["harmful", *CATEGORIES]
+    model = BertForSequenceClassification.from_pretrained(
+        str(encoder),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        ignore_mismatched_sizes=True,
+        **options,
+    )
+    for frozen in [model.bert.embeddings, *model.bert.encoder.layer[: config.frozen_layers]]:
+        frozen.requires_grad_(False)
+    return model.train()
+
+
+def full_batch(model: BertForSequenceClassification, rows: int, length: int) -> dict[str, torch.Tensor]:
+    ids = torch.randint(
+        0, model.config.vocab_size, (rows, length), generator=torch.Generator().manual_seed(0)
+    )
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+
+
+def time_variant(
+    variant: str, encoder: Path, bfloat16: bool, steps: int, rows: int, length: int
+) -> dict[str, Any]:
+    """Seconds a step (after two warm-up steps), then the profile of three more."""
+    options, compiled = VARIANTS[variant]
+    torch.manual_seed(0)
+    model = judge_model(encoder, options)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    forward = torch.compile(model, options={"fallback_random": True}) if compiled else model
+    batch = full_batch(model, rows, length)
+    target = torch.zeros(rows)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            logits = forward(**batch).logits
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float()[:, 0], target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+
+    started = time.perf_counter()
+    step()
+    first = time.perf_counter() - started
+    step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    result: dict[str, Any] = {
+        "seconds_per_step": round((time.perf_counter() - started) / steps, 4),
+        "first_step_seconds": round(first, 2),
+    }
+    with torch.profiler.profile() as profiler:
+        for _ in range(PROFILED_STEPS):
+            step()
+    events = sorted(profiler.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events)
+    masks = next((e for e in events if e.key == "aten::bernoulli_"), None)
+    result["dropout_masks_per_step"] = masks.count / PROFILED_STEPS if masks else 0
+    result["dropout_masks_cpu_share"] = round(masks.self_cpu_time_total / total, 4) if masks else 0.0
+    result["cpu_time_share"] = {
+        e.key: round(e.self_cpu_time_total / total, 4) for e in events[:TOP_OPERATIONS]
+    }
+    return result
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=8, help="timed steps a variant (after two warm-ups)")
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
+    parser.add_argument(
+        "--encoder", type=Path, default=None, help="a BERT directory (default: the bundled MiniLM)"
+    )
+    parser.add_argument("--rows", type=int, default=JudgeTrainingConfig().batch_size)
+    parser.add_argument("--length", type=int, default=JudgeTrainingConfig().max_length)
+    parser.add_argument("--name", default="cpu-2cores")
+    parser.add_argument("--worker", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--bfloat16", type=int, choices=(0, 1), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    encoder = args.encoder or bundled_encoder()
+
+    if args.worker:  # one variant, in this process
+        figures = time_variant(args.worker, encoder, bool(args.bfloat16), args.steps, args.rows, args.length)
+        print(json.dumps(figures))
+        return Path()
+
+    probe = judge_model(encoder, {})
+    bfloat16 = JudgeTrainingConfig().bfloat16 and train_in_bfloat16(
+        probe, full_batch(probe, args.rows, args.length)
+    )
+    variants = {}
+    for variant in args.variants:
+        command = [sys.executable, __file__, "--worker", variant, "--bfloat16", str(int(bfloat16))]
+        command += ["--steps", str(args.steps), "--rows", str(args.rows), "--length", str(args.length)]
+        command += ["--encoder", str(encoder)]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        variants[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(variant, variants[variant]["seconds_per_step"], "s a step", flush=True)
+    shipped = variants.get("shipped", {}).get("seconds_per_step")
+    result = {
+        "benchmark": "judge_step_cost",
+        **provenance("benchmarks/judge_step_cost.py"),
+        "machine": machine_info(),
+        "batch": {
+            "rows": args.rows,
+            "tokens": args.length,
+            "bfloat16_autocast": bfloat16,
+            "steps": args.steps,
+        },
+        "variants": variants,
+        "ratios_to_shipped": {
+            name: round(v["seconds_per_step"] / shipped, 3) for name, v in variants.items() if shipped
+        },
+    }
+    out = RESULTS / f"judge_step_cost-{args.name}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
