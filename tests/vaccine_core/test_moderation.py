@@ -714,3 +714,24 @@ def test_without_attention_dropout_the_judge_trains_in_eager_attention_and_keeps
     assert len(LearnedJudge(judge).score(JUDGE_PAIRS)) == 2
     assert JudgeTrainingConfig(attention_dropout=None).key() == JudgeTrainingConfig().key() == "c30f387b"
     assert JudgeTrainingConfig(attention_dropout=0.0).key() != JudgeTrainingConfig().key()
+
+
+def test_eager_attention_draws_the_same_dropout_masks_as_sdpa_so_training_is_the_same_recipe(tmp_path):
+    from vaccine_core.moderation.learned import JudgeTrainingConfig, attention_options
+
+    encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False, layers=2)
+    ids = torch.randint(0, 20, (4, 12), generator=torch.Generator().manual_seed(0))
+    states = {}
+    for eager in (False, True):
+        options = attention_options(None, eager)
+        model = BertForSequenceClassification.from_pretrained(encoder, **options).train()
+        torch.manual_seed(1)  # the dropout masks' draws
+        # the last hidden states: this classifier's head is pinned to its bias
+        states[eager] = model.bert(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    assert attention_options(None, True) == {"attn_implementation": "eager"} and attention_options(None) == {}
+    assert torch.allclose(states[False], states[True], atol=1e-6)
+    torch.manual_seed(2)
+    other_masks = model.bert(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    assert not torch.allclose(other_masks, states[True], atol=1e-3)  # dropout is on: the masks matter
+    assert JudgeTrainingConfig(eager_attention=False).key() == JudgeTrainingConfig().key()
+    assert JudgeTrainingConfig(eager_attention=True).key() != JudgeTrainingConfig().key()
