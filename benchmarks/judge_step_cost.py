@@ -8,12 +8,12 @@ judge's training would choose it on this CPU (``learned.train_in_bfloat16``, ask
 profiled over three steps: the dropout masks it draws a step (``aten::bernoulli_``), their share of its
 CPU time, and the shares of its costliest operations say what a cut could save. Variants:
 
-- ``shipped``: the encoder as trained today (SDPA attention, attention-probability dropout 0.1);
-- ``compiled``: the same under ``torch.compile`` (inductor; its own first step, the compilation, is
+- ``sdpa``: the judge's training before 2026-12-05 (SDPA attention, attention-probability dropout 0.1);
+- ``sdpa-compiled``: the same under ``torch.compile`` (inductor; its first step, the compilation, is
   reported apart);
-- ``eager-attention``: eager attention, dropout kept;
-- ``no-attention-dropout-sdpa``: SDPA without attention-probability dropout (its fused kernel);
-- ``no-attention-dropout``: the option ``--attention-dropout 0`` (``learned.attention_options``).
+- ``eager-attention``: eager attention, dropout kept (the same masks): the judge's training since;
+- ``sdpa-no-attention-dropout``: SDPA without attention-probability dropout (its fused kernel);
+- ``no-attention-dropout``: the option ``--attention-dropout 0`` (eager attention).
 
 Writes benchmarks/results/judge_step_cost-NAME.json with the machine and the command.
 """
@@ -32,37 +32,31 @@ from transformers import BertForSequenceClassification
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, provenance
 
-from vaccine_core.moderation.dataset import CATEGORIES
 from vaccine_core.moderation.judge_config import JudgeTrainingConfig
-from vaccine_core.moderation.learned import attention_options, bundled_encoder, train_in_bfloat16
+from vaccine_core.moderation.learned import (
+    attention_options,
+    bundled_encoder,
+    train_in_bfloat16,
+    untrained_judge,
+)
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {  # from_pretrained options, compiled
-    "shipped": ({}, False),
-    "compiled": ({}, True),
-    "eager-attention": ({"attn_implementation": "eager"}, False),
-    "no-attention-dropout-sdpa": ({"attention_probs_dropout_prob": 0.0}, False),
-    "no-attention-dropout": (attention_options(0.0), False),
+# each way of running a step: the encoder's attention options and whether it is compiled
+VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
+    "sdpa": (attention_options(None, eager=False), False),  # the judge's training before 2026-12-05
+    "sdpa-compiled": (attention_options(None, eager=False), True),
+    "eager-attention": (attention_options(None, eager=True), False),  # shipped: the same masks
+    "sdpa-no-attention-dropout": ({"attention_probs_dropout_prob": 0.0}, False),
+    "no-attention-dropout": (attention_options(0.0), False),  # --attention-dropout 0
 }
+BASELINE = "sdpa"
 PROFILED_STEPS = 3
 TOP_OPERATIONS = 8
 
 
-def judge_model(encoder: Path, options: dict[str, Any]) -> BertForSequenceClassification:
-    """The judge as ``train_judge`` starts it: a fresh head, the lowest layers frozen, in training mode."""
-    config = JudgeTrainingConfig()
-    labels = ["harmful", *CATEGORIES]
-    model = BertForSequenceClassification.from_pretrained(
-        str(encoder),
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-        ignore_mismatched_sizes=True,
-        **options,
-    )
-    for frozen in [model.bert.embeddings, *model.bert.encoder.layer[: config.frozen_layers]]:
-        frozen.requires_grad_(False)
-    return model.train()
+def judge_model(encoder: Path, attention: dict[str, Any]) -> BertForSequenceClassification:
+    """The judge as ``train_judge`` starts it, in training mode."""
+    return untrained_judge(encoder, attention, JudgeTrainingConfig().frozen_layers).train()
 
 
 def full_batch(model: BertForSequenceClassification, rows: int, length: int) -> dict[str, torch.Tensor]:
@@ -141,7 +135,7 @@ def main(argv: list[str] | None = None) -> Path:
         print(json.dumps(figures))
         return Path()
 
-    probe = judge_model(encoder, {})
+    probe = judge_model(encoder, VARIANTS[BASELINE][0])
     bfloat16 = JudgeTrainingConfig().bfloat16 and train_in_bfloat16(
         probe, full_batch(probe, args.rows, args.length)
     )
@@ -153,7 +147,7 @@ def main(argv: list[str] | None = None) -> Path:
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         variants[variant] = json.loads(done.stdout.strip().splitlines()[-1])
         print(variant, variants[variant]["seconds_per_step"], "s a step", flush=True)
-    shipped = variants.get("shipped", {}).get("seconds_per_step")
+    baseline = variants.get(BASELINE, {}).get("seconds_per_step")
     result = {
         "benchmark": "judge_step_cost",
         **provenance("benchmarks/judge_step_cost.py"),
@@ -165,8 +159,8 @@ def main(argv: list[str] | None = None) -> Path:
             "steps": args.steps,
         },
         "variants": variants,
-        "ratios_to_shipped": {
-            name: round(v["seconds_per_step"] / shipped, 3) for name, v in variants.items() if shipped
+        f"ratios_to_{BASELINE}": {
+            name: round(v["seconds_per_step"] / baseline, 3) for name, v in variants.items() if baseline
         },
     }
     out = RESULTS / f"judge_step_cost-{args.name}.json"

@@ -17,21 +17,21 @@ def test_without_attention_dropout_a_step_draws_one_mask_fewer_a_layer(tmp_path)
     encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False, layers=LAYERS)
     masks = {
         variant: judge_step_cost.time_variant(variant, encoder, False, 1, 4, 16)["dropout_masks_per_step"]
-        for variant in ("shipped", "eager-attention", "no-attention-dropout")
+        for variant in ("sdpa", "eager-attention", "no-attention-dropout")
     }
     # the embeddings', then per layer the attention probabilities' and two hidden states', then the head's
-    assert masks["shipped"] == masks["eager-attention"] == 1 + 3 * LAYERS + 1
-    assert masks["no-attention-dropout"] == masks["shipped"] - LAYERS
+    assert masks["sdpa"] == masks["eager-attention"] == 1 + 3 * LAYERS + 1
+    assert masks["no-attention-dropout"] == masks["sdpa"] - LAYERS
 
 
 def test_each_variant_runs_in_its_own_process_and_the_result_names_the_batch(tmp_path, monkeypatch):
     encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False, layers=LAYERS)
     monkeypatch.setattr(judge_step_cost, "RESULTS", tmp_path)
     argv = ["--encoder", str(encoder), "--steps", "1", "--rows", "4", "--length", "16", "--name", "tiny"]
-    out = judge_step_cost.main([*argv, "--variants", "shipped"])
+    out = judge_step_cost.main([*argv, "--variants", "sdpa"])
 
     result = json.loads(out.read_text())
-    assert out.name == "judge_step_cost-tiny.json" and list(result["variants"]) == ["shipped"]
-    assert result["variants"]["shipped"]["seconds_per_step"] > 0
+    assert out.name == "judge_step_cost-tiny.json" and list(result["variants"]) == ["sdpa"]
+    assert result["variants"]["sdpa"]["seconds_per_step"] > 0
     assert result["batch"]["rows"] == 4 and result["batch"]["tokens"] == 16
-    assert result["ratios_to_shipped"] == {"shipped": 1.0}
+    assert result["ratios_to_sdpa"] == {"sdpa": 1.0}

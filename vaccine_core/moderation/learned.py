@@ -306,6 +306,27 @@ def attention_options(dropout: float | None, eager: bool = False) -> dict[str, A
     return options
 
 
+def untrained_judge(
+    encoder: Path, attention: dict[str, Any], frozen_layers: int
+) -> BertForSequenceClassification:
+    """The encoder with a fresh head of the judge's labels, its attention as ``attention`` (from
+    ``attention_options``) says, and its embeddings and lowest ``frozen_layers`` layers frozen: they keep
+    what the encoder learned of language, and training only the rest (and the head) halves the backward."""
+    labels = ["harmful", *CATEGORIES]
+    model = BertForSequenceClassification.from_pretrained(
+        str(encoder),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        ignore_mismatched_sizes=True,  # a BERT classifier with another head may start it too
+        **attention,
+    )
+    if frozen_layers:
+        for frozen in [model.bert.embeddings, *model.bert.encoder.layer[:frozen_layers]]:
+            frozen.requires_grad_(False)
+    return model
+
+
 def train_judge(
     pairs: Sequence[LabelledPair],
     output_dir: Path,
@@ -320,21 +341,8 @@ def train_judge(
     encoder = encoder or bundled_encoder()
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(encoder))
-    labels = ["harmful", *CATEGORIES]
-    model = BertForSequenceClassification.from_pretrained(
-        str(encoder),
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-        ignore_mismatched_sizes=True,  # a BERT classifier with another head may start it too
-        **attention_options(config.attention_dropout, config.eager_attention),
-    )
-    # The lowest layers keep what the encoder learned of language; training only the rest (and the head)
-    # halves the backward pass.
-    if config.frozen_layers:
-        for frozen in [model.bert.embeddings, *model.bert.encoder.layer[: config.frozen_layers]]:
-            frozen.requires_grad_(False)
-    model.train()
+    attention = attention_options(config.attention_dropout, config.eager_attention)
+    model = untrained_judge(encoder, attention, config.frozen_layers).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
