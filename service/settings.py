@@ -12,6 +12,7 @@ from vaccine_core.settings import Settings
 
 MiB = 1 << 20
 Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
 
 
 class ServiceSettings(Settings):
@@ -20,7 +21,7 @@ class ServiceSettings(Settings):
     # connections each process keeps open, and how many more it may open at a busy moment (SQLAlchemy's
     # QueuePool); the API lets this many requests at a time hold a session, minus one (api.deps)
     database_pool_size: Positive = 5
-    database_max_overflow: Annotated[int, Field(ge=0)] = 10
+    database_max_overflow: NonNegative = 10
     broker_url: str = ""  # default: a broker in files under VACCINE_HOME (one machine, no server)
     longest_job_seconds: Positive = 24 * 3600  # the broker redelivers an unacknowledged job after this
     # a running job whose heartbeat is older than this has lost its worker: queued again to resume
@@ -29,7 +30,7 @@ class ServiceSettings(Settings):
     reaper_interval_seconds: Positive = 60  # how often a worker looks for jobs whose worker died
     # a job queued this long since it was last sent to the broker is sent again (a broker restarted without
     # persistence forgets its messages); long enough that a busy queue gets few duplicates
-    redispatch_after_seconds: Annotated[int, Field(ge=0)] = 1800
+    redispatch_after_seconds: NonNegative = 1800
     max_upload_bytes: Positive = 512 * MiB
     # requests per tenant key (limits' notation, "" for none): over it a 429 with Retry-After; counted in
     # the API process's memory, or in Redis (redis://...) where several API processes share one count
@@ -69,7 +70,7 @@ class ServiceSettings(Settings):
     eval_samples: bounds.EvalSamples = 2
     eval_max_new_tokens: Annotated[int, Field(ge=1, le=1024)] = 128
     # times a job with a validation file measures its loss while training
-    validation_evals: Annotated[int, Field(ge=0)] = 5
+    validation_evals: NonNegative = 5
     # % harmful (greedy or sampled): above it the model is quarantined
     harmful_score_threshold: bounds.Percent = 50.0
     moderate_chat: bool = False  # chat answers pass the safety judge (it loads in the API's process)
