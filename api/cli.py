@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from service.db import get_engine
-from service.settings import ServiceSettings, get_service_settings
+from service.settings import ServiceSettings, get_service_settings, settings_errors
 from vaccine_core.cli import app
 from vaccine_core.cli.common import fail
 
@@ -31,12 +31,7 @@ def service_settings() -> ServiceSettings:
     try:
         return get_service_settings()
     except ValidationError as exc:
-        fail(
-            "\n".join(
-                f"VACCINE_{str(error['loc'][0]).upper()}={error['input']!r}: {error['msg']}"
-                for error in exc.errors()
-            )
-        )
+        fail(settings_errors(exc))
 
 
 def migrate() -> None:

@@ -4,7 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from service import policy_bounds as bounds
 from service.defenses import DefenseStack
@@ -112,3 +112,11 @@ class ServiceSettings(Settings):
 @lru_cache
 def get_service_settings() -> ServiceSettings:
     return ServiceSettings()
+
+
+def settings_errors(exc: ValidationError) -> str:
+    """One line per environment variable out of bounds, named as an operator sets it: what a command
+    prints instead of a traceback when the settings cannot be read."""
+    return "\n".join(
+        f"VACCINE_{str(error['loc'][0]).upper()}={error['input']!r}: {error['msg']}" for error in exc.errors()
+    )

@@ -2,12 +2,14 @@
 tasks registered on it, and the reaper that a starting worker runs."""
 
 import logging
+import sys
 import threading
 import time
 from datetime import timedelta
 
 from celery import Celery
 from celery.signals import worker_ready
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from service import jobs
@@ -16,7 +18,7 @@ from service.models import now
 from service.queue import ALIGN_TASK_NAME, PRESCREEN_TASK_NAME, TASK_NAME
 from service.queue import make_celery as make_broker
 from service.redispatch import lost_alignments, lost_prescreens
-from service.settings import ServiceSettings, get_service_settings
+from service.settings import ServiceSettings, get_service_settings, settings_errors
 from worker.alignment import align_base
 from worker.prescreen import prescreen_file
 from worker.recovery import requeue_stale_jobs
@@ -45,7 +47,16 @@ def make_celery(settings: ServiceSettings) -> Celery:
     return app
 
 
-celery_app = make_celery(get_service_settings())
+def worker_settings() -> ServiceSettings:
+    """The service's settings, or an exit naming each environment variable out of bounds: a worker started
+    by `celery -A worker.celery_app` reads them on import, before any command of ours could check them."""
+    try:
+        return get_service_settings()
+    except ValidationError as exc:
+        sys.exit(settings_errors(exc))
+
+
+celery_app = make_celery(worker_settings())
 
 
 def dispatch(job_id: str) -> None:

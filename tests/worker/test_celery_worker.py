@@ -104,3 +104,19 @@ def test_a_job_runs_end_to_end_through_a_celery_worker(
         assert events[0] == "The job has successfully completed" and any(
             m.startswith("Step 1/") for m in events
         )
+
+
+def test_a_setting_out_of_bounds_stops_a_celery_worker_with_the_variable_named_not_a_traceback(monkeypatch):
+    # `celery -A worker.celery_app:celery_app worker` calls this on import (checked by hand: it prints the
+    # line below and exits 1); called here, since a worker process takes seconds to import
+    from worker.celery_app import worker_settings
+
+    monkeypatch.setenv("VACCINE_MAX_ATTEMPTS", "0")
+    get_service_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            worker_settings()
+    finally:
+        monkeypatch.delenv("VACCINE_MAX_ATTEMPTS")
+        get_service_settings.cache_clear()
+    assert stopped.value.code == "VACCINE_MAX_ATTEMPTS='0': Input should be greater than or equal to 1"
