@@ -2,9 +2,9 @@
 
     .venv/bin/python benchmarks/safety_summary_tables.py benchmarks/results/safety-summary.json
 
-Three tables: none / SFT / Vaccine at p = 0.1 in every attack setting; the same three at the other p
-(sampled); and every other stack at p = 0.1 in the settings where cells count, each read by the rule fixed
-in safety-defenses-plan.md before any defense ran.
+Tables: none / SFT / Vaccine at p = 0.1 in every attack setting; the same three at the other p
+(sampled); and every other stack at each p where it was measured, in the settings where SFT's cell
+counts, each read by the rule fixed in safety-defenses-plan.md before any defense ran.
 """
 
 import json
@@ -60,8 +60,9 @@ class Summary:
     def get(self, regime: str, p: float, defense: str, decoding: str) -> dict[str, Any] | None:
         return self.cells.get((regime, p, defense, decoding))
 
-    def fractions(self, regime: str) -> list[float]:
-        return sorted({p for (r, p, _, _) in self.cells if r == regime})
+    def fractions(self, regime: str | None = None) -> list[float]:
+        """The p measured in ``regime`` (in any, without one)."""
+        return sorted({p for (r, p, _, _) in self.cells if regime in (None, r)})
 
 
 def table(columns: list[str], rows: list[str]) -> list[str]:
@@ -116,26 +117,26 @@ def sweep_table(summary: Summary) -> list[str]:
     return table(columns, rows)
 
 
-def stacks_table(summary: Summary) -> tuple[list[str], list[str]]:
-    """Every stack but the baseline and no alignment at p = 0.1, in the settings where SFT's sampled cell
-    counts; and the cells that pass the rule."""
+def stacks_table(summary: Summary, p: float) -> tuple[list[str], list[str]]:
+    """The rows of every stack but the baseline and no alignment at ``p``, in the settings where SFT's
+    sampled cell counts there; and the cells that pass the rule."""
     rows = []
     passing = []
     for regime in summary.regimes:
-        reference = summary.get(regime, P, BASELINE, "sampled")
+        reference = summary.get(regime, p, BASELINE, "sampled")
         if reference is None or not reference["counts"]:
             continue
         for defense in summary.defenses:
             if defense in ("none", BASELINE):
                 continue
             for decoding in DECODINGS:
-                cell = summary.get(regime, P, defense, decoding)
-                baseline = summary.get(regime, P, BASELINE, decoding)
+                cell = summary.get(regime, p, defense, decoding)
+                baseline = summary.get(regime, p, BASELINE, decoding)
                 if cell is None or baseline is None:
                     continue
                 passed = passes_rule(cell, baseline)
                 if passed:
-                    passing.append(f"{regime} {defense} {decoding}")
+                    passing.append(f"{regime} {defense} {decoding}" + ("" if p == P else f" at p = {p:g}"))
                 fa_gap = cell["vs_baseline"]["fa_gap"]["mean"]
                 hs = interval(cell["hs"])
                 rows.append(
@@ -144,31 +145,30 @@ def stacks_table(summary: Summary) -> tuple[list[str], list[str]]:
                     f"({baseline['over_refusal']['mean']:.1f}) | {cell['degenerate_all']:.1f} | "
                     f"{'yes' if cell['counts'] else 'no'} | {'**passes**' if passed else 'fails'} |"
                 )
-    columns = ["attack", "stack", "decoding", "HS", "HS gap to SFT", "FA (gap)", "over-refusal (SFT)"]
-    columns += ["degenerate", "counts", "rule"]
-    return table(columns, rows), passing
+    return rows, passing
 
 
 def render(result: dict[str, Any]) -> str:
     summary = Summary(result)
-    stacks, passing = stacks_table(summary)
-    return "\n".join(
-        [
-            f"At p = {P:g} (percent; gaps to SFT are paired, positive = safer than SFT):",
-            "",
-            *headline_table(summary),
-            "",
-            "At the other p (sampled HS):",
-            "",
-            *sweep_table(summary),
-            "",
-            f"Every other stack at p = {P:g} where SFT's sampled cell counts:",
-            "",
-            *stacks,
-            "",
-            f"Cells that pass the rule: {', '.join(passing) or 'none'}.",
-        ]
-    )
+    lines = [
+        f"At p = {P:g} (percent; gaps to SFT are paired, positive = safer than SFT):",
+        "",
+        *headline_table(summary),
+        "",
+        "At the other p (sampled HS):",
+        "",
+        *sweep_table(summary),
+    ]
+    passing: list[str] = []
+    columns = ["attack", "stack", "decoding", "HS", "HS gap to SFT", "FA (gap)", "over-refusal (SFT)"]
+    columns += ["degenerate", "counts", "rule"]
+    for p in sorted(summary.fractions(), key=lambda p: p != P):  # p = 0.1 first, the others after
+        rows, passed = stacks_table(summary, p)
+        if rows:
+            head = "Every other stack" if p == P else "The stacks measured"
+            lines += ["", f"{head} at p = {p:g} where SFT's sampled cell counts:", "", *table(columns, rows)]
+            passing += passed
+    return "\n".join([*lines, "", f"Cells that pass the rule: {', '.join(passing) or 'none'}."])
 
 
 def main() -> None:
