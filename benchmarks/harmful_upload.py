@@ -152,6 +152,7 @@ def main() -> None:
         return
     if not args.no_report:
         shared_judge(settings.safety_judge)
+    ran_by = provenance(__file__)["command"]
     drawn = harm_probe(settings.data_dir)
     probe = conversations(drawn.harmful), conversations(drawn.refusals)  # parsed once for every model
     results = []
@@ -182,6 +183,7 @@ def main() -> None:
                 )
             trained = time.monotonic() - started
             row: dict[str, Any] = {"defense": name, "upload": upload, "seed": seed, "rows": args.rows}
+            row["command"] = ran_by  # the file gathers rows of several runs; the header names the last
             row["prescreen"] = screens[upload, seed]
             if not args.no_report:
                 report = safety_report(out, record, settings, plan, training_screen=row["prescreen"])
