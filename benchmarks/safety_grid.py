@@ -510,11 +510,12 @@ def agreement(grid: Grid, short: int) -> dict[str, Any]:
     }
 
 
-def archived_grid(config: ProtocolConfig) -> Grid:
+def archived_grid(config: ProtocolConfig, judge: str = "default") -> Grid:
     """The grid over this machine's cache and the answers archived with the results, at the config's
-    answer length."""
+    answer length, judged by ``judge`` (a spec ``load_judge`` takes)."""
     tokens = f"tokens{config.max_new_tokens}"
-    return Grid(config, get_settings().home / "benchmarks" / "safety_grid" / tokens, archive=ARCHIVE / tokens)
+    cache = get_settings().home / "benchmarks" / "safety_grid" / tokens
+    return Grid(config, cache, judge=judge, archive=ARCHIVE / tokens)
 
 
 def main() -> None:
@@ -540,11 +541,17 @@ def main() -> None:
     parser.add_argument(
         "--bases-only", action="store_true", help="measure the arms' aligned bases, attack nothing"
     )
+    parser.add_argument(
+        "--judge",
+        default="default",
+        help="the judge of every answer: 'default', or a trained judge's directory (the canonical summary's "
+        "is the SDPA-trained default of an Intel AMX machine: vaccine moderation train --no-eager-attention)",
+    )
     parser.add_argument("--name", default="safety-summary", help="results file stem")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     config = ProtocolConfig(max_new_tokens=args.max_new_tokens)
-    grid = archived_grid(config)
+    grid = archived_grid(config, args.judge)
     if args.agreement:
         result = {
             **agreement(grid, 64),

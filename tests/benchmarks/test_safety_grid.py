@@ -265,3 +265,14 @@ def test_cost_ratios_only_between_runs_on_one_device():
     assert (
         "| r | vaccine | 100.0 | 2.00 | cpu A |" in table and "| r | booster | 150.0 | – | cpu B |" in table
     )
+
+
+def test_the_archived_grid_judges_with_the_judge_it_is_named(tiny_data_dir, monkeypatch):
+    from vaccine_core.settings import get_settings
+
+    monkeypatch.setenv("VACCINE_DATA_DIR", str(tiny_data_dir))
+    get_settings.cache_clear()
+    monkeypatch.setattr(grid_module, "load_split", lambda data_dir: PROMPTS)  # the tiny data has no split
+    grid = grid_module.archived_grid(ProtocolConfig(max_new_tokens=4), "refusal")
+    assert grid.judge.name == "refusal" and grid.cache.name == "tokens4"
+    assert grid.archive == grid_module.ARCHIVE / "tokens4"
