@@ -3,10 +3,11 @@
     .venv/bin/python benchmarks/judge_step_cost.py [--steps 8] [--name NAME]
 
 Each variant runs in its own process on one synthetic full-length batch (the judge's 32 pairs of 128
-tokens), with the judge's two lowest layers frozen and its optimizer, under bfloat16 autocast where the
-judge's training would choose it on this CPU (``learned.train_in_bfloat16``, asked once). Each is then
-profiled over three steps: the dropout masks it draws a step (``aten::bernoulli_``), their share of its
-CPU time, and the shares of its costliest operations say what a cut could save. Variants:
+tokens), with the judge's two lowest layers frozen (or ``--frozen-layers``) and its optimizer, under
+bfloat16 autocast where the judge's training would choose it on this CPU (``learned.train_in_bfloat16``,
+asked once). Each is then profiled over three steps: the dropout masks it draws a step
+(``aten::bernoulli_``), their share of its CPU time, and the shares of its costliest operations say what
+a cut could save. Variants:
 
 - ``sdpa``: the judge's training before 2026-12-05 (SDPA attention, attention-probability dropout 0.1);
 - ``sdpa-compiled``: the same under ``torch.compile`` (inductor; its first step, the compilation, is
@@ -54,9 +55,11 @@ PROFILED_STEPS = 3
 TOP_OPERATIONS = 8
 
 
-def judge_model(encoder: Path, attention: dict[str, Any]) -> BertForSequenceClassification:
+def judge_model(
+    encoder: Path, attention: dict[str, Any], frozen_layers: int = JudgeTrainingConfig().frozen_layers
+) -> BertForSequenceClassification:
     """The judge as ``train_judge`` starts it, in training mode."""
-    return untrained_judge(encoder, attention, JudgeTrainingConfig().frozen_layers).train()
+    return untrained_judge(encoder, attention, frozen_layers).train()
 
 
 def full_batch(model: BertForSequenceClassification, rows: int, length: int) -> dict[str, torch.Tensor]:
@@ -67,12 +70,12 @@ def full_batch(model: BertForSequenceClassification, rows: int, length: int) -> 
 
 
 def time_variant(
-    variant: str, encoder: Path, bfloat16: bool, steps: int, rows: int, length: int
+    variant: str, encoder: Path, bfloat16: bool, steps: int, rows: int, length: int, frozen_layers: int
 ) -> dict[str, Any]:
     """Seconds a step (after two warm-up steps), then the profile of three more."""
     options, compiled = VARIANTS[variant]
     torch.manual_seed(0)
-    model = judge_model(encoder, options)
+    model = judge_model(encoder, options, frozen_layers)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
     forward = torch.compile(model, options={"fallback_random": True}) if compiled else model
@@ -124,6 +127,12 @@ def main(argv: list[str] | None = None) -> Path:
     )
     parser.add_argument("--rows", type=int, default=JudgeTrainingConfig().batch_size)
     parser.add_argument("--length", type=int, default=JudgeTrainingConfig().max_length)
+    parser.add_argument(
+        "--frozen-layers",
+        type=int,
+        default=JudgeTrainingConfig().frozen_layers,
+        help="the encoder's lowest layers left untrained (the judge's option)",
+    )
     parser.add_argument("--name", default="cpu-2cores")
     parser.add_argument("--worker", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--bfloat16", type=int, choices=(0, 1), help=argparse.SUPPRESS)
@@ -131,7 +140,9 @@ def main(argv: list[str] | None = None) -> Path:
     encoder = args.encoder or bundled_encoder()
 
     if args.worker:  # one variant, in this process
-        figures = time_variant(args.worker, encoder, bool(args.bfloat16), args.steps, args.rows, args.length)
+        figures = time_variant(
+            args.worker, encoder, bool(args.bfloat16), args.steps, args.rows, args.length, args.frozen_layers
+        )
         print(json.dumps(figures))
         return Path()
 
@@ -143,7 +154,7 @@ def main(argv: list[str] | None = None) -> Path:
     for variant in args.variants:
         command = [sys.executable, __file__, "--worker", variant, "--bfloat16", str(int(bfloat16))]
         command += ["--steps", str(args.steps), "--rows", str(args.rows), "--length", str(args.length)]
-        command += ["--encoder", str(encoder)]
+        command += ["--encoder", str(encoder), "--frozen-layers", str(args.frozen_layers)]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         variants[variant] = json.loads(done.stdout.strip().splitlines()[-1])
         print(variant, variants[variant]["seconds_per_step"], "s a step", flush=True)
@@ -157,6 +168,7 @@ def main(argv: list[str] | None = None) -> Path:
             "tokens": args.length,
             "bfloat16_autocast": bfloat16,
             "steps": args.steps,
+            "frozen_layers": args.frozen_layers,
         },
         "variants": variants,
         f"ratios_to_{BASELINE}": {

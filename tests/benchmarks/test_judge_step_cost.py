@@ -16,7 +16,7 @@ LAYERS = 3
 def test_without_attention_dropout_a_step_draws_one_mask_fewer_a_layer(tmp_path):
     encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False, layers=LAYERS)
     masks = {
-        variant: judge_step_cost.time_variant(variant, encoder, False, 1, 4, 16)["dropout_masks_per_step"]
+        variant: judge_step_cost.time_variant(variant, encoder, False, 1, 4, 16, 1)["dropout_masks_per_step"]
         for variant in ("sdpa", "eager-attention", "no-attention-dropout")
     }
     # the embeddings', then per layer the attention probabilities' and two hidden states', then the head's
@@ -28,10 +28,11 @@ def test_each_variant_runs_in_its_own_process_and_the_result_names_the_batch(tmp
     encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False, layers=LAYERS)
     monkeypatch.setattr(judge_step_cost, "RESULTS", tmp_path)
     argv = ["--encoder", str(encoder), "--steps", "1", "--rows", "4", "--length", "16", "--name", "tiny"]
-    out = judge_step_cost.main([*argv, "--variants", "sdpa"])
+    out = judge_step_cost.main([*argv, "--variants", "sdpa", "--frozen-layers", "1"])
 
     result = json.loads(out.read_text())
     assert out.name == "judge_step_cost-tiny.json" and list(result["variants"]) == ["sdpa"]
     assert result["variants"]["sdpa"]["seconds_per_step"] > 0
     assert result["batch"]["rows"] == 4 and result["batch"]["tokens"] == 16
+    assert result["batch"]["frozen_layers"] == 1
     assert result["ratios_to_sdpa"] == {"sdpa": 1.0}
