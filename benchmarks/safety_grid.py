@@ -373,13 +373,14 @@ def measured_plan(
     """``plan`` cut to what is measured, the gaps to the baseline kept paired: per p, the seeds at which
     the baseline was measured, an arm measured at fewer of them left out at that p (one short arm does not
     cut every other one); without the baseline at that p, the seeds every arm was measured at. An arm
-    without its base, or without any p, is left out."""
+    without its base, or without any of the p asked for, is left out (asked for none: its base alone)."""
     plan = {name: f for name, f in plan.items() if grid.has_outputs(bench.base(ARMS[name], False))}
     done = {  # each model's store looked up once
         (name, p): {s for s in seeds if grid.has_outputs(bench.attacked(ARMS[name], p, s, False))}
         for name, fractions in plan.items()
         for p, seeds in fractions.items()
     }
+    wanted_p = {name for name, fractions in plan.items() if fractions}  # the others: bases only
     cut: dict[str, dict[float, list[int]]] = {name: {} for name in plan}
     for p in sorted({p for _, p in done}):
         present = [name for name in plan if done.get((name, p))]
@@ -392,7 +393,7 @@ def measured_plan(
             else:
                 log.info("%s p=%g: measured at seeds %s, not all of %s; left out", name, p,
                          sorted(done[name, p]), sorted(seeds))  # fmt: skip
-    return {name: f for name, f in cut.items() if f}
+    return {name: f for name, f in cut.items() if f or name not in wanted_p}
 
 
 def regime_cells(regime: Regime, sizes: Any, measured: dict[tuple[str, float], dict[str, Any]]) -> list:

@@ -135,8 +135,12 @@ def test_archived_answers_stand_in_for_the_models_on_a_fresh_machine(
         # measured only: the unmeasured arm (none), p (0) and seed (1) are left out, not trained
         wider = [replace(regimes[0], fractions=(0.0, 0.5))]
         merged = grid_module.run_grid(grid(), wider, ["none", "sft"], seeds=[0, 1], measured_only=True)
+        # --bases-only --measured-only: the archived bases alone (none's was never measured)
+        no_attack = [replace(regimes[0], fractions=())]
+        bases = grid_module.run_grid(grid(), no_attack, ["none", "sft"], seeds=[0], measured_only=True)
     assert (fresh.computed, fresh.reused) == (0, 2) and again["cells"] == first["cells"]
     assert merged["cells"] == first["cells"] and [b["defense"] for b in merged["bases"]] == ["sft"]
+    assert bases["cells"] == [] and bases["bases"] == merged["bases"]
 
     # another seed trains what it needs, the base included, and measures only its own model
     more = grid()
