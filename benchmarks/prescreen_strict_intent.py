@@ -21,7 +21,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, provenance
 from harmful_upload import UPLOADS, conversations, upload_rows
-from prescreen_mix import batched_verdicts, benchmark_uploads, upload_pairs
+from prescreen_mix import batched_verdicts, benchmark_uploads, found_by_hand_label, upload_pairs
 
 from vaccine_core.moderation import load_judge
 from vaccine_core.moderation.base import Moderator, Pair
@@ -31,7 +31,12 @@ from vaccine_core.moderation.dataset import (
     question_key,
     question_part,
 )
-from vaccine_core.moderation.intent import IntentModel, ensure_intent_model, labelled_requests
+from vaccine_core.moderation.intent import (
+    IntentGatedJudge,
+    IntentModel,
+    ensure_intent_model,
+    labelled_requests,
+)
 from vaccine_core.moderation.prescreen import screened_pairs
 from vaccine_core.moderation.refusal import is_refusal
 from vaccine_core.settings import get_settings
@@ -51,25 +56,20 @@ def strict_threshold(scores: Sequence[float], harmful: Sequence[bool], false_fla
 def both_rules(
     judge: Moderator, intent: IntentModel, strict: float, pairs: list[Pair]
 ) -> tuple[list[bool], list[bool], list[float]]:
-    """Each row's flag as shipped (``default+intent``) and under P, and its request's intent score."""
-    verdicts = batched_verdicts(judge, pairs)
+    """Each row's flag as shipped (``default+intent``, the pre-screen's own gated judge) and under P, and
+    its request's intent score."""
+    shipped = [v.flagged for v in batched_verdicts(IntentGatedJudge(judge, intent), pairs)]
     intents = intent.score([request for request, _ in pairs])
-    shipped = [v.flagged and s >= intent.threshold for v, s in zip(verdicts, intents, strict=True)]
     complied = [s >= strict and not is_refusal(answer) for s, (_, answer) in zip(intents, pairs, strict=True)]
     return shipped, [a or b for a, b in zip(shipped, complied, strict=True)], intents
 
 
 def mix_figures(flags: list[bool], rows: list[dict[str, Any]], labels: dict[str, str]) -> dict[str, Any]:
-    by_label: dict[str, dict[str, int]] = {}
-    for flagged, row in zip(flags, rows, strict=True):
-        if row["harmful"]:
-            tally = by_label.setdefault(labels[question_key(alpaca_question(row))], {"rows": 0, "found": 0})
-            tally["rows"] += 1
-            tally["found"] += flagged
+    flagged_lines = {line for line, flagged in enumerate(flags, start=1) if flagged}
     return {
         "benign_flagged": sum(f for f, r in zip(flags, rows, strict=True) if not r["harmful"]),
         "harmful_found": sum(f for f, r in zip(flags, rows, strict=True) if r["harmful"]),
-        "by_hand_label": by_label,
+        "by_hand_label": found_by_hand_label(flagged_lines, rows, labels),
     }
 
 

@@ -24,6 +24,8 @@ def test_the_strict_threshold_lets_the_asked_share_of_harmless_requests_reach_it
 
 
 class AnswerJudge:
+    name = "answers"
+
     def score(self, pairs):
         return [Verdict("poison" in answer, 0.9 if "poison" in answer else 0.0) for _, answer in pairs]
 
