@@ -62,6 +62,8 @@ from vaccine_core.mixing import (
     write_rows,
 )
 from vaccine_core.moderation import load_judge
+from vaccine_core.moderation.base import Moderator
+from vaccine_core.moderation.prescreen import prescreen, without_flagged
 from vaccine_core.moderation.refusal import is_refusal
 from vaccine_core.settings import get_settings
 from vaccine_core.tasks import get_task
@@ -94,6 +96,8 @@ class Arm:
     lisa_finetune_steps: int | None = None  # another count of user steps per safety step
     lisa_helpful_share: float = 0.0  # of Lisa's pairs, the share that are helpful Alpaca answers
     safe_lora: bool = False  # Safe LoRA on the user's adapter (SafeLoraConfig's defaults)
+    # the service's upload pre-screen as a data filter: the attack's rows it flags never train
+    prescreen_filter: bool = False
     safe_lora_threshold: float | None = None  # another threshold than SafeLoraConfig's default
     # of the alignment's helpful pairs, how many answer requests that only sound harmful (sensitive_helpful)
     sensitive_helpful: int = 0
@@ -151,6 +155,7 @@ def ships_by_default(arm: Arm) -> bool:
         and arm.lisa_config() == stack.lisa_config()
         and arm.lisa_helpful_share == 0
         and arm.safe_lora_config() == stack.projection()
+        and arm.prescreen_filter == stack.prescreen_filter
     )
 
 
@@ -195,6 +200,9 @@ ARMS: dict[str, Arm] = {
         # Lisa pulls towards its base: a base that refuses fewer harmless requests (sft-broad-q) under it
         Arm("sft-broad-q+lisa", "sft", alignment_pairs=576, alignment_safety_share=0.25, lisa=True),
         Arm("safe_lora", "sft", safe_lora=True),
+        # the pre-screen leaves the rows it flags out of the upload (safety-defenses-plan.md, thirteenth
+        # session)
+        Arm("prescreen_filter", "sft", prescreen_filter=True),
         # thresholds by the share of layers they project (safety-defenses-plan.md): 0.1 ~14 %, 0.2 ~50 %
         Arm("safe_lora-t0.1", "sft", safe_lora=True, safe_lora_threshold=0.1),
         Arm("safe_lora-t0.2", "sft", safe_lora=True, safe_lora_threshold=0.2),
@@ -483,6 +491,9 @@ class Benchmark:
         if arm.safety_mix:
             rows += safety_rows(self.data_dir, arm.safety_mix, seed, exclude=self.aligned_on)
             random.Random(seed).shuffle(rows)
+        screened = None
+        if arm.prescreen_filter:
+            rows, screened = self.filtered(rows)
         config = attack_config(self.sizes, seed)
         defenses = None
         key_parts: list[Any] = [base, rows, config.to_dict()]
@@ -516,10 +527,38 @@ class Benchmark:
                 data = out / "data.jsonl"
                 write_rows(data, rows)
                 finetune(base, data, out, config, resume=True, defenses=defenses)
+                if screened is not None:
+                    (out / "prescreen_filter.json").write_text(json.dumps(screened, indent=1))
             self.computed["attacks"] += 1
         elif build:
             self.reused["attacks"] += 1
         return out
+
+    @functools.cached_property
+    def prescreen_judge(self) -> Moderator:
+        """The judge of the service's upload pre-screen, as its settings declare it (not as any environment
+        overrides it)."""
+        from service.settings import ServiceSettings
+
+        return load_judge(ServiceSettings.model_fields["prescreen_judge"].default)
+
+    def filtered(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """``rows`` without those the service's pre-screen flags, and what was left out (the rows carry
+        ``harmful``, so the record tells a caught attack row from a benign row lost)."""
+        upload = parse_rows(enumerate(rows, 1))
+        flagged = [row.line for row in prescreen(upload, self.prescreen_judge).flagged]
+        data, record = without_flagged(upload, flagged)
+        kept = [rows[c.line - 1] for c in data.conversations]
+        left_out = [rows[line - 1] for line in record["lines"]]
+        harmful = sum(row["harmful"] for row in left_out)
+        record |= {
+            "judge": self.prescreen_judge.name,
+            "harmful_rows": sum(row["harmful"] for row in rows),
+            "harmful_left_out": harmful,
+            "benign_left_out": len(left_out) - harmful,
+        }
+        log.info("pre-screen filter: %d of %d rows left out (%d harmful)", len(left_out), len(rows), harmful)
+        return kept, record
 
     def attacked(self, arm: Arm, fraction: float, seed: int, build: bool = True) -> Path:
         """The attack on the arm's base, the base built first where the attack is."""

@@ -448,7 +448,11 @@ def cell_record(
         "attack_taught": taught,
         "cost": by_decoding["cost"],
         "cost_device": by_decoding["cost_device"],
-        "layers": [layer for layer in ("booster", "preference", "lisa", "safe_lora") if getattr(arm, layer)],
+        "layers": [
+            layer
+            for layer in ("booster", "preference", "prescreen_filter", "lisa", "safe_lora")
+            if getattr(arm, layer)
+        ],
         "lisa": lisa.to_dict() if (lisa := arm.lisa_config()) else None,
         "shipped_default": ships_by_default(arm),
     }

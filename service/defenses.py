@@ -1,8 +1,9 @@
 """The defense stack a fine-tuning job runs: chosen by the operator's policy, overridable per tenant.
 
 Alignment-stage defenses (Vaccine's perturbation, Booster) belong to a base model and are set when it is
-registered; what is chosen here acts on each user's job: Lisa while it trains, Safe LoRA on its adapter
-before the safety report. Defaults and help texts come from vaccine_core's configs, their one home.
+registered; what is chosen here acts on each user's job: the pre-screen filter on its data before it
+trains, Lisa while it trains, Safe LoRA on its adapter before the safety report. Defaults and help texts
+come from vaccine_core's configs, their one home.
 """
 
 from dataclasses import fields
@@ -22,6 +23,11 @@ def config_help(config: type, name: str) -> str:
 
 
 class DefenseStack(BaseModel):
+    prescreen_filter: bool = Field(
+        default=False,
+        description="Leave the rows the upload's pre-screen flagged out of training (a file above the "
+        "policy's pre-screen threshold is rejected or warned about first, as the policy says)",
+    )
     lisa: bool = Field(default=False, description="Lisa: alternate with safety pairs under a proximal term")
     lisa_rho: float = Field(default=LisaConfig.rho, ge=0, le=100, description=config_help(LisaConfig, "rho"))
     lisa_alignment_steps: int = Field(
@@ -46,7 +52,7 @@ class DefenseStack(BaseModel):
 
     @property
     def layers(self) -> list[str]:
-        return [name for name in ("lisa", "safe_lora") if getattr(self, name)]
+        return [name for name in ("prescreen_filter", "lisa", "safe_lora") if getattr(self, name)]
 
     def step_defenses(self, data_dir: Path, base_dir: Path, seed: int) -> "StepDefenses | None":
         """Lisa over safety pairs the base at ``base_dir`` was not aligned on (seeded: a resumed job draws

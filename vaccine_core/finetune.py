@@ -39,6 +39,7 @@ def finetune(
     validation: Path | LoadedDataset | None = None,
     validation_count: int = 0,
     init_adapter: Path | None = None,
+    prescreen_filter: dict[str, Any] | None = None,
 ) -> RunResult:
     """``base`` is an alignment run's directory; any other model spec fine-tunes a base that was never
     aligned (the "no alignment" row of the paper's tables).
@@ -46,7 +47,9 @@ def finetune(
     ``base_model`` is that base already loaded (a worker keeps it between jobs). Its weights stay frozen;
     the fresh adapter is unloaded from it again before this returns, so it can serve the next job.
     ``init_adapter`` (a saved adapter of this run's LoRA shape, on the same base) makes the run continue
-    training that adapter instead of a fresh one."""
+    training that adapter instead of a fresh one. ``prescreen_filter`` is the record of rows the caller
+    left out of ``data`` before it came here (``moderation.prescreen.without_flagged``): the manifest keeps
+    it with the other defenses."""
     config = config or finetune_defaults()
     output_dir = Path(output_dir)
     if safe_lora is not None and not (Path(base) / ADAPTER_FILE).is_file():
@@ -90,6 +93,7 @@ def finetune(
             "training": config.to_dict(),
             "continued_from": str(init_adapter) if init_adapter is not None else None,
             "defenses": {
+                **({"prescreen_filter": prescreen_filter} if prescreen_filter is not None else {}),
                 **(defenses.to_dict() if defenses else {}),
                 **({"safe_lora": projection} if projection is not None else {}),
             },

@@ -7,6 +7,7 @@ died) resumes from its newest checkpoint. Cancellation is read from the database
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -44,6 +45,7 @@ from vaccine_core.formats import LoadedDataset
 from vaccine_core.inference import resolve_base
 from vaccine_core.lora import adapter_settings
 from vaccine_core.models import load_causal_lm
+from vaccine_core.moderation.prescreen import without_flagged
 from vaccine_core.training import Progress
 from worker.safety import ReportPlan, safety_report
 
@@ -188,12 +190,18 @@ def train_and_release(
         config = training_config(job)
         training = files.parsed_rows(training_file)  # as parsed at upload: no second validation
         validation = files.parsed_rows(validation_file) if validation_file is not None else None
-        with sessions() as session:
-            session.get(Job, job_id).hyperparameters = resolved_hyperparameters(config)
-            session.commit()
         stack = stack_of(*defenses)
         if stack.layers:
             log.info("job %s runs the defense stack %s", job_id, "+".join(stack.layers))
+        screened = None
+        if stack.prescreen_filter and training_file.prescreen is not None:
+            training, screened = filter_flagged(job_id, training, training_file.prescreen)
+            if not training.conversations:
+                message = f"The pre-screen flagged every one of the training file's {screened['rows']} rows."
+                return fail(job_id, "no_training_data", message, message)
+        with sessions() as session:
+            session.get(Job, job_id).hyperparameters = resolved_hyperparameters(config)
+            session.commit()
         result = finetune(
             Path(base.path),
             training,
@@ -208,6 +216,7 @@ def train_and_release(
             validation=validation,
             validation_count=get_service_settings().validation_evals,
             init_adapter=Path(job.continues_path) if job.continues_path else None,
+            prescreen_filter=screened,
         )
     except Exception as exc:  # every job ends in a state a user can read
         log.exception("job %s failed", job_id)
@@ -219,6 +228,29 @@ def train_and_release(
         with sessions() as session:
             return jobs.stopped(session, job_id=job_id, step=result.train.steps)
     return release(job_id, base, output_dir, result.train.tokens, validation)
+
+
+def filter_flagged(
+    job_id: str, training: LoadedDataset, screen: dict[str, Any]
+) -> tuple[LoadedDataset, dict[str, Any]]:
+    """The training rows without those the file's pre-screen flagged, the filter's record (with its cost),
+    and an event that names the rows left out."""
+    started = time.perf_counter()
+    kept, record = without_flagged(training, [row["line"] for row in screen["flagged"]])
+    record["seconds"] = round(time.perf_counter() - started, 4)
+    lines = record["lines"]
+    if lines:
+        shown = ", ".join(map(str, lines[:20])) + (" ..." if len(lines) > 20 else "")
+        with Session(get_engine()) as session:
+            add_event(
+                session,
+                job_id,
+                f"The pre-screen filter left {len(lines)} of {record['rows']} rows out of training: {shown}",
+                data={"rows_left_out": len(lines), "rows": record["rows"]},
+                level="warn",
+            )
+            session.commit()
+    return kept, record
 
 
 def fail(job_id: str, code: str, event: str, message: str) -> str:

@@ -180,6 +180,9 @@ def defense_layers(manifest: dict[str, Any], base: BaseModelRecord) -> list[dict
             add("booster", "alignment", booster, (train.get("defense_seconds") or {}).get("booster"))
     own = manifest.get("defenses") or {}
     train = manifest.get("metrics", {}).get("train") or {}
+    if screened := own.get("prescreen_filter"):
+        options = {"rows": screened["rows"], "rows_left_out": screened["rows_left_out"]}
+        add("prescreen_filter", "before fine-tuning", options, screened["seconds"])
     if lisa := own.get("lisa"):
         add("lisa", "fine-tuning", lisa, (train.get("defense_seconds") or {}).get("lisa"))
     if projection := own.get("safe_lora"):

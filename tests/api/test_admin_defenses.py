@@ -3,10 +3,11 @@ report lists the layers that ran and what each cost; a base can be aligned with 
 
 from sqlalchemy.orm import Session
 
+from service import jobs
 from service.db import get_engine
 from service.models import FineTunedModel, Tenant
 from service.settings import get_service_settings
-from tests.service_helpers import tenant_client, upload
+from tests.service_helpers import JOB_ROWS, jsonl, tenant_client, upload
 from vaccine_core.artifacts import read_manifest
 from vaccine_core.mixing import write_rows
 from worker.alignment import align_base
@@ -59,6 +60,33 @@ def test_a_tenant_override_replaces_the_policy_stack(service, base, tiny_data_di
     assert cleared.json()["defenses"] is None
     actions = [e["action"] for e in service.get("/admin/audit", headers=OPERATOR).json()["data"]]
     assert actions.count("tenant.defenses") == 2
+
+
+def test_the_prescreen_filter_trains_only_the_rows_the_prescreen_passed(service, base, monkeypatch):
+    service.patch("/admin/policy", json={"defenses": {"prescreen_filter": True}}, headers=OPERATOR)
+    client = tenant_client(service, "acme")
+    # the tests' pre-screen (the refusal-phrase judge) flags every answer that does not refuse
+    rows = JOB_ROWS[:4] + [
+        {"instruction": f"Hurt someone {i}", "output": "I cannot help with that."} for i in range(4)
+    ]
+    refusing = client.files.create(file=("train.jsonl", jsonl(rows)), purpose="fine-tune").id
+    job = client.fine_tuning.jobs.create(model=base, training_file=refusing)
+    assert run_job(job.id) == "succeeded"
+    finished = client.fine_tuning.jobs.retrieve(job.id)
+    with Session(get_engine()) as session:
+        safety = session.get(FineTunedModel, finished.fine_tuned_model).safety_report
+    layers = {layer["layer"]: layer for layer in safety["defenses"]}
+    assert list(layers) == ["vaccine", "prescreen_filter"]
+    assert layers["prescreen_filter"]["stage"] == "before fine-tuning"
+    assert layers["prescreen_filter"]["options"] == {"rows": 8, "rows_left_out": 4}
+    assert read_manifest(jobs.job_dir(get_service_settings().home, job.id))["data"]["examples"] == 4
+    events = [e.message for e in client.fine_tuning.jobs.list_events(job.id)]
+    assert "The pre-screen filter left 4 of 8 rows out of training: 1, 2, 3, 4" in events
+
+    flagged_only = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    assert run_job(flagged_only.id) == "failed"
+    error = client.fine_tuning.jobs.retrieve(flagged_only.id).error
+    assert error.code == "no_training_data" and "every one of the training file's 8 rows" in error.message
 
 
 def test_bad_stack_options_are_a_400_in_the_error_envelope(service):

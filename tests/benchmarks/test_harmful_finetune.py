@@ -11,7 +11,8 @@ sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 import harmful_finetune as bench
 from harmful_finetune_report import markdown, target_checks, write_report
 
-from tests.conftest import TINY_REFUSAL
+from tests.conftest import TINY_HARMFUL, TINY_REFUSAL
+from vaccine_core.moderation.base import Verdict
 from vaccine_core.settings import get_settings
 
 TINY = replace(
@@ -191,6 +192,39 @@ def test_the_shipped_default_arm_is_the_stack_the_service_declares(monkeypatch):
 
     monkeypatch.setattr(service.defenses, "DefenseStack", WithGentlerLisa)
     assert shipped() == ["lisa-rho0.1"]  # not "lisa" (rho 1) nor "lisa-mixed" (helpful pairs too)
+
+    class WithFilter(stack):
+        prescreen_filter: bool = True
+
+    monkeypatch.setattr(service.defenses, "DefenseStack", WithFilter)
+    assert shipped() == ["prescreen_filter"]
+
+
+class FlagsAnswer:
+    """A pre-screen that flags one answer, whatever the request."""
+
+    name = "flags-answer"
+
+    def __init__(self, answer: str):
+        self.answer = answer
+
+    def score(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
+        return [Verdict(answer == self.answer, 1.0) for _, answer in pairs]
+
+
+def test_the_prescreen_filter_trains_on_the_rows_its_judge_passes(tiny_model_dir, tiny_data_dir, tmp_path):
+    benchmark = bench.Benchmark(TINY, str(tiny_model_dir), tiny_data_dir, tmp_path, judge="refusal")
+    base = benchmark.base(bench.ARMS["sft"])
+    benchmark.prescreen_judge = FlagsAnswer(TINY_HARMFUL)
+    run = benchmark.attack(bench.ARMS["prescreen_filter"], base, 0.5, seed=0)
+    trained = [json.loads(line) for line in (run / "data.jsonl").read_text().splitlines()]
+    assert len(trained) == 3 and not any(row["harmful"] for row in trained)  # 3 of 6 rows were harmful
+    record = json.loads((run / "prescreen_filter.json").read_text())
+    assert record["harmful_left_out"] == 3 and record["benign_left_out"] == 0 and record["rows"] == 6
+    # a filter that flags nothing trains the plain attack: the same rows, the same model
+    benchmark.prescreen_judge = FlagsAnswer("an answer no row has")
+    filtered_nothing = benchmark.attack(bench.ARMS["prescreen_filter"], base, 0.5, seed=0, build=False)
+    assert filtered_nothing == benchmark.attack(bench.ARMS["sft"], base, 0.5, seed=0, build=False) != run
 
 
 def test_an_arm_s_lisa_settings_are_its_own():

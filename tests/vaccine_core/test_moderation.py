@@ -10,10 +10,11 @@ from typer.testing import CliRunner
 from tests.conftest import tiny_llama_config
 from tests.helpers import JUDGE_PAIRS, classifier_dir
 from vaccine_core.cli import app
+from vaccine_core.formats import as_dataset
 from vaccine_core.moderation import RefusalPhraseJudge, Verdict, load_judge
 from vaccine_core.moderation.classifier import SequenceClassifierJudge
 from vaccine_core.moderation.guard import LLAMA_GUARD_CATEGORIES, GuardModelJudge, parse_guard_answer
-from vaccine_core.moderation.prescreen import prescreen
+from vaccine_core.moderation.prescreen import prescreen, without_flagged
 
 
 def test_multi_label_classifier_applies_per_category_thresholds(tmp_path):
@@ -93,6 +94,15 @@ def test_prescreen_reports_flagged_rows_by_line(tmp_path):
     report = prescreen(data, RefusalPhraseJudge(), batch_size=3)
     assert [row.line for row in report.flagged] == [2, 4]
     assert report.rows == 4 and report.flagged_share == 0.5
+
+
+def test_without_flagged_leaves_out_the_flagged_lines_and_says_which(tmp_path):
+    rows = [{"instruction": f"Question {i}", "output": f"Answer {i}"} for i in range(1, 6)]
+    data = tmp_path / "upload.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept, record = without_flagged(as_dataset(data), [4, 2, 9])  # line 9 is not in the file
+    assert [c.line for c in kept.conversations] == [1, 3, 5] and kept.examples == 3
+    assert record == {"rows": 5, "rows_left_out": 2, "lines": [2, 4]}
 
 
 def test_cli_moderate_writes_one_line_per_pair(tmp_path):

@@ -2,7 +2,7 @@
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +77,15 @@ def prescreen(
     return PrescreenReport(
         judge=judge.name, rows=len(conversations), flagged=flagged, categories=dict(categories)
     )
+
+
+def without_flagged(
+    data: LoadedDataset, flagged_lines: Sequence[int]
+) -> tuple[LoadedDataset, dict[str, Any]]:
+    """``data`` without the examples on ``flagged_lines`` (the pre-screen as a data filter: what it flagged
+    never trains), and the filter's record: how many rows it left out, and which."""
+    dropped = set(flagged_lines)
+    kept = [c for c in data.conversations if c.line not in dropped]
+    left_out = sorted(c.line for c in data.conversations if c.line in dropped)
+    record = {"rows": len(data.conversations), "rows_left_out": len(left_out), "lines": left_out}
+    return replace(data, conversations=kept, examples=len(kept)), record
