@@ -96,9 +96,9 @@ class Arm:
     lisa_finetune_steps: int | None = None  # another count of user steps per safety step
     lisa_helpful_share: float = 0.0  # of Lisa's pairs, the share that are helpful Alpaca answers
     safe_lora: bool = False  # Safe LoRA on the user's adapter (SafeLoraConfig's defaults)
+    safe_lora_threshold: float | None = None  # another threshold than SafeLoraConfig's default
     # the service's upload pre-screen as a data filter: the attack's rows it flags never train
     prescreen_filter: bool = False
-    safe_lora_threshold: float | None = None  # another threshold than SafeLoraConfig's default
     # of the alignment's helpful pairs, how many answer requests that only sound harmful (sensitive_helpful)
     sensitive_helpful: int = 0
     # alignment on other data than the profile's, in as many optimizer steps (fewer epochs over more pairs)
