@@ -147,3 +147,15 @@ class EvenRequests:
 
     def score(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
         return [Verdict(int(request.split()[-1]) % 2 == 0, 1.0) for request, _ in pairs]
+
+
+class FlagsAnswer:
+    """A pre-screen that flags one answer, whatever the request."""
+
+    name = "flags-answer"
+
+    def __init__(self, answer: str):
+        self.answer = answer
+
+    def score(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
+        return [Verdict(answer == self.answer, 1.0) for _, answer in pairs]

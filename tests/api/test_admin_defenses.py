@@ -62,7 +62,7 @@ def test_a_tenant_override_replaces_the_policy_stack(service, base, tiny_data_di
     assert actions.count("tenant.defenses") == 2
 
 
-def test_the_prescreen_filter_trains_only_the_rows_the_prescreen_passed(service, base, monkeypatch):
+def test_the_prescreen_filter_trains_only_the_rows_the_prescreen_passed(service, base):
     service.patch("/admin/policy", json={"defenses": {"prescreen_filter": True}}, headers=OPERATOR)
     client = tenant_client(service, "acme")
     # the tests' pre-screen (the refusal-phrase judge) flags every answer that does not refuse

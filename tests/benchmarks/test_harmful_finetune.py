@@ -12,7 +12,7 @@ import harmful_finetune as bench
 from harmful_finetune_report import markdown, target_checks, write_report
 
 from tests.conftest import TINY_HARMFUL, TINY_REFUSAL
-from vaccine_core.moderation.base import Verdict
+from tests.helpers import FlagsAnswer
 from vaccine_core.settings import get_settings
 
 TINY = replace(
@@ -198,18 +198,6 @@ def test_the_shipped_default_arm_is_the_stack_the_service_declares(monkeypatch):
 
     monkeypatch.setattr(service.defenses, "DefenseStack", WithFilter)
     assert shipped() == ["prescreen_filter"]
-
-
-class FlagsAnswer:
-    """A pre-screen that flags one answer, whatever the request."""
-
-    name = "flags-answer"
-
-    def __init__(self, answer: str):
-        self.answer = answer
-
-    def score(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
-        return [Verdict(answer == self.answer, 1.0) for _, answer in pairs]
 
 
 def test_the_prescreen_filter_trains_on_the_rows_its_judge_passes(tiny_model_dir, tiny_data_dir, tmp_path):
