@@ -368,6 +368,9 @@ class Benchmark:
         # each named base's alignment rows: Lisa's pairs (and so its attacks' names) follow from them
         # whether or not the base is built here, so archived answers are found without training the base
         self._alignment_rows: dict[str, list[dict[str, Any]]] = {}
+        # each upload the pre-screen filter judged, by its rows' digest, with the judge that read it: an
+        # attack is named more than once, and judging it again would give the same rows
+        self._filtered: dict[str, tuple[Moderator, list[dict[str, Any]], dict[str, Any]]] = {}
 
     # -- alignment ---------------------------------------------------------------------------------------
     def base(self, arm: Arm, build: bool = True) -> str:
@@ -544,7 +547,10 @@ class Benchmark:
 
     def filtered(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """``rows`` without those the service's pre-screen flags, and what was left out (the rows carry
-        ``harmful``, so the record tells a caught attack row from a benign row lost)."""
+        ``harmful``, so the record tells a caught attack row from a benign row lost). Judged once."""
+        key = digest(rows)
+        if key in self._filtered and self._filtered[key][0] is self.prescreen_judge:
+            return self._filtered[key][1:]
         upload = parse_rows(enumerate(rows, 1))
         flagged = [row.line for row in prescreen(upload, self.prescreen_judge).flagged]
         data, record = without_flagged(upload, flagged)
@@ -558,6 +564,7 @@ class Benchmark:
             "benign_left_out": len(left_out) - harmful,
         }
         log.info("pre-screen filter: %d of %d rows left out (%d harmful)", len(left_out), len(rows), harmful)
+        self._filtered[key] = self.prescreen_judge, kept, record
         return kept, record
 
     def attacked(self, arm: Arm, fraction: float, seed: int, build: bool = True) -> Path:
