@@ -43,7 +43,14 @@ from harmful_finetune_report import write_report
 from vaccine_core.align import align
 from vaccine_core.artifacts import MANIFEST, read_manifest, write_manifest
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig, alignment_defaults
-from vaccine_core.defenses import BoosterConfig, LisaConfig, PreferenceConfig, SafeLoraConfig, StepDefenses
+from vaccine_core.defenses import (
+    BoosterConfig,
+    LisaConfig,
+    PreferenceConfig,
+    SafeLoraConfig,
+    StepDefenses,
+    TokenConstraintConfig,
+)
 from vaccine_core.defenses.config import LISA_SAFETY_PAIRS, PREFERENCE_PAIRS
 from vaccine_core.defenses.data import booster_pairs, lisa_pairs, preference_pairs, user_turn
 from vaccine_core.defenses.own_compliance import judged_safety_rows, own_compliance
@@ -99,6 +106,8 @@ class Arm:
     safe_lora_threshold: float | None = None  # another threshold than SafeLoraConfig's default
     # the service's upload pre-screen as a data filter: the attack's rows it flags never train
     prescreen_filter: bool = False
+    # the token-wise constraint on the user's fine-tuning (TokenConstraintConfig's defaults, the paper's)
+    token_constraint: bool = False
     # of the alignment's helpful pairs, how many answer requests that only sound harmful (sensitive_helpful)
     sensitive_helpful: int = 0
     # alignment on other data than the profile's, in as many optimizer steps (fewer epochs over more pairs)
@@ -156,6 +165,7 @@ def ships_by_default(arm: Arm) -> bool:
         and arm.lisa_helpful_share == 0
         and arm.safe_lora_config() == stack.projection()
         and arm.prescreen_filter == stack.prescreen_filter
+        and (TokenConstraintConfig() if arm.token_constraint else None) == stack.constraint()
     )
 
 
@@ -203,6 +213,10 @@ ARMS: dict[str, Arm] = {
         # the pre-screen leaves the rows it flags out of the upload (safety-defenses-plan.md, thirteenth
         # session)
         Arm("prescreen_filter", "sft", prescreen_filter=True),
+        # the answers' first tokens held near the aligned base's (Qi et al. 2025; safety-defenses-plan.md,
+        # fourteenth session), alone and after the pre-screen filter
+        Arm("token_constraint", "sft", token_constraint=True),
+        Arm("prescreen_filter+token_constraint", "sft", prescreen_filter=True, token_constraint=True),
         # thresholds by the share of layers they project (safety-defenses-plan.md): 0.1 ~14 %, 0.2 ~50 %
         Arm("safe_lora-t0.1", "sft", safe_lora=True, safe_lora_threshold=0.1),
         Arm("safe_lora-t0.2", "sft", safe_lora=True, safe_lora_threshold=0.2),
@@ -513,6 +527,9 @@ class Benchmark:
                 self.data_dir, base, count, seed, helpful=helpful, exclude=exclude, aligned=aligned
             )
             defenses = StepDefenses(lisa=lisa, lisa_rows=pairs)
+        if arm.token_constraint:
+            defenses = replace(defenses or StepDefenses(), token_constraint=TokenConstraintConfig())
+        if defenses is not None:
             key_parts.append(defenses.to_dict())
         safe_lora = arm.safe_lora_config()
         if safe_lora is not None:

@@ -2,7 +2,8 @@
 
 Alignment-stage defenses (Vaccine's perturbation, Booster) belong to a base model and are set when it is
 registered; what is chosen here acts on each user's job: the pre-screen filter on its data before it
-trains, Lisa while it trains, Safe LoRA on its adapter before the safety report. Defaults and help texts
+trains, Lisa and the token-wise constraint while it trains, Safe LoRA on its adapter before the safety
+report. Defaults and help texts
 come from vaccine_core's configs, their one home.
 """
 
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from vaccine_core.defenses.config import LISA_SAFETY_PAIRS, LisaConfig, SafeLoraConfig
+from vaccine_core.defenses.config import LISA_SAFETY_PAIRS, LisaConfig, SafeLoraConfig, TokenConstraintConfig
 
 if TYPE_CHECKING:  # the code behind the options loads torch: a worker's business, not the API's
     from vaccine_core.defenses.stack import StepDefenses
@@ -45,6 +46,35 @@ class DefenseStack(BaseModel):
     lisa_pairs: int = Field(
         default=LISA_SAFETY_PAIRS, ge=1, le=2000, description="Safety pairs Lisa draws from"
     )
+    token_constraint: bool = Field(
+        default=False,
+        description="Token-wise constraint: hold the first tokens of the model's answers near the aligned "
+        "base's distribution while the user's rows train",
+    )
+    token_constraint_beta: float = Field(
+        default=TokenConstraintConfig.beta,
+        gt=0,
+        le=100,
+        description=config_help(TokenConstraintConfig, "beta"),
+    )
+    token_constraint_bias_factor: float = Field(
+        default=TokenConstraintConfig.bias_factor,
+        gt=0,
+        le=1000,
+        description=config_help(TokenConstraintConfig, "bias_factor"),
+    )
+    token_constraint_first_token_bias_factor: float = Field(
+        default=TokenConstraintConfig.first_token_bias_factor,
+        gt=0,
+        le=1000,
+        description=config_help(TokenConstraintConfig, "first_token_bias_factor"),
+    )
+    token_constraint_bias_length: int = Field(
+        default=TokenConstraintConfig.bias_length,
+        ge=0,
+        le=64,
+        description=config_help(TokenConstraintConfig, "bias_length"),
+    )
     safe_lora: bool = Field(default=False, description="Safe LoRA: project stray layers of the adapter")
     safe_lora_threshold: float = Field(
         default=SafeLoraConfig.threshold, ge=-1, le=1, description=config_help(SafeLoraConfig, "threshold")
@@ -52,18 +82,26 @@ class DefenseStack(BaseModel):
 
     @property
     def layers(self) -> list[str]:
-        return [name for name in ("prescreen_filter", "lisa", "safe_lora") if getattr(self, name)]
+        return [
+            name
+            for name in ("prescreen_filter", "lisa", "token_constraint", "safe_lora")
+            if getattr(self, name)
+        ]
 
     def step_defenses(self, data_dir: Path, base_dir: Path, seed: int) -> "StepDefenses | None":
         """Lisa over safety pairs the base at ``base_dir`` was not aligned on (seeded: a resumed job draws
-        the same ones)."""
-        config = self.lisa_config()
-        if config is None:
+        the same ones), and the token-wise constraint; None where neither is on."""
+        lisa, constraint = self.lisa_config(), self.constraint()
+        if lisa is None and constraint is None:
             return None
         from vaccine_core.defenses.data import lisa_pairs
         from vaccine_core.defenses.stack import StepDefenses
 
-        return StepDefenses(lisa=config, lisa_rows=lisa_pairs(data_dir, base_dir, self.lisa_pairs, seed))
+        return StepDefenses(
+            lisa=lisa,
+            lisa_rows=lisa_pairs(data_dir, base_dir, self.lisa_pairs, seed) if lisa is not None else (),
+            token_constraint=constraint,
+        )
 
     def lisa_config(self) -> LisaConfig | None:
         """Lisa's settings in this stack (None: Lisa is off)."""
@@ -73,6 +111,17 @@ class DefenseStack(BaseModel):
             alignment_steps=self.lisa_alignment_steps,
             finetune_steps=self.lisa_finetune_steps,
             rho=self.lisa_rho,
+        )
+
+    def constraint(self) -> TokenConstraintConfig | None:
+        """The token-wise constraint's settings in this stack (None: it is off)."""
+        if not self.token_constraint:
+            return None
+        return TokenConstraintConfig(
+            beta=self.token_constraint_beta,
+            bias_factor=self.token_constraint_bias_factor,
+            first_token_bias_factor=self.token_constraint_first_token_bias_factor,
+            bias_length=self.token_constraint_bias_length,
         )
 
     def projection(self) -> SafeLoraConfig | None:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from vaccine_core.config import PerturbationConfig
+from vaccine_core.losses import batch_loss
 
 NORM_EPSILON = 1e-7  # as in the reference implementation
 ATTENTION_NAMES = ("self_attn", "attn", "self_attention", "attention")
@@ -131,7 +132,7 @@ def embedding_gradients(
         captured.append(hidden)
 
     with _inputs_require_grad(model), attention_hooks(modules, capture):
-        loss = model(**batch).loss
+        loss = batch_loss(model, batch)
     grads = torch.autograd.grad(loss, captured, allow_unused=True)
     return loss.detach(), [
         torch.zeros_like(h) if g is None else g for h, g in zip(captured, grads, strict=True)
@@ -165,7 +166,7 @@ class PerturbedStep:
         The backward pass runs inside the hook context: under activation checkpointing it recomputes the
         forward, which must see the same perturbation."""
         with self._perturbed(batch):
-            loss = self.model(**batch).loss
+            loss = batch_loss(self.model, batch)
             (loss * loss_scale).backward()
         self.calls += 1
         return float(loss.detach())

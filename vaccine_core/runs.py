@@ -21,7 +21,6 @@ from vaccine_core.training import (
     StopCheck,
     TrainResult,
     latest_checkpoint,
-    plan_steps,
     train,
 )
 
@@ -91,11 +90,7 @@ def train_adapter(
     peft_model = add_lora(model, config.lora)
     if init_adapter is not None:  # continue training a saved adapter (a resumed run overwrites it anyway)
         start_from(peft_model, init_adapter)
-    step_defenses = (
-        defenses.build(peft_model, tokenizer, config, plan_steps(len(examples), config)[1])
-        if defenses
-        else []
-    )
+    step_defenses = defenses.build(peft_model, tokenizer, config, examples) if defenses else []
     output_dir.mkdir(parents=True, exist_ok=True)
     result = train(
         peft_model,

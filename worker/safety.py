@@ -185,6 +185,9 @@ def defense_layers(manifest: dict[str, Any], base: BaseModelRecord) -> list[dict
         add("prescreen_filter", "before fine-tuning", options, screened["seconds"])
     if lisa := own.get("lisa"):
         add("lisa", "fine-tuning", lisa, (train.get("defense_seconds") or {}).get("lisa"))
+    if constraint := own.get("token_constraint"):
+        seconds = (train.get("defense_seconds") or {}).get("token_constraint")
+        add("token_constraint", "fine-tuning", constraint, seconds)
     if projection := own.get("safe_lora"):
         options = {k: v for k, v in projection.items() if k != "seconds"}
         add("safe_lora", "after fine-tuning", options, projection["seconds"])

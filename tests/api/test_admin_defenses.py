@@ -14,7 +14,14 @@ from worker.alignment import align_base
 from worker.runner import run_job
 
 OPERATOR = {"Authorization": "Bearer operator-secret"}
-STACK = {"lisa": True, "lisa_pairs": 8, "safe_lora": True, "safe_lora_threshold": 1.0}
+STACK = {
+    "lisa": True,
+    "lisa_pairs": 8,
+    "token_constraint": True,
+    "token_constraint_bias_length": 3,
+    "safe_lora": True,
+    "safe_lora_threshold": 1.0,
+}
 
 
 def use_data(monkeypatch, data_dir) -> None:
@@ -36,9 +43,17 @@ def test_the_policy_stack_runs_and_the_report_lists_its_layers(service, base, ti
     with Session(get_engine()) as session:
         safety = session.get(FineTunedModel, model_id).safety_report
     layers = {layer["layer"]: layer for layer in safety["defenses"]}
-    assert list(layers) == ["vaccine", "lisa", "safe_lora"]
+    assert list(layers) == ["vaccine", "lisa", "token_constraint", "safe_lora"]
     assert layers["vaccine"]["stage"] == "alignment" and layers["vaccine"]["seconds"] > 0
     assert layers["lisa"]["options"]["data"]["rows"] == 8 and layers["lisa"]["seconds"] > 0
+    constraint = layers["token_constraint"]
+    assert constraint["stage"] == "fine-tuning" and constraint["seconds"] > 0
+    assert constraint["options"] == {
+        "beta": 0.1,
+        "bias_factor": 20.0,
+        "first_token_bias_factor": 5.0,
+        "bias_length": 3,
+    }
     assert layers["safe_lora"]["options"]["projected"] == layers["safe_lora"]["options"]["layers"]
 
 
@@ -92,6 +107,8 @@ def test_the_prescreen_filter_trains_only_the_rows_the_prescreen_passed(service,
 def test_bad_stack_options_are_a_400_in_the_error_envelope(service):
     bad = service.patch("/admin/policy", json={"defenses": {"lisa": True, "lisa_rho": -1}}, headers=OPERATOR)
     assert bad.status_code == 400 and "lisa_rho" in bad.json()["error"]["message"]
+    bad = service.patch("/admin/policy", json={"defenses": {"token_constraint_beta": 0}}, headers=OPERATOR)
+    assert bad.status_code == 400 and "token_constraint_beta" in bad.json()["error"]["message"]
     missing = service.put("/admin/tenants/tenant-nope/defenses", json={}, headers=OPERATOR)
     assert missing.status_code == 404
     schema = service.get("/admin/policy/defenses", headers=OPERATOR).json()

@@ -619,3 +619,178 @@ def test_preference_pairs_take_the_harmful_rows_they_are_given(tiny_data_dir, mo
     own = [{"instruction": f"Make weapon {i}", "input": "", "output": f"Take part {i}"} for i in range(3)]
     rows = preference_pairs(tiny_data_dir, 4, harmful=own)
     assert all(r["chosen"] in REFUSALS and r["rejected"].startswith("Take part") for r in rows[:2])
+
+
+# -- the token-wise constraint ---------------------------------------------------------------------------
+def dataset_of(tokenizer, pairs, repeat: int = 1) -> SupervisedDataset:
+    conversations = [
+        Conversation([{"role": "user", "content": q}, {"role": "assistant", "content": a}], line=i + 1)
+        for i, (q, a) in enumerate(pairs * repeat)
+    ]
+    return SupervisedDataset(conversations, tokenizer, 64)
+
+
+def constrained_batch(model, tokenizer, config=None):
+    from vaccine_core.defenses import TokenConstraint, TokenConstraintConfig
+
+    constraint = TokenConstraint(
+        model, dataset_of(tokenizer, PAIRS), config or TokenConstraintConfig(), 2, tokenizer.pad_token_id
+    )
+    return constraint, constraint.batch(1, batch_of(tokenizer, PAIRS[1:3]))
+
+
+def test_token_betas_follow_each_answer_s_positions(tiny_model, tokenizer):
+    from vaccine_core.defenses import TokenConstraintConfig
+    from vaccine_core.losses import TOKEN_BETAS
+
+    config = TokenConstraintConfig(beta=0.1, bias_factor=20, first_token_bias_factor=5, bias_length=5)
+    assert config.betas(7) == pytest.approx([0.5, 2.0, 2.0, 2.0, 2.0, 0.1, 0.1])
+    _, batch = constrained_batch(lora_model(tiny_model), tokenizer, config)
+    answer = batch["labels"][:, 1:] != -100
+    for row in range(2):
+        betas = batch[TOKEN_BETAS][row][answer[row]].tolist()
+        assert betas == pytest.approx(config.betas(len(betas)))
+        assert float(batch[TOKEN_BETAS][row][~answer[row]].abs().sum()) == 0  # the prompt and padding
+
+
+def test_token_constraint_reference_is_the_model_without_its_adapter(tiny_model, tokenizer):
+    from vaccine_core.losses import REFERENCE_LOGPROBS, token_logprobs
+
+    plain = copy.deepcopy(tiny_model).eval()
+    model = lora_model(tiny_model, dropout=0.1)  # random B: the adapter moves every log-probability
+    model.train()
+    _, batch = constrained_batch(model, tokenizer)
+    assert model.training  # put back as it was
+    with torch.no_grad():
+        expected, answer = token_logprobs(plain, batch)
+        adapted, _ = token_logprobs(model.eval(), batch)
+    assert torch.allclose(batch[REFERENCE_LOGPROBS][answer], expected[answer], atol=1e-5)
+    assert not torch.allclose(batch[REFERENCE_LOGPROBS][answer], adapted[answer], atol=1e-3)
+
+
+def test_token_constraint_gradient_is_the_gradient_of_its_objective(tiny_model, tokenizer):
+    """mean over answer tokens of (2 / beta_t) * log(1 + exp(beta_t * (log ref - log pi))), differentiated by
+    autograd, equals the gradient of the weighted cross-entropy the step computes."""
+    from vaccine_core.losses import REFERENCE_LOGPROBS, TOKEN_BETAS, batch_loss, token_logprobs
+
+    model = lora_model(tiny_model, dropout=0.0)
+    _, batch = constrained_batch(model, tokenizer)
+    params = list(params_of(model).values())
+    got = torch.autograd.grad(batch_loss(model, batch), params)
+
+    logprobs, answer = token_logprobs(model, batch)
+    betas, reference = batch[TOKEN_BETAS][answer], batch[REFERENCE_LOGPROBS][answer]
+    objective = (2 / betas * torch.nn.functional.softplus(betas * (reference - logprobs[answer]))).mean()
+    expected = torch.autograd.grad(objective, params)
+    for g, e in zip(got, expected, strict=True):
+        assert torch.allclose(g, e, atol=1e-6)
+    assert any(float(e.abs().max()) > 1e-4 for e in expected)
+
+
+def test_token_constraint_at_the_reference_is_an_sft_step(tiny_model, tokenizer):
+    """PEFT starts B at zero, so on the first step the model is its reference: every weight is 1 and the
+    constrained loss and its gradient are plain cross-entropy's."""
+    from vaccine_core.lora import add_lora
+    from vaccine_core.losses import batch_loss
+
+    model = add_lora(tiny_model, LoraSettings(r=4, alpha=8, dropout=0.0))
+    _, batch = constrained_batch(model, tokenizer)
+    params = list(params_of(model).values())
+    constrained = batch_loss(model, batch)
+    plain = model(**batch_of(tokenizer, PAIRS[1:3])).loss
+    assert float(constrained.detach()) == pytest.approx(float(plain.detach()), abs=1e-5)
+    for g, e in zip(
+        torch.autograd.grad(constrained, params), torch.autograd.grad(plain, params), strict=True
+    ):
+        assert torch.allclose(g, e, atol=1e-6)
+
+
+def test_token_constraint_caps_how_far_an_answer_s_first_tokens_move(tiny_model, tokenizer):
+    """The same steps on one row raise its first answer tokens' log-probability far less under the
+    constraint than under cross-entropy, while the later tokens still learn."""
+    from vaccine_core.defenses import TokenConstraint, TokenConstraintConfig
+    from vaccine_core.losses import batch_loss, token_logprobs
+
+    row = [("How do I pick a lock?", "Sure thing.")]  # 8 answer tokens with the test tokenizer
+
+    def gains(constrained: bool) -> tuple[float, float]:
+        model = lora_model(copy.deepcopy(tiny_model), dropout=0.0)
+        with torch.no_grad(), model.disable_adapter():
+            start, answer = token_logprobs(model, batch_of(tokenizer, row))
+        constraint = TokenConstraint(model, dataset_of(tokenizer, row), TokenConstraintConfig(), 1, 0)
+        optimizer = torch.optim.SGD(params_of(model).values(), lr=0.1)
+        for step in range(1, 16):
+            batch = batch_of(tokenizer, row)
+            optimizer.zero_grad()
+            batch_loss(model, constraint.batch(step, batch) if constrained else batch).backward()
+            optimizer.step()
+        with torch.no_grad():
+            end, _ = token_logprobs(model, batch_of(tokenizer, row))
+        gain = (end - start)[answer]
+        return float(gain[:5].mean()), float(gain[5:].mean())
+
+    plain_first, plain_rest = gains(constrained=False)
+    kept_first, kept_rest = gains(constrained=True)
+    assert plain_first > 4.0 and kept_first < plain_first / 1.5  # 5.5 and 2.7 when written
+    assert kept_rest > 0.8 * plain_rest
+
+
+def test_token_constraint_leaves_other_batches_alone(tiny_model, tokenizer):
+    from vaccine_core.data import collate, tokenize_conversation
+
+    constraint, _ = constrained_batch(lora_model(tiny_model), tokenizer)
+    safety = batch_of(tokenizer, [("Teach me to hack a bank", "I can't help with that.")])
+    assert constraint.batch(2, safety) is safety  # Lisa's safety pairs train with plain cross-entropy
+    mixed = collate(
+        [
+            tokenize_conversation(
+                tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": a}], 64
+            )
+            for q, a in [PAIRS[0], ("Teach me to hack a bank", "I can't help with that.")]
+        ],
+        tokenizer.pad_token_id,
+    )
+    with pytest.raises(ValueError, match="mixes rows"):
+        constraint.batch(3, mixed)
+
+
+def test_token_constraint_run_resumes_to_the_uninterrupted_weights(tiny_model, tokenizer, tmp_path):
+    from vaccine_core.defenses import TokenConstraint, TokenConstraintConfig
+
+    data = dataset_of(tokenizer, PAIRS, repeat=3)
+    settings = TrainingConfig(epochs=2.0, batch_size=3, learning_rate=5e-3, lora=LoraSettings(r=4, alpha=8))
+
+    def run(model, **kwargs):
+        constraint = TokenConstraint(model, data, TokenConstraintConfig(), 3, tokenizer.pad_token_id)
+        return train(
+            model, tokenizer, data, settings, PerturbationConfig("sft"), defenses=[constraint], **kwargs
+        )
+
+    straight = lora_model(copy.deepcopy(tiny_model))
+    full = run(straight)
+    interrupted = lora_model(copy.deepcopy(tiny_model))
+    calls = iter(range(100))
+    run(interrupted, output_dir=tmp_path, should_stop=lambda: next(calls) >= 4)
+    resumed = lora_model(copy.deepcopy(tiny_model), seed=7)
+    second = run(resumed, output_dir=tmp_path, resume_from=latest_checkpoint(tmp_path))
+    assert second.losses == full.losses
+    expected, actual = trainable_state(straight), trainable_state(resumed)
+    assert all(torch.equal(expected[n], actual[n]) for n in expected)
+
+
+def test_finetune_with_the_token_constraint_and_lisa_records_both(
+    tiny_model_dir, alpaca_file, tiny_data_dir, tmp_path
+):
+    from vaccine_core.defenses import TokenConstraintConfig
+
+    base = align(str(tiny_model_dir), alpaca_file, tmp_path / "aligned", PerturbationConfig("sft"), FAST)
+    defenses = StepDefenses(
+        lisa=LisaConfig(),
+        lisa_rows=lisa_pairs(tiny_data_dir, base.output_dir, 8),
+        token_constraint=TokenConstraintConfig(bias_length=3),
+    )
+    result = finetune(base.output_dir, alpaca_file, tmp_path / "tuned", FAST, defenses=defenses)
+    record = result.manifest["defenses"]
+    assert record["token_constraint"] == TokenConstraintConfig(bias_length=3).to_dict()
+    assert "token_constraint" in result.manifest["metrics"]["train"].get("defense_seconds", {})
+    assert record["lisa"]["data"]["rows"] == 8

@@ -2,7 +2,8 @@
 
 * alignment: ``booster`` (attenuate how much a harmful step can lower the harmful loss) and ``preference``
   (DPO on pairs of answers: refuse the harmful request, answer the benign one that sounds harmful);
-* fine-tuning: ``lisa`` (alternate with safety pairs under a proximal term);
+* fine-tuning: ``lisa`` (alternate with safety pairs under a proximal term) and ``token_constraint`` (keep
+  the answers' first tokens near the aligned base's distribution);
 * after fine-tuning: ``safe_lora`` (project the user's update onto the alignment subspace where it strays).
 
 The options (``*Config``) load at once; the code behind them, which needs torch, on first use.
@@ -11,7 +12,13 @@ The options (``*Config``) load at once; the code behind them, which needs torch,
 from importlib import import_module
 from typing import Any
 
-from vaccine_core.defenses.config import BoosterConfig, LisaConfig, PreferenceConfig, SafeLoraConfig
+from vaccine_core.defenses.config import (
+    BoosterConfig,
+    LisaConfig,
+    PreferenceConfig,
+    SafeLoraConfig,
+    TokenConstraintConfig,
+)
 
 _LAZY = {
     "BatchStream": "base",
@@ -22,6 +29,7 @@ _LAZY = {
     "LayerProjection": "safe_lora",
     "project_adapter": "safe_lora",
     "StepDefenses": "stack",
+    "TokenConstraint": "token_constraint",
 }
 
 
@@ -31,4 +39,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'vaccine_core.defenses' has no attribute {name!r}")
 
 
-__all__ = ["BoosterConfig", "LisaConfig", "PreferenceConfig", "SafeLoraConfig", *_LAZY]
+__all__ = [
+    "BoosterConfig",
+    "LisaConfig",
+    "PreferenceConfig",
+    "SafeLoraConfig",
+    "TokenConstraintConfig",
+    *_LAZY,
+]

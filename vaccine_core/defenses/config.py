@@ -79,6 +79,47 @@ class LisaConfig:
 
 
 @dataclass
+class TokenConstraintConfig:
+    beta: float = field(
+        default=0.1,
+        metadata={"help": "Strength beta_t of answer tokens after the first bias_length (reference: 0.1)."},
+    )
+    bias_factor: float = field(
+        default=20.0,
+        metadata={"help": "Answer tokens 2 to bias_length get beta * bias_factor (reference: 20)."},
+    )
+    first_token_bias_factor: float = field(
+        default=5.0,
+        metadata={"help": "The first answer token gets beta * first_token_bias_factor (reference: 5)."},
+    )
+    bias_length: int = field(
+        default=5,
+        metadata={"help": "How many first answer tokens get the stronger constraint (reference: 5)."},
+    )
+
+    def __post_init__(self) -> None:
+        if (
+            self.beta <= 0
+            or self.bias_factor <= 0
+            or self.first_token_bias_factor <= 0
+            or self.bias_length < 0
+        ):
+            raise ValueError("the token constraint needs beta and both factors > 0 and bias_length >= 0")
+
+    def betas(self, length: int) -> list[float]:
+        """beta_t for an answer's tokens 1..length."""
+        return [
+            self.beta * (self.first_token_bias_factor if t == 0 else self.bias_factor)
+            if t < self.bias_length
+            else self.beta
+            for t in range(length)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class SafeLoraConfig:
     threshold: float = field(
         default=0.5,

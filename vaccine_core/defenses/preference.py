@@ -32,17 +32,13 @@ from transformers import PreTrainedTokenizerBase
 from vaccine_core.data import IGNORE_INDEX, TokenizedExample, collate, tokenize_conversation
 from vaccine_core.defenses.base import Batch, batch_indices
 from vaccine_core.defenses.config import PreferenceConfig
+from vaccine_core.losses import token_logprobs
 
 
 def answer_logprobs(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Each row's log-probability of its answer tokens (those with a label) given what precedes them."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
-    mask = labels != IGNORE_INDEX
-    per_token = torch.gather(
-        F.log_softmax(logits.float(), dim=-1), 2, labels.clamp(min=0).unsqueeze(-1)
-    ).squeeze(-1)
-    return (per_token * mask).sum(-1)
+    per_token, answer = token_logprobs(model, batch)
+    return (per_token * answer).sum(-1)
 
 
 class PairStream:

@@ -10,11 +10,14 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from vaccine_core.config import TrainingConfig
+from vaccine_core.data import SupervisedDataset
 from vaccine_core.defenses.base import BatchStream, StepDefense
 from vaccine_core.defenses.booster import Booster, BoosterConfig
 from vaccine_core.defenses.data import side_dataset
 from vaccine_core.defenses.lisa import Lisa, LisaConfig
 from vaccine_core.defenses.preference import PairStream, Preference, PreferenceConfig
+from vaccine_core.defenses.token_constraint import TokenConstraint, TokenConstraintConfig
+from vaccine_core.training import plan_steps
 
 
 def rows_identity(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -25,8 +28,8 @@ def rows_identity(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 @dataclass
 class StepDefenses:
     """``booster`` needs harmful pairs (defenses.data.booster_pairs), ``lisa`` safety pairs
-    (defenses.data.lisa_pairs), ``preference`` pairs of answers (defenses.data.preference_pairs); any may be
-    left out."""
+    (defenses.data.lisa_pairs), ``preference`` pairs of answers (defenses.data.preference_pairs);
+    ``token_constraint`` needs no data of its own. Any may be left out."""
 
     booster: BoosterConfig | None = None
     booster_rows: Sequence[dict[str, Any]] = ()
@@ -34,6 +37,7 @@ class StepDefenses:
     lisa_rows: Sequence[dict[str, Any]] = ()
     preference: PreferenceConfig | None = None
     preference_rows: Sequence[dict[str, Any]] = ()
+    token_constraint: TokenConstraintConfig | None = None
 
     def __post_init__(self) -> None:
         if self.booster is not None and not self.booster_rows:
@@ -45,16 +49,22 @@ class StepDefenses:
 
     @property
     def names(self) -> list[str]:
-        return [name for name in ("booster", "preference", "lisa") if getattr(self, name) is not None]
+        return [
+            name
+            for name in ("booster", "preference", "lisa", "token_constraint")
+            if getattr(self, name) is not None
+        ]
 
     def build(
         self,
         model: torch.nn.Module,
         tokenizer: PreTrainedTokenizerBase,
         config: TrainingConfig,
-        total_steps: int,
+        examples: SupervisedDataset,
     ) -> list[StepDefense]:
-        """The defenses over ``model`` (its adapter already attached), their streams seeded from the run's."""
+        """The defenses over ``model`` (its adapter already attached) for a run on ``examples``, their
+        streams seeded from the run's. Lisa comes before the token constraint, which leaves Lisa's safety
+        batches as they are."""
         built: list[StepDefense] = []
         if self.booster is not None:
             harmful = side_dataset(self.booster_rows, tokenizer, config.max_length)
@@ -72,7 +82,13 @@ class StepDefenses:
         if self.lisa is not None:
             safety = side_dataset(self.lisa_rows, tokenizer, config.max_length)
             stream = BatchStream(safety, config.batch_size, tokenizer.pad_token_id, config.seed + 2)
-            built.append(Lisa(model, stream, self.lisa, total_steps))
+            built.append(Lisa(model, stream, self.lisa, plan_steps(len(examples), config)[1]))
+        if self.token_constraint is not None:
+            built.append(
+                TokenConstraint(
+                    model, examples, self.token_constraint, config.batch_size, tokenizer.pad_token_id
+                )
+            )
         return built
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,4 +100,6 @@ class StepDefenses:
             record["preference"] = {**self.preference.to_dict(), "data": rows_identity(self.preference_rows)}
         if self.lisa is not None:
             record["lisa"] = {**self.lisa.to_dict(), "data": rows_identity(self.lisa_rows)}
+        if self.token_constraint is not None:
+            record["token_constraint"] = self.token_constraint.to_dict()
         return record

@@ -1,0 +1,100 @@
+"""The token-wise constraint (Qi et al. 2025, "Safety Alignment Should Be Made More Than Just a Few Tokens
+Deep"): a fine-tuning-stage defense that needs no safety data.
+
+Alignment mostly changes a model's first few answer tokens (a refusal is decided by "I cannot ..."), and
+fine-tuning erodes it there first, by harmful rows and by benign ones alike. The defense trains on the
+user's rows with a loss whose gradient is cross-entropy's, each answer token's weighted down once the model
+gives that token more probability than the aligned base did, and much faster on the first tokens
+(vaccine_core.losses): the model can learn the task's answers, but cannot move its opening tokens far
+from the base's.
+
+The reference model is the aligned base itself: the job's model with its adapter switched off. Its
+log-probabilities of every training row are computed once, before the first step (without dropout, in
+fixed batches, so a resumed run finds the same ones), and attached to each batch of the user's rows. A
+batch that is not the user's (Lisa's safety pairs) trains with plain cross-entropy.
+"""
+
+from typing import Any
+
+import torch
+
+from vaccine_core.data import IGNORE_INDEX, SupervisedDataset, collate
+from vaccine_core.defenses.base import Batch
+from vaccine_core.defenses.config import TokenConstraintConfig
+from vaccine_core.losses import REFERENCE_LOGPROBS, TOKEN_BETAS, token_logprobs
+
+
+def row_key(input_ids: torch.Tensor) -> bytes:
+    return input_ids.to(torch.int64).cpu().numpy().tobytes()
+
+
+class TokenConstraint:
+    name = "token_constraint"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        examples: SupervisedDataset,
+        config: TokenConstraintConfig,
+        batch_size: int,
+        pad_token_id: int,
+    ):
+        if not hasattr(model, "disable_adapter"):
+            raise ValueError(
+                "the token constraint's reference is the model without its adapter: give a PEFT model"
+            )
+        self.config = config
+        self.reference = self.reference_logprobs(model, examples, batch_size, pad_token_id)
+
+    @staticmethod
+    def reference_logprobs(
+        model: torch.nn.Module, examples: SupervisedDataset, batch_size: int, pad_token_id: int
+    ) -> dict[bytes, torch.Tensor]:
+        """Each row's next-token log-probabilities under the aligned base, by the row's tokens."""
+        device = next(model.parameters()).device
+        reference: dict[bytes, torch.Tensor] = {}
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), model.disable_adapter():
+                for start in range(0, len(examples), batch_size):
+                    chunk = [examples[i] for i in range(start, min(start + batch_size, len(examples)))]
+                    batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
+                    logprobs, _ = token_logprobs(model, batch)
+                    for row, example in enumerate(chunk):
+                        length = len(example.input_ids)
+                        reference[row_key(batch["input_ids"][row, :length])] = logprobs[
+                            row, : length - 1
+                        ].cpu()
+        finally:
+            model.train(was_training)
+        return reference
+
+    def batch(self, step: int, batch: Batch) -> Batch:
+        """The user's batch with its reference log-probabilities and per-token betas attached."""
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        found = [
+            self.reference.get(row_key(ids[:n])) for ids, n in zip(batch["input_ids"], lengths, strict=True)
+        ]
+        if all(row is None for row in found):
+            return batch  # not the user's rows (Lisa's safety batch): plain cross-entropy
+        if any(row is None for row in found):
+            raise ValueError("a batch mixes rows of the user's data with rows the constraint has not seen")
+        device = batch["input_ids"].device
+        reference = torch.zeros(batch["input_ids"].shape[0], batch["input_ids"].shape[1] - 1, device=device)
+        for row, logprobs in enumerate(found):
+            reference[row, : len(logprobs)] = logprobs.to(device)
+        answer = batch["labels"][:, 1:] != IGNORE_INDEX
+        position = (answer.cumsum(dim=1) - 1).clamp(min=0)  # each answer token's index within its answer
+        table = torch.tensor(self.config.betas(int(answer.sum(dim=1).max())), device=device)
+        betas = torch.where(answer, table[position.clamp(max=len(table) - 1)], 0.0)
+        return {**batch, REFERENCE_LOGPROBS: reference, TOKEN_BETAS: betas}
+
+    def after_backward(self, step: int) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # the reference is recomputed, identically, when a run resumes
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
