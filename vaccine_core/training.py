@@ -54,7 +54,7 @@ class TrainResult:
     tokens: int = 0
     seconds: float = 0.0
     last_checkpoint: Path | None = None
-    defense_seconds: dict[str, float] = field(default_factory=dict)  # time inside each defense's hooks
+    defense_seconds: dict[str, float] = field(default_factory=dict)  # in each defense's set-up and hooks
     validation_losses: dict[int, float] = field(default_factory=dict)  # by step
 
     def add_defense_time(self, name: str, since: float) -> None:

@@ -3,7 +3,7 @@
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,6 +38,8 @@ class StepDefenses:
     preference: PreferenceConfig | None = None
     preference_rows: Sequence[dict[str, Any]] = ()
     token_constraint: TokenConstraintConfig | None = None
+    # wall seconds each defense took to set up in the last build (the token constraint's reference pass)
+    setup_seconds: dict[str, float] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.booster is not None and not self.booster_rows:

@@ -1,0 +1,41 @@
+"""benchmarks/defense_cost.py on the tiny model: plain LoRA and a layer fine-tuned in turn from one run's
+data and settings, every time kept and the medians' ratios written."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+import defense_cost
+
+from vaccine_core.align import align
+from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
+from vaccine_core.finetune import finetune
+
+FAST = TrainingConfig(
+    epochs=1.0, batch_size=4, learning_rate=1e-2, lora=LoraSettings(r=4, alpha=4, dropout=0.0)
+)
+
+
+def test_each_repeat_times_plain_lora_and_the_layer(tiny_model_dir, alpaca_file, tmp_path, monkeypatch):
+    base = align(
+        str(tiny_model_dir), alpaca_file, tmp_path / "aligned", PerturbationConfig("sft"), FAST
+    ).output_dir
+    run = tmp_path / "attack"
+    run.mkdir()
+    (run / "data.jsonl").write_text(Path(alpaca_file).read_text())
+    finetune(base, run / "data.jsonl", run, FAST)
+    monkeypatch.setattr(defense_cost, "RESULTS", tmp_path)
+
+    argv = ["--run", str(run), "--base", str(base), "--layers", "token_constraint", "--repeats", "2"]
+    assert defense_cost.main([*argv, "--name", "tiny"]) == 0
+
+    result = json.loads((tmp_path / "defense_cost-tiny.json").read_text())
+    assert [len(result["times"][v]) for v in ("plain", "token_constraint")] == [2, 2]
+    assert result["times"]["plain"][0]["layer_seconds"] == 0
+    assert all(t["layer_seconds"] > 0 for t in result["times"]["token_constraint"])
+    medians = result["medians"]
+    assert result["ratios"]["token_constraint"]["job"] == round(
+        medians["token_constraint"]["job_seconds"] / medians["plain"]["job_seconds"], 3
+    )
+    assert result["training"]["batch_size"] == 4 and result["command"].startswith("python benchmarks/")
