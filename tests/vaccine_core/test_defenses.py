@@ -401,11 +401,13 @@ def test_the_cli_runs_every_defense(tiny_model_dir, alpaca_file, tiny_data_dir, 
 
     result = runner.invoke(app, [
         "finetune", "--base", str(tmp_path / "a"), "--data", str(alpaca_file), "--out", str(tmp_path / "f"),
-        "--lisa", "--lisa-pairs", "5", "--safe-lora", "--safe-lora-threshold", "0.3", *common,
+        "--lisa", "--lisa-pairs", "5", "--token-constraint", "--token-constraint-beta", "0.2",
+        "--safe-lora", "--safe-lora-threshold", "0.3", *common,
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     record = read_manifest(tmp_path / "f")["defenses"]
     assert record["lisa"]["data"]["rows"] == 5 and record["safe_lora"]["threshold"] == 0.3
+    assert record["token_constraint"]["beta"] == 0.2
 
     result = runner.invoke(app, [
         "finetune", "--base", str(tmp_path / "a"), "--data", str(alpaca_file), "--out", str(tmp_path / "g"),

@@ -1,7 +1,7 @@
 """Commands that train: align, finetune, and the end-to-end demo."""
 
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +21,13 @@ from vaccine_core.cli.common import (
     training_options,
 )
 from vaccine_core.config import PerturbationConfig, TrainingConfig, alignment_defaults, finetune_defaults
-from vaccine_core.defenses import BoosterConfig, LisaConfig, SafeLoraConfig, StepDefenses
+from vaccine_core.defenses import (
+    BoosterConfig,
+    LisaConfig,
+    SafeLoraConfig,
+    StepDefenses,
+    TokenConstraintConfig,
+)
 from vaccine_core.defenses.config import LISA_SAFETY_PAIRS
 from vaccine_core.settings import get_settings
 
@@ -32,6 +38,7 @@ def help_of(config: type) -> dict[str, str]:
 
 
 BOOSTER_HELP, LISA_HELP, SAFE_LORA_HELP = help_of(BoosterConfig), help_of(LisaConfig), help_of(SafeLoraConfig)
+CONSTRAINT_HELP = help_of(TokenConstraintConfig)
 
 
 @app.command()
@@ -133,6 +140,16 @@ def finetune(
     lisa_pairs: Annotated[
         int, typer.Option(help="Safety pairs Lisa draws from.", rich_help_panel="Defenses")
     ] = LISA_SAFETY_PAIRS,
+    token_constraint: Annotated[
+        bool,
+        typer.Option(
+            help="Hold the answers' first tokens near the aligned base's distribution (Qi et al. 2025).",
+            rich_help_panel="Defenses",
+        ),
+    ] = False,
+    token_constraint_beta: Annotated[
+        float, typer.Option(help=CONSTRAINT_HELP["beta"], rich_help_panel="Defenses")
+    ] = TokenConstraintConfig.beta,
     safe_lora: Annotated[
         bool,
         typer.Option(
@@ -160,6 +177,9 @@ def finetune(
                 get_settings().data_dir, base, lisa_pairs, seed=config.seed if config else 0
             )
             defenses = StepDefenses(lisa=LisaConfig(rho=lisa_rho), lisa_rows=rows)
+        if token_constraint:
+            constraint = TokenConstraintConfig(beta=token_constraint_beta)
+            defenses = replace(defenses or StepDefenses(), token_constraint=constraint)
         projection = SafeLoraConfig(threshold=safe_lora_threshold) if safe_lora else None
     except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from None
