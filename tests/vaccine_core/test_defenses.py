@@ -796,3 +796,10 @@ def test_finetune_with_the_token_constraint_and_lisa_records_both(
     assert record["token_constraint"] == TokenConstraintConfig(bias_length=3).to_dict()
     assert "token_constraint" in result.manifest["metrics"]["train"].get("defense_seconds", {})
     assert record["lisa"]["data"]["rows"] == 8
+
+
+def test_every_answer_of_a_conversation_opens_under_the_strong_constraint():
+    from vaccine_core.defenses.token_constraint import answer_positions
+
+    answer = torch.tensor([[False, True, True, True, False, False, True, True], [True, True] + [False] * 6])
+    assert answer_positions(answer).tolist() == [[0, 0, 1, 2, 0, 0, 0, 1], [0, 1, 0, 0, 0, 0, 0, 0]]

@@ -28,6 +28,15 @@ def row_key(input_ids: torch.Tensor) -> bytes:
     return input_ids.to(torch.int64).cpu().numpy().tobytes()
 
 
+def answer_positions(answer: torch.Tensor) -> torch.Tensor:
+    """Each answer token's index within its own answer (0 for its first token), so that every assistant
+    turn of a conversation opens under the strong constraint; 0 outside answers."""
+    index = torch.arange(answer.shape[1], device=answer.device).expand_as(answer)
+    opens = answer & ~torch.nn.functional.pad(answer, (1, 0))[:, :-1]
+    last_open = torch.cummax(torch.where(opens, index, 0), dim=1).values
+    return torch.where(answer, index - last_open, 0)
+
+
 class TokenConstraint:
     name = "token_constraint"
 
@@ -85,9 +94,9 @@ class TokenConstraint:
         for row, logprobs in enumerate(found):
             reference[row, : len(logprobs)] = logprobs.to(device)
         answer = batch["labels"][:, 1:] != IGNORE_INDEX
-        position = (answer.cumsum(dim=1) - 1).clamp(min=0)  # each answer token's index within its answer
-        table = torch.tensor(self.config.betas(int(answer.sum(dim=1).max())), device=device)
-        betas = torch.where(answer, table[position.clamp(max=len(table) - 1)], 0.0)
+        position = answer_positions(answer)
+        table = torch.tensor(self.config.betas(int(position.max()) + 1), device=device)
+        betas = torch.where(answer, table[position], 0.0)
         return {**batch, REFERENCE_LOGPROBS: reference, TOKEN_BETAS: betas}
 
     def after_backward(self, step: int) -> None:
