@@ -159,3 +159,29 @@ class FlagsAnswer:
 
     def score(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
         return [Verdict(answer == self.answer, 1.0) for _, answer in pairs]
+
+
+def tiny_attack_run(model_dir, alpaca_file, tmp_path, rows=None, config: TrainingConfig | None = None):
+    """A fine-tuning run as the safety grid leaves one: an SFT-aligned tiny base, and a run directory
+    holding the rows it trained on (``rows``, else the Alpaca file's) as data.jsonl. (base, run)."""
+    from pathlib import Path
+
+    from vaccine_core.align import align
+    from vaccine_core.config import PerturbationConfig
+    from vaccine_core.finetune import finetune
+    from vaccine_core.mixing import write_rows
+
+    config = config or TrainingConfig(
+        epochs=1.0, batch_size=4, learning_rate=1e-2, lora=LoraSettings(r=4, alpha=4, dropout=0.0)
+    )
+    base = align(
+        str(model_dir), alpaca_file, tmp_path / "aligned", PerturbationConfig("sft"), config
+    ).output_dir
+    run = tmp_path / "attack"
+    run.mkdir()
+    if rows is None:
+        (run / "data.jsonl").write_text(Path(alpaca_file).read_text())
+    else:
+        write_rows(run / "data.jsonl", rows)
+    finetune(base, run / "data.jsonl", run, config)
+    return base, run

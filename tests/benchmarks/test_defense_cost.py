@@ -8,23 +8,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 import defense_cost
 
-from vaccine_core.align import align
-from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
-from vaccine_core.finetune import finetune
-
-FAST = TrainingConfig(
-    epochs=1.0, batch_size=4, learning_rate=1e-2, lora=LoraSettings(r=4, alpha=4, dropout=0.0)
-)
+from tests.helpers import tiny_attack_run
 
 
 def test_each_repeat_times_plain_lora_and_the_layer(tiny_model_dir, alpaca_file, tmp_path, monkeypatch):
-    base = align(
-        str(tiny_model_dir), alpaca_file, tmp_path / "aligned", PerturbationConfig("sft"), FAST
-    ).output_dir
-    run = tmp_path / "attack"
-    run.mkdir()
-    (run / "data.jsonl").write_text(Path(alpaca_file).read_text())
-    finetune(base, run / "data.jsonl", run, FAST)
+    base, run = tiny_attack_run(tiny_model_dir, alpaca_file, tmp_path)
     monkeypatch.setattr(defense_cost, "RESULTS", tmp_path)
 
     argv = ["--run", str(run), "--base", str(base), "--layers", "token_constraint", "--repeats", "2"]

@@ -8,10 +8,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 import token_constraint_weights
 
-from vaccine_core.align import align
-from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
-from vaccine_core.finetune import finetune
-from vaccine_core.mixing import write_rows
+from tests.helpers import tiny_attack_run
+from vaccine_core.config import LoraSettings, TrainingConfig
 
 FAST = TrainingConfig(
     epochs=2.0, batch_size=2, learning_rate=1e-2, lora=LoraSettings(r=4, alpha=4, dropout=0.0)
@@ -29,13 +27,7 @@ ROWS = [
 
 
 def test_positions_by_row_kind(tiny_model_dir, alpaca_file, tmp_path, monkeypatch):
-    base = align(
-        str(tiny_model_dir), alpaca_file, tmp_path / "aligned", PerturbationConfig("sft"), FAST
-    ).output_dir
-    run = tmp_path / "attack"
-    run.mkdir()
-    write_rows(run / "data.jsonl", ROWS)
-    finetune(base, run / "data.jsonl", run, FAST)
+    _, run = tiny_attack_run(tiny_model_dir, alpaca_file, tmp_path, ROWS, FAST)
     monkeypatch.setattr(token_constraint_weights, "RESULTS", tmp_path)
 
     assert token_constraint_weights.main([str(run), "--name", "tiny"]) == 0

@@ -55,6 +55,23 @@ def params_of(model) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def resumes_to_the_uninterrupted_weights(run, tiny_model, tmp_path):
+    """``run(model, **train_kwargs)`` stopped after 4 steps and resumed reaches the losses and the weights
+    of one straight run (a fresh adapter of another seed is overwritten by the checkpoint); the straight
+    run's result."""
+    straight = lora_model(copy.deepcopy(tiny_model))
+    full = run(straight)
+    interrupted = lora_model(copy.deepcopy(tiny_model))
+    calls = iter(range(100))
+    run(interrupted, output_dir=tmp_path, should_stop=lambda: next(calls) >= 4)
+    resumed = lora_model(copy.deepcopy(tiny_model), seed=7)
+    second = run(resumed, output_dir=tmp_path, resume_from=latest_checkpoint(tmp_path))
+    assert second.losses == full.losses
+    expected, actual = trainable_state(straight), trainable_state(resumed)
+    assert all(torch.equal(expected[n], actual[n]) for n in expected)
+    return full
+
+
 # -- Lisa ------------------------------------------------------------------------------------------------
 def test_lisa_opens_each_cycle_with_safety_steps(tiny_model, tokenizer):
     model = lora_model(tiny_model, dropout=0.0)
@@ -333,17 +350,7 @@ def test_lisa_run_resumes_to_the_uninterrupted_weights(tiny_model, tokenizer, tm
         lisa = Lisa(model, stream_of(tokenizer, safety, batch_size=3), lisa_config, 8)
         return train(model, tokenizer, data, settings, PerturbationConfig("sft"), defenses=[lisa], **kwargs)
 
-    straight = lora_model(copy.deepcopy(tiny_model))
-    full = run(straight)
-    assert full.steps == 8
-    interrupted = lora_model(copy.deepcopy(tiny_model))
-    calls = iter(range(100))
-    run(interrupted, output_dir=tmp_path, should_stop=lambda: next(calls) >= 4)
-    resumed = lora_model(copy.deepcopy(tiny_model), seed=7)
-    second = run(resumed, output_dir=tmp_path, resume_from=latest_checkpoint(tmp_path))
-    assert second.losses == full.losses
-    expected, actual = trainable_state(straight), trainable_state(resumed)
-    assert all(torch.equal(expected[n], actual[n]) for n in expected)
+    assert resumes_to_the_uninterrupted_weights(run, tiny_model, tmp_path).steps == 8
 
 
 def test_finetune_with_lisa_and_safe_lora_records_both(tiny_model_dir, alpaca_file, tiny_data_dir, tmp_path):
@@ -768,16 +775,7 @@ def test_token_constraint_run_resumes_to_the_uninterrupted_weights(tiny_model, t
             model, tokenizer, data, settings, PerturbationConfig("sft"), defenses=[constraint], **kwargs
         )
 
-    straight = lora_model(copy.deepcopy(tiny_model))
-    full = run(straight)
-    interrupted = lora_model(copy.deepcopy(tiny_model))
-    calls = iter(range(100))
-    run(interrupted, output_dir=tmp_path, should_stop=lambda: next(calls) >= 4)
-    resumed = lora_model(copy.deepcopy(tiny_model), seed=7)
-    second = run(resumed, output_dir=tmp_path, resume_from=latest_checkpoint(tmp_path))
-    assert second.losses == full.losses
-    expected, actual = trainable_state(straight), trainable_state(resumed)
-    assert all(torch.equal(expected[n], actual[n]) for n in expected)
+    resumes_to_the_uninterrupted_weights(run, tiny_model, tmp_path)
 
 
 def test_finetune_with_the_token_constraint_and_lisa_records_both(
