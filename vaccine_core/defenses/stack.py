@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,11 +87,13 @@ class StepDefenses:
             stream = BatchStream(safety, config.batch_size, tokenizer.pad_token_id, config.seed + 2)
             built.append(Lisa(model, stream, self.lisa, plan_steps(len(examples), config)[1]))
         if self.token_constraint is not None:
+            started = time.perf_counter()
             built.append(
                 TokenConstraint(
                     model, examples, self.token_constraint, config.batch_size, tokenizer.pad_token_id
                 )
             )
+            self.setup_seconds[TokenConstraint.name] = time.perf_counter() - started
         return built
 
     def to_dict(self) -> dict[str, Any]:
