@@ -28,6 +28,7 @@ from common import machine_info, provenance
 from vaccine_core.artifacts import read_manifest
 from vaccine_core.config import TrainingConfig
 from vaccine_core.defenses import LisaConfig, StepDefenses, TokenConstraintConfig
+from vaccine_core.defenses.config import LISA_SAFETY_PAIRS
 from vaccine_core.defenses.data import lisa_pairs
 from vaccine_core.finetune import finetune
 from vaccine_core.settings import get_settings
@@ -42,7 +43,9 @@ def layer_defenses(layer: str, base: Path, seed: int) -> StepDefenses | None:
         return None
     if layer == "token_constraint":
         return StepDefenses(token_constraint=TokenConstraintConfig())
-    return StepDefenses(lisa=LisaConfig(), lisa_rows=lisa_pairs(get_settings().data_dir, base, 100, seed))
+    return StepDefenses(
+        lisa=LisaConfig(), lisa_rows=lisa_pairs(get_settings().data_dir, base, LISA_SAFETY_PAIRS, seed)
+    )
 
 
 def time_job(run: Path, base: Path, layer: str, config: TrainingConfig) -> dict[str, Any]:

@@ -136,6 +136,10 @@ class Arm:
         changed = {"rho": self.lisa_rho, "finetune_steps": self.lisa_finetune_steps}
         return LisaConfig(**{name: value for name, value in changed.items() if value is not None})
 
+    def token_constraint_config(self) -> TokenConstraintConfig | None:
+        """The token constraint's settings in this arm (None: none)."""
+        return TokenConstraintConfig() if self.token_constraint else None
+
     def safe_lora_config(self) -> SafeLoraConfig | None:
         """The projection this arm applies to the user's adapter (None: none)."""
         if not self.safe_lora:
@@ -165,7 +169,7 @@ def ships_by_default(arm: Arm) -> bool:
         and arm.lisa_helpful_share == 0
         and arm.safe_lora_config() == stack.projection()
         and arm.prescreen_filter == stack.prescreen_filter
-        and (TokenConstraintConfig() if arm.token_constraint else None) == stack.constraint()
+        and arm.token_constraint_config() == stack.constraint()
     )
 
 
@@ -527,8 +531,8 @@ class Benchmark:
                 self.data_dir, base, count, seed, helpful=helpful, exclude=exclude, aligned=aligned
             )
             defenses = StepDefenses(lisa=lisa, lisa_rows=pairs)
-        if arm.token_constraint:
-            defenses = replace(defenses or StepDefenses(), token_constraint=TokenConstraintConfig())
+        if (constraint := arm.token_constraint_config()) is not None:
+            defenses = replace(defenses or StepDefenses(), token_constraint=constraint)
         if defenses is not None:
             key_parts.append(defenses.to_dict())
         safe_lora = arm.safe_lora_config()

@@ -24,7 +24,7 @@ from common import machine_info, provenance
 
 from vaccine_core.data import SupervisedDataset, collate
 from vaccine_core.defenses import TokenConstraintConfig
-from vaccine_core.defenses.token_constraint import answer_positions
+from vaccine_core.defenses.token_constraint import answer_positions, token_betas
 from vaccine_core.formats import parse_rows
 from vaccine_core.inference import load_for_inference
 from vaccine_core.losses import constraint_weights, token_logprobs
@@ -45,9 +45,9 @@ def run_positions(run: Path, config: TokenConstraintConfig) -> dict[str, dict[st
             tuned, answer = token_logprobs(loaded.model, batch)
             with loaded.model.disable_adapter():
                 base, _ = token_logprobs(loaded.model, batch)
-        position = answer_positions(answer)[answer]
+        position, betas = answer_positions(answer)[answer], token_betas(answer, config)[answer]
         tuned, base = tuned[answer], base[answer]
-        weights = constraint_weights(tuned, base, torch.tensor(config.betas(len(tuned))))
+        weights = constraint_weights(tuned, base, betas)
         kind = "harmful" if rows[conversation.line - 1]["harmful"] else "benign"
         for name, (low, high) in POSITIONS.items():
             chosen = (position >= low) & (position <= high)

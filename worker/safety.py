@@ -179,15 +179,13 @@ def defense_layers(manifest: dict[str, Any], base: BaseModelRecord) -> list[dict
         if booster := (aligned.get("defenses") or {}).get("booster"):
             add("booster", "alignment", booster, (train.get("defense_seconds") or {}).get("booster"))
     own = manifest.get("defenses") or {}
-    train = manifest.get("metrics", {}).get("train") or {}
+    seconds = (manifest.get("metrics", {}).get("train") or {}).get("defense_seconds") or {}
     if screened := own.get("prescreen_filter"):
         options = {"rows": screened["rows"], "rows_left_out": screened["rows_left_out"]}
         add("prescreen_filter", "before fine-tuning", options, screened["seconds"])
-    if lisa := own.get("lisa"):
-        add("lisa", "fine-tuning", lisa, (train.get("defense_seconds") or {}).get("lisa"))
-    if constraint := own.get("token_constraint"):
-        seconds = (train.get("defense_seconds") or {}).get("token_constraint")
-        add("token_constraint", "fine-tuning", constraint, seconds)
+    for layer in ("lisa", "token_constraint"):  # the training loop's layers, in the order they act
+        if options := own.get(layer):
+            add(layer, "fine-tuning", options, seconds.get(layer))
     if projection := own.get("safe_lora"):
         options = {k: v for k, v in projection.items() if k != "seconds"}
         add("safe_lora", "after fine-tuning", options, projection["seconds"])

@@ -37,6 +37,14 @@ def answer_positions(answer: torch.Tensor) -> torch.Tensor:
     return torch.where(answer, index - last_open, 0)
 
 
+def token_betas(answer: torch.Tensor, config: TokenConstraintConfig) -> torch.Tensor:
+    """beta_t at every answer position of ``answer`` (a mask aligned with the shifted labels), counted
+    from the start of its own answer; 0 elsewhere."""
+    position = answer_positions(answer)
+    table = torch.tensor(config.betas(int(position.max()) + 1), device=answer.device)
+    return torch.where(answer, table[position], 0.0)
+
+
 class TokenConstraint:
     name = "token_constraint"
 
@@ -93,10 +101,7 @@ class TokenConstraint:
         reference = torch.zeros(batch["input_ids"].shape[0], batch["input_ids"].shape[1] - 1, device=device)
         for row, logprobs in enumerate(found):
             reference[row, : len(logprobs)] = logprobs.to(device)
-        answer = batch["labels"][:, 1:] != IGNORE_INDEX
-        position = answer_positions(answer)
-        table = torch.tensor(self.config.betas(int(position.max()) + 1), device=device)
-        betas = torch.where(answer, table[position], 0.0)
+        betas = token_betas(batch["labels"][:, 1:] != IGNORE_INDEX, self.config)
         return {**batch, REFERENCE_LOGPROBS: reference, TOKEN_BETAS: betas}
 
     def after_backward(self, step: int) -> None:
