@@ -221,6 +221,10 @@ ARMS: dict[str, Arm] = {
         # fourteenth session), alone and after the pre-screen filter
         Arm("token_constraint", "sft", token_constraint=True),
         Arm("prescreen_filter+token_constraint", "sft", prescreen_filter=True, token_constraint=True),
+        # the two layers that each passed the default's rule in one setting, stacked: alignment that answers
+        # requests which only sound harmful, and the pre-screen filter (safety-defenses-plan.md, fifteenth
+        # session)
+        Arm("sft+sensitive+prescreen_filter", "sft", sensitive_helpful=24, prescreen_filter=True),
         # thresholds by the share of layers they project (safety-defenses-plan.md): 0.1 ~14 %, 0.2 ~50 %
         Arm("safe_lora-t0.1", "sft", safe_lora=True, safe_lora_threshold=0.1),
         Arm("safe_lora-t0.2", "sft", safe_lora=True, safe_lora_threshold=0.2),
