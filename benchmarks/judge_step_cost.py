@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -82,9 +83,9 @@ def time_variant(
     batch = full_batch(model, rows, length)
     target = torch.zeros(rows)
 
-    def step() -> None:
+    def step(run: torch.nn.Module = forward) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
-            logits = forward(**batch).logits
+            logits = run(**batch).logits
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float()[:, 0], target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -102,6 +103,9 @@ def time_variant(
         "seconds_per_step": round((time.perf_counter() - started) / steps, 4),
         "first_step_seconds": round(first, 2),
     }
+    with FlopCounterMode(display=False) as flops:
+        step(model)  # counted uncompiled: the same arithmetic
+    result["flop_per_step"] = flops.get_total_flops()
     with torch.profiler.profile() as profiler:
         for _ in range(PROFILED_STEPS):
             step()
@@ -114,6 +118,22 @@ def time_variant(
         e.key: round(e.self_cpu_time_total / total, 4) for e in events[:TOP_OPERATIONS]
     }
     return result
+
+
+def matmul_gflops(bfloat16: bool, rows: int, length: int, hidden: int, repeats: int = 20) -> float:
+    """The machine's rate at the judge's largest matrix product (a batch's tokens times the feed-forward
+    weight), in the step's precision: what the step's arithmetic could run at, at best."""
+    tokens = torch.randn(rows * length, hidden)
+    weight = torch.randn(hidden, 4 * hidden)
+    dtype = torch.bfloat16 if bfloat16 else torch.float32
+    tokens, weight = tokens.to(dtype), weight.to(dtype)
+    for _ in range(3):
+        tokens @ weight
+    started = time.perf_counter()
+    for _ in range(repeats):
+        tokens @ weight
+    seconds = (time.perf_counter() - started) / repeats
+    return 2 * rows * length * hidden * 4 * hidden / seconds / 1e9
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -159,6 +179,13 @@ def main(argv: list[str] | None = None) -> Path:
         variants[variant] = json.loads(done.stdout.strip().splitlines()[-1])
         print(variant, variants[variant]["seconds_per_step"], "s a step", flush=True)
     baseline = variants.get(BASELINE, {}).get("seconds_per_step")
+    rate = matmul_gflops(bfloat16, args.rows, args.length, probe.config.hidden_size)
+    for figures in variants.values():
+        # the step's arithmetic at the machine's best matrix-product rate: no way of running the step
+        # that keeps its arithmetic can be faster
+        floor = figures["flop_per_step"] / (rate * 1e9)
+        figures["arithmetic_floor_seconds"] = round(floor, 4)
+        figures["step_over_floor"] = round(figures["seconds_per_step"] / floor, 2)
     result = {
         "benchmark": "judge_step_cost",
         **provenance("benchmarks/judge_step_cost.py"),
@@ -170,6 +197,7 @@ def main(argv: list[str] | None = None) -> Path:
             "steps": args.steps,
             "frozen_layers": args.frozen_layers,
         },
+        "matmul_gflops": round(rate, 2),
         "variants": variants,
         f"ratios_to_{BASELINE}": {
             name: round(v["seconds_per_step"] / baseline, 3) for name, v in variants.items() if baseline

@@ -5,6 +5,9 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 import judge_step_cost
 
@@ -36,3 +39,20 @@ def test_each_variant_runs_in_its_own_process_and_the_result_names_the_batch(tmp
     assert result["batch"]["rows"] == 4 and result["batch"]["tokens"] == 16
     assert result["batch"]["frozen_layers"] == 1
     assert result["ratios_to_sdpa"] == {"sdpa": 1.0}
+    assert "matmul_gflops" in result and result["variants"]["sdpa"]["step_over_floor"] > 0
+
+
+def test_a_step_s_arithmetic_is_three_forward_passes_when_every_layer_trains(tmp_path):
+    # Backward costs each matrix product twice (the gradient of its input and of its weight), so with no
+    # layer frozen a step is three forward passes of arithmetic; frozen layers skip both backward products.
+    encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False, layers=LAYERS)
+    model = judge_step_cost.judge_model(encoder, judge_step_cost.VARIANTS["eager-attention"][0], 0)
+    with torch.no_grad(), FlopCounterMode(display=False) as forward:
+        model(**judge_step_cost.full_batch(model, 4, 16))
+    figures = {
+        frozen: judge_step_cost.time_variant("eager-attention", encoder, False, 1, 4, 16, frozen)
+        for frozen in (0, 1)
+    }
+
+    assert figures[0]["flop_per_step"] == 3 * forward.get_total_flops() > 0
+    assert figures[1]["flop_per_step"] < figures[0]["flop_per_step"]

@@ -89,10 +89,10 @@ class TokenConstraint:
 
     def batch(self, step: int, batch: Batch) -> Batch:
         """The user's batch with its reference log-probabilities and per-token betas attached."""
+        # one copy of the batch's tokens to the host, not one per row (each would wait on the device)
+        rows = batch["input_ids"].cpu()
         lengths = batch["attention_mask"].sum(dim=1).tolist()
-        found = [
-            self.reference.get(row_key(ids[:n])) for ids, n in zip(batch["input_ids"], lengths, strict=True)
-        ]
+        found = [self.reference.get(row_key(ids[:n])) for ids, n in zip(rows, lengths, strict=True)]
         if all(row is None for row in found):
             return batch  # not the user's rows (Lisa's safety batch): plain cross-entropy
         if any(row is None for row in found):
