@@ -7,7 +7,9 @@ tokens), with the judge's two lowest layers frozen (or ``--frozen-layers``) and 
 bfloat16 autocast where the judge's training would choose it on this CPU (``learned.train_in_bfloat16``,
 asked once). Each is then profiled over three steps: the dropout masks it draws a step
 (``aten::bernoulli_``), their share of its CPU time, and the shares of its costliest operations say what
-a cut could save. Variants:
+a cut could save. A step's arithmetic (its matrix products' FLOPs, counted) at the rate this machine
+reaches on the judge's largest product (``matmul_gflops``) is its floor (``arithmetic_floor_seconds``):
+training can only get nearer that by running differently, and below it only by computing less. Variants:
 
 - ``sdpa``: the judge's training before 2026-12-05 (SDPA attention, attention-probability dropout 0.1);
 - ``sdpa-compiled``: the same under ``torch.compile`` (inductor; its first step, the compilation, is
@@ -122,7 +124,7 @@ def time_variant(
 
 def matmul_gflops(bfloat16: bool, rows: int, length: int, hidden: int, repeats: int = 20) -> float:
     """The machine's rate at the judge's largest matrix product (a batch's tokens times the feed-forward
-    weight), in the step's precision: what the step's arithmetic could run at, at best."""
+    weight), in the step's precision: about the best rate any of the step's products reaches."""
     tokens = torch.randn(rows * length, hidden)
     weight = torch.randn(hidden, 4 * hidden)
     dtype = torch.bfloat16 if bfloat16 else torch.float32
@@ -181,8 +183,8 @@ def main(argv: list[str] | None = None) -> Path:
     baseline = variants.get(BASELINE, {}).get("seconds_per_step")
     rate = matmul_gflops(bfloat16, args.rows, args.length, probe.config.hidden_size)
     for figures in variants.values():
-        # the step's arithmetic at the machine's best matrix-product rate: no way of running the step
-        # that keeps its arithmetic can be faster
+        # the step's arithmetic, all of it at its largest product's rate: what a way of running the step
+        # that keeps its arithmetic can hope for (the rest of a step is dropout, softmax, copies)
         floor = figures["flop_per_step"] / (rate * 1e9)
         figures["arithmetic_floor_seconds"] = round(floor, 4)
         figures["step_over_floor"] = round(figures["seconds_per_step"] / floor, 2)
