@@ -67,7 +67,8 @@ class TokenConstraint:
     def reference_logprobs(
         model: torch.nn.Module, examples: SupervisedDataset, batch_size: int, pad_token_id: int
     ) -> dict[bytes, torch.Tensor]:
-        """Each row's next-token log-probabilities under the aligned base, by the row's tokens."""
+        """Each row's next-token log-probabilities under the aligned base, by the row's tokens, on the
+        model's device (each step reads them there)."""
         device = next(model.parameters()).device
         reference: dict[bytes, torch.Tensor] = {}
         was_training = model.training
@@ -79,10 +80,11 @@ class TokenConstraint:
                     batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
                     logprobs, _ = token_logprobs(model, batch)
                     for row, example in enumerate(chunk):
+                        # kept on the model's device, keyed by the row's tokens as the host holds them
                         length = len(example.input_ids)
-                        reference[row_key(batch["input_ids"][row, :length])] = logprobs[
+                        reference[row_key(torch.tensor(example.input_ids))] = logprobs[
                             row, : length - 1
-                        ].cpu()
+                        ].clone()
         finally:
             model.train(was_training)
         return reference
