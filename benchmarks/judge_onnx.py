@@ -3,7 +3,7 @@
 Not a dependency of the project: install ``onnxruntime`` and ``onnx`` beside it to run this. The judge is
 exported once (TorchScript exporter, dynamic batch and length), then scored as exported (float32), with
 ONNX Runtime's BERT graph fusions, and after ONNX Runtime's dynamic int8 quantisation of each, on the same
-held-out pairs, batches and order as ``LearnedJudge`` (batch 32, longest first), two threads.
+held-out pairs, batches and order as ``LearnedJudge`` (``LearnedJudge.batches``), two threads.
 Each variant's speed is taken in the same process as PyTorch's, so the ratio holds on a busy machine; its
 scores are compared with PyTorch's int8 and float32 scores, and its flags at the judge's threshold with
 PyTorch int8's.
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, provenance
 
 from vaccine_core.moderation.dataset import split
-from vaccine_core.moderation.learned import LearnedJudge, encode_pairs, ensure_default_judge, judge_data
+from vaccine_core.moderation.learned import LearnedJudge, ensure_default_judge, judge_data
 from vaccine_core.settings import get_settings
 
 THREADS = 2
@@ -103,13 +103,7 @@ def main() -> None:
     reference, torch_rate = pairs_per_second(torch_scores(int8), len(pairs), args.repeats)
     reference_float32, _ = pairs_per_second(torch_scores(float32), len(pairs), 1)
 
-    # the batches LearnedJudge.logits forms: longest first, the judge's batch size
-    order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))
-    batches = []
-    for start in range(0, len(order), int8.batch_size):
-        chunk = order[start : start + int8.batch_size]
-        encodings = encode_pairs(int8.tokenizer, [pairs[i] for i in chunk], int8.max_length)
-        batches.append((chunk, int8.tokenizer.pad(encodings, return_tensors="np")))
+    batches = list(int8.batches(pairs, return_tensors="np"))  # as the judge scores them
 
     def onnx_scores(file: Path) -> Callable[[], np.ndarray]:
         options = onnxruntime.SessionOptions()
@@ -127,9 +121,7 @@ def main() -> None:
 
     variants = {}
     with tempfile.TemporaryDirectory() as folder:
-        sample = int8.tokenizer.pad(
-            encode_pairs(int8.tokenizer, pairs[:4], int8.max_length), return_tensors="pt"
-        )
+        _, sample = next(int8.batches(pairs[:4]))
         for name, file in export(int8, Path(folder), sample).items():
             scores, rate = pairs_per_second(onnx_scores(file), len(pairs), args.repeats)
             flags_agree = np.mean((scores >= int8.threshold) == (reference >= int8.threshold))

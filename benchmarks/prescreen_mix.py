@@ -7,9 +7,11 @@ precision, and benign rows wrongly flagged.
 
     .venv/bin/python benchmarks/prescreen_mix.py --judge default [--benign alpaca]
     .venv/bin/python benchmarks/prescreen_mix.py --judge default+intent --screen-recall 0.98
+    .venv/bin/python benchmarks/prescreen_mix.py --judge default+intent --name amd-epyc-avx2
 
-``--screen-recall`` flags at the default judge's screen threshold instead of its F1 one: the highest
-threshold that still flags that share of its validation split's harmful answers (``screen_threshold``).
+``--name`` is appended to the result's file name. ``--screen-recall`` flags at the default judge's
+screen threshold instead of its F1 one: the highest threshold that still flags that share of its
+validation split's harmful answers (``screen_threshold``).
 """
 
 import argparse
@@ -119,6 +121,11 @@ def main() -> None:
         default=None,
         help="the default judge flags at the threshold that keeps this recall on its validation split",
     )
+    parser.add_argument(
+        "--name",
+        default="",
+        help="appended to the result's file name (e.g. the machine), so as not to replace another's",
+    )
     args = parser.parse_args()
 
     data_dir = get_settings().data_dir
@@ -174,8 +181,10 @@ def main() -> None:
     }
     print(json.dumps({k: v for k, v in result.items() if k not in {"machine"}}, indent=2))
     name = "default" if args.judge == "default" else Path(args.judge).name
-    suffix = ("" if args.benign == "sst2" else f"-{args.benign}") + (
-        f"-screen{args.screen_recall:g}" if screen else ""
+    suffix = (
+        ("" if args.benign == "sst2" else f"-{args.benign}")
+        + (f"-screen{args.screen_recall:g}" if screen else "")
+        + (f"-{args.name}" if args.name else "")
     )
     out = Path(__file__).parent / "results" / f"prescreen_mix-{name}{suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -12,7 +12,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -78,18 +78,23 @@ class LearnedJudge:
         model = BertForSequenceClassification.from_pretrained(str(self.path)).to(self.device).eval()
         self.model, self.quantized = as_calibrated(model, options, self.device, quantize)
 
-    @torch.no_grad()
-    def logits(self, pairs: Sequence[Pair]) -> torch.Tensor:
-        # Longest first, so that each batch pads little; results return in input order.
+    def batches(self, pairs: Sequence[Pair], return_tensors: str = "pt") -> Iterator[tuple[list[int], Any]]:
+        """The pairs as the judge reads them, each batch padded, with its rows' indices in ``pairs``:
+        longest first, so that each batch pads little."""
         order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))
-        out = torch.empty(len(pairs), 1 + len(self.categories))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             encodings = encode_pairs(
                 self.tokenizer, [pairs[i] for i in chunk], self.max_length, self.answer_tail
             )
-            encoded = self.tokenizer.pad(encodings, return_tensors="pt").to(self.device)
-            out[chunk] = self.model(**encoded).logits.float().cpu()
+            yield chunk, self.tokenizer.pad(encodings, return_tensors=return_tensors)
+
+    @torch.no_grad()
+    def logits(self, pairs: Sequence[Pair]) -> torch.Tensor:
+        """Each pair's logits, in input order."""
+        out = torch.empty(len(pairs), 1 + len(self.categories))
+        for chunk, encoded in self.batches(pairs):
+            out[chunk] = self.model(**encoded.to(self.device)).logits.float().cpu()
         return out
 
     def score(self, pairs: Sequence[Pair]) -> list[Verdict]:
