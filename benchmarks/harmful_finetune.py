@@ -47,6 +47,7 @@ from vaccine_core.defenses import (
     BoosterConfig,
     LisaConfig,
     PreferenceConfig,
+    RestaConfig,
     SafeLoraConfig,
     StepDefenses,
     TokenConstraintConfig,
@@ -55,7 +56,7 @@ from vaccine_core.defenses.config import LISA_SAFETY_PAIRS, PREFERENCE_PAIRS
 from vaccine_core.defenses.data import booster_pairs, lisa_pairs, preference_pairs, user_turn
 from vaccine_core.defenses.own_compliance import judged_safety_rows, own_compliance
 from vaccine_core.evaluation import embedding_drift, judge_answers, load_prompts, refusal_rate, task_accuracy
-from vaccine_core.finetune import apply_safe_lora, finetune
+from vaccine_core.finetune import apply_resta, apply_safe_lora, finetune
 from vaccine_core.formats import parse_rows
 from vaccine_core.generation import generate
 from vaccine_core.inference import load_for_inference
@@ -104,6 +105,7 @@ class Arm:
     lisa_helpful_share: float = 0.0  # of Lisa's pairs, the share that are helpful Alpaca answers
     safe_lora: bool = False  # Safe LoRA on the user's adapter (SafeLoraConfig's defaults)
     safe_lora_threshold: float | None = None  # another threshold than SafeLoraConfig's default
+    resta: float | None = None  # RESTA's scale: the base's alignment update added to the user's adapter again
     # the service's upload pre-screen as a data filter: the attack's rows it flags never train
     prescreen_filter: bool = False
     # the token-wise constraint on the user's fine-tuning (TokenConstraintConfig's defaults, the paper's)
@@ -129,6 +131,19 @@ class Arm:
         epochs = sizes.alignment_epochs * profile / self.alignment_pairs
         return safety, self.alignment_pairs - safety, epochs
 
+    def layers(self) -> list[str]:
+        """The defense layers this arm runs beyond its base's alignment method, in the order they act."""
+        switched = {
+            "booster": self.booster,
+            "preference": self.preference,
+            "prescreen_filter": self.prescreen_filter,
+            "lisa": self.lisa,
+            "token_constraint": self.token_constraint,
+            "safe_lora": self.safe_lora,
+            "resta": self.resta is not None,
+        }
+        return [layer for layer, on in switched.items() if on]
+
     def lisa_config(self) -> LisaConfig | None:
         """Lisa's settings in this arm (None: no Lisa)."""
         if not self.lisa:
@@ -146,6 +161,10 @@ class Arm:
             return None
         threshold = self.safe_lora_threshold
         return SafeLoraConfig() if threshold is None else SafeLoraConfig(threshold=threshold)
+
+    def resta_config(self) -> RestaConfig | None:
+        """The re-alignment this arm applies to the user's adapter (None: none)."""
+        return None if self.resta is None else RestaConfig(scale=self.resta)
 
 
 def ships_by_default(arm: Arm) -> bool:
@@ -168,6 +187,7 @@ def ships_by_default(arm: Arm) -> bool:
         and arm.lisa_config() == stack.lisa_config()
         and arm.lisa_helpful_share == 0
         and arm.safe_lora_config() == stack.projection()
+        and arm.resta_config() == stack.realignment()
         and arm.prescreen_filter == stack.prescreen_filter
         and arm.token_constraint_config() == stack.constraint()
     )
@@ -225,6 +245,10 @@ ARMS: dict[str, Arm] = {
         # requests which only sound harmful, and the pre-screen filter (safety-defenses-plan.md, fifteenth
         # session)
         Arm("sft+sensitive+prescreen_filter", "sft", sensitive_helpful=24, prescreen_filter=True),
+        # the base's alignment update added to the user's adapter once more (RESTA, Bhardwaj et al. 2024;
+        # safety-defenses-plan.md, sixteenth session), alone and after the pre-screen filter
+        Arm("resta", "sft", resta=1.0),
+        Arm("prescreen_filter+resta", "sft", prescreen_filter=True, resta=1.0),
         # thresholds by the share of layers they project (safety-defenses-plan.md): 0.1 ~14 %, 0.2 ~50 %
         Arm("safe_lora-t0.1", "sft", safe_lora=True, safe_lora_threshold=0.1),
         Arm("safe_lora-t0.2", "sft", safe_lora=True, safe_lora_threshold=0.2),
@@ -253,15 +277,24 @@ ARMS: dict[str, Arm] = {
 }
 
 
-def project_copy(run: Path, out: Path, base: str, config: SafeLoraConfig) -> None:
-    """``run``'s adapter copied to ``out`` and projected there by Safe LoRA, its manifest saying so."""
-    shutil.copytree(run, out, dirs_exist_ok=True)
+def after_finetuning_copy(
+    run: Path, out: Path, base: str, safe_lora: SafeLoraConfig | None, resta: RestaConfig | None
+) -> None:
+    """``run``'s adapter copied to ``out`` and edited there by the layers that act after fine-tuning, in
+    ``finetune``'s order (Safe LoRA, then RESTA), its manifest saying so."""
+    if out.exists():
+        shutil.rmtree(out)  # no manifest: an interrupted copy, perhaps edited half-way
+    shutil.copytree(run, out)
     (out / MANIFEST).unlink()  # written last: an interrupted copy is built again
     manifest = read_manifest(run)
-    projection = apply_safe_lora(out, base, config)
+    layers = dict(manifest.get("defenses") or {})
+    if safe_lora is not None:
+        layers["safe_lora"] = apply_safe_lora(out, base, safe_lora)
+    if resta is not None:
+        layers["resta"] = apply_resta(out, base, resta)
     written = ("format_version", "created_at", "software", "files")  # write_manifest's own keys
     kept = {key: value for key, value in manifest.items() if key not in written}
-    write_manifest(out, kept | {"defenses": {**(manifest.get("defenses") or {}), "safe_lora": projection}})
+    write_manifest(out, kept | {"defenses": layers})
 
 
 @dataclass
@@ -539,18 +572,20 @@ class Benchmark:
             defenses = replace(defenses or StepDefenses(), token_constraint=constraint)
         if defenses is not None:
             key_parts.append(defenses.to_dict())
-        safe_lora = arm.safe_lora_config()
+        safe_lora, resta = arm.safe_lora_config(), arm.resta_config()
         if safe_lora is not None:
             key_parts.append({"safe_lora": safe_lora.to_dict()})
+        if resta is not None:
+            key_parts.append({"resta": resta.to_dict()})
         out = self.cache / "attacks" / digest(key_parts)
         if build and not (out / "manifest.json").is_file():
-            if safe_lora is not None:
-                # Safe LoRA only edits the saved adapter: project a copy of the same arm's unprojected
-                # run (trained once, the same seed), so the two models differ by the projection alone
-                unprojected = self.attack(
-                    replace(arm, safe_lora=False, safe_lora_threshold=None), base, fraction, seed
+            if safe_lora is not None or resta is not None:
+                # these layers only edit the saved adapter: edit a copy of the same arm's run without
+                # them (trained once, the same seed), so the two models differ by the edit alone
+                trained = self.attack(
+                    replace(arm, safe_lora=False, safe_lora_threshold=None, resta=None), base, fraction, seed
                 )
-                project_copy(unprojected, out, base, safe_lora)
+                after_finetuning_copy(trained, out, base, safe_lora, resta)
             else:
                 data = out / "data.jsonl"
                 write_rows(data, rows)

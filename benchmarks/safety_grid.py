@@ -278,9 +278,9 @@ def cost(outputs: dict[str, Any]) -> dict[str, float]:
     record = {"train_seconds": float(train.get("seconds") or 0.0)}
     for name, seconds in (train.get("defense_seconds") or {}).items():
         record[f"{name}_seconds"] = float(seconds)
-    safe_lora = (outputs.get("defenses") or {}).get("safe_lora")
-    if safe_lora:
-        record["safe_lora_seconds"] = float(safe_lora["seconds"])
+    for layer in ("safe_lora", "resta"):  # the layers that edit the saved adapter
+        if after := (outputs.get("defenses") or {}).get(layer):
+            record[f"{layer}_seconds"] = float(after["seconds"])
     return record
 
 
@@ -448,11 +448,7 @@ def cell_record(
         "attack_taught": taught,
         "cost": by_decoding["cost"],
         "cost_device": by_decoding["cost_device"],
-        "layers": [
-            layer
-            for layer in ("booster", "preference", "prescreen_filter", "lisa", "safe_lora")
-            if getattr(arm, layer)
-        ],
+        "layers": arm.layers(),
         "lisa": lisa.to_dict() if (lisa := arm.lisa_config()) else None,
         "shipped_default": ships_by_default(arm),
     }

@@ -79,7 +79,7 @@ def cost_table(result: dict[str, Any]) -> list[str]:
         if c["defense"] == "sft"
     }
     lines = [
-        "| regime | p | defense | seeds | fine-tuning s | x plain LoRA | hooks s | Safe LoRA s | device |",
+        "| regime | p | defense | seeds | fine-tuning s | x plain LoRA | hooks s | adapter edits s | device |",
         "|" + "---|" * 9,
     ]
     for c in cells:
@@ -89,9 +89,10 @@ def cost_table(result: dict[str, Any]) -> list[str]:
         hooks = sum(
             v for k, v in c["cost"].items() if k.endswith("_seconds") and k[:-8] in ("booster", "lisa")
         )
+        edits = sum(c["cost"].get(f"{layer}_seconds", 0.0) for layer in ("safe_lora", "resta"))
         lines.append(
             f"| {c['regime']} | {c['attack']['p']:g} | {c['defense']} | {len(c['seeds'])} | {seconds:.1f} | "
-            f"{ratio} | {hooks:.1f} | {c['cost'].get('safe_lora_seconds', 0.0):.1f} | {device or UNKNOWN} |"
+            f"{ratio} | {hooks:.1f} | {edits:.1f} | {device or UNKNOWN} |"
         )
     aligned = [b for b in result["bases"] if b.get("alignment_cost")]
     sft = {

@@ -2,8 +2,8 @@
 
 Alignment-stage defenses (Vaccine's perturbation, Booster) belong to a base model and are set when it is
 registered; what is chosen here acts on each user's job: the pre-screen filter on its data before it
-trains, Lisa and the token-wise constraint while it trains, Safe LoRA on its adapter before the safety
-report. Defaults and help texts
+trains, Lisa and the token-wise constraint while it trains, Safe LoRA and then RESTA on its adapter before
+the safety report. Defaults and help texts
 come from vaccine_core's configs, their one home.
 """
 
@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from vaccine_core.defenses.config import LISA_SAFETY_PAIRS, LisaConfig, SafeLoraConfig, TokenConstraintConfig
+from vaccine_core.defenses.config import (
+    LISA_SAFETY_PAIRS,
+    LisaConfig,
+    RestaConfig,
+    SafeLoraConfig,
+    TokenConstraintConfig,
+)
 
 if TYPE_CHECKING:  # the code behind the options loads torch: a worker's business, not the API's
     from vaccine_core.defenses.stack import StepDefenses
@@ -79,12 +85,18 @@ class DefenseStack(BaseModel):
     safe_lora_threshold: float = Field(
         default=SafeLoraConfig.threshold, ge=-1, le=1, description=config_help(SafeLoraConfig, "threshold")
     )
+    resta: bool = Field(
+        default=False, description="RESTA: add the base's alignment update to the adapter again"
+    )
+    resta_scale: float = Field(
+        default=RestaConfig.scale, ge=0, le=4, description=config_help(RestaConfig, "scale")
+    )
 
     @property
     def layers(self) -> list[str]:
         return [
             name
-            for name in ("prescreen_filter", "lisa", "token_constraint", "safe_lora")
+            for name in ("prescreen_filter", "lisa", "token_constraint", "safe_lora", "resta")
             if getattr(self, name)
         ]
 
@@ -126,6 +138,9 @@ class DefenseStack(BaseModel):
 
     def projection(self) -> SafeLoraConfig | None:
         return SafeLoraConfig(threshold=self.safe_lora_threshold) if self.safe_lora else None
+
+    def realignment(self) -> RestaConfig | None:
+        return RestaConfig(scale=self.resta_scale) if self.resta else None
 
 
 def stack_of(policy_defenses: dict[str, Any] | None, tenant_defenses: dict[str, Any] | None) -> DefenseStack:

@@ -1,7 +1,8 @@
 """User fine-tuning: a fresh LoRA adapter on the merged, aligned base (the second half of "double LoRA").
 
-Two defenses act here: Lisa while training (``defenses``) and Safe LoRA on the saved adapter (``safe_lora``:
-layers whose update strays from the base's alignment subspace are projected onto it).
+Defenses act here while training (``defenses``: Lisa, the token-wise constraint) and on the saved adapter,
+in this order: Safe LoRA (``safe_lora``: layers whose update strays from the base's alignment subspace are
+projected onto it), then RESTA (``resta``: the base's alignment update added to the adapter again).
 """
 
 import statistics
@@ -13,6 +14,8 @@ from transformers import PreTrainedModel
 
 from vaccine_core.artifacts import write_manifest
 from vaccine_core.config import PerturbationConfig, TrainingConfig, finetune_defaults
+from vaccine_core.defenses.config import RestaConfig
+from vaccine_core.defenses.resta import add_alignment
 from vaccine_core.defenses.safe_lora import ADAPTER_FILE, SafeLoraConfig, project_adapter
 from vaccine_core.defenses.stack import StepDefenses
 from vaccine_core.formats import LoadedDataset
@@ -36,6 +39,7 @@ def finetune(
     base_model: PreTrainedModel | None = None,
     defenses: StepDefenses | None = None,
     safe_lora: SafeLoraConfig | None = None,
+    resta: RestaConfig | None = None,
     validation: Path | LoadedDataset | None = None,
     validation_count: int = 0,
     init_adapter: Path | None = None,
@@ -54,6 +58,8 @@ def finetune(
     output_dir = Path(output_dir)
     if safe_lora is not None and not (Path(base) / ADAPTER_FILE).is_file():
         raise ValueError("Safe LoRA needs an aligned base: its alignment adapter defines the safe subspace")
+    if resta is not None and not (Path(base) / ADAPTER_FILE).is_file():
+        raise ValueError("RESTA needs an aligned base: its alignment adapter is the update it adds again")
     start = resolve_base(base)
     tokenizer = load_tokenizer(start.model_path)
     run = train_adapter(
@@ -81,9 +87,8 @@ def finetune(
     tokenizer.save_pretrained(output_dir)
     if base_model is not None:
         run.model.unload()
-    projection = None
-    if safe_lora is not None:
-        projection = apply_safe_lora(output_dir, base, safe_lora)
+    projection = apply_safe_lora(output_dir, base, safe_lora) if safe_lora is not None else None
+    realignment = apply_resta(output_dir, base, resta) if resta is not None else None
     manifest = write_manifest(
         output_dir,
         {
@@ -96,6 +101,7 @@ def finetune(
                 **({"prescreen_filter": prescreen_filter} if prescreen_filter is not None else {}),
                 **(defenses.to_dict() if defenses else {}),
                 **({"safe_lora": projection} if projection is not None else {}),
+                **({"resta": realignment} if realignment is not None else {}),
             },
             "data": run.data,
             "metrics": {"train": run.train_summary()},
@@ -120,3 +126,10 @@ def apply_safe_lora(adapter_dir: Path, base: str | Path, config: SafeLoraConfig)
         else None,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def apply_resta(adapter_dir: Path, base: str | Path, config: RestaConfig) -> dict[str, Any]:
+    """Add ``base``'s alignment update to the saved adapter again, in place; what was done."""
+    started = time.perf_counter()
+    record = add_alignment(adapter_dir, Path(base), config)
+    return {**record, "seconds": round(time.perf_counter() - started, 2)}

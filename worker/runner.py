@@ -40,6 +40,7 @@ from service.policy import get_policy
 from service.settings import ServiceSettings, get_service_settings
 from service.storage import storage_error_code
 from vaccine_core.config import TrainingConfig, finetune_defaults
+from vaccine_core.defenses.resta import own_adapter
 from vaccine_core.finetune import finetune
 from vaccine_core.formats import LoadedDataset
 from vaccine_core.inference import resolve_base
@@ -81,7 +82,7 @@ def training_config(job: Job) -> TrainingConfig:
         if isinstance(given.get(name), int | float)
     }
     # a job that continues an adapter keeps that adapter's shape unless told otherwise
-    start = adapter_settings(Path(job.continues_path)) if job.continues_path else defaults.lora
+    start = adapter_settings(own_adapter(Path(job.continues_path))) if job.continues_path else defaults.lora
     updates["lora"] = replace(start, **lora)
     return replace(defaults, **updates)
 
@@ -213,9 +214,10 @@ def train_and_release(
             base_model=cached_base(str(resolve_base(base.path).model_path)),
             defenses=stack.step_defenses(get_service_settings().data_dir, Path(base.path), config.seed),
             safe_lora=stack.projection(),
+            resta=stack.realignment(),
             validation=validation,
             validation_count=get_service_settings().validation_evals,
-            init_adapter=Path(job.continues_path) if job.continues_path else None,
+            init_adapter=own_adapter(Path(job.continues_path)) if job.continues_path else None,
             prescreen_filter=screened,
         )
     except Exception as exc:  # every job ends in a state a user can read

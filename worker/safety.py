@@ -189,6 +189,9 @@ def defense_layers(manifest: dict[str, Any], base: BaseModelRecord) -> list[dict
     if projection := own.get("safe_lora"):
         options = {k: v for k, v in projection.items() if k != "seconds"}
         add("safe_lora", "after fine-tuning", options, projection["seconds"])
+    if realignment := own.get("resta"):
+        options = {k: v for k, v in realignment.items() if k != "seconds"}
+        add("resta", "after fine-tuning", options, realignment["seconds"])
     return layers
 
 

@@ -104,11 +104,35 @@ def test_the_prescreen_filter_trains_only_the_rows_the_prescreen_passed(service,
     assert error.code == "no_training_data" and "every one of the training file's 8 rows" in error.message
 
 
+def test_resta_hands_back_the_combined_adapter_and_a_continuing_job_trains_the_user_s_own(service, base):
+    service.patch("/admin/policy", json={"defenses": {"resta": True, "resta_scale": 0.5}}, headers=OPERATOR)
+    client = tenant_client(service, "acme")
+    parent = client.fine_tuning.jobs.create(
+        model=base, training_file=upload(client), hyperparameters={"lora_rank": 4}
+    )
+    assert run_job(parent.id) == "succeeded"
+    released = client.fine_tuning.jobs.retrieve(parent.id).fine_tuned_model
+    with Session(get_engine()) as session:
+        safety = session.get(FineTunedModel, released).safety_report
+    layers = {layer["layer"]: layer for layer in safety["defenses"]}
+    assert list(layers) == ["vaccine", "resta"] and layers["resta"]["stage"] == "after fine-tuning"
+    combined_rank = layers["resta"]["options"]["rank"]
+    assert layers["resta"]["options"]["scale"] == 0.5 and combined_rank > 4
+
+    child = client.fine_tuning.jobs.create(model=released, training_file=upload(client))
+    assert run_job(child.id) == "succeeded"
+    manifest = read_manifest(jobs.job_dir(get_service_settings().home, child.id))
+    assert manifest["training"]["lora"]["r"] == 4  # the user's adapter continued, not the combined one
+    assert manifest["defenses"]["resta"]["rank"] == combined_rank  # the alignment update added once
+
+
 def test_bad_stack_options_are_a_400_in_the_error_envelope(service):
     bad = service.patch("/admin/policy", json={"defenses": {"lisa": True, "lisa_rho": -1}}, headers=OPERATOR)
     assert bad.status_code == 400 and "lisa_rho" in bad.json()["error"]["message"]
     bad = service.patch("/admin/policy", json={"defenses": {"token_constraint_beta": 0}}, headers=OPERATOR)
     assert bad.status_code == 400 and "token_constraint_beta" in bad.json()["error"]["message"]
+    bad = service.patch("/admin/policy", json={"defenses": {"resta_scale": 5}}, headers=OPERATOR)
+    assert bad.status_code == 400 and "resta_scale" in bad.json()["error"]["message"]
     missing = service.put("/admin/tenants/tenant-nope/defenses", json={}, headers=OPERATOR)
     assert missing.status_code == 404
     schema = service.get("/admin/policy/defenses", headers=OPERATOR).json()

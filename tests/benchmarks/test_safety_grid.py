@@ -213,6 +213,12 @@ def test_defense_stacks_run_as_arms_with_their_layers_and_cost(tiny_model_dir, t
     assert bench.computed["attacks"] == trained + 1  # the projection only
     assert read_manifest(lower)["defenses"]["safe_lora"]["threshold"] == 0.1
     assert read_manifest(lower)["metrics"] == unprojected["metrics"]
+    # RESTA edits a copy of the SFT arm's run in the same way: the alignment update added, nothing trained
+    realigned = bench.attacked(grid_module.ARMS["resta"], 0.1, 0)
+    plain = read_manifest(bench.attacked(grid_module.ARMS["sft"], 0.1, 0, False))
+    assert bench.computed["attacks"] == trained + 2 and grid_module.ARMS["resta"].layers() == ["resta"]
+    assert read_manifest(realigned)["defenses"]["resta"]["scale"] == 1.0
+    assert read_manifest(realigned)["metrics"] == plain["metrics"] and verify_files(realigned) == []
 
 
 class CountingJudge:

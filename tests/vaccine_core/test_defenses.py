@@ -1,4 +1,4 @@
-"""Booster, Lisa and Safe LoRA at the level of their maths, then inside alignment and fine-tuning runs."""
+"""Booster, Lisa, Safe LoRA and RESTA at the level of their maths, then inside training runs."""
 
 import copy
 import json
@@ -20,12 +20,15 @@ from vaccine_core.defenses import (
     BoosterConfig,
     Lisa,
     LisaConfig,
+    RestaConfig,
     SafeLoraConfig,
     StepDefenses,
+    add_alignment,
     project_adapter,
 )
 from vaccine_core.defenses.data import booster_pairs, lisa_pairs
 from vaccine_core.defenses.lisa import ALIGNMENT, FINETUNE
+from vaccine_core.defenses.resta import USER_ADAPTER, own_adapter
 from vaccine_core.defenses.safe_lora import ADAPTER_FILE, lora_updates, projector
 from vaccine_core.finetune import finetune
 from vaccine_core.formats import Conversation
@@ -251,6 +254,95 @@ def test_safe_lora_threshold_minus_one_projects_nothing(tiny_model_dir, tokenize
     assert report and not any(layer.projected for layer in report)
     after = load_file(str(user / ADAPTER_FILE))
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# -- RESTA -----------------------------------------------------------------------------------------------
+def test_resta_adds_the_alignment_update_to_the_user_s_layer_by_layer(tiny_model_dir, tokenizer, tmp_path):
+    alignment = save_adapter(tiny_model_dir, tmp_path / "alignment", tokenizer, 1.0, seed=0)
+    user = save_adapter(tiny_model_dir, tmp_path / "user", tokenizer, 1.0, seed=1)
+    trained = lora_updates(user)
+    trained_bytes = (user / ADAPTER_FILE).read_bytes()
+
+    record = add_alignment(user, alignment, RestaConfig(scale=0.5))
+
+    combined, aligned = lora_updates(user), lora_updates(alignment)
+    assert sorted(combined) == sorted(trained) and record["layers"] == len(trained) > 0
+    for module, update in combined.items():
+        torch.testing.assert_close(update, trained[module] + 0.5 * aligned[module], atol=1e-5, rtol=1e-4)
+    saved = json.loads((user / "adapter_config.json").read_text())
+    assert saved["r"] == record["rank"] == 8 and saved["lora_alpha"] == 8
+    # the adapter as trained is kept, byte for byte, for a job that continues it
+    assert own_adapter(user) == user / USER_ADAPTER and own_adapter(alignment) == alignment
+    assert (user / USER_ADAPTER / ADAPTER_FILE).read_bytes() == trained_bytes
+    with pytest.raises(ValueError, match="re-aligned already"):
+        add_alignment(user, alignment, RestaConfig())
+
+
+def test_resta_at_scale_zero_changes_no_layer(tiny_model_dir, tokenizer, tmp_path):
+    alignment = save_adapter(tiny_model_dir, tmp_path / "alignment", tokenizer, 1.0, seed=0)
+    user = save_adapter(tiny_model_dir, tmp_path / "user", tokenizer, 1.0, seed=1)
+    trained = lora_updates(user)
+    add_alignment(user, alignment, RestaConfig(scale=0.0))
+    for module, update in lora_updates(user).items():
+        torch.testing.assert_close(update, trained[module], atol=1e-6, rtol=0)
+
+
+def test_resta_adapter_on_the_aligned_base_is_the_base_with_both_updates(tiny_model_dir, tokenizer, tmp_path):
+    """Loaded by PEFT on the merged aligned base, the combined adapter (other rank, other layers than the
+    user's) gives unaligned + (1 + scale) x alignment + user, weight by weight."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from vaccine_core.lora import add_lora
+
+    unaligned = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    alignment = save_adapter(tiny_model_dir, tmp_path / "alignment", tokenizer, 1.0, seed=0)
+    aligned = PeftModel.from_pretrained(copy.deepcopy(unaligned), str(alignment)).merge_and_unload()
+    torch.manual_seed(2)  # the user's adapter: rank 2 on the attention's queries only
+    user_model = add_lora(copy.deepcopy(aligned), LoraSettings(r=2, alpha=6, target_modules=["q_proj"]))
+    with torch.no_grad():
+        for name, param in user_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    user_model.save_pretrained(tmp_path / "user")
+    user_updates, alignment_updates = lora_updates(tmp_path / "user"), lora_updates(alignment)
+
+    add_alignment(tmp_path / "user", alignment, RestaConfig(scale=1.0))
+    merged = PeftModel.from_pretrained(copy.deepcopy(aligned), str(tmp_path / "user")).merge_and_unload()
+
+    weights, before = merged.state_dict(), unaligned.state_dict()
+    prefix = "base_model.model."
+    for module, update in alignment_updates.items():
+        name = module.removeprefix(prefix) + ".weight"
+        expected = before[name] + 2.0 * update + user_updates.get(module, torch.zeros_like(update))
+        torch.testing.assert_close(weights[name], expected, atol=1e-5, rtol=1e-4)
+    assert any(".q_proj" in module for module in user_updates)
+
+
+def test_finetune_with_resta_records_it_and_a_continuing_job_trains_the_user_s_adapter(
+    tiny_model_dir, alpaca_file, tmp_path
+):
+    from vaccine_core.inference import load_for_inference
+    from vaccine_core.lora import adapter_settings
+
+    base = align(str(tiny_model_dir), alpaca_file, tmp_path / "aligned", PerturbationConfig("sft"), FAST)
+    result = finetune(base.output_dir, alpaca_file, tmp_path / "tuned", FAST, resta=RestaConfig())
+    record = result.manifest["defenses"]["resta"]
+    assert record["scale"] == 1.0 and record["rank"] == 8 and record["seconds"] >= 0
+    assert verify_files(tmp_path / "tuned") == []  # the manifest hashes the combined adapter and the kept one
+    assert load_for_inference(tmp_path / "tuned").has_adapter
+
+    own = own_adapter(tmp_path / "tuned")
+    assert adapter_settings(own).r == 4  # the user's shape, not the combined adapter's
+    again = finetune(
+        base.output_dir, alpaca_file, tmp_path / "again", FAST, init_adapter=own, resta=RestaConfig()
+    )
+    assert again.manifest["defenses"]["resta"]["rank"] == 8  # added once, not twice
+
+
+def test_resta_needs_an_aligned_base(tiny_model_dir, alpaca_file, tmp_path):
+    with pytest.raises(ValueError, match="aligned base"):
+        finetune(str(tiny_model_dir), alpaca_file, tmp_path / "tuned", FAST, resta=RestaConfig())
 
 
 # -- data ------------------------------------------------------------------------------------------------

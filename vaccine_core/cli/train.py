@@ -24,6 +24,7 @@ from vaccine_core.config import PerturbationConfig, TrainingConfig, alignment_de
 from vaccine_core.defenses import (
     BoosterConfig,
     LisaConfig,
+    RestaConfig,
     SafeLoraConfig,
     StepDefenses,
     TokenConstraintConfig,
@@ -38,7 +39,7 @@ def help_of(config: type) -> dict[str, str]:
 
 
 BOOSTER_HELP, LISA_HELP, SAFE_LORA_HELP = help_of(BoosterConfig), help_of(LisaConfig), help_of(SafeLoraConfig)
-CONSTRAINT_HELP = help_of(TokenConstraintConfig)
+CONSTRAINT_HELP, RESTA_HELP = help_of(TokenConstraintConfig), help_of(RestaConfig)
 
 
 @app.command()
@@ -160,6 +161,16 @@ def finetune(
     safe_lora_threshold: Annotated[
         float, typer.Option(help=SAFE_LORA_HELP["threshold"], rich_help_panel="Defenses")
     ] = SafeLoraConfig.threshold,
+    resta: Annotated[
+        bool,
+        typer.Option(
+            help="Add the base's alignment update to the adapter again after training (an aligned base's).",
+            rich_help_panel="Defenses",
+        ),
+    ] = False,
+    resta_scale: Annotated[
+        float, typer.Option(help=RESTA_HELP["scale"], rich_help_panel="Defenses")
+    ] = RestaConfig.scale,
     limit: LimitOption = None,
     device: DeviceOption = None,
     resume: ResumeOption = False,
@@ -181,6 +192,7 @@ def finetune(
             constraint = TokenConstraintConfig(beta=token_constraint_beta)
             defenses = replace(defenses or StepDefenses(), token_constraint=constraint)
         projection = SafeLoraConfig(threshold=safe_lora_threshold) if safe_lora else None
+        realignment = RestaConfig(scale=resta_scale) if resta else None
     except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from None
     run_with_progress(
@@ -196,6 +208,7 @@ def finetune(
             on_progress=bar,
             defenses=defenses,
             safe_lora=projection,
+            resta=realignment,
         ),
     )
 

@@ -4,7 +4,8 @@
   (DPO on pairs of answers: refuse the harmful request, answer the benign one that sounds harmful);
 * fine-tuning: ``lisa`` (alternate with safety pairs under a proximal term) and ``token_constraint`` (keep
   the answers' first tokens near the aligned base's distribution);
-* after fine-tuning: ``safe_lora`` (project the user's update onto the alignment subspace where it strays).
+* after fine-tuning: ``safe_lora`` (project the user's update onto the alignment subspace where it strays)
+  and ``resta`` (add the base's alignment update to the user's adapter again).
 
 The options (``*Config``) load at once; the code behind them, which needs torch, on first use.
 """
@@ -16,6 +17,7 @@ from vaccine_core.defenses.config import (
     BoosterConfig,
     LisaConfig,
     PreferenceConfig,
+    RestaConfig,
     SafeLoraConfig,
     TokenConstraintConfig,
 )
@@ -28,6 +30,7 @@ _LAZY = {
     "Preference": "preference",
     "LayerProjection": "safe_lora",
     "project_adapter": "safe_lora",
+    "add_alignment": "resta",
     "StepDefenses": "stack",
     "TokenConstraint": "token_constraint",
 }
@@ -43,6 +46,7 @@ __all__ = [
     "BoosterConfig",
     "LisaConfig",
     "PreferenceConfig",
+    "RestaConfig",
     "SafeLoraConfig",
     "TokenConstraintConfig",
     *_LAZY,

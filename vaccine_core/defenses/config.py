@@ -132,3 +132,21 @@ class SafeLoraConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"threshold": self.threshold}
+
+
+@dataclass
+class RestaConfig:
+    scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "How much of the base's alignment update is added to the user's adapter again (RESTA "
+            "adds its safety vector once: 1)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.scale <= 4.0:
+            raise ValueError("RESTA's scale lies in [0, 4]: a share of the alignment update, added again")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale}

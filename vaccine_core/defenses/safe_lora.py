@@ -10,8 +10,10 @@ its singular vectors: P is idempotent and leaves an update inside the alignment 
 """
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -25,18 +27,27 @@ ADAPTER_CONFIG = "adapter_config.json"
 RANK_TOLERANCE = 1e-6
 
 
+def lora_scaling(config: dict[str, Any]) -> float:
+    """The factor PEFT multiplies a saved LoRA adapter's B @ A by (alpha / r, or alpha / sqrt(r) with
+    rsLoRA)."""
+    rank = config["r"]
+    return config["lora_alpha"] / (math.sqrt(rank) if config.get("use_rslora") else rank)
+
+
+def lora_factors(adapter_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every layer's (scaling x B, A) of a PEFT LoRA adapter directory, by module name."""
+    weights = load_file(str(Path(adapter_dir) / ADAPTER_FILE))
+    scaling = lora_scaling(json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text()))
+    return {
+        key[: -len(".lora_A.weight")]: (scaling * weights[key.replace("lora_A", "lora_B")].float(), a.float())
+        for key, a in weights.items()
+        if key.endswith("lora_A.weight")
+    }
+
+
 def lora_updates(adapter_dir: Path) -> dict[str, torch.Tensor]:
     """Every layer's update (scaling x B @ A) of a PEFT LoRA adapter directory, by module name."""
-    weights = load_file(str(Path(adapter_dir) / ADAPTER_FILE))
-    config = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text())
-    scaling = config["lora_alpha"] / config["r"]
-    updates = {}
-    for key, a in weights.items():
-        if key.endswith("lora_A.weight"):
-            module = key[: -len(".lora_A.weight")]
-            b = weights[f"{module}.lora_B.weight"]
-            updates[module] = scaling * (b.float() @ a.float())
-    return updates
+    return {module: b @ a for module, (b, a) in lora_factors(adapter_dir).items()}
 
 
 def projector(update: torch.Tensor) -> torch.Tensor:
@@ -60,8 +71,7 @@ def project_adapter(
     (default: in place). Layers the alignment adapter does not touch are left as they are."""
     user_dir = Path(user_adapter)
     weights = load_file(str(user_dir / ADAPTER_FILE))
-    user_config = json.loads((user_dir / ADAPTER_CONFIG).read_text())
-    scaling = user_config["lora_alpha"] / user_config["r"]
+    scaling = lora_scaling(json.loads((user_dir / ADAPTER_CONFIG).read_text()))
     alignment = lora_updates(alignment_adapter)
     report = []
     for module, direction in alignment.items():

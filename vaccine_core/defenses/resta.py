@@ -1,0 +1,85 @@
+"""RESTA-style re-alignment (Bhardwaj et al. 2024, "Language Models are Homer Simpson!"): after
+fine-tuning, add a safety vector to the fine-tuned weights again. No training, no data.
+
+RESTA's safety vector is an aligned model minus a model whose safety was removed. Here the natural one is
+the base's own alignment update (the aligned weights minus the unaligned ones: exactly the merged
+alignment adapter, the same direction Safe LoRA projects onto), so the model handed back is
+
+    unaligned + alignment update + user update + scale x alignment update.
+
+The result stays a PEFT LoRA adapter on the aligned base: every layer's A factors are stacked and its B
+factors set side by side, ``[s_u B_u, scale s_a B_a] @ [A_u; A_a] = s_u B_u A_u + scale s_a B_a A_a``, with
+rank r_u + r_a and a scaling of 1. A job that continues this model trains the user's own adapter, which is
+kept beside it (``USER_ADAPTER``), so the alignment update is never added twice.
+"""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from vaccine_core.defenses.config import RestaConfig
+from vaccine_core.defenses.safe_lora import ADAPTER_CONFIG, ADAPTER_FILE, lora_factors
+
+USER_ADAPTER = "user_adapter"  # the user's adapter as trained, before the alignment update was added
+
+
+def own_adapter(adapter_dir: Path) -> Path:
+    """The adapter a user's job trained, before any re-alignment: what a continuing job starts from."""
+    kept = Path(adapter_dir) / USER_ADAPTER
+    return kept if (kept / ADAPTER_FILE).is_file() else Path(adapter_dir)
+
+
+def add_alignment(user_adapter: Path, alignment_adapter: Path, config: RestaConfig) -> dict[str, Any]:
+    """Rewrite the adapter at ``user_adapter`` in place as itself plus ``config.scale`` times the
+    alignment adapter's update (see the module's docstring); the adapter as trained is copied to
+    ``USER_ADAPTER`` first. What was done, for the manifest."""
+    user_dir = Path(user_adapter)
+    if (user_dir / USER_ADAPTER).exists():
+        raise ValueError(f"{user_dir} was re-aligned already: its own adapter is in {USER_ADAPTER}/")
+    user_config = json.loads((user_dir / ADAPTER_CONFIG).read_text())
+    alignment_config = json.loads((Path(alignment_adapter) / ADAPTER_CONFIG).read_text())
+    targets = user_config["target_modules"]
+    for saved in (user_config, alignment_config):
+        if saved.get("use_dora") or saved.get("rank_pattern") or saved.get("alpha_pattern"):
+            raise ValueError("RESTA combines plain LoRA adapters (one rank and alpha, no DoRA)")
+    if not isinstance(targets, list):
+        raise ValueError("RESTA needs the user's adapter to name its target modules in a list")
+    user, alignment = lora_factors(user_dir), lora_factors(Path(alignment_adapter))
+    rank_user, rank_alignment = user_config["r"], alignment_config["r"]
+
+    weights: dict[str, torch.Tensor] = {}
+    dtype = next(iter(user.values()))[0].dtype
+    for module in sorted(set(user) | set(alignment)):
+        parts_a, parts_b = [], []
+        for factors, rank, scale in ((user, rank_user, 1.0), (alignment, rank_alignment, config.scale)):
+            if module in factors:
+                b, a = factors[module]
+                parts_a.append(a.float())
+                parts_b.append(scale * b.float())
+            else:  # a layer only one of the two adapters touches: that adapter's part of it is zero
+                other_b, other_a = user.get(module) or alignment[module]
+                out_features, in_features = other_b.shape[0], other_a.shape[1]
+                parts_a.append(torch.zeros(rank, in_features))
+                parts_b.append(torch.zeros(out_features, rank))
+        weights[f"{module}.lora_A.weight"] = torch.cat(parts_a, dim=0).to(dtype).contiguous()
+        weights[f"{module}.lora_B.weight"] = torch.cat(parts_b, dim=1).to(dtype).contiguous()
+
+    kept = user_dir / USER_ADAPTER
+    kept.mkdir()
+    for name in (ADAPTER_FILE, ADAPTER_CONFIG):
+        shutil.copy2(user_dir / name, kept / name)
+    rank = rank_user + rank_alignment
+    names = {module.rsplit(".", 1)[-1] for module in alignment}
+    combined = user_config | {
+        "r": rank,
+        "lora_alpha": rank,  # the factors carry their own scaling: the combined adapter's is 1
+        "use_rslora": False,
+        "target_modules": sorted(set(targets) | names),
+    }
+    save_file(weights, str(user_dir / ADAPTER_FILE), metadata={"format": "pt"})
+    (user_dir / ADAPTER_CONFIG).write_text(json.dumps(combined, indent=2) + "\n")
+    return {**config.to_dict(), "layers": len(weights) // 2, "rank": rank}
