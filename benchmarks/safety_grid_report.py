@@ -79,7 +79,7 @@ def cost_table(result: dict[str, Any]) -> list[str]:
         if c["defense"] == "sft"
     }
     lines = [
-        "| regime | p | defense | seeds | fine-tuning s | x plain LoRA | hooks s | adapter edits s | device |",
+        "| regime | p | defense | seeds | fine-tuning s | x plain LoRA | hooks s | edits s | device |",
         "|" + "---|" * 9,
     ]
     for c in cells:

@@ -5,6 +5,7 @@ in this order: Safe LoRA (``safe_lora``: layers whose update strays from the bas
 projected onto it), then RESTA (``resta``: the base's alignment update added to the adapter again).
 """
 
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from transformers import PreTrainedModel
 from vaccine_core.artifacts import write_manifest
 from vaccine_core.config import PerturbationConfig, TrainingConfig, finetune_defaults
 from vaccine_core.defenses.config import RestaConfig
-from vaccine_core.defenses.resta import add_alignment
+from vaccine_core.defenses.resta import USER_ADAPTER, add_alignment
 from vaccine_core.defenses.safe_lora import ADAPTER_FILE, SafeLoraConfig, project_adapter
 from vaccine_core.defenses.stack import StepDefenses
 from vaccine_core.formats import LoadedDataset
@@ -83,6 +84,8 @@ def finetune(
             run.model.unload()
         return RunResult(output_dir, run.train, None)
 
+    # a user adapter kept by an earlier, interrupted RESTA belongs to the adapter this save replaces
+    shutil.rmtree(output_dir / USER_ADAPTER, ignore_errors=True)
     run.model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     if base_model is not None:

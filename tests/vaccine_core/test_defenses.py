@@ -334,6 +334,9 @@ def test_finetune_with_resta_records_it_and_a_continuing_job_trains_the_user_s_a
 
     own = own_adapter(tmp_path / "tuned")
     assert adapter_settings(own).r == 4  # the user's shape, not the combined adapter's
+    # the same job run again (a worker that died after RESTA): the adapter saved anew, the update added once
+    rerun = finetune(base.output_dir, alpaca_file, tmp_path / "tuned", FAST, resume=True, resta=RestaConfig())
+    assert rerun.manifest["defenses"]["resta"]["rank"] == 8 and adapter_settings(own).r == 4
     again = finetune(
         base.output_dir, alpaca_file, tmp_path / "again", FAST, init_adapter=own, resta=RestaConfig()
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from vaccine_core.defenses.config import RestaConfig
 from vaccine_core.defenses.safe_lora import ADAPTER_CONFIG, ADAPTER_FILE, lora_factors
@@ -52,7 +52,7 @@ def add_alignment(user_adapter: Path, alignment_adapter: Path, config: RestaConf
     rank_user, rank_alignment = user_config["r"], alignment_config["r"]
 
     weights: dict[str, torch.Tensor] = {}
-    dtype = next(iter(user.values()))[0].dtype
+    dtype = next(iter(load_file(str(user_dir / ADAPTER_FILE)).values())).dtype  # as the job saved it
     for module in sorted(set(user) | set(alignment)):
         parts_a, parts_b = [], []
         for factors, rank, scale in ((user, rank_user, 1.0), (alignment, rank_alignment, config.scale)):
