@@ -249,6 +249,10 @@ ARMS: dict[str, Arm] = {
         # safety-defenses-plan.md, sixteenth session), alone and after the pre-screen filter
         Arm("resta", "sft", resta=1.0),
         Arm("prescreen_filter+resta", "sft", prescreen_filter=True, resta=1.0),
+        # two smaller scales, fixed after RESTA's scale 1 answered 12 % of align120's prompts with nothing
+        # and before any weak-long result (safety-defenses-plan.md, 17:54)
+        Arm("resta-0.25", "sft", resta=0.25),
+        Arm("resta-0.5", "sft", resta=0.5),
         # thresholds by the share of layers they project (safety-defenses-plan.md): 0.1 ~14 %, 0.2 ~50 %
         Arm("safe_lora-t0.1", "sft", safe_lora=True, safe_lora_threshold=0.1),
         Arm("safe_lora-t0.2", "sft", safe_lora=True, safe_lora_threshold=0.2),
