@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import device_name, machine_info, provenance
 from harmful_finetune import ARMS, PROFILES, Benchmark, Sizes, digest, ships_by_default
 
+from vaccine_core.defenses import ADAPTER_EDITS
 from vaccine_core.evaluation import embedding_drift, task_accuracy
 from vaccine_core.inference import load_for_inference
 from vaccine_core.mixing import read_jsonl
@@ -278,7 +279,7 @@ def cost(outputs: dict[str, Any]) -> dict[str, float]:
     record = {"train_seconds": float(train.get("seconds") or 0.0)}
     for name, seconds in (train.get("defense_seconds") or {}).items():
         record[f"{name}_seconds"] = float(seconds)
-    for layer in ("safe_lora", "resta"):  # the layers that edit the saved adapter
+    for layer in ADAPTER_EDITS:
         if after := (outputs.get("defenses") or {}).get(layer):
             record[f"{layer}_seconds"] = float(after["seconds"])
     return record

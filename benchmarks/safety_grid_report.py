@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vaccine_core.defenses import ADAPTER_EDITS
+
 
 def interval(figure: dict[str, Any] | None) -> str:
     if figure is None:
@@ -89,7 +91,7 @@ def cost_table(result: dict[str, Any]) -> list[str]:
         hooks = sum(
             v for k, v in c["cost"].items() if k.endswith("_seconds") and k[:-8] in ("booster", "lisa")
         )
-        edits = sum(c["cost"].get(f"{layer}_seconds", 0.0) for layer in ("safe_lora", "resta"))
+        edits = sum(c["cost"].get(f"{layer}_seconds", 0.0) for layer in ADAPTER_EDITS)
         lines.append(
             f"| {c['regime']} | {c['attack']['p']:g} | {c['defense']} | {len(c['seeds'])} | {seconds:.1f} | "
             f"{ratio} | {hooks:.1f} | {edits:.1f} | {device or UNKNOWN} |"

@@ -57,10 +57,9 @@ def finetune(
     it with the other defenses."""
     config = config or finetune_defaults()
     output_dir = Path(output_dir)
-    if safe_lora is not None and not (Path(base) / ADAPTER_FILE).is_file():
-        raise ValueError("Safe LoRA needs an aligned base: its alignment adapter defines the safe subspace")
-    if resta is not None and not (Path(base) / ADAPTER_FILE).is_file():
-        raise ValueError("RESTA needs an aligned base: its alignment adapter is the update it adds again")
+    for layer, config_of_layer in (("Safe LoRA", safe_lora), ("RESTA", resta)):
+        if config_of_layer is not None and not (Path(base) / ADAPTER_FILE).is_file():
+            raise ValueError(f"{layer} needs an aligned base: it reads the base's alignment adapter")
     start = resolve_base(base)
     tokenizer = load_tokenizer(start.model_path)
     run = train_adapter(

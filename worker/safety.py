@@ -21,6 +21,7 @@ from service.bases import AlignmentPlan
 from service.models import BaseModelRecord, Policy
 from service.settings import ServiceSettings
 from vaccine_core.artifacts import read_manifest
+from vaccine_core.defenses import ADAPTER_EDITS
 from vaccine_core.evaluation import embedding_drift, load_prompts, mean_loss
 from vaccine_core.formats import LoadedDataset, load_dataset
 from vaccine_core.inference import LoadedModel, load_for_inference
@@ -186,12 +187,10 @@ def defense_layers(manifest: dict[str, Any], base: BaseModelRecord) -> list[dict
     for layer in ("lisa", "token_constraint"):  # the training loop's layers, in the order they act
         if options := own.get(layer):
             add(layer, "fine-tuning", options, seconds.get(layer))
-    if projection := own.get("safe_lora"):
-        options = {k: v for k, v in projection.items() if k != "seconds"}
-        add("safe_lora", "after fine-tuning", options, projection["seconds"])
-    if realignment := own.get("resta"):
-        options = {k: v for k, v in realignment.items() if k != "seconds"}
-        add("resta", "after fine-tuning", options, realignment["seconds"])
+    for layer in ADAPTER_EDITS:
+        if edit := own.get(layer):
+            options = {k: v for k, v in edit.items() if k != "seconds"}
+            add(layer, "after fine-tuning", options, edit["seconds"])
     return layers
 
 

@@ -22,6 +22,10 @@ from vaccine_core.defenses.config import (
     TokenConstraintConfig,
 )
 
+# the layers that edit the saved adapter after fine-tuning, in the order ``finetune`` applies them; a
+# fine-tune's manifest records each under its name, with the seconds it took
+ADAPTER_EDITS = ("safe_lora", "resta")
+
 _LAZY = {
     "BatchStream": "base",
     "StepDefense": "base",
@@ -43,6 +47,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ADAPTER_EDITS",
     "BoosterConfig",
     "LisaConfig",
     "PreferenceConfig",

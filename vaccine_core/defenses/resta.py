@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vaccine_core.defenses.config import RestaConfig
-from vaccine_core.defenses.safe_lora import ADAPTER_CONFIG, ADAPTER_FILE, lora_factors
+from vaccine_core.defenses.safe_lora import ADAPTER_CONFIG, ADAPTER_FILE, factors_of, lora_factors
 
 USER_ADAPTER = "user_adapter"  # the user's adapter as trained, before the alignment update was added
 
@@ -48,11 +48,12 @@ def add_alignment(user_adapter: Path, alignment_adapter: Path, config: RestaConf
             raise ValueError("RESTA combines plain LoRA adapters (one rank and alpha, no DoRA)")
     if not isinstance(targets, list):
         raise ValueError("RESTA needs the user's adapter to name its target modules in a list")
-    user, alignment = lora_factors(user_dir), lora_factors(Path(alignment_adapter))
+    trained = load_file(str(user_dir / ADAPTER_FILE))
+    dtype = next(iter(trained.values())).dtype  # the combined adapter keeps the job's weight dtype
+    user, alignment = factors_of(trained, user_config), lora_factors(Path(alignment_adapter))
     rank_user, rank_alignment = user_config["r"], alignment_config["r"]
 
     weights: dict[str, torch.Tensor] = {}
-    dtype = next(iter(load_file(str(user_dir / ADAPTER_FILE)).values())).dtype  # as the job saved it
     for module in sorted(set(user) | set(alignment)):
         parts_a, parts_b = [], []
         for factors, rank, scale in ((user, rank_user, 1.0), (alignment, rank_alignment, config.scale)):

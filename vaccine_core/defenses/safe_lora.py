@@ -34,15 +34,23 @@ def lora_scaling(config: dict[str, Any]) -> float:
     return config["lora_alpha"] / (math.sqrt(rank) if config.get("use_rslora") else rank)
 
 
-def lora_factors(adapter_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Every layer's (scaling x B, A) of a PEFT LoRA adapter directory, by module name."""
-    weights = load_file(str(Path(adapter_dir) / ADAPTER_FILE))
-    scaling = lora_scaling(json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text()))
+def factors_of(
+    weights: dict[str, torch.Tensor], config: dict[str, Any]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every layer's (scaling x B, A) in float32, by module name, from a saved adapter's weights and
+    config."""
+    scaling = lora_scaling(config)
     return {
         key[: -len(".lora_A.weight")]: (scaling * weights[key.replace("lora_A", "lora_B")].float(), a.float())
         for key, a in weights.items()
         if key.endswith("lora_A.weight")
     }
+
+
+def lora_factors(adapter_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every layer's (scaling x B, A) of a PEFT LoRA adapter directory, by module name."""
+    weights = load_file(str(Path(adapter_dir) / ADAPTER_FILE))
+    return factors_of(weights, json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text()))
 
 
 def lora_updates(adapter_dir: Path) -> dict[str, torch.Tensor]:
