@@ -70,7 +70,7 @@ def one_step(model, batch, config):
     step = PerturbedStep(model, config)
     model.train()
     torch.manual_seed(123)
-    loss = step.backward(batch)
+    loss = float(step.backward(batch))
     with torch.no_grad():
         for p in model.parameters():
             if p.grad is not None:

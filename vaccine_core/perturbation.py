@@ -160,8 +160,9 @@ class PerturbedStep:
         self.calls = 0  # micro-batches seen, for the tau schedule
         self.directions: list[torch.Tensor] | None = None  # per-layer carried direction (tau > 1)
 
-    def backward(self, batch: Batch, loss_scale: float = 1.0) -> float:
-        """Accumulate ``loss_scale`` times this batch's gradients into ``.grad``; return the loss value.
+    def backward(self, batch: Batch, loss_scale: float = 1.0) -> torch.Tensor:
+        """Accumulate ``loss_scale`` times this batch's gradients into ``.grad``; return the loss, detached
+        (a tensor on the model's device: reading it waits for the device, which the caller does once a step).
 
         The backward pass runs inside the hook context: under activation checkpointing it recomputes the
         forward, which must see the same perturbation."""
@@ -169,7 +170,7 @@ class PerturbedStep:
             loss = batch_loss(self.model, batch)
             (loss * loss_scale).backward()
         self.calls += 1
-        return float(loss.detach())
+        return loss.detach()
 
     def _perturbed(self, batch: Batch) -> contextlib.AbstractContextManager:
         if self.config.method == "sft":

@@ -225,7 +225,10 @@ def train(
             break
 
         optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
+        # the step's loss and tokens stay on the device until the step is done: one wait for the device a
+        # step, not two a micro-batch
+        loss_sum = torch.zeros((), device=device)
+        token_sum = torch.zeros((), device=device, dtype=torch.long)
         for _ in range(accumulation):
             epoch, batch = next(batches)
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -233,8 +236,8 @@ def train(
                 hook_started = time.perf_counter()
                 batch = defense.batch(step, batch)
                 result.add_defense_time(defense.name, hook_started)
-            step_loss += perturbed_step.backward(batch, loss_scale=1.0 / accumulation) / accumulation
-            result.tokens += int(batch["attention_mask"].sum())
+            loss_sum += perturbed_step.backward(batch, loss_scale=1.0 / accumulation).float() / accumulation
+            token_sum += batch["attention_mask"].sum()
         for defense in defenses:
             hook_started = time.perf_counter()
             defense.after_backward(step)
@@ -245,6 +248,7 @@ def train(
         optimizer.step()
         scheduler.step()
 
+        step_loss, result.tokens = float(loss_sum), result.tokens + int(token_sum)
         result.steps = step
         result.losses.append(step_loss)
         validation_loss = None
