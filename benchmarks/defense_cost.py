@@ -28,40 +28,52 @@ from common import machine_info, provenance
 from vaccine_core.artifacts import read_manifest
 from vaccine_core.config import TrainingConfig
 from vaccine_core.defenses import LisaConfig, StepDefenses, TokenConstraintConfig
-from vaccine_core.defenses.config import LISA_SAFETY_PAIRS
+from vaccine_core.defenses.config import LISA_SAFETY_PAIRS, RestaConfig, SafeLoraConfig
 from vaccine_core.defenses.data import lisa_pairs
 from vaccine_core.finetune import finetune
 from vaccine_core.settings import get_settings
 
 RESULTS = Path(__file__).parent / "results"
-LAYERS = ("token_constraint", "lisa")
+# the layers that act while the user's rows train, then the edits of the saved adapter (each at its
+# library default, or at the scale given with --resta-scale)
+LAYERS = ("token_constraint", "lisa", "safe_lora", "resta")
 PLAIN = "plain"
 
 
 def layer_defenses(layer: str, base: Path, seed: int) -> StepDefenses | None:
-    if layer == PLAIN:
-        return None
     if layer == "token_constraint":
         return StepDefenses(token_constraint=TokenConstraintConfig())
-    return StepDefenses(
-        lisa=LisaConfig(), lisa_rows=lisa_pairs(get_settings().data_dir, base, LISA_SAFETY_PAIRS, seed)
-    )
+    if layer == "lisa":
+        return StepDefenses(
+            lisa=LisaConfig(), lisa_rows=lisa_pairs(get_settings().data_dir, base, LISA_SAFETY_PAIRS, seed)
+        )
+    return None
 
 
-def time_job(run: Path, base: Path, layer: str, config: TrainingConfig) -> dict[str, Any]:
+def time_job(run: Path, base: Path, layer: str, config: TrainingConfig, resta_scale: float) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp(prefix=f"defense-cost-{layer}-"))
     try:
         started = time.perf_counter()
         result = finetune(
-            base, run / "data.jsonl", out, config, defenses=layer_defenses(layer, base, config.seed)
+            base,
+            run / "data.jsonl",
+            out,
+            config,
+            defenses=layer_defenses(layer, base, config.seed),
+            safe_lora=SafeLoraConfig() if layer == "safe_lora" else None,
+            resta=RestaConfig(scale=resta_scale) if layer == "resta" else None,
         )
         job = time.perf_counter() - started
     finally:
         shutil.rmtree(out, ignore_errors=True)
+    ran = (result.manifest or {}).get("defenses", {})
+    edit_seconds = ran.get(layer, {}).get("seconds", 0.0)
     return {
+        "layers": sorted(ran),  # what the job's manifest says ran
         "job_seconds": round(job, 2),
         "train_seconds": round(result.train.seconds, 2),
-        "layer_seconds": round(result.train.defense_seconds.get(layer, 0.0), 4),
+        # a training layer's set-up and hooks, or an edit's own seconds after the adapter is saved
+        "layer_seconds": round(result.train.defense_seconds.get(layer, edit_seconds), 4),
     }
 
 
@@ -71,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=Path, required=True, help="the aligned base it started from")
     parser.add_argument("--layers", nargs="+", choices=LAYERS, default=["token_constraint"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--resta-scale", type=float, default=RestaConfig.scale, help="RESTA's scale")
     parser.add_argument("--name", required=True, help="results/defense_cost-NAME.json; name the machine")
     args = parser.parse_args(argv)
 
@@ -79,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     for repeat in range(args.repeats):
         for variant in variants:
-            times[variant].append(time_job(args.run, args.base, variant, config))
+            times[variant].append(time_job(args.run, args.base, variant, config, args.resta_scale))
             print(f"repeat {repeat + 1}/{args.repeats} {variant}: {times[variant][-1]}", flush=True)
 
     medians = {
@@ -94,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": str(args.run),
         "base": str(args.base),
         "training": config.to_dict(),
+        **({"resta_scale": args.resta_scale} if "resta" in args.layers else {}),
         "times": times,
         "medians": medians,
         "ratios": {

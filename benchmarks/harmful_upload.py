@@ -43,7 +43,7 @@ from safety_grid import REGIMES
 from service.policy import default_policy
 from service.settings import ServiceSettings
 from vaccine_core.config import finetune_defaults
-from vaccine_core.defenses import LisaConfig, StepDefenses
+from vaccine_core.defenses import StepDefenses
 from vaccine_core.defenses.config import LISA_SAFETY_PAIRS
 from vaccine_core.defenses.data import lisa_pairs
 from vaccine_core.evaluation import harm_preference_shift, mean_loss
@@ -160,7 +160,12 @@ def main() -> None:
         arm = ARMS[name]
         base = bench.base(arm)
         lisa_rows = lisa_pairs(settings.data_dir, base, LISA_SAFETY_PAIRS, 0)
-        defenses = StepDefenses(lisa=LisaConfig(), lisa_rows=lisa_rows) if arm.lisa else None
+        lisa, constraint = arm.lisa_config(), arm.token_constraint_config()
+        defenses = (
+            StepDefenses(lisa=lisa, lisa_rows=lisa_rows if lisa else (), token_constraint=constraint)
+            if lisa or constraint
+            else None
+        )
         projection = arm.safe_lora_config()
         # the same refusals for every arm, none that the base or Lisa trained on
         lisa_requests = {normalised(row["instruction"]) for row in lisa_rows}
@@ -180,6 +185,7 @@ def main() -> None:
                     resume=True,
                     defenses=defenses,
                     safe_lora=projection,
+                    resta=arm.resta_config(),
                 )
             trained = time.monotonic() - started
             row: dict[str, Any] = {"defense": name, "upload": upload, "seed": seed, "rows": args.rows}
