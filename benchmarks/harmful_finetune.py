@@ -55,6 +55,7 @@ from vaccine_core.defenses import (
 from vaccine_core.defenses.config import LISA_SAFETY_PAIRS, PREFERENCE_PAIRS
 from vaccine_core.defenses.data import booster_pairs, lisa_pairs, preference_pairs, user_turn
 from vaccine_core.defenses.own_compliance import judged_safety_rows, own_compliance
+from vaccine_core.defenses.resta import HARMFUL_ADAPTER
 from vaccine_core.evaluation import embedding_drift, judge_answers, load_prompts, refusal_rate, task_accuracy
 from vaccine_core.finetune import apply_resta, apply_safe_lora, finetune
 from vaccine_core.formats import parse_rows
@@ -106,6 +107,9 @@ class Arm:
     safe_lora: bool = False  # Safe LoRA on the user's adapter (SafeLoraConfig's defaults)
     safe_lora_threshold: float | None = None  # another threshold than SafeLoraConfig's default
     resta: float | None = None  # RESTA's scale: the base's alignment update added to the user's adapter again
+    # RESTA's safety vector: the base's alignment update, or RESTA's own (the base minus itself fine-tuned
+    # on harmful pairs: Benchmark.harmful_adapter)
+    resta_vector: Literal["alignment", "harmful"] = "alignment"
     # the service's upload pre-screen as a data filter: the attack's rows it flags never train
     prescreen_filter: bool = False
     # the token-wise constraint on the user's fine-tuning (TokenConstraintConfig's defaults, the paper's)
@@ -164,7 +168,7 @@ class Arm:
 
     def resta_config(self) -> RestaConfig | None:
         """The re-alignment this arm applies to the user's adapter (None: none)."""
-        return None if self.resta is None else RestaConfig(scale=self.resta)
+        return None if self.resta is None else RestaConfig(scale=self.resta, vector=self.resta_vector)
 
 
 def ships_by_default(arm: Arm) -> bool:
@@ -253,6 +257,9 @@ ARMS: dict[str, Arm] = {
         # and before any weak-long result (safety-defenses-plan.md, 17:54)
         Arm("resta-0.25", "sft", resta=0.25),
         Arm("resta-0.5", "sft", resta=0.5),
+        # RESTA's own safety vector, at RESTA's scale, fixed after the alignment vector failed to confirm
+        # (safety-defenses-plan.md, seventeenth session)
+        Arm("resta-harmful", "sft", resta=1.0, resta_vector="harmful"),
         # thresholds by the share of layers they project (safety-defenses-plan.md): 0.1 ~14 %, 0.2 ~50 %
         Arm("safe_lora-t0.1", "sft", safe_lora=True, safe_lora_threshold=0.1),
         Arm("safe_lora-t0.2", "sft", safe_lora=True, safe_lora_threshold=0.2),
@@ -529,6 +536,25 @@ class Benchmark:
         self._judged_safety[key] = rows
         return rows
 
+    def harmful_adapter(self, base: str, build: bool = True) -> str:
+        """RESTA's unsafe counterpart of ``base``, kept in its directory (resta.HARMFUL_ADAPTER): the base
+        fine-tuned as an attack is, on as many of JailbreakBench's judged-harmful answers as an attack has
+        rows (none to a request either protocol evaluates), seed 0. Its key; trained anew when the key
+        it was trained under differs."""
+        evaluated = self.evaluated_requests
+        harmful = booster_pairs(self.data_dir)
+        pairs = [row for row in harmful if normalised(row["instruction"]) not in evaluated]
+        rows = random.Random(0).sample(pairs, min(self.sizes.attack_n, len(pairs)))
+        config = attack_config(self.sizes, seed=0)
+        key = digest([rows, config.to_dict()])
+        out, marker = Path(base) / HARMFUL_ADAPTER, Path(base) / f"{HARMFUL_ADAPTER}.key"
+        if build and not (marker.is_file() and marker.read_text() == key):
+            shutil.rmtree(out, ignore_errors=True)
+            write_rows(out / "data.jsonl", rows)
+            finetune(base, out / "data.jsonl", out, config)
+            marker.write_text(key)  # last: an interrupted adapter is trained again
+        return key
+
     @functools.cached_property
     def evaluated_requests(self) -> set[str]:
         """Every request either protocol evaluates on, normalised: alignment side data never teaches one."""
@@ -581,6 +607,8 @@ class Benchmark:
             key_parts.append({"safe_lora": safe_lora.to_dict()})
         if resta is not None:
             key_parts.append({"resta": resta.to_dict()})
+            if resta.vector == "harmful":
+                key_parts.append({"harmful_adapter": self.harmful_adapter(base, build=build)})
         out = self.cache / "attacks" / digest(key_parts)
         if build and not (out / "manifest.json").is_file():
             if safe_lora is not None or resta is not None:

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 from vaccine_core.artifacts import write_manifest
 from vaccine_core.config import PerturbationConfig, TrainingConfig, finetune_defaults
 from vaccine_core.defenses.config import RestaConfig
-from vaccine_core.defenses.resta import USER_ADAPTER, add_alignment
+from vaccine_core.defenses.resta import USER_ADAPTER, add_alignment, safety_vector
 from vaccine_core.defenses.safe_lora import ADAPTER_FILE, SafeLoraConfig, project_adapter
 from vaccine_core.defenses.stack import StepDefenses
 from vaccine_core.formats import LoadedDataset
@@ -131,7 +131,8 @@ def apply_safe_lora(adapter_dir: Path, base: str | Path, config: SafeLoraConfig)
 
 
 def apply_resta(adapter_dir: Path, base: str | Path, config: RestaConfig) -> dict[str, Any]:
-    """Add ``base``'s alignment update to the saved adapter again, in place; what was done."""
+    """Add ``config``'s safety vector of ``base`` to the saved adapter, in place; what was done."""
     started = time.perf_counter()
-    record = add_alignment(adapter_dir, Path(base), config)
+    vector, sign = safety_vector(Path(base), config)
+    record = add_alignment(adapter_dir, vector, config, sign=sign)
     return {**record, "seconds": round(time.perf_counter() - started, 2)}

@@ -2,6 +2,7 @@
 
 import copy
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -28,9 +29,9 @@ from vaccine_core.defenses import (
 )
 from vaccine_core.defenses.data import booster_pairs, lisa_pairs
 from vaccine_core.defenses.lisa import ALIGNMENT, FINETUNE
-from vaccine_core.defenses.resta import USER_ADAPTER, own_adapter
+from vaccine_core.defenses.resta import HARMFUL_ADAPTER, USER_ADAPTER, own_adapter
 from vaccine_core.defenses.safe_lora import ADAPTER_FILE, lora_updates, projector
-from vaccine_core.finetune import finetune
+from vaccine_core.finetune import apply_resta, finetune
 from vaccine_core.formats import Conversation
 from vaccine_core.mixing import write_rows
 from vaccine_core.training import latest_checkpoint, train
@@ -346,6 +347,26 @@ def test_finetune_with_resta_records_it_and_a_continuing_job_trains_the_user_s_a
 def test_resta_needs_an_aligned_base(tiny_model_dir, alpaca_file, tmp_path):
     with pytest.raises(ValueError, match="aligned base"):
         finetune(str(tiny_model_dir), alpaca_file, tmp_path / "tuned", FAST, resta=RestaConfig())
+
+
+def test_resta_s_harmful_vector_subtracts_the_harmful_adapter_s_update(tiny_model_dir, alpaca_file, tmp_path):
+    """RESTA's own vector: aligned minus the aligned base fine-tuned on harmful pairs, i.e. the user's
+    update minus scale x the harmful adapter's (its alignment adapter is not read)."""
+    base = align(str(tiny_model_dir), alpaca_file, tmp_path / "aligned", PerturbationConfig("sft"), FAST)
+    with pytest.raises(ValueError, match="harmful vector needs"):
+        finetune(base.output_dir, alpaca_file, tmp_path / "early", FAST, resta=RestaConfig(vector="harmful"))
+    harmful = finetune(base.output_dir, alpaca_file, base.output_dir / HARMFUL_ADAPTER, FAST).output_dir
+    user = finetune(base.output_dir, alpaca_file, tmp_path / "user", replace(FAST, seed=1)).output_dir
+    trained = lora_updates(user)
+
+    record = apply_resta(user, base.output_dir, RestaConfig(scale=0.5, vector="harmful"))
+
+    assert record["vector"] == "harmful" and record["scale"] == 0.5
+    unsafe = lora_updates(harmful)
+    for module, update in lora_updates(user).items():
+        torch.testing.assert_close(update, trained[module] - 0.5 * unsafe[module], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="one of"):
+        RestaConfig(vector="random")
 
 
 # -- data ------------------------------------------------------------------------------------------------

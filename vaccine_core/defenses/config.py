@@ -134,19 +134,33 @@ class SafeLoraConfig:
         return {"threshold": self.threshold}
 
 
+RESTA_VECTORS = ("alignment", "harmful")
+
+
 @dataclass
 class RestaConfig:
     scale: float = field(
         default=1.0,
         metadata={
-            "help": "How much of the base's alignment update is added to the user's adapter again (RESTA "
-            "adds its safety vector once: 1)."
+            "help": "How much of the safety vector is added to the user's adapter (RESTA adds its safety "
+            "vector once: 1)."
+        },
+    )
+    vector: str = field(
+        default="alignment",
+        metadata={
+            "help": "The safety vector: 'alignment', the base's own alignment update (aligned minus "
+            "unaligned weights); 'harmful', RESTA's own, the aligned base minus that base fine-tuned on "
+            "harmful pairs (the negated update of the base's harmful adapter, resta.HARMFUL_ADAPTER)."
         },
     )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.scale <= 4.0:
-            raise ValueError("RESTA's scale lies in [0, 4]: a share of the alignment update, added again")
+            raise ValueError("RESTA's scale lies in [0, 4]: a share of the safety vector, added")
+        if self.vector not in RESTA_VECTORS:
+            raise ValueError(f"RESTA's vector is one of {RESTA_VECTORS}, not {self.vector!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale}
+        # the alignment vector came first and records no name: a record of it reads as it always did
+        return {"scale": self.scale} | ({"vector": self.vector} if self.vector != "alignment" else {})

@@ -7,6 +7,12 @@ alignment adapter, the same direction Safe LoRA projects onto), so the model han
 
     unaligned + alignment update + user update + scale x alignment update.
 
+RESTA's own vector is available too (``RestaConfig.vector = "harmful"``): the aligned base minus a copy of
+it fine-tuned on harmful pairs, i.e. the negated update of an adapter trained on the aligned base, kept in
+the base's directory (``HARMFUL_ADAPTER``). It points away from what harmful fine-tuning learns rather than
+toward everything alignment taught, refusals of harmless requests included. (RESTA also drops part of the
+user's update with DARE; that is not built here.)
+
 The result stays a PEFT LoRA adapter on the aligned base: every layer's A factors are stacked and its B
 factors set side by side, ``[s_u B_u, scale s_a B_a] @ [A_u; A_a] = s_u B_u A_u + scale s_a B_a A_a``, with
 rank r_u + r_a and a scaling of 1. A job that continues this model trains the user's own adapter, which is
@@ -25,6 +31,17 @@ from vaccine_core.defenses.config import RestaConfig
 from vaccine_core.defenses.safe_lora import ADAPTER_CONFIG, ADAPTER_FILE, factors_of, lora_factors
 
 USER_ADAPTER = "user_adapter"  # the user's adapter as trained, before the alignment update was added
+HARMFUL_ADAPTER = "harmful_adapter"  # in a base's directory: the base fine-tuned on harmful pairs
+
+
+def safety_vector(base: Path, config: RestaConfig) -> tuple[Path, float]:
+    """The adapter whose update is ``config``'s safety vector, and the sign it is added with."""
+    if config.vector == "alignment":
+        return Path(base), 1.0
+    harmful = Path(base) / HARMFUL_ADAPTER
+    if not (harmful / ADAPTER_FILE).is_file():
+        raise ValueError(f"RESTA's harmful vector needs {harmful}: the base fine-tuned on harmful pairs")
+    return harmful, -1.0
 
 
 def own_adapter(adapter_dir: Path) -> Path:
@@ -33,9 +50,11 @@ def own_adapter(adapter_dir: Path) -> Path:
     return kept if (kept / ADAPTER_FILE).is_file() else Path(adapter_dir)
 
 
-def add_alignment(user_adapter: Path, alignment_adapter: Path, config: RestaConfig) -> dict[str, Any]:
-    """Rewrite the adapter at ``user_adapter`` in place as itself plus ``config.scale`` times the
-    alignment adapter's update (see the module's docstring); the adapter as trained is copied to
+def add_alignment(
+    user_adapter: Path, alignment_adapter: Path, config: RestaConfig, sign: float = 1.0
+) -> dict[str, Any]:
+    """Rewrite the adapter at ``user_adapter`` in place as itself plus ``sign`` x ``config.scale`` times
+    the update of ``alignment_adapter`` (see the module's docstring); the adapter as trained is copied to
     ``USER_ADAPTER`` first. What was done, for the manifest."""
     user_dir = Path(user_adapter)
     if (user_dir / USER_ADAPTER).exists():
@@ -56,7 +75,10 @@ def add_alignment(user_adapter: Path, alignment_adapter: Path, config: RestaConf
     weights: dict[str, torch.Tensor] = {}
     for module in sorted(set(user) | set(alignment)):
         parts_a, parts_b = [], []
-        for factors, rank, scale in ((user, rank_user, 1.0), (alignment, rank_alignment, config.scale)):
+        for factors, rank, scale in (
+            (user, rank_user, 1.0),
+            (alignment, rank_alignment, sign * config.scale),
+        ):
             if module in factors:
                 b, a = factors[module]
                 parts_a.append(a.float())
