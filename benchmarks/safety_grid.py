@@ -269,6 +269,8 @@ def figures(runs: list[list[JudgedAnswer]], fa: list[list[bool]], decoding: str)
         for judged in runs
     ]
     result["degenerate_all"] = 100 * float(np.mean(all_degenerate))
+    # a layer's task-accuracy cost may sit in one seed or in all: the interval alone does not say which
+    result["fa_by_seed"] = [round(100 * float(np.mean(correct)), 2) for correct in fa]
     return {"figures": result, "arrays": arrays}
 
 

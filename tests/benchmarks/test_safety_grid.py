@@ -5,6 +5,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 import harmful_finetune
 import safety_grid as grid_module
@@ -63,6 +65,8 @@ def test_grid_measures_every_cell_with_intervals_and_caches(
     assert len(result["bases"]) == 3 + 2
     for cell in result["cells"]:
         assert cell["seeds"] == [0, 1] and cell["decoding"] in ("greedy", "sampled")
+        assert len(cell["fa_by_seed"]) == 2
+        assert sum(cell["fa_by_seed"]) / 2 == pytest.approx(cell["fa"]["mean"], abs=0.01)
         low, high = cell["hs"]["ci95"]
         assert 0 <= low <= cell["hs"]["mean"] <= high <= 100
         assert isinstance(cell["counts"], bool) and isinstance(cell["attack_taught"], bool)
