@@ -52,7 +52,7 @@ from vaccine_core.defenses import (
     StepDefenses,
     TokenConstraintConfig,
 )
-from vaccine_core.defenses.config import LISA_SAFETY_PAIRS, PREFERENCE_PAIRS
+from vaccine_core.defenses.config import LISA_SAFETY_PAIRS, PREFERENCE_PAIRS, RestaVector
 from vaccine_core.defenses.data import booster_pairs, lisa_pairs, preference_pairs, user_turn
 from vaccine_core.defenses.own_compliance import judged_safety_rows, own_compliance
 from vaccine_core.defenses.resta import HARMFUL_ADAPTER
@@ -109,7 +109,7 @@ class Arm:
     resta: float | None = None  # RESTA's scale: the base's alignment update added to the user's adapter again
     # RESTA's safety vector: the base's alignment update, or RESTA's own (the base minus itself fine-tuned
     # on harmful pairs: Benchmark.harmful_adapter)
-    resta_vector: Literal["alignment", "harmful"] = "alignment"
+    resta_vector: RestaVector = "alignment"
     # the service's upload pre-screen as a data filter: the attack's rows it flags never train
     prescreen_filter: bool = False
     # the token-wise constraint on the user's fine-tuning (TokenConstraintConfig's defaults, the paper's)

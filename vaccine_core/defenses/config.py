@@ -2,7 +2,7 @@
 loading torch: each default beside its help text, as in TRL/PEFT configs."""
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 
 @dataclass
@@ -134,7 +134,9 @@ class SafeLoraConfig:
         return {"threshold": self.threshold}
 
 
-RESTA_VECTORS = ("alignment", "harmful")
+# RESTA's safety vectors (RestaConfig.vector's help says what each is)
+RestaVector = Literal["alignment", "harmful"]
+RESTA_VECTORS: tuple[str, ...] = get_args(RestaVector)
 
 
 @dataclass
@@ -146,7 +148,7 @@ class RestaConfig:
             "vector once: 1)."
         },
     )
-    vector: str = field(
+    vector: RestaVector = field(
         default="alignment",
         metadata={
             "help": "The safety vector: 'alignment', the base's own alignment update (aligned minus "

@@ -51,16 +51,17 @@ def own_adapter(adapter_dir: Path) -> Path:
 
 
 def add_alignment(
-    user_adapter: Path, alignment_adapter: Path, config: RestaConfig, sign: float = 1.0
+    user_adapter: Path, vector_adapter: Path, config: RestaConfig, sign: float = 1.0
 ) -> dict[str, Any]:
     """Rewrite the adapter at ``user_adapter`` in place as itself plus ``sign`` x ``config.scale`` times
-    the update of ``alignment_adapter`` (see the module's docstring); the adapter as trained is copied to
+    the update of ``vector_adapter``, the safety vector's adapter (``safety_vector``: the base's alignment
+    adapter, or its harmful one negated); the adapter as trained is copied to
     ``USER_ADAPTER`` first. What was done, for the manifest."""
     user_dir = Path(user_adapter)
     if (user_dir / USER_ADAPTER).exists():
         raise ValueError(f"{user_dir} was re-aligned already: its own adapter is in {USER_ADAPTER}/")
     user_config = json.loads((user_dir / ADAPTER_CONFIG).read_text())
-    alignment_config = json.loads((Path(alignment_adapter) / ADAPTER_CONFIG).read_text())
+    alignment_config = json.loads((Path(vector_adapter) / ADAPTER_CONFIG).read_text())
     targets = user_config["target_modules"]
     for saved in (user_config, alignment_config):
         if saved.get("use_dora") or saved.get("rank_pattern") or saved.get("alpha_pattern"):
@@ -69,7 +70,7 @@ def add_alignment(
         raise ValueError("RESTA needs the user's adapter to name its target modules in a list")
     trained = load_file(str(user_dir / ADAPTER_FILE))
     dtype = next(iter(trained.values())).dtype  # the combined adapter keeps the job's weight dtype
-    user, alignment = factors_of(trained, user_config), lora_factors(Path(alignment_adapter))
+    user, alignment = factors_of(trained, user_config), lora_factors(Path(vector_adapter))
     rank_user, rank_alignment = user_config["r"], alignment_config["r"]
 
     weights: dict[str, torch.Tensor] = {}
