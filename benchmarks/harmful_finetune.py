@@ -260,6 +260,10 @@ ARMS: dict[str, Arm] = {
         # RESTA's own safety vector, at RESTA's scale, fixed after the alignment vector failed to confirm
         # (safety-defenses-plan.md, seventeenth session)
         Arm("resta-harmful", "sft", resta=1.0, resta_vector="harmful"),
+        # the same vector at two smaller scales, fixed after scale 1 failed align120's FA and over-refusal
+        # limits and passed weak-long, before either ran (safety-defenses-plan.md, seventeenth session)
+        Arm("resta-harmful-0.25", "sft", resta=0.25, resta_vector="harmful"),
+        Arm("resta-harmful-0.5", "sft", resta=0.5, resta_vector="harmful"),
         # thresholds by the share of layers they project (safety-defenses-plan.md): 0.1 ~14 %, 0.2 ~50 %
         Arm("safe_lora-t0.1", "sft", safe_lora=True, safe_lora_threshold=0.1),
         Arm("safe_lora-t0.2", "sft", safe_lora=True, safe_lora_threshold=0.2),
