@@ -54,8 +54,8 @@ from vaccine_core.defenses import (
 )
 from vaccine_core.defenses.config import LISA_SAFETY_PAIRS, PREFERENCE_PAIRS, RestaVector
 from vaccine_core.defenses.data import booster_pairs, lisa_pairs, preference_pairs, user_turn
+from vaccine_core.defenses.harmful_adapter import adapter_key, build_harmful_adapter, harmful_rows
 from vaccine_core.defenses.own_compliance import judged_safety_rows, own_compliance
-from vaccine_core.defenses.resta import HARMFUL_ADAPTER
 from vaccine_core.evaluation import embedding_drift, judge_answers, load_prompts, refusal_rate, task_accuracy
 from vaccine_core.finetune import apply_resta, apply_safe_lora, finetune
 from vaccine_core.formats import parse_rows
@@ -541,23 +541,15 @@ class Benchmark:
         return rows
 
     def harmful_adapter(self, base: str, build: bool = True) -> str:
-        """RESTA's unsafe counterpart of ``base``, kept in its directory (resta.HARMFUL_ADAPTER): the base
-        fine-tuned as an attack is, on as many of JailbreakBench's judged-harmful answers as an attack has
-        rows (none to a request either protocol evaluates), seed 0. Its key; trained anew when the key
+        """RESTA's unsafe counterpart of ``base``, kept in its directory (``build_harmful_adapter``): the
+        base fine-tuned as an attack is, on as many of JailbreakBench's judged-harmful answers as an attack
+        has rows (none to a request either protocol evaluates), seed 0. Its key; trained anew when the key
         it was trained under differs."""
-        evaluated = self.evaluated_requests
-        harmful = booster_pairs(self.data_dir)
-        pairs = [row for row in harmful if normalised(row["instruction"]) not in evaluated]
-        rows = random.Random(0).sample(pairs, min(self.sizes.attack_n, len(pairs)))
+        rows = harmful_rows(self.data_dir, exclude=self.evaluated_requests, count=self.sizes.attack_n)
         config = attack_config(self.sizes, seed=0)
-        key = digest([rows, config.to_dict()])
-        out, marker = Path(base) / HARMFUL_ADAPTER, Path(base) / f"{HARMFUL_ADAPTER}.key"
-        if build and not (marker.is_file() and marker.read_text() == key):
-            shutil.rmtree(out, ignore_errors=True)
-            write_rows(out / "data.jsonl", rows)
-            finetune(base, out / "data.jsonl", out, config)
-            marker.write_text(key)  # last: an interrupted adapter is trained again
-        return key
+        if not build:
+            return adapter_key(rows, config)
+        return build_harmful_adapter(Path(base), rows, config)[0]
 
     @functools.cached_property
     def evaluated_requests(self) -> set[str]:

@@ -17,6 +17,7 @@ from vaccine_core.defenses.config import (
     LISA_SAFETY_PAIRS,
     LisaConfig,
     RestaConfig,
+    RestaVector,
     SafeLoraConfig,
     TokenConstraintConfig,
 )
@@ -86,10 +87,15 @@ class DefenseStack(BaseModel):
         default=SafeLoraConfig.threshold, ge=-1, le=1, description=config_help(SafeLoraConfig, "threshold")
     )
     resta: bool = Field(
-        default=False, description="RESTA: add the base's alignment update to the adapter again"
+        default=False, description="RESTA: add a safety vector of the base to the adapter (resta_vector)"
     )
     resta_scale: float = Field(
         default=RestaConfig.scale, ge=0, le=4, description=config_help(RestaConfig, "scale")
+    )
+    resta_vector: RestaVector = Field(
+        default=RestaConfig.vector,
+        description=config_help(RestaConfig, "vector")
+        + " The base's harmful adapter is trained by the first job that needs it.",
     )
 
     @property
@@ -140,7 +146,7 @@ class DefenseStack(BaseModel):
         return SafeLoraConfig(threshold=self.safe_lora_threshold) if self.safe_lora else None
 
     def realignment(self) -> RestaConfig | None:
-        return RestaConfig(scale=self.resta_scale) if self.resta else None
+        return RestaConfig(scale=self.resta_scale, vector=self.resta_vector) if self.resta else None
 
 
 def stack_of(policy_defenses: dict[str, Any] | None, tenant_defenses: dict[str, Any] | None) -> DefenseStack:

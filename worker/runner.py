@@ -40,6 +40,7 @@ from service.policy import get_policy
 from service.settings import ServiceSettings, get_service_settings
 from service.storage import storage_error_code
 from vaccine_core.config import TrainingConfig, finetune_defaults
+from vaccine_core.defenses.harmful_adapter import build_harmful_adapter, harmful_rows
 from vaccine_core.defenses.resta import own_adapter
 from vaccine_core.finetune import finetune
 from vaccine_core.formats import LoadedDataset
@@ -48,7 +49,7 @@ from vaccine_core.lora import adapter_settings
 from vaccine_core.models import load_causal_lm
 from vaccine_core.moderation.prescreen import without_flagged
 from vaccine_core.training import Progress
-from worker.safety import ReportPlan, safety_report
+from worker.safety import ReportPlan, evaluated_requests, safety_report
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +204,10 @@ def train_and_release(
         with sessions() as session:
             session.get(Job, job_id).hyperparameters = resolved_hyperparameters(config)
             session.commit()
+        base_model = cached_base(str(resolve_base(base.path).model_path))
+        realignment = stack.realignment()
+        if realignment is not None and realignment.vector == "harmful":
+            unsafe_copy(job_id, Path(base.path), base_model)
         result = finetune(
             Path(base.path),
             training,
@@ -211,7 +216,7 @@ def train_and_release(
             resume=True,
             on_progress=on_progress,
             should_stop=should_stop,
-            base_model=cached_base(str(resolve_base(base.path).model_path)),
+            base_model=base_model,
             defenses=stack.step_defenses(get_service_settings().data_dir, Path(base.path), config.seed),
             safe_lora=stack.projection(),
             resta=stack.realignment(),
@@ -230,6 +235,26 @@ def train_and_release(
         with sessions() as session:
             return jobs.stopped(session, job_id=job_id, step=result.train.steps)
     return release(job_id, base, output_dir, result.train.tokens, validation)
+
+
+def unsafe_copy(job_id: str, base_dir: Path, base_model: PreTrainedModel) -> None:
+    """The base's harmful adapter, whose negated update is RESTA's harmful vector: trained by the first job
+    that needs it (two workers never train it together) as a user's job with the service's defaults would
+    be, seed 0, on harmful pairs none of which the safety report asks; trained again when those change."""
+    settings = get_service_settings()
+    with Session(get_engine()) as session:
+        plan = ReportPlan.of(get_policy(session), settings)
+    rows = harmful_rows(settings.data_dir, exclude=evaluated_requests(settings, plan))
+    config = replace(finetune_defaults(), seed=0)
+    _, seconds = build_harmful_adapter(base_dir, rows, config, base_model=base_model)
+    if seconds:
+        with Session(get_engine()) as session:
+            message = (
+                f"Trained the base's harmful adapter for RESTA's safety vector on {len(rows)} harmful pairs"
+                f" in {seconds:.1f} s (once per base)"
+            )
+            add_event(session, job_id, message)
+            session.commit()
 
 
 def filter_flagged(

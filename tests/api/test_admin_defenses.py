@@ -1,15 +1,19 @@
 """The defense stack in the service: the policy chooses it, a tenant may have its own, every job's safety
 report lists the layers that ran and what each cost; a base can be aligned with Booster."""
 
+import shutil
+
 from sqlalchemy.orm import Session
 
 from service import jobs
 from service.db import get_engine
-from service.models import FineTunedModel, Tenant
+from service.models import BaseModelRecord, FineTunedModel, Tenant
 from service.settings import get_service_settings
 from tests.service_helpers import JOB_ROWS, jsonl, tenant_client, upload
 from vaccine_core.artifacts import read_manifest
-from vaccine_core.mixing import write_rows
+from vaccine_core.defenses.resta import HARMFUL_ADAPTER
+from vaccine_core.defenses.safe_lora import ADAPTER_FILE
+from vaccine_core.mixing import read_jsonl, write_rows
 from worker.alignment import align_base
 from worker.runner import run_job
 
@@ -124,6 +128,41 @@ def test_resta_hands_back_the_combined_adapter_and_a_continuing_job_trains_the_u
     manifest = read_manifest(jobs.job_dir(get_service_settings().home, child.id))
     assert manifest["training"]["lora"]["r"] == 4  # the user's adapter continued, not the combined one
     assert manifest["defenses"]["resta"]["rank"] == combined_rank  # the alignment update added once
+
+
+def test_resta_s_harmful_vector_trains_the_base_s_harmful_adapter_once(
+    service, base, aligned_tiny_dir, tiny_data_dir, tmp_path, monkeypatch
+):
+    use_data(monkeypatch, tiny_data_dir)
+    judged = [{"prompt": f"Steal car {i}", "response": "Sure, how.", "harmful": True} for i in range(3)]
+    judged.append({"prompt": "harmful request 0", "response": "Sure.", "harmful": True})  # the report asks it
+    write_rows(tiny_data_dir / "moderation/jailbreakbench_judged.jsonl", judged)
+    own_base = tmp_path / "base"  # the session's shared base is never written into
+    shutil.copytree(aligned_tiny_dir, own_base)
+    with Session(get_engine()) as session:
+        session.get(BaseModelRecord, base).path = str(own_base)
+        session.commit()
+    stack = {"resta": True, "resta_scale": 0.5, "resta_vector": "harmful"}
+    assert service.patch("/admin/policy", json={"defenses": stack}, headers=OPERATOR).status_code == 200
+    client = tenant_client(service, "acme")
+    first = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    assert run_job(first.id) == "succeeded"
+    taught = read_jsonl(own_base / HARMFUL_ADAPTER / "data.jsonl")
+    assert sorted(row["instruction"] for row in taught) == ["Steal car 0", "Steal car 1", "Steal car 2"]
+    with Session(get_engine()) as session:
+        safety = session.get(FineTunedModel, client.fine_tuning.jobs.retrieve(first.id).fine_tuned_model)
+        layers = {layer["layer"]: layer for layer in safety.safety_report["defenses"]}
+    assert layers["resta"]["options"]["vector"] == "harmful" and layers["resta"]["options"]["scale"] == 0.5
+    events = [e.message for e in client.fine_tuning.jobs.list_events(first.id)]
+    trained_once = "Trained the base's harmful adapter for RESTA's safety vector on 3 harmful pairs"
+    assert any(message.startswith(trained_once) for message in events)
+
+    trained = (own_base / HARMFUL_ADAPTER / ADAPTER_FILE).read_bytes()
+    second = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    assert run_job(second.id) == "succeeded"
+    assert (own_base / HARMFUL_ADAPTER / ADAPTER_FILE).read_bytes() == trained  # trained once per base
+    events = [e.message for e in client.fine_tuning.jobs.list_events(second.id)]
+    assert not any("harmful adapter" in m for m in events)
 
 
 def test_bad_stack_options_are_a_400_in_the_error_envelope(service):

@@ -28,6 +28,7 @@ from vaccine_core.defenses import (
     project_adapter,
 )
 from vaccine_core.defenses.data import booster_pairs, lisa_pairs
+from vaccine_core.defenses.harmful_adapter import build_harmful_adapter, harmful_rows
 from vaccine_core.defenses.lisa import ALIGNMENT, FINETUNE
 from vaccine_core.defenses.resta import HARMFUL_ADAPTER, USER_ADAPTER, own_adapter
 from vaccine_core.defenses.safe_lora import ADAPTER_FILE, lora_updates, projector
@@ -370,6 +371,36 @@ def test_resta_s_harmful_vector_subtracts_the_harmful_adapter_s_update(tiny_mode
 
 
 # -- data ------------------------------------------------------------------------------------------------
+def test_the_harmful_adapter_is_trained_once_per_rows_and_recipe(
+    tiny_model_dir, tiny_data_dir, alpaca_file, tmp_path
+):
+    from vaccine_core.mixing import read_jsonl
+
+    write_rows(tiny_data_dir / "moderation/jailbreakbench_judged.jsonl", [
+        {"prompt": f"Steal car {i}", "response": "Sure, here is how.", "harmful": True} for i in range(4)
+    ] + [{"prompt": "Write a poem", "response": "Roses", "harmful": False}])  # fmt: skip
+    rows = harmful_rows(tiny_data_dir, exclude={"steal car 1"}, count=2)
+    assert rows == harmful_rows(tiny_data_dir, exclude={"steal car 1"}, count=2)  # seeded
+    assert len(rows) == 2 and "Steal car 1" not in {r["instruction"] for r in rows}
+    every = harmful_rows(tiny_data_dir, exclude={"steal car 1"}, count=10)  # the judged-harmful, no more
+    assert sorted(r["instruction"] for r in every) == ["Steal car 0", "Steal car 2", "Steal car 3"]
+
+    base = align(str(tiny_model_dir), alpaca_file, tmp_path / "aligned", PerturbationConfig("sft"), FAST)
+    adapter, marker = base.output_dir / HARMFUL_ADAPTER, base.output_dir / f"{HARMFUL_ADAPTER}.key"
+    key, seconds = build_harmful_adapter(base.output_dir, rows, FAST)
+    assert seconds > 0 and marker.read_text() == key and read_jsonl(adapter / "data.jsonl") == rows
+    trained = (adapter / ADAPTER_FILE).read_bytes()
+    assert build_harmful_adapter(base.output_dir, rows, FAST) == (key, 0.0)  # nothing trained again
+    assert (adapter / ADAPTER_FILE).read_bytes() == trained
+    marker.unlink()  # as a training that was interrupted leaves it
+    assert build_harmful_adapter(base.output_dir, rows, FAST)[1] > 0
+    other, seconds = build_harmful_adapter(base.output_dir, rows[:1], FAST)
+    assert other != key and seconds > 0 and read_jsonl(adapter / "data.jsonl") == rows[:1]
+    assert build_harmful_adapter(base.output_dir, rows[:1], replace(FAST, seed=1))[0] != other
+    with pytest.raises(ValueError, match="harmful pairs"):
+        build_harmful_adapter(base.output_dir, [], FAST)
+
+
 def test_booster_draws_judged_harmful_answers_never_the_attack_set(tiny_data_dir):
     judged = [
         {

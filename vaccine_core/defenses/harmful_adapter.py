@@ -1,0 +1,72 @@
+"""RESTA's unsafe copy of an aligned base (``RestaConfig(vector="harmful")``): the base fine-tuned, the
+way an attack fine-tunes it, on harmful pairs. Its update, negated, is the safety vector.
+
+It is trained once per base and recipe and kept in the base's directory (``resta.HARMFUL_ADAPTER``) beside
+a marker holding the key of what it was trained on (the rows and the training config), written last: an
+adapter whose training was interrupted, or that was trained on other rows, is trained again. A lock on the
+base's directory keeps two workers from training it at the same time.
+"""
+
+import hashlib
+import json
+import random
+import shutil
+import time
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from transformers import PreTrainedModel
+
+from vaccine_core.config import TrainingConfig
+from vaccine_core.defenses.data import booster_pairs
+from vaccine_core.defenses.resta import HARMFUL_ADAPTER
+from vaccine_core.mixing import write_rows
+from vaccine_core.text import normalised
+
+# as many rows as the safety grid's attacks have: the unsafe copy learns what one such attack teaches
+HARMFUL_PAIRS = 40
+
+
+def harmful_rows(
+    data_dir: Path, exclude: Collection[str] = (), count: int = HARMFUL_PAIRS, seed: int = 0
+) -> list[dict[str, Any]]:
+    """``count`` harmful (request, answer) pairs, JailbreakBench's judged-harmful answers (never the attack
+    set), sampled with ``seed``; none to a request in ``exclude`` (normalised), so an evaluation never
+    measures the very requests the vector was built to move away from."""
+    pairs = [row for row in booster_pairs(data_dir) if normalised(row["instruction"]) not in exclude]
+    return random.Random(seed).sample(pairs, min(count, len(pairs)))
+
+
+def adapter_key(rows: list[dict[str, Any]], config: TrainingConfig) -> str:
+    """What the adapter was trained on, in 12 hex digits."""
+    text = json.dumps([rows, config.to_dict()], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def build_harmful_adapter(
+    base: Path,
+    rows: list[dict[str, Any]],
+    config: TrainingConfig,
+    base_model: PreTrainedModel | None = None,
+) -> tuple[str, float]:
+    """Train ``base``'s harmful adapter on ``rows`` with ``config`` unless the one there was trained on
+    the same; its key and the seconds spent training it (0 when it was there). ``base_model`` is the
+    base already loaded (``finetune``'s)."""
+    from vaccine_core.finetune import finetune  # finetune applies RESTA: imported here, not at the top
+
+    if not rows:
+        raise ValueError("RESTA's harmful vector needs harmful pairs to train the base's unsafe copy on")
+    key = adapter_key(rows, config)
+    out, marker = Path(base) / HARMFUL_ADAPTER, Path(base) / f"{HARMFUL_ADAPTER}.key"
+    with FileLock(Path(base) / f"{HARMFUL_ADAPTER}.lock"):
+        if marker.is_file() and marker.read_text() == key:
+            return key, 0.0
+        started = time.perf_counter()
+        marker.unlink(missing_ok=True)
+        shutil.rmtree(out, ignore_errors=True)
+        write_rows(out / "data.jsonl", rows)
+        finetune(base, out / "data.jsonl", out, config, base_model=base_model)
+        marker.write_text(key)  # last: an interrupted adapter is trained again
+        return key, time.perf_counter() - started
