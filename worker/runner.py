@@ -63,9 +63,10 @@ def cached_base(path: str) -> PreTrainedModel:
 CHECKPOINT_EVERY = 10
 
 
-def training_config(job: Job) -> TrainingConfig:
+def training_config(job: Job, continued: Path | None = None) -> TrainingConfig:
     """OpenAI's hyperparameters (n_epochs, batch_size, learning_rate_multiplier) and our extensions (the
-    LoRA adapter's rank, alpha and dropout, an absolute learning rate) over the library's defaults."""
+    LoRA adapter's rank, alpha and dropout, an absolute learning rate) over the library's defaults; a job
+    that continues the adapter ``continued`` keeps its shape unless told otherwise."""
     defaults = finetune_defaults()
     given: dict[str, Any] = job.hyperparameters or {}
     updates: dict[str, Any] = {"seed": job.seed, "checkpoint_every": CHECKPOINT_EVERY}
@@ -82,8 +83,7 @@ def training_config(job: Job) -> TrainingConfig:
         for name, field in (("lora_rank", "r"), ("lora_alpha", "alpha"), ("lora_dropout", "dropout"))
         if isinstance(given.get(name), int | float)
     }
-    # a job that continues an adapter keeps that adapter's shape unless told otherwise
-    start = adapter_settings(own_adapter(Path(job.continues_path))) if job.continues_path else defaults.lora
+    start = adapter_settings(continued) if continued is not None else defaults.lora
     updates["lora"] = replace(start, **lora)
     return replace(defaults, **updates)
 
@@ -189,7 +189,8 @@ def train_and_release(
         message = f"The base model {job.model} is not available ({state})."
         return fail(job_id, "model_not_available", message, message)
     try:
-        config = training_config(job)
+        continued = own_adapter(Path(job.continues_path)) if job.continues_path else None
+        config = training_config(job, continued)
         training = files.parsed_rows(training_file)  # as parsed at upload: no second validation
         validation = files.parsed_rows(validation_file) if validation_file is not None else None
         stack = stack_of(*defenses)
@@ -222,7 +223,7 @@ def train_and_release(
             resta=stack.realignment(),
             validation=validation,
             validation_count=get_service_settings().validation_evals,
-            init_adapter=own_adapter(Path(job.continues_path)) if job.continues_path else None,
+            init_adapter=continued,
             prescreen_filter=screened,
         )
     except Exception as exc:  # every job ends in a state a user can read
