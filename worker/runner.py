@@ -220,7 +220,7 @@ def train_and_release(
             base_model=base_model,
             defenses=stack.step_defenses(get_service_settings().data_dir, Path(base.path), config.seed),
             safe_lora=stack.projection(),
-            resta=stack.realignment(),
+            resta=realignment,
             validation=validation,
             validation_count=get_service_settings().validation_evals,
             init_adapter=continued,
