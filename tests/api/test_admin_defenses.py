@@ -172,6 +172,8 @@ def test_bad_stack_options_are_a_400_in_the_error_envelope(service):
     assert bad.status_code == 400 and "token_constraint_beta" in bad.json()["error"]["message"]
     bad = service.patch("/admin/policy", json={"defenses": {"resta_scale": 5}}, headers=OPERATOR)
     assert bad.status_code == 400 and "resta_scale" in bad.json()["error"]["message"]
+    bad = service.patch("/admin/policy", json={"defenses": {"resta_vector": "opposite"}}, headers=OPERATOR)
+    assert bad.status_code == 400 and "resta_vector" in bad.json()["error"]["message"]
     missing = service.put("/admin/tenants/tenant-nope/defenses", json={}, headers=OPERATOR)
     assert missing.status_code == 404
     schema = service.get("/admin/policy/defenses", headers=OPERATOR).json()

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 from vaccine_core.config import TrainingConfig
 from vaccine_core.defenses.data import booster_pairs
 from vaccine_core.defenses.resta import HARMFUL_ADAPTER
+from vaccine_core.finetune import finetune
 from vaccine_core.mixing import write_rows
 from vaccine_core.text import normalised
 
@@ -54,8 +55,6 @@ def build_harmful_adapter(
     """Train ``base``'s harmful adapter on ``rows`` with ``config`` unless the one there was trained on
     the same; its key and the seconds spent training it (0 when it was there). ``base_model`` is the
     base already loaded (``finetune``'s)."""
-    from vaccine_core.finetune import finetune  # finetune applies RESTA: imported here, not at the top
-
     if not rows:
         raise ValueError("RESTA's harmful vector needs harmful pairs to train the base's unsafe copy on")
     key = adapter_key(rows, config)
