@@ -49,7 +49,7 @@ from vaccine_core.lora import adapter_settings
 from vaccine_core.models import load_causal_lm
 from vaccine_core.moderation.prescreen import without_flagged
 from vaccine_core.training import Progress
-from worker.safety import ReportPlan, evaluated_requests, safety_report
+from worker.safety import ReportPlan, report_prompts, safety_report
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def unsafe_copy(job_id: str, base_dir: Path, base_model: PreTrainedModel) -> Non
     settings = get_service_settings()
     with Session(get_engine()) as session:
         plan = ReportPlan.of(get_policy(session), settings)
-    rows = harmful_rows(settings.data_dir, exclude=evaluated_requests(settings, plan))
+    rows = harmful_rows(settings.data_dir, exclude=report_prompts(settings, plan).normalised())
     config = replace(finetune_defaults(), seed=0)
     _, seconds = build_harmful_adapter(base_dir, rows, config, base_model=base_model)
     if seconds:

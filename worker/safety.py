@@ -112,11 +112,6 @@ def report_prompts(settings: ServiceSettings, plan: ReportPlan) -> ProtocolPromp
     return ProtocolPrompts(texts["harmful"], texts["harmless"], texts["borderline"], digest)
 
 
-def evaluated_requests(settings: ServiceSettings, plan: ReportPlan) -> set[str]:
-    """Every request the safety report asks, normalised: side data a defense trains on never holds one."""
-    return report_prompts(settings, plan).normalised()
-
-
 def measure_safety(loaded: LoadedModel, settings: ServiceSettings, plan: ReportPlan) -> dict[str, Any]:
     """Protocol v2 on the plan's prompts: the buckets per decoding and prompt set, and the gate's figures
     (shares in percent): the harmful score (the higher of greedy and sampled), over-refusal on harmless
