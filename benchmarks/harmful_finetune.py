@@ -264,6 +264,16 @@ ARMS: dict[str, Arm] = {
         # limits and passed weak-long, before either ran (safety-defenses-plan.md, seventeenth session)
         Arm("resta-harmful-0.25", "sft", resta=0.25, resta_vector="harmful"),
         Arm("resta-harmful-0.5", "sft", resta=0.5, resta_vector="harmful"),
+        # the filter's benign rows, then the vector at 0.5: the filter acts where the upload's harmful rows
+        # do the harm (align120), the vector where benign erosion does (weak-long) (safety-defenses-plan.md,
+        # nineteenth session)
+        Arm(
+            "prescreen_filter+resta-harmful-0.5",
+            "sft",
+            prescreen_filter=True,
+            resta=0.5,
+            resta_vector="harmful",
+        ),
         # thresholds by the share of layers they project (safety-defenses-plan.md): 0.1 ~14 %, 0.2 ~50 %
         Arm("safe_lora-t0.1", "sft", safe_lora=True, safe_lora_threshold=0.1),
         Arm("safe_lora-t0.2", "sft", safe_lora=True, safe_lora_threshold=0.2),
