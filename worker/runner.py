@@ -41,7 +41,7 @@ from service.settings import ServiceSettings, get_service_settings
 from service.storage import storage_error_code
 from vaccine_core.config import TrainingConfig, finetune_defaults
 from vaccine_core.defenses.harmful_adapter import build_harmful_adapter, harmful_rows
-from vaccine_core.defenses.resta import own_adapter
+from vaccine_core.defenses.resta import HARMFUL_ADAPTER, own_adapter
 from vaccine_core.finetune import finetune
 from vaccine_core.formats import LoadedDataset
 from vaccine_core.inference import resolve_base
@@ -207,8 +207,9 @@ def train_and_release(
             session.commit()
         base_model = cached_base(str(resolve_base(base.path).model_path))
         realignment = stack.realignment()
+        harmful_adapter = None
         if realignment is not None and realignment.vector == "harmful":
-            unsafe_copy(job_id, Path(base.path), base_model)
+            harmful_adapter = unsafe_copy(job_id, base, base_model)
         result = finetune(
             Path(base.path),
             training,
@@ -221,6 +222,7 @@ def train_and_release(
             defenses=stack.step_defenses(get_service_settings().data_dir, Path(base.path), config.seed),
             safe_lora=stack.projection(),
             resta=realignment,
+            harmful_adapter=harmful_adapter,
             validation=validation,
             validation_count=get_service_settings().validation_evals,
             init_adapter=continued,
@@ -238,16 +240,19 @@ def train_and_release(
     return release(job_id, base, output_dir, result.train.tokens, validation)
 
 
-def unsafe_copy(job_id: str, base_dir: Path, base_model: PreTrainedModel) -> None:
-    """The base's harmful adapter, whose negated update is RESTA's harmful vector: trained by the first job
-    that needs it (two workers never train it together) as a user's job with the service's defaults would
-    be, seed 0, on harmful pairs none of which the safety report asks; trained again when those change."""
+def unsafe_copy(job_id: str, base: BaseModelRecord, base_model: PreTrainedModel) -> Path:
+    """Where the base's harmful adapter is, whose negated update is RESTA's harmful vector: trained by the
+    first job that needs it (two workers never train it together) as a user's job with the service's
+    defaults would be, seed 0, on harmful pairs none of which the safety report asks; trained again when
+    those change. It is kept in the service's own directory for the base, never in a base it adopted
+    (someone else's run, perhaps on a read-only volume)."""
     settings = get_service_settings()
     with Session(get_engine()) as session:
         plan = ReportPlan.of(get_policy(session), settings)
     rows = harmful_rows(settings.data_dir, exclude=report_prompts(settings, plan).normalised())
     config = replace(finetune_defaults(), seed=0)
-    _, seconds = build_harmful_adapter(base_dir, rows, config, base_model=base_model)
+    out = settings.home / "bases" / base.id / HARMFUL_ADAPTER
+    _, seconds = build_harmful_adapter(Path(base.path), rows, config, base_model=base_model, out=out)
     if seconds:
         with Session(get_engine()) as session:
             message = (
@@ -256,6 +261,7 @@ def unsafe_copy(job_id: str, base_dir: Path, base_model: PreTrainedModel) -> Non
             )
             add_event(session, job_id, message)
             session.commit()
+    return out
 
 
 def filter_flagged(

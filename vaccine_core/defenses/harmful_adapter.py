@@ -1,10 +1,11 @@
 """RESTA's unsafe copy of an aligned base (``RestaConfig(vector="harmful")``): the base fine-tuned, the
 way an attack fine-tunes it, on harmful pairs. Its update, negated, is the safety vector.
 
-It is trained once per base and recipe and kept in the base's directory (``resta.HARMFUL_ADAPTER``) beside
-a marker holding the key of what it was trained on (the rows and the training config), written last: an
-adapter whose training was interrupted, or that was trained on other rows, is trained again. A lock on the
-base's directory keeps two workers from training it at the same time.
+It is trained once per base and recipe and kept in the base's directory (``resta.HARMFUL_ADAPTER``), or
+wherever its owner keeps it (the service: its own directory, never a base it adopted), beside a marker
+holding the key of what it was trained on (the rows and the training config), written last: an adapter
+whose training was interrupted, or that was trained on other rows, is trained again. A lock beside it
+keeps two workers from training it at the same time.
 """
 
 import hashlib
@@ -51,15 +52,18 @@ def build_harmful_adapter(
     rows: list[dict[str, Any]],
     config: TrainingConfig,
     base_model: PreTrainedModel | None = None,
+    out: Path | None = None,
 ) -> tuple[str, float]:
-    """Train ``base``'s harmful adapter on ``rows`` with ``config`` unless the one there was trained on
-    the same; its key and the seconds spent training it (0 when it was there). ``base_model`` is the
-    base already loaded (``finetune``'s)."""
+    """Train ``base``'s harmful adapter on ``rows`` with ``config`` into ``out`` (default: the base's
+    ``HARMFUL_ADAPTER``) unless the one there was trained on the same; its key and the seconds spent
+    training it (0 when it was there). ``base_model`` is the base already loaded (``finetune``'s)."""
     if not rows:
         raise ValueError("RESTA's harmful vector needs harmful pairs to train the base's unsafe copy on")
     key = adapter_key(rows, config)
-    out, marker = Path(base) / HARMFUL_ADAPTER, Path(base) / f"{HARMFUL_ADAPTER}.key"
-    with FileLock(Path(base) / f"{HARMFUL_ADAPTER}.lock"):
+    out = Path(out) if out is not None else Path(base) / HARMFUL_ADAPTER
+    marker = out.with_name(f"{out.name}.key")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(out.with_name(f"{out.name}.lock")):
         if marker.is_file() and marker.read_text() == key:
             return key, 0.0
         started = time.perf_counter()
