@@ -8,8 +8,6 @@ whose training was interrupted, or that was trained on other rows, is trained ag
 keeps two workers from training it at the same time.
 """
 
-import hashlib
-import json
 import random
 import shutil
 import time
@@ -20,6 +18,7 @@ from typing import Any
 from filelock import FileLock
 from transformers import PreTrainedModel
 
+from vaccine_core.artifacts import value_key
 from vaccine_core.config import TrainingConfig
 from vaccine_core.defenses.data import booster_pairs
 from vaccine_core.defenses.resta import HARMFUL_ADAPTER
@@ -43,8 +42,7 @@ def harmful_rows(
 
 def adapter_key(rows: list[dict[str, Any]], config: TrainingConfig) -> str:
     """What the adapter was trained on, in 12 hex digits."""
-    text = json.dumps([rows, config.to_dict()], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return value_key([rows, config.to_dict()])
 
 
 def build_harmful_adapter(
