@@ -40,7 +40,7 @@ from service.policy import get_policy
 from service.settings import ServiceSettings, get_service_settings
 from service.storage import storage_error_code
 from vaccine_core.config import TrainingConfig, finetune_defaults
-from vaccine_core.defenses.harmful_adapter import build_harmful_adapter, harmful_rows
+from vaccine_core.defenses.harmful_adapter import ensure_harmful_adapter
 from vaccine_core.defenses.resta import HARMFUL_ADAPTER, own_adapter
 from vaccine_core.finetune import finetune
 from vaccine_core.formats import LoadedDataset
@@ -249,19 +249,22 @@ def unsafe_copy(job_id: str, base: BaseModelRecord, base_model: PreTrainedModel)
     settings = get_service_settings()
     with Session(get_engine()) as session:
         plan = ReportPlan.of(get_policy(session), settings)
-    rows = harmful_rows(settings.data_dir, exclude=report_prompts(settings, plan).normalised())
-    config = replace(finetune_defaults(), seed=0)
-    out = settings.home / "bases" / base.id / HARMFUL_ADAPTER
-    _, seconds = build_harmful_adapter(Path(base.path), rows, config, base_model=base_model, out=out)
-    if seconds:
+    adapter = ensure_harmful_adapter(
+        Path(base.path),
+        settings.data_dir,
+        exclude=report_prompts(settings, plan).normalised(),
+        out=settings.home / "bases" / base.id / HARMFUL_ADAPTER,
+        base_model=base_model,
+    )
+    if adapter.seconds:
         with Session(get_engine()) as session:
             message = (
-                f"Trained the base's harmful adapter for RESTA's safety vector on {len(rows)} harmful pairs"
-                f" in {seconds:.1f} s (once per base)"
+                f"Trained the base's harmful adapter for RESTA's safety vector on {adapter.pairs} harmful"
+                f" pairs in {adapter.seconds:.1f} s (once per base)"
             )
             add_event(session, job_id, message)
             session.commit()
-    return out
+    return adapter.path
 
 
 def filter_flagged(

@@ -12,6 +12,7 @@ import random
 import shutil
 import time
 from collections.abc import Collection
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from filelock import FileLock
 from transformers import PreTrainedModel
 
 from vaccine_core.artifacts import value_key
-from vaccine_core.config import TrainingConfig
+from vaccine_core.config import TrainingConfig, finetune_defaults
 from vaccine_core.defenses.data import booster_pairs
 from vaccine_core.defenses.resta import HARMFUL_ADAPTER
 from vaccine_core.finetune import finetune
@@ -71,3 +72,28 @@ def build_harmful_adapter(
         finetune(base, out / "data.jsonl", out, config, base_model=base_model)
         marker.write_text(key)  # last: an interrupted adapter is trained again
         return key, time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class HarmfulAdapter:
+    path: Path
+    pairs: int  # the harmful pairs it was trained on
+    seconds: float  # spent training it now: 0 when it was there already
+
+
+def ensure_harmful_adapter(
+    base: Path,
+    data_dir: Path,
+    *,
+    exclude: Collection[str] = (),
+    out: Path | None = None,
+    base_model: PreTrainedModel | None = None,
+) -> HarmfulAdapter:
+    """``base``'s harmful adapter as the service and the CLI build it: trained, unless it is there, as a
+    user's job with the fine-tuning defaults would be (seed 0), on ``HARMFUL_PAIRS`` pairs none of which is
+    a request in ``exclude``; kept in ``out`` (default: the base's ``HARMFUL_ADAPTER``)."""
+    rows = harmful_rows(data_dir, exclude=exclude)
+    out = Path(out) if out is not None else Path(base) / HARMFUL_ADAPTER
+    config = replace(finetune_defaults(), seed=0)
+    _, seconds = build_harmful_adapter(Path(base), rows, config, base_model=base_model, out=out)
+    return HarmfulAdapter(out, len(rows), seconds)
