@@ -24,7 +24,6 @@ so a rerun (or a larger run sharing alignments) only computes what is new.
 
 import argparse
 import functools
-import hashlib
 import json
 import logging
 import random
@@ -42,6 +41,7 @@ from harmful_finetune_report import write_report
 
 from vaccine_core.align import align
 from vaccine_core.artifacts import MANIFEST, read_manifest, write_manifest
+from vaccine_core.artifacts import value_key as digest  # every cached run and answer set is named by it
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig, alignment_defaults
 from vaccine_core.defenses import (
     BoosterConfig,
@@ -390,10 +390,6 @@ def attack_config(sizes: Sizes, seed: int) -> TrainingConfig:
         seed=seed,
         lora=LoraSettings(r=8, alpha=sizes.attack_lora_alpha, dropout=0.1),
     )
-
-
-def digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 @dataclass

@@ -514,7 +514,7 @@ def agreement(grid: Grid, short: int) -> dict[str, Any]:
     }
 
 
-def archived_grid(config: ProtocolConfig, judge: str = "default") -> Grid:
+def archived_grid(config: ProtocolConfig, judge: str | Moderator = "default") -> Grid:
     """The grid over this machine's cache and the answers archived with the results, at the config's
     answer length, judged by ``judge`` (a spec ``load_judge`` takes)."""
     tokens = f"tokens{config.max_new_tokens}"

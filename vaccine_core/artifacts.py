@@ -19,6 +19,12 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT's file of a saved adapter
 CHECKPOINTS_DIR = "checkpoints"  # a run's resumable training states, left out of its file hashes
 
 
+def value_key(value: Any) -> str:
+    """12 hex digits of anything JSON holds (keys sorted, anything else as its ``str``): the name a cached
+    artifact is kept under, so that what produced it names it."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def sha256_file(path: Path, chunk_size: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:

@@ -41,6 +41,7 @@ def finetune(
     defenses: StepDefenses | None = None,
     safe_lora: SafeLoraConfig | None = None,
     resta: RestaConfig | None = None,
+    harmful_adapter: Path | None = None,
     validation: Path | LoadedDataset | None = None,
     validation_count: int = 0,
     init_adapter: Path | None = None,
@@ -54,7 +55,8 @@ def finetune(
     ``init_adapter`` (a saved adapter of this run's LoRA shape, on the same base) makes the run continue
     training that adapter instead of a fresh one. ``prescreen_filter`` is the record of rows the caller
     left out of ``data`` before it came here (``moderation.prescreen.without_flagged``): the manifest keeps
-    it with the other defenses."""
+    it with the other defenses. ``harmful_adapter`` is where the base's harmful adapter is kept for
+    ``resta``'s harmful vector, when not in the base's directory."""
     config = config or finetune_defaults()
     output_dir = Path(output_dir)
     for layer, config_of_layer in (("Safe LoRA", safe_lora), ("RESTA", resta)):
@@ -90,7 +92,7 @@ def finetune(
     if base_model is not None:
         run.model.unload()
     projection = apply_safe_lora(output_dir, base, safe_lora) if safe_lora is not None else None
-    realignment = apply_resta(output_dir, base, resta) if resta is not None else None
+    realignment = apply_resta(output_dir, base, resta, harmful_adapter) if resta is not None else None
     manifest = write_manifest(
         output_dir,
         {
@@ -130,9 +132,11 @@ def apply_safe_lora(adapter_dir: Path, base: str | Path, config: SafeLoraConfig)
     }
 
 
-def apply_resta(adapter_dir: Path, base: str | Path, config: RestaConfig) -> dict[str, Any]:
+def apply_resta(
+    adapter_dir: Path, base: str | Path, config: RestaConfig, harmful_adapter: Path | None = None
+) -> dict[str, Any]:
     """Add ``config``'s safety vector of ``base`` to the saved adapter, in place; what was done."""
     started = time.perf_counter()
-    vector, sign = safety_vector(Path(base), config)
+    vector, sign = safety_vector(Path(base), config, harmful_adapter)
     record = add_alignment(adapter_dir, vector, config, sign=sign)
     return {**record, "seconds": round(time.perf_counter() - started, 2)}

@@ -106,8 +106,10 @@ def train_adapter(
         validate=None if validation is None else held_out_loss(peft_model, tokenizer, validation, config),
         validation_count=validation_count,
     )
-    for name, seconds in (defenses.setup_seconds if defenses else {}).items():
-        result.defense_seconds[name] = result.defense_seconds.get(name, 0.0) + seconds
+    for defense in step_defenses:
+        result.defense_seconds[defense.name] = (
+            result.defense_seconds.get(defense.name, 0.0) + defense.setup_seconds
+        )
     summary = {
         "path": str(dataset.path.resolve()) if dataset.path else None,  # None: rows built in memory
         "sha256": sha256_file(dataset.path) if dataset.path else None,

@@ -40,8 +40,8 @@ from service.policy import get_policy
 from service.settings import ServiceSettings, get_service_settings
 from service.storage import storage_error_code
 from vaccine_core.config import TrainingConfig, finetune_defaults
-from vaccine_core.defenses.harmful_adapter import build_harmful_adapter, harmful_rows
-from vaccine_core.defenses.resta import own_adapter
+from vaccine_core.defenses.harmful_adapter import ensure_harmful_adapter
+from vaccine_core.defenses.resta import HARMFUL_ADAPTER, own_adapter
 from vaccine_core.finetune import finetune
 from vaccine_core.formats import LoadedDataset
 from vaccine_core.inference import resolve_base
@@ -207,8 +207,9 @@ def train_and_release(
             session.commit()
         base_model = cached_base(str(resolve_base(base.path).model_path))
         realignment = stack.realignment()
+        harmful_adapter = None
         if realignment is not None and realignment.vector == "harmful":
-            unsafe_copy(job_id, Path(base.path), base_model)
+            harmful_adapter = unsafe_copy(job_id, base, base_model)
         result = finetune(
             Path(base.path),
             training,
@@ -221,6 +222,7 @@ def train_and_release(
             defenses=stack.step_defenses(get_service_settings().data_dir, Path(base.path), config.seed),
             safe_lora=stack.projection(),
             resta=realignment,
+            harmful_adapter=harmful_adapter,
             validation=validation,
             validation_count=get_service_settings().validation_evals,
             init_adapter=continued,
@@ -238,24 +240,31 @@ def train_and_release(
     return release(job_id, base, output_dir, result.train.tokens, validation)
 
 
-def unsafe_copy(job_id: str, base_dir: Path, base_model: PreTrainedModel) -> None:
-    """The base's harmful adapter, whose negated update is RESTA's harmful vector: trained by the first job
-    that needs it (two workers never train it together) as a user's job with the service's defaults would
-    be, seed 0, on harmful pairs none of which the safety report asks; trained again when those change."""
+def unsafe_copy(job_id: str, base: BaseModelRecord, base_model: PreTrainedModel) -> Path:
+    """Where the base's harmful adapter is, whose negated update is RESTA's harmful vector: trained by the
+    first job that needs it (two workers never train it together) as a user's job with the service's
+    defaults would be, seed 0, on harmful pairs none of which the safety report asks; trained again when
+    those change. It is kept in the service's own directory for the base, never in a base it adopted
+    (someone else's run, perhaps on a read-only volume)."""
     settings = get_service_settings()
     with Session(get_engine()) as session:
         plan = ReportPlan.of(get_policy(session), settings)
-    rows = harmful_rows(settings.data_dir, exclude=report_prompts(settings, plan).normalised())
-    config = replace(finetune_defaults(), seed=0)
-    _, seconds = build_harmful_adapter(base_dir, rows, config, base_model=base_model)
-    if seconds:
+    adapter = ensure_harmful_adapter(
+        Path(base.path),
+        settings.data_dir,
+        exclude=report_prompts(settings, plan).normalised(),
+        out=settings.home / "bases" / base.id / HARMFUL_ADAPTER,
+        base_model=base_model,
+    )
+    if adapter.seconds:
         with Session(get_engine()) as session:
             message = (
-                f"Trained the base's harmful adapter for RESTA's safety vector on {len(rows)} harmful pairs"
-                f" in {seconds:.1f} s (once per base)"
+                f"Trained the base's harmful adapter for RESTA's safety vector on {adapter.pairs} harmful"
+                f" pairs in {adapter.seconds:.1f} s (once per base)"
             )
             add_event(session, job_id, message)
             session.commit()
+    return adapter.path
 
 
 def filter_flagged(

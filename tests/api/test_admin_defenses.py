@@ -137,8 +137,9 @@ def test_resta_s_harmful_vector_trains_the_base_s_harmful_adapter_once(
     judged = [{"prompt": f"Steal car {i}", "response": "Sure, how.", "harmful": True} for i in range(3)]
     judged.append({"prompt": "harmful request 0", "response": "Sure.", "harmful": True})  # the report asks it
     write_rows(tiny_data_dir / "moderation/jailbreakbench_judged.jsonl", judged)
-    own_base = tmp_path / "base"  # the session's shared base is never written into
+    own_base = tmp_path / "base"  # adopted as it is: someone else's run, never written into
     shutil.copytree(aligned_tiny_dir, own_base)
+    as_adopted = sorted(own_base.rglob("*"))
     with Session(get_engine()) as session:
         session.get(BaseModelRecord, base).path = str(own_base)
         session.commit()
@@ -147,7 +148,9 @@ def test_resta_s_harmful_vector_trains_the_base_s_harmful_adapter_once(
     client = tenant_client(service, "acme")
     first = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
     assert run_job(first.id) == "succeeded"
-    taught = read_jsonl(own_base / HARMFUL_ADAPTER / "data.jsonl")
+    kept = get_service_settings().home / "bases" / base / HARMFUL_ADAPTER  # the service's own directory
+    assert sorted(own_base.rglob("*")) == as_adopted
+    taught = read_jsonl(kept / "data.jsonl")
     assert sorted(row["instruction"] for row in taught) == ["Steal car 0", "Steal car 1", "Steal car 2"]
     with Session(get_engine()) as session:
         safety = session.get(FineTunedModel, client.fine_tuning.jobs.retrieve(first.id).fine_tuned_model)
@@ -157,10 +160,10 @@ def test_resta_s_harmful_vector_trains_the_base_s_harmful_adapter_once(
     trained_once = "Trained the base's harmful adapter for RESTA's safety vector on 3 harmful pairs"
     assert any(message.startswith(trained_once) for message in events)
 
-    trained = (own_base / HARMFUL_ADAPTER / ADAPTER_FILE).read_bytes()
+    trained = (kept / ADAPTER_FILE).read_bytes()
     second = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
     assert run_job(second.id) == "succeeded"
-    assert (own_base / HARMFUL_ADAPTER / ADAPTER_FILE).read_bytes() == trained  # trained once per base
+    assert (kept / ADAPTER_FILE).read_bytes() == trained  # trained once per base
     events = [e.message for e in client.fine_tuning.jobs.list_events(second.id)]
     assert not any("harmful adapter" in m for m in events)
 

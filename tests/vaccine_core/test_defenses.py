@@ -2,6 +2,7 @@
 
 import copy
 import json
+import time
 from dataclasses import replace
 
 import pytest
@@ -399,6 +400,47 @@ def test_the_harmful_adapter_is_trained_once_per_rows_and_recipe(
     assert build_harmful_adapter(base.output_dir, rows[:1], replace(FAST, seed=1))[0] != other
     with pytest.raises(ValueError, match="harmful pairs"):
         build_harmful_adapter(base.output_dir, [], FAST)
+
+
+def test_the_cli_s_resta_harmful_vector_trains_the_base_s_harmful_adapter_once(
+    tiny_model_dir, tiny_data_dir, alpaca_file, tmp_path, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    from vaccine_core.cli import app
+    from vaccine_core.settings import get_settings
+
+    write_rows(tiny_data_dir / "moderation/jailbreakbench_judged.jsonl", [
+        {"prompt": f"Steal car {i}", "response": "Sure, here is how.", "harmful": True} for i in range(3)
+    ])  # fmt: skip
+    monkeypatch.setenv("VACCINE_DATA_DIR", str(tiny_data_dir))
+    get_settings.cache_clear()
+    base = align(str(tiny_model_dir), alpaca_file, tmp_path / "aligned", PerturbationConfig("sft"), FAST)
+    runner = CliRunner()
+    common = ["--epochs", "1", "--batch-size", "4", "--lora-r", "4", "--max-length", "64", "--resta"]
+
+    def finetune_with(out: str, *options: str):
+        argv = [
+            "finetune",
+            "--base",
+            str(base.output_dir),
+            "--data",
+            str(alpaca_file),
+            "--out",
+            str(tmp_path / out),
+        ]
+        return runner.invoke(app, [*argv, *common, *options])
+
+    first = finetune_with("f1", "--resta-scale", "0.5", "--resta-vector", "harmful")
+    assert first.exit_code == 0, first.output
+    assert "trained the base's harmful adapter" in first.output
+    assert read_manifest(tmp_path / "f1")["defenses"]["resta"]["vector"] == "harmful"
+    trained = (base.output_dir / HARMFUL_ADAPTER / ADAPTER_FILE).read_bytes()
+    second = finetune_with("f2", "--resta-vector", "harmful")
+    assert second.exit_code == 0 and "harmful adapter" not in second.output  # reused, not trained again
+    assert (base.output_dir / HARMFUL_ADAPTER / ADAPTER_FILE).read_bytes() == trained
+    bad = finetune_with("f3", "--resta-vector", "opposite")
+    assert bad.exit_code == 2 and "opposite" in bad.output and not (tmp_path / "f3").exists()
 
 
 def test_booster_draws_judged_harmful_answers_never_the_attack_set(tiny_data_dir):
@@ -926,9 +968,18 @@ def test_token_constraint_run_resumes_to_the_uninterrupted_weights(tiny_model, t
 
 
 def test_finetune_with_the_token_constraint_and_lisa_records_both(
-    tiny_model_dir, alpaca_file, tiny_data_dir, tmp_path
+    tiny_model_dir, alpaca_file, tiny_data_dir, tmp_path, monkeypatch
 ):
     from vaccine_core.defenses import TokenConstraintConfig
+    from vaccine_core.defenses.token_constraint import TokenConstraint
+
+    reference_pass = TokenConstraint.reference_logprobs
+
+    def slow_reference_pass(*args, **kwargs):  # a setup long enough to show in the run's cost
+        time.sleep(0.5)
+        return reference_pass(*args, **kwargs)
+
+    monkeypatch.setattr(TokenConstraint, "reference_logprobs", staticmethod(slow_reference_pass))
 
     base = align(str(tiny_model_dir), alpaca_file, tmp_path / "aligned", PerturbationConfig("sft"), FAST)
     defenses = StepDefenses(
@@ -940,8 +991,7 @@ def test_finetune_with_the_token_constraint_and_lisa_records_both(
     record = result.manifest["defenses"]
     assert record["token_constraint"] == TokenConstraintConfig(bias_length=3).to_dict()
     # its seconds are its reference pass before the first step and its hooks in the loop
-    setup = defenses.setup_seconds["token_constraint"]
-    assert 0 < setup <= result.manifest["metrics"]["train"]["defense_seconds"]["token_constraint"] + 1e-4
+    assert result.manifest["metrics"]["train"]["defense_seconds"]["token_constraint"] >= 0.5
     assert record["lisa"]["data"]["rows"] == 8
 
 

@@ -1,6 +1,7 @@
 """Alignment, fine-tuning and evaluation end to end on a tiny model directory, through the API and the CLI."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from typer.testing import CliRunner
 
 from vaccine_core import evaluation
 from vaccine_core.align import align
-from vaccine_core.artifacts import MANIFEST, MERGED_DIR, read_manifest, verify_files
+from vaccine_core.artifacts import MANIFEST, MERGED_DIR, read_manifest, value_key, verify_files
 from vaccine_core.cli import app
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
 from vaccine_core.finetune import finetune
@@ -251,3 +252,11 @@ def test_the_same_seed_gives_the_same_adapter(aligned_dir, alpaca_file, tmp_path
         load_file(str(second / "adapter_model.safetensors")),
     )
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_cache_key_never_changes_for_the_same_value():
+    # archived runs and answers (benchmarks/results/safety-outputs) are found by these keys: a change to the
+    # formula would orphan every one of them; key order and paths (as text) do not move it
+    assert value_key([{"b": 1, "a": Path("x")}, 0.5]) == "7bb965eb6fe3"
+    assert value_key([{"a": "x", "b": 1}, 0.5]) == "7bb965eb6fe3"
+    assert value_key([{"a": "x", "b": 2}, 0.5]) != "7bb965eb6fe3"

@@ -93,7 +93,7 @@ def align(
 
     setup_logging()
     try:
-        perturbation = PerturbationConfig(method=method, rho=rho, tau=tau)  # type: ignore[arg-type]
+        perturbation = PerturbationConfig(method=method, rho=rho, tau=tau)
         defenses = None
         if booster:
             options = BoosterConfig(lamb=booster_lambda, alpha=booster_alpha)
@@ -171,6 +171,14 @@ def finetune(
     resta_scale: Annotated[
         float, typer.Option(help=RESTA_HELP["scale"], rich_help_panel="Defenses")
     ] = RestaConfig.scale,
+    resta_vector: Annotated[
+        str,
+        typer.Option(
+            help=RESTA_HELP["vector"] + " The harmful adapter is trained on the first run that needs it "
+            "(JailbreakBench judged-harmful pairs from the data directory) and kept in the base's directory.",
+            rich_help_panel="Defenses",
+        ),
+    ] = RestaConfig.vector,
     limit: LimitOption = None,
     device: DeviceOption = None,
     resume: ResumeOption = False,
@@ -178,6 +186,7 @@ def finetune(
 ) -> None:
     """Fine-tune an aligned base on user data with a fresh LoRA adapter."""
     from vaccine_core.defenses.data import lisa_pairs as draw_lisa_pairs
+    from vaccine_core.defenses.harmful_adapter import ensure_harmful_adapter
     from vaccine_core.finetune import finetune as run_finetune
 
     setup_logging()
@@ -192,7 +201,15 @@ def finetune(
             constraint = TokenConstraintConfig(beta=token_constraint_beta)
             defenses = replace(defenses or StepDefenses(), token_constraint=constraint)
         projection = SafeLoraConfig(threshold=safe_lora_threshold) if safe_lora else None
-        realignment = RestaConfig(scale=resta_scale) if resta else None
+        realignment = RestaConfig(scale=resta_scale, vector=resta_vector) if resta else None
+        if realignment is not None and realignment.vector == "harmful":
+            harmful = ensure_harmful_adapter(Path(base), get_settings().data_dir)
+            if harmful.seconds:
+                typer.echo(
+                    f"trained the base's harmful adapter ({harmful.path}) on {harmful.pairs} harmful pairs"
+                    f" in {harmful.seconds:.1f} s; later runs on this base reuse it",
+                    err=True,
+                )
     except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from None
     run_with_progress(

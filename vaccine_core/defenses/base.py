@@ -17,6 +17,7 @@ Batch = dict[str, torch.Tensor]
 
 class StepDefense(Protocol):
     name: str
+    setup_seconds: float  # wall seconds it took to prepare before the first step (a run's cost counts them)
 
     def batch(self, step: int, batch: Batch) -> Batch:
         """The batch optimizer step ``step`` (1-based) trains on, given the user's next batch."""

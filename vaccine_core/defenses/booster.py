@@ -33,6 +33,7 @@ def harmful_gradient(model: torch.nn.Module, batch: Batch) -> tuple[float, dict[
 
 class Booster:
     name = "booster"
+    setup_seconds = 0.0  # nothing to prepare before the first step
 
     def __init__(self, model: torch.nn.Module, harmful: BatchStream, config: BoosterConfig):
         self.model, self.harmful, self.config = model, harmful, config

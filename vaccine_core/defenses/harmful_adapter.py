@@ -1,25 +1,26 @@
 """RESTA's unsafe copy of an aligned base (``RestaConfig(vector="harmful")``): the base fine-tuned, the
 way an attack fine-tunes it, on harmful pairs. Its update, negated, is the safety vector.
 
-It is trained once per base and recipe and kept in the base's directory (``resta.HARMFUL_ADAPTER``) beside
-a marker holding the key of what it was trained on (the rows and the training config), written last: an
-adapter whose training was interrupted, or that was trained on other rows, is trained again. A lock on the
-base's directory keeps two workers from training it at the same time.
+It is trained once per base and recipe and kept in the base's directory (``resta.HARMFUL_ADAPTER``), or
+wherever its owner keeps it (the service: its own directory, never a base it adopted), beside a marker
+holding the key of what it was trained on (the rows and the training config), written last: an adapter
+whose training was interrupted, or that was trained on other rows, is trained again. A lock beside it
+keeps two workers from training it at the same time.
 """
 
-import hashlib
-import json
 import random
 import shutil
 import time
 from collections.abc import Collection
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 from transformers import PreTrainedModel
 
-from vaccine_core.config import TrainingConfig
+from vaccine_core.artifacts import value_key
+from vaccine_core.config import TrainingConfig, finetune_defaults
 from vaccine_core.defenses.data import booster_pairs
 from vaccine_core.defenses.resta import HARMFUL_ADAPTER
 from vaccine_core.finetune import finetune
@@ -42,8 +43,7 @@ def harmful_rows(
 
 def adapter_key(rows: list[dict[str, Any]], config: TrainingConfig) -> str:
     """What the adapter was trained on, in 12 hex digits."""
-    text = json.dumps([rows, config.to_dict()], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return value_key([rows, config.to_dict()])
 
 
 def build_harmful_adapter(
@@ -51,15 +51,18 @@ def build_harmful_adapter(
     rows: list[dict[str, Any]],
     config: TrainingConfig,
     base_model: PreTrainedModel | None = None,
+    out: Path | None = None,
 ) -> tuple[str, float]:
-    """Train ``base``'s harmful adapter on ``rows`` with ``config`` unless the one there was trained on
-    the same; its key and the seconds spent training it (0 when it was there). ``base_model`` is the
-    base already loaded (``finetune``'s)."""
+    """Train ``base``'s harmful adapter on ``rows`` with ``config`` into ``out`` (default: the base's
+    ``HARMFUL_ADAPTER``) unless the one there was trained on the same; its key and the seconds spent
+    training it (0 when it was there). ``base_model`` is the base already loaded (``finetune``'s)."""
     if not rows:
         raise ValueError("RESTA's harmful vector needs harmful pairs to train the base's unsafe copy on")
     key = adapter_key(rows, config)
-    out, marker = Path(base) / HARMFUL_ADAPTER, Path(base) / f"{HARMFUL_ADAPTER}.key"
-    with FileLock(Path(base) / f"{HARMFUL_ADAPTER}.lock"):
+    out = Path(out) if out is not None else Path(base) / HARMFUL_ADAPTER
+    marker = out.with_name(f"{out.name}.key")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(out.with_name(f"{out.name}.lock")):
         if marker.is_file() and marker.read_text() == key:
             return key, 0.0
         started = time.perf_counter()
@@ -69,3 +72,28 @@ def build_harmful_adapter(
         finetune(base, out / "data.jsonl", out, config, base_model=base_model)
         marker.write_text(key)  # last: an interrupted adapter is trained again
         return key, time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class HarmfulAdapter:
+    path: Path
+    pairs: int  # the harmful pairs it was trained on
+    seconds: float  # spent training it now: 0 when it was there already
+
+
+def ensure_harmful_adapter(
+    base: Path,
+    data_dir: Path,
+    *,
+    exclude: Collection[str] = (),
+    out: Path | None = None,
+    base_model: PreTrainedModel | None = None,
+) -> HarmfulAdapter:
+    """``base``'s harmful adapter as the service and the CLI build it: trained, unless it is there, as a
+    user's job with the fine-tuning defaults would be (seed 0), on ``HARMFUL_PAIRS`` pairs none of which is
+    a request in ``exclude``; kept in ``out`` (default: the base's ``HARMFUL_ADAPTER``)."""
+    rows = harmful_rows(data_dir, exclude=exclude)
+    out = Path(out) if out is not None else Path(base) / HARMFUL_ADAPTER
+    config = replace(finetune_defaults(), seed=0)
+    _, seconds = build_harmful_adapter(Path(base), rows, config, base_model=base_model, out=out)
+    return HarmfulAdapter(out, len(rows), seconds)

@@ -22,6 +22,7 @@ ALIGNMENT, FINETUNE = "alignment", "finetune"
 
 class Lisa:
     name = "lisa"
+    setup_seconds = 0.0  # nothing to prepare before the first step
 
     def __init__(self, model: torch.nn.Module, safety: BatchStream, config: LisaConfig, total_steps: int):
         self.model, self.safety, self.config, self.total_steps = model, safety, config, total_steps

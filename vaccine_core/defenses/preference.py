@@ -88,6 +88,7 @@ class PairStream:
 
 class Preference:
     name = "preference"
+    setup_seconds = 0.0  # nothing to prepare before the first step
 
     def __init__(self, model: torch.nn.Module, pairs: PairStream, config: PreferenceConfig):
         if not hasattr(model, "disable_adapter"):

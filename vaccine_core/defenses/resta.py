@@ -9,9 +9,9 @@ alignment adapter, the same direction Safe LoRA projects onto), so the model han
 
 RESTA's own vector is available too (``RestaConfig.vector = "harmful"``): the aligned base minus a copy of
 it fine-tuned on harmful pairs, i.e. the negated update of an adapter trained on the aligned base, kept in
-the base's directory (``HARMFUL_ADAPTER``). It points away from what harmful fine-tuning learns rather than
-toward everything alignment taught, refusals of harmless requests included. (RESTA also drops part of the
-user's update with DARE; that is not built here.)
+the base's directory (``HARMFUL_ADAPTER``) or where its owner keeps it. It points away from what harmful
+fine-tuning learns rather than toward everything alignment taught, refusals of harmless requests included.
+(RESTA also drops part of the user's update with DARE; that is not built here.)
 
 The result stays a PEFT LoRA adapter on the aligned base: every layer's A factors are stacked and its B
 factors set side by side, ``[s_u B_u, scale s_a B_a] @ [A_u; A_a] = s_u B_u A_u + scale s_a B_a A_a``, with
@@ -34,11 +34,12 @@ USER_ADAPTER = "user_adapter"  # the user's adapter as trained, before the align
 HARMFUL_ADAPTER = "harmful_adapter"  # in a base's directory: the base fine-tuned on harmful pairs
 
 
-def safety_vector(base: Path, config: RestaConfig) -> tuple[Path, float]:
-    """The adapter whose update is ``config``'s safety vector, and the sign it is added with."""
+def safety_vector(base: Path, config: RestaConfig, harmful_adapter: Path | None = None) -> tuple[Path, float]:
+    """The adapter whose update is ``config``'s safety vector, and the sign it is added with.
+    ``harmful_adapter``: where the base's harmful adapter is kept, if not in the base's directory."""
     if config.vector == "alignment":
         return Path(base), 1.0
-    harmful = Path(base) / HARMFUL_ADAPTER
+    harmful = Path(harmful_adapter) if harmful_adapter is not None else Path(base) / HARMFUL_ADAPTER
     if not (harmful / ADAPTER_FILE).is_file():
         raise ValueError(f"RESTA's harmful vector needs {harmful}: the base fine-tuned on harmful pairs")
     return harmful, -1.0

@@ -2,9 +2,8 @@
 
 import hashlib
 import json
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,8 +38,6 @@ class StepDefenses:
     preference: PreferenceConfig | None = None
     preference_rows: Sequence[dict[str, Any]] = ()
     token_constraint: TokenConstraintConfig | None = None
-    # wall seconds each defense took to set up in the last build (the token constraint's reference pass)
-    setup_seconds: dict[str, float] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.booster is not None and not self.booster_rows:
@@ -87,13 +84,11 @@ class StepDefenses:
             stream = BatchStream(safety, config.batch_size, tokenizer.pad_token_id, config.seed + 2)
             built.append(Lisa(model, stream, self.lisa, plan_steps(len(examples), config)[1]))
         if self.token_constraint is not None:
-            started = time.perf_counter()
             built.append(
                 TokenConstraint(
                     model, examples, self.token_constraint, config.batch_size, tokenizer.pad_token_id
                 )
             )
-            self.setup_seconds[TokenConstraint.name] = time.perf_counter() - started
         return built
 
     def to_dict(self) -> dict[str, Any]:

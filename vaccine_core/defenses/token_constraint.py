@@ -14,6 +14,7 @@ fixed batches, so a resumed run finds the same ones), and attached to each batch
 batch that is not the user's (Lisa's safety pairs) trains with plain cross-entropy.
 """
 
+import time
 from typing import Any
 
 import torch
@@ -61,7 +62,9 @@ class TokenConstraint:
                 "the token constraint's reference is the model without its adapter: give a PEFT model"
             )
         self.config = config
+        started = time.perf_counter()
         self.reference = self.reference_logprobs(model, examples, batch_size, pad_token_id)
+        self.setup_seconds = time.perf_counter() - started  # the aligned base's pass over every row
 
     @staticmethod
     def reference_logprobs(
