@@ -441,6 +441,12 @@ def test_the_cli_s_resta_harmful_vector_trains_the_base_s_harmful_adapter_once(
     assert (base.output_dir / HARMFUL_ADAPTER / ADAPTER_FILE).read_bytes() == trained
     bad = finetune_with("f3", "--resta-vector", "opposite")
     assert bad.exit_code == 2 and "opposite" in bad.output and not (tmp_path / "f3").exists()
+    unaligned = runner.invoke(app, [
+        "finetune", "--base", str(tiny_model_dir), "--data", str(alpaca_file), "--out", str(tmp_path / "f4"),
+        *common, "--resta-vector", "harmful",
+    ])  # fmt: skip
+    assert unaligned.exit_code == 2 and "aligned base" in unaligned.output
+    assert not (tiny_model_dir / HARMFUL_ADAPTER).exists()  # nothing trained into a model that is not a run
 
 
 def test_booster_draws_judged_harmful_answers_never_the_attack_set(tiny_data_dir):

@@ -93,7 +93,7 @@ def align(
 
     setup_logging()
     try:
-        perturbation = PerturbationConfig(method=method, rho=rho, tau=tau)
+        perturbation = PerturbationConfig(method=method, rho=rho, tau=tau)  # type: ignore[arg-type]
         defenses = None
         if booster:
             options = BoosterConfig(lamb=booster_lambda, alpha=booster_alpha)

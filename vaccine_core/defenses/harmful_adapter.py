@@ -19,7 +19,7 @@ from typing import Any
 from filelock import FileLock
 from transformers import PreTrainedModel
 
-from vaccine_core.artifacts import value_key
+from vaccine_core.artifacts import ADAPTER_WEIGHTS, value_key
 from vaccine_core.config import TrainingConfig, finetune_defaults
 from vaccine_core.defenses.data import booster_pairs
 from vaccine_core.defenses.resta import HARMFUL_ADAPTER
@@ -92,6 +92,8 @@ def ensure_harmful_adapter(
     """``base``'s harmful adapter as the service and the CLI build it: trained, unless it is there, as a
     user's job with the fine-tuning defaults would be (seed 0), on ``HARMFUL_PAIRS`` pairs none of which is
     a request in ``exclude``; kept in ``out`` (default: the base's ``HARMFUL_ADAPTER``)."""
+    if not (Path(base) / ADAPTER_WEIGHTS).is_file():
+        raise ValueError(f"RESTA needs an aligned base (an alignment run's directory), not {base}")
     rows = harmful_rows(data_dir, exclude=exclude)
     out = Path(out) if out is not None else Path(base) / HARMFUL_ADAPTER
     config = replace(finetune_defaults(), seed=0)
