@@ -118,6 +118,12 @@ class AlignmentPlan(BaseModel):
         return StepDefenses(booster=booster, booster_rows=booster_pairs(data_dir))
 
 
+def base_dir(home: Path, base_id: str) -> Path:
+    """The service's own directory for a base: the aligned run it trained, or what it keeps beside a base
+    it adopted (which it never writes into)."""
+    return home / "bases" / base_id
+
+
 def register(session: Session, *, name: str, source: str, plan: AlignmentPlan) -> BaseModelRecord:
     """A new base, ``registered``; aligning it is a worker's task, dispatched by the caller after this
     commit."""

@@ -58,7 +58,7 @@ def align_base(
         record = session.get(BaseModelRecord, base_id)
         plan = AlignmentPlan.of(record)
         report_plan = ReportPlan.of(get_policy(session), settings)
-    out = Path(record.source) if plan.adopted else settings.home / "bases" / base_id
+    out = Path(record.source) if plan.adopted else bases.base_dir(settings.home, base_id)
     if plan.adopted:
         data = Path(alignment_manifest(out)["data"]["path"])
     elif plan.data:

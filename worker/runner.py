@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from transformers import PreTrainedModel
 
 from service import files, jobs
+from service.bases import base_dir
 from service.db import get_engine
 from service.defenses import stack_of
 from service.models import (
@@ -253,7 +254,7 @@ def unsafe_copy(job_id: str, base: BaseModelRecord, base_model: PreTrainedModel)
         Path(base.path),
         settings.data_dir,
         exclude=report_prompts(settings, plan).normalised(),
-        out=settings.home / "bases" / base.id / HARMFUL_ADAPTER,
+        out=base_dir(settings.home, base.id) / HARMFUL_ADAPTER,
         base_model=base_model,
     )
     if adapter.seconds:

@@ -22,7 +22,7 @@ from transformers import PreTrainedModel
 from vaccine_core.artifacts import ADAPTER_WEIGHTS, value_key
 from vaccine_core.config import TrainingConfig, finetune_defaults
 from vaccine_core.defenses.data import booster_pairs
-from vaccine_core.defenses.resta import HARMFUL_ADAPTER
+from vaccine_core.defenses.resta import harmful_adapter_dir
 from vaccine_core.finetune import finetune
 from vaccine_core.mixing import write_rows
 from vaccine_core.text import normalised
@@ -56,10 +56,12 @@ def build_harmful_adapter(
     """Train ``base``'s harmful adapter on ``rows`` with ``config`` into ``out`` (default: the base's
     ``HARMFUL_ADAPTER``) unless the one there was trained on the same; its key and the seconds spent
     training it (0 when it was there). ``base_model`` is the base already loaded (``finetune``'s)."""
+    if not (Path(base) / ADAPTER_WEIGHTS).is_file():
+        raise ValueError(f"RESTA needs an aligned base (an alignment run's directory), not {base}")
     if not rows:
         raise ValueError("RESTA's harmful vector needs harmful pairs to train the base's unsafe copy on")
     key = adapter_key(rows, config)
-    out = Path(out) if out is not None else Path(base) / HARMFUL_ADAPTER
+    out = harmful_adapter_dir(base, out)
     marker = out.with_name(f"{out.name}.key")
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(out.with_name(f"{out.name}.lock")):
@@ -92,10 +94,7 @@ def ensure_harmful_adapter(
     """``base``'s harmful adapter as the service and the CLI build it: trained, unless it is there, as a
     user's job with the fine-tuning defaults would be (seed 0), on ``HARMFUL_PAIRS`` pairs none of which is
     a request in ``exclude``; kept in ``out`` (default: the base's ``HARMFUL_ADAPTER``)."""
-    if not (Path(base) / ADAPTER_WEIGHTS).is_file():
-        raise ValueError(f"RESTA needs an aligned base (an alignment run's directory), not {base}")
     rows = harmful_rows(data_dir, exclude=exclude)
-    out = Path(out) if out is not None else Path(base) / HARMFUL_ADAPTER
     config = replace(finetune_defaults(), seed=0)
     _, seconds = build_harmful_adapter(Path(base), rows, config, base_model=base_model, out=out)
-    return HarmfulAdapter(out, len(rows), seconds)
+    return HarmfulAdapter(harmful_adapter_dir(base, out), len(rows), seconds)

@@ -34,12 +34,17 @@ USER_ADAPTER = "user_adapter"  # the user's adapter as trained, before the align
 HARMFUL_ADAPTER = "harmful_adapter"  # in a base's directory: the base fine-tuned on harmful pairs
 
 
+def harmful_adapter_dir(base: Path, kept: Path | None = None) -> Path:
+    """Where the base's harmful adapter is: ``kept``, where its owner keeps it, or the base's directory."""
+    return Path(kept) if kept is not None else Path(base) / HARMFUL_ADAPTER
+
+
 def safety_vector(base: Path, config: RestaConfig, harmful_adapter: Path | None = None) -> tuple[Path, float]:
     """The adapter whose update is ``config``'s safety vector, and the sign it is added with.
     ``harmful_adapter``: where the base's harmful adapter is kept, if not in the base's directory."""
     if config.vector == "alignment":
         return Path(base), 1.0
-    harmful = Path(harmful_adapter) if harmful_adapter is not None else Path(base) / HARMFUL_ADAPTER
+    harmful = harmful_adapter_dir(base, harmful_adapter)
     if not (harmful / ADAPTER_FILE).is_file():
         raise ValueError(f"RESTA's harmful vector needs {harmful}: the base fine-tuned on harmful pairs")
     return harmful, -1.0
