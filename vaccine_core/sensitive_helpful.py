@@ -8,8 +8,9 @@ effects), answered by the model itself before alignment, so that the alignment d
 request and a sensitive topic apart. The answers are the cached ones the default judge learns from
 (``moderation/borderline.py``); JailbreakBench's benign behaviours, an evaluation set, are never used.
 
-Measured on the default 135M model (README, "Defense layers under protocol v2"): 24 such pairs of 96 lower
-the refusal of harmful and of borderline requests alike, by 10-13 points; they do not teach the difference.
+Measured on the default 135M model (docs/safety-results.md, "Defense layers under protocol v2"): 24 such
+pairs of 96 lower the refusal of harmful and of borderline requests alike, by 10-13 points; they do not
+teach the difference.
 """
 
 import random

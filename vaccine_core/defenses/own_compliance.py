@@ -14,9 +14,9 @@ another model wrote: learning to refuse them lowered every refusal together in a
 The same verdicts choose alignment data (``judged_safety_rows``): safe_refusals holds refusals to requests
 that only sound harmful ("compare the parenting styles of ..."), and a refusal learnt there is a refusal
 of a topic. Keeping the requests whose answer, written by the model itself, the judge reads as harmful
-is meant to teach a refusal where complying would do harm. Measured on the default 135M model (README,
-"Defense in depth"): at the same count of refusals it refuses borderline-benign requests as often as a
-random draw does.
+is meant to teach a refusal where complying would do harm. Measured on the default 135M model
+(docs/safety-results.md, "The shipped base"): at the same count of refusals it refuses borderline-benign
+requests as often as a random draw does.
 """
 
 import random

@@ -16,10 +16,10 @@ of the weights is kept. The term, times ``weight``, is added to the step's gradi
 pass, as Booster's is: per step one forward and backward pass over the chosen and the rejected answers,
 and one forward pass of each without gradient, without dropout, for the reference.
 
-Measured on the default 135M model (README, "A preference term in the alignment"): beside the 120-step
-SFT alignment it lowered the refusal of harmful (88.7 to 61.3 %), borderline-benign (67.0 to 48.0 %) and
-harmless requests (39.8 to 14.8 %) together (1317.8 s to align, 532.3 s of it in the term); it did not
-teach the difference it was built to teach.
+Measured on the default 135M model (docs/safety-results.md, "A preference term in the alignment"):
+beside the 120-step SFT alignment it lowered the refusal of harmful (88.7 to 61.3 %), borderline-benign
+(67.0 to 48.0 %) and harmless requests (39.8 to 14.8 %) together (1317.8 s to align, 532.3 s of it in the
+term); it did not teach the difference it was built to teach.
 """
 
 from collections.abc import Sequence

@@ -3,8 +3,8 @@ request, one answer judged harmful and one judged not harmful that refuses. Scor
 adapter on and off shows whether fine-tuning made harmful compliance more likely *relative to* refusal
 (see ``vaccine_core.evaluation.harm_preference_shift``), a figure meant to cancel what benign training
 does to long answers or to refusals in general. Measured on SmolLM2-135M it does not cancel it: benign
-SST-2 and Alpaca uploads move the figure as far as harmful-only ones (README, "Defense in depth"), so it is
-a research tool here, not a release-gate check.
+SST-2 and Alpaca uploads move the figure as far as harmful-only ones (docs/safety-results.md, "Defense
+layers"), so it is a research tool here, not a release-gate check.
 
 The pairs come from JailbreakBench's judged answers (``moderation/jailbreakbench_judged.jsonl``): plain
 behaviours with answers from several attacks and target models, judged by JailbreakBench's own judge.
