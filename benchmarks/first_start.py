@@ -28,6 +28,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, provenance
 
+from service.bases import base_dir
 from service.settings import ServiceSettings
 from vaccine_core.artifacts import read_manifest
 
@@ -55,7 +56,7 @@ def wait_until_ready(
 
 
 def base_figures(base: dict[str, Any], home: Path) -> dict[str, Any]:
-    path = home / "bases" / base["id"]
+    path = base_dir(home, base["id"])
     manifest = read_manifest(path) if (path / "manifest.json").exists() else {}
     train = manifest.get("metrics", {}).get("train") or {}
     return {
