@@ -106,6 +106,11 @@ class DefenseStack(BaseModel):
             if getattr(self, name)
         ]
 
+    @property
+    def needs_harmful_adapter(self) -> bool:
+        """RESTA adds its own vector, which the base's harmful adapter gives (trained once per base)."""
+        return self.resta and self.resta_vector == "harmful"
+
     def step_defenses(self, data_dir: Path, base_dir: Path, seed: int) -> "StepDefenses | None":
         """Lisa over safety pairs the base at ``base_dir`` was not aligned on (seeded: a resumed job draws
         the same ones), and the token-wise constraint; None where neither is on."""

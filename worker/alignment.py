@@ -2,7 +2,8 @@
 
 The report measures the aligned base before any user fine-tuning: harmful score on the policy's
 evaluation prompts, and over-refusal on harmless prompts (alignment on refusals alone teaches a model
-to refuse everything, so both numbers matter).
+to refuse everything, so both numbers matter). Where the policy's defense stack adds RESTA's own vector,
+the base's harmful adapter is trained before the base is ready.
 """
 
 import logging
@@ -15,6 +16,7 @@ from sqlalchemy.orm import sessionmaker
 from service import bases, jobs
 from service.bases import AlignmentPlan
 from service.db import get_engine
+from service.defenses import stack_of
 from service.models import BaseModelRecord, BaseStatus
 from service.policy import get_policy
 from service.settings import ServiceSettings, get_service_settings
@@ -23,6 +25,7 @@ from vaccine_core.artifacts import alignment_manifest
 from vaccine_core.inference import load_for_inference
 from vaccine_core.mixing import alignment_rows, write_rows
 from vaccine_core.training import Progress, ProgressCallback
+from worker.harmful_adapter import warm_harmful_adapter
 from worker.safety import ReportPlan, measure_safety
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,9 @@ def align_base(
             return "missing" if record is None else record.status
         record = session.get(BaseModelRecord, base_id)
         plan = AlignmentPlan.of(record)
-        report_plan = ReportPlan.of(get_policy(session), settings)
+        policy = get_policy(session)
+        report_plan = ReportPlan.of(policy, settings)
+        policy_stack = stack_of(policy.defenses, None)
     out = Path(record.source) if plan.adopted else bases.base_dir(settings.home, base_id)
     if plan.adopted:
         data = Path(alignment_manifest(out)["data"]["path"])
@@ -108,6 +113,8 @@ def align_base(
                     event=f"The base {base_id} failed to align",
                 )
         return BaseStatus.FAILED
+    if policy_stack.needs_harmful_adapter:  # trained while the base warms up: no user's job waits for it
+        warm_harmful_adapter(base_id, out)
     with sessions() as session:
         ran = plan.model_copy(update={"data": str(data)})
         if not bases.ready(session, base_id=base_id, path=out, report=report, plan=ran):

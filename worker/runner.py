@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from transformers import PreTrainedModel
 
 from service import files, jobs
-from service.bases import base_dir
 from service.db import get_engine
 from service.defenses import stack_of
 from service.models import (
@@ -41,8 +40,7 @@ from service.policy import get_policy
 from service.settings import ServiceSettings, get_service_settings
 from service.storage import storage_error_code
 from vaccine_core.config import TrainingConfig, finetune_defaults
-from vaccine_core.defenses.harmful_adapter import ensure_harmful_adapter
-from vaccine_core.defenses.resta import HARMFUL_ADAPTER, own_adapter
+from vaccine_core.defenses.resta import own_adapter
 from vaccine_core.finetune import finetune
 from vaccine_core.formats import LoadedDataset
 from vaccine_core.inference import resolve_base
@@ -50,7 +48,8 @@ from vaccine_core.lora import adapter_settings
 from vaccine_core.models import load_causal_lm
 from vaccine_core.moderation.prescreen import without_flagged
 from vaccine_core.training import Progress
-from worker.safety import ReportPlan, report_prompts, safety_report
+from worker.harmful_adapter import base_harmful_adapter
+from worker.safety import ReportPlan, safety_report
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +206,7 @@ def train_and_release(
             session.get(Job, job_id).hyperparameters = resolved_hyperparameters(config)
             session.commit()
         base_model = cached_base(str(resolve_base(base.path).model_path))
-        realignment = stack.realignment()
-        harmful_adapter = None
-        if realignment is not None and realignment.vector == "harmful":
-            harmful_adapter = unsafe_copy(job_id, base, base_model)
+        harmful_adapter = unsafe_copy(job_id, base, base_model) if stack.needs_harmful_adapter else None
         result = finetune(
             Path(base.path),
             training,
@@ -222,7 +218,7 @@ def train_and_release(
             base_model=base_model,
             defenses=stack.step_defenses(get_service_settings().data_dir, Path(base.path), config.seed),
             safe_lora=stack.projection(),
-            resta=realignment,
+            resta=stack.realignment(),
             harmful_adapter=harmful_adapter,
             validation=validation,
             validation_count=get_service_settings().validation_evals,
@@ -242,21 +238,9 @@ def train_and_release(
 
 
 def unsafe_copy(job_id: str, base: BaseModelRecord, base_model: PreTrainedModel) -> Path:
-    """Where the base's harmful adapter is, whose negated update is RESTA's harmful vector: trained by the
-    first job that needs it (two workers never train it together) as a user's job with the service's
-    defaults would be, seed 0, on harmful pairs none of which the safety report asks; trained again when
-    those change. It is kept in the service's own directory for the base, never in a base it adopted
-    (someone else's run, perhaps on a read-only volume)."""
-    settings = get_service_settings()
-    with Session(get_engine()) as session:
-        plan = ReportPlan.of(get_policy(session), settings)
-    adapter = ensure_harmful_adapter(
-        Path(base.path),
-        settings.data_dir,
-        exclude=report_prompts(settings, plan).normalised(),
-        out=base_dir(settings.home, base.id) / HARMFUL_ADAPTER,
-        base_model=base_model,
-    )
+    """Where the base's harmful adapter is: trained by the first job that needs it where the base's
+    warm-up did not (a tenant's stack asks for it, the policy's does not), with an event saying so."""
+    adapter = base_harmful_adapter(base.id, Path(base.path), base_model)
     if adapter.seconds:
         with Session(get_engine()) as session:
             message = (

@@ -208,3 +208,33 @@ def test_an_operator_aligns_a_base_with_booster(
     assert manifest["defenses"]["booster"]["data"]["rows"] == 4
     bad = service.post("/admin/models", json={**body, "name": "x", "booster": {"alpha": 0}}, headers=OPERATOR)
     assert bad.status_code == 400
+
+
+def test_a_policy_with_resta_s_own_vector_has_each_base_s_harmful_adapter_trained_as_it_warms_up(
+    service, tiny_model_dir, alpaca_file, tiny_data_dir, monkeypatch
+):
+    use_data(monkeypatch, tiny_data_dir)
+    judged = tiny_data_dir / "moderation/jailbreakbench_judged.jsonl"
+    write_rows(judged, [{"prompt": f"Steal car {i}", "response": "Sure.", "harmful": True} for i in range(3)])
+    stack = {"resta": True, "resta_scale": 0.5, "resta_vector": "harmful"}
+    assert service.patch("/admin/policy", json={"defenses": stack}, headers=OPERATOR).status_code == 200
+    body = {"name": "tiny-sft", "source": str(tiny_model_dir), "method": "sft", "data": str(alpaca_file)}
+    assert service.post("/admin/models", json=body, headers=OPERATOR).status_code == 200
+    assert align_base("tiny-sft") == "ready"
+    kept = get_service_settings().home / "bases" / "tiny-sft" / HARMFUL_ADAPTER
+    assert (kept / ADAPTER_FILE).is_file()
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(model="tiny-sft", training_file=upload(client))
+    assert run_job(job.id) == "succeeded"
+    events = [e.message for e in client.fine_tuning.jobs.list_events(job.id)]
+    assert not any("harmful adapter" in m for m in events)  # no user's job waited for it
+
+    write_rows(judged, [])  # no harmful pairs: the adapter cannot be trained, the base is still usable
+    body = {**body, "name": "tiny-sft-2"}
+    assert service.post("/admin/models", json=body, headers=OPERATOR).status_code == 200
+    assert align_base("tiny-sft-2") == "ready"
+    assert not (get_service_settings().home / "bases" / "tiny-sft-2" / HARMFUL_ADAPTER).exists()
+    job = client.fine_tuning.jobs.create(model="tiny-sft-2", training_file=upload(client))
+    assert run_job(job.id) == "failed"  # the job that needs it tries again and says why
+    error = client.fine_tuning.jobs.retrieve(job.id).error
+    assert "harmful pairs" in error.message
