@@ -62,7 +62,7 @@ def align_base(
         plan = AlignmentPlan.of(record)
         policy = get_policy(session)
         report_plan = ReportPlan.of(policy, settings)
-        policy_stack = stack_of(policy.defenses, None)
+        needs_harmful_adapter = stack_of(policy.defenses, None).needs_harmful_adapter
     out = Path(record.source) if plan.adopted else bases.base_dir(settings.home, base_id)
     if plan.adopted:
         data = Path(alignment_manifest(out)["data"]["path"])
@@ -113,8 +113,8 @@ def align_base(
                     event=f"The base {base_id} failed to align",
                 )
         return BaseStatus.FAILED
-    if policy_stack.needs_harmful_adapter:  # trained while the base warms up: no user's job waits for it
-        warm_harmful_adapter(base_id, out)
+    if needs_harmful_adapter:  # trained while the base warms up: no user's job waits for it
+        warm_harmful_adapter(base_id, out, report_plan)
     with sessions() as session:
         ran = plan.model_copy(update={"data": str(data)})
         if not bases.ready(session, base_id=base_id, path=out, report=report, plan=ran):

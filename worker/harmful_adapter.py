@@ -9,12 +9,9 @@ read-only volume); a lock keeps two workers from training it together.
 import logging
 from pathlib import Path
 
-from sqlalchemy.orm import Session
 from transformers import PreTrainedModel
 
 from service.bases import base_dir
-from service.db import get_engine
-from service.policy import get_policy
 from service.settings import get_service_settings
 from vaccine_core.defenses.harmful_adapter import HarmfulAdapter, ensure_harmful_adapter
 from vaccine_core.defenses.resta import HARMFUL_ADAPTER
@@ -24,12 +21,11 @@ log = logging.getLogger(__name__)
 
 
 def base_harmful_adapter(
-    base_id: str, base_path: Path, base_model: PreTrainedModel | None = None
+    base_id: str, base_path: Path, plan: ReportPlan, base_model: PreTrainedModel | None = None
 ) -> HarmfulAdapter:
-    """The harmful adapter of the base ``base_id`` (aligned at ``base_path``), trained unless it is there."""
+    """The harmful adapter of the base ``base_id`` (aligned at ``base_path``), trained unless it is there,
+    on pairs none of which the safety report of ``plan`` asks."""
     settings = get_service_settings()
-    with Session(get_engine()) as session:
-        plan = ReportPlan.of(get_policy(session), settings)
     return ensure_harmful_adapter(
         base_path,
         settings.data_dir,
@@ -39,11 +35,11 @@ def base_harmful_adapter(
     )
 
 
-def warm_harmful_adapter(base_id: str, base_path: Path) -> None:
+def warm_harmful_adapter(base_id: str, base_path: Path, plan: ReportPlan) -> None:
     """Train the base's harmful adapter while the base warms up. A failure here leaves the base usable by
     every other stack; the first job that needs the adapter tries again and, failing, says why."""
     try:
-        adapter = base_harmful_adapter(base_id, base_path)
+        adapter = base_harmful_adapter(base_id, base_path, plan)
     except Exception:
         log.exception(
             "training %s's harmful adapter failed; the first job that needs it tries again", base_id

@@ -240,7 +240,9 @@ def train_and_release(
 def unsafe_copy(job_id: str, base: BaseModelRecord, base_model: PreTrainedModel) -> Path:
     """Where the base's harmful adapter is: trained by the first job that needs it where the base's
     warm-up did not (a tenant's stack asks for it, the policy's does not), with an event saying so."""
-    adapter = base_harmful_adapter(base.id, Path(base.path), base_model)
+    with Session(get_engine()) as session:
+        plan = ReportPlan.of(get_policy(session), get_service_settings())
+    adapter = base_harmful_adapter(base.id, Path(base.path), plan, base_model)
     if adapter.seconds:
         with Session(get_engine()) as session:
             message = (
