@@ -23,6 +23,28 @@ def device_name() -> str | None:
     return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
 
 
+def cpu_generation(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
+    """The CPU's family and model numbers and whether it has AVX-512 and AMX: "AMD EPYC" names several
+    generations whose throughput differs by 2x, and these tell them apart (empty where /proc is absent)."""
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in lines:
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    return {
+        "cpu_family": fields.get("cpu family"),
+        "cpu_model": fields.get("model"),
+        "avx512": "avx512f" in flags,
+        "amx": "amx_tile" in flags,
+    }
+
+
 def machine_info(gpu: bool = False) -> dict[str, Any]:
     import torch
 
@@ -30,6 +52,7 @@ def machine_info(gpu: bool = False) -> dict[str, Any]:
         "host": platform.node(),
         "processor": platform.processor() or platform.machine(),
         "device": device_name(),
+        **cpu_generation(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
