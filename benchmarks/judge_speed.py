@@ -3,7 +3,10 @@
 Pairs are the held-out moderation pairs (real lengths, up to the judge's max_length tokens), scored once
 as a warm-up and then timed over ``--repeats`` passes.
 
-    .venv/bin/python benchmarks/judge_speed.py [--name NAME]
+    .venv/bin/python benchmarks/judge_speed.py [--judge DIR] [--name NAME]
+
+Throughput depends on the encoder's shape, not its weights: ``--judge`` times a learned judge already
+trained (``vaccine moderation train`` prints its directory) instead of training the service's default.
 
 Writes benchmarks/results/judge_speed-<machine>[-NAME].json.
 """
@@ -30,16 +33,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--judge", type=Path, default=None, help="A learned judge's directory (default: the service's)."
+    )
     parser.add_argument("--name", default="", help="Appended to the result's file name (the machine's).")
     args = parser.parse_args()
 
     _train, _validation, held_out = split(judge_data(get_settings().data_dir))
     pairs = [(p.question, p.answer) for p in held_out[: args.pairs]]
+    judge_dir = args.judge or ensure_default_judge()
     rates = {}
     for quantize in (False, True):
-        judge = LearnedJudge(
-            ensure_default_judge(), batch_size=args.batch_size, device=args.device, quantize=quantize
-        )
+        judge = LearnedJudge(judge_dir, batch_size=args.batch_size, device=args.device, quantize=quantize)
         judge.score(pairs[: args.batch_size])  # warm-up
         started = time.perf_counter()
         for _ in range(args.repeats):
