@@ -7,6 +7,11 @@ sampling error comes from the rows on which the two models disagree; the spread 
 adds whatever the seed itself moves. Where the seeds' spread is several times the rows' error, more rows
 would not make the rule's reading firmer: more seeds would.
 
+Pooled over every arm read (each arm's seeds' variance weighted by its degrees of freedom), the per-seed
+spread says how often a k-seed mean passes the 2-point limit for a given true cost, and how many seeds a
+reading needs before a stack that costs nothing passes it 19 times in 20: a planning figure for the next
+confirmation, never a re-reading of an arm already judged.
+
     .venv/bin/python benchmarks/fa_gap_noise.py --regime align120 --arms resta-harmful-0.5 --seeds 6 7 8
 
 Writes benchmarks/results/fa_gap_noise-REGIME.json (every archived pair of the arms and seeds named).
@@ -19,6 +24,7 @@ import statistics
 import sys
 from functools import partial
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -61,6 +67,35 @@ def spread(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+FA_LIMIT = 2.0  # points below SFT the rule allows
+SEEDS_READ = 3  # what the rule's mean is taken over today
+TRUE_COSTS = (0.0, -1.0, -2.0, -4.0)
+
+
+def pooled(arms: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The per-seed standard deviation of FA gaps pooled over arms (None where no arm has two seeds), the
+    chance that a ``SEEDS_READ``-seed mean stays within the limit at each true cost, and the seeds a mean
+    needs for a stack that costs nothing to pass 95 % of the time."""
+    squares = degrees = 0.0
+    for arm in arms.values():
+        gaps = [s["gap"] for s in arm["seeds"]]
+        if len(gaps) > 1:
+            squares += statistics.variance(gaps) * (len(gaps) - 1)
+            degrees += len(gaps) - 1
+    if not degrees:
+        return None
+    sd = math.sqrt(squares / degrees)
+    se = sd / math.sqrt(SEEDS_READ)
+    return {
+        "seeds_sd": round(sd, 2),
+        "degrees_of_freedom": int(degrees),
+        f"pass_probability_{SEEDS_READ}_seeds": {
+            f"{cost:+.0f}": round(NormalDist().cdf((cost + FA_LIMIT) / se), 3) for cost in TRUE_COSTS
+        },
+        "seeds_for_95pct_pass_at_no_cost": math.ceil((NormalDist().inv_cdf(0.95) * sd / FA_LIMIT) ** 2),
+    }
+
+
 def main(argv: list[str] | None = None, grid: Grid | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -97,9 +132,11 @@ def main(argv: list[str] | None = None, grid: Grid | None = None) -> dict[str, A
         "fraction": MAIN_FRACTION,
         "fa_rows": len(grid.fa_rows),
         "arms": arms,
+        "pooled": pooled(arms),
         "machine": machine_info(),  # where it was read; the answers' own machines are in the archive
         **provenance(__file__),
     }
+    print(json.dumps({"pooled": result["pooled"]}))
     out = RESULTS / f"fa_gap_noise-{args.name or args.regime}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
