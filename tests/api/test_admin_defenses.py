@@ -6,7 +6,6 @@ import shutil
 from sqlalchemy.orm import Session
 
 from service import jobs
-from service.bases import base_dir
 from service.db import get_engine
 from service.models import BaseModelRecord, FineTunedModel, Tenant
 from service.settings import get_service_settings
@@ -149,7 +148,7 @@ def test_resta_s_harmful_vector_trains_the_base_s_harmful_adapter_once(
     client = tenant_client(service, "acme")
     first = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
     assert run_job(first.id) == "succeeded"
-    kept = base_dir(get_service_settings().home, base) / HARMFUL_ADAPTER  # the service's own directory
+    kept = get_service_settings().home / "bases" / base / HARMFUL_ADAPTER  # the service's own directory
     assert sorted(own_base.rglob("*")) == as_adopted
     taught = read_jsonl(kept / "data.jsonl")
     assert sorted(row["instruction"] for row in taught) == ["Steal car 0", "Steal car 1", "Steal car 2"]
@@ -205,7 +204,7 @@ def test_an_operator_aligns_a_base_with_booster(
         b for b in service.get("/admin/models", headers=OPERATOR).json()["data"] if b["id"] == "tiny-booster"
     ]
     assert record["alignment"]["booster"]["lamb"] == 2.0
-    manifest = read_manifest(base_dir(get_service_settings().home, "tiny-booster"))
+    manifest = read_manifest(get_service_settings().home / "bases" / "tiny-booster")
     assert manifest["defenses"]["booster"]["data"]["rows"] == 4
     bad = service.post("/admin/models", json={**body, "name": "x", "booster": {"alpha": 0}}, headers=OPERATOR)
     assert bad.status_code == 400
@@ -222,7 +221,7 @@ def test_a_policy_with_resta_s_own_vector_has_each_base_s_harmful_adapter_traine
     body = {"name": "tiny-sft", "source": str(tiny_model_dir), "method": "sft", "data": str(alpaca_file)}
     assert service.post("/admin/models", json=body, headers=OPERATOR).status_code == 200
     assert align_base("tiny-sft") == "ready"
-    kept = base_dir(get_service_settings().home, "tiny-sft") / HARMFUL_ADAPTER
+    kept = get_service_settings().home / "bases" / "tiny-sft" / HARMFUL_ADAPTER
     assert (kept / ADAPTER_FILE).is_file()
     client = tenant_client(service, "acme")
     job = client.fine_tuning.jobs.create(model="tiny-sft", training_file=upload(client))
@@ -234,7 +233,7 @@ def test_a_policy_with_resta_s_own_vector_has_each_base_s_harmful_adapter_traine
     body = {**body, "name": "tiny-sft-2"}
     assert service.post("/admin/models", json=body, headers=OPERATOR).status_code == 200
     assert align_base("tiny-sft-2") == "ready"
-    assert not (base_dir(get_service_settings().home, "tiny-sft-2") / HARMFUL_ADAPTER).exists()
+    assert not (get_service_settings().home / "bases" / "tiny-sft-2" / HARMFUL_ADAPTER).exists()
     job = client.fine_tuning.jobs.create(model="tiny-sft-2", training_file=upload(client))
     assert run_job(job.id) == "failed"  # the job that needs it tries again and says why
     error = client.fine_tuning.jobs.retrieve(job.id).error
