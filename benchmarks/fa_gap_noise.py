@@ -24,7 +24,6 @@ import statistics
 import sys
 from functools import partial
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -86,13 +85,14 @@ def pooled(arms: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
         return None
     sd = math.sqrt(squares / degrees)
     se = sd / math.sqrt(SEEDS_READ)
+    normal = statistics.NormalDist()
     return {
         "seeds_sd": round(sd, 2),
         "degrees_of_freedom": int(degrees),
         f"pass_probability_{SEEDS_READ}_seeds": {
-            f"{cost:+.0f}": round(NormalDist().cdf((cost + FA_LIMIT) / se), 3) for cost in TRUE_COSTS
+            f"{cost:+.0f}": round(normal.cdf((cost + FA_LIMIT) / se), 3) for cost in TRUE_COSTS
         },
-        "seeds_for_95pct_pass_at_no_cost": math.ceil((NormalDist().inv_cdf(0.95) * sd / FA_LIMIT) ** 2),
+        "seeds_for_95pct_pass_at_no_cost": math.ceil((normal.inv_cdf(0.95) * sd / FA_LIMIT) ** 2),
     }
 
 
