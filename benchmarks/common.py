@@ -8,6 +8,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_fields(cpuinfo: Path = CPUINFO) -> dict[str, str]:
+    """The first processor's block of ``cpuinfo``, field by field (empty where /proc is absent): every
+    core of these machines is the same CPU."""
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in lines:
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
 
 def device_name() -> str | None:
     """The card's name where CUDA is present, else the CPU's model name (None where neither is known):
@@ -16,26 +34,15 @@ def device_name() -> str | None:
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return None
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+    return cpu_fields().get("model name")
 
 
-def cpu_generation(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
+def cpu_generation(cpuinfo: Path = CPUINFO) -> dict[str, Any]:
     """The CPU's family and model numbers and whether it has AVX-512 and AMX: "AMD EPYC" names several
     generations whose throughput differs by 2x, and these tell them apart (empty where /proc is absent)."""
-    try:
-        lines = cpuinfo.read_text().splitlines()
-    except OSError:
+    fields = cpu_fields(cpuinfo)
+    if not fields:
         return {}
-    fields: dict[str, str] = {}
-    for line in lines:
-        if not line.strip():
-            break  # the first processor's block is enough
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
     flags = set(fields.get("flags", "").split())
     return {
         "cpu_family": fields.get("cpu family"),
