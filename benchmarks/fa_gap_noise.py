@@ -28,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, provenance
+from defense_rule import FA_LIMIT
 from safety_grid import ARMS, MAIN_FRACTION, REGIMES, RESULTS, Grid, archived_grid
 
 from vaccine_core.moderation import RefusalPhraseJudge
@@ -66,7 +67,6 @@ def spread(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-FA_LIMIT = 2.0  # points below SFT the rule allows
 SEEDS_READ = 3  # what the rule's mean is taken over today
 TRUE_COSTS = (0.0, -1.0, -2.0, -4.0)
 

@@ -107,6 +107,9 @@ def test_grid_measures_every_cell_with_intervals_and_caches(
     ]
     assert "no difference" in paths[1].read_text() or "lower" in paths[1].read_text()
     assert "| sft (shipped) |" in paths[1].read_text()
+    after_attack = paths[1].read_text().split("## After the attack")[1].split("## Cost")[0]
+    compared = [line for line in after_attack.splitlines() if "| vaccine-rho2 |" in line]
+    assert compared and all(" | passes |" in line or " | fails: " in line for line in compared)
 
 
 def test_archived_answers_stand_in_for_the_models_on_a_fresh_machine(
