@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from defense_rule import verdict
+from defense_rule import BASELINE, verdict
 from safety_grid_report import interval
 
-BASELINE = "sft"
 HEADLINE_ARMS = {"none": "no alignment", "sft": "SFT", "vaccine-rho2": "Vaccine (rho 2)"}
 DECODINGS = ("sampled", "greedy")
 P = 0.1
