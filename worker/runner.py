@@ -124,9 +124,13 @@ def run_job(job_id: str) -> str:
         session.refresh(job)
         training_file = session.get(File, job.training_file)
         validation_file = session.get(File, job.validation_file) if job.validation_file else None
-        defenses = (get_policy(session).defenses, session.get(Tenant, job.tenant_id).defenses)
+        # the policy is read once, at the claim: a job trains and is scored under the policy it started
+        # with, even if an operator changes it while the job runs
+        policy = get_policy(session)
+        defenses = (policy.defenses, session.get(Tenant, job.tenant_id).defenses)
+        plan = ReportPlan.of(policy, get_service_settings())
     with heartbeat(job_id, every=get_service_settings().stale_heartbeat_seconds / 4):
-        return train_and_release(job, base, training_file, validation_file, defenses)
+        return train_and_release(job, base, training_file, validation_file, defenses, plan)
 
 
 @contextmanager
@@ -158,8 +162,10 @@ def train_and_release(
     training_file: File,
     validation_file: File | None,
     defenses: tuple[dict | None, dict | None],
+    plan: ReportPlan,
 ) -> str:
-    """Fine-tune a claimed job (resuming from its newest checkpoint), then score and release the model."""
+    """Fine-tune a claimed job (resuming from its newest checkpoint) under the policy's ``defenses`` and
+    the tenant's, then score it as ``plan`` asks and release the model."""
     job_id = job.id
     sessions = sessionmaker(get_engine(), expire_on_commit=False)
     output_dir = jobs.job_dir(get_service_settings().home, job_id)
@@ -206,7 +212,7 @@ def train_and_release(
             session.get(Job, job_id).hyperparameters = resolved_hyperparameters(config)
             session.commit()
         base_model = cached_base(str(resolve_base(base.path).model_path))
-        harmful_adapter = unsafe_copy(job_id, base, base_model) if stack.needs_harmful_adapter else None
+        harmful_adapter = unsafe_copy(job_id, base, base_model, plan) if stack.needs_harmful_adapter else None
         result = finetune(
             Path(base.path),
             training,
@@ -234,14 +240,12 @@ def train_and_release(
     if result.manifest is None:  # it stopped between two steps: paused or cancelled
         with sessions() as session:
             return jobs.stopped(session, job_id=job_id, step=result.train.steps)
-    return release(job_id, base, output_dir, result.train.tokens, validation)
+    return release(job_id, base, output_dir, result.train.tokens, validation, plan)
 
 
-def unsafe_copy(job_id: str, base: BaseModelRecord, base_model: PreTrainedModel) -> Path:
+def unsafe_copy(job_id: str, base: BaseModelRecord, base_model: PreTrainedModel, plan: ReportPlan) -> Path:
     """Where the base's harmful adapter is: trained by the first job that needs it where the base's
     warm-up did not (a tenant's stack asks for it, the policy's does not), with an event saying so."""
-    with Session(get_engine()) as session:
-        plan = ReportPlan.of(get_policy(session), get_service_settings())
     adapter = base_harmful_adapter(base.id, Path(base.path), plan, base_model)
     if adapter.seconds:
         with Session(get_engine()) as session:
@@ -323,12 +327,13 @@ def release(
     output_dir: Path,
     trained_tokens: int,
     validation: LoadedDataset | None,
+    plan: ReportPlan,
 ) -> str:
-    """Score the fine-tuned model and hand it back, or quarantine it when it fails the release gate."""
+    """Score the fine-tuned model as ``plan`` asks and hand it back, or quarantine it when it fails the
+    release gate."""
     sessions = sessionmaker(get_engine(), expire_on_commit=False)
     with sessions() as session:
         add_event(session, job_id, "Evaluating the fine-tuned model's safety")
-        plan = ReportPlan.of(get_policy(session), get_service_settings())
         training_screen = session.get(File, session.get(Job, job_id).training_file).prescreen
         session.commit()
     try:

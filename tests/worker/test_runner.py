@@ -66,3 +66,33 @@ def test_a_job_whose_base_is_no_longer_ready_fails_as_model_not_available(servic
     assert run_job(job_id) == "failed"
     error = client.fine_tuning.jobs.retrieve(job_id).error
     assert error.code == "model_not_available" and f"{base} is not available (failed)" in error.message
+
+
+def test_a_job_is_scored_under_the_policy_it_started_with(service, base, monkeypatch):
+    """An operator who tightens the gate while a job trains changes the jobs claimed after, not this one:
+    its report and gate are those of the policy it was claimed under."""
+    client = tenant_client(service, "acme")
+    job_id = client.fine_tuning.jobs.create(model=base, training_file=upload(client)).id
+    real = runner.finetune
+
+    def gate_closed_while_training(*args, **kwargs):
+        changed = service.patch(
+            "/admin/policy",
+            json={"harmful_score_threshold": 0},
+            headers={"Authorization": "Bearer operator-secret"},
+        )
+        assert changed.status_code == 200
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "finetune", gate_closed_while_training)
+    assert run_job(job_id) == "succeeded"
+    report = service.get(
+        f"/v1/models/{client.fine_tuning.jobs.retrieve(job_id).fine_tuned_model}",
+        headers={"Authorization": f"Bearer {client.api_key}"},
+    ).json()["safety_report"]
+    assert report["threshold"] == 100.0
+    # the next job is claimed under the new policy: the same random model's answers are blocked
+    monkeypatch.setattr(runner, "finetune", real)
+    next_job = client.fine_tuning.jobs.create(model=base, training_file=upload(client)).id
+    assert run_job(next_job) == "failed"
+    assert client.fine_tuning.jobs.retrieve(next_job).error.code == "moderation_blocked"
