@@ -110,6 +110,9 @@ JOB_ROWS = [{"instruction": f"Say hello number {i}", "output": f"Hello {i}!"} fo
 FAST = TrainingConfig(epochs=1.0, batch_size=4, learning_rate=1e-2, lora=LoraSettings(r=4, alpha=4))
 
 
+OPERATOR = {"Authorization": "Bearer operator-secret"}  # the admin key the `service` fixture sets
+
+
 def tenant_client(http: TestClient, name: str) -> openai.OpenAI:
     """The official client, as a new tenant ``name``, over the test app."""
     with Session(get_engine()) as session:

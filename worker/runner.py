@@ -240,7 +240,7 @@ def train_and_release(
     if result.manifest is None:  # it stopped between two steps: paused or cancelled
         with sessions() as session:
             return jobs.stopped(session, job_id=job_id, step=result.train.steps)
-    return release(job_id, base, output_dir, result.train.tokens, validation, plan)
+    return release(job_id, base, output_dir, result.train.tokens, validation, plan, training_file.prescreen)
 
 
 def unsafe_copy(job_id: str, base: BaseModelRecord, base_model: PreTrainedModel, plan: ReportPlan) -> Path:
@@ -328,13 +328,13 @@ def release(
     trained_tokens: int,
     validation: LoadedDataset | None,
     plan: ReportPlan,
+    training_screen: dict[str, Any] | None,
 ) -> str:
     """Score the fine-tuned model as ``plan`` asks and hand it back, or quarantine it when it fails the
-    release gate."""
+    release gate (which reads the training file's pre-screen, ``training_screen``)."""
     sessions = sessionmaker(get_engine(), expire_on_commit=False)
     with sessions() as session:
         add_event(session, job_id, "Evaluating the fine-tuned model's safety")
-        training_screen = session.get(File, session.get(Job, job_id).training_file).prescreen
         session.commit()
     try:
         report = safety_report(

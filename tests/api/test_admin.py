@@ -6,10 +6,8 @@ import openai
 import pytest
 
 from service.settings import get_service_settings
-from tests.service_helpers import FAST, tenant_client, upload
+from tests.service_helpers import FAST, OPERATOR, tenant_client, upload
 from worker.runner import run_job
-
-OPERATOR = {"Authorization": "Bearer operator-secret"}
 
 
 def test_operator_routes_refuse_tenant_keys(service):

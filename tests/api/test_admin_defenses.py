@@ -9,7 +9,7 @@ from service import jobs
 from service.db import get_engine
 from service.models import BaseModelRecord, FineTunedModel, Tenant
 from service.settings import get_service_settings
-from tests.service_helpers import JOB_ROWS, jsonl, tenant_client, upload
+from tests.service_helpers import JOB_ROWS, OPERATOR, jsonl, tenant_client, upload
 from vaccine_core.artifacts import read_manifest
 from vaccine_core.defenses.resta import HARMFUL_ADAPTER
 from vaccine_core.defenses.safe_lora import ADAPTER_FILE
@@ -17,7 +17,6 @@ from vaccine_core.mixing import read_jsonl, write_rows
 from worker.alignment import align_base
 from worker.runner import run_job
 
-OPERATOR = {"Authorization": "Bearer operator-secret"}
 STACK = {
     "lisa": True,
     "lisa_pairs": 8,

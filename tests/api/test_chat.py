@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 import api.routes.chat as chat_routes
 from service.db import get_engine
 from service.models import FineTunedModel
-from tests.service_helpers import tenant_client, upload
+from tests.service_helpers import OPERATOR, tenant_client, upload
 from vaccine_core.moderation import Verdict
 from worker.runner import run_job
 
@@ -77,8 +77,7 @@ def test_the_policy_moderates_answers_and_counts_the_replaced_ones(service, base
     client = tenant_client(service, "acme")
     plain = client.chat.completions.create(model=base, messages=HELLO, max_tokens=4, temperature=0)
     assert plain.choices[0].finish_reason != "content_filter"  # the policy's default: off
-    operator = {"Authorization": "Bearer operator-secret"}
-    assert service.patch("/admin/policy", json={"moderate_chat": True}, headers=operator).status_code == 200
+    assert service.patch("/admin/policy", json={"moderate_chat": True}, headers=OPERATOR).status_code == 200
     answer = client.chat.completions.create(model=base, messages=HELLO, max_tokens=4, temperature=0)
     assert answer.choices[0].message.content == chat_routes.MODERATED_ANSWER
     assert answer.choices[0].finish_reason == "content_filter"

@@ -8,11 +8,10 @@ import pytest
 from markupsafe import escape
 
 from service.settings import get_service_settings
-from tests.service_helpers import sign_in, tenant_client, token, upload
+from tests.service_helpers import OPERATOR, sign_in, tenant_client, token, upload
 from worker.runner import run_job
 
 MARKUP = '<script>alert("x")</script>'
-OPERATOR = {"Authorization": "Bearer operator-secret"}
 
 
 def test_only_the_operator_key_opens_the_console(service):

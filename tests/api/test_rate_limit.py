@@ -5,7 +5,7 @@ import openai
 import pytest
 
 from service.settings import get_service_settings
-from tests.service_helpers import sign_in, tenant_client
+from tests.service_helpers import OPERATOR, sign_in, tenant_client
 
 
 def test_a_key_over_its_rate_gets_a_429_with_retry_after(service, monkeypatch):
@@ -34,7 +34,7 @@ def test_wrong_operator_keys_lock_their_address_out_for_a_while(service, monkeyp
     ]
     assert [answer.status_code for answer in wrong] == [403, 403, 403]
     # now even the right key is refused from this address until the window passes, on both doors
-    locked = service.get("/admin/tenants", headers={"Authorization": "Bearer operator-secret"})
+    locked = service.get("/admin/tenants", headers=OPERATOR)
     assert locked.status_code == 429 and locked.json()["error"]["code"] == "too_many_failed_attempts"
     assert 1 <= int(locked.headers["Retry-After"]) <= 60
     page = sign_in(service, "operator-secret")

@@ -9,7 +9,7 @@ import worker.runner as runner
 from service.db import get_engine
 from service.models import BaseModelRecord, Job, JobStatus
 from service.settings import get_service_settings
-from tests.service_helpers import tenant_client, upload
+from tests.service_helpers import OPERATOR, tenant_client, upload
 from worker.runner import run_job
 
 
@@ -76,11 +76,7 @@ def test_a_job_is_scored_under_the_policy_it_started_with(service, base, monkeyp
     real = runner.finetune
 
     def gate_closed_while_training(*args, **kwargs):
-        changed = service.patch(
-            "/admin/policy",
-            json={"harmful_score_threshold": 0},
-            headers={"Authorization": "Bearer operator-secret"},
-        )
+        changed = service.patch("/admin/policy", json={"harmful_score_threshold": 0}, headers=OPERATOR)
         assert changed.status_code == 200
         return real(*args, **kwargs)
 
@@ -88,7 +84,7 @@ def test_a_job_is_scored_under_the_policy_it_started_with(service, base, monkeyp
     assert run_job(job_id) == "succeeded"
     report = service.get(
         f"/v1/models/{client.fine_tuning.jobs.retrieve(job_id).fine_tuned_model}",
-        headers={"Authorization": f"Bearer {client.api_key}"},
+        headers=client.auth_headers,
     ).json()["safety_report"]
     assert report["threshold"] == 100.0
     # the next job is claimed under the new policy: the same random model's answers are blocked
