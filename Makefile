@@ -5,6 +5,9 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
+# one test process per core (at most 8; tests/conftest.py), a test file's tests kept in one process;
+# `make test PYTEST_ARGS=` runs them in this process, one by one
+PYTEST_ARGS ?= -n auto --dist loadfile
 
 .PHONY: install serve demo test lint
 
@@ -29,4 +32,4 @@ lint: install
 	$(BIN)/ruff check .
 
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)

@@ -1,12 +1,26 @@
 """Tiny models and tokenizers built in memory, so the suite never downloads and stays fast."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+# One intra-op thread per test process: `make test` runs a process per core, and a tiny model gains nothing
+# from more threads but oversubscribed cores. The servers and benchmarks that tests start inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+MAX_TEST_PROCESSES = 8  # each holds torch and the tiny models: memory, not cores, bounds more
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """How many processes `-n auto` starts: one per core this process may use, at most MAX_TEST_PROCESSES."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cores, MAX_TEST_PROCESSES)
+
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "

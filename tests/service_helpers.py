@@ -33,7 +33,8 @@ POSTGRES_ADMIN_URL = os.environ.get(
 REQUIRE_SERVICES = os.environ.get("VACCINE_REQUIRE_SERVICES") == "1"
 
 
-REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own: the tests flush nothing else
+# a database of its own, never flushed: tests run in parallel and each uses keys and queues of its own
+REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
 def redis_or_skip() -> None:
