@@ -16,6 +16,7 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 MAX_TEST_PROCESSES = 8  # each holds torch and the tiny models: memory, not cores, bounds more
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: pytest without xdist (a GPU check) runs too
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """How many processes `-n auto` starts: one per core this process may use, at most MAX_TEST_PROCESSES."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
