@@ -52,13 +52,20 @@ def checkpoint_model_id(job: Job, checkpoint: str) -> str:
     return f"{fine_tuned_model_id(job)}:ckpt-{checkpoint}"
 
 
-def create(session: Session, *, validating: bool, **fields: Any) -> Job:
-    """A new job: ``validating_files`` while a file is in its pre-screen, else ``queued``."""
+def create(session: Session, *, validating: Collection[str], base_aligning: bool, **fields: Any) -> Job:
+    """A new job: ``validating_files`` while any of the files ``validating`` (ids) is in its pre-screen,
+    else ``queued``. Its first events say what it waits for, as OpenAI's do: each file's validation, and
+    its base while that is still being aligned (on a first start, minutes of silence otherwise)."""
     status = JobStatus.VALIDATING_FILES if validating else JobStatus.QUEUED
     job = Job(status=status, dispatched_at=None if validating else now(), **fields)
     session.add(job)
     session.flush()
     add_event(session, job.id, f"Created fine-tuning job: {job.id}")
+    for file_id in validating:
+        kind = "training" if file_id == job.training_file else "validation"
+        add_event(session, job.id, f"Validating {kind} file: {file_id}")
+    if base_aligning:
+        add_event(session, job.id, f"Waiting for the base model {job.model}: it is being aligned")
     session.commit()
     return job
 
@@ -340,14 +347,17 @@ def fail(session: Session, *, job_id: str, code: str, message: str, event: str) 
     return moved
 
 
-def mark_dispatched(session: Session, *, job_ids: Collection[str]) -> None:
-    """Stamp queued jobs as handed to the broker now (the caller sends them after this commit)."""
-    if job_ids:
-        session.execute(
-            update(Job)
-            .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.QUEUED)
-            .values(dispatched_at=now())
-            .execution_options(synchronize_session=False)
+def base_ready(session: Session, *, base_id: str, job_ids: Collection[str]) -> None:
+    """Stamp the jobs queued on ``base_id`` as handed to the broker now, each with an event that its base
+    is ready (the caller sends them after this commit)."""
+    for job_id in job_ids:
+        move(
+            session,
+            job_id,
+            allowed=[JobStatus.QUEUED],
+            to=JobStatus.QUEUED,
+            event=f"The base model {base_id} is aligned and ready",
+            dispatched_at=now(),
         )
     session.commit()
 

@@ -120,7 +120,7 @@ def align_base(
         if not bases.ready(session, base_id=base_id, path=out, report=report, plan=ran):
             return session.get(BaseModelRecord, base_id).status
         waiting = [job.id for job in bases.waiting_jobs(session, base_id)]
-        jobs.mark_dispatched(session, job_ids=waiting)
+        jobs.base_ready(session, base_id=base_id, job_ids=waiting)
     for job_id in waiting:
         (dispatch or (lambda _job: None))(job_id)
     return BaseStatus.READY

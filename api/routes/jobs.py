@@ -317,10 +317,11 @@ def create_job(
     check_quota(session, tenant)
     # a file still in its pre-screen holds the job in validating_files (worker/prescreen.py queues it);
     # a base still aligning holds it in the queue (worker/alignment.py dispatches it once ready)
-    validating = any(f.status != FileStatus.PROCESSED for f in files)
+    validating = [f.id for f in files if f.status != FileStatus.PROCESSED]
     job = jobs.create(
         session,
         validating=validating,
+        base_aligning=base.status in (BaseStatus.REGISTERED, BaseStatus.ALIGNING),
         tenant_id=tenant.id,
         model=base.id,
         continues=body.model if continues is not None else None,

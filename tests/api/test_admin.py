@@ -193,6 +193,12 @@ def test_an_operator_registers_and_aligns_a_base_that_tenants_then_use(service, 
 
     assert align_base("tiny-sft", dispatch=service.dispatched.append) == "ready"
     assert service.dispatched[-1] == early.id  # the alignment hands it to the workers
+    events = [e.message for e in reversed(client.fine_tuning.jobs.list_events(early.id).data)]
+    assert events == [
+        f"Created fine-tuning job: {early.id}",
+        "Waiting for the base model tiny-sft: it is being aligned",  # what a first start's users wait on
+        "The base model tiny-sft is aligned and ready",
+    ]
     assert run_job(early.id) == "succeeded"
     (listed,) = service.get("/admin/models", headers=OPERATOR).json()["data"]
     assert listed["status"] == "ready" and listed["alignment"]["method"] == "sft"

@@ -523,6 +523,12 @@ def test_the_prescreen_runs_in_a_worker_and_a_waiting_job_follows_its_file(servi
         assert prescreen_file(uploaded.id, dispatched.append) == "processed"
         assert client.files.retrieve(uploaded.id).status == "processed"
         assert client.fine_tuning.jobs.retrieve(job.id).status == "queued" and dispatched == [job.id]
+        events = [e.message for e in reversed(client.fine_tuning.jobs.list_events(job.id).data)]
+        assert events == [
+            f"Created fine-tuning job: {job.id}",
+            f"Validating training file: {uploaded.id}",
+            "Files validated; the job is queued",
+        ]
         assert prescreen_file(uploaded.id, dispatched.append) == "processed" and dispatched == [job.id]
         assert run_job(job.id) == "succeeded"
 
