@@ -1,8 +1,11 @@
 """Progress bars fed by the training loop's callback."""
 
+from typing import TYPE_CHECKING
+
 from tqdm.auto import tqdm
 
-from vaccine_core.training import Progress
+if TYPE_CHECKING:  # the training loop's module imports torch: a command that trains nothing never loads it
+    from vaccine_core.training import Progress
 
 
 class ProgressBar:
@@ -12,7 +15,7 @@ class ProgressBar:
         self.description = description
         self.bar: tqdm | None = None
 
-    def __call__(self, progress: Progress) -> None:
+    def __call__(self, progress: "Progress") -> None:
         if self.bar is None:
             self.bar = tqdm(
                 total=progress.total_steps, initial=progress.step - 1, desc=self.description, unit="step"

@@ -26,7 +26,6 @@ from vaccine_core.defenses import (
     LisaConfig,
     RestaConfig,
     SafeLoraConfig,
-    StepDefenses,
     TokenConstraintConfig,
 )
 from vaccine_core.defenses.config import LISA_SAFETY_PAIRS
@@ -90,6 +89,7 @@ def align(
     """Align a base model: train a LoRA adapter on safety data and merge it into the base."""
     from vaccine_core.align import align as run_align
     from vaccine_core.defenses.data import booster_pairs
+    from vaccine_core.defenses.stack import StepDefenses
 
     setup_logging()
     try:
@@ -187,6 +187,7 @@ def finetune(
     """Fine-tune an aligned base on user data with a fresh LoRA adapter."""
     from vaccine_core.defenses.data import lisa_pairs as draw_lisa_pairs
     from vaccine_core.defenses.harmful_adapter import ensure_harmful_adapter
+    from vaccine_core.defenses.stack import StepDefenses
     from vaccine_core.finetune import finetune as run_finetune
 
     setup_logging()
