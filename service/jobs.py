@@ -174,6 +174,19 @@ def error(code: str, message: str) -> dict[str, Any]:
     return {"code": code, "message": message, "param": None}
 
 
+def note_validating(session: Session, *, file_id: str, message: str) -> None:
+    """Record ``message`` on each job still validating ``file_id``: what its validation waits on."""
+    waiting = session.scalars(
+        select(Job.id).where(
+            Job.status == JobStatus.VALIDATING_FILES,
+            (Job.training_file == file_id) | (Job.validation_file == file_id),
+        )
+    ).all()
+    for job_id in waiting:
+        add_event(session, job_id, message)
+    session.commit()
+
+
 def settle_validating(session: Session, *, file_ids: Iterable[str]) -> list[str]:
     """Queue each ``validating_files`` job on ``file_ids`` whose files are all processed, and fail those
     with a file in error; return the ids it queued (for the caller to dispatch). Called by the pre-screen

@@ -14,6 +14,17 @@ from vaccine_core.moderation.judge_config import default_judge_ready, judge_trai
 from vaccine_core.moderation.registry import DEFAULT_JUDGE, INTENT_GATE_SUFFIX
 
 
+def untrained(spec: str) -> list[str]:
+    """What judge ``spec`` needs that is not trained yet (a worker trains it on first use): the default
+    judge ("default") and the pre-screen's intent gate ("intent")."""
+    missing = []
+    if spec.removesuffix(INTENT_GATE_SUFFIX) == DEFAULT_JUDGE and not default_judge_ready():
+        missing.append("default")
+    if spec.endswith(INTENT_GATE_SUFFIX) and not intent_model_ready():
+        missing.append("intent")
+    return missing
+
+
 def warming_up(session: Session) -> dict[str, Any]:
     settings = get_service_settings()
     pending: dict[str, Any] = {}
@@ -23,15 +34,16 @@ def warming_up(session: Session) -> dict[str, Any]:
         )
     ):
         pending[f"base:{base.id}"] = {"status": base.status, "progress": base.progress}
-    specs = {settings.prescreen_judge, settings.safety_judge}
-    judges = {spec.removesuffix(INTENT_GATE_SUFFIX) for spec in specs}
-    if DEFAULT_JUDGE in judges and not default_judge_ready():
+    missing = {
+        model for spec in (settings.prescreen_judge, settings.safety_judge) for model in untrained(spec)
+    }
+    if "default" in missing:
         progress = judge_training_progress()
         pending["judge:default"] = (
             {"status": "training", "progress": progress}
             if progress is not None
             else {"status": "not trained yet (a worker trains it on first use)"}
         )
-    if any(spec.endswith(INTENT_GATE_SUFFIX) for spec in specs) and not intent_model_ready():
+    if "intent" in missing:
         pending["judge:intent"] = {"status": "not trained yet (a worker trains it on first use)"}
     return pending

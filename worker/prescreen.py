@@ -15,6 +15,7 @@ from service.db import get_engine
 from service.models import File, FileStatus
 from service.policy import get_policy
 from service.settings import get_service_settings
+from service.warmup import untrained
 from vaccine_core.moderation import shared_judge
 from vaccine_core.moderation.prescreen import prescreen
 
@@ -32,8 +33,13 @@ def prescreen_file(file_id: str, dispatch: Callable[[str], None]) -> str:
             return "missing" if row is None else row.status
         policy = get_policy(session)
         action, threshold = policy.prescreen_action, policy.prescreen_threshold
+        spec = get_service_settings().prescreen_judge
+        if untrained(spec):  # a first start's upload: say why its validation takes minutes
+            message = f"The pre-screen's judge ({spec}) is training on first use (once; /readyz shows it)"
+            row.status_details = f"{row.status_details}; {message}"
+            jobs.note_validating(session, file_id=file_id, message=message)
     try:
-        report = prescreen(files.parsed_rows(row), shared_judge(get_service_settings().prescreen_judge))
+        report = prescreen(files.parsed_rows(row), shared_judge(spec))
     except Exception as exc:  # every file ends in a state its owner can read
         log.exception("pre-screening %s failed", file_id)
         message = f"The pre-screen failed: {exc}"
