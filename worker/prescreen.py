@@ -34,8 +34,9 @@ def prescreen_file(file_id: str, dispatch: Callable[[str], None]) -> str:
         policy = get_policy(session)
         action, threshold = policy.prescreen_action, policy.prescreen_threshold
         spec = get_service_settings().prescreen_judge
-        if untrained(spec):  # a first start's upload: say why its validation takes minutes
-            message = f"The pre-screen's judge ({spec}) is training on first use (once; /readyz shows it)"
+        message = f"The pre-screen's judge ({spec}) is training on first use (once; /readyz shows it)"
+        # a first start's upload says why its validation takes minutes (once, if the task is redelivered)
+        if untrained(spec) and message not in (row.status_details or ""):
             row.status_details = f"{row.status_details}; {message}"
             jobs.note_validating(session, file_id=file_id, message=message)
     try:
