@@ -360,19 +360,27 @@ def fail(session: Session, *, job_id: str, code: str, message: str, event: str) 
     return moved
 
 
-def base_ready(session: Session, *, base_id: str, job_ids: Collection[str]) -> None:
-    """Stamp the jobs queued on ``base_id`` as handed to the broker now, each with an event that its base
-    is ready (the caller sends them after this commit)."""
-    for job_id in job_ids:
-        move(
-            session,
-            job_id,
-            allowed=[JobStatus.QUEUED],
-            to=JobStatus.QUEUED,
-            event=f"The base model {base_id} is aligned and ready",
-            dispatched_at=now(),
+def base_ready(session: Session, *, base_id: str) -> list[str]:
+    """Record on each job waiting for ``base_id`` (queued, or still validating its files) that its base is
+    ready, and stamp the queued ones as handed to the broker now; return those, for the caller to send
+    after this commit (a validating one is sent when its files pass)."""
+    waiting = session.execute(
+        select(Job.id, Job.status).where(
+            Job.model == base_id, Job.status.in_([JobStatus.QUEUED, JobStatus.VALIDATING_FILES])
+        )
+    ).all()
+    for job_id, _status in waiting:
+        add_event(session, job_id, f"The base model {base_id} is aligned and ready")
+    queued = [job_id for job_id, status in waiting if status == JobStatus.QUEUED]
+    if queued:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(queued), Job.status == JobStatus.QUEUED)
+            .values(dispatched_at=now())
+            .execution_options(synchronize_session=False)
         )
     session.commit()
+    return queued
 
 
 def redispatch_lost(session: Session, *, sent_before: datetime) -> list[str]:

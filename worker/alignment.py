@@ -119,8 +119,7 @@ def align_base(
         ran = plan.model_copy(update={"data": str(data)})
         if not bases.ready(session, base_id=base_id, path=out, report=report, plan=ran):
             return session.get(BaseModelRecord, base_id).status
-        waiting = [job.id for job in bases.waiting_jobs(session, base_id)]
-        jobs.base_ready(session, base_id=base_id, job_ids=waiting)
+        waiting = jobs.base_ready(session, base_id=base_id)
     for job_id in waiting:
         (dispatch or (lambda _job: None))(job_id)
     return BaseStatus.READY

@@ -209,6 +209,35 @@ def test_an_operator_registers_and_aligns_a_base_that_tenants_then_use(service, 
     assert run_job(job.id) == "succeeded"
 
 
+def test_a_job_still_validating_its_file_hears_when_its_base_is_ready(service, tiny_model_dir, alpaca_file):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from worker.alignment import align_base
+    from worker.prescreen import prescreen_file
+
+    dispatched, prescreens = [], []
+    app = create_app(
+        dispatch=dispatched.append, dispatch_alignment=lambda _: None, dispatch_prescreen=prescreens.append
+    )
+    with TestClient(app) as http:
+        body = {"name": "tiny-sft", "source": str(tiny_model_dir), "method": "sft", "data": str(alpaca_file)}
+        assert http.post("/admin/models", json=body, headers=OPERATOR).status_code == 200
+        client = tenant_client(http, "acme")
+        job = client.fine_tuning.jobs.create(model="tiny-sft", training_file=upload(client))
+        assert job.status == "validating_files"
+        assert align_base("tiny-sft", dispatch=dispatched.append) == "ready" and dispatched == []
+        assert prescreen_file(job.training_file, dispatched.append) == "processed" and dispatched == [job.id]
+        events = [e.message for e in reversed(client.fine_tuning.jobs.list_events(job.id).data)]
+    assert events == [
+        f"Created fine-tuning job: {job.id}",
+        f"Validating training file: {job.training_file}",
+        "Waiting for the base model tiny-sft: it is being aligned",
+        "The base model tiny-sft is aligned and ready",
+        "Files validated; the job is queued",
+    ]
+
+
 def test_an_operator_adopts_a_base_aligned_elsewhere(service, tiny_model_dir, alpaca_file, tmp_path):
     from vaccine_core.align import align
     from vaccine_core.config import PerturbationConfig
