@@ -543,7 +543,7 @@ def test_an_upload_whose_pre_screen_trains_its_judge_first_says_so(service, base
     details_while_training = []
 
     def training_judge(_spec: str):  # the judge the worker would train now: what does the upload say?
-        details_while_training.append(client.files.retrieve(uploaded.id).status_details)
+        details_while_training.append(client.files.retrieve(file_id).status_details)
         return shared_judge("refusal")
 
     monkeypatch.setattr(worker.prescreen, "shared_judge", training_judge)
@@ -551,21 +551,20 @@ def test_an_upload_whose_pre_screen_trains_its_judge_first_says_so(service, base
     app = create_app(dispatch=dispatched.append, dispatch_prescreen=prescreens.append)
     with TestClient(app) as http:
         client = tenant_client(http, "acme")
-        data = "".join(json.dumps(r) + "\n" for r in JOB_ROWS).encode()
-        uploaded = client.files.create(file=("t.jsonl", data), purpose="fine-tune")
-        job = client.fine_tuning.jobs.create(model=base, training_file=uploaded.id)
-        assert prescreen_file(uploaded.id, dispatched.append) == "processed"
+        file_id = upload(client)
+        job = client.fine_tuning.jobs.create(model=base, training_file=file_id)
+        assert prescreen_file(file_id, dispatched.append) == "processed"
         waited = "The pre-screen's judge (refusal+intent) is training on first use (once; /readyz shows it)"
         events = [e.message for e in reversed(client.fine_tuning.jobs.list_events(job.id).data)]
         assert events[1:] == [
-            f"Validating training file: {uploaded.id}",
+            f"Validating training file: {file_id}",
             waited,
             "Files validated; the job is queued",
         ]
         assert details_while_training == [
             f"{len(JOB_ROWS)} alpaca examples; awaiting the pre-screen; {waited}"
         ]
-        assert waited not in client.files.retrieve(uploaded.id).status_details  # the verdict replaced it
+        assert waited not in client.files.retrieve(file_id).status_details  # the verdict replaced it
 
 
 def test_a_job_waiting_on_a_rejected_file_fails_with_its_code(service, base):
