@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, Select, func, select, update
 from sqlalchemy.orm import Session
 
 from service.models import (
@@ -174,17 +174,20 @@ def error(code: str, message: str) -> dict[str, Any]:
     return {"code": code, "message": message, "param": None}
 
 
+def validating_on(file_ids: Iterable[str]) -> Select[tuple[Job]]:
+    """The jobs still validating any of ``file_ids``, as their training or their validation file."""
+    wanted = list(file_ids)
+    return select(Job).where(
+        Job.status == JobStatus.VALIDATING_FILES,
+        Job.training_file.in_(wanted) | Job.validation_file.in_(wanted),
+    )
+
+
 def note_validating(session: Session, *, file_id: str, message: str) -> None:
-    """Record ``message`` on each job still validating ``file_id``: what its validation waits on."""
-    waiting = session.scalars(
-        select(Job.id).where(
-            Job.status == JobStatus.VALIDATING_FILES,
-            (Job.training_file == file_id) | (Job.validation_file == file_id),
-        )
-    ).all()
-    for job_id in waiting:
-        add_event(session, job_id, message)
-    session.commit()
+    """Record ``message`` on each job still validating ``file_id``: what its validation waits on. Not
+    committed: the caller commits it with what it changed on the file."""
+    for job in session.scalars(validating_on([file_id])):
+        add_event(session, job.id, message)
 
 
 def settle_validating(session: Session, *, file_ids: Iterable[str]) -> list[str]:
@@ -192,14 +195,8 @@ def settle_validating(session: Session, *, file_ids: Iterable[str]) -> list[str]
     with a file in error; return the ids it queued (for the caller to dispatch). Called by the pre-screen
     when it settles a file and by job creation right after its commit, so whichever of the two commits
     last sees the other's row: no job waits on a file that was settled in between."""
-    wanted = list(file_ids)
     session.expire_all()  # what other processes committed, not the rows this session read before
-    waiting = session.scalars(
-        select(Job).where(
-            Job.status == JobStatus.VALIDATING_FILES,
-            Job.training_file.in_(wanted) | Job.validation_file.in_(wanted),
-        )
-    ).all()
+    waiting = session.scalars(validating_on(file_ids)).all()
     queued = []
     for job in waiting:
         files = [session.get(File, f) for f in (job.training_file, job.validation_file) if f]

@@ -39,6 +39,7 @@ def prescreen_file(file_id: str, dispatch: Callable[[str], None]) -> str:
         if untrained(spec) and message not in (row.status_details or ""):
             row.status_details = f"{row.status_details}; {message}"
             jobs.note_validating(session, file_id=file_id, message=message)
+            session.commit()
     try:
         report = prescreen(files.parsed_rows(row), shared_judge(spec))
     except Exception as exc:  # every file ends in a state its owner can read
