@@ -16,6 +16,8 @@ training can only get nearer that by running differently, and below it only by c
   reported apart);
 - ``eager-attention``: eager attention, dropout kept (the same masks): the judge's training since;
 - ``sdpa-no-attention-dropout``: SDPA without attention-probability dropout (its fused kernel);
+- ``eager-bit-dropout``: the option ``--bit-dropout``: eager attention, every dropout mask drawn from 16
+  random bits an element (``aten::random_``, counted as the masks here) instead of torch's Bernoulli draws;
 - ``no-attention-dropout``: the option ``--attention-dropout 0`` (eager attention).
 
 Writes benchmarks/results/judge_step_cost-NAME.json with the machine and the command.
@@ -50,10 +52,12 @@ VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
     "sdpa": (attention_options(None, eager=False), False),  # the judge's training before 2026-12-05
     "sdpa-compiled": (attention_options(None, eager=False), True),
     "eager-attention": (attention_options(None, eager=True), False),  # shipped: the same masks
+    "eager-bit-dropout": (attention_options(None, bit_masks=True), False),  # other masks, cheaper draws
     "sdpa-no-attention-dropout": ({"attention_probs_dropout_prob": 0.0}, False),
     "no-attention-dropout": (attention_options(0.0), False),  # --attention-dropout 0
 }
 BASELINE = "sdpa"
+MASK_DRAWS = ("aten::bernoulli_", "aten::random_")  # torch's dropout; bit_dropout
 PROFILED_STEPS = 3
 TOP_OPERATIONS = 8
 
@@ -113,9 +117,9 @@ def time_variant(
             step()
     events = sorted(profiler.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in events)
-    masks = next((e for e in events if e.key == "aten::bernoulli_"), None)
-    result["dropout_masks_per_step"] = masks.count / PROFILED_STEPS if masks else 0
-    result["dropout_masks_cpu_share"] = round(masks.self_cpu_time_total / total, 4) if masks else 0.0
+    masks = [e for e in events if e.key in MASK_DRAWS]
+    result["dropout_masks_per_step"] = sum(e.count for e in masks) / PROFILED_STEPS
+    result["dropout_masks_cpu_share"] = round(sum(e.self_cpu_time_total for e in masks) / total, 4)
     result["cpu_time_share"] = {
         e.key: round(e.self_cpu_time_total / total, 4) for e in events[:TOP_OPERATIONS]
     }

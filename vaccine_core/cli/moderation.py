@@ -90,6 +90,7 @@ def moderation_train(
         float | None, typer.Option(min=0, max=1, help=option_help("attention_dropout"))
     ] = None,
     eager_attention: Annotated[bool | None, typer.Option(help=option_help("eager_attention"))] = None,
+    bit_dropout: Annotated[bool | None, typer.Option(help=option_help("bit_dropout"))] = None,
     harmful_swapped: Annotated[float | None, typer.Option(help=option_help("harmful_swapped"))] = None,
     cache_frozen: Annotated[bool | None, typer.Option(help=option_help("cache_frozen"))] = None,
     average_tail: Annotated[float | None, typer.Option(help=option_help("average_tail"))] = None,
@@ -112,6 +113,7 @@ def moderation_train(
         "frozen_layers": frozen_layers,
         "attention_dropout": attention_dropout,
         "eager_attention": eager_attention,
+        "bit_dropout": bit_dropout,
         "harmful_swapped": harmful_swapped,
         "cache_frozen": cache_frozen,
         "average_tail": average_tail,

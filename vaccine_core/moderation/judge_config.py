@@ -21,6 +21,7 @@ LATER_OPTIONS = (
     "answer_tail",
     "attention_dropout",
     "eager_attention",
+    "bit_dropout",
 )
 
 
@@ -99,6 +100,15 @@ class JudgeTrainingConfig:
             "benchmarks/judge_step_cost.py; 321-351 s of training over seeds 0-3 against 345-376 s, and "
             "hand-label F1 0.904, 0.906, 0.902, 0.893 against 0.902, 0.906, 0.902, 0.893: "
             "benchmarks/results/judge_selection.md). Judges cached before it keep their key."
+        },
+    )
+    bit_dropout: bool = field(
+        default=False,
+        metadata={
+            "help": "Draw the dropout masks from 16 random bits an element (moderation.bit_dropout), in eager "
+            "attention, instead of torch's Bernoulli sampler: the same distribution of masks (p rounded to "
+            "a multiple of 2^-16), other masks, so another sample of the recipe; measured in "
+            "benchmarks/results/judge_selection.md."
         },
     )
     frozen_layers: int = field(

@@ -24,6 +24,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from vaccine_core.models import packaged_file, pick_device
+from vaccine_core.moderation import bit_dropout
 from vaccine_core.moderation.base import Pair, Verdict, is_empty_answer
 from vaccine_core.moderation.borderline import ensure_borderline_answers
 from vaccine_core.moderation.dataset import (
@@ -300,13 +301,16 @@ def logits_from_states(
     return model.classifier(model.dropout(model.bert.pooler(hidden)))
 
 
-def attention_options(dropout: float | None, eager: bool = False) -> dict[str, Any]:
+def attention_options(dropout: float | None, eager: bool = False, bit_masks: bool = False) -> dict[str, Any]:
     """The encoder's attention in training: its dropout on the attention probabilities (None: the
     encoder's own) and its kernels. Eager attention whenever asked or without that dropout: on the CPU at
     128 tokens its batched products beat SDPA's, forward and backward (0.81 against 1.04 s a step on AMD
-    Zen 4 without dropout, 1.10-1.16 against 1.26-1.33 s with it: benchmarks/judge_step_cost.py)."""
+    Zen 4 without dropout, 1.10-1.16 against 1.26-1.33 s with it: benchmarks/judge_step_cost.py). With
+    ``bit_masks`` the eager attention of ``bit_dropout`` (its masks from 16 bits an element)."""
     options: dict[str, Any] = {} if dropout is None else {"attention_probs_dropout_prob": dropout}
-    if eager or dropout == 0:
+    if bit_masks:
+        options["attn_implementation"] = bit_dropout.ATTENTION
+    elif eager or dropout == 0:
         options["attn_implementation"] = "eager"
     return options
 
@@ -326,6 +330,8 @@ def untrained_judge(
         ignore_mismatched_sizes=True,  # a BERT classifier with another head may start it too
         **attention,
     )
+    if attention.get("attn_implementation") == bit_dropout.ATTENTION:
+        bit_dropout.use_bit_dropout(model)  # the hidden states' masks too
     if frozen_layers:
         for frozen in [model.bert.embeddings, *model.bert.encoder.layer[:frozen_layers]]:
             frozen.requires_grad_(False)
@@ -346,7 +352,7 @@ def train_judge(
     encoder = encoder or bundled_encoder()
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(encoder))
-    attention = attention_options(config.attention_dropout, config.eager_attention)
+    attention = attention_options(config.attention_dropout, config.eager_attention, config.bit_dropout)
     model = untrained_judge(encoder, attention, config.frozen_layers).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
