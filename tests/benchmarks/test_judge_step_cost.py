@@ -20,10 +20,11 @@ def test_without_attention_dropout_a_step_draws_one_mask_fewer_a_layer(tmp_path)
     encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False, layers=LAYERS)
     masks = {
         variant: judge_step_cost.time_variant(variant, encoder, False, 1, 4, 16, 1)["dropout_masks_per_step"]
-        for variant in ("sdpa", "eager-attention", "no-attention-dropout")
+        for variant in ("sdpa", "eager-attention", "eager-bit-dropout", "no-attention-dropout")
     }
     # the embeddings', then per layer the attention probabilities' and two hidden states', then the head's
     assert masks["sdpa"] == masks["eager-attention"] == 1 + 3 * LAYERS + 1
+    assert masks["eager-bit-dropout"] == masks["sdpa"]  # drawn as bits, counted all the same
     assert masks["no-attention-dropout"] == masks["sdpa"] - LAYERS
 
 

@@ -105,9 +105,9 @@ class JudgeTrainingConfig:
     bit_dropout: bool = field(
         default=False,
         metadata={
-            "help": "Draw the dropout masks from 16 random bits an element (moderation.bit_dropout), in eager "
-            "attention, instead of torch's Bernoulli sampler: the same distribution of masks (p rounded to "
-            "a multiple of 2^-16), other masks, so another sample of the recipe; measured in "
+            "help": "Draw the dropout masks from 16 random bits an element (moderation.bit_dropout), in "
+            "eager attention, instead of torch's Bernoulli sampler: the same distribution of masks (p "
+            "rounded to a multiple of 2^-16), other masks, so another sample of the recipe; measured in "
             "benchmarks/results/judge_selection.md."
         },
     )
