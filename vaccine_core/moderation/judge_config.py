@@ -11,18 +11,20 @@ JUDGE_TYPE = "vaccine-cross-encoder"
 OPTIONS_FILE = "judge.json"
 
 
-# Options added after judges were first cached, each with a default that trains as before it existed.
-LATER_OPTIONS = (
-    "group_by_length",
-    "cache_frozen",
-    "average_tail",
-    "opener",
-    "hand_labels",
-    "answer_tail",
-    "attention_dropout",
-    "eager_attention",
-    "bit_dropout",
-)
+# Options added after judges were first cached, each with the value that trains as judges did before it
+# existed: at that value an option is left out of the key, so earlier judges keep theirs. Eager attention
+# draws SDPA's masks in the same order (the same recipe), so it counts as the earlier value.
+LATER_OPTIONS: dict[str, object] = {
+    "group_by_length": False,
+    "cache_frozen": False,
+    "average_tail": 0.0,
+    "opener": 0.0,
+    "hand_labels": False,
+    "answer_tail": 0,
+    "attention_dropout": None,
+    "eager_attention": True,
+    "bit_dropout": False,
+}
 
 
 @dataclass
@@ -181,8 +183,8 @@ class JudgeTrainingConfig:
 
     def key(self) -> str:
         options = asdict(self)
-        for name in LATER_OPTIONS:  # at their defaults they are left out: earlier judges keep their key
-            if options[name] == self.__dataclass_fields__[name].default:
+        for name, earlier in LATER_OPTIONS.items():
+            if options[name] == earlier:
                 del options[name]
         return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
 
