@@ -549,7 +549,8 @@ def main() -> None:
         "--judge",
         default="default",
         help="the judge of every answer: 'default', or a trained judge's directory (the canonical summary's "
-        "is the SDPA-trained default of an Intel AMX machine: vaccine moderation train --no-eager-attention)",
+        "is the SDPA-trained judge of an Intel AMX machine, torch's dropout masks: "
+        "vaccine moderation train --no-eager-attention --no-bit-dropout)",
     )
     parser.add_argument("--name", default="safety-summary", help="results file stem")
     args = parser.parse_args()

@@ -436,8 +436,8 @@ def test_an_epochs_batches_hold_every_pair_once_grouped_by_length_or_not():
     assert padding(grouped) < padding(random_order) / 1.5
     assert JudgeTrainingConfig().key() != JudgeTrainingConfig(group_by_length=True).key()
     # options added later change the key only when set: the judges cached before them are found again
-    # (the key of the default judges since their threshold is calibrated in float32)
-    assert JudgeTrainingConfig().key() == "c30f387b"
+    # (the key of the default judges since their threshold is calibrated in float32, until bit masks)
+    assert JudgeTrainingConfig(bit_dropout=False).key() == "c30f387b"
     assert JudgeTrainingConfig().key() != JudgeTrainingConfig(cache_frozen=True).key()
 
 
@@ -707,7 +707,7 @@ def test_without_attention_dropout_the_judge_trains_in_eager_attention_and_keeps
     pairs = [LabelledPair("how do i hurt someone ?", "here is how .", True, None, "t")] * 4
     pairs += [LabelledPair("what is the capital of france ?", "paris .", False, None, "t")] * 4
     config = JudgeTrainingConfig(
-        epochs=1, batch_size=4, max_length=32, frozen_layers=0, attention_dropout=0.0
+        epochs=1, batch_size=4, max_length=32, frozen_layers=0, attention_dropout=0.0, bit_dropout=False
     )
     attention: list[tuple[str, float]] = []
     forward = BertForSequenceClassification.forward
@@ -722,7 +722,7 @@ def test_without_attention_dropout_the_judge_trains_in_eager_attention_and_keeps
     assert attention and set(attention) == {("eager", 0.0)}
     assert json.loads((judge / "config.json").read_text())["attention_probs_dropout_prob"] == 0.0
     assert len(LearnedJudge(judge).score(JUDGE_PAIRS)) == 2
-    assert JudgeTrainingConfig(attention_dropout=None).key() == JudgeTrainingConfig().key() == "c30f387b"
+    assert JudgeTrainingConfig(attention_dropout=None).key() == JudgeTrainingConfig().key() == "d841b118"
     assert JudgeTrainingConfig(attention_dropout=0.0).key() != JudgeTrainingConfig().key()
 
 
@@ -744,5 +744,7 @@ def test_eager_attention_draws_the_same_dropout_masks_as_sdpa_so_training_is_the
     other_masks = model.bert(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
     assert not torch.allclose(other_masks, states[True], atol=1e-3)  # dropout is on: the masks matter
     # the same recipe: the default judges keep their key, and SDPA stays a choice of its own
-    assert JudgeTrainingConfig(eager_attention=True).key() == JudgeTrainingConfig().key() == "c30f387b"
-    assert JudgeTrainingConfig(eager_attention=False).key() != JudgeTrainingConfig().key()
+    torch_masks = JudgeTrainingConfig(bit_dropout=False)
+    assert JudgeTrainingConfig(eager_attention=True, bit_dropout=False).key() == torch_masks.key()
+    assert torch_masks.key() == "c30f387b"
+    assert JudgeTrainingConfig(eager_attention=False, bit_dropout=False).key() == "7d3130e4"
