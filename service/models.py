@@ -99,6 +99,10 @@ class BaseStatus(StrEnum):
     FAILED = "failed"
 
 
+# a base on its way to ready: jobs on it wait in the queue, and its alignment dispatches them
+BASE_ALIGNING = (BaseStatus.REGISTERED, BaseStatus.ALIGNING)
+
+
 class FileStatus(StrEnum):
     """uploaded (its structure is valid) -> processed | error, once a worker's moderation pre-screen has
     judged it; an upload whose structure is invalid is refused (400) and never stored."""

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.models import BaseModelRecord, BaseStatus
+from service.models import BASE_ALIGNING, BaseModelRecord
 from service.settings import get_service_settings
 from vaccine_core.moderation.intent import intent_model_ready
 from vaccine_core.moderation.judge_config import default_judge_ready, judge_training_progress
@@ -28,11 +28,7 @@ def untrained(spec: str) -> list[str]:
 def warming_up(session: Session) -> dict[str, Any]:
     settings = get_service_settings()
     pending: dict[str, Any] = {}
-    for base in session.scalars(
-        select(BaseModelRecord).where(
-            BaseModelRecord.status.in_((BaseStatus.REGISTERED, BaseStatus.ALIGNING))
-        )
-    ):
+    for base in session.scalars(select(BaseModelRecord).where(BaseModelRecord.status.in_(BASE_ALIGNING))):
         pending[f"base:{base.id}"] = {"status": base.status, "progress": base.progress}
     missing = {
         model for spec in (settings.prescreen_judge, settings.safety_judge) for model in untrained(spec)

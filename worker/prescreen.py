@@ -37,7 +37,7 @@ def prescreen_file(file_id: str, dispatch: Callable[[str], None]) -> str:
         message = f"The pre-screen's judge ({spec}) is training on first use (once; /readyz shows it)"
         # a first start's upload says why its validation takes minutes (once, if the task is redelivered)
         if untrained(spec) and message not in (row.status_details or ""):
-            row.status_details = f"{row.status_details}; {message}"
+            row.status_details = "; ".join(filter(None, [row.status_details, message]))
             jobs.note_validating(session, file_id=file_id, message=message)
             session.commit()
     try:

@@ -24,6 +24,7 @@ from service import files, jobs
 from service.db import get_engine
 from service.defenses import stack_of
 from service.models import (
+    BASE_ALIGNING,
     BaseModelRecord,
     BaseStatus,
     File,
@@ -111,7 +112,7 @@ def run_job(job_id: str) -> str:
             log.warning("job %s does not exist", job_id)
             return "missing"
         base = session.get(BaseModelRecord, job.model)
-        if base is not None and base.status in (BaseStatus.REGISTERED, BaseStatus.ALIGNING):
+        if base is not None and base.status in BASE_ALIGNING:
             return job.status  # queued: the base's alignment dispatches it once the base is ready
         alive = now() - timedelta(seconds=get_service_settings().stale_heartbeat_seconds)
         # an ended, paused or validating job, or one a live worker runs, is not claimed (the pre-screen

@@ -15,6 +15,7 @@ from api.errors import APIError, not_found
 from service import checkpoints, jobs
 from service.models import (
     ACTIVE_JOB_STATUSES,
+    BASE_ALIGNING,
     BaseModelRecord,
     BaseStatus,
     File,
@@ -178,9 +179,7 @@ class QueueState:
     @functools.cached_property
     def alignment_eta(self) -> dict[str, float | None]:
         """Bases still aligning: a job on one starts no sooner than its alignment's remaining time."""
-        aligning = select(BaseModelRecord).where(
-            BaseModelRecord.status.in_((BaseStatus.REGISTERED, BaseStatus.ALIGNING))
-        )
+        aligning = select(BaseModelRecord).where(BaseModelRecord.status.in_(BASE_ALIGNING))
         return {base.id: (base.progress or {}).get("eta_seconds") for base in self.session.scalars(aligning)}
 
     def position(self, job: Job) -> int | None:
@@ -321,7 +320,7 @@ def create_job(
     job = jobs.create(
         session,
         validating=validating,
-        base_aligning=base.status in (BaseStatus.REGISTERED, BaseStatus.ALIGNING),
+        base_aligning=base.status in BASE_ALIGNING,
         tenant_id=tenant.id,
         model=base.id,
         continues=body.model if continues is not None else None,
