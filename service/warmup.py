@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from service.models import BASE_ALIGNING, BaseModelRecord
 from service.settings import get_service_settings
-from vaccine_core.moderation.intent import intent_model_ready
+from vaccine_core.moderation.intent import intent_model_ready, intent_training_progress
 from vaccine_core.moderation.judge_config import default_judge_ready, judge_training_progress
 from vaccine_core.moderation.registry import DEFAULT_JUDGE, INTENT_GATE_SUFFIX
 
@@ -34,12 +34,14 @@ def warming_up(session: Session) -> dict[str, Any]:
         model for spec in (settings.prescreen_judge, settings.safety_judge) for model in untrained(spec)
     }
     if "default" in missing:
-        progress = judge_training_progress()
-        pending["judge:default"] = (
-            {"status": "training", "progress": progress}
-            if progress is not None
-            else {"status": "not trained yet (a worker trains it on first use)"}
-        )
+        pending["judge:default"] = training_state(judge_training_progress())
     if "intent" in missing:
-        pending["judge:intent"] = {"status": "not trained yet (a worker trains it on first use)"}
+        pending["judge:intent"] = training_state(intent_training_progress())
     return pending
+
+
+def training_state(progress: dict | None) -> dict[str, Any]:
+    """A model a worker trains on first use, as the probes show it: training (how far), or not yet."""
+    if progress is None:
+        return {"status": "not trained yet (a worker trains it on first use)"}
+    return {"status": "training", "progress": progress}

@@ -168,13 +168,22 @@ def test_the_probes_show_the_default_judge_training_in_a_worker(service, monkeyp
 
 def test_the_probes_show_the_pre_screen_s_intent_gate_until_a_worker_trained_it(service, monkeypatch):
     from vaccine_core.moderation.intent import INTENT_FILE, IntentTrainingConfig
+    from vaccine_core.moderation.judge_config import PROGRESS_SUFFIX
 
     monkeypatch.setenv("VACCINE_PRESCREEN_JUDGE", "refusal+intent")
     get_service_settings.cache_clear()
     waiting = {"status": "not trained yet (a worker trains it on first use)"}
     assert service.get("/readyz").json()["warming_up"] == {"judge:intent": waiting}
     trained = get_service_settings().home / "judges" / f"intent-0123456789-{IntentTrainingConfig().key()}"
-    trained.mkdir(parents=True)
+    trained.parent.mkdir(parents=True)
+    progress = {"step": 53, "total_steps": 212, "percent": 25.0, "eta_seconds": 48.0}
+    progress_file = trained.with_name(trained.name + PROGRESS_SUFFIX)
+    progress_file.write_text(json.dumps(progress))
+    training = {"judge:intent": {"status": "training", "progress": progress}}
+    assert service.get("/readyz").json()["warming_up"] == training
+    assert service.get("/admin/workers", headers=OPERATOR).json()["warming_up"] == training
+    progress_file.unlink()
+    trained.mkdir()
     (trained / INTENT_FILE).write_text("{}")
     assert service.get("/readyz").json()["warming_up"] == {}
 

@@ -116,8 +116,99 @@ def test_the_intent_gate_can_be_trained_beforehand_from_the_command_line(tmp_pat
     import vaccine_core.moderation.intent as intent_module
     from vaccine_core.cli import app
 
-    trained = tmp_path / "intent-model"
-    monkeypatch.setattr(intent_module, "ensure_intent_model", lambda data_dir: trained)
+    trained, asked = tmp_path / "intent-model", []
+    monkeypatch.setattr(
+        intent_module, "ensure_intent_model", lambda data_dir, config: asked.append(config) or trained
+    )
     result = CliRunner().invoke(app, ["moderation", "train-intent"])
     assert result.exit_code == 0, result.output
     assert result.output.strip().endswith(str(trained))
+    assert asked[-1] == IntentTrainingConfig()
+    result = CliRunner().invoke(app, ["moderation", "train-intent", "--bit-dropout", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert asked[-1] == IntentTrainingConfig(bit_dropout=True, seed=3)
+
+
+def test_options_added_later_leave_an_earlier_gate_s_key_as_it_was():
+    assert (
+        IntentTrainingConfig(bfloat16=False, bit_dropout=False).key() == "7133e0ea"
+    )  # the gate of 2026-12-04
+    keys = {
+        IntentTrainingConfig(bfloat16=False, bit_dropout=False).key(),
+        IntentTrainingConfig(bfloat16=True, bit_dropout=False).key(),
+        IntentTrainingConfig(bfloat16=False, bit_dropout=True).key(),
+        IntentTrainingConfig(bfloat16=True, bit_dropout=True).key(),
+    }
+    assert len(keys) == 4
+    assert IntentTrainingConfig().key() == "b75ee221"  # bfloat16 and bit masks: the default since 2026-12-07
+
+
+def test_the_gate_trains_under_its_options_bit_masks_and_bfloat16(tmp_path, monkeypatch):
+    import vaccine_core.moderation.bit_dropout as bit_dropout
+    import vaccine_core.moderation.learned as learned
+
+    masks: list[float] = []
+    drop = bit_dropout.bit_dropout
+    monkeypatch.setattr(
+        bit_dropout, "bit_dropout", lambda x, p, training=True: masks.append(p) or drop(x, p, training)
+    )
+    monkeypatch.setattr(learned, "_timed_choice", {})
+    monkeypatch.setattr(learned.torch.cpu, "_is_amx_tile_supported", lambda: True)  # bfloat16 chosen
+    encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False)
+    train = [(HARMFUL_REQUEST, True), (HARMLESS_REQUEST, False)] * 8
+    config = IntentTrainingConfig(
+        epochs=30,
+        batch_size=8,
+        learning_rate=1e-2,
+        max_length=16,
+        warmup_ratio=0.0,
+        bfloat16=True,
+        bit_dropout=True,
+    )
+    path = train_intent(train, train[:2], tmp_path / "intent", config, encoder=encoder)
+    options = json.loads((path / INTENT_FILE).read_text())
+    assert options["bfloat16_autocast"] is True and options["training"]["bit_dropout"] is True
+    assert masks and all(p == 0.1 for p in masks)  # the tiny BERT's dropout, through bit masks
+    harmful, harmless = IntentModel(path).score([HARMFUL_REQUEST, HARMLESS_REQUEST])
+    assert harmful > 0.9 and harmless < 0.1  # it learns as the float32 gate does
+
+
+def test_the_gate_s_training_progress_is_readable_from_another_process(tmp_path, monkeypatch):
+    import vaccine_core.moderation.intent as intent_module
+    from vaccine_core.moderation.intent import intent_training_progress
+    from vaccine_core.training import Progress
+
+    target = get_settings().home / "judges" / f"intent-0123456789-{IntentTrainingConfig().key()}"
+    target.parent.mkdir(parents=True)
+    seen, heard = [], []
+
+    def train_two_steps_then_fail(train, validation, target, config, on_progress):
+        for step in (1, 2):
+            on_progress(Progress(step, 4, 0.5, 0.5, 1e-4, 100.0, eta_seconds=30.0 / step))
+            seen.append(intent_training_progress())  # what a probe in the API process reads
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(intent_module, "labelled_requests", lambda data_dir: [(HARMFUL_REQUEST, True)])
+    monkeypatch.setattr(intent_module, "intent_dir", lambda labelled, config: target)
+    monkeypatch.setattr(intent_module, "train_intent", train_two_steps_then_fail)
+    assert intent_training_progress() is None
+    with pytest.raises(RuntimeError, match="killed"):
+        intent_module.ensure_intent_model(tmp_path, on_progress=heard.append)
+    assert seen == [
+        {"step": 1, "total_steps": 4, "percent": 25.0, "eta_seconds": 30.0},
+        {"step": 2, "total_steps": 4, "percent": 50.0, "eta_seconds": 15.0},
+    ]
+    assert [progress.step for progress in heard] == [1, 2]
+    assert intent_training_progress() is None  # a training that ended leaves no progress behind
+    assert list(target.parent.iterdir()) == []
+
+
+def test_the_gate_reports_every_step_of_its_training(tmp_path):
+    encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False)
+    train = [(HARMFUL_REQUEST, True), (HARMLESS_REQUEST, False)] * 4
+    config = IntentTrainingConfig(epochs=2, batch_size=4, max_length=16)
+    heard = []
+    train_intent(train, train[:2], tmp_path / "intent", config, encoder=encoder, on_progress=heard.append)
+    assert [(p.step, p.total_steps) for p in heard] == [(step, 4) for step in (1, 2, 3, 4)]
+    assert [p.epoch for p in heard] == [0.5, 1.0, 1.5, 2.0]
+    assert heard[-1].eta_seconds == 0 and all(p.tokens_per_second > 0 for p in heard)

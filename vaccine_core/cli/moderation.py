@@ -16,9 +16,15 @@ from vaccine_core.progress import ProgressBar
 from vaccine_core.settings import get_settings
 
 
-def option_help(name: str) -> str:
-    """A training option's help, written once beside its default in JudgeTrainingConfig."""
-    return next(f.metadata["help"] for f in fields(JudgeTrainingConfig) if f.name == name)
+def option_help(name: str, config: type = JudgeTrainingConfig) -> str:
+    """A training option's help, written once beside its default in ``config`` (the judge's by default)."""
+    return next(f.metadata["help"] for f in fields(config) if f.name == name)
+
+
+def intent_help(name: str) -> str:
+    from vaccine_core.moderation.intent import IntentTrainingConfig
+
+    return option_help(name, IntentTrainingConfig)
 
 
 @app.command()
@@ -131,13 +137,21 @@ def moderation_train(
 
 
 @moderation_app.command("train-intent")
-def moderation_train_intent() -> None:
+def moderation_train_intent(
+    bfloat16: Annotated[bool | None, typer.Option(help=intent_help("bfloat16"))] = None,
+    bit_dropout: Annotated[bool | None, typer.Option(help=intent_help("bit_dropout"))] = None,
+    seed: Annotated[int, typer.Option(help=intent_help("seed"))] = 0,
+) -> None:
     """Train the pre-screen's request-intent gate (``+intent`` judges) once and cache it; print its path.
     Workers train it on first use otherwise: this lets an image or an operator do it beforehand."""
-    from vaccine_core.moderation.intent import ensure_intent_model
+    from dataclasses import replace
+
+    from vaccine_core.moderation.intent import IntentTrainingConfig, ensure_intent_model
 
     setup_logging()
-    typer.echo(str(ensure_intent_model(get_settings().data_dir)))
+    given = {"bfloat16": bfloat16, "bit_dropout": bit_dropout}
+    config = replace(IntentTrainingConfig(seed=seed), **{k: v for k, v in given.items() if v is not None})
+    typer.echo(str(ensure_intent_model(get_settings().data_dir, config)))
 
 
 @moderation_app.command("evaluate")

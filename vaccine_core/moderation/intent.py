@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vaccine_core.mixing import read_jsonl
 from vaccine_core.moderation.base import Moderator, Pair, Verdict
@@ -37,14 +37,22 @@ from vaccine_core.moderation.dataset import (
     prescreen_benchmark_uploads,
     question_part,
 )
+from vaccine_core.moderation.judge_config import PROGRESS_SUFFIX, training_progress
 from vaccine_core.moderation.registry import INTENT_GATE_SUFFIX
 from vaccine_core.settings import get_settings
 from vaccine_core.text import normalised
+
+if TYPE_CHECKING:  # the training loop's module imports torch: a look at the cache never loads it
+    from vaccine_core.training import ProgressCallback
 
 log = logging.getLogger(__name__)
 
 INTENT_TYPE = "vaccine-request-intent"
 INTENT_FILE = "intent.json"
+
+# Options added after gates were first cached, each with the value that trains as gates did before it
+# existed: at that value an option is left out of the key, so earlier gates keep theirs.
+LATER_OPTIONS: dict[str, object] = {"bfloat16": False, "bit_dropout": False}
 
 
 @dataclass
@@ -65,10 +73,27 @@ class IntentTrainingConfig:
             "option of the same name: int8 makes a request's score depend on the requests batched with it."
         },
     )
+    bfloat16: bool = field(
+        default=True,
+        metadata={
+            "help": "Train under bfloat16 autocast where this CPU runs it faster (the judge's rule: "
+            "learned.train_in_bfloat16); scoring stays in float32. With bit_dropout, on 2 Intel AMX cores "
+            "the gate trains in 62-70 s against 101-113 s, finding as many harmful upload rows and flagging "
+            "as few benign ones over eight seeds each (benchmarks/results/judge_selection.md, 2026-12-07)."
+        },
+    )
+    bit_dropout: bool = field(
+        default=True,
+        metadata={"help": "Draw the dropout masks from 16 random bits an element (moderation.bit_dropout)."},
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the head's initialisation and the data order."})
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        options = asdict(self)
+        for name, earlier in LATER_OPTIONS.items():
+            if options[name] == earlier:
+                del options[name]
+        return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def labelled_requests(data_dir: Path) -> list[tuple[str, bool]]:
@@ -149,45 +174,68 @@ def train_intent(
     target: Path,
     config: IntentTrainingConfig,
     encoder: Path | None = None,
+    on_progress: "ProgressCallback | None" = None,
 ) -> Path:
     """Fine-tune ``encoder`` (the bundled MiniLM) on ``train``'s (request, harmful) pairs, the classes
-    weighted to balance; set the gate on ``validation``; save it all to ``target``."""
+    weighted to balance; set the gate on ``validation``; save it all to ``target``. ``on_progress`` hears
+    of every step."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
-    from vaccine_core.moderation.learned import bundled_encoder
+    from vaccine_core.moderation import bit_dropout
+    from vaccine_core.moderation.learned import bundled_encoder, train_in_bfloat16
+    from vaccine_core.training import Progress
 
     started = time.perf_counter()
     encoder = encoder or bundled_encoder()
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(encoder)
+    attention = {"attn_implementation": bit_dropout.ATTENTION} if config.bit_dropout else {}
     model = AutoModelForSequenceClassification.from_pretrained(  # one sigmoid logit: "asks for harm"
-        encoder, num_labels=1, problem_type="multi_label_classification", ignore_mismatched_sizes=True
+        encoder,
+        num_labels=1,
+        problem_type="multi_label_classification",
+        ignore_mismatched_sizes=True,
+        **attention,
     )
+    if config.bit_dropout:
+        bit_dropout.use_bit_dropout(model)  # the hidden states' masks too
+
+    def encode(requests: list[str]) -> Any:
+        return tokenizer(
+            requests, padding=True, truncation=True, max_length=config.max_length, return_tensors="pt"
+        )
+
     labels = torch.tensor([h for _, h in train], dtype=torch.float32)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=(labels == 0).sum() / (labels == 1).sum().clamp(min=1))
     steps = config.epochs * -(-len(train) // config.batch_size)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
     schedule = get_scheduler("linear", optimiser, int(config.warmup_ratio * steps), steps)
     order_rng = random.Random(config.seed)
+    step, tokens, loop_started = 0, 0, time.perf_counter()
     model.train()
+    probe = encode([text for text, _ in train[: config.batch_size]])
+    bfloat16 = config.bfloat16 and train_in_bfloat16(model, probe, kind="intent")
     for _ in range(config.epochs):
         order = list(range(len(train)))
         order_rng.shuffle(order)
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
-            encoded = tokenizer(
-                [train[i][0] for i in batch],
-                padding=True,
-                truncation=True,
-                max_length=config.max_length,
-                return_tensors="pt",
-            )
-            loss = loss_fn(model(**encoded).logits[:, 0], labels[batch])
+            encoded = encode([train[i][0] for i in batch])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+                logits = model(**encoded).logits
+            loss = loss_fn(logits[:, 0].float(), labels[batch])
             loss.backward()
+            learning_rate = schedule.get_last_lr()[0]
             optimiser.step()
             schedule.step()
             optimiser.zero_grad()
+            step, tokens = step + 1, tokens + int(encoded["attention_mask"].sum())
+            if on_progress is not None:
+                elapsed = time.perf_counter() - loop_started
+                epoch = step * config.batch_size / len(train)
+                eta = elapsed / step * (steps - step)
+                on_progress(Progress(step, steps, epoch, float(loss), learning_rate, tokens / elapsed, eta))
     staged = target.with_name(f"{target.name}.partial-{os.getpid()}")  # two workers may train at once
     model.save_pretrained(staged)
     tokenizer.save_pretrained(staged)
@@ -196,6 +244,7 @@ def train_intent(
         "threshold": 0.5,
         "max_length": config.max_length,
         "training": asdict(config),
+        "bfloat16_autocast": bfloat16,
         "train_requests": len(train),
         "train_seconds": round(time.perf_counter() - started, 1),
     }
@@ -228,8 +277,16 @@ def intent_dir(labelled: Sequence[tuple[str, bool]], config: IntentTrainingConfi
     return get_settings().home / "judges" / f"intent-{digest}-{config.key()}"
 
 
-def ensure_intent_model(data_dir: Path | None = None, config: IntentTrainingConfig | None = None) -> Path:
-    """The cached intent model, trained once (minutes on a CPU) when missing."""
+def ensure_intent_model(
+    data_dir: Path | None = None,
+    config: IntentTrainingConfig | None = None,
+    on_progress: "ProgressCallback | None" = None,
+) -> Path:
+    """The cached intent model, trained once (minutes on a CPU) when missing, its progress shown as a bar
+    (or handed to ``on_progress``) and kept beside it for a probe in another process."""
+    from vaccine_core.moderation.learned import ProgressReport
+    from vaccine_core.progress import ProgressBar
+
     data_dir = data_dir or get_settings().data_dir
     config = config or IntentTrainingConfig()
     labelled = labelled_requests(data_dir)
@@ -240,13 +297,23 @@ def ensure_intent_model(data_dir: Path | None = None, config: IntentTrainingConf
     parts = {
         part: [(t, h) for t, h in labelled if question_part(t) == part] for part in ("train", "validation")
     }
-    return train_intent(parts["train"], parts["validation"], target, config)
+    progress_file = target.with_name(target.name + PROGRESS_SUFFIX)
+    report = ProgressReport(progress_file, on_progress or ProgressBar("training the intent gate"))
+    try:
+        return train_intent(parts["train"], parts["validation"], target, config, on_progress=report)
+    finally:
+        progress_file.unlink(missing_ok=True)
 
 
 def intent_model_ready(config: IntentTrainingConfig | None = None) -> bool:
     """Whether an intent model of these options is cached (a look, for a readiness probe)."""
     key = (config or IntentTrainingConfig()).key()
     return any((get_settings().home / "judges").glob(f"intent-*-{key}/{INTENT_FILE}"))
+
+
+def intent_training_progress(config: IntentTrainingConfig | None = None) -> dict | None:
+    """How far a worker is in training the intent gate of these options, or None when none is training."""
+    return training_progress(f"intent-*-{(config or IntentTrainingConfig()).key()}")
 
 
 class IntentGatedJudge:

@@ -195,9 +195,14 @@ PROGRESS_SUFFIX = ".progress.json"  # beside a judge being trained: its step, to
 
 def judge_training_progress(config: JudgeTrainingConfig | None = None) -> dict | None:
     """How far a worker is in training the default judge of these options (its last report), or None
-    when none is training; read from a file, so a probe sees another process's training."""
-    key = (config or JudgeTrainingConfig()).key()
-    for path in (get_settings().home / "judges").glob(f"default-*-{key}{PROGRESS_SUFFIX}"):
+    when none is training."""
+    return training_progress(f"default-*-{(config or JudgeTrainingConfig()).key()}")
+
+
+def training_progress(pattern: str) -> dict | None:
+    """The last progress report of a model being trained under the cache's name ``pattern``, or None when
+    none is training; read from a file, so a probe sees another process's training."""
+    for path in (get_settings().home / "judges").glob(f"{pattern}{PROGRESS_SUFFIX}"):
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError):  # being replaced this very moment

@@ -198,22 +198,26 @@ def bfloat16_is_faster(
     return spent[True] < SLOWER_BFLOAT16 * spent[False]
 
 
-# this process's timed choice: every judge it trains is trained alike, so a seed gives one set of weights
+# this process's timed choices, one a kind of model: every judge (or gate) it trains is trained alike, so a
+# seed gives one set of weights
 _timed_choice: dict[str, bool] = {}
 
 
-def train_in_bfloat16(model: BertForSequenceClassification, batch: Mapping[str, torch.Tensor]) -> bool:
+def train_in_bfloat16(
+    model: BertForSequenceClassification, batch: Mapping[str, torch.Tensor], kind: str = "judge"
+) -> bool:
     """Whether to train under bfloat16 autocast on this CPU. With AMX tiles it is faster (about 1.6x on an
     Intel Xeon); without bfloat16 instructions it is emulated. With bfloat16 instructions but no AMX it
     differs by CPU (on an Intel Xeon without AMX, the judge trained 1.37x *slower* in it), so it is timed on
-    ``batch``, once per process; the random state and the gradients are left as they were."""
+    ``batch``, once per process and ``kind`` of model; the random state and the gradients are left as they
+    were."""
     if torch.cpu._is_amx_tile_supported():
         return True
     if not torch.cpu._is_avx512_bf16_supported():
         return False
-    if "bfloat16" not in _timed_choice:
-        _timed_choice["bfloat16"] = timed_bfloat16_choice(model, batch)
-    return _timed_choice["bfloat16"]
+    if kind not in _timed_choice:
+        _timed_choice[kind] = timed_bfloat16_choice(model, batch)
+    return _timed_choice[kind]
 
 
 def timed_bfloat16_choice(model: BertForSequenceClassification, batch: Mapping[str, torch.Tensor]) -> bool:
