@@ -212,10 +212,10 @@ def train_intent(
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
     schedule = get_scheduler("linear", optimiser, int(config.warmup_ratio * steps), steps)
     order_rng = random.Random(config.seed)
-    step, tokens, loop_started = 0, 0, time.perf_counter()
     model.train()
     probe = encode([text for text, _ in train[: config.batch_size]])
     bfloat16 = config.bfloat16 and train_in_bfloat16(model, probe, kind="intent")
+    step, tokens, loop_started = 0, 0, time.perf_counter()
     for _ in range(config.epochs):
         order = list(range(len(train)))
         order_rng.shuffle(order)

@@ -194,7 +194,7 @@ def bfloat16_is_faster(
             started = clock()
             run_pass(autocast)
             spent[autocast] += clock() - started
-    log.info("judge training passes: bfloat16 %.2f s, float32 %.2f s", spent[True], spent[False])
+    log.info("training passes: bfloat16 %.2f s, float32 %.2f s", spent[True], spent[False])
     return spent[True] < SLOWER_BFLOAT16 * spent[False]
 
 
