@@ -3,7 +3,8 @@
 The report measures the aligned base before any user fine-tuning: harmful score on the policy's
 evaluation prompts, and over-refusal on harmless prompts (alignment on refusals alone teaches a model
 to refuse everything, so both numbers matter). Where the policy's defense stack adds RESTA's own vector,
-the base's harmful adapter is trained before the base is ready.
+the base's harmful adapter is trained before the base is ready, and so is whatever the upload pre-screen's
+judge still needs.
 """
 
 import logging
@@ -26,6 +27,7 @@ from vaccine_core.inference import load_for_inference
 from vaccine_core.mixing import alignment_rows, write_rows
 from vaccine_core.training import Progress, ProgressCallback
 from worker.harmful_adapter import warm_harmful_adapter
+from worker.prescreen import warm_prescreen
 from worker.safety import ReportPlan, measure_safety
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,8 @@ def align_base(
         return BaseStatus.FAILED
     if needs_harmful_adapter:  # trained while the base warms up: no user's job waits for it
         warm_harmful_adapter(base_id, out, report_plan)
+    # a job waiting on this base needs its file pre-screened too, which would train the same models
+    warm_prescreen(settings.prescreen_judge)
     with sessions() as session:
         ran = plan.model_copy(update={"data": str(data)})
         if not bases.ready(session, base_id=base_id, path=out, report=report, plan=ran):

@@ -22,6 +22,19 @@ from vaccine_core.moderation.prescreen import prescreen
 log = logging.getLogger(__name__)
 
 
+def warm_prescreen(spec: str) -> None:
+    """Load the pre-screen's judge ``spec`` once, training on first use what it needs (after a base's
+    alignment report the default judge is trained: what is left is the intent gate), so that a first
+    start's first upload waits for nothing. A failure here leaves the first upload to try again and, failing,
+    to say why."""
+    if not untrained(spec):
+        return
+    try:
+        shared_judge(spec)
+    except Exception:
+        log.exception("preparing the pre-screen's judge (%s) failed; the first upload tries again", spec)
+
+
 def prescreen_file(file_id: str, dispatch: Callable[[str], None]) -> str:
     """Judge ``file_id``'s rows under the policy; mark it processed (a warning when above the threshold and
     the policy warns) or error (the policy rejects: its rows are deleted); then start or fail the jobs

@@ -188,8 +188,14 @@ def test_the_probes_show_the_pre_screen_s_intent_gate_until_a_worker_trained_it(
     assert service.get("/readyz").json()["warming_up"] == {}
 
 
-def test_an_operator_registers_and_aligns_a_base_that_tenants_then_use(service, tiny_model_dir, alpaca_file):
+def test_an_operator_registers_and_aligns_a_base_that_tenants_then_use(
+    service, tiny_model_dir, alpaca_file, monkeypatch
+):
+    import worker.alignment
     from worker.alignment import align_base
+
+    warmed = []
+    monkeypatch.setattr(worker.alignment, "warm_prescreen", warmed.append)
 
     body = {"name": "tiny-sft", "source": str(tiny_model_dir), "method": "sft", "data": str(alpaca_file)}
     created = service.post("/admin/models", json=body, headers=OPERATOR).json()
@@ -202,6 +208,7 @@ def test_an_operator_registers_and_aligns_a_base_that_tenants_then_use(service, 
 
     assert align_base("tiny-sft", dispatch=service.dispatched.append) == "ready"
     assert service.dispatched[-1] == early.id  # the alignment hands it to the workers
+    assert warmed == [get_service_settings().prescreen_judge]  # prepared while the base warmed up
     events = [e.message for e in reversed(client.fine_tuning.jobs.list_events(early.id).data)]
     assert events == [
         f"Created fine-tuning job: {early.id}",
