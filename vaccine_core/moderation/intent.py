@@ -235,7 +235,7 @@ def train_intent(
                 elapsed = time.perf_counter() - loop_started
                 epoch = step * config.batch_size / len(train)
                 eta = elapsed / step * (steps - step)
-                on_progress(Progress(step, steps, epoch, float(loss), learning_rate, tokens / elapsed, eta))
+                on_progress(Progress(step, steps, epoch, loss.item(), learning_rate, tokens / elapsed, eta))
     staged = target.with_name(f"{target.name}.partial-{os.getpid()}")  # two workers may train at once
     model.save_pretrained(staged)
     tokenizer.save_pretrained(staged)
