@@ -233,8 +233,7 @@ def train_intent(
             step, tokens = step + 1, tokens + int(encoded["attention_mask"].sum())
             if on_progress is not None:
                 elapsed = time.perf_counter() - loop_started
-                epoch = step * config.batch_size / len(train)
-                eta = elapsed / step * (steps - step)
+                epoch, eta = config.epochs * step / steps, elapsed / step * (steps - step)
                 on_progress(Progress(step, steps, epoch, loss.item(), learning_rate, tokens / elapsed, eta))
     staged = target.with_name(f"{target.name}.partial-{os.getpid()}")  # two workers may train at once
     model.save_pretrained(staged)
