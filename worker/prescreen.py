@@ -23,10 +23,10 @@ log = logging.getLogger(__name__)
 
 
 def warm_prescreen(spec: str) -> None:
-    """Load the pre-screen's judge ``spec`` once, training on first use what it needs (after a base's
-    alignment report the default judge is trained: what is left is the intent gate), so that a first
-    start's first upload waits for nothing. A failure here leaves the first upload to try again and, failing,
-    to say why."""
+    """Load the pre-screen's judge ``spec`` once, training on first use what it needs (with the service's
+    defaults the base's alignment report has trained the default judge: what is left is the intent gate),
+    so that a first start's first upload waits for nothing. A failure here leaves the first upload to try
+    again and, failing, to say why."""
     if not untrained(spec):
         return
     try:
