@@ -103,6 +103,7 @@ def moderation_train(
     opener: Annotated[float | None, typer.Option(help=option_help("opener"))] = None,
     hand_labels: Annotated[bool | None, typer.Option(help=option_help("hand_labels"))] = None,
     int8_scoring: Annotated[bool | None, typer.Option(help=option_help("int8_scoring"))] = None,
+    bfloat16: Annotated[bool | None, typer.Option(help=option_help("bfloat16"))] = None,
     seed: Annotated[int, typer.Option(help=option_help("seed"))] = 0,
 ) -> None:
     """Train the default judge (cross-encoder on the bundled MiniLM) once and cache it; print its path."""
@@ -126,6 +127,7 @@ def moderation_train(
         "opener": opener,
         "hand_labels": hand_labels,
         "int8_scoring": int8_scoring,
+        "bfloat16": bfloat16,
     }
     config = replace(JudgeTrainingConfig(seed=seed), **{k: v for k, v in given.items() if v is not None})
     bar = ProgressBar("train judge")
