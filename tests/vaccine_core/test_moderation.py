@@ -748,3 +748,23 @@ def test_eager_attention_draws_the_same_dropout_masks_as_sdpa_so_training_is_the
     assert JudgeTrainingConfig(eager_attention=True, bit_dropout=False).key() == torch_masks.key()
     assert torch_masks.key() == "c30f387b"
     assert JudgeTrainingConfig(eager_attention=False, bit_dropout=False).key() == "7d3130e4"
+
+
+def test_the_judge_s_training_options_reach_it_from_the_command_line(monkeypatch, tmp_path):
+    import vaccine_core.moderation.learned as learned
+    from vaccine_core.moderation.judge_config import JudgeTrainingConfig
+
+    asked = []
+    monkeypatch.setattr(
+        learned,
+        "ensure_default_judge",
+        lambda data_dir, config, on_progress: asked.append(config) or tmp_path / "judge",
+    )
+    result = CliRunner().invoke(app, ["moderation", "train"])
+    assert result.exit_code == 0, result.output
+    assert asked[-1] == JudgeTrainingConfig() and result.output.strip().endswith("judge")
+    result = CliRunner().invoke(
+        app, ["moderation", "train", "--no-bfloat16", "--no-bit-dropout", "--seed", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert asked[-1] == JudgeTrainingConfig(bfloat16=False, bit_dropout=False, seed=2)
