@@ -2,9 +2,9 @@
 
 import json
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -19,6 +19,11 @@ from vaccine_core.settings import get_settings
 def option_help(name: str, config: type = JudgeTrainingConfig) -> str:
     """A training option's help, written once beside its default in ``config`` (the judge's by default)."""
     return next(f.metadata["help"] for f in fields(config) if f.name == name)
+
+
+def with_given(config: Any, given: dict[str, Any]) -> Any:
+    """``config`` with the options the command line gave (those left unset keep their defaults)."""
+    return replace(config, **{name: value for name, value in given.items() if value is not None})
 
 
 def intent_help(name: str) -> str:
@@ -107,8 +112,6 @@ def moderation_train(
     seed: Annotated[int, typer.Option(help=option_help("seed"))] = 0,
 ) -> None:
     """Train the default judge (cross-encoder on the bundled MiniLM) once and cache it; print its path."""
-    from dataclasses import replace
-
     from vaccine_core.moderation.learned import ensure_default_judge
 
     setup_logging()
@@ -129,7 +132,7 @@ def moderation_train(
         "int8_scoring": int8_scoring,
         "bfloat16": bfloat16,
     }
-    config = replace(JudgeTrainingConfig(seed=seed), **{k: v for k, v in given.items() if v is not None})
+    config = with_given(JudgeTrainingConfig(seed=seed), given)
     bar = ProgressBar("train judge")
     try:
         path = ensure_default_judge(get_settings().data_dir, config, on_progress=bar)
@@ -146,13 +149,10 @@ def moderation_train_intent(
 ) -> None:
     """Train the pre-screen's request-intent gate (``+intent`` judges) once and cache it; print its path.
     Workers train it on first use otherwise: this lets an image or an operator do it beforehand."""
-    from dataclasses import replace
-
     from vaccine_core.moderation.intent import IntentTrainingConfig, ensure_intent_model
 
     setup_logging()
-    given = {"bfloat16": bfloat16, "bit_dropout": bit_dropout}
-    config = replace(IntentTrainingConfig(seed=seed), **{k: v for k, v in given.items() if v is not None})
+    config = with_given(IntentTrainingConfig(seed=seed), {"bfloat16": bfloat16, "bit_dropout": bit_dropout})
     typer.echo(str(ensure_intent_model(get_settings().data_dir, config)))
 
 

@@ -37,7 +37,7 @@ from vaccine_core.moderation.dataset import (
     prescreen_benchmark_uploads,
     question_part,
 )
-from vaccine_core.moderation.judge_config import PROGRESS_SUFFIX, training_progress
+from vaccine_core.moderation.judge_config import options_key, training_progress
 from vaccine_core.moderation.registry import INTENT_GATE_SUFFIX
 from vaccine_core.settings import get_settings
 from vaccine_core.text import normalised
@@ -89,11 +89,7 @@ class IntentTrainingConfig:
     seed: int = field(default=0, metadata={"help": "Seed of the head's initialisation and the data order."})
 
     def key(self) -> str:
-        options = asdict(self)
-        for name, earlier in LATER_OPTIONS.items():
-            if options[name] == earlier:
-                del options[name]
-        return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
+        return options_key(asdict(self), LATER_OPTIONS)
 
 
 def labelled_requests(data_dir: Path) -> list[tuple[str, bool]]:
@@ -183,20 +179,23 @@ def train_intent(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
     from vaccine_core.moderation import bit_dropout
-    from vaccine_core.moderation.learned import bundled_encoder, train_in_bfloat16
+    from vaccine_core.moderation.learned import (
+        attention_options,
+        bundled_encoder,
+        train_in_bfloat16,
+    )
     from vaccine_core.training import Progress
 
     started = time.perf_counter()
     encoder = encoder or bundled_encoder()
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(encoder)
-    attention = {"attn_implementation": bit_dropout.ATTENTION} if config.bit_dropout else {}
     model = AutoModelForSequenceClassification.from_pretrained(  # one sigmoid logit: "asks for harm"
         encoder,
         num_labels=1,
         problem_type="multi_label_classification",
         ignore_mismatched_sizes=True,
-        **attention,
+        **attention_options(None, bit_masks=config.bit_dropout),
     )
     if config.bit_dropout:
         bit_dropout.use_bit_dropout(model)  # the hidden states' masks too
@@ -283,7 +282,7 @@ def ensure_intent_model(
 ) -> Path:
     """The cached intent model, trained once (minutes on a CPU) when missing, its progress shown as a bar
     (or handed to ``on_progress``) and kept beside it for a probe in another process."""
-    from vaccine_core.moderation.learned import ProgressReport
+    from vaccine_core.moderation.learned import progress_beside
     from vaccine_core.progress import ProgressBar
 
     data_dir = data_dir or get_settings().data_dir
@@ -296,12 +295,8 @@ def ensure_intent_model(
     parts = {
         part: [(t, h) for t, h in labelled if question_part(t) == part] for part in ("train", "validation")
     }
-    progress_file = target.with_name(target.name + PROGRESS_SUFFIX)
-    report = ProgressReport(progress_file, on_progress or ProgressBar("training the intent gate"))
-    try:
+    with progress_beside(target, on_progress or ProgressBar("training the intent gate")) as report:
         return train_intent(parts["train"], parts["validation"], target, config, on_progress=report)
-    finally:
-        progress_file.unlink(missing_ok=True)
 
 
 def intent_model_ready(config: IntentTrainingConfig | None = None) -> bool:

@@ -183,11 +183,14 @@ class JudgeTrainingConfig:
     seed: int = field(default=0, metadata={"help": "Seed of the head's initialisation and the data order."})
 
     def key(self) -> str:
-        options = asdict(self)
-        for name, earlier in LATER_OPTIONS.items():
-            if options[name] == earlier:
-                del options[name]
-        return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
+        return options_key(asdict(self), LATER_OPTIONS)
+
+
+def options_key(options: dict[str, object], later: dict[str, object]) -> str:
+    """A trained model's cache key: the digest of its training ``options``, less each of the ``later``
+    options at the value that trains as models did before it existed (so earlier models keep their key)."""
+    kept = {name: value for name, value in options.items() if name not in later or value != later[name]}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:8]
 
 
 PROGRESS_SUFFIX = ".progress.json"  # beside a judge being trained: its step, total and time left

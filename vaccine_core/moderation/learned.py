@@ -13,6 +13,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -521,6 +522,17 @@ class ProgressReport:
         staged.replace(self.path)
 
 
+@contextmanager
+def progress_beside(target: Path, then: ProgressCallback) -> Iterator[ProgressReport]:
+    """A ``ProgressReport`` whose file sits beside ``target`` (the model being trained) while the block
+    runs, and is gone after it, however it ends: a probe sees only a training in progress."""
+    path = target.with_name(target.name + PROGRESS_SUFFIX)
+    try:
+        yield ProgressReport(path, then)
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def default_judge_dir(data_dir: Path, config: JudgeTrainingConfig) -> Path:
     digest = sources_digest(data_dir, ensure_borderline_answers(data_dir), config.hand_labels)
     return get_settings().home / "judges" / f"default-{digest[:10]}-{config.key()}"
@@ -541,9 +553,7 @@ def ensure_default_judge(
         return target
     log.info("training the default judge once (cached at %s); this takes minutes on a CPU", target)
     train, validation, _test = split(judge_data(data_dir, seed=config.seed, hand_labels=config.hand_labels))
-    progress_file = target.with_name(target.name + PROGRESS_SUFFIX)
-    report = ProgressReport(progress_file, on_progress or ProgressBar("training the default judge"))
-    try:
+    with progress_beside(target, on_progress or ProgressBar("training the default judge")) as report:
         path = train_judge(
             train
             + augment(
@@ -559,8 +569,6 @@ def ensure_default_judge(
             extra_options={"data_digest": target.name},
             on_progress=report,
         )
-    finally:
-        progress_file.unlink(missing_ok=True)
     judge = LearnedJudge(path)
     threshold, f1 = calibrated_threshold(judge, validation)
     calibration = {"split": "validation", "pairs": len(validation), "f1": f1, "int8": judge.quantized}
