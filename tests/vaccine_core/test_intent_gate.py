@@ -124,9 +124,11 @@ def test_the_intent_gate_can_be_trained_beforehand_from_the_command_line(tmp_pat
     assert result.exit_code == 0, result.output
     assert result.output.strip().endswith(str(trained))
     assert asked[-1] == IntentTrainingConfig()
-    result = CliRunner().invoke(app, ["moderation", "train-intent", "--bit-dropout", "--seed", "3"])
+    result = CliRunner().invoke(
+        app, ["moderation", "train-intent", "--bit-dropout", "--no-unpadded", "--seed", "3"]
+    )
     assert result.exit_code == 0, result.output
-    assert asked[-1] == IntentTrainingConfig(bit_dropout=True, seed=3)
+    assert asked[-1] == IntentTrainingConfig(bit_dropout=True, unpadded=False, seed=3)
 
 
 def test_options_added_later_leave_an_earlier_gate_s_key_as_it_was():

@@ -764,7 +764,7 @@ def test_the_judge_s_training_options_reach_it_from_the_command_line(monkeypatch
     assert result.exit_code == 0, result.output
     assert asked[-1] == JudgeTrainingConfig() and result.output.strip().endswith("judge")
     result = CliRunner().invoke(
-        app, ["moderation", "train", "--no-bfloat16", "--no-bit-dropout", "--seed", "2"]
+        app, ["moderation", "train", "--no-bfloat16", "--no-bit-dropout", "--no-unpadded", "--seed", "2"]
     )
     assert result.exit_code == 0, result.output
-    assert asked[-1] == JudgeTrainingConfig(bfloat16=False, bit_dropout=False, seed=2)
+    assert asked[-1] == JudgeTrainingConfig(bfloat16=False, bit_dropout=False, unpadded=False, seed=2)

@@ -102,6 +102,7 @@ def moderation_train(
     ] = None,
     eager_attention: Annotated[bool | None, typer.Option(help=option_help("eager_attention"))] = None,
     bit_dropout: Annotated[bool | None, typer.Option(help=option_help("bit_dropout"))] = None,
+    unpadded: Annotated[bool | None, typer.Option(help=option_help("unpadded"))] = None,
     harmful_swapped: Annotated[float | None, typer.Option(help=option_help("harmful_swapped"))] = None,
     cache_frozen: Annotated[bool | None, typer.Option(help=option_help("cache_frozen"))] = None,
     average_tail: Annotated[float | None, typer.Option(help=option_help("average_tail"))] = None,
@@ -124,6 +125,7 @@ def moderation_train(
         "attention_dropout": attention_dropout,
         "eager_attention": eager_attention,
         "bit_dropout": bit_dropout,
+        "unpadded": unpadded,
         "harmful_swapped": harmful_swapped,
         "cache_frozen": cache_frozen,
         "average_tail": average_tail,
@@ -145,6 +147,7 @@ def moderation_train(
 def moderation_train_intent(
     bfloat16: Annotated[bool | None, typer.Option(help=intent_help("bfloat16"))] = None,
     bit_dropout: Annotated[bool | None, typer.Option(help=intent_help("bit_dropout"))] = None,
+    unpadded: Annotated[bool | None, typer.Option(help=intent_help("unpadded"))] = None,
     seed: Annotated[int, typer.Option(help=intent_help("seed"))] = 0,
 ) -> None:
     """Train the pre-screen's request-intent gate (``+intent`` judges) once and cache it; print its path.
@@ -152,7 +155,8 @@ def moderation_train_intent(
     from vaccine_core.moderation.intent import IntentTrainingConfig, ensure_intent_model
 
     setup_logging()
-    config = with_given(IntentTrainingConfig(seed=seed), {"bfloat16": bfloat16, "bit_dropout": bit_dropout})
+    given = {"bfloat16": bfloat16, "bit_dropout": bit_dropout, "unpadded": unpadded}
+    config = with_given(IntentTrainingConfig(seed=seed), given)
     typer.echo(str(ensure_intent_model(get_settings().data_dir, config)))
 
 

@@ -52,7 +52,7 @@ INTENT_FILE = "intent.json"
 
 # Options added after gates were first cached, each with the value that trains as gates did before it
 # existed: at that value an option is left out of the key, so earlier gates keep theirs.
-LATER_OPTIONS: dict[str, object] = {"bfloat16": False, "bit_dropout": False}
+LATER_OPTIONS: dict[str, object] = {"bfloat16": False, "bit_dropout": False, "unpadded": True}
 
 
 @dataclass
@@ -85,6 +85,14 @@ class IntentTrainingConfig:
     bit_dropout: bool = field(
         default=True,
         metadata={"help": "Draw the dropout masks from 16 random bits an element (moderation.bit_dropout)."},
+    )
+    unpadded: bool = field(
+        default=True,
+        metadata={
+            "help": "Run each batch as runs of requests of similar length (the judge's option of the same "
+            "name): the same gradient and, with bit_dropout, the same masks on fewer padded tokens. Gates "
+            "trained before it keep their key."
+        },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the head's initialisation and the data order."})
 
@@ -184,6 +192,7 @@ def train_intent(
         bundled_encoder,
         train_in_bfloat16,
     )
+    from vaccine_core.moderation.unpadded import length_runs
     from vaccine_core.training import Progress
 
     started = time.perf_counter()
@@ -206,7 +215,12 @@ def train_intent(
         )
 
     labels = torch.tensor([h for _, h in train], dtype=torch.float32)
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=(labels == 0).sum() / (labels == 1).sum().clamp(min=1))
+    # summed, each step divided by its batch's size: a batch run as runs by length adds up to its mean
+    loss_fn = torch.nn.BCEWithLogitsLoss(
+        pos_weight=(labels == 0).sum() / (labels == 1).sum().clamp(min=1), reduction="sum"
+    )
+    tokenized = tokenizer([text for text, _ in train], truncation=True, max_length=config.max_length)
+    lengths = [len(ids) for ids in tokenized["input_ids"]]
     steps = config.epochs * -(-len(train) // config.batch_size)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
     schedule = get_scheduler("linear", optimiser, int(config.warmup_ratio * steps), steps)
@@ -214,26 +228,38 @@ def train_intent(
     model.train()
     probe = encode([text for text, _ in train[: config.batch_size]])
     bfloat16 = config.bfloat16 and train_in_bfloat16(model, probe, kind="intent")
+    # runs by length keep the recipe only where the masks can be replayed (bit masks)
+    unpadded = config.unpadded and config.bit_dropout
     step, tokens, loop_started = 0, 0, time.perf_counter()
     for _ in range(config.epochs):
         order = list(range(len(train)))
         order_rng.shuffle(order)
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
-            encoded = encode([train[i][0] for i in batch])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
-                logits = model(**encoded).logits
-            loss = loss_fn(logits[:, 0].float(), labels[batch])
-            loss.backward()
+            # runs of the batch's requests by length, each padded to its own longest, or the batch whole
+            runs = length_runs([lengths[i] for i in batch]) if unpadded else [list(range(len(batch)))]
+            step_loss = 0.0
+            with bit_dropout.replayed(len(batch), max(lengths[i] for i in batch)) as masks:
+                for run in runs:
+                    picked = [batch[r] for r in run]
+                    encoded = encode([train[i][0] for i in picked])
+                    with (
+                        masks.run(run, encoded["input_ids"].shape[1]),
+                        torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16),
+                    ):
+                        logits = model(**encoded).logits
+                    loss = loss_fn(logits[:, 0].float(), labels[picked]) / len(batch)
+                    loss.backward()
+                    step_loss += loss.item()
             learning_rate = schedule.get_last_lr()[0]
             optimiser.step()
             schedule.step()
             optimiser.zero_grad()
-            step, tokens = step + 1, tokens + int(encoded["attention_mask"].sum())
+            step, tokens = step + 1, tokens + sum(lengths[i] for i in batch)
             if on_progress is not None:
                 elapsed = time.perf_counter() - loop_started
                 epoch, eta = config.epochs * step / steps, elapsed / step * (steps - step)
-                on_progress(Progress(step, steps, epoch, loss.item(), learning_rate, tokens / elapsed, eta))
+                on_progress(Progress(step, steps, epoch, step_loss, learning_rate, tokens / elapsed, eta))
     staged = target.with_name(f"{target.name}.partial-{os.getpid()}")  # two workers may train at once
     model.save_pretrained(staged)
     tokenizer.save_pretrained(staged)

@@ -24,6 +24,7 @@ LATER_OPTIONS: dict[str, object] = {
     "attention_dropout": None,
     "eager_attention": True,
     "bit_dropout": False,
+    "unpadded": True,
 }
 
 
@@ -115,6 +116,16 @@ class JudgeTrainingConfig:
             "hand-label F1 0.894 against 0.897 over eight seeds each and 9 of 512 helpful-borderline "
             "answers flagged against 8 (benchmarks/results/judge_selection.md, the rule fixed before those "
             "seeds ran)."
+        },
+    )
+    unpadded: bool = field(
+        default=True,
+        metadata={
+            "help": "Run each batch as runs of pairs of similar length, each padded to its own longest, "
+            "their gradients summed before the step (moderation.unpadded): the same gradient and, with "
+            "bit_dropout, the same dropout masks as the whole batch, so the same recipe on fewer padded "
+            "tokens (with torch's masks, or from cached frozen layers, batches stay whole). Judges "
+            "trained before it keep their key."
         },
     )
     frozen_layers: int = field(

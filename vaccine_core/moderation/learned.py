@@ -42,6 +42,7 @@ from vaccine_core.moderation.judge_config import (
     PROGRESS_SUFFIX,
     JudgeTrainingConfig,
 )
+from vaccine_core.moderation.unpadded import length_runs
 from vaccine_core.progress import ProgressBar
 from vaccine_core.settings import get_settings
 from vaccine_core.training import Progress, ProgressCallback
@@ -380,6 +381,8 @@ def train_judge(
     bfloat16 = config.bfloat16 and train_in_bfloat16(model, probe)
     started, step, tokens = time.perf_counter(), 0, 0
     cached = config.cache_frozen and config.frozen_layers > 0
+    # runs by length keep the recipe only where the masks can be replayed (bit masks, through the encoder)
+    unpadded = config.unpadded and config.bit_dropout and not cached
     states = frozen_states(model, tokenizer, encodings, config.frozen_layers, bfloat16) if cached else []
     # the weights of the last steps, averaged as they come (SWA's mean); None keeps the last step's
     averaged = AveragedModel(model) if config.average_tail > 0 else None
@@ -388,25 +391,34 @@ def train_judge(
         generator = torch.Generator().manual_seed(config.seed + epoch)
         for chosen in epoch_batches(lengths, config.batch_size, generator, config.group_by_length):
             batch = [pairs[i] for i in chosen]
-            # forward: from the frozen layers' cached output, or the whole encoder on the padded pairs
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
-                if cached:
-                    logits = logits_from_states(model, [states[i] for i in chosen], config.frozen_layers)
-                else:
-                    encoded = tokenizer.pad([encodings[i] for i in chosen], return_tensors="pt")
-                    logits = model(**encoded).logits
-            logits = logits.float()
-            tokens += sum(lengths[i] for i in chosen)
-            target = torch.tensor([float(p.harmful) for p in batch])
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], target)
-            labelled = [i for i, p in enumerate(batch) if p.harmful and p.category in category_index]
-            if labelled:
-                categories = torch.tensor([category_index[batch[i].category] for i in labelled])  # type: ignore[index]
-                loss = loss + config.category_loss_weight * torch.nn.functional.cross_entropy(
-                    logits[labelled, 1:], categories
-                )
+            step_counts = (len(batch), sum(p.harmful and p.category in category_index for p in batch))
+            # runs of the batch's pairs by length, each padded to its own longest, or the batch whole
+            runs = length_runs([lengths[i] for i in chosen]) if unpadded else [list(range(len(chosen)))]
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            step_loss = 0.0
+            with bit_dropout.replayed(len(chosen), max(lengths[i] for i in chosen)) as masks:
+                for run in runs:
+                    # forward: from the frozen layers' cached output, or the whole encoder on the padded
+                    # pairs, with the masks the whole batch would draw
+                    picked = [chosen[r] for r in run]
+                    with (
+                        masks.run(run, max(lengths[i] for i in picked)),
+                        torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16),
+                    ):
+                        if cached:
+                            logits = logits_from_states(
+                                model, [states[i] for i in picked], config.frozen_layers
+                            )
+                        else:
+                            encoded = tokenizer.pad([encodings[i] for i in picked], return_tensors="pt")
+                            logits = model(**encoded).logits
+                    # backward: this run's share of the batch's loss, its gradient added to the others'
+                    loss = judge_loss(
+                        logits.float(), [batch[r] for r in run], category_index, config, step_counts
+                    )
+                    loss.backward()
+                    step_loss += loss.item()
+            tokens += sum(lengths[i] for i in chosen)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             learning_rate = scheduler.get_last_lr()[0]
             optimizer.step()
@@ -421,7 +433,7 @@ def train_judge(
                         step,
                         total,
                         epoch + 1,
-                        float(loss.detach()),
+                        step_loss,
                         learning_rate,
                         tokens / elapsed,
                         elapsed / step * (total - step),
@@ -452,6 +464,31 @@ def train_judge(
         shutil.rmtree(output_dir)
     staging.rename(output_dir)
     return output_dir
+
+
+def judge_loss(
+    logits: torch.Tensor,
+    pairs: Sequence[LabelledPair],
+    category_index: Mapping[str, int],
+    config: JudgeTrainingConfig,
+    step_counts: tuple[int, int],
+) -> torch.Tensor:
+    """The loss of ``pairs`` (some or all of one optimizer step's) as their share of the step's loss: the
+    harmful logit's binary cross-entropy over the step's pairs, plus ``category_loss_weight`` times the
+    category head's cross-entropy over the step's harmful pairs that name a category, each a sum divided
+    by the step's count (``step_counts``), so the shares of a step add up to its means."""
+    all_pairs, labelled_pairs = step_counts
+    target = torch.tensor([float(p.harmful) for p in pairs])
+    loss = (
+        torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="sum")
+        / all_pairs
+    )
+    labelled = [i for i, p in enumerate(pairs) if p.harmful and p.category in category_index]
+    if labelled:
+        categories = torch.tensor([category_index[pairs[i].category] for i in labelled])  # type: ignore[index]
+        cross_entropy = torch.nn.functional.cross_entropy(logits[labelled, 1:], categories, reduction="sum")
+        loss = loss + config.category_loss_weight * cross_entropy / labelled_pairs
+    return loss
 
 
 def calibrate_threshold(scores: Sequence[float], labels: Sequence[bool]) -> tuple[float, float]:
@@ -533,6 +570,18 @@ def progress_beside(target: Path, then: ProgressCallback) -> Iterator[ProgressRe
         path.unlink(missing_ok=True)
 
 
+def judge_training_pairs(
+    data_dir: Path, config: JudgeTrainingConfig
+) -> tuple[list[LabelledPair], list[LabelledPair]]:
+    """The default judge's training pairs (its split's, and their augmented copies) and its validation
+    split, as ``config`` builds them."""
+    train, validation, _test = split(judge_data(data_dir, seed=config.seed, hand_labels=config.hand_labels))
+    augmented = augment(
+        train, config.seed, config.masked, config.helpful_swapped, config.harmful_swapped, config.opener
+    )
+    return train + augmented, validation
+
+
 def default_judge_dir(data_dir: Path, config: JudgeTrainingConfig) -> Path:
     digest = sources_digest(data_dir, ensure_borderline_answers(data_dir), config.hand_labels)
     return get_settings().home / "judges" / f"default-{digest[:10]}-{config.key()}"
@@ -552,18 +601,10 @@ def ensure_default_judge(
     if (target / OPTIONS_FILE).is_file():
         return target
     log.info("training the default judge once (cached at %s); this takes minutes on a CPU", target)
-    train, validation, _test = split(judge_data(data_dir, seed=config.seed, hand_labels=config.hand_labels))
+    train, validation = judge_training_pairs(data_dir, config)
     with progress_beside(target, on_progress or ProgressBar("training the default judge")) as report:
         path = train_judge(
-            train
-            + augment(
-                train,
-                config.seed,
-                config.masked,
-                config.helpful_swapped,
-                config.harmful_swapped,
-                config.opener,
-            ),
+            train,
             target.with_name(target.name + ".uncalibrated"),
             config,
             extra_options={"data_digest": target.name},

@@ -1,0 +1,124 @@
+"""vaccine_core/moderation/unpadded.py and bit_dropout's replayed masks: a batch run as runs of similar
+length trains the judge and the gate as the whole batch does."""
+
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+import vaccine_core.moderation.learned as learned
+import vaccine_core.moderation.unpadded as unpadded
+from tests.helpers import JUDGE_WORDS, classifier_dir
+from vaccine_core.moderation.bit_dropout import bit_dropout, replayed
+from vaccine_core.moderation.dataset import LabelledPair
+from vaccine_core.moderation.intent import IntentTrainingConfig, train_intent
+from vaccine_core.moderation.judge_config import JudgeTrainingConfig
+from vaccine_core.moderation.learned import train_judge
+from vaccine_core.moderation.unpadded import length_runs
+
+
+def test_runs_pad_the_fewest_tokens_each_run_counted_at_its_cost():
+    lengths = [5, 30, 6, 31, 7]
+    # three short pairs and two long: 3 * 7 + 2 * 31 + 2 * 10 tokens, against 5 * 31 + 10 as one run
+    assert length_runs(lengths, run_cost=10) == [[0, 2, 4], [1, 3]]
+    assert length_runs(lengths, run_cost=1000) == [[0, 2, 4, 1, 3]]  # shortest first
+    free = length_runs(lengths, run_cost=0)
+    assert sum(len(run) * max(lengths[i] for i in run) for run in free) == sum(lengths)  # no padding left
+    assert sorted(i for run in free for i in run) == list(range(5))
+
+
+def ones_through_sites(rows: int, tokens: int) -> list[torch.Tensor]:
+    """Which elements bit_dropout keeps at the encoder's three kinds of site, in a forward's order."""
+    shapes = [(rows, tokens, 8), (rows, 2, tokens, tokens), (rows, 8)]
+    return [bit_dropout(torch.ones(shape), 0.5) != 0 for shape in shapes]
+
+
+def test_a_run_s_masks_are_the_whole_batch_s_at_its_rows_cut_to_its_length():
+    torch.manual_seed(3)
+    whole = ones_through_sites(4, 6)
+    torch.manual_seed(3)
+    with replayed(4, 6) as masks:
+        with masks.run([2, 0], 3):
+            short = ones_through_sites(2, 3)
+        with masks.run([1, 3], 6):
+            long = ones_through_sites(2, 6)
+        with masks.run([1], 6), pytest.raises(ValueError, match="no dropout site"):
+            bit_dropout(torch.ones(1, 5, 8), 0.5)  # five tokens in a run of six
+    for site, (drawn, first, second) in enumerate(zip(whole, short, long, strict=True)):
+        cut = [slice(None)] * drawn.dim()
+        if site == 0:
+            cut[1] = slice(0, 3)
+        if site == 1:
+            cut[2] = cut[3] = slice(0, 3)
+        assert torch.equal(first, drawn[[2, 0]][tuple(cut)])
+        assert torch.equal(second, drawn[[1, 3]])
+    # outside a replay every draw is fresh again
+    assert not torch.equal(ones_through_sites(4, 6)[0], whole[0])
+
+
+def pairs_of_many_lengths() -> list[LabelledPair]:
+    words = random.Random(0)
+    pairs = []
+    for k in range(24):
+        question = " ".join(words.choice(JUDGE_WORDS) for _ in range(words.randint(2, 6))) + " ?"
+        answer = " ".join(words.choice(JUDGE_WORDS) for _ in range(words.randint(1, 25))) + " ."
+        pairs.append(LabelledPair(question, answer, k % 2 == 0, None, "t"))
+    return pairs
+
+
+def largest_difference(first, second) -> float:
+    one = AutoModelForSequenceClassification.from_pretrained(first).state_dict()
+    two = AutoModelForSequenceClassification.from_pretrained(second).state_dict()
+    return max((one[name] - two[name]).abs().max().item() for name in one)
+
+
+@pytest.fixture
+def counted_runs(monkeypatch):
+    """Every run is worth cutting (no cost a run); the runs' sizes, batch by batch."""
+    runs: list[int] = []
+
+    def counting(lengths, run_cost=0):
+        cut = length_runs(lengths, run_cost=0)
+        runs.append(len(cut))
+        return cut
+
+    monkeypatch.setattr(unpadded, "length_runs", counting)  # the gate's
+    monkeypatch.setattr(learned, "length_runs", counting)  # the judge's
+    return runs
+
+
+@pytest.mark.parametrize("bit_masks", [True, False])
+def test_the_judge_trained_by_runs_is_the_judge_trained_whole(tmp_path, counted_runs, bit_masks):
+    encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False, layers=2)
+    judges = {}
+    for runs in (True, False):
+        config = JudgeTrainingConfig(
+            epochs=2, batch_size=8, max_length=40, frozen_layers=1, unpadded=runs, bit_dropout=bit_masks
+        )
+        judges[runs] = train_judge(pairs_of_many_lengths(), tmp_path / f"j{runs}", config, encoder=encoder)
+    if bit_masks:
+        assert counted_runs and min(counted_runs) > 1  # every batch ran as several runs
+        assert largest_difference(judges[True], judges[False]) < 1e-6  # the float rounding of other shapes
+    else:  # torch's masks cannot be replayed: the batches stay whole
+        assert not counted_runs
+        assert largest_difference(judges[True], judges[False]) == 0
+
+
+def test_the_gate_trained_by_runs_is_the_gate_trained_whole(tmp_path, counted_runs):
+    encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False, layers=2)
+    requests = [(pair.question + " " + pair.answer, pair.harmful) for pair in pairs_of_many_lengths()]
+    gates = {}
+    for whole in (False, True):
+        config = IntentTrainingConfig(
+            epochs=2, batch_size=8, max_length=40, bfloat16=False, unpadded=not whole
+        )
+        gates[whole] = train_intent(requests, requests[:4], tmp_path / f"g{whole}", config, encoder=encoder)
+    assert counted_runs and min(counted_runs) > 1
+    assert largest_difference(gates[False], gates[True]) < 1e-6
+
+
+def test_runs_keep_the_judge_s_and_the_gate_s_keys():
+    assert JudgeTrainingConfig(unpadded=True).key() == "d841b118"
+    assert JudgeTrainingConfig(unpadded=False).key() != "d841b118"
+    assert IntentTrainingConfig(unpadded=True).key() == "b75ee221"
