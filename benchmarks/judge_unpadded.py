@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12, help="Batches timed in each training.")
     parser.add_argument("--rounds", type=int, default=2, help="Times each way is trained, in turn.")
-    parser.add_argument("--run-costs", type=int, nargs="+", default=[0, 20, RUN_COST, 80])
+    parser.add_argument("--run-costs", type=int, nargs="+", default=sorted({0, 20, 40, 80, RUN_COST}))
     parser.add_argument("--name", default="cpu")
     args = parser.parse_args(argv)
 

@@ -10,10 +10,11 @@ losses are summed and divided by the whole batch's counts. Its dropout masks sta
 
 from collections.abc import Sequence
 
-# What one more pass through the encoder costs beside its tokens, counted in tokens: the Python and kernel
-# launches of a forward and backward through six layers, measured as about 15 ms on 2 CPU cores where a
-# padded token of the judge costs about 0.4 ms (benchmarks/judge_step_cost.py).
-RUN_COST = 40
+# What one more pass through the encoder costs beside its tokens, counted in tokens (its kernel launches and
+# Python, forward and backward). On 2 AMD Zen 3 cores, 12 of the judge's steps took 0.809x the whole
+# batches' time at 20, 0.835x at 40, 0.928x at 80 and 0.946x at 0 (a pass for every length):
+# benchmarks/judge_unpadded.py, results/judge_unpadded-cpu-2cores-amd-zen3.json.
+RUN_COST = 20
 
 
 def length_runs(lengths: Sequence[int], run_cost: int = RUN_COST) -> list[list[int]]:
