@@ -34,14 +34,12 @@ def bit_dropout(inputs: torch.Tensor, p: float, training: bool = True) -> torch.
     if p >= 1:
         return inputs * 0
     replay = _replay.get()
-    kept = (
-        kept_mask(inputs.shape, p, inputs.device)
-        if replay is None
-        else replay.kept(inputs.shape, p, inputs.device)
-    )
-    return (inputs * kept.to(inputs.dtype)).mul_(
-        1 / (1 - p)
-    )  # scaled as torch scales, in the input's precision
+    if replay is None:
+        kept = kept_mask(inputs.shape, p, inputs.device)
+    else:
+        kept = replay.kept(inputs.shape, p, inputs.device)
+    # scaled as torch scales: in the input's precision, per element
+    return (inputs * kept.to(inputs.dtype)).mul_(1 / (1 - p))
 
 
 def kept_mask(shape: Sequence[int], p: float, device: torch.device) -> torch.Tensor:
