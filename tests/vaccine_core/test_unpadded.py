@@ -1,6 +1,7 @@
 """vaccine_core/moderation/unpadded.py and bit_dropout's replayed masks: a batch run as runs of similar
 length trains the judge and the gate as the whole batch does."""
 
+import itertools
 import random
 
 import pytest
@@ -26,6 +27,28 @@ def test_runs_pad_the_fewest_tokens_each_run_counted_at_its_cost():
     free = length_runs(lengths, run_cost=0)
     assert sum(len(run) * max(lengths[i] for i in run) for run in free) == sum(lengths)  # no padding left
     assert sorted(i for run in free for i in run) == list(range(5))
+
+
+def padded_cost(lengths, runs, run_cost):
+    return sum(len(run) * max(lengths[i] for i in run) + run_cost for run in runs)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_no_other_cut_of_the_sorted_pairs_costs_less(seed):
+    draw = random.Random(seed)
+    lengths = [draw.randint(3, 128) for _ in range(draw.randint(1, 9))]
+    run_cost = draw.choice([0, 7, 20, 60])
+    runs = length_runs(lengths, run_cost)
+    assert sorted(i for run in runs for i in run) == list(range(len(lengths)))
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    cheapest = min(  # every way to cut the sorted pairs into contiguous runs
+        padded_cost(
+            lengths, [order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)), strict=True)], run_cost
+        )
+        for k in range(len(order))
+        for cuts in itertools.combinations(range(1, len(order)), k)
+    )
+    assert padded_cost(lengths, runs, run_cost) == cheapest
 
 
 def ones_through_sites(rows: int, tokens: int) -> list[torch.Tensor]:
