@@ -111,8 +111,18 @@ def counted_runs(monkeypatch):
     return runs
 
 
-@pytest.mark.parametrize("bit_masks", [True, False])
-def test_the_judge_trained_by_runs_is_the_judge_trained_whole(tmp_path, counted_runs, bit_masks):
+@pytest.mark.parametrize(
+    ("bit_masks", "bfloat16", "within"),
+    [
+        (True, False, 1e-6),  # the float rounding of products of other shapes
+        (True, True, 1e-4),  # bfloat16's rounding (two seeds' judges differ by 0.1 here)
+        (False, False, 0.0),  # torch's masks cannot be replayed: the batches stay whole
+    ],
+)
+def test_the_judge_trained_by_runs_is_the_judge_trained_whole(
+    tmp_path, monkeypatch, counted_runs, bit_masks, bfloat16, within
+):
+    monkeypatch.setattr(learned, "train_in_bfloat16", lambda model, batch, kind="judge": bfloat16)
     encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False, layers=2)
     judges = {}
     for runs in (True, False):
@@ -120,12 +130,8 @@ def test_the_judge_trained_by_runs_is_the_judge_trained_whole(tmp_path, counted_
             epochs=2, batch_size=8, max_length=40, frozen_layers=1, unpadded=runs, bit_dropout=bit_masks
         )
         judges[runs] = train_judge(pairs_of_many_lengths(), tmp_path / f"j{runs}", config, encoder=encoder)
-    if bit_masks:
-        assert counted_runs and min(counted_runs) > 1  # every batch ran as several runs
-        assert largest_difference(judges[True], judges[False]) < 1e-6  # the float rounding of other shapes
-    else:  # torch's masks cannot be replayed: the batches stay whole
-        assert not counted_runs
-        assert largest_difference(judges[True], judges[False]) == 0
+    assert (min(counted_runs) > 1) if bit_masks else not counted_runs  # every batch as several runs, or none
+    assert largest_difference(judges[True], judges[False]) <= within
 
 
 def test_the_gate_trained_by_runs_is_the_gate_trained_whole(tmp_path, counted_runs):

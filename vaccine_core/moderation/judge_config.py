@@ -124,8 +124,11 @@ class JudgeTrainingConfig:
             "help": "Run each batch as runs of pairs of similar length, each padded to its own longest, "
             "their gradients summed before the step (moderation.unpadded): the same gradient and, with "
             "bit_dropout, the same dropout masks as the whole batch, so the same recipe on fewer padded "
-            "tokens (with torch's masks, or from cached frozen layers, batches stay whole). Judges "
-            "trained before it keep their key."
+            "tokens (with torch's masks, or from cached frozen layers, batches stay whole). On 2 AMD Zen 3 "
+            "cores, in float32, it trained in 463.1 s against 535.8 s, giving the same judge to the "
+            "threshold's seventh digit and the same figures on every count (benchmarks/results/"
+            "judge_selection.md, 2026-12-07); under bfloat16 autocast it was checked on a tiny judge only. "
+            "Judges trained before it keep their key."
         },
     )
     frozen_layers: int = field(
