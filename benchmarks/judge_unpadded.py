@@ -32,7 +32,7 @@ from common import machine_info, provenance
 
 import vaccine_core.moderation.learned as learned
 from vaccine_core.moderation.judge_config import JudgeTrainingConfig
-from vaccine_core.moderation.unpadded import RUN_COST, length_runs
+from vaccine_core.unpadded import RUN_COST, length_runs
 from vaccine_core.settings import get_settings
 
 RESULTS = Path(__file__).parent / "results"

@@ -29,6 +29,12 @@ MIN_WEIGHT = 1e-3  # as in the reference code: a token the model has learned sti
 Batch = dict[str, torch.Tensor]
 
 
+def answer_token_count(batch: Batch) -> torch.Tensor:
+    """How many tokens of ``batch`` the loss scores: those with a label, the first of each row aside (the
+    model predicts each token from the ones before it)."""
+    return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+
+
 def token_logprobs(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Each position's log-probability of the next token, and where that token is an answer token (has a
     label); both (batch, length - 1), in float32."""
@@ -45,11 +51,17 @@ def constraint_weights(logprobs: torch.Tensor, reference: torch.Tensor, betas: t
     return (2 * (1 - torch.sigmoid(betas * (logprobs.detach() - reference)))).clamp(min=MIN_WEIGHT)
 
 
-def batch_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+def batch_loss(model: nn.Module, batch: Batch, answer_tokens: torch.Tensor | None = None) -> torch.Tensor:
     """The step's loss on ``batch``: the constrained objective where a defense attached its reference
-    log-probabilities, the model's own mean cross-entropy over answer tokens otherwise."""
+    log-probabilities, the model's own mean cross-entropy over answer tokens otherwise. With
+    ``answer_tokens`` (a run of a larger batch: ``vaccine_core.unpadded``) the cross-entropy is summed and
+    divided by the larger batch's count of them instead, so the runs' losses add up to the batch's."""
     if REFERENCE_LOGPROBS not in batch:
+        if answer_tokens is not None:
+            return model(**batch, num_items_in_batch=answer_tokens).loss
         return model(**batch).loss
+    if answer_tokens is not None:
+        raise ValueError("the constrained objective runs on whole batches")
     logprobs, answer = token_logprobs(model, batch)
     weights = constraint_weights(logprobs, batch[REFERENCE_LOGPROBS], batch[TOKEN_BETAS])
     return -(weights * logprobs * answer).sum() / answer.sum().clamp(min=1)

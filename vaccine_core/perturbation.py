@@ -160,14 +160,19 @@ class PerturbedStep:
         self.calls = 0  # micro-batches seen, for the tau schedule
         self.directions: list[torch.Tensor] | None = None  # per-layer carried direction (tau > 1)
 
-    def backward(self, batch: Batch, loss_scale: float = 1.0) -> torch.Tensor:
+    def backward(
+        self, batch: Batch, loss_scale: float = 1.0, answer_tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Accumulate ``loss_scale`` times this batch's gradients into ``.grad``; return the loss, detached
         (a tensor on the model's device: reading it waits for the device, which the caller does once a step).
+        ``answer_tokens``: the batch is a run of a larger one, with that many answer tokens (SFT only).
 
         The backward pass runs inside the hook context: under activation checkpointing it recomputes the
         forward, which must see the same perturbation."""
+        if answer_tokens is not None and self.config.method != "sft":
+            raise ValueError(f"{self.config.method} perturbs whole batches")
         with self._perturbed(batch):
-            loss = batch_loss(self.model, batch)
+            loss = batch_loss(self.model, batch, answer_tokens)
             (loss * loss_scale).backward()
         self.calls += 1
         return loss.detach()

@@ -25,7 +25,9 @@ from transformers import PreTrainedTokenizerBase, get_scheduler
 from vaccine_core.artifacts import CHECKPOINTS_DIR
 from vaccine_core.config import PerturbationConfig, TrainingConfig
 from vaccine_core.data import SupervisedDataset, collate
+from vaccine_core.losses import Batch, answer_token_count
 from vaccine_core.perturbation import PerturbedStep
+from vaccine_core.unpadded import length_runs, replayed, use_replaying_dropout
 
 if TYPE_CHECKING:  # the defenses package builds on this module's neighbours
     from vaccine_core.defenses.base import StepDefense
@@ -216,6 +218,11 @@ def train(
     measure_at = validation_steps(total_steps, validation_count) if validate and validation_count else set()
     accumulation = config.gradient_accumulation_steps
     batches = micro_batches(dataset, config, tokenizer.pad_token_id, start=start_step * accumulation)
+    # Plain steps on the CPU run each batch as runs of similar length. A perturbation or a step defense
+    # needs it whole; on a GPU, padding costs less than more passes, and dropout draws its masks otherwise.
+    by_runs = config.unpadded and perturbation.method == "sft" and not defenses and device.type == "cpu"
+    if by_runs:
+        use_replaying_dropout(model)
     model.train()
     started = time.perf_counter()
 
@@ -236,7 +243,11 @@ def train(
                 hook_started = time.perf_counter()
                 batch = defense.batch(step, batch)
                 result.add_defense_time(defense.name, hook_started)
-            loss_sum += perturbed_step.backward(batch, loss_scale=1.0 / accumulation).float() / accumulation
+            if by_runs:
+                loss = backward_by_runs(perturbed_step, batch, loss_scale=1.0 / accumulation)
+            else:
+                loss = perturbed_step.backward(batch, loss_scale=1.0 / accumulation)
+            loss_sum += loss.float() / accumulation
             token_sum += batch["attention_mask"].sum()
         for defense in defenses:
             hook_started = time.perf_counter()
@@ -284,3 +295,19 @@ def train(
     result.seconds = time.perf_counter() - started
     model.eval()
     return result
+
+
+def backward_by_runs(perturbed_step: PerturbedStep, batch: Batch, loss_scale: float) -> torch.Tensor:
+    """``perturbed_step.backward`` on ``batch`` (right-padded) as runs of rows of similar length, each cut to
+    its own longest, with the whole batch's answer-token count and dropout masks: the same gradients;
+    return the batch's loss."""
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    answer_tokens = answer_token_count(batch)
+    loss = torch.zeros((), device=batch["input_ids"].device)
+    with replayed(len(lengths), batch["input_ids"].shape[1]) as masks:
+        for run in length_runs(lengths):
+            cut = max(lengths[i] for i in run)
+            with masks.run(run, cut):
+                part = {name: tensor[run, :cut] for name, tensor in batch.items()}
+                loss += perturbed_step.backward(part, loss_scale, answer_tokens)
+    return loss

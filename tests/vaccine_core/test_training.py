@@ -149,3 +149,52 @@ def test_validation_during_training_changes_nothing_and_lands_on_its_steps(tiny_
     )
     expected, actual = trainable_state(plain), trainable_state(watched)
     assert all(torch.equal(expected[n], actual[n]) for n in expected)
+
+
+@pytest.fixture
+def counted_runs(monkeypatch):
+    """Every plain batch cut into runs at no cost a run; how many runs each batch made."""
+    import vaccine_core.training as training
+    from vaccine_core.unpadded import length_runs
+
+    runs: list[int] = []
+
+    def counting(lengths, run_cost=0):
+        cut = length_runs(lengths, run_cost=0)
+        runs.append(len(cut))
+        return cut
+
+    monkeypatch.setattr(training, "length_runs", counting)
+    return runs
+
+
+@pytest.mark.parametrize("replayed_masks", [True, False])
+def test_plain_steps_by_runs_of_similar_length_train_the_whole_batches_weights(
+    tiny_model, tokenizer, monkeypatch, counted_runs, replayed_masks
+):
+    from vaccine_core.unpadded import MaskReplay
+
+    if not replayed_masks:  # each run draws masks of its own: how far that alone moves the weights
+        monkeypatch.setattr(MaskReplay, "mask", lambda self, shape, draw: draw(tuple(shape)))
+    trained = {}
+    for unpadded in (True, False):
+        model = lora_model(copy.deepcopy(tiny_model), dropout=0.2)
+        result = train(model, tokenizer, training_dataset(tokenizer), training_config(unpadded=unpadded))
+        trained[unpadded] = trainable_state(model), result.losses
+    assert counted_runs and min(counted_runs) > 1  # every batch ran as several runs
+    (by_runs, by_runs_losses), (whole, whole_losses) = trained[True], trained[False]
+    difference = max((by_runs[name] - whole[name]).abs().max().item() for name in whole)
+    if replayed_masks:
+        assert difference < 1e-6  # the float rounding of products of other shapes
+        assert by_runs_losses == pytest.approx(whole_losses, rel=1e-6)
+    else:
+        assert difference > 1e-4
+
+
+@pytest.mark.parametrize(
+    "perturbation", [PerturbationConfig("vaccine", rho=1.0), PerturbationConfig("random")]
+)
+def test_perturbed_steps_keep_their_batches_whole(tiny_model, tokenizer, counted_runs, perturbation):
+    model = lora_model(copy.deepcopy(tiny_model))
+    train(model, tokenizer, training_dataset(tokenizer), training_config(max_steps=1), perturbation)
+    assert not counted_runs

@@ -9,14 +9,14 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import vaccine_core.moderation.learned as learned
-import vaccine_core.moderation.unpadded as unpadded
+import vaccine_core.unpadded as unpadded
 from tests.helpers import JUDGE_WORDS, classifier_dir
-from vaccine_core.moderation.bit_dropout import bit_dropout, replayed
+from vaccine_core.moderation.bit_dropout import bit_dropout
 from vaccine_core.moderation.dataset import LabelledPair
 from vaccine_core.moderation.intent import IntentTrainingConfig, train_intent
 from vaccine_core.moderation.judge_config import JudgeTrainingConfig
 from vaccine_core.moderation.learned import train_judge
-from vaccine_core.moderation.unpadded import length_runs
+from vaccine_core.unpadded import length_runs, replayed
 
 
 def test_runs_pad_the_fewest_tokens_each_run_counted_at_its_cost():

@@ -9,19 +9,18 @@ four elements' masks: an element is kept when its 16 bits, read as a signed inte
 masks, drawn from the same seeded generator, but other masks than torch's: a judge trained so is another
 sample of the recipe, not the same weights.
 
-``replayed`` serves a batch run as runs of similar length (``moderation.unpadded``) the masks that the
-whole padded batch would have drawn: each dropout site's mask is drawn for the whole batch when the first
-run reaches it, in the order the whole batch would draw them, and every run takes its rows of it.
+Inside ``vaccine_core.unpadded.replayed`` (a batch run as runs of similar length) every mask is the whole
+padded batch's, at the run's rows.
 """
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import eager_mask
+
+from vaccine_core import unpadded
 
 ATTENTION = "eager_bit_dropout"  # the encoder's attention implementation under this option
 LEVELS = 1 << 16
@@ -33,11 +32,11 @@ def bit_dropout(inputs: torch.Tensor, p: float, training: bool = True) -> torch.
         return inputs
     if p >= 1:
         return inputs * 0
-    replay = _replay.get()
+    replay = unpadded.current_replay()
     if replay is None:
         kept = kept_mask(inputs.shape, p, inputs.device)
     else:
-        kept = replay.kept(inputs.shape, p, inputs.device)
+        kept = replay.mask(inputs.shape, lambda whole: kept_mask(whole, p, inputs.device))
     # scaled as torch scales: in the input's precision, per element
     return (inputs * kept.to(inputs.dtype)).mul_(1 / (1 - p))
 
@@ -49,68 +48,6 @@ def kept_mask(shape: Sequence[int], p: float, device: torch.device) -> torch.Ten
     words.random_(-(1 << 63), None)  # every 64-bit pattern alike (from 0 the top bit would stay clear)
     bits = words.view(torch.int16)[:count].view(shape)
     return bits >= round(p * LEVELS) - LEVELS // 2
-
-
-class MaskReplay:
-    """The masks of one padded batch of ``batch_size`` rows and ``length`` tokens, handed out a run of its
-    rows at a time. The encoder's dropout sites have the shapes (rows, hidden) for the head, (rows, tokens,
-    hidden) for hidden states and (rows, heads, tokens, tokens) for attention probabilities; a run's masks
-    are the whole batch's at its rows, cut to its own padded length (what is cut off is padding)."""
-
-    def __init__(self, batch_size: int, length: int):
-        self.batch_size, self.length = batch_size, length
-        self.masks: list[torch.Tensor] = []  # the whole batch's, one a dropout site, in the order drawn
-        self.site = 0
-        self.rows, self.run_length = list(range(batch_size)), length
-        self.whole = True  # the run is the batch as drawn: its masks as they are
-
-    @contextmanager
-    def run(self, rows: Sequence[int], length: int) -> Iterator[None]:
-        """Serve the masks of the whole batch's ``rows``, padded to ``length`` tokens, for one pass."""
-        self.rows, self.run_length, self.site = list(rows), length, 0
-        self.whole = self.rows == list(range(self.batch_size)) and length == self.length
-        yield
-
-    def kept(self, shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
-        """The next site's mask for this run, drawn for the whole batch if no run reached the site yet."""
-        whole, run = self.shapes(shape)
-        if tuple(shape) != run:
-            raise ValueError(f"no dropout site of the encoder has shape {tuple(shape)} in a run of {run}")
-        if self.site == len(self.masks):  # the first run to reach this site: the whole batch's draw
-            self.masks.append(kept_mask(whole, p, device))
-        mask = self.masks[self.site]
-        self.site += 1
-        if self.whole:
-            return mask
-        mask, cut = mask[self.rows], self.run_length
-        if len(shape) == 3:
-            return mask[:, :cut]
-        return mask[:, :, :cut, :cut] if len(shape) == 4 else mask
-
-    def shapes(self, shape: torch.Size) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """The site's mask shape for the whole batch and for this run, from the site's shape."""
-        rows, tokens, cut, last = self.batch_size, self.length, self.run_length, shape[-1]
-        if len(shape) == 2:
-            return (rows, last), (len(self.rows), last)
-        if len(shape) == 3:
-            return (rows, tokens, last), (len(self.rows), cut, last)
-        if len(shape) == 4:
-            return (rows, shape[1], tokens, tokens), (len(self.rows), shape[1], cut, cut)
-        raise ValueError(f"no dropout site of the encoder has {len(shape)} dimensions")
-
-
-_replay: ContextVar[MaskReplay | None] = ContextVar("bit_dropout_replay", default=None)
-
-
-@contextmanager
-def replayed(batch_size: int, length: int) -> Iterator[MaskReplay]:
-    """Within it every ``bit_dropout`` takes its mask from one padded batch's (``MaskReplay``)."""
-    replay = MaskReplay(batch_size, length)
-    token = _replay.set(replay)
-    try:
-        yield replay
-    finally:
-        _replay.reset(token)
 
 
 class BitDropout(nn.Dropout):

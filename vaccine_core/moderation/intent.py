@@ -192,8 +192,8 @@ def train_intent(
         bundled_encoder,
         train_in_bfloat16,
     )
-    from vaccine_core.moderation.unpadded import length_runs
     from vaccine_core.training import Progress
+    from vaccine_core.unpadded import length_runs, replayed
 
     started = time.perf_counter()
     encoder = encoder or bundled_encoder()
@@ -239,7 +239,7 @@ def train_intent(
             # runs of the batch's requests by length, each padded to its own longest, or the batch whole
             runs = length_runs([lengths[i] for i in batch]) if unpadded else [list(range(len(batch)))]
             step_loss = 0.0
-            with bit_dropout.replayed(len(batch), max(lengths[i] for i in batch)) as masks:
+            with replayed(len(batch), max(lengths[i] for i in batch)) as masks:
                 for run in runs:
                     picked = [batch[r] for r in run]
                     encoded = encode([train[i][0] for i in picked])

@@ -122,7 +122,7 @@ class JudgeTrainingConfig:
         default=True,
         metadata={
             "help": "Run each batch as runs of pairs of similar length, each padded to its own longest, "
-            "their gradients summed before the step (moderation.unpadded): the same gradient and, with "
+            "their gradients summed before the step (vaccine_core.unpadded): the same gradient and, with "
             "bit_dropout, the same dropout masks as the whole batch, so the same recipe on fewer padded "
             "tokens (with torch's masks, or from cached frozen layers, batches stay whole). On 2 AMD Zen 3 "
             "cores, in float32, it trained in 463.1 s against 535.8 s, giving the same judge to the "

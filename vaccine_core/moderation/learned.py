@@ -42,10 +42,10 @@ from vaccine_core.moderation.judge_config import (
     PROGRESS_SUFFIX,
     JudgeTrainingConfig,
 )
-from vaccine_core.moderation.unpadded import length_runs
 from vaccine_core.progress import ProgressBar
 from vaccine_core.settings import get_settings
 from vaccine_core.training import Progress, ProgressCallback
+from vaccine_core.unpadded import length_runs, replayed
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +396,7 @@ def train_judge(
             runs = length_runs([lengths[i] for i in chosen]) if unpadded else [list(range(len(chosen)))]
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
-            with bit_dropout.replayed(len(chosen), max(lengths[i] for i in chosen)) as masks:
+            with replayed(len(chosen), max(lengths[i] for i in chosen)) as masks:
                 for run in runs:
                     # forward: from the frozen layers' cached output, or the whole encoder on the padded
                     # pairs, with the masks the whole batch would draw
