@@ -32,8 +32,8 @@ from common import machine_info, provenance
 
 import vaccine_core.moderation.learned as learned
 from vaccine_core.moderation.judge_config import JudgeTrainingConfig
-from vaccine_core.unpadded import RUN_COST, length_runs
 from vaccine_core.settings import get_settings
+from vaccine_core.unpadded import RUN_COST, length_runs
 
 RESULTS = Path(__file__).parent / "results"
 WHOLE = "whole"
