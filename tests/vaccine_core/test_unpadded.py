@@ -1,5 +1,5 @@
-"""vaccine_core/moderation/unpadded.py and bit_dropout's replayed masks: a batch run as runs of similar
-length trains the judge and the gate as the whole batch does."""
+"""vaccine_core/unpadded.py: a batch run as runs of similar length, with the whole batch's dropout masks,
+trains the judge and the gate as the whole batch does (the LoRA steps' check is in test_training.py)."""
 
 import itertools
 import random
@@ -151,3 +151,25 @@ def test_runs_keep_the_judge_s_and_the_gate_s_keys():
     assert JudgeTrainingConfig(unpadded=True).key() == "d841b118"
     assert JudgeTrainingConfig(unpadded=False).key() != "d841b118"
     assert IntentTrainingConfig(unpadded=True).key() == "b75ee221"
+
+
+def test_replayed_dropout_is_torch_s_dropout_outside_a_replay_and_its_whole_batch_mask_inside():
+    from torch import nn
+
+    from vaccine_core.unpadded import ReplayedDropout, use_replaying_dropout
+
+    model = use_replaying_dropout(nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.3))).train()
+    assert isinstance(model[1], ReplayedDropout)
+    inputs = torch.randn(4, 6, 8)
+    torch.manual_seed(5)
+    whole = nn.functional.dropout(inputs, 0.3, True)
+    torch.manual_seed(5)
+    assert torch.equal(model[1](inputs), whole)  # outside a replay: nn.Dropout, draw for draw
+    torch.manual_seed(5)
+    with replayed(4, 6) as masks:
+        with masks.run([3, 1], 2):
+            short = model[1](inputs[[3, 1], :2])
+        with masks.run([0, 2], 6):
+            long = model[1](inputs[[0, 2]])
+    assert torch.equal(short, whole[[3, 1], :2]) and torch.equal(long, whole[[0, 2]])
+    assert torch.equal(model.eval()[1](inputs), inputs)
