@@ -108,6 +108,27 @@ SAFETY_ROWS = [
 
 
 @pytest.fixture
+def counted_runs(monkeypatch) -> list[int]:
+    """Every batch that may run as runs of similar length (the judge's, the gate's, a plain LoRA step's) is
+    cut at no cost a run; how many runs each batch made."""
+    import vaccine_core.moderation.learned as learned
+    import vaccine_core.training as training
+    import vaccine_core.unpadded as unpadded
+
+    runs: list[int] = []
+    length_runs = unpadded.length_runs
+
+    def counting(lengths, run_cost=0):
+        cut = length_runs(lengths, run_cost=0)
+        runs.append(len(cut))
+        return cut
+
+    for module in (unpadded, learned, training):  # the gate imports it from unpadded when it trains
+        monkeypatch.setattr(module, "length_runs", counting)
+    return runs
+
+
+@pytest.fixture
 def alpaca_file(tmp_path) -> Path:
     path = tmp_path / "safety.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in SAFETY_ROWS))

@@ -151,23 +151,6 @@ def test_validation_during_training_changes_nothing_and_lands_on_its_steps(tiny_
     assert all(torch.equal(expected[n], actual[n]) for n in expected)
 
 
-@pytest.fixture
-def counted_runs(monkeypatch):
-    """Every plain batch cut into runs at no cost a run; how many runs each batch made."""
-    import vaccine_core.training as training
-    from vaccine_core.unpadded import length_runs
-
-    runs: list[int] = []
-
-    def counting(lengths, run_cost=0):
-        cut = length_runs(lengths, run_cost=0)
-        runs.append(len(cut))
-        return cut
-
-    monkeypatch.setattr(training, "length_runs", counting)
-    return runs
-
-
 @pytest.mark.parametrize("replayed_masks", [True, False])
 def test_plain_steps_by_runs_of_similar_length_train_the_whole_batches_weights(
     tiny_model, tokenizer, monkeypatch, counted_runs, replayed_masks

@@ -9,7 +9,6 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import vaccine_core.moderation.learned as learned
-import vaccine_core.unpadded as unpadded
 from tests.helpers import JUDGE_WORDS, classifier_dir
 from vaccine_core.moderation.bit_dropout import bit_dropout
 from vaccine_core.moderation.dataset import LabelledPair
@@ -94,21 +93,6 @@ def largest_difference(first, second) -> float:
     one = AutoModelForSequenceClassification.from_pretrained(first).state_dict()
     two = AutoModelForSequenceClassification.from_pretrained(second).state_dict()
     return max((one[name] - two[name]).abs().max().item() for name in one)
-
-
-@pytest.fixture
-def counted_runs(monkeypatch):
-    """Every run is worth cutting (no cost a run); the runs' sizes, batch by batch."""
-    runs: list[int] = []
-
-    def counting(lengths, run_cost=0):
-        cut = length_runs(lengths, run_cost=0)
-        runs.append(len(cut))
-        return cut
-
-    monkeypatch.setattr(unpadded, "length_runs", counting)  # the gate's
-    monkeypatch.setattr(learned, "length_runs", counting)  # the judge's
-    return runs
 
 
 @pytest.mark.parametrize(
