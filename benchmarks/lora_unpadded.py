@@ -1,14 +1,16 @@
 """LoRA alignment steps run with whole batches or as runs of similar length (``TrainingConfig.unpadded``):
 padded tokens, training time and the weights on the default base's own alignment mix.
 
-    .venv/bin/python benchmarks/lora_unpadded.py [--steps 12] [--rounds 2] [--name NAME]
+    .venv/bin/python benchmarks/lora_unpadded.py [--steps 12] [--rounds 2] [--counts-only] [--name NAME]
 
 Counts first, with no model: over the service's alignment of the default base (its 128-pair mix, safety and
 helpful pairs half and half, two epochs of batches of 5), the real tokens and those whole batches and runs
-pad to. Then time: the first ``--steps`` steps of that alignment (SFT, the bundled model, on this machine's
-CPU), whole and by runs, in turn, ``--rounds`` times (each round's order reversed from the last), each its
-training loop's seconds; and how far the two ways' adapters and losses lie apart after the first round.
-Writes benchmarks/results/lora_unpadded-NAME.json with the machine and the command.
+pad to; the same over fine-tuning jobs with the service's defaults on 100-row uploads of each task, clean
+and with 10 % harmful rows (``mixing.build_mix``). ``--counts-only`` stops there. Then time: the first
+``--steps`` steps of that alignment (SFT, the bundled model, on this machine's CPU), whole and by runs, in
+turn, ``--rounds`` times (each round's order reversed from the last), each its training loop's seconds;
+and how far the two ways' adapters and losses lie apart after the first round. Writes
+benchmarks/results/lora_unpadded-NAME.json with the machine and the command.
 """
 
 import argparse
@@ -25,10 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, provenance
 
-from vaccine_core.config import PerturbationConfig, TrainingConfig, alignment_defaults
+from vaccine_core.config import PerturbationConfig, TrainingConfig, alignment_defaults, finetune_defaults
 from vaccine_core.data import SupervisedDataset
 from vaccine_core.formats import load_dataset
-from vaccine_core.mixing import alignment_rows, write_rows
+from vaccine_core.mixing import alignment_rows, build_mix, write_rows
 from vaccine_core.models import load_causal_lm, load_tokenizer, resolve_model
 from vaccine_core.runs import train_adapter
 from vaccine_core.settings import get_settings
@@ -38,6 +40,20 @@ from vaccine_core.unpadded import length_runs
 RESULTS = Path(__file__).parent / "results"
 SAFETY_PAIRS = HELPFUL_PAIRS = 64  # the default base's plan: 128 pairs, half of them safety pairs
 EPOCHS = 2.0
+UPLOADS = [("sst2", 0.0), ("sst2", 0.1), ("agnews", 0.1), ("gsm8k", 0.1)]  # (task, harmful share)
+UPLOAD_ROWS = 100
+
+
+def upload_padding(tokenizer: Any, workdir: Path) -> dict[str, Any]:
+    """``padding_counts`` of a fine-tuning job with the service's defaults on each of ``UPLOADS``."""
+    config = finetune_defaults()
+    counts = {}
+    for task, harmful in UPLOADS:
+        path = workdir / f"{task}-{harmful}.jsonl"
+        write_rows(path, build_mix(task, UPLOAD_ROWS, harmful, get_settings().data_dir))
+        dataset = SupervisedDataset(load_dataset(path).conversations, tokenizer, config.max_length)
+        counts[f"{task}, {harmful:.0%} harmful"] = padding_counts(dataset, config, tokenizer.pad_token_id)
+    return counts
 
 
 def padding_counts(dataset: SupervisedDataset, config: TrainingConfig, pad_token_id: int) -> dict[str, Any]:
@@ -82,6 +98,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12, help="Alignment steps timed in each training.")
     parser.add_argument("--rounds", type=int, default=2, help="Times each way is trained, in turn.")
+    parser.add_argument("--counts-only", action="store_true", help="Count padding; train nothing.")
     parser.add_argument("--name", default="cpu")
     args = parser.parse_args(argv)
 
@@ -92,7 +109,15 @@ def main(argv: list[str] | None = None) -> Path:
         tokenizer = load_tokenizer(resolve_model("default").path)
         dataset = SupervisedDataset(load_dataset(data).conversations, tokenizer, config.max_length)
         counts = padding_counts(dataset, config, tokenizer.pad_token_id)
-        print(json.dumps(counts), flush=True)
+        uploads = upload_padding(tokenizer, Path(workdir))
+        print(json.dumps({"alignment": counts, "fine-tuning": uploads}, indent=1), flush=True)
+        if args.counts_only:
+            out = RESULTS / f"lora_unpadded-{args.name}.json"
+            counted = {"alignment": counts, "fine_tuning": uploads}
+            out.write_text(
+                json.dumps({"machine": machine_info(), **provenance(__file__), **counted}, indent=2)
+            )
+            return out
 
         seconds: dict[str, list[float]] = {"whole": [], "runs": []}
         first: dict[str, tuple[dict[str, torch.Tensor], list]] = {}
@@ -109,6 +134,7 @@ def main(argv: list[str] | None = None) -> Path:
         "machine": machine_info(),
         **provenance(__file__),
         "padding": counts,
+        "fine_tuning_padding": uploads,
         "timed_steps": args.steps,
         "train_seconds": seconds,
         "seconds_per_step": {way: round(value, 3) for way, value in per_step.items()},
