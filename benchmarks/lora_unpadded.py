@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> Path:
             out = RESULTS / f"lora_unpadded-{args.name}.json"
             counted = {"alignment": counts, "fine_tuning": uploads}
             out.write_text(
-                json.dumps({"machine": machine_info(), **provenance(__file__), **counted}, indent=2)
+                json.dumps({"machine": machine_info(), **provenance(__file__), **counted}, indent=2) + "\n"
             )
             return out
 
