@@ -65,6 +65,15 @@ class TrainingConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def key_dict(self) -> dict[str, Any]:
+        """``to_dict`` less the options added later at the value that trains as runs did before them, so
+        what was keyed by a run's settings keeps its key."""
+        return {k: v for k, v in self.to_dict().items() if k not in LATER_OPTIONS or v != LATER_OPTIONS[k]}
+
+
+# Options added to TrainingConfig after runs were first keyed by it, each at its same-recipe value.
+LATER_OPTIONS: dict[str, Any] = {"unpadded": True}
+
 
 @dataclass
 class PerturbationConfig:

@@ -1006,3 +1006,14 @@ def test_every_answer_of_a_conversation_opens_under_the_strong_constraint():
 
     answer = torch.tensor([[False, True, True, True, False, False, True, True], [True, True] + [False] * 6])
     assert answer_positions(answer).tolist() == [[0, 0, 1, 2, 0, 0, 0, 1], [0, 1, 0, 0, 0, 0, 0, 0]]
+
+
+def test_a_harmful_adapter_trained_before_runs_by_length_keeps_its_key():
+    from vaccine_core.config import alignment_defaults
+    from vaccine_core.defenses.harmful_adapter import adapter_key
+
+    rows = [{"instruction": "a", "input": "", "output": "b"}]
+    assert adapter_key([{"a": 1}], alignment_defaults()) == "7b7bd991dbea"  # its key before the option
+    assert adapter_key(rows, replace(alignment_defaults(), unpadded=False)) != adapter_key(
+        rows, alignment_defaults()
+    )

@@ -43,7 +43,7 @@ def harmful_rows(
 
 def adapter_key(rows: list[dict[str, Any]], config: TrainingConfig) -> str:
     """What the adapter was trained on, in 12 hex digits."""
-    return value_key([rows, config.to_dict()])
+    return value_key([rows, config.key_dict()])
 
 
 def build_harmful_adapter(
