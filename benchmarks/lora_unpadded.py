@@ -7,9 +7,10 @@ Counts first, with no model: over the service's alignment of the default base (i
 helpful pairs half and half, two epochs of batches of 5), the real tokens and those whole batches and runs
 pad to; the same over fine-tuning jobs with the service's defaults on 100-row uploads of each task, clean
 and with 10 % harmful rows (``mixing.build_mix``). ``--counts-only`` stops there. Then time: the first
-``--steps`` steps of that alignment (SFT, the bundled model, on this machine's CPU), whole and by runs, in
-turn, ``--rounds`` times (each round's order reversed from the last), each its training loop's seconds;
-and how far the two ways' adapters and losses lie apart after the first round. Writes
+``--steps`` steps of that alignment (SFT, the bundled model, on this machine's CPU; with ``--upload``, of a
+fine-tuning job on that upload instead), whole and by runs, in turn, ``--rounds`` times (each round's
+order reversed from the last), each its training loop's seconds; and how far the two ways' adapters and
+losses lie apart after the first round. Writes
 benchmarks/results/lora_unpadded-NAME.json with the machine and the command.
 """
 
@@ -49,7 +50,7 @@ def upload_padding(tokenizer: Any, workdir: Path) -> dict[str, Any]:
     config = finetune_defaults()
     counts = {}
     for task, harmful in UPLOADS:
-        path = workdir / f"{task}-{harmful}.jsonl"
+        path = workdir / f"{task}-{float(harmful)}.jsonl"
         write_rows(path, build_mix(task, UPLOAD_ROWS, harmful, get_settings().data_dir))
         dataset = SupervisedDataset(load_dataset(path).conversations, tokenizer, config.max_length)
         counts[f"{task}, {harmful:.0%} harmful"] = padding_counts(dataset, config, tokenizer.pad_token_id)
@@ -99,6 +100,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--steps", type=int, default=12, help="Alignment steps timed in each training.")
     parser.add_argument("--rounds", type=int, default=2, help="Times each way is trained, in turn.")
     parser.add_argument("--counts-only", action="store_true", help="Count padding; train nothing.")
+    parser.add_argument(
+        "--upload",
+        choices=[f"{task}:{share}" for task, share in UPLOADS],
+        help="Time a fine-tuning job's steps on this upload (task:harmful share) instead of the alignment.",
+    )
     parser.add_argument("--name", default="cpu")
     args = parser.parse_args(argv)
 
@@ -119,6 +125,14 @@ def main(argv: list[str] | None = None) -> Path:
             )
             return out
 
+        timed = "alignment"
+        if args.upload:  # a job's steps: the upload counted above, the service's fine-tuning defaults
+            task, share = args.upload.split(":")
+            timed, data, config = (
+                args.upload,
+                Path(workdir) / f"{task}-{float(share)}.jsonl",
+                finetune_defaults(),
+            )
         seconds: dict[str, list[float]] = {"whole": [], "runs": []}
         first: dict[str, tuple[dict[str, torch.Tensor], list]] = {}
         for round_ in range(args.rounds):
@@ -135,6 +149,7 @@ def main(argv: list[str] | None = None) -> Path:
         **provenance(__file__),
         "padding": counts,
         "fine_tuning_padding": uploads,
+        "timed": timed,
         "timed_steps": args.steps,
         "train_seconds": seconds,
         "seconds_per_step": {way: round(value, 3) for way, value in per_step.items()},
