@@ -7,11 +7,11 @@ Counts first, with no model: over the service's alignment of the default base (i
 helpful pairs half and half, two epochs of batches of 5), the real tokens and those whole batches and runs
 pad to; the same over fine-tuning jobs with the service's defaults on 100-row uploads of each task, clean
 and with 10 % harmful rows (``mixing.build_mix``). ``--counts-only`` stops there. Then time: the first
-``--steps`` steps of that alignment (SFT, the bundled model, on this machine's CPU; with ``--upload``, of a
-fine-tuning job on that upload instead), whole and by runs, in turn, ``--rounds`` times (each round's
-order reversed from the last), each its training loop's seconds; and how far the two ways' adapters and
-losses lie apart after the first round. Writes
-benchmarks/results/lora_unpadded-NAME.json with the machine and the command.
+``--steps`` steps of that alignment (SFT or ``--method vaccine``, the bundled model, on this machine's CPU;
+with ``--upload``, of a fine-tuning job on that upload instead), whole and by runs, in turn, ``--rounds``
+times (each round's order reversed from the last), each its training loop's seconds; and how far the two
+ways' adapters and losses lie apart after the first round. Writes benchmarks/results/lora_unpadded-NAME.json
+with the machine and the command.
 """
 
 import argparse
@@ -76,7 +76,9 @@ def padding_counts(dataset: SupervisedDataset, config: TrainingConfig, pad_token
     }
 
 
-def trained(data: Path, config: TrainingConfig, workdir: Path) -> tuple[float, dict[str, torch.Tensor], list]:
+def trained(
+    data: Path, config: TrainingConfig, perturbation: PerturbationConfig, workdir: Path
+) -> tuple[float, dict[str, torch.Tensor], list]:
     """The training loop's seconds, the adapter's weights and the step losses of one short alignment."""
     model_path = resolve_model("default").path
     run = train_adapter(
@@ -85,7 +87,7 @@ def trained(data: Path, config: TrainingConfig, workdir: Path) -> tuple[float, d
         data,
         workdir,
         config,
-        PerturbationConfig("sft"),
+        perturbation,
         limit=None,
         resume=False,
         on_progress=None,
@@ -100,6 +102,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--steps", type=int, default=12, help="Alignment steps timed in each training.")
     parser.add_argument("--rounds", type=int, default=2, help="Times each way is trained, in turn.")
     parser.add_argument("--counts-only", action="store_true", help="Count padding; train nothing.")
+    parser.add_argument("--method", choices=["sft", "vaccine"], default="sft", help="The steps timed.")
+    parser.add_argument("--rho", type=float, default=2.0, help="Vaccine's rho (the service's default).")
     parser.add_argument(
         "--upload",
         choices=[f"{task}:{share}" for task, share in UPLOADS],
@@ -138,7 +142,8 @@ def main(argv: list[str] | None = None) -> Path:
         for round_ in range(args.rounds):
             for way in ("whole", "runs") if round_ % 2 == 0 else ("runs", "whole"):
                 short = replace(config, max_steps=args.steps, unpadded=way == "runs")
-                took, weights, losses = trained(data, short, Path(workdir) / f"{way}-{round_}")
+                perturbation = PerturbationConfig(args.method, rho=args.rho)
+                took, weights, losses = trained(data, short, perturbation, Path(workdir) / f"{way}-{round_}")
                 seconds[way].append(round(took, 2))
                 first.setdefault(way, (weights, losses))
                 print(way, took, "s", flush=True)
@@ -150,6 +155,8 @@ def main(argv: list[str] | None = None) -> Path:
         "padding": counts,
         "fine_tuning_padding": uploads,
         "timed": timed,
+        "method": args.method,
+        "rho": args.rho if args.method == "vaccine" else None,
         "timed_steps": args.steps,
         "train_seconds": seconds,
         "seconds_per_step": {way: round(value, 3) for way, value in per_step.items()},

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from vaccine_core.config import PerturbationConfig
-from vaccine_core.losses import batch_loss
+from vaccine_core.losses import answer_token_count, batch_loss
+from vaccine_core.unpadded import MaskReplay
 
 NORM_EPSILON = 1e-7  # as in the reference implementation
 ATTENTION_NAMES = ("self_attn", "attn", "self_attention", "attention")
@@ -123,16 +124,17 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
 
 
 def embedding_gradients(
-    model: nn.Module, modules: list[nn.Module], batch: Batch
+    model: nn.Module, modules: list[nn.Module], batch: Batch, answer_tokens: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Pass 1: the loss and dL/de_l for every attention output e_l, without any weight gradient."""
+    """Pass 1: the loss and dL/de_l for every attention output e_l, without any weight gradient
+    (``answer_tokens``: ``batch`` is a run of a larger batch with that many answer tokens)."""
     captured: list[torch.Tensor] = []
 
     def capture(_index: int, hidden: torch.Tensor) -> None:
         captured.append(hidden)
 
     with _inputs_require_grad(model), attention_hooks(modules, capture):
-        loss = batch_loss(model, batch)
+        loss = batch_loss(model, batch, answer_tokens)
     grads = torch.autograd.grad(loss, captured, allow_unused=True)
     return loss.detach(), [
         torch.zeros_like(h) if g is None else g for h, g in zip(captured, grads, strict=True)
@@ -170,12 +172,66 @@ class PerturbedStep:
         The backward pass runs inside the hook context: under activation checkpointing it recomputes the
         forward, which must see the same perturbation."""
         if answer_tokens is not None and self.config.method != "sft":
-            raise ValueError(f"{self.config.method} perturbs whole batches")
+            raise ValueError(f"{self.config.method} perturbs whole batches: see backward_runs")
         with self._perturbed(batch):
             loss = batch_loss(self.model, batch, answer_tokens)
             (loss * loss_scale).backward()
         self.calls += 1
         return loss.detach()
+
+    def backward_runs(
+        self, batch: Batch, runs: list[tuple[list[int], int]], masks: MaskReplay, loss_scale: float = 1.0
+    ) -> torch.Tensor:
+        """``backward(batch)`` with ``batch`` (right-padded) run as ``runs`` of its rows, each cut to its
+        length, inside ``masks`` (the whole batch's dropout masks, replayed): each run's loss counts the
+        whole batch's answer tokens, and Vaccine's pass 1 runs over every run before one global norm sets
+        the runs' perturbations, so the gradients are the whole batch's. Pass 2 reuses pass 1's masks by
+        replay, not by rewinding the random state. Not for the random ablation (its noise is drawn per
+        forward) nor under activation checkpointing (a recomputed forward would draw masks anew)."""
+        if self.config.method == "random" or self.recomputes_forward():
+            raise ValueError("runs of a batch need replayable randomness and no recomputed forward")
+        answer_tokens = answer_token_count(batch)
+        parts = [(run, cut, {name: t[run, :cut] for name, t in batch.items()}) for run, cut in runs]
+        perturbations: list[list[torch.Tensor] | None] = [None] * len(parts)
+        if self.config.method == "vaccine":
+            perturbations = list(self._run_perturbations(batch, parts, masks, answer_tokens))
+        loss = torch.zeros((), device=batch["input_ids"].device)
+        for (run, cut, part), perturbation in zip(parts, perturbations, strict=True):
+            hooks = (
+                contextlib.nullcontext()
+                if perturbation is None
+                else attention_hooks(self.modules, self._adder(perturbation))
+            )
+            with masks.run(run, cut), hooks:
+                part_loss = batch_loss(self.model, part, answer_tokens)
+                (part_loss * loss_scale).backward()
+            loss += part_loss.detach()
+        self.calls += 1
+        return loss
+
+    def _run_perturbations(
+        self,
+        batch: Batch,
+        parts: list[tuple[list[int], int, Batch]],
+        masks: MaskReplay,
+        answer_tokens: torch.Tensor,
+    ) -> list[list[torch.Tensor]]:
+        """Each run's perturbation, per layer: pass 1 over every run, one global norm over them all (or the
+        carried direction, between refreshes)."""
+        if not (self.calls % self.config.tau == 0 or self.directions is None):
+            carried = self._carried_perturbation(batch["attention_mask"])
+            return [carried] * len(parts)
+        grads = []
+        for run, cut, part in parts:
+            with masks.run(run, cut):
+                grads.append(embedding_gradients(self.model, self.modules, part, answer_tokens)[1])
+        scale = self.config.rho / (global_norm([g for run_grads in grads for g in run_grads]) + NORM_EPSILON)
+        perturbations = [[g.mul_(scale.to(g.dtype)) for g in run_grads] for run_grads in grads]
+        if self.config.tau > 1:
+            self.directions = self._runs_mean_directions(
+                perturbations, [part["attention_mask"] for _run, _cut, part in parts]
+            )
+        return perturbations
 
     def _perturbed(self, batch: Batch) -> contextlib.AbstractContextManager:
         if self.config.method == "sft":
@@ -200,10 +256,15 @@ class PerturbedStep:
         else:
             perturbation = self._carried_perturbation(batch["attention_mask"])
 
+        return self._adder(perturbation)
+
+    def _adder(self, perturbation: list[torch.Tensor]) -> Hook:
+        """The hook that adds ``perturbation[l]`` to layer l's attention output."""
         # Once added, a layer's perturbation is not needed again (the add's backward does not read it), so
         # it is released as the forward pass moves on and pass 2 peaks no higher than an SFT step. Under
         # activation checkpointing the forward is recomputed during backward and must find it again.
-        release = not self._recomputes_forward()
+        release = not self.recomputes_forward()
+        perturbation = list(perturbation)  # released here, not in the caller's list (a carried one is shared)
 
         def add_perturbation(index: int, hidden: torch.Tensor) -> torch.Tensor:
             eps = perturbation[index]
@@ -213,14 +274,26 @@ class PerturbedStep:
 
         return add_perturbation
 
-    def _recomputes_forward(self) -> bool:
+    def recomputes_forward(self) -> bool:
+        """Whether the model recomputes its forward during backward (activation checkpointing)."""
         return any(getattr(m, "gradient_checkpointing", False) for m in self.model.modules())
 
     @staticmethod
     def _mean_directions(perturbation: list[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
-        real = mask.unsqueeze(-1).to(perturbation[0].dtype)
-        count = real.sum().clamp_min(1)
-        return [(eps * real).sum(dim=(0, 1)) / count for eps in perturbation]
+        return PerturbedStep._runs_mean_directions([perturbation], [mask])
+
+    @staticmethod
+    def _runs_mean_directions(
+        perturbations: list[list[torch.Tensor]], masks: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Per layer, the mean perturbation over the real tokens of every run (of one batch)."""
+        reals = [mask.unsqueeze(-1).to(perturbations[0][0].dtype) for mask in masks]
+        count = sum(real.sum() for real in reals).clamp_min(1)
+        return [
+            sum((run[layer] * real).sum(dim=(0, 1)) for run, real in zip(perturbations, reals, strict=True))
+            / count
+            for layer in range(len(perturbations[0]))
+        ]
 
     def _carried_perturbation(self, mask: torch.Tensor) -> list[torch.Tensor]:
         """Per layer, the carried direction scaled for this batch: one hidden-size vector each, added to

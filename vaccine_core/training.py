@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase, get_scheduler
 from vaccine_core.artifacts import CHECKPOINTS_DIR
 from vaccine_core.config import PerturbationConfig, TrainingConfig
 from vaccine_core.data import SupervisedDataset, collate
-from vaccine_core.losses import Batch, answer_token_count
+from vaccine_core.losses import Batch
 from vaccine_core.perturbation import PerturbedStep
 from vaccine_core.unpadded import length_runs, replayed, use_replaying_dropout
 
@@ -218,9 +218,16 @@ def train(
     measure_at = validation_steps(total_steps, validation_count) if validate and validation_count else set()
     accumulation = config.gradient_accumulation_steps
     batches = micro_batches(dataset, config, tokenizer.pad_token_id, start=start_step * accumulation)
-    # Plain steps on the CPU run each batch as runs of similar length. A perturbation or a step defense
-    # needs it whole; on a GPU, padding costs less than more passes, and dropout draws its masks otherwise.
-    by_runs = config.unpadded and perturbation.method == "sft" and not defenses and device.type == "cpu"
+    # SFT and Vaccine steps on the CPU run each batch as runs of similar length. The random ablation and the
+    # step defenses need it whole, and so does a recomputed forward; on a GPU padding costs less than more
+    # passes, and dropout draws its masks otherwise.
+    by_runs = (
+        config.unpadded
+        and perturbation.method in ("sft", "vaccine")
+        and not defenses
+        and device.type == "cpu"
+        and not perturbed_step.recomputes_forward()
+    )
     if by_runs:
         use_replaying_dropout(model)
     model.train()
@@ -302,12 +309,6 @@ def backward_by_runs(perturbed_step: PerturbedStep, batch: Batch, loss_scale: fl
     its own longest, with the whole batch's answer-token count and dropout masks: the same gradients;
     return the batch's loss."""
     lengths = batch["attention_mask"].sum(dim=1).tolist()
-    answer_tokens = answer_token_count(batch)
-    loss = torch.zeros((), device=batch["input_ids"].device)
+    runs = [(run, max(lengths[i] for i in run)) for run in length_runs(lengths)]
     with replayed(len(lengths), batch["input_ids"].shape[1]) as masks:
-        for run in length_runs(lengths):
-            cut = max(lengths[i] for i in run)
-            with masks.run(run, cut):
-                part = {name: tensor[run, :cut] for name, tensor in batch.items()}
-                loss += perturbed_step.backward(part, loss_scale, answer_tokens)
-    return loss
+        return perturbed_step.backward_runs(batch, runs, masks, loss_scale)

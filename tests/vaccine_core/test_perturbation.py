@@ -274,7 +274,7 @@ def test_vaccine_step_is_the_same_under_activation_checkpointing(tiny_model, tok
     plain = lora_model(copy.deepcopy(tiny_model), dropout=0.0)
     checkpointed = lora_model(copy.deepcopy(tiny_model), dropout=0.0)
     checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    assert PerturbedStep(checkpointed, PerturbationConfig("vaccine"))._recomputes_forward()
+    assert PerturbedStep(checkpointed, PerturbationConfig("vaccine")).recomputes_forward()
     for model in (plain, checkpointed):
         model.train()
         PerturbedStep(model, PerturbationConfig("vaccine", rho=1.0)).backward(batch)

@@ -151,9 +151,18 @@ def test_validation_during_training_changes_nothing_and_lands_on_its_steps(tiny_
     assert all(torch.equal(expected[n], actual[n]) for n in expected)
 
 
-@pytest.mark.parametrize("replayed_masks", [True, False])
-def test_plain_steps_by_runs_of_similar_length_train_the_whole_batches_weights(
-    tiny_model, tokenizer, monkeypatch, counted_runs, replayed_masks
+@pytest.mark.parametrize(
+    ("perturbation", "replayed_masks"),
+    [
+        (PerturbationConfig("sft"), True),
+        (PerturbationConfig("sft"), False),
+        (PerturbationConfig("vaccine", rho=1.0), True),
+        (PerturbationConfig("vaccine", rho=1.0, tau=3), True),
+        (PerturbationConfig("vaccine", rho=1.0), False),
+    ],
+)
+def test_steps_by_runs_of_similar_length_train_the_whole_batches_weights(
+    tiny_model, tokenizer, monkeypatch, counted_runs, perturbation, replayed_masks
 ):
     from vaccine_core.unpadded import MaskReplay
 
@@ -162,7 +171,8 @@ def test_plain_steps_by_runs_of_similar_length_train_the_whole_batches_weights(
     trained = {}
     for unpadded in (True, False):
         model = lora_model(copy.deepcopy(tiny_model), dropout=0.2)
-        result = train(model, tokenizer, training_dataset(tokenizer), training_config(unpadded=unpadded))
+        config = training_config(unpadded=unpadded, epochs=4.0)
+        result = train(model, tokenizer, training_dataset(tokenizer), config, perturbation)
         trained[unpadded] = trainable_state(model), result.losses
     assert counted_runs and min(counted_runs) > 1  # every batch ran as several runs
     (by_runs, by_runs_losses), (whole, whole_losses) = trained[True], trained[False]
@@ -174,10 +184,19 @@ def test_plain_steps_by_runs_of_similar_length_train_the_whole_batches_weights(
         assert difference > 1e-4
 
 
-@pytest.mark.parametrize(
-    "perturbation", [PerturbationConfig("vaccine", rho=1.0), PerturbationConfig("random")]
-)
-def test_perturbed_steps_keep_their_batches_whole(tiny_model, tokenizer, counted_runs, perturbation):
+def test_a_vaccine_step_by_runs_with_rho_zero_is_an_sft_step_by_runs(tiny_model, tokenizer, counted_runs):
+    states = []
+    for perturbation in (PerturbationConfig("vaccine", rho=0.0), PerturbationConfig("sft")):
+        model = lora_model(copy.deepcopy(tiny_model), dropout=0.2)
+        train(model, tokenizer, training_dataset(tokenizer), training_config(), perturbation)
+        states.append(trainable_state(model))
+    assert counted_runs and min(counted_runs) > 1
+    for name in states[0]:
+        assert torch.equal(states[0][name], states[1][name]), name
+
+
+def test_the_random_ablation_keeps_its_batches_whole(tiny_model, tokenizer, counted_runs):
     model = lora_model(copy.deepcopy(tiny_model))
-    train(model, tokenizer, training_dataset(tokenizer), training_config(max_steps=1), perturbation)
+    config = training_config(max_steps=1)
+    train(model, tokenizer, training_dataset(tokenizer), config, PerturbationConfig("random", rho=0.1))
     assert not counted_runs
