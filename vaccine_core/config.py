@@ -41,7 +41,7 @@ class TrainingConfig:
     max_grad_norm: float | None = 1.0
     seed: int = 42
     checkpoint_every: int | None = None
-    # Plain LoRA steps on the CPU (SFT, no step defense) run each batch as runs of examples of similar
+    # SFT and Vaccine steps on the CPU with no step defense run each batch as runs of examples of similar
     # length: the same gradient and dropout masks on fewer padded tokens (vaccine_core.unpadded).
     unpadded: bool = True
     lora: LoraSettings = field(default_factory=LoraSettings)

@@ -9,6 +9,8 @@ attention module before the residual add, in the direction that raises the align
 
 Both passes see the same dropout masks: the random state is rewound before pass 2, so the perturbation is
 computed for the very network it is applied to, and with rho = 0 a Vaccine step equals an SFT step exactly.
+A batch run as runs of similar length (``backward_runs``, ``vaccine_core.unpadded``) takes pass 1 over
+every run before the one global norm, and replays pass 1's masks in pass 2 instead of rewinding.
 
 "Accelerated Vaccine" recomputes eps only every ``tau`` steps. Batches differ in shape between refreshes,
 so what carries over is, per layer, the mean perturbation over the refresh batch's real (non-padding)
