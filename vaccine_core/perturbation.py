@@ -198,7 +198,8 @@ class PerturbedStep:
         if self.config.method == "vaccine":
             perturbations = list(self._run_perturbations(batch, parts, masks, answer_tokens))
         loss = torch.zeros((), device=batch["input_ids"].device)
-        for (run, cut, part), perturbation in zip(parts, perturbations, strict=True):
+        for index, (run, cut, part) in enumerate(parts):
+            perturbation, perturbations[index] = perturbations[index], None  # released once added
             hooks = (
                 contextlib.nullcontext()
                 if perturbation is None
