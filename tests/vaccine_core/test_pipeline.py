@@ -160,10 +160,13 @@ def test_the_cli_aligns_finetunes_and_evaluates(tiny_model_dir, alpaca_file, tmp
             *common,
             "--lora-targets",
             "q_proj,v_proj",
+            "--no-unpadded",
         ],
     )
     assert result.exit_code == 0, result.output
     assert read_manifest(tmp_path / "f")["training"]["lora"]["target_modules"] == ["q_proj", "v_proj"]
+    assert read_manifest(tmp_path / "f")["training"]["unpadded"] is False
+    assert read_manifest(tmp_path / "a")["training"]["unpadded"] is True
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"harmful request {i}"}) + "\n" for i in range(3)))

@@ -30,6 +30,11 @@ _TRAINING_OPTIONS: dict[str, tuple[type, str]] = {
     "max_grad_norm": (float, "Clip the gradient norm to this value; 0 turns clipping off (default 1)."),
     "seed": (int, "Seed for data order, adapter initialisation and dropout (default 42)."),
     "checkpoint_every": (int, "Write a resumable checkpoint every N steps (default: only when stopped)."),
+    "unpadded": (
+        bool,
+        "Run each batch as runs of examples of similar length on the CPU, the same gradient on fewer padded "
+        "tokens (SFT and Vaccine steps; default on). --no-unpadded keeps batches whole.",
+    ),
     "lora_r": (int, "LoRA rank (default 8)."),
     "lora_alpha": (
         float,
@@ -69,7 +74,13 @@ def training_options(defaults: Callable[[], TrainingConfig]) -> Callable:
                 name,
                 inspect.Parameter.KEYWORD_ONLY,
                 default=None,
-                annotation=Annotated[kind | None, typer.Option(help=text, rich_help_panel="Training")],
+                # a switch's --no- form would widen the panel's names column and cut the longest names
+                annotation=Annotated[
+                    kind | None,
+                    typer.Option(
+                        help=text, rich_help_panel="Training switches" if kind is bool else "Training"
+                    ),
+                ],
             )
             for name, (kind, text) in _TRAINING_OPTIONS.items()
         ]
