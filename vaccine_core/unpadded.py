@@ -133,11 +133,16 @@ class ReplayedDropout(nn.Dropout):
         return inputs * replay.mask(inputs.shape, draw)
 
 
-def use_replaying_dropout(model: nn.Module) -> nn.Module:
-    """Every ``nn.Dropout`` of ``model`` a ``ReplayedDropout``, in place (the same module outside
-    ``replayed``)."""
+def swap_dropout(model: nn.Module, kind: type[nn.Dropout]) -> nn.Module:
+    """Every plain ``nn.Dropout`` of ``model`` a ``kind`` of the same rate, in place."""
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if type(child) is nn.Dropout:
-                setattr(parent, name, ReplayedDropout(child.p, child.inplace))
+                setattr(parent, name, kind(child.p, child.inplace))
     return model
+
+
+def use_replaying_dropout(model: nn.Module) -> nn.Module:
+    """Every ``nn.Dropout`` of ``model`` a ``ReplayedDropout``, in place (the same module outside
+    ``replayed``)."""
+    return swap_dropout(model, ReplayedDropout)

@@ -85,8 +85,4 @@ AttentionMaskInterface.register(ATTENTION, eager_mask)
 def use_bit_dropout(model: nn.Module) -> nn.Module:
     """Every ``nn.Dropout`` of ``model`` drawing its masks with ``bit_dropout``, in place (the attention
     probabilities' too when the model was loaded with ``attn_implementation=ATTENTION``)."""
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if type(child) is nn.Dropout:
-                setattr(parent, name, BitDropout(child.p, child.inplace))
-    return model
+    return unpadded.swap_dropout(model, BitDropout)
