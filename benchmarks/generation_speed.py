@@ -46,7 +46,7 @@ def default_adapter(cache: Path) -> Path:
     sizes = PROFILES["default"]
     rows = build_mix("sst2", sizes.attack_n, 0.1, get_settings().data_dir, seed=0)
     config = attack_config(sizes, seed=0)
-    out = cache / digest(["default", rows, config.to_dict()])
+    out = cache / digest(["default", rows, config.key_dict()])
     if not (out / "manifest.json").is_file():
         write_rows(out / "data.jsonl", rows)
         finetune("default", out / "data.jsonl", out, config, resume=True)

@@ -110,6 +110,7 @@ class Arm:
     # RESTA's safety vector: the base's alignment update, or RESTA's own (the base minus itself fine-tuned
     # on harmful pairs: Benchmark.harmful_adapter)
     resta_vector: RestaVector = "alignment"
+    resta_outside_user: bool = False  # only the vector's part outside the user's update (RestaConfig)
     # the service's upload pre-screen as a data filter: the attack's rows it flags never train
     prescreen_filter: bool = False
     # the token-wise constraint on the user's fine-tuning (TokenConstraintConfig's defaults, the paper's)
@@ -168,7 +169,9 @@ class Arm:
 
     def resta_config(self) -> RestaConfig | None:
         """The re-alignment this arm applies to the user's adapter (None: none)."""
-        return None if self.resta is None else RestaConfig(scale=self.resta, vector=self.resta_vector)
+        if self.resta is None:
+            return None
+        return RestaConfig(scale=self.resta, vector=self.resta_vector, outside_user=self.resta_outside_user)
 
 
 def ships_by_default(arm: Arm) -> bool:
@@ -273,6 +276,17 @@ ARMS: dict[str, Arm] = {
             prescreen_filter=True,
             resta=0.5,
             resta_vector="harmful",
+        ),
+        # the same stack with only the vector's part outside the user's update added, so the vector cannot
+        # undo what the user's adapter trained along its own directions (safety-defenses-plan.md,
+        # twenty-ninth session)
+        Arm(
+            "prescreen_filter+resta-harmful-0.5-outside",
+            "sft",
+            prescreen_filter=True,
+            resta=0.5,
+            resta_vector="harmful",
+            resta_outside_user=True,
         ),
         # thresholds by the share of layers they project (safety-defenses-plan.md): 0.1 ~14 %, 0.2 ~50 %
         Arm("safe_lora-t0.1", "sft", safe_lora=True, safe_lora_threshold=0.1),
@@ -468,7 +482,7 @@ class Benchmark:
             )
         if arm.safety_source != "sampled":
             rows = self.judged_safety(rows, refusals_only=arm.safety_source == "judged-refusals")
-        key_parts: list[Any] = [self.model, rows, config.to_dict(), perturbation.to_dict()]
+        key_parts: list[Any] = [self.model, rows, config.key_dict(), perturbation.to_dict()]
         if arm.booster or arm.preference:
             defenses = StepDefenses(
                 booster=BoosterConfig() if arm.booster else None,
@@ -586,7 +600,7 @@ class Benchmark:
             rows, screened = self.filtered(rows)
         config = attack_config(self.sizes, seed)
         defenses = None
-        key_parts: list[Any] = [base, rows, config.to_dict()]
+        key_parts: list[Any] = [base, rows, config.key_dict()]
         lisa = arm.lisa_config()
         if lisa is not None:
             count = self.sizes.lisa_pairs

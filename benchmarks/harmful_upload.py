@@ -173,7 +173,7 @@ def main() -> None:
         held_out = conversations(refusals)
         record = SimpleNamespace(alignment={"data": str(Path(base).with_suffix(".jsonl"))}, path=base)
         for (upload, seed), rows in uploads.items():
-            out = models_cache / "uploads" / digest([base, rows, config.to_dict(), name])
+            out = models_cache / "uploads" / digest([base, rows, config.key_dict(), name])
             started = time.monotonic()
             if not (out / "manifest.json").is_file():
                 write_rows(out / "data.jsonl", rows)

@@ -97,6 +97,9 @@ class DefenseStack(BaseModel):
         description=config_help(RestaConfig, "vector")
         + " The base's harmful adapter is trained by the first job that needs it.",
     )
+    resta_outside_user: bool = Field(
+        default=RestaConfig.outside_user, description=config_help(RestaConfig, "outside_user")
+    )
 
     @property
     def layers(self) -> list[str]:
@@ -151,7 +154,11 @@ class DefenseStack(BaseModel):
         return SafeLoraConfig(threshold=self.safe_lora_threshold) if self.safe_lora else None
 
     def realignment(self) -> RestaConfig | None:
-        return RestaConfig(scale=self.resta_scale, vector=self.resta_vector) if self.resta else None
+        if not self.resta:
+            return None
+        return RestaConfig(
+            scale=self.resta_scale, vector=self.resta_vector, outside_user=self.resta_outside_user
+        )
 
 
 def stack_of(policy_defenses: dict[str, Any] | None, tenant_defenses: dict[str, Any] | None) -> DefenseStack:

@@ -258,6 +258,32 @@ def test_a_lisa_attack_is_named_alike_before_and_after_its_base_is_built(
     assert benchmark.attacked(lisa, 0.1, seed=0, build=False) == named
 
 
+def test_options_added_to_the_training_config_later_leave_the_grid_s_names_as_they_were(
+    tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch
+):
+    """Every archived answer is found by its model's name: an option the training config gained later, at
+    the value that trains as before it, must not rename a base or an attack (else every run trains again)."""
+    import vaccine_core.config
+
+    benchmark = bench.Benchmark(TINY, str(tiny_model_dir), tiny_data_dir, tmp_path, judge="refusal")
+    sft = bench.ARMS["sft"]
+    base, attack = benchmark.base(sft, build=False), benchmark.attacked(sft, 0.1, seed=0, build=False)
+    # the same runs named as if whole batches were the recipe before the option, and the option said so
+    whole_alignment, whole_attack = vaccine_core.config.TrainingConfig(unpadded=False), bench.attack_config
+    monkeypatch.setitem(vaccine_core.config.LATER_OPTIONS, "unpadded", False)
+    monkeypatch.setattr(bench, "alignment_defaults", lambda: whole_alignment)
+    monkeypatch.setattr(
+        bench, "attack_config", lambda s, seed: replace(whole_attack(s, seed), unpadded=False)
+    )
+    again = bench.Benchmark(TINY, str(tiny_model_dir), tiny_data_dir, tmp_path, judge="refusal")
+    assert again.base(sft, build=False) == base
+    assert again.attacked(sft, 0.1, seed=0, build=False) == attack
+    # an option away from its earlier value is another recipe: another name
+    monkeypatch.setitem(vaccine_core.config.LATER_OPTIONS, "unpadded", True)
+    other = bench.Benchmark(TINY, str(tiny_model_dir), tiny_data_dir, tmp_path, judge="refusal")
+    assert other.attacked(sft, 0.1, seed=0, build=False) != attack
+
+
 def test_an_arm_aligned_on_more_pairs_sees_them_in_the_same_steps(tiny_model_dir, tiny_data_dir, tmp_path):
     broad = replace(
         bench.ARMS["sft"], name="sft-broad-tiny", alignment_pairs=12, alignment_safety_share=1 / 3

@@ -31,7 +31,7 @@ from vaccine_core.defenses import (
 from vaccine_core.defenses.data import booster_pairs, lisa_pairs
 from vaccine_core.defenses.harmful_adapter import build_harmful_adapter, harmful_rows
 from vaccine_core.defenses.lisa import ALIGNMENT, FINETUNE
-from vaccine_core.defenses.resta import HARMFUL_ADAPTER, USER_ADAPTER, own_adapter
+from vaccine_core.defenses.resta import HARMFUL_ADAPTER, USER_ADAPTER, outside_update, own_adapter
 from vaccine_core.defenses.safe_lora import ADAPTER_FILE, lora_updates, projector
 from vaccine_core.finetune import apply_resta, finetune
 from vaccine_core.formats import Conversation
@@ -369,6 +369,57 @@ def test_resta_s_harmful_vector_subtracts_the_harmful_adapter_s_update(tiny_mode
         torch.testing.assert_close(update, trained[module] - 0.5 * unsafe[module], atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="one of"):
         RestaConfig(vector="random")
+
+
+def test_the_vector_outside_the_user_s_update_leaves_nothing_along_the_user_s_directions():
+    torch.manual_seed(0)
+    user_b, user_a = torch.randn(12, 3), torch.randn(3, 10)
+    user_update = user_b @ user_a
+    b, a = torch.randn(12, 4), torch.randn(4, 10)
+    out_b, out_a = outside_update(b, a, user_update)
+    projected = out_b @ out_a
+    # nothing of it lies in the user's output directions, nor reads the user's input directions
+    assert (projector(user_update) @ projected).abs().max() < 1e-5
+    assert (projected @ projector(user_update.T)).abs().max() < 1e-5
+    # what the projection keeps is the update's part outside both spaces, and a second projection keeps it all
+    p_out, p_in = projector(user_update), projector(user_update.T)
+    expected = (torch.eye(12) - p_out) @ (b @ a) @ (torch.eye(10) - p_in)
+    torch.testing.assert_close(projected, expected, atol=1e-5, rtol=1e-4)
+    again_b, again_a = outside_update(out_b, out_a, user_update)
+    torch.testing.assert_close(again_b @ again_a, projected, atol=1e-5, rtol=1e-4)
+    # an update already outside is kept as it is; one along the user's directions is removed whole
+    away_b, away_a = (torch.eye(12) - p_out) @ b, a @ (torch.eye(10) - p_in)
+    kept_b, kept_a = outside_update(away_b, away_a, user_update)
+    torch.testing.assert_close(kept_b @ kept_a, away_b @ away_a, atol=1e-5, rtol=1e-4)
+    inside_b, inside_a = outside_update(user_b @ torch.randn(3, 2), torch.randn(2, 3) @ user_a, user_update)
+    assert (inside_b @ inside_a).abs().max() < 1e-4
+    # an untrained user's update (B = 0) has no directions: the vector is kept whole
+    zero_b, zero_a = outside_update(b, a, torch.zeros(12, 10))
+    torch.testing.assert_close(zero_b @ zero_a, b @ a)
+
+
+def test_resta_outside_the_user_s_update_adds_only_that_part_and_records_how_much_it_kept(
+    tiny_model_dir, tokenizer, tmp_path
+):
+    vector = save_adapter(tiny_model_dir, tmp_path / "harmful", tokenizer, 1.0, seed=0)
+    user = save_adapter(tiny_model_dir, tmp_path / "user", tokenizer, 1.0, seed=1)
+    trained, unsafe = lora_updates(user), lora_updates(vector)
+
+    config = RestaConfig(scale=0.5, vector="harmful", outside_user=True)
+    record = add_alignment(user, vector, config, sign=-1.0)
+
+    assert record["outside_user"] is True and 0.0 < record["kept_norm_share"] < 1.0
+    squared_kept = 0.0
+    for module, update in lora_updates(user).items():
+        p_out, p_in = projector(trained[module]), projector(trained[module].T)
+        outside = unsafe[module] - p_out @ unsafe[module] - unsafe[module] @ p_in
+        outside = outside + p_out @ unsafe[module] @ p_in
+        torch.testing.assert_close(update, trained[module] - 0.5 * outside, atol=1e-5, rtol=1e-4)
+        squared_kept += float(outside.square().sum())
+    squared_whole = sum(float(u.square().sum()) for u in unsafe.values())
+    assert record["kept_norm_share"] == pytest.approx((squared_kept / squared_whole) ** 0.5, abs=1e-3)
+    # a record of the earlier options reads as it always did
+    assert RestaConfig(scale=0.5, vector="harmful").to_dict() == {"scale": 0.5, "vector": "harmful"}
 
 
 # -- data ------------------------------------------------------------------------------------------------

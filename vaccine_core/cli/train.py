@@ -179,6 +179,9 @@ def finetune(
             rich_help_panel="Defenses",
         ),
     ] = RestaConfig.vector,
+    resta_outside_user: Annotated[
+        bool, typer.Option(help=RESTA_HELP["outside_user"], rich_help_panel="Defenses")
+    ] = RestaConfig.outside_user,
     limit: LimitOption = None,
     device: DeviceOption = None,
     resume: ResumeOption = False,
@@ -202,7 +205,11 @@ def finetune(
             constraint = TokenConstraintConfig(beta=token_constraint_beta)
             defenses = replace(defenses or StepDefenses(), token_constraint=constraint)
         projection = SafeLoraConfig(threshold=safe_lora_threshold) if safe_lora else None
-        realignment = RestaConfig(scale=resta_scale, vector=resta_vector) if resta else None
+        realignment = (
+            RestaConfig(scale=resta_scale, vector=resta_vector, outside_user=resta_outside_user)
+            if resta
+            else None
+        )
         if realignment is not None and realignment.vector == "harmful":
             harmful = ensure_harmful_adapter(Path(base), get_settings().data_dir)
             if harmful.seconds:

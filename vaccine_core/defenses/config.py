@@ -157,6 +157,16 @@ class RestaConfig:
         },
     )
 
+    outside_user: bool = field(
+        default=False,
+        metadata={
+            "help": "Add only the part of the safety vector outside the user's update, layer by layer: its "
+            "columns projected off the user's output directions and its rows off the user's input "
+            "directions, so the vector cannot undo what the user's adapter trained along its own directions "
+            "(a trial of this project's, not RESTA's)."
+        },
+    )
+
     def __post_init__(self) -> None:
         if not 0.0 <= self.scale <= 4.0:
             raise ValueError("RESTA's scale lies in [0, 4]: a share of the safety vector, added")
@@ -164,5 +174,9 @@ class RestaConfig:
             raise ValueError(f"RESTA's vector is one of {RESTA_VECTORS}, not {self.vector!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        # the alignment vector came first and records no name: a record of it reads as it always did
-        return {"scale": self.scale} | ({"vector": self.vector} if self.vector != "alignment" else {})
+        # options added later record themselves only when set, so an earlier record reads as it always did
+        return (
+            {"scale": self.scale}
+            | ({"vector": self.vector} if self.vector != "alignment" else {})
+            | ({"outside_user": True} if self.outside_user else {})
+        )

@@ -13,6 +13,11 @@ the base's directory (``HARMFUL_ADAPTER``) or where its owner keeps it. It point
 fine-tuning learns rather than toward everything alignment taught, refusals of harmless requests included.
 (RESTA also drops part of the user's update with DARE; that is not built here.)
 
+With ``RestaConfig.outside_user`` only the vector's part outside the user's update is added: per layer,
+(I - P_out) V (I - P_in), P_out and P_in the projectors onto the user's update's column and row spaces.
+Its factors stay factors ((I - P_out) B and A (I - P_in)), so the result is still the LoRA adapter below;
+the manifest records how much of the vector's norm was kept.
+
 The result stays a PEFT LoRA adapter on the aligned base: every layer's A factors are stacked and its B
 factors set side by side, ``[s_u B_u, scale s_a B_a] @ [A_u; A_a] = s_u B_u A_u + scale s_a B_a A_a``, with
 rank r_u + r_a and a scaling of 1. A job that continues this model trains the user's own adapter, which is
@@ -28,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vaccine_core.defenses.config import RestaConfig
-from vaccine_core.defenses.safe_lora import ADAPTER_CONFIG, ADAPTER_FILE, factors_of, lora_factors
+from vaccine_core.defenses.safe_lora import ADAPTER_CONFIG, ADAPTER_FILE, factors_of, lora_factors, projector
 
 USER_ADAPTER = "user_adapter"  # the user's adapter as trained, before the alignment update was added
 HARMFUL_ADAPTER = "harmful_adapter"  # in a base's directory: the base fine-tuned on harmful pairs
@@ -56,6 +61,14 @@ def own_adapter(adapter_dir: Path) -> Path:
     return kept if (kept / ADAPTER_FILE).is_file() else Path(adapter_dir)
 
 
+def outside_update(
+    b: torch.Tensor, a: torch.Tensor, user_update: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The factors of (I - P_out) (b @ a) (I - P_in), where P_out and P_in project onto the column and row
+    spaces of ``user_update``: the update ``b @ a`` with nothing left along the user's directions."""
+    return b - projector(user_update) @ b, a - a @ projector(user_update.T)
+
+
 def add_alignment(
     user_adapter: Path, vector_adapter: Path, config: RestaConfig, sign: float = 1.0
 ) -> dict[str, Any]:
@@ -79,6 +92,14 @@ def add_alignment(
     user, alignment = factors_of(trained, user_config), lora_factors(Path(vector_adapter))
     rank_user, rank_alignment = user_config["r"], alignment_config["r"]
 
+    if config.outside_user:
+        squared_before = sum((b @ a).square().sum() for b, a in alignment.values())
+        alignment = {
+            module: outside_update(b, a, user[module][0] @ user[module][1]) if module in user else (b, a)
+            for module, (b, a) in alignment.items()
+        }
+        squared_after = sum((b @ a).square().sum() for b, a in alignment.values())
+        kept_share = float(squared_after / squared_before) ** 0.5
     weights: dict[str, torch.Tensor] = {}
     for module in sorted(set(user) | set(alignment)):
         parts_a, parts_b = [], []
@@ -112,4 +133,6 @@ def add_alignment(
     }
     save_file(weights, str(user_dir / ADAPTER_FILE), metadata={"format": "pt"})
     (user_dir / ADAPTER_CONFIG).write_text(json.dumps(combined, indent=2) + "\n")
-    return {**config.to_dict(), "layers": len(weights) // 2, "rank": rank}
+    record = {**config.to_dict(), "layers": len(weights) // 2, "rank": rank}
+    # the vector's Frobenius norm over every layer after the projection, as a share of its norm before
+    return record | ({"kept_norm_share": round(kept_share, 4)} if config.outside_user else {})

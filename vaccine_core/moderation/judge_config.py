@@ -127,8 +127,10 @@ class JudgeTrainingConfig:
             "tokens (with torch's masks, or from cached frozen layers, batches stay whole). On 2 AMD Zen 3 "
             "cores, in float32, it trained in 463.1 s against 535.8 s, giving the same judge to the "
             "threshold's seventh digit and the same figures on every count (benchmarks/results/"
-            "judge_selection.md, 2026-12-07); under bfloat16 autocast it was checked on a tiny judge only. "
-            "Judges trained before it keep their key."
+            "judge_selection.md, 2026-12-07). Float32 only: under bfloat16 autocast, on 2 AMD Zen 5 cores, "
+            "runs trained another judge (threshold 0.602 against 0.434, 12 Alpaca upload rows flagged "
+            "against 18) in 172.3 s against 148.4 s, so there batches stay whole. Judges trained before it "
+            "keep their key."
         },
     )
     frozen_layers: int = field(
