@@ -68,7 +68,13 @@ class TrainingConfig:
     def key_dict(self) -> dict[str, Any]:
         """``to_dict`` less the options added later at the value that trains as runs did before them, so
         what was keyed by a run's settings keeps its key."""
-        return {k: v for k, v in self.to_dict().items() if k not in LATER_OPTIONS or v != LATER_OPTIONS[k]}
+        return kept_options(self.to_dict(), LATER_OPTIONS)
+
+
+def kept_options(options: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """``options`` less each of the ``later`` options at the value that trains as runs did before it
+    existed: what a cache key hashes, so that what was keyed before an option was added keeps its key."""
+    return {name: value for name, value in options.items() if name not in later or value != later[name]}
 
 
 # Options added to TrainingConfig after runs were first keyed by it, each at its same-recipe value.

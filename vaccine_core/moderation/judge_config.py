@@ -5,6 +5,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from vaccine_core.config import kept_options
 from vaccine_core.settings import get_settings
 
 JUDGE_TYPE = "vaccine-cross-encoder"
@@ -205,8 +206,7 @@ class JudgeTrainingConfig:
 def options_key(options: dict[str, object], later: dict[str, object]) -> str:
     """A trained model's cache key: the digest of its training ``options``, less each of the ``later``
     options at the value that trains as models did before it existed (so earlier models keep their key)."""
-    kept = {name: value for name, value in options.items() if name not in later or value != later[name]}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:8]
+    return hashlib.sha256(json.dumps(kept_options(options, later), sort_keys=True).encode()).hexdigest()[:8]
 
 
 PROGRESS_SUFFIX = ".progress.json"  # beside a judge being trained: its step, total and time left
