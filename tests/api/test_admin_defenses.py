@@ -142,7 +142,7 @@ def test_resta_s_harmful_vector_trains_the_base_s_harmful_adapter_once(
     with Session(get_engine()) as session:
         session.get(BaseModelRecord, base).path = str(own_base)
         session.commit()
-    stack = {"resta": True, "resta_scale": 0.5, "resta_vector": "harmful"}
+    stack = {"resta": True, "resta_scale": 0.5, "resta_vector": "harmful", "resta_outside_user": True}
     assert service.patch("/admin/policy", json={"defenses": stack}, headers=OPERATOR).status_code == 200
     client = tenant_client(service, "acme")
     first = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
@@ -154,7 +154,9 @@ def test_resta_s_harmful_vector_trains_the_base_s_harmful_adapter_once(
     with Session(get_engine()) as session:
         safety = session.get(FineTunedModel, client.fine_tuning.jobs.retrieve(first.id).fine_tuned_model)
         layers = {layer["layer"]: layer for layer in safety.safety_report["defenses"]}
-    assert layers["resta"]["options"]["vector"] == "harmful" and layers["resta"]["options"]["scale"] == 0.5
+    resta = layers["resta"]["options"]
+    assert resta["vector"] == "harmful" and resta["scale"] == 0.5
+    assert resta["outside_user"] is True and 0.0 < resta["kept_norm_share"] <= 1.0
     events = [e.message for e in client.fine_tuning.jobs.list_events(first.id)]
     trained_once = "Trained the base's harmful adapter for RESTA's safety vector on 3 harmful pairs"
     assert any(message.startswith(trained_once) for message in events)
