@@ -376,25 +376,31 @@ def test_the_vector_outside_the_user_s_update_leaves_nothing_along_the_user_s_di
     user_b, user_a = torch.randn(12, 3), torch.randn(3, 10)
     user_update = user_b @ user_a
     b, a = torch.randn(12, 4), torch.randn(4, 10)
-    out_b, out_a = outside_update(b, a, user_update)
+    out_b, out_a = outside_update(b, a, user_b, user_a)
     projected = out_b @ out_a
     # nothing of it lies in the user's output directions, nor reads the user's input directions
-    assert (projector(user_update) @ projected).abs().max() < 1e-5
-    assert (projected @ projector(user_update.T)).abs().max() < 1e-5
+    p_out, p_in = projector(user_update), projector(user_update.T)  # Safe LoRA's, from the full update
+    assert (p_out @ projected).abs().max() < 1e-5 and (projected @ p_in).abs().max() < 1e-5
     # what the projection keeps is the update's part outside both spaces, and a second projection keeps it all
-    p_out, p_in = projector(user_update), projector(user_update.T)
     expected = (torch.eye(12) - p_out) @ (b @ a) @ (torch.eye(10) - p_in)
     torch.testing.assert_close(projected, expected, atol=1e-5, rtol=1e-4)
-    again_b, again_a = outside_update(out_b, out_a, user_update)
+    again_b, again_a = outside_update(out_b, out_a, user_b, user_a)
     torch.testing.assert_close(again_b @ again_a, projected, atol=1e-5, rtol=1e-4)
     # an update already outside is kept as it is; one along the user's directions is removed whole
     away_b, away_a = (torch.eye(12) - p_out) @ b, a @ (torch.eye(10) - p_in)
-    kept_b, kept_a = outside_update(away_b, away_a, user_update)
+    kept_b, kept_a = outside_update(away_b, away_a, user_b, user_a)
     torch.testing.assert_close(kept_b @ kept_a, away_b @ away_a, atol=1e-5, rtol=1e-4)
-    inside_b, inside_a = outside_update(user_b @ torch.randn(3, 2), torch.randn(2, 3) @ user_a, user_update)
+    along_b, along_a = user_b @ torch.randn(3, 2), torch.randn(2, 3) @ user_a
+    inside_b, inside_a = outside_update(along_b, along_a, user_b, user_a)
     assert (inside_b @ inside_a).abs().max() < 1e-4
+    # a user's factor of lower rank than the adapter's: only the update's own directions count
+    low_a = torch.cat([user_a[:2], user_a[:1]])  # rank 2
+    low_b, low_a_out = outside_update(b, a, user_b, low_a)
+    low = user_b @ low_a
+    low_expected = (torch.eye(12) - projector(low)) @ (b @ a) @ (torch.eye(10) - projector(low.T))
+    torch.testing.assert_close(low_b @ low_a_out, low_expected, atol=1e-5, rtol=1e-4)
     # an untrained user's update (B = 0) has no directions: the vector is kept whole
-    zero_b, zero_a = outside_update(b, a, torch.zeros(12, 10))
+    zero_b, zero_a = outside_update(b, a, torch.zeros(12, 3), user_a)
     torch.testing.assert_close(zero_b @ zero_a, b @ a)
 
 

@@ -33,7 +33,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vaccine_core.defenses.config import RestaConfig
-from vaccine_core.defenses.safe_lora import ADAPTER_CONFIG, ADAPTER_FILE, factors_of, lora_factors, projector
+from vaccine_core.defenses.safe_lora import (
+    ADAPTER_CONFIG,
+    ADAPTER_FILE,
+    RANK_TOLERANCE,
+    factors_of,
+    lora_factors,
+)
 
 USER_ADAPTER = "user_adapter"  # the user's adapter as trained, before the alignment update was added
 HARMFUL_ADAPTER = "harmful_adapter"  # in a base's directory: the base fine-tuned on harmful pairs
@@ -61,12 +67,24 @@ def own_adapter(adapter_dir: Path) -> Path:
     return kept if (kept / ADAPTER_FILE).is_file() else Path(adapter_dir)
 
 
+def update_bases(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthonormal bases of the column and row spaces of the update ``b @ a``, from its factors alone (QR
+    of each, then the SVD of the small core): exact, and no [out, out] or [in, in] matrix is formed."""
+    q_b, r_b = torch.linalg.qr(b.double())
+    q_a, r_a = torch.linalg.qr(a.double().T)
+    left, singular, right = torch.linalg.svd(r_b @ r_a.T)
+    kept = singular > RANK_TOLERANCE * singular.max() if singular.max() > 0 else singular < 0
+    return (q_b @ left[:, kept]).float(), (q_a @ right.T[:, kept]).float()
+
+
 def outside_update(
-    b: torch.Tensor, a: torch.Tensor, user_update: torch.Tensor
+    b: torch.Tensor, a: torch.Tensor, user_b: torch.Tensor, user_a: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The factors of (I - P_out) (b @ a) (I - P_in), where P_out and P_in project onto the column and row
-    spaces of ``user_update``: the update ``b @ a`` with nothing left along the user's directions."""
-    return b - projector(user_update) @ b, a - a @ projector(user_update.T)
+    spaces of the user's update ``user_b @ user_a``: the update ``b @ a`` with nothing left along the
+    user's directions."""
+    columns, rows = update_bases(user_b, user_a)
+    return b - columns @ (columns.T @ b), a - (a @ rows) @ rows.T
 
 
 def add_alignment(
@@ -95,7 +113,7 @@ def add_alignment(
     if config.outside_user:
         squared_before = sum((b @ a).square().sum() for b, a in alignment.values())
         alignment = {
-            module: outside_update(b, a, user[module][0] @ user[module][1]) if module in user else (b, a)
+            module: outside_update(b, a, *user[module]) if module in user else (b, a)
             for module, (b, a) in alignment.items()
         }
         squared_after = sum((b @ a).square().sum() for b, a in alignment.values())
