@@ -73,7 +73,10 @@ def update_bases(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.
     q_b, r_b = torch.linalg.qr(b.double())
     q_a, r_a = torch.linalg.qr(a.double().T)
     left, singular, right = torch.linalg.svd(r_b @ r_a.T)
-    kept = singular > RANK_TOLERANCE * singular.max() if singular.max() > 0 else singular < 0
+    if singular.max() > 0:
+        kept = singular > RANK_TOLERANCE * singular.max()
+    else:  # an untrained update (B = 0) has no directions
+        kept = torch.zeros_like(singular, dtype=torch.bool)
     return (q_b @ left[:, kept]).float(), (q_a @ right.T[:, kept]).float()
 
 
@@ -117,7 +120,7 @@ def add_alignment(
             for module, (b, a) in alignment.items()
         }
         squared_after = sum((b @ a).square().sum() for b, a in alignment.values())
-        kept_share = float(squared_after / squared_before) ** 0.5
+        kept_share = float(squared_after / squared_before) ** 0.5 if squared_before > 0 else 1.0
     weights: dict[str, torch.Tensor] = {}
     for module in sorted(set(user) | set(alignment)):
         parts_a, parts_b = [], []
