@@ -9,8 +9,10 @@ the whole batches pad to, and those the runs pad to, with the encoder passes the
 (what ``unpadded.length_runs`` counts one more pass as, in tokens; the shipped one is
 ``unpadded.RUN_COST``). Then time: ``train_judge`` on the first ``--steps`` batches' pairs of the default
 training pairs (one epoch), whole and with runs at each run cost, in turn, ``--rounds`` times (each round's
-order reversed from the last), each its training seconds as the judge records them. Writes
-benchmarks/results/judge_unpadded-NAME.json with the machine and the command.
+order reversed from the last), each its training seconds as the judge records them. Runs are float32's
+only (under bfloat16 autocast the judge keeps whole batches), so on a CPU where the judge trains in
+bfloat16 every way here trains whole, and the result says so (``bfloat16_autocast``); ``--float32`` times
+them in float32 there. Writes benchmarks/results/judge_unpadded-NAME.json with the machine and the command.
 """
 
 import argparse
@@ -60,8 +62,11 @@ def padding_counts(lengths: list[int], config: JudgeTrainingConfig, run_costs: l
     return counts
 
 
-def timed_training(pairs: list, config: JudgeTrainingConfig, run_cost: int | None, workdir: Path) -> float:
-    """``train_judge``'s training seconds on ``pairs``, one epoch, whole or with runs at ``run_cost``."""
+def timed_training(
+    pairs: list, config: JudgeTrainingConfig, run_cost: int | None, workdir: Path
+) -> tuple[float, bool]:
+    """``train_judge``'s training seconds on ``pairs``, one epoch, whole or with runs at ``run_cost``, and
+    whether it trained under bfloat16 autocast (then whole, whatever was asked)."""
     target = workdir / "judge"
     with_runs = replace(config, epochs=1, unpadded=run_cost is not None)
     original = learned.length_runs
@@ -71,9 +76,9 @@ def timed_training(pairs: list, config: JudgeTrainingConfig, run_cost: int | Non
         learned.train_judge(pairs, target, with_runs)
     finally:
         learned.length_runs = original
-    seconds = json.loads((target / learned.OPTIONS_FILE).read_text())["train_seconds"]
+    options = json.loads((target / learned.OPTIONS_FILE).read_text())
     shutil.rmtree(target)
-    return seconds
+    return options["train_seconds"], options["bfloat16_autocast"]
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -81,10 +86,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--steps", type=int, default=12, help="Batches timed in each training.")
     parser.add_argument("--rounds", type=int, default=2, help="Times each way is trained, in turn.")
     parser.add_argument("--run-costs", type=int, nargs="+", default=sorted({0, 20, 40, 80, RUN_COST}))
+    parser.add_argument("--float32", action="store_true", help="Train in float32 where bfloat16 is faster.")
     parser.add_argument("--name", default="cpu")
     args = parser.parse_args(argv)
 
-    config = JudgeTrainingConfig()
+    config = JudgeTrainingConfig(bfloat16=not args.float32)
     pairs, _validation = learned.judge_training_pairs(get_settings().data_dir, config)
     tokenizer = AutoTokenizer.from_pretrained(str(learned.bundled_encoder()))
     encodings = learned.encode_pairs(
@@ -100,12 +106,15 @@ def main(argv: list[str] | None = None) -> Path:
     timed_pairs = [pairs[i] for chosen in first[: args.steps] for i in chosen]
     ways: list[int | None] = [None, *args.run_costs]
     seconds: dict[str, list[float]] = {}
+    precisions: set[bool] = set()
     with tempfile.TemporaryDirectory() as workdir:
         for round_ in range(args.rounds):
             for cost in ways if round_ % 2 == 0 else ways[::-1]:
                 name = WHOLE if cost is None else f"runs-{cost}"
-                seconds.setdefault(name, []).append(timed_training(timed_pairs, config, cost, Path(workdir)))
-                print(name, seconds[name][-1], "s", flush=True)
+                taken, bfloat16 = timed_training(timed_pairs, config, cost, Path(workdir))
+                seconds.setdefault(name, []).append(taken)
+                precisions.add(bfloat16)
+                print(name, taken, "s", "(bfloat16: whole batches)" if bfloat16 else "", flush=True)
     per_step = {name: statistics.mean(times) / args.steps for name, times in seconds.items()}
     result = {
         "machine": machine_info(),
@@ -113,6 +122,8 @@ def main(argv: list[str] | None = None) -> Path:
         "shipped_run_cost": RUN_COST,
         "padding": counts,
         "timed_steps": args.steps,
+        # under bfloat16 autocast every way trained whole: the ratios then measure nothing of runs
+        "bfloat16_autocast": sorted(precisions),
         "train_seconds": seconds,
         "seconds_per_step": {name: round(value, 4) for name, value in per_step.items()},
         "ratio_to_whole": {name: round(value / per_step[WHOLE], 3) for name, value in per_step.items()},
