@@ -36,9 +36,9 @@ from vaccine_core.defenses.config import RestaConfig
 from vaccine_core.defenses.safe_lora import (
     ADAPTER_CONFIG,
     ADAPTER_FILE,
-    RANK_TOLERANCE,
     factors_of,
     lora_factors,
+    update_bases,
 )
 
 USER_ADAPTER = "user_adapter"  # the user's adapter as trained, before the alignment update was added
@@ -65,19 +65,6 @@ def own_adapter(adapter_dir: Path) -> Path:
     """The adapter a user's job trained, before any re-alignment: what a continuing job starts from."""
     kept = Path(adapter_dir) / USER_ADAPTER
     return kept if (kept / ADAPTER_FILE).is_file() else Path(adapter_dir)
-
-
-def update_bases(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Orthonormal bases of the column and row spaces of the update ``b @ a``, from its factors alone (QR
-    of each, then the SVD of the small core): exact, and no [out, out] or [in, in] matrix is formed."""
-    q_b, r_b = torch.linalg.qr(b.double())
-    q_a, r_a = torch.linalg.qr(a.double().T)
-    left, singular, right = torch.linalg.svd(r_b @ r_a.T)
-    if singular.max() > 0:
-        kept = singular > RANK_TOLERANCE * singular.max()
-    else:  # an untrained update (B = 0) has no directions
-        kept = torch.zeros_like(singular, dtype=torch.bool)
-    return (q_b @ left[:, kept]).float(), (q_a @ right.T[:, kept]).float()
 
 
 def outside_update(

@@ -58,8 +58,22 @@ def lora_updates(adapter_dir: Path) -> dict[str, torch.Tensor]:
     return {module: b @ a for module, (b, a) in lora_factors(adapter_dir).items()}
 
 
+def update_bases(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthonormal bases of the column and row spaces of the update ``b @ a``, from its factors alone (QR
+    of each, then the SVD of the small core): exact, and no [out, out] or [in, in] matrix is formed."""
+    q_b, r_b = torch.linalg.qr(b.double())
+    q_a, r_a = torch.linalg.qr(a.double().T)
+    left, singular, right = torch.linalg.svd(r_b @ r_a.T)
+    if singular.max() > 0:
+        kept = singular > RANK_TOLERANCE * singular.max()
+    else:  # an untrained update (B = 0) has no directions
+        kept = torch.zeros_like(singular, dtype=torch.bool)
+    return (q_b @ left[:, kept]).float(), (q_a @ right.T[:, kept]).float()
+
+
 def projector(update: torch.Tensor) -> torch.Tensor:
-    """The orthogonal projector onto the column space of ``update`` ([out, out])."""
+    """The orthogonal projector onto the column space of a full ``update`` ([out, out]; ``update_bases``
+    gives the same space from an adapter's factors, without forming the update)."""
     left, singular, _ = torch.linalg.svd(update.double(), full_matrices=False)
     basis = left[:, singular > RANK_TOLERANCE * singular.max()] if singular.max() > 0 else left[:, :0]
     return (basis @ basis.T).float()
@@ -80,21 +94,20 @@ def project_adapter(
     user_dir = Path(user_adapter)
     weights = load_file(str(user_dir / ADAPTER_FILE))
     scaling = lora_scaling(json.loads((user_dir / ADAPTER_CONFIG).read_text()))
-    alignment = lora_updates(alignment_adapter)
     report = []
-    for module, direction in alignment.items():
+    for module, factors in lora_factors(alignment_adapter).items():
         b_key, a_key = f"{module}.lora_B.weight", f"{module}.lora_A.weight"
         if b_key not in weights:
             continue
         b, a = weights[b_key].float(), weights[a_key].float()
         update = scaling * (b @ a)
-        project = projector(direction)
-        projected_update = project @ update
+        columns, _rows = update_bases(*factors)  # the alignment subspace, from its factors: P = C C^T
+        projected_update = columns @ (columns.T @ update)
         norm = float(torch.linalg.matrix_norm(update))
         cosine = float(torch.linalg.matrix_norm(projected_update)) / norm if norm > 0 else 1.0
         chosen = cosine <= config.threshold
         if chosen:
-            weights[b_key] = (project @ b).to(weights[b_key].dtype)
+            weights[b_key] = (columns @ (columns.T @ b)).to(weights[b_key].dtype)
         report.append(LayerProjection(module, cosine, chosen))
     target = Path(out) if out is not None else user_dir
     target.mkdir(parents=True, exist_ok=True)
