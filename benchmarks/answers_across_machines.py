@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
-from safety_grid import ARMS, DECODINGS, MAIN_FRACTION, REGIMES, RESULTS, Grid, archived_grid, figures
+from common import RESULTS, machine_info, provenance, write_result
+from safety_grid import ARMS, DECODINGS, MAIN_FRACTION, REGIMES, Grid, archived_grid, figures
 
 from vaccine_core.safety_eval import ProtocolConfig
 
@@ -88,8 +88,7 @@ def main() -> None:
         **provenance(__file__),
     }
     out = RESULTS / f"answers_across_machines-{args.regime}-{args.arm}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(out, result)
 
 
 if __name__ == "__main__":

@@ -38,12 +38,11 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 from fault_drills import Redis, Stack, create_job, upload, wait_until_ended
 
 from tests.service_helpers import fresh_postgres_database, proc_stat
 
-RESULTS = Path(__file__).parent / "results"
 TARGETS = {
     "polling_p99_ms_at_200": 50,
     "upload_mb_per_s": 50,
@@ -207,7 +206,7 @@ def main() -> None:
         dispatch
     ]
     results.update(benchmark="api_load", targets=TARGETS, machine=machine_info())
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_result(args.out, results)
     print(json.dumps({"polling": polling, "upload": uploaded, "dispatch": dispatch}, indent=2))
 
 

@@ -1,5 +1,6 @@
 """What every benchmark records beside its numbers: the machine and the command."""
 
+import json
 import os
 import platform
 import subprocess
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 CPUINFO = Path("/proc/cpuinfo")
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
 
 
 def cpu_fields(cpuinfo: Path = CPUINFO) -> dict[str, str]:
@@ -70,9 +73,6 @@ def machine_info(gpu: bool = False) -> dict[str, Any]:
     return info
 
 
-REPO = Path(__file__).resolve().parents[1]
-
-
 def source_commit() -> str | None:
     """The commit the code ran from, "+changes" when tracked files differ from it (None outside git)."""
     try:
@@ -95,3 +95,12 @@ def provenance(script: str) -> dict[str, str | None]:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": source_commit(),
     }
+
+
+def write_result(out: Path, result: Any, *, indent: int = 2) -> Path:
+    """Write a benchmark's result as indented JSON (its folder made if missing), say where, and return the
+    path."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=indent, default=str) + "\n")
+    print(f"wrote {out}")
+    return out

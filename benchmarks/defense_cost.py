@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 
 from vaccine_core.artifacts import read_manifest
 from vaccine_core.config import TrainingConfig
@@ -33,7 +33,6 @@ from vaccine_core.defenses.data import lisa_pairs
 from vaccine_core.finetune import finetune
 from vaccine_core.settings import get_settings
 
-RESULTS = Path(__file__).parent / "results"
 # the layers that act while the user's rows train, then the edits of the saved adapter (each at its
 # library default, or at the scale given with --resta-scale)
 LAYERS = ("token_constraint", "lisa", "safe_lora", "resta")
@@ -121,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         **provenance(__file__),
     }
     path = RESULTS / f"defense_cost-{args.name}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    write_result(path, record, indent=1)
     print(json.dumps(record["ratios"]), "->", path)
     return 0
 

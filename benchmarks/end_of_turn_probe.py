@@ -11,7 +11,6 @@ writes benchmarks/results/end_of_turn_probe-<name>.{json,md}.
 """
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -22,10 +21,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 from harmful_finetune import (
     ARMS,
-    RESULTS,
     Benchmark,
     add_size_arguments,
     cache_from_arguments,
@@ -147,7 +145,7 @@ def main() -> None:
         **provenance(__file__),
     }
     stem = RESULTS / f"end_of_turn_probe-{args.name}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    write_result(stem.with_suffix(".json"), report, indent=1)
     stem.with_suffix(".md").write_text(markdown(report))
     print(stem.with_suffix(".md"))
 

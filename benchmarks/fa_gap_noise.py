@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 from defense_rule import FA_LIMIT
-from safety_grid import ARMS, MAIN_FRACTION, REGIMES, RESULTS, Grid, archived_grid
+from safety_grid import ARMS, MAIN_FRACTION, REGIMES, Grid, archived_grid
 
 from vaccine_core.moderation import RefusalPhraseJudge
 from vaccine_core.safety_eval import ProtocolConfig
@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None, grid: Grid | None = None) -> dict[str, A
     }
     print(json.dumps({"pooled": result["pooled"]}))
     out = RESULTS / f"fa_gap_noise-{args.name or args.regime}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(out, result)
     return result
 
 

@@ -45,11 +45,10 @@ import openai
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' tiny model builder
 from common import REPO as ROOT
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 
 from tests.service_helpers import fresh_postgres_database
 
-RESULTS = Path(__file__).parent / "results"
 ENDED = {"succeeded", "failed", "cancelled"}
 ROWS = 240  # x 2 epochs / batch 4 = 120 steps: long enough to kill a worker mid-training
 BIN = Path(sys.executable).parent
@@ -517,7 +516,7 @@ def drills_summary(results: dict[str, Any]) -> dict[str, Any]:
 
 def write_summary(results: dict[str, Any]) -> None:
     summary = drills_summary(results)
-    (RESULTS / "drills.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_result(RESULTS / "drills.json", summary)
     lines = ["# Fault drills", "", "| drill | trials | outcome | command |", "|---|---|---|---|"]
     for row in summary["drills"]:
         outcome = row.get("outcome") or ", ".join(
@@ -568,7 +567,7 @@ def main() -> None:
         }
         for name in args.drills:
             results[name] = {**provenance(__file__), **drills[name]()}
-            args.out.write_text(json.dumps(results, indent=2) + "\n")
+            write_result(args.out, results)
     write_summary(results)
     for drill in args.drills:
         if drill in results:

@@ -12,7 +12,6 @@ train` instead). Results: benchmarks/results/first_start-<name>.json.
 """
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -26,13 +25,12 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 
 from service.bases import base_dir
 from service.settings import ServiceSettings
 from vaccine_core.artifacts import read_manifest
 
-RESULTS = Path(__file__).parent / "results"
 CACHES = ("judges", "models")  # reused from the real home: their first build is timed elsewhere
 POLL_SECONDS = 5.0
 
@@ -139,9 +137,8 @@ def main(argv: list[str] | None = None) -> Path:
         "api_answered_seconds": answered,
         "bases": bases,
     }
-    RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"first_start-{args.name}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     print(out)
     shutil.rmtree(home, ignore_errors=True)
     return out

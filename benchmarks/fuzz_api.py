@@ -73,7 +73,7 @@ def main() -> None:
         VACCINE_RATE_LIMIT="",  # thousands of cases with one key: a 429 would hide the routes' answers
     )
     sys.path.insert(0, str(Path(__file__).parent))
-    from common import machine_info, provenance
+    from common import RESULTS, machine_info, provenance, write_result
     from sqlalchemy.orm import Session
 
     from api.cli import migrate
@@ -99,8 +99,8 @@ def main() -> None:
         "machine": machine_info(),
         **provenance(__file__),
     }
-    out = Path(__file__).parent / "results" / "fuzz.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = RESULTS / "fuzz.json"
+    write_result(out, result)
     shown = ("cases", "server_errors", "errors", "seconds")
     print(json.dumps({"routes": len(counts), **{k: result[k] for k in shown}}, indent=2))
     sys.exit(1 if errors else 0)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 from harmful_finetune import PROFILES, attack_config, digest
 
 from vaccine_core.fast_generation import Sampling
@@ -38,7 +38,6 @@ from vaccine_core.safety_eval import PROMPT_SETS, load_split
 from vaccine_core.settings import get_settings
 
 log = logging.getLogger("generation_speed")
-RESULTS = Path(__file__).parent / "results"
 
 
 def default_adapter(cache: Path) -> Path:
@@ -148,7 +147,7 @@ def main() -> None:
     result.update(model=str(args.model or "default + the default attack's adapter"), machine=machine_info())
     result.update(provenance(__file__))
     out = RESULTS / f"generation_speed-{args.name}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     print(
         json.dumps(
             {k: result[k] for k in ("baseline_tokens_per_s", "tokens_per_s", "speedup", "identical_share")}

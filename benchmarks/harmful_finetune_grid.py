@@ -17,12 +17,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from common import provenance
+from common import RESULTS, provenance, write_result
 from harmful_finetune_report import FA_TOLERANCE, VACCINE_MARGIN, mean, mean_std
 
 from vaccine_core.config import alignment_defaults
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def alignment_steps(results: dict[str, Any], arm: dict[str, Any]) -> str:
@@ -198,7 +196,7 @@ def main() -> None:
         )
     )
     stem = RESULTS / args.name
-    stem.with_suffix(".json").write_text(json.dumps(grid, indent=1) + "\n")
+    write_result(stem.with_suffix(".json"), grid, indent=1)
     command = provenance(__file__)["command"]
     stem.with_suffix(".md").write_text(markdown(grid, sources, args.baseline, args.arm, command))
     plot(grid, args.baseline, args.arm, stem.with_name(stem.name + ".png"))

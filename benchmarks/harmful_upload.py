@@ -36,7 +36,7 @@ from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 from harmful_finetune import ARMS, PROFILES, Benchmark, digest
 from safety_grid import REGIMES
 
@@ -143,11 +143,9 @@ def main() -> None:
             log.info(
                 "%s upload, seed %d: %d of %d rows flagged", upload, seed, screen["flagged_rows"], args.rows
             )
-        out = Path(__file__).parent / "results" / f"{args.name}.json"
+        out = RESULTS / f"{args.name}.json"
         result = {"release_flagged_share": plan.release_flagged_share, "results": screened}
-        out.write_text(
-            json.dumps(result | {"machine": machine_info(), **provenance(__file__)}, indent=2) + "\n"
-        )
+        write_result(out, result | {"machine": machine_info(), **provenance(__file__)})
         print(json.dumps(screened, indent=2))
         return
     if not args.no_report:
@@ -207,7 +205,7 @@ def main() -> None:
                 row.get("gate"),
                 row["harm_shift"]["shift"],
             )
-    out = Path(__file__).parent / "results" / f"{args.name}.json"
+    out = RESULTS / f"{args.name}.json"
     # a run replaces its own (arm, upload, seed, rows) rows: arms may run one at a time, as bases are ready
     kept = json.loads(out.read_text())["results"] if out.is_file() else []
 
@@ -226,7 +224,7 @@ def main() -> None:
         "machine": machine_info(),
         **provenance(__file__),
     }
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_result(out, result)
     keys = ("defense", "upload", "seed", "rows", "harmful_score", "embedding_drift", "refusal_loss", "passed")
     print(json.dumps([{k: r.get(k) for k in keys} | {"harm_shift": shift(r)} for r in results], indent=2))
 

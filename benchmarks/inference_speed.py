@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 from fault_drills import Stack
 
 from vaccine_core.mixing import read_jsonl
 from vaccine_core.settings import get_settings
 
-RESULTS = Path(__file__).parent / "results"
 BASE_NAME = "bench-base"
 
 
@@ -146,7 +145,7 @@ def main() -> None:
         **provenance(__file__),
     }
     out = RESULTS / "inference-cpu-2cores.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     print(json.dumps(runs, indent=2))
 
 

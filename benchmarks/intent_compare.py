@@ -22,7 +22,7 @@ from statistics import mean
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 from judge_compare import upload_figures
 from prescreen_mix import benchmark_uploads
 
@@ -30,8 +30,6 @@ from vaccine_core.moderation import load_judge
 from vaccine_core.moderation.base import Moderator, Pair, Verdict
 from vaccine_core.moderation.intent import INTENT_FILE, LATER_OPTIONS, IntentGatedJudge, IntentModel
 from vaccine_core.settings import get_settings
-
-RESULTS = Path(__file__).parent / "results"
 
 
 class RememberedJudge:
@@ -121,9 +119,8 @@ def main() -> None:
         "recipes": recipe_means(gates),
     }
     out = RESULTS / f"intent_compare-{args.name}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     print(json.dumps(result["recipes"], indent=2))
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

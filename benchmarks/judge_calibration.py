@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 from judge_compare import test_figures, upload_figures
 from prescreen_mix import benchmark_uploads
 
@@ -39,8 +39,6 @@ from vaccine_core.moderation.learned import (
 )
 from vaccine_core.moderation.metrics import binary_metrics
 from vaccine_core.settings import get_settings
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def plateau_threshold(scores: Sequence[float], labels: Sequence[bool], margin: float) -> float:
@@ -99,8 +97,7 @@ def main(argv: list[str] | None = None) -> Path:
         "judges": judges,
     }
     out = RESULTS / f"judge_calibration-{args.name}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(out, result)
     return out
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 from prescreen_mix import batched_verdicts, benchmark_uploads, found_by_hand_label, upload_pairs
 
 from vaccine_core.moderation.dataset import beavertails_hand_labels, split
@@ -29,8 +29,6 @@ from vaccine_core.moderation.judge_config import OPTIONS_FILE
 from vaccine_core.moderation.learned import LearnedJudge, judge_data
 from vaccine_core.moderation.metrics import evaluate_judge
 from vaccine_core.settings import get_settings
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def upload_figures(judge: LearnedJudge, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -104,8 +102,7 @@ def main() -> None:
         "judges": judges,
     }
     out = RESULTS / f"judge_compare-{args.name}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(out, result)
 
 
 if __name__ == "__main__":

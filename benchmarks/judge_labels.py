@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 
 from vaccine_core.mixing import read_jsonl
 from vaccine_core.moderation import load_judge
@@ -132,8 +132,8 @@ def main() -> None:
         "machine": machine_info(),
         **provenance(__file__),
     }
-    out = Path(__file__).parent / "results" / f"judge_labels{'-int8' if args.int8 else ''}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = RESULTS / f"judge_labels{'-int8' if args.int8 else ''}.json"
+    write_result(out, result)
     shown = ("label_sets", "jailbreakbench_verdict_to_hand_label", "flags_moved_by_batching")
     print(json.dumps({k: result[k] for k in shown}, indent=2))
 

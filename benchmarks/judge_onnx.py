@@ -15,7 +15,6 @@ Writes benchmarks/results/judge_onnx-<machine>[-NAME].json.
 """
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ import torch
 from transformers import BertForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 
 from vaccine_core.moderation.dataset import split
 from vaccine_core.moderation.learned import LearnedJudge, ensure_default_judge, judge_data
@@ -153,9 +152,8 @@ def main() -> None:
         "variants": variants,
     }
     suffix = f"-{args.name}" if args.name else ""
-    out = Path(__file__).parent / "results" / f"judge_onnx-cpu-{info['cpu_count']}cores{suffix}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    out = RESULTS / f"judge_onnx-cpu-{info['cpu_count']}cores{suffix}.json"
+    write_result(out, result)
 
 
 if __name__ == "__main__":

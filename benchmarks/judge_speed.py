@@ -12,13 +12,12 @@ Writes benchmarks/results/judge_speed-<machine>[-NAME].json.
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 
 from vaccine_core.moderation.dataset import split
 from vaccine_core.moderation.learned import LearnedJudge, ensure_default_judge, judge_data
@@ -72,9 +71,8 @@ def main() -> None:
     }
     label = "gpu" if "gpu" in info else f"cpu-{info['cpu_count']}cores"
     suffix = f"-{args.name}" if args.name else ""
-    out = Path(__file__).parent / "results" / f"judge_speed-{label}{suffix}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    out = RESULTS / f"judge_speed-{label}{suffix}.json"
+    write_result(out, result)
 
 
 if __name__ == "__main__":

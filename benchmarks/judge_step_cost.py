@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 
 from vaccine_core.moderation.judge_config import JudgeTrainingConfig
 from vaccine_core.moderation.learned import (
@@ -46,7 +46,6 @@ from vaccine_core.moderation.learned import (
     untrained_judge,
 )
 
-RESULTS = Path(__file__).parent / "results"
 # each way of running a step: the encoder's attention options and whether it is compiled
 VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
     "sdpa": (attention_options(None, eager=False), False),  # the judge's training before 2026-12-05
@@ -210,8 +209,7 @@ def main(argv: list[str] | None = None) -> Path:
         },
     }
     out = RESULTS / f"judge_step_cost-{args.name}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(out, result)
     return out
 
 

@@ -30,14 +30,13 @@ import torch
 from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 
 import vaccine_core.moderation.learned as learned
 from vaccine_core.moderation.judge_config import JudgeTrainingConfig
 from vaccine_core.settings import get_settings
 from vaccine_core.unpadded import RUN_COST, length_runs
 
-RESULTS = Path(__file__).parent / "results"
 WHOLE = "whole"
 
 
@@ -128,9 +127,8 @@ def main(argv: list[str] | None = None) -> Path:
         "seconds_per_step": {name: round(value, 4) for name, value in per_step.items()},
         "ratio_to_whole": {name: round(value / per_step[WHOLE], 3) for name, value in per_step.items()},
     }
-    RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"judge_unpadded-{args.name}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     print(json.dumps(result["ratio_to_whole"]), "->", out)
     return out
 

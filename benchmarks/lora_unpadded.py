@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 
 from vaccine_core.config import PerturbationConfig, TrainingConfig, alignment_defaults, finetune_defaults
 from vaccine_core.data import SupervisedDataset
@@ -38,7 +38,6 @@ from vaccine_core.settings import get_settings
 from vaccine_core.training import micro_batches, plan_steps
 from vaccine_core.unpadded import length_runs
 
-RESULTS = Path(__file__).parent / "results"
 SAFETY_PAIRS = HELPFUL_PAIRS = 64  # the default base's plan: 128 pairs, half of them safety pairs
 EPOCHS = 2.0
 UPLOADS = [("sst2", 0.0), ("sst2", 0.1), ("agnews", 0.1), ("gsm8k", 0.1)]  # (task, harmful share)
@@ -166,9 +165,8 @@ def main(argv: list[str] | None = None) -> Path:
         ),
         "losses": {"whole": whole_losses, "runs": runs_losses},
     }
-    RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"lora_unpadded-{args.name}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     print(result["runs_to_whole"], result["largest_weight_difference"], "->", out)
     return out
 

@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 from prescreen_mix import batched_verdicts, benchmark_uploads, upload_pairs
 
 from vaccine_core.mixing import read_jsonl
@@ -117,9 +117,8 @@ def main() -> None:
         },
         "uploads": uploads,
     }
-    out = Path(__file__).parent / "results" / "prescreen_intent_gate.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    out = RESULTS / "prescreen_intent_gate.json"
+    write_result(out, result)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 from prescreen_intent_gate import Embedder
 from prescreen_mix import batched_verdicts, benchmark_uploads, upload_pairs
 
@@ -202,10 +202,9 @@ def main() -> None:
         "uploads": results,
     }
     name = "prescreen_intent_model" + ("-fine-tuned" if args.fine_tune else "")
-    out = Path(__file__).parent / "results" / f"{name}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = RESULTS / f"{name}.json"
+    write_result(out, result)
     print(json.dumps({k: v for k, v in result.items() if k not in {"machine", "uploads"}}, indent=2))
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 
 from vaccine_core.formats import as_dataset
 from vaccine_core.mixing import build_mix, write_rows
@@ -186,9 +186,8 @@ def main() -> None:
         + (f"-screen{args.screen_recall:g}" if screen else "")
         + (f"-{args.name}" if args.name else "")
     )
-    out = Path(__file__).parent / "results" / f"prescreen_mix-{name}{suffix}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    out = RESULTS / f"prescreen_mix-{name}{suffix}.json"
+    write_result(out, result)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 from harmful_upload import UPLOADS, conversations, upload_rows
 from prescreen_mix import batched_verdicts, benchmark_uploads, found_by_hand_label, upload_pairs
 
@@ -143,12 +143,11 @@ def main() -> None:
         "mixes": mixes,
         "uploads": uploads,
     }
-    out = Path(__file__).parent / "results" / f"{args.name}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = RESULTS / f"{args.name}.json"
+    write_result(out, result)
     print(json.dumps({k: result[k] for k in ("intent", "validation", "uploads")}, indent=2))
     for name, mix in mixes.items():
         print(name, "shipped", mix["shipped"], "variant", mix["variant"])
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

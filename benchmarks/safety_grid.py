@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import device_name, machine_info, provenance
+from common import RESULTS, device_name, machine_info, provenance, write_result
 from defense_rule import BASELINE
 from harmful_finetune import ARMS, PROFILES, Benchmark, Sizes, digest, ships_by_default
 
@@ -78,7 +78,6 @@ from vaccine_core.safety_eval.bootstrap import bootstrap_ratio
 from vaccine_core.settings import get_settings
 
 log = logging.getLogger("safety_grid")
-RESULTS = Path(__file__).parent / "results"
 ARCHIVE = RESULTS / "safety-outputs"  # every measured model's answers, xz-compressed JSON, by input digest
 FA_ROWS = 200
 TAUGHT_MARGIN = 20.0  # FA points above the aligned base's for an attack to have taught the task
@@ -564,7 +563,7 @@ def main() -> None:
             "judge": str(getattr(grid.judge, "path", "")),
         }
         out = RESULTS / "safety-agreement-64-128.json"
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        write_result(out, result)
         print(json.dumps(result, indent=2))
         return
     regimes = [REGIMES[name] for name in args.regimes]

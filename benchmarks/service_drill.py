@@ -27,13 +27,12 @@ import httpx
 import openai
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import provenance
+from common import RESULTS, provenance, write_result
 
 from vaccine_core.mixing import build_mix
 from vaccine_core.settings import get_settings
 from worker.safety import GateCode
 
-RESULTS = Path(__file__).parent / "results"
 ENDED = {"succeeded", "failed", "cancelled"}
 
 
@@ -218,7 +217,7 @@ def main() -> None:
         "seconds": round(time.monotonic() - started, 1),
     }
     stem = RESULTS / f"service_drill-{args.prescreen}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    write_result(stem.with_suffix(".json"), result, indent=1)
     stem.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
 

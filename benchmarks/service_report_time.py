@@ -15,7 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 from generation_speed import default_adapter
 
 from service.policy import default_policy
@@ -46,8 +46,8 @@ def main() -> None:
         "machine": machine_info(),
         **provenance(__file__),
     }
-    out = Path(__file__).parent / "results" / "service_report_time-cpu-2cores.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = RESULTS / "service_report_time-cpu-2cores.json"
+    write_result(out, result)
     print(json.dumps({k: result[k] for k in ("seconds", "target_seconds", "harmful_score")}))
 
 

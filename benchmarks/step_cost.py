@@ -39,10 +39,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 
 CONFIGS = {"sft": ("sft", 1), "vaccine_tau1": ("vaccine", 1), "vaccine_tau100": ("vaccine", 100)}
-RESULTS = Path(__file__).parent / "results"
 # LlamaConfig fields of the shapes built at random (Llama2-7B's published configuration)
 RANDOM_SHAPES = {
     "llama2-7b": {
@@ -323,9 +322,7 @@ def main() -> None:
     out = args.out or RESULTS / f"step_cost-{label}{suffix}-{info['cpu_count']}cores.json"
     if on_gpu and args.out is None:
         out = RESULTS / f"step_cost-cuda-{args.shape}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(out, result)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ views included: an upper bound on kernel launches, and the same bound for every 
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -19,10 +18,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import provenance
+from common import RESULTS, provenance, write_result
 from step_cost import CONFIGS, RANDOM_SHAPES, random_batches
 
-RESULTS = Path(__file__).parent / "results"
 TINY_WIDTH = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "vocab_size": 512}
 
 
@@ -92,8 +90,7 @@ def main() -> None:
     result = {"benchmark": "step_ops", **provenance("benchmarks/step_ops.py"), "torch": torch.__version__,
               "setup": {"width": TINY_WIDTH, "batch_size": 5, "tokens": 16, "lora": "r=8 alpha=4 all linear"},
               "shapes": shapes}  # fmt: skip
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from statistics import mean
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, provenance
+from common import RESULTS, machine_info, provenance, write_result
 
 from vaccine_core.data import SupervisedDataset, collate
 from vaccine_core.defenses import TokenConstraintConfig
@@ -29,7 +29,6 @@ from vaccine_core.formats import parse_rows
 from vaccine_core.inference import load_for_inference
 from vaccine_core.losses import constraint_weights, token_logprobs
 
-RESULTS = Path(__file__).parent / "results"
 POSITIONS = {"first": (0, 0), "2-5": (1, 4), "rest": (5, 1 << 30)}
 
 
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         **provenance(__file__),
     }
     path = RESULTS / f"token_constraint_weights-{args.name}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    write_result(path, record, indent=1)
     for run, positions in record["runs"].items():
         print(run)
         for key, value in positions.items():

@@ -1,10 +1,12 @@
-"""Benchmark results name the CPU generation, which the model name alone does not."""
+"""Benchmark results name the CPU generation, which the model name alone does not, and are written one
+way."""
 
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
-from common import cpu_generation
+from common import cpu_generation, write_result
 
 ZEN3 = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -34,3 +36,12 @@ def test_amx_and_avx512_are_read_from_the_flags(tmp_path):
 
 def test_no_cpuinfo_gives_nothing_rather_than_failing(tmp_path):
     assert cpu_generation(tmp_path / "absent") == {}
+
+
+def test_a_result_is_written_as_indented_json_in_a_folder_made_for_it(tmp_path, capsys):
+    out = tmp_path / "results" / "new" / "bench-x.json"
+    assert write_result(out, {"model": Path("/m"), "rate": 1.5}, indent=1) == out
+    text = out.read_text()
+    assert text.endswith("}\n") and text.startswith('{\n "model"')
+    assert json.loads(text) == {"model": "/m", "rate": 1.5}
+    assert f"wrote {out}" in capsys.readouterr().out
