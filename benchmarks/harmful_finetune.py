@@ -49,6 +49,7 @@ from vaccine_core.defenses import (
     PreferenceConfig,
     RestaConfig,
     SafeLoraConfig,
+    SafetyLayersConfig,
     StepDefenses,
     TokenConstraintConfig,
 )
@@ -56,6 +57,7 @@ from vaccine_core.defenses.config import LISA_SAFETY_PAIRS, PREFERENCE_PAIRS, Re
 from vaccine_core.defenses.data import booster_pairs, lisa_pairs, preference_pairs, user_turn
 from vaccine_core.defenses.harmful_adapter import adapter_key, build_harmful_adapter, harmful_rows
 from vaccine_core.defenses.own_compliance import judged_safety_rows, own_compliance
+from vaccine_core.defenses.safety_layers import base_safety_layers
 from vaccine_core.evaluation import embedding_drift, judge_answers, load_prompts, refusal_rate, task_accuracy
 from vaccine_core.finetune import apply_resta, apply_safe_lora, finetune
 from vaccine_core.formats import parse_rows
@@ -115,6 +117,8 @@ class Arm:
     prescreen_filter: bool = False
     # the token-wise constraint on the user's fine-tuning (TokenConstraintConfig's defaults, the paper's)
     token_constraint: bool = False
+    # the base's safety layers left out of the user's fine-tuning (SafetyLayersConfig's defaults)
+    safety_layers: bool = False
     # of the alignment's helpful pairs, how many answer requests that only sound harmful (sensitive_helpful)
     sensitive_helpful: int = 0
     # alignment on other data than the profile's, in as many optimizer steps (fewer epochs over more pairs)
@@ -144,6 +148,7 @@ class Arm:
             "prescreen_filter": self.prescreen_filter,
             "lisa": self.lisa,
             "token_constraint": self.token_constraint,
+            "safety_layers": self.safety_layers,
             "safe_lora": self.safe_lora,
             "resta": self.resta is not None,
         }
@@ -159,6 +164,10 @@ class Arm:
     def token_constraint_config(self) -> TokenConstraintConfig | None:
         """The token constraint's settings in this arm (None: none)."""
         return TokenConstraintConfig() if self.token_constraint else None
+
+    def safety_layers_config(self) -> SafetyLayersConfig | None:
+        """How this arm locates the base's safety layers (None: it trains every layer)."""
+        return SafetyLayersConfig() if self.safety_layers else None
 
     def safe_lora_config(self) -> SafeLoraConfig | None:
         """The projection this arm applies to the user's adapter (None: none)."""
@@ -197,6 +206,7 @@ def ships_by_default(arm: Arm) -> bool:
         and arm.resta_config() == stack.realignment()
         and arm.prescreen_filter == stack.prescreen_filter
         and arm.token_constraint_config() == stack.constraint()
+        and not arm.safety_layers
     )
 
 
@@ -248,6 +258,11 @@ ARMS: dict[str, Arm] = {
         # fourteenth session), alone and after the pre-screen filter
         Arm("token_constraint", "sft", token_constraint=True),
         Arm("prescreen_filter+token_constraint", "sft", prescreen_filter=True, token_constraint=True),
+        # the layers where the base tells harmful requests from harmless ones kept out of the user's
+        # fine-tuning (Li et al. 2024, SPPFT; safety-defenses-plan.md, thirtieth session), alone and after
+        # the pre-screen filter
+        Arm("safety_layers", "sft", safety_layers=True),
+        Arm("prescreen_filter+safety_layers", "sft", prescreen_filter=True, safety_layers=True),
         # the two layers that each passed the default's rule in one setting, stacked: alignment that answers
         # requests which only sound harmful, and the pre-screen filter (safety-defenses-plan.md, fifteenth
         # session)
@@ -618,6 +633,14 @@ class Benchmark:
             defenses = replace(defenses or StepDefenses(), token_constraint=constraint)
         if defenses is not None:
             key_parts.append(defenses.to_dict())
+        if (layers := arm.safety_layers_config()) is not None:
+            # named by how they are located (they follow from the base and the data); located to train
+            key_parts.append({"safety_layers": layers.to_dict()})
+            if build:
+                located = base_safety_layers(base, self.data_dir, layers, exclude=self.evaluated_requests)
+                defenses = replace(
+                    defenses or StepDefenses(), safety_layers=layers, safety_layer_indices=located["layers"]
+                )
         safe_lora, resta = arm.safe_lora_config(), arm.resta_config()
         if safe_lora is not None:
             key_parts.append({"safe_lora": safe_lora.to_dict()})

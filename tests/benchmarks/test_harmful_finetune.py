@@ -342,3 +342,29 @@ def test_the_preference_term_never_learns_an_evaluated_request(tiny_model_dir, t
     rows = preference_pairs(data, 4, exclude=evaluated)
     assert not {normalised(r["instruction"]) for r in rows} & evaluated
     assert not bench.ships_by_default(bench.ARMS["sft+preference"])
+
+
+def test_the_safety_layers_arm_trains_every_layer_but_its_base_s_safety_layers(
+    tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch
+):
+    from functools import partial
+
+    from vaccine_core.artifacts import read_manifest
+    from vaccine_core.defenses import SafetyLayersConfig
+    from vaccine_core.defenses.safety_layers import SAFETY_LAYERS_FILE, base_safety_layers
+
+    # the tiny data leaves few requests beside the base's alignment: three of each kind locate the layers
+    monkeypatch.setattr(bench, "SafetyLayersConfig", partial(SafetyLayersConfig, requests=3))
+    benchmark = bench.Benchmark(TINY, str(tiny_model_dir), tiny_data_dir, tmp_path, judge="refusal")
+    benchmark.evaluated_requests = set()  # the tiny data holds no protocol v2 split
+    arm = bench.ARMS["safety_layers"]
+    named = benchmark.attacked(arm, 0.5, seed=0, build=False)
+    base = Path(benchmark.base(arm))
+    located = base_safety_layers(base, tiny_data_dir, SafetyLayersConfig(requests=3))
+    assert located["layers"]  # of the tiny model's two layers; the run must keep one to train: the second
+    (base / SAFETY_LAYERS_FILE).write_text(json.dumps({**located, "layers": [0]}))
+    run = benchmark.attacked(arm, 0.5, seed=0)
+    assert run == named != benchmark.attacked(bench.ARMS["sft"], 0.5, seed=0, build=False)
+    recorded = read_manifest(run)["defenses"]["safety_layers"]
+    assert recorded == {**SafetyLayersConfig(requests=3).to_dict(), "layers": [0]}
+    assert arm.layers() == ["safety_layers"] and not bench.ships_by_default(arm)

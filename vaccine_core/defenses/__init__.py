@@ -2,8 +2,9 @@
 
 * alignment: ``booster`` (attenuate how much a harmful step can lower the harmful loss) and ``preference``
   (DPO on pairs of answers: refuse the harmful request, answer the benign one that sounds harmful);
-* fine-tuning: ``lisa`` (alternate with safety pairs under a proximal term) and ``token_constraint`` (keep
-  the answers' first tokens near the aligned base's distribution);
+* fine-tuning: ``lisa`` (alternate with safety pairs under a proximal term), ``token_constraint`` (keep
+  the answers' first tokens near the aligned base's distribution) and ``safety_layers`` (leave the layers
+  where the base tells harmful requests from harmless ones out of the user's training);
 * after fine-tuning: ``safe_lora`` (project the user's update onto the alignment subspace where it strays)
   and ``resta`` (add the base's alignment update to the user's adapter again).
 
@@ -19,6 +20,7 @@ from vaccine_core.defenses.config import (
     PreferenceConfig,
     RestaConfig,
     SafeLoraConfig,
+    SafetyLayersConfig,
     TokenConstraintConfig,
 )
 
@@ -36,6 +38,8 @@ _LAZY = {
     "project_adapter": "safe_lora",
     "add_alignment": "resta",
     "StepDefenses": "stack",
+    "freeze_layers": "safety_layers",
+    "locate_safety_layers": "safety_layers",
     "TokenConstraint": "token_constraint",
 }
 
@@ -53,6 +57,7 @@ __all__ = [
     "PreferenceConfig",
     "RestaConfig",
     "SafeLoraConfig",
+    "SafetyLayersConfig",
     "TokenConstraintConfig",
     *_LAZY,
 ]

@@ -134,6 +134,33 @@ class SafeLoraConfig:
         return {"threshold": self.threshold}
 
 
+@dataclass
+class SafetyLayersConfig:
+    low: float = field(
+        default=0.1,
+        metadata={
+            "help": "The safety layers start at the first layer whose output carries this share of the "
+            "largest gap between harmless-harmless and harmless-harmful similarity."
+        },
+    )
+    high: float = field(
+        default=0.9,
+        metadata={"help": "... and end at the first layer whose output carries this share of it."},
+    )
+    requests: int = field(
+        default=64,
+        metadata={"help": "Harmful and harmless requests each (never aligned on) the gap is measured over."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the requests' draw."})
+
+    def __post_init__(self) -> None:
+        if not 0 < self.low <= self.high <= 1 or self.requests < 2:
+            raise ValueError("the safety layers need 0 < low <= high <= 1 and 2 or more requests a kind")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 # RESTA's safety vectors (RestaConfig.vector's help says what each is)
 RestaVector = Literal["alignment", "harmful"]
 RESTA_VECTORS: tuple[str, ...] = get_args(RestaVector)

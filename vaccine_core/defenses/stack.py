@@ -16,6 +16,7 @@ from vaccine_core.defenses.booster import Booster, BoosterConfig
 from vaccine_core.defenses.data import side_dataset
 from vaccine_core.defenses.lisa import Lisa, LisaConfig
 from vaccine_core.defenses.preference import PairStream, Preference, PreferenceConfig
+from vaccine_core.defenses.safety_layers import SafetyLayersConfig, freeze_layers
 from vaccine_core.defenses.token_constraint import TokenConstraint, TokenConstraintConfig
 from vaccine_core.training import plan_steps
 
@@ -29,7 +30,9 @@ def rows_identity(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 class StepDefenses:
     """``booster`` needs harmful pairs (defenses.data.booster_pairs), ``lisa`` safety pairs
     (defenses.data.lisa_pairs), ``preference`` pairs of answers (defenses.data.preference_pairs);
-    ``token_constraint`` needs no data of its own. Any may be left out."""
+    ``token_constraint`` needs no data of its own; ``safety_layers`` the layers located on the run's base
+    (defenses.safety_layers.base_safety_layers), whose LoRA weights it leaves untrained. Any may be left
+    out."""
 
     booster: BoosterConfig | None = None
     booster_rows: Sequence[dict[str, Any]] = ()
@@ -38,8 +41,12 @@ class StepDefenses:
     preference: PreferenceConfig | None = None
     preference_rows: Sequence[dict[str, Any]] = ()
     token_constraint: TokenConstraintConfig | None = None
+    safety_layers: SafetyLayersConfig | None = None
+    safety_layer_indices: Sequence[int] = ()
 
     def __post_init__(self) -> None:
+        if self.safety_layers is not None and not self.safety_layer_indices:
+            raise ValueError("the safety layers must be located on the base first (base_safety_layers)")
         if self.booster is not None and not self.booster_rows:
             raise ValueError("Booster needs harmful pairs for its simulated harmful step")
         if self.lisa is not None and not self.lisa_rows:
@@ -51,7 +58,7 @@ class StepDefenses:
     def names(self) -> list[str]:
         return [
             name
-            for name in ("booster", "preference", "lisa", "token_constraint")
+            for name in ("booster", "preference", "lisa", "token_constraint", "safety_layers")
             if getattr(self, name) is not None
         ]
 
@@ -64,7 +71,9 @@ class StepDefenses:
     ) -> list[StepDefense]:
         """The defenses over ``model`` (its adapter already attached) for a run on ``examples``, their
         streams seeded from the run's. Lisa comes before the token constraint, which leaves Lisa's safety
-        batches as they are."""
+        batches as they are. The safety layers act here, once: their LoRA weights stop training."""
+        if self.safety_layers is not None:
+            freeze_layers(model, self.safety_layer_indices)
         built: list[StepDefense] = []
         if self.booster is not None:
             harmful = side_dataset(self.booster_rows, tokenizer, config.max_length)
@@ -102,4 +111,9 @@ class StepDefenses:
             record["lisa"] = {**self.lisa.to_dict(), "data": rows_identity(self.lisa_rows)}
         if self.token_constraint is not None:
             record["token_constraint"] = self.token_constraint.to_dict()
+        if self.safety_layers is not None:
+            record["safety_layers"] = {
+                **self.safety_layers.to_dict(),
+                "layers": [int(i) for i in self.safety_layer_indices],
+            }
         return record

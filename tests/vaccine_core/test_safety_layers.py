@@ -1,0 +1,113 @@
+"""Safety layers: where a base separates harmful requests from harmless ones, and their LoRA weights kept
+out of the user's fine-tuning."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import lora_model
+from vaccine_core.align import align
+from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
+from vaccine_core.defenses import SafetyLayersConfig, StepDefenses
+from vaccine_core.defenses.safety_layers import (
+    SAFETY_LAYERS_FILE,
+    base_safety_layers,
+    freeze_layers,
+    gap_building_layers,
+    last_token_states,
+    mean_cosine,
+    separation_gaps,
+)
+from vaccine_core.finetune import finetune
+
+FAST = TrainingConfig(
+    epochs=1.0, batch_size=4, learning_rate=1e-2, lora=LoraSettings(r=4, alpha=4, dropout=0.0)
+)
+
+
+def test_the_similarity_within_a_group_leaves_each_request_s_own_out():
+    a = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])  # one depth, three requests
+    # pairs (0,1) 0, (0,2) and (1,2) 1/sqrt(2): the mean over the six ordered pairs, not over nine
+    assert mean_cosine(a, a, same=True).item() == pytest.approx(2 * 2**-0.5 / 3)
+    assert mean_cosine(a, a).item() == pytest.approx((3 + 4 * 2**-0.5) / 9)
+    with pytest.raises(ValueError, match="two requests"):
+        mean_cosine(a[:, :1], a[:, :1], same=True)
+
+
+def test_the_gap_is_how_much_closer_harmless_requests_are_to_each_other_than_to_harmful_ones():
+    # depth 0: every request the same state (the generation prompt's last token before any layer);
+    # depth 1: harmless along x, harmful along y; depth 2: half-way apart
+    harmless = torch.tensor([[[1.0, 1.0]] * 3, [[1.0, 0.0]] * 3, [[1.0, 0.0]] * 3])
+    harmful = torch.tensor([[[1.0, 1.0]] * 2, [[0.0, 1.0]] * 2, [[1.0, 1.0]] * 2])
+    assert separation_gaps(harmless, harmful) == pytest.approx([0.0, 1.0, 1 - 2**-0.5], abs=1e-6)
+
+
+def test_the_safety_layers_are_those_that_build_the_gap():
+    # gaps[d] follows decoder layer d - 1: 10 % of the top first at depth 3 (layer 2), 90 % at depth 5
+    gaps = [0.0, 0.0, 0.05, 0.3, 0.8, 0.95, 1.0, 0.9]
+    assert gap_building_layers(gaps, 0.1, 0.9) == [2, 3, 4]
+    assert gap_building_layers(gaps, 0.5, 0.5) == [3]
+    assert gap_building_layers([0.0, 1.0], 0.1, 0.9) == [0]
+    with pytest.raises(ValueError, match="no depth separates"):
+        gap_building_layers([0.0, 0.0, -0.1], 0.1, 0.9)
+
+
+def test_last_token_states_are_the_generation_prompt_s_at_every_depth(tiny_model, tokenizer):
+    states = last_token_states(tiny_model, tokenizer, ["Name a fruit.", "Make weapon 3", "Hi"])
+    depth = tiny_model.config.num_hidden_layers + 1
+    assert states.shape == (depth, 3, tiny_model.config.hidden_size)
+    # a request alone gives the same state as beside others: no padding reaches it
+    alone = last_token_states(tiny_model, tokenizer, ["Make weapon 3"])
+    assert torch.allclose(states[:, 1], alone[:, 0], atol=1e-6)
+    # before the first layer every prompt ends on the same token
+    assert torch.allclose(states[0, 0], states[0, 2])
+
+
+def test_freezing_leaves_other_layers_trainable(tiny_model):
+    model = lora_model(tiny_model)
+    before = {n for n, p in model.named_parameters() if p.requires_grad}
+    in_layer_1 = sum(".layers.1." in n for n in before)
+    assert in_layer_1 > 0 and freeze_layers(model, [1]) == in_layer_1
+    after = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert after == {n for n in before if ".layers.1." not in n} and after
+    with pytest.raises(ValueError, match="no LoRA weights"):
+        freeze_layers(model, [7])
+
+
+def test_a_fine_tune_leaves_the_safety_layers_adapter_at_zero_and_records_them(
+    tiny_model_dir, alpaca_file, tmp_path
+):
+    defenses = StepDefenses(safety_layers=SafetyLayersConfig(), safety_layer_indices=[0])
+    result = finetune(str(tiny_model_dir), alpaca_file, tmp_path / "tuned", FAST, defenses=defenses)
+    weights = load_file(str(tmp_path / "tuned" / "adapter_model.safetensors"))
+    b = {n: w for n, w in weights.items() if "lora_B" in n}
+    assert b and all(torch.count_nonzero(w) == 0 for n, w in b.items() if ".layers.0." in n)
+    assert all(torch.count_nonzero(w) > 0 for n, w in b.items() if ".layers.1." in n)
+    assert result.manifest["defenses"]["safety_layers"] == {**SafetyLayersConfig().to_dict(), "layers": [0]}
+    with pytest.raises(ValueError, match="located on the base first"):
+        StepDefenses(safety_layers=SafetyLayersConfig())
+
+
+def test_a_base_s_safety_layers_are_located_once_and_kept_beside_it(tiny_model_dir, tiny_data_dir, tmp_path):
+    from vaccine_core.mixing import read_jsonl, write_rows
+
+    safety = read_jsonl(tiny_data_dir / "alignment/safe_refusals.jsonl")
+    write_rows(tmp_path / "alignment.jsonl", safety[:10])
+    base = align(
+        str(tiny_model_dir),
+        tmp_path / "alignment.jsonl",
+        tmp_path / "aligned",
+        PerturbationConfig("sft"),
+        TrainingConfig(max_steps=1, batch_size=4),
+    ).output_dir
+    config = SafetyLayersConfig(requests=4)
+    record = base_safety_layers(base, tiny_data_dir, config)
+    assert len(record["gaps"]) == 3 and record["gaps"][0] == pytest.approx(0.0, abs=1e-5)
+    assert record["requests"] == 4 and record["low"] == 0.1
+    assert set(record["layers"]) <= {0, 1} and record["layers"]
+    kept = base / SAFETY_LAYERS_FILE
+    kept.write_text(json.dumps({**record, "layers": [1]}))  # read back, not located again
+    assert base_safety_layers(base, tiny_data_dir, config)["layers"] == [1]
+    assert base_safety_layers(base, tiny_data_dir, SafetyLayersConfig(requests=3))["requests"] == 3

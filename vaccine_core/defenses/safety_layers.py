@@ -1,0 +1,148 @@
+"""Safety layers kept out of the user's fine-tuning (after Li et al. 2024, "Safety Layers in Aligned Large
+Language Models: The Key to LLM Security", SPPFT).
+
+An aligned model tells a harmful request from a harmless one in a few contiguous middle layers: below them
+the last prompt token's hidden state of a harmless request is as close to a harmful request's as to
+another harmless one's; through them a gap opens between the two similarities; above them it stays. The
+paper fixes those layers' weights during fine-tuning, so the user's data can teach the task everywhere else
+but cannot re-wire where the model decides to refuse.
+
+Here the user's LoRA stays on every layer (the adapter keeps its shape for Safe LoRA, RESTA and continued
+jobs); on the safety layers its weights are frozen, and since LoRA's B starts at zero they add nothing.
+
+Located once per base, from its own hidden states:
+
+    gap(l) = mean cos(harmless_i, harmless_j) - mean cos(harmless_i, harmful_k)     (hidden state l)
+
+over requests the base was not aligned on and no evaluation asks. The safety layers are the decoder
+layers that build the gap: from the first whose output carries ``low`` of the largest gap to the first
+whose output carries ``high`` of it. (The paper refines its upper bound by scaling those layers' weights
+and reading over-refusal; that step is not built here.)
+"""
+
+import json
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from vaccine_core.defenses.config import SafetyLayersConfig
+from vaccine_core.defenses.data import lisa_pairs, user_turn
+from vaccine_core.formats import parse_rows
+from vaccine_core.generation import prompt_token_ids
+
+
+@torch.no_grad()
+def last_token_states(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, requests: Sequence[str]
+) -> torch.Tensor:
+    """Each request's hidden state at its prompt's last token (the chat template's generation prompt), at
+    every depth: [hidden states (embeddings first), requests, width]. One request at a time: no padding."""
+    states = []
+    for ids in prompt_token_ids(tokenizer, [[{"role": "user", "content": r}] for r in requests]):
+        device = next(model.parameters()).device
+        out = model(input_ids=torch.tensor([ids], device=device), output_hidden_states=True)
+        states.append(torch.stack([h[0, -1].float().cpu() for h in out.hidden_states]))
+    return torch.stack(states, dim=1)
+
+
+def mean_cosine(a: torch.Tensor, b: torch.Tensor, *, same: bool = False) -> torch.Tensor:
+    """Mean cosine similarity between the rows of ``a`` and of ``b`` per depth ([depth, n, width] each);
+    ``same``: ``a`` is ``b``, and a row's similarity with itself is left out."""
+    a, b = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(b, dim=-1)
+    sims = a @ b.transpose(1, 2)
+    if not same:
+        return sims.mean(dim=(1, 2))
+    n = sims.shape[1]
+    if n < 2:
+        raise ValueError("the similarity within a group needs at least two requests")
+    return (sims.sum(dim=(1, 2)) - sims.diagonal(dim1=1, dim2=2).sum(dim=1)) / (n * (n - 1))
+
+
+def separation_gaps(harmless: torch.Tensor, harmful: torch.Tensor) -> list[float]:
+    """Per depth: how much closer harmless requests are to each other than to harmful ones."""
+    within = mean_cosine(harmless, harmless, same=True)
+    between = mean_cosine(harmless, harmful)
+    return (within - between).tolist()
+
+
+def gap_building_layers(gaps: Sequence[float], low: float, high: float) -> list[int]:
+    """The decoder layers (0-based) that build the gap: ``gaps[d]`` is the gap after layer d - 1 (``gaps[0]``
+    the embeddings'), and the layers run from the first whose output reaches ``low`` of the largest gap to
+    the first whose output reaches ``high`` of it."""
+    top = max(gaps)
+    if top <= 0:
+        raise ValueError("no depth separates harmful requests from harmless ones: no safety layers")
+    first = next(d for d, gap in enumerate(gaps) if gap >= low * top)
+    last = next(d for d, gap in enumerate(gaps) if gap >= high * top)
+    return list(range(max(first, 1) - 1, last))
+
+
+def locating_requests(
+    data_dir: Path, base: str | Path, config: SafetyLayersConfig, exclude: Collection[str] = ()
+) -> tuple[list[str], list[str]]:
+    """Harmful and harmless requests the base was not aligned on, none (normalised) in ``exclude``: the user
+    turns of safety pairs and of helpful Alpaca pairs, drawn as Lisa draws them."""
+    n = config.requests
+    harmful = lisa_pairs(data_dir, base, n, config.seed, exclude=exclude)
+    harmless = lisa_pairs(data_dir, base, n, config.seed, helpful=n, exclude=exclude)
+    return user_turns(harmful), user_turns(harmless)
+
+
+def user_turns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return [user_turn(c) for c in parse_rows(enumerate(rows, start=1)).conversations]
+
+
+def locate_safety_layers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    config: SafetyLayersConfig,
+) -> dict[str, Any]:
+    """The safety layers of ``model`` and what located them (a manifest's record)."""
+    gaps = separation_gaps(
+        last_token_states(model, tokenizer, harmless), last_token_states(model, tokenizer, harmful)
+    )
+    return {
+        "layers": gap_building_layers(gaps, config.low, config.high),
+        "gaps": [round(g, 5) for g in gaps],
+        **config.to_dict(),
+    }
+
+
+SAFETY_LAYERS_FILE = "safety_layers.json"  # in a base's directory: its located safety layers
+
+
+def base_safety_layers(
+    base: str | Path, data_dir: Path, config: SafetyLayersConfig, exclude: Collection[str] = ()
+) -> dict[str, Any]:
+    """The aligned base's safety layers, located once and kept in its directory beside its weights (located
+    again when asked with other options)."""
+    from vaccine_core.inference import load_for_inference
+
+    kept = Path(base) / SAFETY_LAYERS_FILE
+    if kept.is_file():
+        record = json.loads(kept.read_text())
+        if all(record.get(k) == v for k, v in config.to_dict().items()):
+            return record
+    harmful, harmless = locating_requests(data_dir, base, config, exclude)
+    loaded = load_for_inference(base)
+    record = locate_safety_layers(loaded.model, loaded.tokenizer, harmful, harmless, config)
+    kept.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def freeze_layers(model: torch.nn.Module, layers: Collection[int]) -> int:
+    """Stop training the LoRA weights of the decoder ``layers`` of ``model``; how many tensors it froze."""
+    wanted = {f".layers.{i}." for i in layers}
+    frozen = 0
+    for name, param in model.named_parameters():
+        if "lora_" in name and param.requires_grad and any(part in name for part in wanted):
+            param.requires_grad_(False)
+            frozen += 1
+    if layers and not frozen:
+        raise ValueError(f"no LoRA weights found in layers {sorted(layers)}")
+    return frozen
