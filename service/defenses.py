@@ -2,11 +2,12 @@
 
 Alignment-stage defenses (Vaccine's perturbation, Booster) belong to a base model and are set when it is
 registered; what is chosen here acts on each user's job: the pre-screen filter on its data before it
-trains, Lisa and the token-wise constraint while it trains, Safe LoRA and then RESTA on its adapter before
-the safety report. Defaults and help texts
-come from vaccine_core's configs, their one home.
+trains; Lisa, the token-wise constraint and the base's safety layers left untrained while it trains; Safe
+LoRA and then RESTA on its adapter before the safety report. Defaults and help texts come from
+vaccine_core's configs, their one home.
 """
 
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from vaccine_core.defenses.config import (
     RestaConfig,
     RestaVector,
     SafeLoraConfig,
+    SafetyLayersConfig,
     TokenConstraintConfig,
 )
 
@@ -28,6 +30,10 @@ if TYPE_CHECKING:  # the code behind the options loads torch: a worker's busines
 
 def config_help(config: type, name: str) -> str:
     return next(f.metadata.get("help", "") for f in fields(config) if f.name == name)
+
+
+# the stack's layers, in the order they act on a job
+LAYERS = ("prescreen_filter", "lisa", "token_constraint", "safety_layers", "safe_lora", "resta")
 
 
 class DefenseStack(BaseModel):
@@ -82,6 +88,11 @@ class DefenseStack(BaseModel):
         le=64,
         description=config_help(TokenConstraintConfig, "bias_length"),
     )
+    safety_layers: bool = Field(
+        default=False,
+        description="Leave the layers where the base tells harmful requests from harmless ones untrained "
+        "(located by the first job on the base and kept beside it)",
+    )
     safe_lora: bool = Field(default=False, description="Safe LoRA: project stray layers of the adapter")
     safe_lora_threshold: float = Field(
         default=SafeLoraConfig.threshold, ge=-1, le=1, description=config_help(SafeLoraConfig, "threshold")
@@ -103,22 +114,21 @@ class DefenseStack(BaseModel):
 
     @property
     def layers(self) -> list[str]:
-        return [
-            name
-            for name in ("prescreen_filter", "lisa", "token_constraint", "safe_lora", "resta")
-            if getattr(self, name)
-        ]
+        return [name for name in LAYERS if getattr(self, name)]
 
     @property
     def needs_harmful_adapter(self) -> bool:
         """RESTA adds its own vector, which the base's harmful adapter gives (trained once per base)."""
         return self.resta and self.resta_vector == "harmful"
 
-    def step_defenses(self, data_dir: Path, base_dir: Path, seed: int) -> "StepDefenses | None":
+    def step_defenses(
+        self, data_dir: Path, base_dir: Path, seed: int, safety_layers: Sequence[int] = ()
+    ) -> "StepDefenses | None":
         """Lisa over safety pairs the base at ``base_dir`` was not aligned on (seeded: a resumed job draws
-        the same ones), and the token-wise constraint; None where neither is on."""
+        the same ones), the token-wise constraint, and the base's ``safety_layers`` left untrained (located
+        by the worker: worker.safety_layers); None where none is on."""
         lisa, constraint = self.lisa_config(), self.constraint()
-        if lisa is None and constraint is None:
+        if lisa is None and constraint is None and not self.safety_layers:
             return None
         from vaccine_core.defenses.data import lisa_pairs
         from vaccine_core.defenses.stack import StepDefenses
@@ -127,6 +137,8 @@ class DefenseStack(BaseModel):
             lisa=lisa,
             lisa_rows=lisa_pairs(data_dir, base_dir, self.lisa_pairs, seed) if lisa is not None else (),
             token_constraint=constraint,
+            safety_layers=self.safety_layers_config(),
+            safety_layer_indices=safety_layers,
         )
 
     def lisa_config(self) -> LisaConfig | None:
@@ -149,6 +161,10 @@ class DefenseStack(BaseModel):
             first_token_bias_factor=self.token_constraint_first_token_bias_factor,
             bias_length=self.token_constraint_bias_length,
         )
+
+    def safety_layers_config(self) -> SafetyLayersConfig | None:
+        """How the base's safety layers are located (None: every layer trains)."""
+        return SafetyLayersConfig() if self.safety_layers else None
 
     def projection(self) -> SafeLoraConfig | None:
         return SafeLoraConfig(threshold=self.safe_lora_threshold) if self.safe_lora else None

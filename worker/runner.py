@@ -41,6 +41,7 @@ from service.policy import get_policy
 from service.settings import ServiceSettings, get_service_settings
 from service.storage import storage_error_code
 from vaccine_core.config import TrainingConfig, finetune_defaults
+from vaccine_core.defenses.config import SafetyLayersConfig
 from vaccine_core.defenses.resta import own_adapter
 from vaccine_core.finetune import finetune
 from vaccine_core.formats import LoadedDataset
@@ -51,6 +52,7 @@ from vaccine_core.moderation.prescreen import without_flagged
 from vaccine_core.training import Progress
 from worker.harmful_adapter import base_harmful_adapter
 from worker.safety import ReportPlan, safety_report
+from worker.safety_layers import located_safety_layers
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +216,7 @@ def train_and_release(
             session.commit()
         base_model = cached_base(str(resolve_base(base.path).model_path))
         harmful_adapter = unsafe_copy(job_id, base, base_model, plan) if stack.needs_harmful_adapter else None
+        layers = stack.safety_layers_config()
         result = finetune(
             Path(base.path),
             training,
@@ -223,7 +226,12 @@ def train_and_release(
             on_progress=on_progress,
             should_stop=should_stop,
             base_model=base_model,
-            defenses=stack.step_defenses(get_service_settings().data_dir, Path(base.path), config.seed),
+            defenses=stack.step_defenses(
+                get_service_settings().data_dir,
+                Path(base.path),
+                config.seed,
+                safety_layers=safety_layers(job_id, base, base_model, plan, layers) if layers else (),
+            ),
             safe_lora=stack.projection(),
             resta=stack.realignment(),
             harmful_adapter=harmful_adapter,
@@ -242,6 +250,26 @@ def train_and_release(
         with sessions() as session:
             return jobs.stopped(session, job_id=job_id, step=result.train.steps)
     return release(job_id, base, output_dir, result.train.tokens, validation, plan, training_file.prescreen)
+
+
+def safety_layers(
+    job_id: str,
+    base: BaseModelRecord,
+    base_model: PreTrainedModel,
+    plan: ReportPlan,
+    config: SafetyLayersConfig,
+) -> list[int]:
+    """The base's safety layers, located by the first job that needs them, with an event saying so."""
+    layers, seconds = located_safety_layers(base.id, Path(base.path), plan, config, base_model)
+    if seconds is not None:
+        with Session(get_engine()) as session:
+            message = (
+                f"Located the base's safety layers {layers} in {seconds:.1f} s (once per base); their "
+                "weights stay as aligned"
+            )
+            add_event(session, job_id, message)
+            session.commit()
+    return layers
 
 
 def unsafe_copy(job_id: str, base: BaseModelRecord, base_model: PreTrainedModel, plan: ReportPlan) -> Path:

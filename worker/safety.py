@@ -187,6 +187,8 @@ def defense_layers(manifest: dict[str, Any], base: BaseModelRecord) -> list[dict
     for layer in ("lisa", "token_constraint"):  # the training loop's layers, in the order they act
         if options := own.get(layer):
             add(layer, "fine-tuning", options, seconds.get(layer))
+    if options := own.get("safety_layers"):  # fewer weights train: no time of its own in a job
+        add("safety_layers", "fine-tuning", options, 0.0)
     for layer in ADAPTER_EDITS:
         if edit := own.get(layer):
             options = {k: v for k, v in edit.items() if k != "seconds"}

@@ -1,6 +1,7 @@
 """The defense stack in the service: the policy chooses it, a tenant may have its own, every job's safety
 report lists the layers that ran and what each cost; a base can be aligned with Booster."""
 
+import json
 import shutil
 
 from sqlalchemy.orm import Session
@@ -11,8 +12,10 @@ from service.models import BaseModelRecord, FineTunedModel, Tenant
 from service.settings import get_service_settings
 from tests.service_helpers import JOB_ROWS, OPERATOR, jsonl, tenant_client, upload
 from vaccine_core.artifacts import read_manifest
+from vaccine_core.defenses.config import SafetyLayersConfig
 from vaccine_core.defenses.resta import HARMFUL_ADAPTER
 from vaccine_core.defenses.safe_lora import ADAPTER_FILE
+from vaccine_core.defenses.safety_layers import SAFETY_LAYERS_FILE
 from vaccine_core.mixing import read_jsonl, write_rows
 from worker.alignment import align_base
 from worker.runner import run_job
@@ -167,6 +170,50 @@ def test_resta_s_harmful_vector_trains_the_base_s_harmful_adapter_once(
     assert (kept / ADAPTER_FILE).read_bytes() == trained  # trained once per base
     events = [e.message for e in client.fine_tuning.jobs.list_events(second.id)]
     assert not any("harmful adapter" in m for m in events)
+
+
+def test_the_base_s_safety_layers_are_located_once_and_left_untrained(
+    service, base, aligned_tiny_dir, tiny_data_dir, tmp_path, monkeypatch
+):
+    use_data(monkeypatch, tiny_data_dir)
+    own_base = tmp_path / "base"  # adopted as it is: someone else's run, never written into
+    shutil.copytree(aligned_tiny_dir, own_base)
+    as_adopted = sorted(own_base.rglob("*"))
+    with Session(get_engine()) as session:
+        session.get(BaseModelRecord, base).path = str(own_base)
+        session.commit()
+    # four requests of each kind: the tiny data holds few beside the base's alignment
+    monkeypatch.setattr("service.defenses.SafetyLayersConfig", lambda: SafetyLayersConfig(requests=4))
+    policy = {"defenses": {"safety_layers": True}}
+    assert service.patch("/admin/policy", json=policy, headers=OPERATOR).status_code == 200
+    client = tenant_client(service, "acme")
+    first = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    state = run_job(first.id)
+    kept = get_service_settings().home / "bases" / base / SAFETY_LAYERS_FILE  # the service's own directory
+    assert sorted(own_base.rglob("*")) == as_adopted
+    located = json.loads(kept.read_text())
+    events = [e.message for e in client.fine_tuning.jobs.list_events(first.id)]
+    assert any(m.startswith(f"Located the base's safety layers {located['layers']}") for m in events)
+    if located["layers"] == [0, 1]:  # the tiny model's every layer: nothing left to train, and said so
+        assert state == "failed" and "none left" in client.fine_tuning.jobs.retrieve(first.id).error.message
+        kept.write_text(json.dumps({**located, "layers": [1]}))  # an operator's base with more layers
+    else:
+        assert state == "succeeded"
+    second = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
+    assert run_job(second.id) == "succeeded"
+    assert not any("Located" in e.message for e in client.fine_tuning.jobs.list_events(second.id))
+    model_id = client.fine_tuning.jobs.retrieve(second.id).fine_tuned_model
+    with Session(get_engine()) as session:
+        layers = {
+            layer["layer"]: layer for layer in session.get(FineTunedModel, model_id).safety_report["defenses"]
+        }
+    expected = json.loads(kept.read_text())["layers"]
+    assert layers["safety_layers"] == {
+        "layer": "safety_layers",
+        "stage": "fine-tuning",
+        "options": {**SafetyLayersConfig(requests=4).to_dict(), "layers": expected},
+        "seconds": 0.0,
+    }
 
 
 def test_bad_stack_options_are_a_400_in_the_error_envelope(service):

@@ -24,6 +24,7 @@ from vaccine_core.defenses import (
     LisaConfig,
     RestaConfig,
     SafeLoraConfig,
+    SafetyLayersConfig,
     StepDefenses,
     add_alignment,
     project_adapter,
@@ -667,6 +668,17 @@ def test_the_cli_runs_every_defense(tiny_model_dir, alpaca_file, tiny_data_dir, 
     record = read_manifest(tmp_path / "f")["defenses"]
     assert record["lisa"]["data"]["rows"] == 5 and record["safe_lora"]["threshold"] == 0.3
     assert record["token_constraint"]["beta"] == 0.2
+
+    # the base's safety layers as an earlier run located them (the tiny model's two layers leave one to train)
+    kept = {**SafetyLayersConfig().to_dict(), "layers": [1], "gaps": [0.0, 0.2, 0.3]}
+    (tmp_path / "a" / "safety_layers.json").write_text(json.dumps(kept))
+    result = runner.invoke(app, [
+        "finetune", "--base", str(tmp_path / "a"), "--data", str(alpaca_file), "--out", str(tmp_path / "s"),
+        "--safety-layers", *common,
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "safety layers, kept untrained: [1]" in result.output
+    assert read_manifest(tmp_path / "s")["defenses"]["safety_layers"]["layers"] == [1]
 
     result = runner.invoke(app, [
         "finetune", "--base", str(tmp_path / "a"), "--data", str(alpaca_file), "--out", str(tmp_path / "g"),

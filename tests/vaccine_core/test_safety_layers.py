@@ -74,6 +74,8 @@ def test_freezing_leaves_other_layers_trainable(tiny_model):
     assert after == {n for n in before if ".layers.1." not in n} and after
     with pytest.raises(ValueError, match="no LoRA weights"):
         freeze_layers(model, [7])
+    with pytest.raises(ValueError, match="none left"):
+        freeze_layers(model, [0, 1])
 
 
 def test_a_fine_tune_leaves_the_safety_layers_adapter_at_zero_and_records_them(

@@ -26,6 +26,7 @@ from vaccine_core.defenses import (
     LisaConfig,
     RestaConfig,
     SafeLoraConfig,
+    SafetyLayersConfig,
     TokenConstraintConfig,
 )
 from vaccine_core.defenses.config import LISA_SAFETY_PAIRS
@@ -151,6 +152,14 @@ def finetune(
     token_constraint_beta: Annotated[
         float, typer.Option(help=CONSTRAINT_HELP["beta"], rich_help_panel="Defenses")
     ] = TokenConstraintConfig.beta,
+    safety_layers: Annotated[
+        bool,
+        typer.Option(
+            help="Leave the layers where the base tells harmful requests from harmless ones untrained "
+            "(located once per base and kept in its directory; Li et al. 2024).",
+            rich_help_panel="Defenses",
+        ),
+    ] = False,
     safe_lora: Annotated[
         bool,
         typer.Option(
@@ -190,6 +199,7 @@ def finetune(
     """Fine-tune an aligned base on user data with a fresh LoRA adapter."""
     from vaccine_core.defenses.data import lisa_pairs as draw_lisa_pairs
     from vaccine_core.defenses.harmful_adapter import ensure_harmful_adapter
+    from vaccine_core.defenses.safety_layers import base_safety_layers
     from vaccine_core.defenses.stack import StepDefenses
     from vaccine_core.finetune import finetune as run_finetune
 
@@ -204,6 +214,14 @@ def finetune(
         if token_constraint:
             constraint = TokenConstraintConfig(beta=token_constraint_beta)
             defenses = replace(defenses or StepDefenses(), token_constraint=constraint)
+        if safety_layers:
+            located = base_safety_layers(base, get_settings().data_dir, SafetyLayersConfig())
+            typer.echo(f"the base's safety layers, kept untrained: {located['layers']}", err=True)
+            defenses = replace(
+                defenses or StepDefenses(),
+                safety_layers=SafetyLayersConfig(),
+                safety_layer_indices=located["layers"],
+            )
         projection = SafeLoraConfig(threshold=safe_lora_threshold) if safe_lora else None
         realignment = (
             RestaConfig(scale=resta_scale, vector=resta_vector, outside_user=resta_outside_user)

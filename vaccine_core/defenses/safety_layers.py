@@ -21,6 +21,8 @@ and reading over-refusal; that step is not built here.)
 """
 
 import json
+import os
+import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -117,21 +119,39 @@ SAFETY_LAYERS_FILE = "safety_layers.json"  # in a base's directory: its located 
 
 
 def base_safety_layers(
-    base: str | Path, data_dir: Path, config: SafetyLayersConfig, exclude: Collection[str] = ()
+    base: str | Path,
+    data_dir: Path,
+    config: SafetyLayersConfig,
+    exclude: Collection[str] = (),
+    *,
+    kept: Path | None = None,
+    model: PreTrainedModel | None = None,
 ) -> dict[str, Any]:
-    """The aligned base's safety layers, located once and kept in its directory beside its weights (located
-    again when asked with other options)."""
-    from vaccine_core.inference import load_for_inference
+    """The aligned base's safety layers, located once and kept at ``kept`` (by default beside its weights,
+    in its directory), located again when asked with other options. ``model``: the base already loaded
+    (a worker keeps it between jobs). The record says how long locating took."""
+    from vaccine_core.inference import load_for_inference, resolve_base
+    from vaccine_core.models import load_tokenizer
 
-    kept = Path(base) / SAFETY_LAYERS_FILE
+    kept = kept or Path(base) / SAFETY_LAYERS_FILE
     if kept.is_file():
         record = json.loads(kept.read_text())
         if all(record.get(k) == v for k, v in config.to_dict().items()):
             return record
+    started = time.perf_counter()
     harmful, harmless = locating_requests(data_dir, base, config, exclude)
-    loaded = load_for_inference(base)
-    record = locate_safety_layers(loaded.model, loaded.tokenizer, harmful, harmless, config)
-    kept.write_text(json.dumps(record, indent=1) + "\n")
+    if model is None:
+        loaded = load_for_inference(base)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    else:
+        tokenizer = load_tokenizer(resolve_base(base).model_path)
+    record = locate_safety_layers(model, tokenizer, harmful, harmless, config)
+    record["seconds"] = round(time.perf_counter() - started, 2)
+    # written whole or not at all: two jobs on one base may locate them at once, and read them after
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    staging = kept.with_name(f"{kept.name}.{os.getpid()}.partial")
+    staging.write_text(json.dumps(record, indent=1) + "\n")
+    staging.replace(kept)
     return record
 
 
@@ -145,4 +165,6 @@ def freeze_layers(model: torch.nn.Module, layers: Collection[int]) -> int:
             frozen += 1
     if layers and not frozen:
         raise ValueError(f"no LoRA weights found in layers {sorted(layers)}")
+    if not any(p.requires_grad for name, p in model.named_parameters() if "lora_" in name):
+        raise ValueError(f"the safety layers {sorted(layers)} are every layer the adapter trains: none left")
     return frozen
