@@ -6,7 +6,9 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import LlamaForCausalLM
 
+from tests.conftest import tiny_llama_config
 from tests.helpers import lora_model
 from vaccine_core.align import align
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
@@ -63,6 +65,16 @@ def test_last_token_states_are_the_generation_prompt_s_at_every_depth(tiny_model
     assert torch.allclose(states[:, 1], alone[:, 0], atol=1e-6)
     # before the first layer every prompt ends on the same token
     assert torch.allclose(states[0, 0], states[0, 2])
+
+
+def test_last_token_states_are_read_without_dropout(tokenizer):
+    config = tiny_llama_config(len(tokenizer))
+    config.attention_dropout = 0.5
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).train()  # as a worker's cached base may be
+    first = last_token_states(model, tokenizer, ["Make weapon 3", "Hi"])
+    assert torch.equal(first, last_token_states(model, tokenizer, ["Make weapon 3", "Hi"]))
+    assert model.training  # handed back in the mode it came in
 
 
 def test_freezing_leaves_other_layers_trainable(tiny_model):

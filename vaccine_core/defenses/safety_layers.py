@@ -41,12 +41,17 @@ def last_token_states(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, requests: Sequence[str]
 ) -> torch.Tensor:
     """Each request's hidden state at its prompt's last token (the chat template's generation prompt), at
-    every depth: [hidden states (embeddings first), requests, width]. One request at a time: no padding."""
+    every depth: [hidden states (embeddings first), requests, width]. One request at a time: no padding.
+    Without dropout, whatever mode ``model`` is in (a worker's cached base may be in training mode)."""
+    device, training = next(model.parameters()).device, model.training
+    model.eval()
     states = []
-    for ids in prompt_token_ids(tokenizer, [[{"role": "user", "content": r}] for r in requests]):
-        device = next(model.parameters()).device
-        out = model(input_ids=torch.tensor([ids], device=device), output_hidden_states=True)
-        states.append(torch.stack([h[0, -1].float().cpu() for h in out.hidden_states]))
+    try:
+        for ids in prompt_token_ids(tokenizer, [[{"role": "user", "content": r}] for r in requests]):
+            out = model(input_ids=torch.tensor([ids], device=device), output_hidden_states=True)
+            states.append(torch.stack([h[0, -1].float().cpu() for h in out.hidden_states]))
+    finally:
+        model.train(training)
     return torch.stack(states, dim=1)
 
 
