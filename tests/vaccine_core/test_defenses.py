@@ -670,7 +670,7 @@ def test_the_cli_runs_every_defense(tiny_model_dir, alpaca_file, tiny_data_dir, 
     assert record["token_constraint"]["beta"] == 0.2
 
     # the base's safety layers as an earlier run located them (the tiny model's two layers leave one to train)
-    kept = {**SafetyLayersConfig().to_dict(), "layers": [1], "gaps": [0.0, 0.2, 0.3]}
+    kept = {**SafetyLayersConfig().to_dict(), "layers": [1], "separation": [0.0, 0.2, 0.3]}
     (tmp_path / "a" / "safety_layers.json").write_text(json.dumps(kept))
     result = runner.invoke(app, [
         "finetune", "--base", str(tmp_path / "a"), "--data", str(alpaca_file), "--out", str(tmp_path / "s"),

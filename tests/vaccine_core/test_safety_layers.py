@@ -17,10 +17,9 @@ from vaccine_core.defenses.safety_layers import (
     SAFETY_LAYERS_FILE,
     base_safety_layers,
     freeze_layers,
-    gap_building_layers,
     last_token_states,
-    mean_cosine,
-    separation_gaps,
+    separating_layers,
+    separation,
 )
 from vaccine_core.finetune import finetune
 
@@ -29,31 +28,29 @@ FAST = TrainingConfig(
 )
 
 
-def test_the_similarity_within_a_group_leaves_each_request_s_own_out():
-    a = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])  # one depth, three requests
-    # pairs (0,1) 0, (0,2) and (1,2) 1/sqrt(2): the mean over the six ordered pairs, not over nine
-    assert mean_cosine(a, a, same=True).item() == pytest.approx(2 * 2**-0.5 / 3)
-    assert mean_cosine(a, a).item() == pytest.approx((3 + 4 * 2**-0.5) / 9)
-    with pytest.raises(ValueError, match="two requests"):
-        mean_cosine(a[:, :1], a[:, :1], same=True)
-
-
-def test_the_gap_is_how_much_closer_harmless_requests_are_to_each_other_than_to_harmful_ones():
+def test_the_separation_is_fisher_s_ratio_along_the_difference_of_the_means():
     # depth 0: every request the same state (the generation prompt's last token before any layer);
-    # depth 1: harmless along x, harmful along y; depth 2: half-way apart
-    harmless = torch.tensor([[[1.0, 1.0]] * 3, [[1.0, 0.0]] * 3, [[1.0, 0.0]] * 3])
-    harmful = torch.tensor([[[1.0, 1.0]] * 2, [[0.0, 1.0]] * 2, [[1.0, 1.0]] * 2])
-    assert separation_gaps(harmless, harmful) == pytest.approx([0.0, 1.0, 1 - 2**-0.5], abs=1e-6)
+    # depth 1: means (1, 1) and (6, 1), each kind spread by variance 2 along x: 25 / (2 + 2)
+    harmless = torch.tensor([[[3.0, 3.0], [3.0, 3.0]], [[0.0, 0.0], [2.0, 2.0]]])
+    harmful = torch.tensor([[[3.0, 3.0], [3.0, 3.0]], [[5.0, 0.0], [7.0, 2.0]]])
+    assert separation(harmless, harmful) == pytest.approx([0.0, 6.25])
+    # a component every state shares, and the states' scale, change nothing
+    shared = torch.tensor([100.0, -40.0])
+    assert separation(3 * harmless + shared, 3 * harmful + shared) == pytest.approx([0.0, 6.25])
+    # spread across the direction between the means does not count
+    wide = harmful.clone()
+    wide[1, :, 1] = torch.tensor([-49.0, 51.0])  # the same mean, y = 1
+    assert separation(harmless, wide) == pytest.approx([0.0, 6.25])
 
 
-def test_the_safety_layers_are_those_that_build_the_gap():
-    # gaps[d] follows decoder layer d - 1: 10 % of the top first at depth 3 (layer 2), 90 % at depth 5
-    gaps = [0.0, 0.0, 0.05, 0.3, 0.8, 0.95, 1.0, 0.9]
-    assert gap_building_layers(gaps, 0.1, 0.9) == [2, 3, 4]
-    assert gap_building_layers(gaps, 0.5, 0.5) == [3]
-    assert gap_building_layers([0.0, 1.0], 0.1, 0.9) == [0]
+def test_the_safety_layers_are_those_that_build_the_separation():
+    # separations[d] follows decoder layer d - 1: 10 % of the top first at depth 3 (layer 2), 90 % at 5
+    separations = [0.0, 0.0, 0.05, 0.3, 0.8, 0.95, 1.0, 0.9]
+    assert separating_layers(separations, 0.1, 0.9) == [2, 3, 4]
+    assert separating_layers(separations, 0.5, 0.5) == [3]
+    assert separating_layers([0.0, 1.0], 0.1, 0.9) == [0]
     with pytest.raises(ValueError, match="no depth separates"):
-        gap_building_layers([0.0, 0.0, -0.1], 0.1, 0.9)
+        separating_layers([0.0, 0.0, -0.1], 0.1, 0.9)
 
 
 def test_last_token_states_are_the_generation_prompt_s_at_every_depth(tiny_model, tokenizer):
@@ -118,7 +115,7 @@ def test_a_base_s_safety_layers_are_located_once_and_kept_beside_it(tiny_model_d
     ).output_dir
     config = SafetyLayersConfig(requests=4)
     record = base_safety_layers(base, tiny_data_dir, config)
-    assert len(record["gaps"]) == 3 and record["gaps"][0] == pytest.approx(0.0, abs=1e-5)
+    assert len(record["separation"]) == 3 and record["separation"][0] == 0.0
     assert record["requests"] == 4 and record["low"] == 0.1
     assert set(record["layers"]) <= {0, 1} and record["layers"]
     kept = base / SAFETY_LAYERS_FILE

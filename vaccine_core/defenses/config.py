@@ -140,7 +140,7 @@ class SafetyLayersConfig:
         default=0.1,
         metadata={
             "help": "The safety layers start at the first layer whose output carries this share of the "
-            "largest gap between harmless-harmless and harmless-harmful similarity."
+            "largest separation between harmful and harmless requests (Fisher's ratio)."
         },
     )
     high: float = field(
@@ -149,7 +149,7 @@ class SafetyLayersConfig:
     )
     requests: int = field(
         default=64,
-        metadata={"help": "Harmful and harmless requests each (never aligned on) the gap is measured over."},
+        metadata={"help": "Harmful and harmless requests each (never aligned on) the separation is read on."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of the requests' draw."})
 

@@ -2,22 +2,20 @@
 Language Models: The Key to LLM Security", SPPFT).
 
 An aligned model tells a harmful request from a harmless one in a few contiguous middle layers: below them
-the last prompt token's hidden state of a harmless request is as close to a harmful request's as to
-another harmless one's; through them a gap opens between the two similarities; above them it stays. The
-paper fixes those layers' weights during fine-tuning, so the user's data can teach the task everywhere else
-but cannot re-wire where the model decides to refuse.
+the last prompt token's hidden states of the two kinds lie together; through them they move apart; above
+them the separation stays. The paper fixes those layers' weights during fine-tuning, so the user's data can
+teach the task everywhere else but cannot re-wire where the model decides to refuse.
 
 Here the user's LoRA stays on every layer (the adapter keeps its shape for Safe LoRA, RESTA and continued
 jobs); on the safety layers its weights are frozen, and since LoRA's B starts at zero they add nothing.
 
-Located once per base, from its own hidden states:
-
-    gap(l) = mean cos(harmless_i, harmless_j) - mean cos(harmless_i, harmful_k)     (hidden state l)
-
-over requests the base was not aligned on and no evaluation asks. The safety layers are the decoder
-layers that build the gap: from the first whose output carries ``low`` of the largest gap to the first
-whose output carries ``high`` of it. (The paper refines its upper bound by scaling those layers' weights
-and reading over-refusal; that step is not built here.)
+Located once per base, from its own hidden states at the prompt's last token, over requests the base was
+not aligned on and no evaluation asks: after each layer, how far apart the two kinds lie relative to their
+spread (Fisher's ratio along the difference of their means, ``separation``; the paper compares cosine
+similarities within and across the kinds, which here the states' shared component drowns). The safety
+layers are the decoder layers that build the separation: from the first whose output carries ``low`` of
+the largest to the first whose output carries ``high`` of it. (The paper refines its upper bound by scaling
+those layers' weights and reading over-refusal; that step is not built here.)
 """
 
 import json
@@ -55,35 +53,33 @@ def last_token_states(
     return torch.stack(states, dim=1)
 
 
-def mean_cosine(a: torch.Tensor, b: torch.Tensor, *, same: bool = False) -> torch.Tensor:
-    """Mean cosine similarity between the rows of ``a`` and of ``b`` per depth ([depth, n, width] each);
-    ``same``: ``a`` is ``b``, and a row's similarity with itself is left out."""
-    a, b = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(b, dim=-1)
-    sims = a @ b.transpose(1, 2)
-    if not same:
-        return sims.mean(dim=(1, 2))
-    n = sims.shape[1]
-    if n < 2:
-        raise ValueError("the similarity within a group needs at least two requests")
-    return (sims.sum(dim=(1, 2)) - sims.diagonal(dim1=1, dim2=2).sum(dim=1)) / (n * (n - 1))
+def separation(harmless: torch.Tensor, harmful: torch.Tensor) -> list[float]:
+    """Per depth, how far apart the two kinds of request lie relative to their spread: Fisher's ratio along
+    the difference of their means, |mu_harmful - mu_harmless|^2 / (var_harmful + var_harmless), each
+    variance that of a kind's states projected on that direction ([depth, n, width] each); 0 where the
+    means coincide. Cosines would not do: at the last prompt token every state shares one large component,
+    and harmful requests are more alike than harmless ones at every depth."""
+    difference = harmful.mean(dim=1) - harmless.mean(dim=1)
+    distance = difference.norm(dim=-1)
+    direction = difference / distance.clamp_min(torch.finfo(distance.dtype).tiny).unsqueeze(-1)
+
+    def spread(states: torch.Tensor) -> torch.Tensor:
+        projected = ((states - states.mean(dim=1, keepdim=True)) * direction.unsqueeze(1)).sum(dim=-1)
+        return projected.var(dim=1)
+
+    ratio = distance**2 / (spread(harmful) + spread(harmless)).clamp_min(torch.finfo(distance.dtype).tiny)
+    return torch.where(distance > 0, ratio, torch.zeros_like(ratio)).tolist()
 
 
-def separation_gaps(harmless: torch.Tensor, harmful: torch.Tensor) -> list[float]:
-    """Per depth: how much closer harmless requests are to each other than to harmful ones."""
-    within = mean_cosine(harmless, harmless, same=True)
-    between = mean_cosine(harmless, harmful)
-    return (within - between).tolist()
-
-
-def gap_building_layers(gaps: Sequence[float], low: float, high: float) -> list[int]:
-    """The decoder layers (0-based) that build the gap: ``gaps[d]`` is the gap after layer d - 1 (``gaps[0]``
-    the embeddings'), and the layers run from the first whose output reaches ``low`` of the largest gap to
-    the first whose output reaches ``high`` of it."""
-    top = max(gaps)
+def separating_layers(separations: Sequence[float], low: float, high: float) -> list[int]:
+    """The decoder layers (0-based) that build the separation: ``separations[d]`` follows layer d - 1
+    (``separations[0]`` the embeddings), and the layers run from the first whose output reaches ``low`` of
+    the largest separation to the first whose output reaches ``high`` of it."""
+    top = max(separations)
     if top <= 0:
         raise ValueError("no depth separates harmful requests from harmless ones: no safety layers")
-    first = next(d for d, gap in enumerate(gaps) if gap >= low * top)
-    last = next(d for d, gap in enumerate(gaps) if gap >= high * top)
+    first = next(d for d, value in enumerate(separations) if value >= low * top)
+    last = next(d for d, value in enumerate(separations) if value >= high * top)
     return list(range(max(first, 1) - 1, last))
 
 
@@ -110,12 +106,12 @@ def locate_safety_layers(
     config: SafetyLayersConfig,
 ) -> dict[str, Any]:
     """The safety layers of ``model`` and what located them (a manifest's record)."""
-    gaps = separation_gaps(
+    separations = separation(
         last_token_states(model, tokenizer, harmless), last_token_states(model, tokenizer, harmful)
     )
     return {
-        "layers": gap_building_layers(gaps, config.low, config.high),
-        "gaps": [round(g, 5) for g in gaps],
+        "layers": separating_layers(separations, config.low, config.high),
+        "separation": [round(value, 4) for value in separations],
         **config.to_dict(),
     }
 
