@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
-from common import cpu_generation, write_result
+from common import cpu_generation, device_name, write_result
 
 ZEN3 = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -45,3 +45,15 @@ def test_a_result_is_written_as_indented_json_in_a_folder_made_for_it(tmp_path, 
     assert text.endswith("}\n") and text.startswith('{\n "model"')
     assert json.loads(text) == {"model": "/m", "rate": 1.5}
     assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_a_cpu_is_named_with_its_generation_where_one_name_covers_several(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(ZEN3)
+    assert device_name(cpuinfo) == "AMD EPYC (family 25 model 1)"
+    cpuinfo.write_text("model name\t: Intel(R) Xeon(R) Processor\n")
+    assert device_name(cpuinfo) == "Intel(R) Xeon(R) Processor"  # no numbers to tell it by
+    assert device_name(tmp_path / "absent") is None
