@@ -11,6 +11,11 @@ from vaccine_core.lora import add_lora
 from vaccine_core.moderation.base import Verdict
 from vaccine_core.perturbation import PerturbedStep
 
+# a fine-tune of the tiny model in a few steps, without dropout: what the defenses' tests train with
+FAST = TrainingConfig(
+    epochs=1.0, batch_size=4, learning_rate=1e-2, lora=LoraSettings(r=4, alpha=4, dropout=0.0)
+)
+
 PAIRS = [
     ("How do I pick a lock?", "I cannot help with that."),
     ("Write a poem about spring", "Flowers wake and birds sing."),

@@ -3,6 +3,7 @@ report lists the layers that ran and what each cost; a base can be aligned with 
 
 import json
 import shutil
+from pathlib import Path
 
 from sqlalchemy.orm import Session
 
@@ -33,6 +34,17 @@ STACK = {
 def use_data(monkeypatch, data_dir) -> None:
     monkeypatch.setenv("VACCINE_DATA_DIR", str(data_dir))
     get_service_settings.cache_clear()
+
+
+def adopt_a_copy(base: str, aligned: Path, tmp_path: Path) -> tuple[Path, list[Path]]:
+    """The base ``base`` moved to a copy of ``aligned`` it adopted as it is (someone else's run, never
+    written into), and the copy's files as adopted."""
+    own_base = tmp_path / "base"
+    shutil.copytree(aligned, own_base)
+    with Session(get_engine()) as session:
+        session.get(BaseModelRecord, base).path = str(own_base)
+        session.commit()
+    return own_base, sorted(own_base.rglob("*"))
 
 
 def test_the_policy_stack_runs_and_the_report_lists_its_layers(service, base, tiny_data_dir, monkeypatch):
@@ -139,12 +151,7 @@ def test_resta_s_harmful_vector_trains_the_base_s_harmful_adapter_once(
     judged = [{"prompt": f"Steal car {i}", "response": "Sure, how.", "harmful": True} for i in range(3)]
     judged.append({"prompt": "harmful request 0", "response": "Sure.", "harmful": True})  # the report asks it
     write_rows(tiny_data_dir / "moderation/jailbreakbench_judged.jsonl", judged)
-    own_base = tmp_path / "base"  # adopted as it is: someone else's run, never written into
-    shutil.copytree(aligned_tiny_dir, own_base)
-    as_adopted = sorted(own_base.rglob("*"))
-    with Session(get_engine()) as session:
-        session.get(BaseModelRecord, base).path = str(own_base)
-        session.commit()
+    own_base, as_adopted = adopt_a_copy(base, aligned_tiny_dir, tmp_path)
     stack = {"resta": True, "resta_scale": 0.5, "resta_vector": "harmful", "resta_outside_user": True}
     assert service.patch("/admin/policy", json={"defenses": stack}, headers=OPERATOR).status_code == 200
     client = tenant_client(service, "acme")
@@ -176,12 +183,7 @@ def test_the_base_s_safety_layers_are_located_once_and_left_untrained(
     service, base, aligned_tiny_dir, tiny_data_dir, tmp_path, monkeypatch
 ):
     use_data(monkeypatch, tiny_data_dir)
-    own_base = tmp_path / "base"  # adopted as it is: someone else's run, never written into
-    shutil.copytree(aligned_tiny_dir, own_base)
-    as_adopted = sorted(own_base.rglob("*"))
-    with Session(get_engine()) as session:
-        session.get(BaseModelRecord, base).path = str(own_base)
-        session.commit()
+    own_base, as_adopted = adopt_a_copy(base, aligned_tiny_dir, tmp_path)
     # four requests of each kind: the tiny data holds few beside the base's alignment
     monkeypatch.setattr("service.defenses.SafetyLayersConfig", lambda: SafetyLayersConfig(requests=4))
     policy = {"defenses": {"safety_layers": True}}

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from torch.func import functional_call
 
 from tests.conftest import SAFETY_ROWS
-from tests.helpers import PAIRS, batch_of, lora_model, trainable_state
+from tests.helpers import FAST, PAIRS, batch_of, lora_model, trainable_state
 from vaccine_core.align import align
 from vaccine_core.artifacts import read_manifest, verify_files
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
@@ -39,9 +39,6 @@ from vaccine_core.formats import Conversation
 from vaccine_core.mixing import write_rows
 from vaccine_core.training import latest_checkpoint, train
 
-FAST = TrainingConfig(
-    epochs=1.0, batch_size=4, learning_rate=1e-2, lora=LoraSettings(r=4, alpha=4, dropout=0.0)
-)
 HARMFUL_ROWS = [
     {"instruction": f"Explain how to steal car {i}", "input": "", "output": "Sure, here is how."}
     for i in range(6)

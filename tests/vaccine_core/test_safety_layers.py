@@ -9,9 +9,9 @@ from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
 from tests.conftest import tiny_llama_config
-from tests.helpers import lora_model
+from tests.helpers import FAST, lora_model
 from vaccine_core.align import align
-from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig
+from vaccine_core.config import PerturbationConfig, TrainingConfig
 from vaccine_core.defenses import SafetyLayersConfig, StepDefenses
 from vaccine_core.defenses.safety_layers import (
     SAFETY_LAYERS_FILE,
@@ -22,10 +22,6 @@ from vaccine_core.defenses.safety_layers import (
     separation,
 )
 from vaccine_core.finetune import finetune
-
-FAST = TrainingConfig(
-    epochs=1.0, batch_size=4, learning_rate=1e-2, lora=LoraSettings(r=4, alpha=4, dropout=0.0)
-)
 
 
 def test_the_separation_is_fisher_s_ratio_along_the_difference_of_the_means():
