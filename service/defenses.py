@@ -91,7 +91,7 @@ class DefenseStack(BaseModel):
     safety_layers: bool = Field(
         default=False,
         description="Leave the layers where the base tells harmful requests from harmless ones untrained "
-        "(located by the first job on the base and kept beside it)",
+        "(located by the first job on the base, kept in the service's directory for it)",
     )
     safe_lora: bool = Field(default=False, description="Safe LoRA: project stray layers of the adapter")
     safe_lora_threshold: float = Field(
