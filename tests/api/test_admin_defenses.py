@@ -196,11 +196,10 @@ def test_the_base_s_safety_layers_are_located_once_and_left_untrained(
     located = json.loads(kept.read_text())
     events = [e.message for e in client.fine_tuning.jobs.list_events(first.id)]
     assert any(m.startswith(f"Located the base's safety layers {located['layers']}") for m in events)
-    if located["layers"] == [0, 1]:  # the tiny model's every layer: nothing left to train, and said so
-        assert state == "failed" and "none left" in client.fine_tuning.jobs.retrieve(first.id).error.message
-        kept.write_text(json.dumps({**located, "layers": [1]}))  # an operator's base with more layers
-    else:
-        assert state == "succeeded"
+    # the tiny model's separation builds over both its layers: nothing would be left to train, and said so
+    assert located["layers"] == [0, 1] and state == "failed"
+    assert "none left" in client.fine_tuning.jobs.retrieve(first.id).error.message
+    kept.write_text(json.dumps({**located, "layers": [1]}))  # as on a base with more layers than two
     second = client.fine_tuning.jobs.create(model=base, training_file=upload(client))
     assert run_job(second.id) == "succeeded"
     assert not any("Located" in e.message for e in client.fine_tuning.jobs.list_events(second.id))
@@ -209,11 +208,10 @@ def test_the_base_s_safety_layers_are_located_once_and_left_untrained(
         layers = {
             layer["layer"]: layer for layer in session.get(FineTunedModel, model_id).safety_report["defenses"]
         }
-    expected = json.loads(kept.read_text())["layers"]
     assert layers["safety_layers"] == {
         "layer": "safety_layers",
         "stage": "fine-tuning",
-        "options": {**SafetyLayersConfig(requests=4).to_dict(), "layers": expected},
+        "options": {**SafetyLayersConfig(requests=4).to_dict(), "layers": [1]},
         "seconds": 0.0,
     }
 
