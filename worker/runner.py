@@ -260,12 +260,13 @@ def safety_layers(
     config: SafetyLayersConfig,
 ) -> list[int]:
     """The base's safety layers, located by the first job that needs them, with an event saying so."""
-    layers, seconds = located_safety_layers(base.id, Path(base.path), plan, config, base_model)
-    if seconds is not None:
+    record, located_now = located_safety_layers(base.id, Path(base.path), plan, config, base_model)
+    layers, depth = record["layers"], len(record["separation"]) - 1
+    if located_now:
         with Session(get_engine()) as session:
             message = (
-                f"Located the base's safety layers {layers} in {seconds:.1f} s (once per base); their "
-                "weights stay as aligned"
+                f"Located the base's safety layers {layers} ({len(layers)} of its {depth}) in "
+                f"{record['seconds']:.1f} s (once per base); their weights stay as aligned"
             )
             add_event(session, job_id, message)
             session.commit()

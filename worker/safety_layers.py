@@ -6,6 +6,7 @@ perhaps on a read-only volume).
 """
 
 from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedModel
 
@@ -22,9 +23,10 @@ def located_safety_layers(
     plan: ReportPlan,
     config: SafetyLayersConfig,
     base_model: PreTrainedModel | None = None,
-) -> tuple[list[int], float | None]:
-    """The safety layers of the base ``base_id`` (aligned at ``base_path``), and the seconds locating them
-    took where this call located them (None: they were kept from an earlier job)."""
+) -> tuple[dict[str, Any], bool]:
+    """The record of the safety layers of the base ``base_id`` (aligned at ``base_path``: the layers, the
+    separation after each layer, the seconds locating took), and whether this call located them (else an
+    earlier job did)."""
     settings = get_service_settings()
     kept = base_dir(settings.home, base_id) / SAFETY_LAYERS_FILE
     before = kept.stat().st_mtime_ns if kept.is_file() else None
@@ -36,5 +38,4 @@ def located_safety_layers(
         kept=kept,
         model=base_model,
     )
-    located_now = kept.stat().st_mtime_ns != before
-    return record["layers"], record["seconds"] if located_now else None
+    return record, kept.stat().st_mtime_ns != before
