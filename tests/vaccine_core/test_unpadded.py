@@ -2,6 +2,7 @@
 trains the judge and the gate as the whole batch does (the LoRA steps' check is in test_training.py)."""
 
 import itertools
+import json
 import random
 
 import pytest
@@ -12,7 +13,7 @@ import vaccine_core.moderation.learned as learned
 from tests.helpers import JUDGE_WORDS, classifier_dir
 from vaccine_core.moderation.bit_dropout import bit_dropout
 from vaccine_core.moderation.dataset import LabelledPair
-from vaccine_core.moderation.intent import IntentTrainingConfig, train_intent
+from vaccine_core.moderation.intent import INTENT_FILE, IntentTrainingConfig, train_intent
 from vaccine_core.moderation.judge_config import JudgeTrainingConfig
 from vaccine_core.moderation.learned import train_judge
 from vaccine_core.unpadded import length_runs, replayed
@@ -117,6 +118,9 @@ def test_the_judge_trained_by_runs_is_the_judge_trained_whole(
     # every batch as several runs, or none
     assert (min(counted_runs) > 1) if bit_masks and not bfloat16 else not counted_runs
     assert largest_difference(judges[True], judges[False]) <= within
+    # and each judge says how its batches ran, which its options alone do not
+    recorded = {runs: json.loads((j / "judge.json").read_text())["length_runs"] for runs, j in judges.items()}
+    assert recorded == {True: bit_masks and not bfloat16, False: False}
 
 
 @pytest.mark.parametrize("bfloat16", [False, True])
@@ -133,6 +137,8 @@ def test_the_gate_trained_by_runs_is_the_gate_trained_whole(tmp_path, monkeypatc
     # in float32 every batch as several runs, within rounding; under bfloat16 the batches stay whole
     assert (min(counted_runs) > 1) if not bfloat16 else not counted_runs
     assert largest_difference(gates[False], gates[True]) <= (1e-6 if not bfloat16 else 0.0)
+    recorded = {whole: json.loads((g / INTENT_FILE).read_text())["length_runs"] for whole, g in gates.items()}
+    assert recorded == {False: not bfloat16, True: False}
 
 
 def test_runs_keep_the_judge_s_and_the_gate_s_keys():

@@ -270,6 +270,7 @@ def train_intent(
         "max_length": config.max_length,
         "training": asdict(config),
         "bfloat16_autocast": bfloat16,
+        "length_runs": unpadded,  # whether batches ran as runs of similar length (as the judge records it)
         "train_requests": len(train),
         "train_seconds": round(time.perf_counter() - started, 1),
     }

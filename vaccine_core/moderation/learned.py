@@ -456,6 +456,9 @@ def train_judge(
         "answer_tail": config.answer_tail,
         "training": asdict(config),
         "bfloat16_autocast": bfloat16,
+        # whether batches ran as runs of similar length: the option alone does not say (bfloat16 keeps
+        # them whole), and judges the option trained by runs under bfloat16 were another draw
+        "length_runs": unpadded,
         "encoder": str(encoder),
         "train_pairs": len(pairs),
         "train_seconds": round(time.perf_counter() - started, 1),
