@@ -252,6 +252,13 @@ def train_and_release(
     return release(job_id, base, output_dir, result.train.tokens, validation, plan, training_file.prescreen)
 
 
+def record_event(job_id: str, message: str, data: dict | None = None, level: str = "info") -> None:
+    """One event on the job, committed in a session of its own (the job's row is not touched)."""
+    with Session(get_engine()) as session:
+        add_event(session, job_id, message, data, level=level)
+        session.commit()
+
+
 def safety_layers(
     job_id: str,
     base: BaseModelRecord,
@@ -263,13 +270,11 @@ def safety_layers(
     record, located_now = located_safety_layers(base.id, Path(base.path), plan, config, base_model)
     layers, depth = record["layers"], len(record["separation"]) - 1
     if located_now:
-        with Session(get_engine()) as session:
-            message = (
-                f"Located the base's safety layers {layers} ({len(layers)} of its {depth}) in "
-                f"{record['seconds']:.1f} s (once per base); their weights stay as aligned"
-            )
-            add_event(session, job_id, message)
-            session.commit()
+        message = (
+            f"Located the base's safety layers {layers} ({len(layers)} of its {depth}) in "
+            f"{record['seconds']:.1f} s (once per base); their weights stay as aligned"
+        )
+        record_event(job_id, message)
     return layers
 
 
@@ -278,13 +283,11 @@ def unsafe_copy(job_id: str, base: BaseModelRecord, base_model: PreTrainedModel,
     warm-up did not (a tenant's stack asks for it, the policy's does not), with an event saying so."""
     adapter = base_harmful_adapter(base.id, Path(base.path), plan, base_model)
     if adapter.seconds:
-        with Session(get_engine()) as session:
-            message = (
-                f"Trained the base's harmful adapter for RESTA's safety vector on {adapter.pairs} harmful"
-                f" pairs in {adapter.seconds:.1f} s (once per base)"
-            )
-            add_event(session, job_id, message)
-            session.commit()
+        message = (
+            f"Trained the base's harmful adapter for RESTA's safety vector on {adapter.pairs} harmful"
+            f" pairs in {adapter.seconds:.1f} s (once per base)"
+        )
+        record_event(job_id, message)
     return adapter.path
 
 
@@ -299,15 +302,12 @@ def filter_flagged(
     lines = record["lines"]
     if lines:
         shown = ", ".join(map(str, lines[:20])) + (" ..." if len(lines) > 20 else "")
-        with Session(get_engine()) as session:
-            add_event(
-                session,
-                job_id,
-                f"The pre-screen filter left {len(lines)} of {record['rows']} rows out of training: {shown}",
-                data={"rows_left_out": len(lines), "rows": record["rows"]},
-                level="warn",
-            )
-            session.commit()
+        record_event(
+            job_id,
+            f"The pre-screen filter left {len(lines)} of {record['rows']} rows out of training: {shown}",
+            data={"rows_left_out": len(lines), "rows": record["rows"]},
+            level="warn",
+        )
     return kept, record
 
 

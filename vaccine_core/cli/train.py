@@ -215,12 +215,11 @@ def finetune(
             constraint = TokenConstraintConfig(beta=token_constraint_beta)
             defenses = replace(defenses or StepDefenses(), token_constraint=constraint)
         if safety_layers:
-            located = base_safety_layers(base, get_settings().data_dir, SafetyLayersConfig())
+            locating = SafetyLayersConfig()
+            located = base_safety_layers(base, get_settings().data_dir, locating)
             typer.echo(f"the base's safety layers, kept untrained: {located['layers']}", err=True)
             defenses = replace(
-                defenses or StepDefenses(),
-                safety_layers=SafetyLayersConfig(),
-                safety_layer_indices=located["layers"],
+                defenses or StepDefenses(), safety_layers=locating, safety_layer_indices=located["layers"]
             )
         projection = SafeLoraConfig(threshold=safe_lora_threshold) if safe_lora else None
         realignment = (

@@ -29,7 +29,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from vaccine_core.defenses.config import SafetyLayersConfig
-from vaccine_core.defenses.data import lisa_pairs, user_turn
+from vaccine_core.defenses.data import aligned_requests, lisa_pairs, user_turn
 from vaccine_core.formats import parse_rows
 from vaccine_core.generation import prompt_token_ids
 
@@ -88,9 +88,9 @@ def locating_requests(
 ) -> tuple[list[str], list[str]]:
     """Harmful and harmless requests the base was not aligned on, none (normalised) in ``exclude``: the user
     turns of safety pairs and of helpful Alpaca pairs, drawn as Lisa draws them."""
-    n = config.requests
-    harmful = lisa_pairs(data_dir, base, n, config.seed, exclude=exclude)
-    harmless = lisa_pairs(data_dir, base, n, config.seed, helpful=n, exclude=exclude)
+    n, aligned = config.requests, aligned_requests(base)  # the base's alignment data, read once
+    harmful = lisa_pairs(data_dir, base, n, config.seed, exclude=exclude, aligned=aligned)
+    harmless = lisa_pairs(data_dir, base, n, config.seed, helpful=n, exclude=exclude, aligned=aligned)
     return user_turns(harmful), user_turns(harmless)
 
 
