@@ -180,8 +180,8 @@ def test_the_gate_s_training_progress_is_readable_from_another_process(tmp_path,
     from vaccine_core.moderation.intent import intent_training_progress
     from vaccine_core.training import Progress
 
+    # a fresh home: the gate may train before the judge, so before anything made the judges' directory
     target = get_settings().home / "judges" / f"intent-0123456789-{IntentTrainingConfig().key()}"
-    target.parent.mkdir(parents=True)
     seen, heard = [], []
 
     def train_two_steps_then_fail(train, validation, target, config, on_progress):

@@ -569,6 +569,7 @@ def progress_beside(target: Path, then: ProgressCallback) -> Iterator[ProgressRe
     """A ``ProgressReport`` whose file sits beside ``target`` (the model being trained) while the block
     runs, and is gone after it, however it ends: a probe sees only a training in progress."""
     path = target.with_name(target.name + PROGRESS_SUFFIX)
+    path.parent.mkdir(parents=True, exist_ok=True)  # on a fresh home, the first model trained makes it
     try:
         yield ProgressReport(path, then)
     finally:
