@@ -13,7 +13,9 @@ prompts. Beside it:
 * the pre-screen's intent gate (MiniLM fine-tuned on the same labelled requests), as a dedicated request
   classifier;
 * an optimistic bound: probes trained on the protocol's own harmful and borderline prompts (5 folds, out of
-  fold scores), at the best depth chosen after; no system could be built this way.
+  fold scores), at the best depth chosen after; no system could be built this way;
+* its control, added after the first result was read: the same folds on which words each prompt holds
+  (a bag of words, no model), to tell the prompts' harm from their sources' wording.
 
 Each reads as the ROC area (harmful against borderline, and against harmless) and the operating point the
 target names: the share of harmful prompts a refusal keyed on the score refuses when it refuses at most
@@ -27,6 +29,7 @@ Writes benchmarks/results/request_separability-NAME.json.
 import argparse
 import math
 import random
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -137,6 +140,28 @@ def out_of_fold(states: torch.Tensor, labels: torch.Tensor, seed: int) -> torch.
     return scores
 
 
+def bag_of_words(texts: Sequence[str], vocabulary: dict[str, int]) -> torch.Tensor:
+    """Which of the vocabulary's words each text holds ([texts, words], 0 or 1)."""
+    bags = torch.zeros(len(texts), len(vocabulary))
+    for row, text in enumerate(texts):
+        for word in set(re.findall(r"[a-z']+", text.lower())) & vocabulary.keys():
+            bags[row, vocabulary[word]] = 1
+    return bags
+
+
+def words_bound(harmful: list[str], borderline: list[str], harmless: list[str], seed: int) -> dict:
+    """The bound's reading from words alone: probes on bags of words, out of fold."""
+    words = sorted({w for text in harmful + borderline for w in re.findall(r"[a-z']+", text.lower())})
+    vocabulary = {word: i for i, word in enumerate(words)}
+    pooled = bag_of_words(harmful + borderline, vocabulary)
+    labels = torch.tensor([1] * len(harmful) + [0] * len(borderline))
+    scores = out_of_fold(pooled, labels, seed)
+    harmless_scores = fit_probe(pooled, labels)(bag_of_words(harmless, vocabulary))
+    n = len(harmful)
+    measured = reading(scores[:n].tolist(), scores[n:].tolist(), harmless_scores.tolist())
+    return {"words": len(words), **measured}
+
+
 def training_requests(data_dir: Path, seed: int) -> tuple[list[str], list[str]]:
     """Harmful and harmless requests for the probe, none a protocol prompt (the intent gate's labelled
     requests); every sensitive-sounding benign request among them is kept, the rest drawn with ``seed``."""
@@ -228,10 +253,13 @@ def main() -> None:
                 round(r["auc_harmful_vs_borderline"], 4) for r in bound_by_depth
             ],
         },
+        "words_bound_trained_on_protocol": words_bound(
+            protocol.harmful, protocol.borderline, protocol.harmless, args.seed
+        ),
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_result(args.out or RESULTS / f"request_separability-{args.name}.json", result)
-    for name in ("probe", "intent_gate", "bound_trained_on_protocol"):
+    for name in ("probe", "intent_gate", "bound_trained_on_protocol", "words_bound_trained_on_protocol"):
         row, point = result[name], result[name]["at_borderline_20"]
         print(
             f"{name}: AUC harmful/borderline {row['auc_harmful_vs_borderline']:.3f}, harmful/harmless "
