@@ -58,13 +58,14 @@ def assess(
     options = json.loads((path / OPTIONS_FILE).read_text())
     config = JudgeTrainingConfig(**options["training"])
     _train, validation = judge_training_pairs(get_settings().data_dir, config)
-    scores = labelled_scores(LearnedJudge(path), validation)
+    judge = LearnedJudge(path)  # loaded once; each rule only sets its threshold
+    scores = labelled_scores(judge, validation)
     labels = [pair.harmful for pair in validation]
     shipped, _f1 = calibrate_threshold(scores, labels)
     thresholds = {"shipped": shipped, "plateau": plateau_threshold(scores, labels, margin)}
     rules = {}
     for rule, threshold in thresholds.items():
-        judge = LearnedJudge(path, threshold=threshold)
+        judge.threshold = threshold
         rules[rule] = {
             "threshold": threshold,
             "validation_f1": binary_metrics([x >= threshold for x in scores], labels)["f1"],
