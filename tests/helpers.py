@@ -1,5 +1,8 @@
 """Small builders shared by the tests."""
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
@@ -190,3 +193,27 @@ def tiny_attack_run(model_dir, alpaca_file, tmp_path, rows=None, config: Trainin
         write_rows(run / "data.jsonl", rows)
     finetune(base, run / "data.jsonl", run, config)
     return base, run
+
+
+def at_once(call: Callable[[], Any], workers: int = 2) -> list[Any]:
+    """What ``call`` returns in each of ``workers`` threads started together (as workers sharing one
+    VACCINE_HOME would call it); the first exception raised in any of them is raised here."""
+    import threading
+
+    start, results, errors = threading.Barrier(workers), [], []
+
+    def run() -> None:
+        start.wait()
+        try:
+            results.append(call())
+        except Exception as exc:  # handed to the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vaccine_core.build_lock import building
 from vaccine_core.mixing import read_jsonl, write_rows
 
 if TYPE_CHECKING:  # models.py imports torch and transformers, which a cache key does not need
@@ -39,20 +40,23 @@ def answered_once(
     later calls read ``path``."""
     if path.is_file():
         return read_jsonl(path)
-    from vaccine_core.generation import generate
-    from vaccine_core.inference import load_for_inference
+    with building(path):
+        if path.is_file():  # another worker wrote them while this one waited
+            return read_jsonl(path)
+        from vaccine_core.generation import generate
+        from vaccine_core.inference import load_for_inference
 
-    log.info("the model %s answers %d %s once (cached at %s)", model, len(rows), what, path)
-    loaded = load_for_inference(model)
-    answers = generate(
-        loaded.model,
-        loaded.tokenizer,
-        [[{"role": "user", "content": row["request"]}] for row in rows],
-        max_new_tokens=max_new_tokens,
-        on_batch=on_batch,
-    )
-    answered = [{**row, "answer": answer} for row, answer in zip(rows, answers, strict=True)]
-    staging = path.with_suffix(".partial")  # a run stopped while writing leaves no cache behind
-    write_rows(staging, answered)
-    staging.rename(path)
-    return answered
+        log.info("the model %s answers %d %s once (cached at %s)", model, len(rows), what, path)
+        loaded = load_for_inference(model)
+        answers = generate(
+            loaded.model,
+            loaded.tokenizer,
+            [[{"role": "user", "content": row["request"]}] for row in rows],
+            max_new_tokens=max_new_tokens,
+            on_batch=on_batch,
+        )
+        answered = [{**row, "answer": answer} for row, answer in zip(rows, answers, strict=True)]
+        staging = path.with_suffix(".partial")  # a run stopped while writing leaves no cache behind
+        write_rows(staging, answered)
+        staging.rename(path)
+        return answered

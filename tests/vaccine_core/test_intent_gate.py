@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from tests.helpers import classifier_dir
+from tests.helpers import at_once, classifier_dir
+from vaccine_core.build_lock import LOCK_SUFFIX
 from vaccine_core.moderation import Verdict, load_judge
 from vaccine_core.moderation.intent import (
     INTENT_FILE,
@@ -202,7 +203,7 @@ def test_the_gate_s_training_progress_is_readable_from_another_process(tmp_path,
     ]
     assert [progress.step for progress in heard] == [1, 2]
     assert intent_training_progress() is None  # a training that ended leaves no progress behind
-    assert list(target.parent.iterdir()) == []
+    assert [p.name for p in target.parent.iterdir()] == [target.name + LOCK_SUFFIX]  # no model, no debris
 
 
 def test_the_gate_reports_every_step_of_its_training(tmp_path):
@@ -214,3 +215,25 @@ def test_the_gate_reports_every_step_of_its_training(tmp_path):
     assert [(p.step, p.total_steps) for p in heard] == [(step, 4) for step in (1, 2, 3, 4)]
     assert [p.epoch for p in heard] == [0.5, 1.0, 1.5, 2.0]
     assert heard[-1].eta_seconds == 0 and all(p.tokens_per_second > 0 for p in heard)
+
+
+def test_two_workers_needing_the_gate_at_once_train_it_once(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    import vaccine_core.moderation.intent as intent_module
+
+    target, trainings = tmp_path / "judges" / "intent", []
+
+    def slow_train(train, validation, target, config, on_progress):
+        trainings.append(threading.get_ident())
+        time.sleep(0.5)  # long enough for the other worker to arrive while this one trains
+        target.mkdir(parents=True)
+        (target / INTENT_FILE).write_text("{}")
+        return target
+
+    monkeypatch.setattr(intent_module, "labelled_requests", lambda data_dir: [(HARMFUL_REQUEST, True)])
+    monkeypatch.setattr(intent_module, "intent_dir", lambda labelled, config: target)
+    monkeypatch.setattr(intent_module, "train_intent", slow_train)
+    paths = at_once(lambda: intent_module.ensure_intent_model(tmp_path, on_progress=lambda progress: None))
+    assert len(trainings) == 1 and paths == [target, target]

@@ -16,10 +16,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
 from transformers import PreTrainedModel
 
 from vaccine_core.artifacts import ADAPTER_WEIGHTS, value_key
+from vaccine_core.build_lock import building
 from vaccine_core.config import TrainingConfig, finetune_defaults
 from vaccine_core.defenses.data import booster_pairs
 from vaccine_core.defenses.resta import harmful_adapter_dir
@@ -63,8 +63,7 @@ def build_harmful_adapter(
     key = adapter_key(rows, config)
     out = harmful_adapter_dir(base, out)
     marker = out.with_name(f"{out.name}.key")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(out.with_name(f"{out.name}.lock")):
+    with building(out):
         if marker.is_file() and marker.read_text() == key:
             return key, 0.0
         started = time.perf_counter()

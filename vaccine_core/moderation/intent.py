@@ -310,6 +310,7 @@ def ensure_intent_model(
 ) -> Path:
     """The cached intent model, trained once (minutes on a CPU) when missing, its progress shown as a bar
     (or handed to ``on_progress``) and kept beside it for a probe in another process."""
+    from vaccine_core.build_lock import building
     from vaccine_core.moderation.learned import progress_beside
     from vaccine_core.progress import ProgressBar
 
@@ -319,12 +320,16 @@ def ensure_intent_model(
     target = intent_dir(labelled, config)
     if (target / INTENT_FILE).is_file():
         return target
-    log.info("training the pre-screen's intent gate once (cached at %s)", target)
-    parts = {
-        part: [(t, h) for t, h in labelled if question_part(t) == part] for part in ("train", "validation")
-    }
-    with progress_beside(target, on_progress or ProgressBar("training the intent gate")) as report:
-        return train_intent(parts["train"], parts["validation"], target, config, on_progress=report)
+    with building(target):
+        if (target / INTENT_FILE).is_file():  # another worker trained it while this one waited
+            return target
+        log.info("training the pre-screen's intent gate once (cached at %s)", target)
+        parts = {
+            part: [(t, h) for t, h in labelled if question_part(t) == part]
+            for part in ("train", "validation")
+        }
+        with progress_beside(target, on_progress or ProgressBar("training the intent gate")) as report:
+            return train_intent(parts["train"], parts["validation"], target, config, on_progress=report)
 
 
 def intent_model_ready(config: IntentTrainingConfig | None = None) -> bool:

@@ -24,6 +24,7 @@ from transformers import AutoTokenizer, BertForSequenceClassification, get_sched
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
+from vaccine_core.build_lock import building
 from vaccine_core.models import packaged_file, pick_device
 from vaccine_core.moderation import bit_dropout
 from vaccine_core.moderation.base import Pair, Verdict, is_empty_answer
@@ -606,19 +607,22 @@ def ensure_default_judge(
     target = default_judge_dir(data_dir, config)
     if (target / OPTIONS_FILE).is_file():
         return target
-    log.info("training the default judge once (cached at %s); this takes minutes on a CPU", target)
-    train, validation = judge_training_pairs(data_dir, config)
-    with progress_beside(target, on_progress or ProgressBar("training the default judge")) as report:
-        path = train_judge(
-            train,
-            target.with_name(target.name + ".uncalibrated"),
-            config,
-            extra_options={"data_digest": target.name},
-            on_progress=report,
-        )
-    judge = LearnedJudge(path)
-    threshold, f1 = calibrated_threshold(judge, validation)
-    calibration = {"split": "validation", "pairs": len(validation), "f1": f1, "int8": judge.quantized}
-    set_threshold(path, threshold, calibration)
-    path.rename(target)
+    with building(target):
+        if (target / OPTIONS_FILE).is_file():  # another worker trained it while this one waited
+            return target
+        log.info("training the default judge once (cached at %s); this takes minutes on a CPU", target)
+        train, validation = judge_training_pairs(data_dir, config)
+        with progress_beside(target, on_progress or ProgressBar("training the default judge")) as report:
+            path = train_judge(
+                train,
+                target.with_name(target.name + ".uncalibrated"),
+                config,
+                extra_options={"data_digest": target.name},
+                on_progress=report,
+            )
+        judge = LearnedJudge(path)
+        threshold, f1 = calibrated_threshold(judge, validation)
+        calibration = {"split": "validation", "pairs": len(validation), "f1": f1, "int8": judge.quantized}
+        set_threshold(path, threshold, calibration)
+        path.rename(target)
     return target

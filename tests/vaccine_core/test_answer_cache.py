@@ -1,0 +1,34 @@
+"""A model's answers generated once, whoever asks for them first."""
+
+import threading
+import time
+
+import vaccine_core.generation
+import vaccine_core.inference
+from tests.helpers import at_once
+from vaccine_core.answer_cache import answered_once
+
+
+def test_two_workers_asking_for_the_answers_at_once_generate_them_once(tmp_path, monkeypatch):
+    generated = []
+
+    def slow_generate(model, tokenizer, conversations, max_new_tokens, on_batch=None):
+        generated.append(threading.get_ident())
+        time.sleep(0.5)  # long enough for the other worker to arrive while this one generates
+        return [f"answer to {c[0]['content']}" for c in conversations]
+
+    monkeypatch.setattr(vaccine_core.inference, "load_for_inference", lambda model: _Loaded())
+    monkeypatch.setattr(vaccine_core.generation, "generate", slow_generate)
+    path, rows = tmp_path / "answers.jsonl", [{"request": "a"}, {"request": "b"}]
+    answered = at_once(lambda: answered_once(path, rows, "default", 8))
+    assert len(generated) == 1
+    assert (
+        answered
+        == [[{"request": "a", "answer": "answer to a"}, {"request": "b", "answer": "answer to b"}]] * 2
+    )
+    assert answered_once(path, rows, "default", 8) == answered[0]  # read from the file now
+    assert len(generated) == 1
+
+
+class _Loaded:
+    model = tokenizer = None
