@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from vaccine_core.artifacts import sha256_file
+from vaccine_core.build_lock import building
 from vaccine_core.settings import get_settings
 
 # Never reach for a hub: every weight comes from disk.
@@ -111,7 +112,9 @@ def _converted(spec: str, gguf: Path, cache_dir: Path | None) -> ResolvedModel:
     cache_dir = cache_dir or get_settings().model_cache_dir
     target = cache_dir / f"{gguf.stem}-{source_sha[:12]}"
     if not (target / CONVERTED_MARKER).is_file():
-        convert_gguf(gguf, target, source_sha)
+        with building(target):  # a second converter would replace the copy the first one is reading
+            if not (target / CONVERTED_MARKER).is_file():
+                convert_gguf(gguf, target, source_sha)
     return ResolvedModel(spec=spec, path=target, sha256=source_sha)
 
 
