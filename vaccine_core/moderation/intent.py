@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vaccine_core.build_lock import building
 from vaccine_core.mixing import read_jsonl
 from vaccine_core.moderation.base import Moderator, Pair, Verdict
 from vaccine_core.moderation.borderline import borderline_requests
@@ -310,7 +311,6 @@ def ensure_intent_model(
 ) -> Path:
     """The cached intent model, trained once (minutes on a CPU) when missing, its progress shown as a bar
     (or handed to ``on_progress``) and kept beside it for a probe in another process."""
-    from vaccine_core.build_lock import building
     from vaccine_core.moderation.learned import progress_beside
     from vaccine_core.progress import ProgressBar
 
