@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--deadline-minutes", type=float, default=60)
     parser.add_argument("--name", default="cpu")
+    parser.add_argument(
+        "--keep-home", action="store_true", help="keep the VACCINE_HOME it made (its aligned bases)"
+    )
     args = parser.parse_args(argv)
 
     default = ServiceSettings()  # as the environment says, before this run points VACCINE_HOME elsewhere
@@ -140,7 +143,10 @@ def main(argv: list[str] | None = None) -> Path:
     out = RESULTS / f"first_start-{args.name}.json"
     write_result(out, result)
     print(out)
-    shutil.rmtree(home, ignore_errors=True)
+    if args.keep_home:
+        print(f"kept {home}: the bases under {base_dir(home, '<id>')}")
+    else:
+        shutil.rmtree(home, ignore_errors=True)
     return out
 
 
