@@ -2,6 +2,7 @@
 
 import threading
 import time
+from types import SimpleNamespace
 
 import vaccine_core.generation
 import vaccine_core.inference
@@ -17,7 +18,8 @@ def test_two_workers_asking_for_the_answers_at_once_generate_them_once(tmp_path,
         time.sleep(0.5)  # long enough for the other worker to arrive while this one generates
         return [f"answer to {c[0]['content']}" for c in conversations]
 
-    monkeypatch.setattr(vaccine_core.inference, "load_for_inference", lambda model: _Loaded())
+    loaded = SimpleNamespace(model=None, tokenizer=None)  # the stand-in generate ignores both
+    monkeypatch.setattr(vaccine_core.inference, "load_for_inference", lambda model: loaded)
     monkeypatch.setattr(vaccine_core.generation, "generate", slow_generate)
     path, rows = tmp_path / "answers.jsonl", [{"request": "a"}, {"request": "b"}]
     answered = at_once(lambda: answered_once(path, rows, "default", 8))
@@ -28,7 +30,3 @@ def test_two_workers_asking_for_the_answers_at_once_generate_them_once(tmp_path,
     )
     assert answered_once(path, rows, "default", 8) == answered[0]  # read from the file now
     assert len(generated) == 1
-
-
-class _Loaded:
-    model = tokenizer = None
