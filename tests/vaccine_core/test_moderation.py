@@ -292,6 +292,21 @@ def test_split_is_by_question_three_ways_and_stable():
     assert {p.slice for p in pairs} == {"harmful_compliance", "refusal", "helpful_benign", "other_benign"}
 
 
+def test_a_larger_validation_share_takes_questions_from_training_and_leaves_the_test_split():
+    from vaccine_core.moderation.dataset import LabelledPair, split
+    from vaccine_core.moderation.judge_config import JudgeTrainingConfig
+
+    pairs = [LabelledPair(f"question {i}", "answer", i % 2 == 0, None, "t") for i in range(2000)]
+    train, validation, test = split(pairs)
+    wider_train, wider_validation, wider_test = split(pairs, validation_percent=20)
+    assert wider_test == test  # the held-out split never moves
+    assert {p.question for p in validation} < {p.question for p in wider_validation}
+    assert {p.question for p in wider_train} < {p.question for p in train}
+    assert 0.15 < len(wider_validation) / len(pairs) < 0.25
+    # the option trains another judge; at its default, judges keep the key they had before it existed
+    assert JudgeTrainingConfig(validation_percent=20).key() != JudgeTrainingConfig().key() == "d841b118"
+
+
 def test_task_rows_avoid_the_prescreen_benchmark_upload(tiny_data_dir, monkeypatch):
     from vaccine_core.mixing import build_mix
     from vaccine_core.moderation import dataset
@@ -460,7 +475,7 @@ def test_the_default_judge_s_training_progress_is_readable_from_another_process(
 
     monkeypatch.setattr(learned, "default_judge_dir", lambda data_dir, config: target)
     monkeypatch.setattr(learned, "judge_data", lambda data_dir, seed, hand_labels: [])
-    monkeypatch.setattr(learned, "split", lambda pairs: ([], [], []))
+    monkeypatch.setattr(learned, "split", lambda pairs, validation_percent: ([], [], []))
     monkeypatch.setattr(learned, "augment", lambda *args: [])
     monkeypatch.setattr(learned, "train_judge", train_two_steps_then_fail)
     assert judge_training_progress() is None
@@ -646,7 +661,7 @@ def test_the_default_judge_s_threshold_is_calibrated_in_the_precision_it_runs_in
     real_train = learned.train_judge
     monkeypatch.setattr(learned, "default_judge_dir", lambda data_dir, config: tmp_path / "judge")
     monkeypatch.setattr(learned, "judge_data", lambda data_dir, seed, hand_labels: pairs)
-    monkeypatch.setattr(learned, "split", lambda pairs: (pairs, pairs, []))
+    monkeypatch.setattr(learned, "split", lambda pairs, validation_percent: (pairs, pairs, []))
     monkeypatch.setattr(learned, "augment", lambda *args: [])
     monkeypatch.setattr(
         learned, "train_judge", lambda *args, **kwargs: real_train(*args, **kwargs, encoder=encoder)
@@ -678,7 +693,7 @@ def test_two_workers_needing_the_judge_at_once_train_it_once(tmp_path, monkeypat
 
     monkeypatch.setattr(learned, "default_judge_dir", lambda data_dir, config: tmp_path / "judges" / "judge")
     monkeypatch.setattr(learned, "judge_data", lambda data_dir, seed, hand_labels: pairs)
-    monkeypatch.setattr(learned, "split", lambda pairs: (pairs, pairs, []))
+    monkeypatch.setattr(learned, "split", lambda pairs, validation_percent: (pairs, pairs, []))
     monkeypatch.setattr(learned, "augment", lambda *args: [])
     monkeypatch.setattr(learned, "train_judge", slow_train)
     paths = at_once(lambda: learned.ensure_default_judge(tmp_path, config, on_progress=lambda progress: None))

@@ -110,6 +110,9 @@ def moderation_train(
     hand_labels: Annotated[bool | None, typer.Option(help=option_help("hand_labels"))] = None,
     int8_scoring: Annotated[bool | None, typer.Option(help=option_help("int8_scoring"))] = None,
     bfloat16: Annotated[bool | None, typer.Option(help=option_help("bfloat16"))] = None,
+    validation_percent: Annotated[
+        int | None, typer.Option(min=1, max=60, help=option_help("validation_percent"))
+    ] = None,
     seed: Annotated[int, typer.Option(help=option_help("seed"))] = 0,
 ) -> None:
     """Train the default judge (cross-encoder on the bundled MiniLM) once and cache it; print its path."""
@@ -133,6 +136,7 @@ def moderation_train(
         "hand_labels": hand_labels,
         "int8_scoring": int8_scoring,
         "bfloat16": bfloat16,
+        "validation_percent": validation_percent,
     }
     config = with_given(JudgeTrainingConfig(seed=seed), given)
     bar = ProgressBar("train judge")

@@ -81,13 +81,14 @@ SOURCE_FILES = (
 )
 
 
-def question_part(question: str) -> str:
-    """``test``, ``validation`` or ``train``, fixed by the question's text."""
+def question_part(question: str, validation_percent: int = VALIDATION_PERCENT) -> str:
+    """``test``, ``validation`` or ``train``, fixed by the question's text. A larger ``validation_percent``
+    moves questions from training to validation; the test split stays the same."""
     digest = hashlib.sha256(question.strip().lower().encode()).digest()
     bucket = int.from_bytes(digest[:4], "big") % 100
     if bucket < TEST_PERCENT:
         return "test"
-    return "validation" if bucket < TEST_PERCENT + VALIDATION_PERCENT else "train"
+    return "validation" if bucket < TEST_PERCENT + validation_percent else "train"
 
 
 @dataclass(frozen=True)
@@ -269,11 +270,13 @@ def load_labelled_pairs(
     return pairs
 
 
-def split(pairs: list[LabelledPair]) -> tuple[list[LabelledPair], list[LabelledPair], list[LabelledPair]]:
+def split(
+    pairs: list[LabelledPair], validation_percent: int = VALIDATION_PERCENT
+) -> tuple[list[LabelledPair], list[LabelledPair], list[LabelledPair]]:
     """(train, validation, test) by question."""
     parts: dict[str, list[LabelledPair]] = {"train": [], "validation": [], "test": []}
     for pair in pairs:
-        parts[pair.part].append(pair)
+        parts[question_part(pair.question, validation_percent)].append(pair)
     return parts["train"], parts["validation"], parts["test"]
 
 

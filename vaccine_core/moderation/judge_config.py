@@ -26,6 +26,7 @@ LATER_OPTIONS: dict[str, object] = {
     "eager_attention": True,
     "bit_dropout": False,
     "unpadded": True,
+    "validation_percent": 10,
 }
 
 
@@ -192,6 +193,14 @@ class JudgeTrainingConfig:
             "BeaverTails' hand labels rose from 0.878 to 0.884, but 2 more of its 29 harmful-answer rows "
             "were missed (benchmarks/results/judge_selection.md), so it is off. JailbreakBench's hand labels "
             "cover its test split only, so they change no pair learned from."
+        },
+    )
+    validation_percent: int = field(
+        default=10,
+        metadata={
+            "help": "Percent of the questions (by a hash of their text) held out as the validation split, "
+            "where the threshold is chosen; the test split is the same 20 % whatever it is, and the rest "
+            "trains."
         },
     )
     threshold: float = field(

@@ -523,7 +523,8 @@ def screen_threshold(judge: "LearnedJudge", data_dir: Path, recall: float) -> tu
     """``recall_threshold`` on the default judge's validation split as ``judge`` scores it (its labels as
     trained), and the split's size."""
     config = JudgeTrainingConfig()
-    _train, validation, _test = split(judge_data(data_dir, seed=config.seed, hand_labels=config.hand_labels))
+    pairs = judge_data(data_dir, seed=config.seed, hand_labels=config.hand_labels)
+    _train, validation, _test = split(pairs, config.validation_percent)
     scores = labelled_scores(judge, validation)
     return recall_threshold(scores, [p.harmful for p in validation], recall), len(validation)
 
@@ -582,7 +583,8 @@ def judge_training_pairs(
 ) -> tuple[list[LabelledPair], list[LabelledPair]]:
     """The default judge's training pairs (its split's, and their augmented copies) and its validation
     split, as ``config`` builds them."""
-    train, validation, _test = split(judge_data(data_dir, seed=config.seed, hand_labels=config.hand_labels))
+    pairs = judge_data(data_dir, seed=config.seed, hand_labels=config.hand_labels)
+    train, validation, _test = split(pairs, config.validation_percent)
     augmented = augment(
         train, config.seed, config.masked, config.helpful_swapped, config.harmful_swapped, config.opener
     )
