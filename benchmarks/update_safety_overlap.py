@@ -78,7 +78,8 @@ def output_gram(model: torch.nn.Module, tokenizer: Any, requests: list[str], mod
 
 
 def top_directions(gram: torch.Tensor, rank: int) -> torch.Tensor:
-    """The ``rank`` leading eigenvectors of a Gram matrix (the outputs' top singular directions)."""
+    """The ``rank`` leading eigenvectors of a Gram matrix (the outputs' top singular directions), the
+    leading one last."""
     _values, vectors = torch.linalg.eigh(gram.double())
     return vectors[:, -rank:].float()
 
@@ -117,9 +118,10 @@ def main() -> None:
     grams = output_gram(
         loaded.model, loaded.tokenizer, harmful_requests(data_dir, HARMFUL_REQUESTS, args.seed), modules
     )
+    leading = {m: top_directions(grams[m], max(RANKS)) for m in modules}  # one eigendecomposition each
     by_rank = {}
     for rank in RANKS:
-        bases = {m: top_directions(grams[m], rank) for m in modules}
+        bases = {m: directions[:, -rank:] for m, directions in leading.items()}
         shares = {upload: energy_shares(u, bases) for upload, u in updates.items()}
         shares["harmful_over_sst2"] = shares["harmful"]["share"] / shares["sst2"]["share"]
         by_rank[str(rank)] = shares

@@ -101,12 +101,8 @@ class LabelledPair:
     slice: str = "other_benign"
 
     @property
-    def part(self) -> str:
-        return question_part(self.question)
-
-    @property
     def held_out(self) -> bool:
-        return self.part == "test"
+        return question_part(self.question) == "test"
 
 
 def alpaca_question(row: dict) -> str:
