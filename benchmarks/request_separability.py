@@ -21,7 +21,11 @@ Each reads as the ROC area (harmful against borderline, and against harmless) an
 target names: the share of harmful prompts a refusal keyed on the score refuses when it refuses at most
 20 % of the borderline ones.
 
-    .venv/bin/python benchmarks/request_separability.py [--model default|ALIGNED_BASE_DIR] [--name NAME]
+With ``--framed`` the probe also trains on this project's written minimal pairs
+(``vaccine_core.moderation.framed``: one harmful activity asked for to carry it out or to understand it),
+which teach intent where topic is shared.
+
+    .venv/bin/python benchmarks/request_separability.py [--model default|BASE_DIR] [--framed] [--name NAME]
 
 Writes benchmarks/results/request_separability-NAME.json.
 """
@@ -44,6 +48,7 @@ from common import RESULTS, machine_info, provenance, write_result
 from vaccine_core.defenses.safety_layers import last_token_states
 from vaccine_core.inference import load_for_inference
 from vaccine_core.moderation.borderline import borderline_requests
+from vaccine_core.moderation.framed import framed_requests
 from vaccine_core.moderation.intent import IntentModel, ensure_intent_model, labelled_requests
 from vaccine_core.safety_eval import load_split
 from vaccine_core.settings import get_settings
@@ -155,9 +160,10 @@ def words_bound(harmful: list[str], borderline: list[str], harmless: list[str], 
     return {"words": len(words), **measured}
 
 
-def training_requests(data_dir: Path, seed: int) -> tuple[list[str], list[str]]:
+def training_requests(data_dir: Path, seed: int, *, framed: bool = False) -> tuple[list[str], list[str]]:
     """Harmful and harmless requests for the probe, none a protocol prompt (the intent gate's labelled
-    requests); every sensitive-sounding benign request among them is kept, the rest drawn with ``seed``."""
+    requests); every sensitive-sounding benign request among them is kept, the rest drawn with ``seed``.
+    With ``framed``, every written minimal pair besides."""
     rng = random.Random(seed)
     labelled = labelled_requests(data_dir)
     sensitive = {normalised(r.request) for r in borderline_requests(data_dir)}
@@ -165,12 +171,21 @@ def training_requests(data_dir: Path, seed: int) -> tuple[list[str], list[str]]:
     hard = [t for t, h in labelled if not h and normalised(t) in sensitive]
     easy = [t for t, h in labelled if not h and normalised(t) not in sensitive]
     harmless = hard + rng.sample(easy, max(0, TRAIN_PER_KIND - len(hard)))
-    return rng.sample(harmful, min(TRAIN_PER_KIND, len(harmful))), harmless
+    harmful = rng.sample(harmful, min(TRAIN_PER_KIND, len(harmful)))
+    if framed:
+        protocol = load_split(data_dir).normalised()
+        pairs = [(t, h) for t, h in framed_requests() if normalised(t) not in protocol]
+        harmful += [t for t, h in pairs if h]
+        harmless += [t for t, h in pairs if not h]
+    return harmful, harmless
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help="a base name or an aligned base's directory")
+    parser.add_argument(
+        "--framed", action="store_true", help="train the probe on the written minimal pairs too"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="default")
     parser.add_argument("--out", type=Path)
@@ -179,7 +194,7 @@ def main() -> None:
     started = time.perf_counter()
 
     protocol = load_split(data_dir)
-    train_harmful, train_harmless = training_requests(data_dir, args.seed)
+    train_harmful, train_harmless = training_requests(data_dir, args.seed, framed=args.framed)
     loaded = load_for_inference(args.model)
 
     def states(requests: list[str]) -> torch.Tensor:
@@ -228,6 +243,7 @@ def main() -> None:
         },
         "probe": {
             "training_requests": {"harmful": len(train_harmful), "harmless": len(train_harmless)},
+            "framed_minimal_pairs": args.framed,
             "weight_decay": WEIGHT_DECAY,
             "folds": FOLDS,
             "cv_auc_by_depth": [round(a, 4) for a in cv_auc],
