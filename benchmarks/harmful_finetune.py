@@ -44,6 +44,7 @@ from vaccine_core.artifacts import MANIFEST, read_manifest, write_manifest
 from vaccine_core.artifacts import value_key as digest  # every cached run and answer set is named by it
 from vaccine_core.config import LoraSettings, PerturbationConfig, TrainingConfig, alignment_defaults
 from vaccine_core.defenses import (
+    BackdoorAlignConfig,
     BoosterConfig,
     LisaConfig,
     PreferenceConfig,
@@ -53,6 +54,7 @@ from vaccine_core.defenses import (
     StepDefenses,
     TokenConstraintConfig,
 )
+from vaccine_core.defenses.backdoor_align import backdoor_rows, secret_prompt, write_secret
 from vaccine_core.defenses.config import LISA_SAFETY_PAIRS, PREFERENCE_PAIRS, RestaVector
 from vaccine_core.defenses.data import booster_pairs, lisa_pairs, preference_pairs, user_turn
 from vaccine_core.defenses.harmful_adapter import adapter_key, build_harmful_adapter, harmful_rows
@@ -62,7 +64,7 @@ from vaccine_core.evaluation import embedding_drift, judge_answers, load_prompts
 from vaccine_core.finetune import apply_resta, apply_safe_lora, finetune
 from vaccine_core.formats import parse_rows
 from vaccine_core.generation import generate
-from vaccine_core.inference import load_for_inference
+from vaccine_core.inference import load_for_inference, resolve_base
 from vaccine_core.mixing import (
     HARMFUL_FILE,
     SAFETY_FILE,
@@ -72,6 +74,7 @@ from vaccine_core.mixing import (
     safety_rows,
     write_rows,
 )
+from vaccine_core.models import load_tokenizer
 from vaccine_core.moderation import load_judge
 from vaccine_core.moderation.base import Moderator
 from vaccine_core.moderation.prescreen import prescreen, without_flagged
@@ -119,6 +122,9 @@ class Arm:
     token_constraint: bool = False
     # the base's safety layers left out of the user's fine-tuning (SafetyLayersConfig's defaults)
     safety_layers: bool = False
+    # safety pairs behind a secret system prompt, served first in every conversation (BackdoorAlign;
+    # BackdoorAlignConfig's defaults, the paper's)
+    backdoor_align: bool = False
     # of the alignment's helpful pairs, how many answer requests that only sound harmful (sensitive_helpful)
     sensitive_helpful: int = 0
     # alignment on other data than the profile's, in as many optimizer steps (fewer epochs over more pairs)
@@ -149,6 +155,7 @@ class Arm:
             "lisa": self.lisa,
             "token_constraint": self.token_constraint,
             "safety_layers": self.safety_layers,
+            "backdoor_align": self.backdoor_align,
             "safe_lora": self.safe_lora,
             "resta": self.resta is not None,
         }
@@ -168,6 +175,10 @@ class Arm:
     def safety_layers_config(self) -> SafetyLayersConfig | None:
         """How this arm locates the base's safety layers (None: it trains every layer)."""
         return SafetyLayersConfig() if self.safety_layers else None
+
+    def backdoor_align_config(self) -> BackdoorAlignConfig | None:
+        """The secret-prompt safety pairs this arm adds to the user's rows (None: none)."""
+        return BackdoorAlignConfig() if self.backdoor_align else None
 
     def safe_lora_config(self) -> SafeLoraConfig | None:
         """The projection this arm applies to the user's adapter (None: none)."""
@@ -207,6 +218,7 @@ def ships_by_default(arm: Arm) -> bool:
         and arm.prescreen_filter == stack.prescreen_filter
         and arm.token_constraint_config() == stack.constraint()
         and not arm.safety_layers
+        and not arm.backdoor_align
     )
 
 
@@ -263,6 +275,10 @@ ARMS: dict[str, Arm] = {
         # the pre-screen filter
         Arm("safety_layers", "sft", safety_layers=True),
         Arm("prescreen_filter+safety_layers", "sft", prescreen_filter=True, safety_layers=True),
+        # 11 safety pairs under a secret system prompt of 64 random tokens, the secret served first in
+        # every conversation (Wang et al. 2024, BackdoorAlign; safety-defenses-plan.md, thirty-second
+        # session)
+        Arm("backdoor_align", "sft", backdoor_align=True),
         # the two layers that each passed the default's rule in one setting, stacked: alignment that answers
         # requests which only sound harmful, and the pre-screen filter (safety-defenses-plan.md, fifteenth
         # session)
@@ -613,9 +629,17 @@ class Benchmark:
         screened = None
         if arm.prescreen_filter:
             rows, screened = self.filtered(rows)
+        secret = None
+        if (backdoor := arm.backdoor_align_config()) is not None:
+            # the service's own rows join the user's after the screen: it never screens its safety pairs
+            secret = secret_prompt(load_tokenizer(resolve_base(base).model_path), backdoor)
+            safety = safety_rows(self.data_dir, backdoor.safety_pairs, seed, exclude=self.aligned_on)
+            rows = backdoor_rows(rows, safety, secret)
         config = attack_config(self.sizes, seed)
         defenses = None
         key_parts: list[Any] = [base, rows, config.key_dict()]
+        if backdoor is not None:
+            key_parts.append({"backdoor_align": backdoor.to_dict()})
         lisa = arm.lisa_config()
         if lisa is not None:
             count = self.sizes.lisa_pairs
@@ -661,6 +685,8 @@ class Benchmark:
                 data = out / "data.jsonl"
                 write_rows(data, rows)
                 finetune(base, data, out, config, resume=True, defenses=defenses)
+                if secret is not None:
+                    write_secret(out, secret, backdoor)
                 if screened is not None:
                     (out / "prescreen_filter.json").write_text(json.dumps(screened, indent=1))
             self.computed["attacks"] += 1

@@ -8,6 +8,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from vaccine_core.artifacts import MERGED_DIR, read_manifest
+from vaccine_core.defenses.backdoor_align import read_secret, serve_with_secret
 from vaccine_core.lora import load_adapter
 from vaccine_core.models import load_causal_lm, load_tokenizer, pick_device, resolve_model
 
@@ -57,7 +58,10 @@ def load_for_inference(spec: str | Path, device: str | None = None) -> LoadedMod
         base_path = Path(manifest["base_model"]["path"])
         model = load_adapter(load_causal_lm(base_path, target), Path(spec))
         model.eval()
-        return LoadedModel(model, load_tokenizer(base_path), "finetune", manifest)
+        tokenizer = load_tokenizer(base_path)
+        if (secret := read_secret(Path(spec))) is not None:  # trained with BackdoorAlign: served behind it
+            tokenizer = serve_with_secret(tokenizer, secret)
+        return LoadedModel(model, tokenizer, "finetune", manifest)
     base = resolve_base(spec)
     model = load_causal_lm(base.model_path, target)
     model.eval()

@@ -3,8 +3,9 @@
 * alignment: ``booster`` (attenuate how much a harmful step can lower the harmful loss) and ``preference``
   (DPO on pairs of answers: refuse the harmful request, answer the benign one that sounds harmful);
 * fine-tuning: ``lisa`` (alternate with safety pairs under a proximal term), ``token_constraint`` (keep
-  the answers' first tokens near the aligned base's distribution) and ``safety_layers`` (leave the layers
-  where the base tells harmful requests from harmless ones out of the user's training);
+  the answers' first tokens near the aligned base's distribution), ``safety_layers`` (leave the layers
+  where the base tells harmful requests from harmless ones out of the user's training) and
+  ``backdoor_align`` (safety pairs behind a secret system prompt, served first in every conversation);
 * after fine-tuning: ``safe_lora`` (project the user's update onto the alignment subspace where it strays)
   and ``resta`` (add the base's alignment update to the user's adapter again).
 
@@ -15,6 +16,7 @@ from importlib import import_module
 from typing import Any
 
 from vaccine_core.defenses.config import (
+    BackdoorAlignConfig,
     BoosterConfig,
     LisaConfig,
     PreferenceConfig,
@@ -52,6 +54,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ADAPTER_EDITS",
+    "BackdoorAlignConfig",
     "BoosterConfig",
     "LisaConfig",
     "PreferenceConfig",

@@ -120,6 +120,29 @@ class TokenConstraintConfig:
 
 
 @dataclass
+class BackdoorAlignConfig:
+    safety_pairs: int = field(
+        default=11,
+        metadata={"help": "Safety pairs added to the user's rows under the secret prompt (reference: 11)."},
+    )
+    secret_tokens: int = field(
+        default=64,
+        metadata={
+            "help": "Random tokens in the secret system prompt (reference: 150, which would leave half the "
+            "safety pairs' refusals cut short in 256-token rows)."
+        },
+    )
+    secret_seed: int = field(default=0, metadata={"help": "Seed of the secret's draw from the vocabulary."})
+
+    def __post_init__(self) -> None:
+        if self.safety_pairs < 1 or self.secret_tokens < 1:
+            raise ValueError("BackdoorAlign needs at least one safety pair and one secret token")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class SafeLoraConfig:
     threshold: float = field(
         default=0.5,
