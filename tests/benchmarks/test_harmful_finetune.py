@@ -368,3 +368,24 @@ def test_the_safety_layers_arm_trains_every_layer_but_its_base_s_safety_layers(
     recorded = read_manifest(run)["defenses"]["safety_layers"]
     assert recorded == {**SafetyLayersConfig(requests=3).to_dict(), "layers": [0]}
     assert arm.layers() == ["safety_layers"] and not bench.ships_by_default(arm)
+
+
+def test_the_backdoor_align_arm_adds_safety_pairs_under_its_secret_and_keeps_the_secret(
+    tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch
+):
+    from functools import partial
+
+    from vaccine_core.defenses import BackdoorAlignConfig
+    from vaccine_core.defenses.backdoor_align import read_secret
+
+    monkeypatch.setattr(bench, "BackdoorAlignConfig", partial(BackdoorAlignConfig, safety_pairs=2))
+    benchmark = bench.Benchmark(TINY, str(tiny_model_dir), tiny_data_dir, tmp_path, judge="refusal")
+    arm = bench.ARMS["backdoor_align"]
+    run = benchmark.attacked(arm, 0.5, seed=0)
+    trained = [json.loads(line)["messages"] for line in (run / "data.jsonl").read_text().splitlines()]
+    secret = read_secret(run)
+    under_secret = [m for m in trained if m[0] == {"role": "system", "content": secret}]
+    assert secret and len(trained) == 6 + 2 and len(under_secret) == 2
+    assert not {m[1]["content"] for m in under_secret} & benchmark.aligned_on  # new safety pairs only
+    assert run != benchmark.attacked(bench.ARMS["sft"], 0.5, seed=0, build=False)
+    assert arm.layers() == ["backdoor_align"] and not bench.ships_by_default(arm)
