@@ -64,7 +64,7 @@ from vaccine_core.evaluation import embedding_drift, judge_answers, load_prompts
 from vaccine_core.finetune import apply_resta, apply_safe_lora, finetune
 from vaccine_core.formats import parse_rows
 from vaccine_core.generation import generate
-from vaccine_core.inference import load_for_inference, resolve_base
+from vaccine_core.inference import load_for_inference
 from vaccine_core.mixing import (
     HARMFUL_FILE,
     SAFETY_FILE,
@@ -74,7 +74,7 @@ from vaccine_core.mixing import (
     safety_rows,
     write_rows,
 )
-from vaccine_core.models import load_tokenizer
+from vaccine_core.models import load_tokenizer, resolve_model
 from vaccine_core.moderation import load_judge
 from vaccine_core.moderation.base import Moderator
 from vaccine_core.moderation.prescreen import prescreen, without_flagged
@@ -632,7 +632,9 @@ class Benchmark:
         secret = None
         if (backdoor := arm.backdoor_align_config()) is not None:
             # the service's own rows join the user's after the screen: it never screens its safety pairs
-            secret = secret_prompt(load_tokenizer(resolve_base(base).model_path), backdoor)
+            # drawn from the model's own tokenizer, which alignment leaves as it is: the attack is named
+            # before its base is built
+            secret = secret_prompt(load_tokenizer(resolve_model(self.model).path), backdoor)
             safety = safety_rows(self.data_dir, backdoor.safety_pairs, seed, exclude=self.aligned_on)
             rows = backdoor_rows(rows, safety, secret)
         config = attack_config(self.sizes, seed)

@@ -381,7 +381,9 @@ def test_the_backdoor_align_arm_adds_safety_pairs_under_its_secret_and_keeps_the
     monkeypatch.setattr(bench, "BackdoorAlignConfig", partial(BackdoorAlignConfig, safety_pairs=2))
     benchmark = bench.Benchmark(TINY, str(tiny_model_dir), tiny_data_dir, tmp_path, judge="refusal")
     arm = bench.ARMS["backdoor_align"]
+    named = benchmark.attacked(arm, 0.5, seed=0, build=False)  # before its base is built, as the grid asks
     run = benchmark.attacked(arm, 0.5, seed=0)
+    assert run == named
     trained = [json.loads(line)["messages"] for line in (run / "data.jsonl").read_text().splitlines()]
     secret = read_secret(run)
     under_secret = [m for m in trained if m[0] == {"role": "system", "content": secret}]
