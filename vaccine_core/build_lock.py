@@ -3,7 +3,7 @@
 The workers of a deployment share ``VACCINE_HOME`` (docker-compose mounts one volume in each): at a first
 start the worker aligning the base and another pre-screening an upload both need the default model's
 converted copy, the default judge, the borderline answers it learns from and the pre-screen's intent gate
-(and two jobs on one base, its harmful adapter for RESTA). Whoever builds an entry holds its lock,
+(and two jobs on one base, its harmful adapter for RESTA and its safety layers). Whoever builds an entry holds its lock,
 looks again, and builds it only if it is still missing; the others wait and then find it built, instead of
 training the same model side by side and writing over each other's files. The lock is the kernel's (flock,
 through filelock), so a builder that dies releases it.

@@ -28,14 +28,14 @@ def located_safety_layers(
     separation after each layer, the seconds locating took), and whether this call located them (else an
     earlier job did)."""
     settings = get_service_settings()
-    kept = base_dir(settings.home, base_id) / SAFETY_LAYERS_FILE
-    before = kept.stat().st_mtime_ns if kept.is_file() else None
+    located: list[bool] = []
     record = base_safety_layers(
         base_path,
         settings.data_dir,
         config,
         exclude=report_prompts(settings, plan).normalised(),
-        kept=kept,
+        kept=base_dir(settings.home, base_id) / SAFETY_LAYERS_FILE,
         model=base_model,
+        on_locate=lambda: located.append(True),
     )
-    return record, kept.stat().st_mtime_ns != before
+    return record, bool(located)

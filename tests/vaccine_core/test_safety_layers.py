@@ -118,3 +118,41 @@ def test_a_base_s_safety_layers_are_located_once_and_kept_beside_it(tiny_model_d
     kept.write_text(json.dumps({**record, "layers": [1]}))  # read back, not located again
     assert base_safety_layers(base, tiny_data_dir, config)["layers"] == [1]
     assert base_safety_layers(base, tiny_data_dir, SafetyLayersConfig(requests=3))["requests"] == 3
+
+
+def test_two_jobs_on_one_base_locate_its_safety_layers_once(
+    tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch
+):
+    import threading
+    import time
+
+    import vaccine_core.defenses.safety_layers as safety_layers
+    from tests.helpers import at_once
+    from vaccine_core.mixing import read_jsonl, write_rows
+
+    write_rows(tmp_path / "alignment.jsonl", read_jsonl(tiny_data_dir / "alignment/safe_refusals.jsonl")[:10])
+    base = align(
+        str(tiny_model_dir),
+        tmp_path / "alignment.jsonl",
+        tmp_path / "aligned",
+        PerturbationConfig("sft"),
+        TrainingConfig(max_steps=1, batch_size=4),
+    ).output_dir
+    real_locate, locating = safety_layers.locate_safety_layers, []
+
+    def slow_locate(*args, **kwargs):
+        locating.append(threading.get_ident())
+        time.sleep(0.5)  # long enough for the other job to arrive while this one locates
+        return real_locate(*args, **kwargs)
+
+    monkeypatch.setattr(safety_layers, "locate_safety_layers", slow_locate)
+    heard: list[int] = []
+    records = at_once(
+        lambda: base_safety_layers(
+            base,
+            tiny_data_dir,
+            SafetyLayersConfig(requests=4),
+            on_locate=lambda: heard.append(threading.get_ident()),
+        )
+    )
+    assert len(locating) == 1 and heard == locating and records[0] == records[1]

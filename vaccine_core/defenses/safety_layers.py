@@ -21,7 +21,7 @@ those layers' weights and reading over-refusal; that step is not built here.)
 import json
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,14 @@ def locate_safety_layers(
 SAFETY_LAYERS_FILE = "safety_layers.json"  # in a base's directory: its located safety layers
 
 
+def kept_safety_layers(kept: Path, config: SafetyLayersConfig) -> dict[str, Any] | None:
+    """The record kept at ``kept`` when its layers were located with ``config``'s options, else None."""
+    if not kept.is_file():
+        return None
+    record = json.loads(kept.read_text())
+    return record if all(record.get(k) == v for k, v in config.to_dict().items()) else None
+
+
 def base_safety_layers(
     base: str | Path,
     data_dir: Path,
@@ -127,32 +135,37 @@ def base_safety_layers(
     *,
     kept: Path | None = None,
     model: PreTrainedModel | None = None,
+    on_locate: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """The aligned base's safety layers, located once and kept at ``kept`` (by default beside its weights,
     in its directory), located again when asked with other options. ``model``: the base already loaded
-    (a worker keeps it between jobs). The record says how long locating took."""
+    (a worker keeps it between jobs). The record says how long locating took; ``on_locate`` hears that this
+    call locates them (two jobs on one base wait for one locating)."""
+    from vaccine_core.build_lock import building
     from vaccine_core.inference import load_for_inference, resolve_base
     from vaccine_core.models import load_tokenizer
 
     kept = kept or Path(base) / SAFETY_LAYERS_FILE
-    if kept.is_file():
-        record = json.loads(kept.read_text())
-        if all(record.get(k) == v for k, v in config.to_dict().items()):
+    if (record := kept_safety_layers(kept, config)) is not None:
+        return record
+    with building(kept):
+        if (record := kept_safety_layers(kept, config)) is not None:  # another job located them meanwhile
             return record
-    started = time.perf_counter()
-    harmful, harmless = locating_requests(data_dir, base, config, exclude)
-    if model is None:
-        loaded = load_for_inference(base)
-        model, tokenizer = loaded.model, loaded.tokenizer
-    else:
-        tokenizer = load_tokenizer(resolve_base(base).model_path)
-    record = locate_safety_layers(model, tokenizer, harmful, harmless, config)
-    record["seconds"] = round(time.perf_counter() - started, 2)
-    # written whole or not at all: two jobs on one base may locate them at once, and read them after
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    staging = kept.with_name(f"{kept.name}.{os.getpid()}.partial")
-    staging.write_text(json.dumps(record, indent=1) + "\n")
-    staging.replace(kept)
+        if on_locate is not None:
+            on_locate()
+        started = time.perf_counter()
+        harmful, harmless = locating_requests(data_dir, base, config, exclude)
+        if model is None:
+            loaded = load_for_inference(base)
+            model, tokenizer = loaded.model, loaded.tokenizer
+        else:
+            tokenizer = load_tokenizer(resolve_base(base).model_path)
+        record = locate_safety_layers(model, tokenizer, harmful, harmless, config)
+        record["seconds"] = round(time.perf_counter() - started, 2)
+        # written whole or not at all: a reader that does not take the lock may look at any moment
+        staging = kept.with_name(f"{kept.name}.{os.getpid()}.partial")
+        staging.write_text(json.dumps(record, indent=1) + "\n")
+        staging.replace(kept)
     return record
 
 
