@@ -151,6 +151,7 @@ class Arm:
         switched = {
             "booster": self.booster,
             "preference": self.preference,
+            "safety_mix": self.safety_mix > 0,
             "prescreen_filter": self.prescreen_filter,
             "lisa": self.lisa,
             "token_constraint": self.token_constraint,
@@ -279,6 +280,10 @@ ARMS: dict[str, Arm] = {
         # every conversation (Wang et al. 2024, BackdoorAlign; safety-defenses-plan.md, thirty-second
         # session)
         Arm("backdoor_align", "sft", backdoor_align=True),
+        # BackdoorAlign's own baseline: the same 11 safety pairs under the model's usual prompt, fixed after
+        # one seed of its adapter run without the secret read safer than served behind it
+        # (safety-defenses-plan.md, thirty-second session)
+        Arm("sft+safety-mix", "sft", safety_mix=11),
         # the two layers that each passed the default's rule in one setting, stacked: alignment that answers
         # requests which only sound harmful, and the pre-screen filter (safety-defenses-plan.md, fifteenth
         # session)
