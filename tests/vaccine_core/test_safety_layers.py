@@ -97,18 +97,22 @@ def test_a_fine_tune_leaves_the_safety_layers_adapter_at_zero_and_records_them(
         StepDefenses(safety_layers=SafetyLayersConfig())
 
 
-def test_a_base_s_safety_layers_are_located_once_and_kept_beside_it(tiny_model_dir, tiny_data_dir, tmp_path):
+def sft_base(tiny_model_dir, tiny_data_dir, tmp_path):
+    """The tiny model aligned with SFT for one step on ten of the tiny data's safety pairs."""
     from vaccine_core.mixing import read_jsonl, write_rows
 
-    safety = read_jsonl(tiny_data_dir / "alignment/safe_refusals.jsonl")
-    write_rows(tmp_path / "alignment.jsonl", safety[:10])
-    base = align(
+    write_rows(tmp_path / "alignment.jsonl", read_jsonl(tiny_data_dir / "alignment/safe_refusals.jsonl")[:10])
+    return align(
         str(tiny_model_dir),
         tmp_path / "alignment.jsonl",
         tmp_path / "aligned",
         PerturbationConfig("sft"),
         TrainingConfig(max_steps=1, batch_size=4),
     ).output_dir
+
+
+def test_a_base_s_safety_layers_are_located_once_and_kept_beside_it(tiny_model_dir, tiny_data_dir, tmp_path):
+    base = sft_base(tiny_model_dir, tiny_data_dir, tmp_path)
     config = SafetyLayersConfig(requests=4)
     record = base_safety_layers(base, tiny_data_dir, config)
     assert len(record["separation"]) == 3 and record["separation"][0] == 0.0
@@ -128,16 +132,8 @@ def test_two_jobs_on_one_base_locate_its_safety_layers_once(
 
     import vaccine_core.defenses.safety_layers as safety_layers
     from tests.helpers import at_once
-    from vaccine_core.mixing import read_jsonl, write_rows
 
-    write_rows(tmp_path / "alignment.jsonl", read_jsonl(tiny_data_dir / "alignment/safe_refusals.jsonl")[:10])
-    base = align(
-        str(tiny_model_dir),
-        tmp_path / "alignment.jsonl",
-        tmp_path / "aligned",
-        PerturbationConfig("sft"),
-        TrainingConfig(max_steps=1, batch_size=4),
-    ).output_dir
+    base = sft_base(tiny_model_dir, tiny_data_dir, tmp_path)
     real_locate, locating = safety_layers.locate_safety_layers, []
 
     def slow_locate(*args, **kwargs):
