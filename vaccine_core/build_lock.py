@@ -3,10 +3,10 @@
 The workers of a deployment share ``VACCINE_HOME`` (docker-compose mounts one volume in each): at a first
 start the worker aligning the base and another pre-screening an upload both need the default model's
 converted copy, the default judge, the borderline answers it learns from and the pre-screen's intent gate
-(and two jobs on one base, its harmful adapter for RESTA and its safety layers). Whoever builds an entry holds its lock,
-looks again, and builds it only if it is still missing; the others wait and then find it built, instead of
-training the same model side by side and writing over each other's files. The lock is the kernel's (flock,
-through filelock), so a builder that dies releases it.
+(and two jobs on one base, its harmful adapter for RESTA and its safety layers). Whoever builds an entry
+holds its lock, looks again, and builds it only if it is still missing; the others wait and then find it
+built, instead of training the same model side by side and writing over each other's files. The lock is
+the kernel's (flock, through filelock), so a builder that dies releases it.
 
 Callers look for the finished entry before taking the lock: a home whose entries were built beforehand may
 be read-only, where no lock file can be made.
