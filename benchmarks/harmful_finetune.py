@@ -123,7 +123,7 @@ class Arm:
     # the base's safety layers left out of the user's fine-tuning (SafetyLayersConfig's defaults)
     safety_layers: bool = False
     # safety pairs behind a secret system prompt, served first in every conversation (BackdoorAlign;
-    # BackdoorAlignConfig's defaults, the paper's)
+    # BackdoorAlignConfig's defaults: the paper's 11 pairs, a shorter secret)
     backdoor_align: bool = False
     # of the alignment's helpful pairs, how many answer requests that only sound harmful (sensitive_helpful)
     sensitive_helpful: int = 0
@@ -636,9 +636,9 @@ class Benchmark:
             rows, screened = self.filtered(rows)
         secret = None
         if (backdoor := arm.backdoor_align_config()) is not None:
-            # the service's own rows join the user's after the screen: it never screens its safety pairs
-            # drawn from the model's own tokenizer, which alignment leaves as it is: the attack is named
-            # before its base is built
+            # the service's own rows join the user's after the screen: it never screens its safety pairs.
+            # The secret is drawn from the model's own tokenizer (alignment leaves it as it is): the attack
+            # is named before its base is built.
             secret = secret_prompt(load_tokenizer(resolve_model(self.model).path), backdoor)
             safety = safety_rows(self.data_dir, backdoor.safety_pairs, seed, exclude=self.aligned_on)
             rows = backdoor_rows(rows, safety, secret)

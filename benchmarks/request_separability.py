@@ -23,7 +23,8 @@ target names: the share of harmful prompts a refusal keyed on the score refuses 
 
 With ``--framed`` the probe also trains on this project's written minimal pairs
 (``vaccine_core.moderation.framed``: one harmful activity asked for to carry it out or to understand it),
-which teach intent where topic is shared.
+written to teach intent where the topic is shared; on the default model they barely move the probe
+(docs/safety-results.md).
 
     .venv/bin/python benchmarks/request_separability.py [--model default|BASE_DIR] [--framed] [--name NAME]
 
