@@ -23,10 +23,11 @@ target names: the share of harmful prompts a refusal keyed on the score refuses 
 
 With ``--framed`` the probe also trains on this project's written minimal pairs
 (``vaccine_core.moderation.framed``: one harmful activity asked for to carry it out or to understand it),
-written to teach intent where the topic is shared; on the default model they barely move the probe
-(docs/safety-results.md).
+written to teach intent where the topic is shared; with ``--framed-only`` it trains on them alone (its
+depth chosen by cross-validation on them).
 
-    .venv/bin/python benchmarks/request_separability.py [--model default|BASE_DIR] [--framed] [--name NAME]
+    .venv/bin/python benchmarks/request_separability.py [--model default|BASE_DIR] [--framed | --framed-only]
+        [--name NAME]
 
 Writes benchmarks/results/request_separability-NAME.json.
 """
@@ -161,18 +162,13 @@ def words_bound(harmful: list[str], borderline: list[str], harmless: list[str], 
     return {"words": len(words), **measured}
 
 
-def training_requests(data_dir: Path, seed: int, *, framed: bool = False) -> tuple[list[str], list[str]]:
-    """Harmful and harmless requests for the probe, none a protocol prompt (the intent gate's labelled
-    requests); every sensitive-sounding benign request among them is kept, the rest drawn with ``seed``.
-    With ``framed``, every written minimal pair besides."""
-    rng = random.Random(seed)
-    labelled = labelled_requests(data_dir)
-    sensitive = {normalised(r.request) for r in borderline_requests(data_dir)}
-    harmful = [t for t, h in labelled if h]
-    hard = [t for t, h in labelled if not h and normalised(t) in sensitive]
-    easy = [t for t, h in labelled if not h and normalised(t) not in sensitive]
-    harmless = hard + rng.sample(easy, max(0, TRAIN_PER_KIND - len(hard)))
-    harmful = rng.sample(harmful, min(TRAIN_PER_KIND, len(harmful)))
+def training_requests(
+    data_dir: Path, seed: int, *, framed: bool = False, labelled: bool = True
+) -> tuple[list[str], list[str]]:
+    """Harmful and harmless requests for the probe, none a protocol prompt: the intent gate's labelled
+    requests (every sensitive-sounding benign one kept, the rest drawn with ``seed``) unless ``labelled`` is
+    False, and with ``framed`` every written minimal pair besides."""
+    harmful, harmless = labelled_training_requests(data_dir, seed) if labelled else ([], [])
     if framed:
         protocol = load_split(data_dir).normalised()
         pairs = [(t, h) for t, h in framed_requests() if normalised(t) not in protocol]
@@ -181,12 +177,26 @@ def training_requests(data_dir: Path, seed: int, *, framed: bool = False) -> tup
     return harmful, harmless
 
 
+def labelled_training_requests(data_dir: Path, seed: int) -> tuple[list[str], list[str]]:
+    """``TRAIN_PER_KIND`` labelled requests of each kind, every sensitive-sounding benign one kept."""
+    rng = random.Random(seed)
+    labelled = labelled_requests(data_dir)
+    sensitive = {normalised(r.request) for r in borderline_requests(data_dir)}
+    harmful = [t for t, h in labelled if h]
+    hard = [t for t, h in labelled if not h and normalised(t) in sensitive]
+    easy = [t for t, h in labelled if not h and normalised(t) not in sensitive]
+    harmless = hard + rng.sample(easy, max(0, TRAIN_PER_KIND - len(hard)))
+    return rng.sample(harmful, min(TRAIN_PER_KIND, len(harmful))), harmless
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help="a base name or an aligned base's directory")
-    parser.add_argument(
+    framed = parser.add_mutually_exclusive_group()
+    framed.add_argument(
         "--framed", action="store_true", help="train the probe on the written minimal pairs too"
     )
+    framed.add_argument("--framed-only", action="store_true", help="train the probe on them alone")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="default")
     parser.add_argument("--out", type=Path)
@@ -195,7 +205,9 @@ def main() -> None:
     started = time.perf_counter()
 
     protocol = load_split(data_dir)
-    train_harmful, train_harmless = training_requests(data_dir, args.seed, framed=args.framed)
+    train_harmful, train_harmless = training_requests(
+        data_dir, args.seed, framed=args.framed or args.framed_only, labelled=not args.framed_only
+    )
     loaded = load_for_inference(args.model)
 
     def states(requests: list[str]) -> torch.Tensor:
@@ -244,7 +256,7 @@ def main() -> None:
         },
         "probe": {
             "training_requests": {"harmful": len(train_harmful), "harmless": len(train_harmless)},
-            "framed_minimal_pairs": args.framed,
+            "framed_minimal_pairs": "only" if args.framed_only else args.framed,
             "weight_decay": WEIGHT_DECAY,
             "folds": FOLDS,
             "cv_auc_by_depth": [round(a, 4) for a in cv_auc],
