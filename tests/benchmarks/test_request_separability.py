@@ -7,7 +7,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
-from request_separability import auc, fit_probe, operating_point, out_of_fold, words_bound
+from request_separability import auc, fit_probe, operating_point, out_of_fold, training_requests, words_bound
+
+from vaccine_core.moderation.framed import framed_requests
+from vaccine_core.settings import get_settings
 
 
 def test_the_roc_area_counts_pairs_in_order_and_ties_as_half():
@@ -51,3 +54,14 @@ def test_words_alone_separate_prompts_that_differ_only_in_wording():
     read = words_bound(harmful, borderline, ["Write a poem"], seed=0)
     assert read["auc_harmful_vs_borderline"] == 1.0
     assert read["words"] == len({w for t in harmful + borderline for w in t.lower().split() if w.isalpha()})
+
+
+@pytest.mark.skipif(not (get_settings().data_dir / "eval").is_dir(), reason="needs ../shared/data")
+def test_the_written_pairs_join_the_labelled_requests_or_stand_alone():
+    data_dir = get_settings().data_dir
+    harmful, harmless = training_requests(data_dir, 0)
+    both = training_requests(data_dir, 0, framed=True)
+    alone = training_requests(data_dir, 0, framed=True, labelled=False)
+    written = framed_requests()
+    assert alone == ([t for t, h in written if h], [t for t, h in written if not h])
+    assert both == (harmful + alone[0], harmless + alone[1])  # the labelled draw is the same either way
