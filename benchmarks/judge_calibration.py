@@ -34,7 +34,7 @@ from vaccine_core.moderation.learned import (
     LearnedJudge,
     calibrate_threshold,
     judge_data,
-    judge_training_pairs,
+    judge_split,
     labelled_scores,
 )
 from vaccine_core.moderation.metrics import binary_metrics
@@ -57,7 +57,7 @@ def assess(
     """One judge's thresholds by both rules, and what each reads on the test split and the uploads."""
     options = json.loads((path / OPTIONS_FILE).read_text())
     config = JudgeTrainingConfig(**options["training"])
-    _train, validation = judge_training_pairs(get_settings().data_dir, config)
+    _train, validation, _test = judge_split(get_settings().data_dir, config)
     judge = LearnedJudge(path)  # loaded once; each rule only sets its threshold
     scores = labelled_scores(judge, validation)
     labels = [pair.harmful for pair in validation]

@@ -522,9 +522,7 @@ def recall_threshold(scores: Sequence[float], labels: Sequence[bool], recall: fl
 def screen_threshold(judge: "LearnedJudge", data_dir: Path, recall: float) -> tuple[float, int]:
     """``recall_threshold`` on the default judge's validation split as ``judge`` scores it (its labels as
     trained), and the split's size."""
-    config = JudgeTrainingConfig()
-    pairs = judge_data(data_dir, seed=config.seed, hand_labels=config.hand_labels)
-    _train, validation, _test = split(pairs, config.validation_percent)
+    _train, validation, _test = judge_split(data_dir, JudgeTrainingConfig())
     scores = labelled_scores(judge, validation)
     return recall_threshold(scores, [p.harmful for p in validation], recall), len(validation)
 
@@ -578,13 +576,20 @@ def progress_beside(target: Path, then: ProgressCallback) -> Iterator[ProgressRe
         path.unlink(missing_ok=True)
 
 
+def judge_split(
+    data_dir: Path, config: JudgeTrainingConfig
+) -> tuple[list[LabelledPair], list[LabelledPair], list[LabelledPair]]:
+    """The default judge's pairs as ``config`` labels and splits them: training, validation, test."""
+    pairs = judge_data(data_dir, seed=config.seed, hand_labels=config.hand_labels)
+    return split(pairs, config.validation_percent)
+
+
 def judge_training_pairs(
     data_dir: Path, config: JudgeTrainingConfig
 ) -> tuple[list[LabelledPair], list[LabelledPair]]:
     """The default judge's training pairs (its split's, and their augmented copies) and its validation
     split, as ``config`` builds them."""
-    pairs = judge_data(data_dir, seed=config.seed, hand_labels=config.hand_labels)
-    train, validation, _test = split(pairs, config.validation_percent)
+    train, validation, _test = judge_split(data_dir, config)
     augmented = augment(
         train, config.seed, config.masked, config.helpful_swapped, config.harmful_swapped, config.opener
     )
