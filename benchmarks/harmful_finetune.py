@@ -636,10 +636,8 @@ class Benchmark:
             rows, screened = self.filtered(rows)
         secret = None
         if (backdoor := arm.backdoor_align_config()) is not None:
-            # the service's own rows join the user's after the screen: it never screens its safety pairs.
-            # The secret is drawn from the model's own tokenizer (alignment leaves it as it is): the attack
-            # is named before its base is built.
-            secret = secret_prompt(load_tokenizer(resolve_model(self.model).path), backdoor)
+            # the service's own rows join the user's after the screen: it never screens its safety pairs
+            secret = secret_prompt(self.tokenizer, backdoor)
             safety = safety_rows(self.data_dir, backdoor.safety_pairs, seed, exclude=self.aligned_on)
             rows = backdoor_rows(rows, safety, secret)
         config = attack_config(self.sizes, seed)
@@ -700,6 +698,12 @@ class Benchmark:
         elif build:
             self.reused["attacks"] += 1
         return out
+
+    @functools.cached_property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer, which alignment leaves as it is: read without the base, which an attack
+        may be named before."""
+        return load_tokenizer(resolve_model(self.model).path)
 
     @functools.cached_property
     def prescreen_judge(self) -> Moderator:
