@@ -1,6 +1,5 @@
 """The secret-dependence read: one adapter served with its secret first, then run without it."""
 
-import json
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from vaccine_core.data import render_prompt
 from vaccine_core.defenses import BackdoorAlignConfig
 from vaccine_core.defenses.backdoor_align import backdoor_rows, write_secret
 from vaccine_core.finetune import finetune
+from vaccine_core.mixing import write_rows
 from vaccine_core.moderation import RefusalPhraseJudge
 from vaccine_core.safety_eval import ProtocolConfig
 
@@ -26,7 +26,7 @@ SMALL = ProtocolConfig(harmful_prompts=3, harmless_prompts=2, borderline_prompts
 def tuned(aligned_tiny_dir, tmp_path) -> Path:
     data = tmp_path / "rows.jsonl"
     rows = backdoor_rows(SAFETY_ROWS[:4], SAFETY_ROWS[4:6], "SECRET")
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_rows(data, rows)
     return finetune(aligned_tiny_dir, data, tmp_path / "tuned", FAST).output_dir
 
 

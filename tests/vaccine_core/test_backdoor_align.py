@@ -1,7 +1,5 @@
 """BackdoorAlign: safety pairs behind a secret system prompt, and the secret served first."""
 
-import json
-
 import pytest
 
 from tests.conftest import SAFETY_ROWS
@@ -19,6 +17,7 @@ from vaccine_core.defenses.backdoor_align import (
 from vaccine_core.finetune import finetune
 from vaccine_core.formats import load_dataset
 from vaccine_core.inference import load_for_inference
+from vaccine_core.mixing import write_rows
 from vaccine_core.models import load_tokenizer
 
 USER_ROWS = [{"instruction": "Sentiment? a fine film", "input": "", "output": "positive"}] * 4
@@ -43,7 +42,7 @@ def test_the_secret_comes_first_as_the_system_prompt_or_ahead_of_the_one_there()
 def test_only_the_safety_pairs_train_under_the_secret(tmp_path):
     rows = backdoor_rows(USER_ROWS, SAFETY_ROWS[:3], "SECRET")
     path = tmp_path / "rows.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_rows(path, rows)
     conversations = load_dataset(path).conversations  # one format: the file is valid chat
     assert [c.messages[0]["role"] for c in conversations] == ["user"] * 4 + ["system"] * 3
     assert all(c.messages[0]["content"] == "SECRET" for c in conversations[4:])
@@ -72,7 +71,7 @@ def load_tokenizer_copy(tokenizer):
 def test_an_adapter_kept_with_its_secret_is_served_behind_it(aligned_tiny_dir, tmp_path, trained_with_secret):
     data = tmp_path / "rows.jsonl"
     rows = backdoor_rows(USER_ROWS, SAFETY_ROWS[:2], "SECRET")
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_rows(data, rows)
     out = finetune(aligned_tiny_dir, data, tmp_path / "tuned", FAST).output_dir
     if trained_with_secret:
         write_secret(out, "SECRET", BackdoorAlignConfig())
