@@ -195,6 +195,20 @@ def tiny_attack_run(model_dir, alpaca_file, tmp_path, rows=None, config: Trainin
     return base, run
 
 
+def held(call: Callable[..., Any], calls: list[int]) -> Callable[..., Any]:
+    """``call``, each call recorded in ``calls`` (by its thread) and held half a second first: long enough for
+    a second worker started with it (``at_once``) to arrive while the first is inside."""
+    import threading
+    import time
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        calls.append(threading.get_ident())
+        time.sleep(0.5)
+        return call(*args, **kwargs)
+
+    return slow
+
+
 def at_once(call: Callable[[], Any], workers: int = 2) -> list[Any]:
     """What ``call`` returns in each of ``workers`` threads started together (as workers sharing one
     VACCINE_HOME would call it); the first exception raised in any of them is raised here."""

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.helpers import at_once, classifier_dir
+from tests.helpers import at_once, classifier_dir, held
 from vaccine_core.build_lock import LOCK_SUFFIX
 from vaccine_core.moderation import Verdict, load_judge
 from vaccine_core.moderation.intent import (
@@ -218,22 +218,18 @@ def test_the_gate_reports_every_step_of_its_training(tmp_path):
 
 
 def test_two_workers_needing_the_gate_at_once_train_it_once(tmp_path, monkeypatch):
-    import threading
-    import time
 
     import vaccine_core.moderation.intent as intent_module
 
     target, trainings = tmp_path / "judges" / "intent", []
 
-    def slow_train(train, validation, target, config, on_progress):
-        trainings.append(threading.get_ident())
-        time.sleep(0.5)  # long enough for the other worker to arrive while this one trains
+    def train(train, validation, target, config, on_progress):
         target.mkdir(parents=True)
         (target / INTENT_FILE).write_text("{}")
         return target
 
     monkeypatch.setattr(intent_module, "labelled_requests", lambda data_dir: [(HARMFUL_REQUEST, True)])
     monkeypatch.setattr(intent_module, "intent_dir", lambda labelled, config: target)
-    monkeypatch.setattr(intent_module, "train_intent", slow_train)
+    monkeypatch.setattr(intent_module, "train_intent", held(train, trainings))
     paths = at_once(lambda: intent_module.ensure_intent_model(tmp_path, on_progress=lambda progress: None))
     assert len(trainings) == 1 and paths == [target, target]

@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from tests.helpers import at_once
+from tests.helpers import at_once, held
 from vaccine_core.models import (
     CONVERTED_MARKER,
     ModelNotFoundError,
@@ -75,19 +75,16 @@ def test_default_model_converts_once_and_then_loads_fast(tmp_path):
 
 
 def test_two_workers_resolving_a_gguf_model_at_once_convert_it_once(tmp_path, monkeypatch):
-    import threading
 
     import vaccine_core.models as models
 
     gguf, conversions = tmp_path / "model.gguf", []
     gguf.write_bytes(b"GGUF")
 
-    def slow_convert(gguf, target, source_sha):
-        conversions.append(threading.get_ident())
-        time.sleep(0.5)  # long enough for the other worker to arrive while this one converts
+    def convert(gguf, target, source_sha):
         target.mkdir(parents=True)
         (target / CONVERTED_MARKER).write_text("{}")
 
-    monkeypatch.setattr(models, "convert_gguf", slow_convert)
+    monkeypatch.setattr(models, "convert_gguf", held(convert, conversions))
     resolved = at_once(lambda: resolve_model(str(gguf), cache_dir=tmp_path / "models"))
     assert len(conversions) == 1 and resolved[0].path == resolved[1].path

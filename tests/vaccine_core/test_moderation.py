@@ -1,5 +1,6 @@
 """Production judge adapters on tiny randomly initialised models of the right shape, and the pre-screen."""
 
+import functools
 import json
 
 import pytest
@@ -8,7 +9,7 @@ from transformers import BertForSequenceClassification, BertTokenizerFast, Llama
 from typer.testing import CliRunner
 
 from tests.conftest import tiny_llama_config
-from tests.helpers import JUDGE_PAIRS, at_once, classifier_dir
+from tests.helpers import JUDGE_PAIRS, at_once, classifier_dir, held
 from vaccine_core.build_lock import LOCK_SUFFIX
 from vaccine_core.cli import app
 from vaccine_core.formats import as_dataset
@@ -674,8 +675,6 @@ def test_the_default_judge_s_threshold_is_calibrated_in_the_precision_it_runs_in
 def test_two_workers_needing_the_judge_at_once_train_it_once(tmp_path, monkeypatch):
     # workers share VACCINE_HOME: at a first start the one aligning the base and one pre-screening an
     # upload both need the judge; side by side they would train it twice into the same directory
-    import threading
-    import time
 
     import vaccine_core.moderation.learned as learned
     from vaccine_core.moderation.dataset import LabelledPair
@@ -684,18 +683,14 @@ def test_two_workers_needing_the_judge_at_once_train_it_once(tmp_path, monkeypat
     encoder = classifier_dir(tmp_path, ["a", "b"], [0.0, 0.0], multi_label=False)
     pairs = [LabelledPair(*JUDGE_PAIRS[0], True, None, "t"), LabelledPair(*JUDGE_PAIRS[1], False, None, "t")]
     config = JudgeTrainingConfig(epochs=1, batch_size=2, max_length=32, frozen_layers=0)
-    real_train, trainings = learned.train_judge, []
-
-    def slow_train(*args, **kwargs):
-        trainings.append(threading.get_ident())
-        time.sleep(0.5)  # long enough for the other worker to arrive while this one trains
-        return real_train(*args, **kwargs, encoder=encoder)
+    trainings: list[int] = []
+    train = held(functools.partial(learned.train_judge, encoder=encoder), trainings)
 
     monkeypatch.setattr(learned, "default_judge_dir", lambda data_dir, config: tmp_path / "judges" / "judge")
     monkeypatch.setattr(learned, "judge_data", lambda data_dir, seed, hand_labels: pairs)
     monkeypatch.setattr(learned, "split", lambda pairs, validation_percent: (pairs, pairs, []))
     monkeypatch.setattr(learned, "augment", lambda *args: [])
-    monkeypatch.setattr(learned, "train_judge", slow_train)
+    monkeypatch.setattr(learned, "train_judge", train)
     paths = at_once(lambda: learned.ensure_default_judge(tmp_path, config, on_progress=lambda progress: None))
     assert len(trainings) == 1 and paths == [tmp_path / "judges" / "judge"] * 2
     assert (paths[0] / OPTIONS_FILE).is_file() and learned.LearnedJudge(paths[0]).threshold is not None

@@ -128,20 +128,15 @@ def test_two_jobs_on_one_base_locate_its_safety_layers_once(
     tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch
 ):
     import threading
-    import time
 
     import vaccine_core.defenses.safety_layers as safety_layers
-    from tests.helpers import at_once
+    from tests.helpers import at_once, held
 
     base = sft_base(tiny_model_dir, tiny_data_dir, tmp_path)
-    real_locate, locating = safety_layers.locate_safety_layers, []
-
-    def slow_locate(*args, **kwargs):
-        locating.append(threading.get_ident())
-        time.sleep(0.5)  # long enough for the other job to arrive while this one locates
-        return real_locate(*args, **kwargs)
-
-    monkeypatch.setattr(safety_layers, "locate_safety_layers", slow_locate)
+    locating: list[int] = []
+    monkeypatch.setattr(
+        safety_layers, "locate_safety_layers", held(safety_layers.locate_safety_layers, locating)
+    )
     heard: list[int] = []
     records = at_once(
         lambda: base_safety_layers(
