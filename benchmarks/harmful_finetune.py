@@ -56,9 +56,15 @@ from vaccine_core.defenses import (
 )
 from vaccine_core.defenses.backdoor_align import backdoor_rows, secret_prompt, write_secret
 from vaccine_core.defenses.config import LISA_SAFETY_PAIRS, PREFERENCE_PAIRS, RestaVector
-from vaccine_core.defenses.data import booster_pairs, lisa_pairs, preference_pairs, user_turn
-from vaccine_core.defenses.harmful_adapter import adapter_key, build_harmful_adapter, harmful_rows
+from vaccine_core.defenses.data import booster_pairs, helpful_pairs, lisa_pairs, preference_pairs, user_turn
+from vaccine_core.defenses.harmful_adapter import (
+    adapter_key,
+    build_adapter,
+    build_harmful_adapter,
+    harmful_rows,
+)
 from vaccine_core.defenses.own_compliance import judged_safety_rows, own_compliance
+from vaccine_core.defenses.resta import benign_adapter_dir, harmful_adapter_dir
 from vaccine_core.defenses.safety_layers import base_safety_layers
 from vaccine_core.evaluation import embedding_drift, judge_answers, load_prompts, refusal_rate, task_accuracy
 from vaccine_core.finetune import apply_resta, apply_safe_lora, finetune
@@ -323,6 +329,17 @@ ARMS: dict[str, Arm] = {
             resta=0.5,
             resta_vector="harmful",
             resta_outside_user=True,
+        ),
+        # RESTA's harmful vector less its benign control (the base fine-tuned alike on helpful answers), so
+        # the vector does not undo what any fine-tuning teaches; alone and stacked with the filter as the
+        # harmful one was (safety-defenses-plan.md, thirty-third session)
+        Arm("resta-contrast-0.5", "sft", resta=0.5, resta_vector="contrast"),
+        Arm(
+            "prescreen_filter+resta-contrast-0.5",
+            "sft",
+            prescreen_filter=True,
+            resta=0.5,
+            resta_vector="contrast",
         ),
         # thresholds by the share of layers they project (safety-defenses-plan.md): 0.1 ~14 %, 0.2 ~50 %
         Arm("safe_lora-t0.1", "sft", safe_lora=True, safe_lora_threshold=0.1),
@@ -601,11 +618,28 @@ class Benchmark:
         base fine-tuned as an attack is, on as many of JailbreakBench's judged-harmful answers as an attack
         has rows (none to a request either protocol evaluates), seed 0. Its key; trained anew when the key
         it was trained under differs."""
-        rows = harmful_rows(self.data_dir, exclude=self.evaluated_requests, count=self.sizes.attack_n)
+        rows = self.harmful_pairs()
         config = attack_config(self.sizes, seed=0)
         if not build:
             return adapter_key(rows, config)
         return build_harmful_adapter(Path(base), rows, config)[0]
+
+    def harmful_pairs(self) -> list[dict[str, Any]]:
+        """The harmful adapter's rows: as many judged-harmful answers as an attack has rows, none to a
+        request either protocol evaluates, seed 0."""
+        return harmful_rows(self.data_dir, exclude=self.evaluated_requests, count=self.sizes.attack_n)
+
+    def benign_adapter(self, base: str, build: bool = True) -> str:
+        """The harmful adapter's benign control, kept beside it: ``base`` fine-tuned as the harmful adapter
+        is, on as many helpful Alpaca answers, none the base was aligned on nor a request either protocol
+        evaluates, seed 0. Its key; trained anew when the key it was trained under differs."""
+        count = len(self.harmful_pairs())
+        rows = helpful_pairs(self.data_dir, self.aligned_on, count, exclude=self.evaluated_requests)
+        config = attack_config(self.sizes, seed=0)
+        if not build:
+            return adapter_key(rows, config)
+        out = benign_adapter_dir(harmful_adapter_dir(base))
+        return build_adapter(Path(base), rows, config, out, kind="helpful")[0]
 
     @functools.cached_property
     def evaluated_requests(self) -> set[str]:
@@ -675,8 +709,10 @@ class Benchmark:
             key_parts.append({"safe_lora": safe_lora.to_dict()})
         if resta is not None:
             key_parts.append({"resta": resta.to_dict()})
-            if resta.vector == "harmful":
+            if resta.vector in ("harmful", "contrast"):
                 key_parts.append({"harmful_adapter": self.harmful_adapter(base, build=build)})
+            if resta.vector == "contrast":
+                key_parts.append({"benign_adapter": self.benign_adapter(base, build=build)})
         out = self.cache / "attacks" / digest(key_parts)
         if build and not (out / "manifest.json").is_file():
             if safe_lora is not None or resta is not None:

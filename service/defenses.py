@@ -106,7 +106,7 @@ class DefenseStack(BaseModel):
     resta_vector: RestaVector = Field(
         default=RestaConfig.vector,
         description=config_help(RestaConfig, "vector")
-        + " The base's harmful adapter is trained by the first job that needs it.",
+        + " The base's harmful adapter (and its benign control) is trained by the first job that needs it.",
     )
     resta_outside_user: bool = Field(
         default=RestaConfig.outside_user, description=config_help(RestaConfig, "outside_user")
@@ -119,7 +119,12 @@ class DefenseStack(BaseModel):
     @property
     def needs_harmful_adapter(self) -> bool:
         """RESTA adds its own vector, which the base's harmful adapter gives (trained once per base)."""
-        return self.resta and self.resta_vector == "harmful"
+        return self.resta and self.resta_vector in ("harmful", "contrast")
+
+    @property
+    def needs_benign_adapter(self) -> bool:
+        """RESTA's contrast vector subtracts the harmful adapter's benign control (trained once per base)."""
+        return self.resta and self.resta_vector == "contrast"
 
     def step_defenses(
         self, data_dir: Path, base_dir: Path, seed: int, safety_layers: Sequence[int] = ()

@@ -137,6 +137,5 @@ def apply_resta(
 ) -> dict[str, Any]:
     """Add ``config``'s safety vector of ``base`` to the saved adapter, in place; what was done."""
     started = time.perf_counter()
-    vector, sign = safety_vector(Path(base), config, harmful_adapter)
-    record = add_alignment(adapter_dir, vector, config, sign=sign)
+    record = add_alignment(adapter_dir, safety_vector(Path(base), config, harmful_adapter), config)
     return {**record, "seconds": round(time.perf_counter() - started, 2)}

@@ -26,7 +26,7 @@ from vaccine_core.artifacts import alignment_manifest
 from vaccine_core.inference import load_for_inference
 from vaccine_core.mixing import alignment_rows, write_rows
 from vaccine_core.training import Progress, ProgressCallback
-from worker.harmful_adapter import warm_harmful_adapter
+from worker.harmful_adapter import warm_vector_adapters
 from worker.prescreen import warm_prescreen
 from worker.safety import ReportPlan, measure_safety
 
@@ -64,7 +64,7 @@ def align_base(
         plan = AlignmentPlan.of(record)
         policy = get_policy(session)
         report_plan = ReportPlan.of(policy, settings)
-        needs_harmful_adapter = stack_of(policy.defenses, None).needs_harmful_adapter
+        policy_stack = stack_of(policy.defenses, None)
     out = Path(record.source) if plan.adopted else bases.base_dir(settings.home, base_id)
     if plan.adopted:
         data = Path(alignment_manifest(out)["data"]["path"])
@@ -115,8 +115,8 @@ def align_base(
                     event=f"The base {base_id} failed to align",
                 )
         return BaseStatus.FAILED
-    if needs_harmful_adapter:  # trained while the base warms up: no user's job waits for it
-        warm_harmful_adapter(base_id, out, report_plan)
+    if policy_stack.needs_harmful_adapter:  # trained while the base warms up: no user's job waits for it
+        warm_vector_adapters(base_id, out, report_plan, benign=policy_stack.needs_benign_adapter)
     # a job waiting on this base needs its file pre-screened too, which would train the same models
     warm_prescreen(settings.prescreen_judge)
     with sessions() as session:

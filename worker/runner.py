@@ -50,7 +50,7 @@ from vaccine_core.lora import adapter_settings
 from vaccine_core.models import load_causal_lm
 from vaccine_core.moderation.prescreen import without_flagged
 from vaccine_core.training import Progress
-from worker.harmful_adapter import base_harmful_adapter
+from worker.harmful_adapter import base_vector_adapters
 from worker.safety import ReportPlan, safety_report
 from worker.safety_layers import located_safety_layers
 
@@ -215,7 +215,9 @@ def train_and_release(
             session.get(Job, job_id).hyperparameters = resolved_hyperparameters(config)
             session.commit()
         base_model = cached_base(str(resolve_base(base.path).model_path))
-        harmful_adapter = unsafe_copy(job_id, base, base_model, plan) if stack.needs_harmful_adapter else None
+        harmful_adapter = None
+        if stack.needs_harmful_adapter:
+            harmful_adapter = unsafe_copy(job_id, base, base_model, plan, benign=stack.needs_benign_adapter)
         layers = stack.safety_layers_config()
         result = finetune(
             Path(base.path),
@@ -278,17 +280,21 @@ def safety_layers(
     return layers
 
 
-def unsafe_copy(job_id: str, base: BaseModelRecord, base_model: PreTrainedModel, plan: ReportPlan) -> Path:
-    """Where the base's harmful adapter is: trained by the first job that needs it where the base's
-    warm-up did not (a tenant's stack asks for it, the policy's does not), with an event saying so."""
-    adapter = base_harmful_adapter(base.id, Path(base.path), plan, base_model)
-    if adapter.seconds:
-        message = (
-            f"Trained the base's harmful adapter for RESTA's safety vector on {adapter.pairs} harmful"
-            f" pairs in {adapter.seconds:.1f} s (once per base)"
-        )
-        record_event(job_id, message)
-    return adapter.path
+def unsafe_copy(
+    job_id: str, base: BaseModelRecord, base_model: PreTrainedModel, plan: ReportPlan, *, benign: bool
+) -> Path:
+    """Where the base's harmful adapter is (its benign control, with ``benign``, beside it): trained by
+    the first job that needs them where the base's warm-up did not (a tenant's stack asks for them, the
+    policy's does not), with an event for each trained."""
+    adapters = base_vector_adapters(base.id, Path(base.path), plan, base_model, benign=benign)
+    for kind, adapter in adapters.items():
+        if adapter.seconds:
+            message = (
+                f"Trained the base's {kind} adapter for RESTA's safety vector on {adapter.pairs} {kind}"
+                f" pairs in {adapter.seconds:.1f} s (once per base)"
+            )
+            record_event(job_id, message)
+    return adapters["harmful"].path
 
 
 def filter_flagged(

@@ -14,7 +14,7 @@ from service.settings import get_service_settings
 from tests.service_helpers import JOB_ROWS, OPERATOR, jsonl, tenant_client, upload
 from vaccine_core.artifacts import read_manifest
 from vaccine_core.defenses.config import SafetyLayersConfig
-from vaccine_core.defenses.resta import HARMFUL_ADAPTER
+from vaccine_core.defenses.resta import BENIGN_ADAPTER, HARMFUL_ADAPTER
 from vaccine_core.defenses.safe_lora import ADAPTER_FILE
 from vaccine_core.defenses.safety_layers import SAFETY_LAYERS_FILE
 from vaccine_core.mixing import read_jsonl, write_rows
@@ -256,6 +256,34 @@ def test_an_operator_aligns_a_base_with_booster(
     assert manifest["defenses"]["booster"]["data"]["rows"] == 4
     bad = service.post("/admin/models", json={**body, "name": "x", "booster": {"alpha": 0}}, headers=OPERATOR)
     assert bad.status_code == 400
+
+
+def test_a_policy_with_resta_s_contrast_vector_has_both_adapters_trained_as_the_base_warms_up(
+    service, tiny_model_dir, alpaca_file, tiny_data_dir, monkeypatch
+):
+    use_data(monkeypatch, tiny_data_dir)
+    judged = tiny_data_dir / "moderation/jailbreakbench_judged.jsonl"
+    write_rows(judged, [{"prompt": f"Steal car {i}", "response": "Sure.", "harmful": True} for i in range(3)])
+    stack = {"resta": True, "resta_scale": 0.5, "resta_vector": "contrast"}
+    assert service.patch("/admin/policy", json={"defenses": stack}, headers=OPERATOR).status_code == 200
+    body = {"name": "tiny-sft", "source": str(tiny_model_dir), "method": "sft", "data": str(alpaca_file)}
+    assert service.post("/admin/models", json=body, headers=OPERATOR).status_code == 200
+    assert align_base("tiny-sft") == "ready"
+    kept = get_service_settings().home / "bases" / "tiny-sft"
+    assert all((kept / name / ADAPTER_FILE).is_file() for name in (HARMFUL_ADAPTER, BENIGN_ADAPTER))
+    client = tenant_client(service, "acme")
+    job = client.fine_tuning.jobs.create(model="tiny-sft", training_file=upload(client))
+    assert run_job(job.id) == "succeeded"
+    events = [e.message for e in client.fine_tuning.jobs.list_events(job.id)]
+    assert not any(" adapter for RESTA" in m for m in events)  # no user's job waited for either
+
+    # where the control is gone (or a tenant's stack asks for it and the policy's did not), a job trains it
+    shutil.rmtree(kept / BENIGN_ADAPTER)
+    job = client.fine_tuning.jobs.create(model="tiny-sft", training_file=upload(client))
+    assert run_job(job.id) == "succeeded"
+    events = [e.message for e in client.fine_tuning.jobs.list_events(job.id)]
+    assert any("benign adapter for RESTA" in m for m in events)
+    assert not any("harmful adapter for RESTA" in m for m in events)
 
 
 def test_a_policy_with_resta_s_own_vector_has_each_base_s_harmful_adapter_trained_as_it_warms_up(

@@ -15,7 +15,7 @@ from safety_grid_report import cost_table, write_report
 
 from tests.benchmarks.test_harmful_finetune import TINY
 from vaccine_core.artifacts import read_manifest, verify_files
-from vaccine_core.defenses.resta import HARMFUL_ADAPTER
+from vaccine_core.defenses.resta import BENIGN_ADAPTER, HARMFUL_ADAPTER
 from vaccine_core.defenses.safe_lora import ADAPTER_FILE
 from vaccine_core.mixing import read_jsonl, write_rows
 from vaccine_core.safety_eval import ProtocolConfig, ProtocolPrompts
@@ -242,6 +242,14 @@ def test_defense_stacks_run_as_arms_with_their_layers_and_cost(tiny_model_dir, t
     adapter_bytes = (base_dir / HARMFUL_ADAPTER / ADAPTER_FILE).read_bytes()
     bench.harmful_adapter(str(base_dir))  # its key unchanged: nothing trained again
     assert (base_dir / HARMFUL_ADAPTER / ADAPTER_FILE).read_bytes() == adapter_bytes
+    # its benign control, trained beside it on as many helpful answers the base was not aligned on, and the
+    # same run edited with the two
+    contrast = bench.attacked(grid_module.ARMS["resta-contrast-0.5"], 0.1, 0)
+    assert bench.computed["attacks"] == trained + 4 and read_manifest(contrast)["metrics"] == plain["metrics"]
+    assert read_manifest(contrast)["defenses"]["resta"]["vector"] == "contrast"
+    control = read_jsonl(base_dir / BENIGN_ADAPTER / "data.jsonl")
+    assert len(control) == len(taught) and not {r["instruction"] for r in control} & bench.aligned_on
+    assert (base_dir / HARMFUL_ADAPTER / ADAPTER_FILE).read_bytes() == adapter_bytes  # reused
 
 
 class CountingJudge:

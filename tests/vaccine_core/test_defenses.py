@@ -29,14 +29,21 @@ from vaccine_core.defenses import (
     add_alignment,
     project_adapter,
 )
-from vaccine_core.defenses.data import booster_pairs, lisa_pairs
+from vaccine_core.defenses.data import booster_pairs, helpful_pairs, lisa_pairs
 from vaccine_core.defenses.harmful_adapter import build_harmful_adapter, harmful_rows
 from vaccine_core.defenses.lisa import ALIGNMENT, FINETUNE
-from vaccine_core.defenses.resta import HARMFUL_ADAPTER, USER_ADAPTER, outside_update, own_adapter
+from vaccine_core.defenses.resta import (
+    BENIGN_ADAPTER,
+    HARMFUL_ADAPTER,
+    USER_ADAPTER,
+    benign_adapter_dir,
+    outside_update,
+    own_adapter,
+)
 from vaccine_core.defenses.safe_lora import ADAPTER_FILE, lora_updates, projector
 from vaccine_core.finetune import apply_resta, finetune
 from vaccine_core.formats import Conversation
-from vaccine_core.mixing import write_rows
+from vaccine_core.mixing import read_jsonl, write_rows
 from vaccine_core.training import latest_checkpoint, train
 
 HARMFUL_ROWS = [
@@ -264,7 +271,7 @@ def test_resta_adds_the_alignment_update_to_the_user_s_layer_by_layer(tiny_model
     trained = lora_updates(user)
     trained_bytes = (user / ADAPTER_FILE).read_bytes()
 
-    record = add_alignment(user, alignment, RestaConfig(scale=0.5))
+    record = add_alignment(user, [(alignment, 1.0)], RestaConfig(scale=0.5))
 
     combined, aligned = lora_updates(user), lora_updates(alignment)
     assert sorted(combined) == sorted(trained) and record["layers"] == len(trained) > 0
@@ -276,14 +283,14 @@ def test_resta_adds_the_alignment_update_to_the_user_s_layer_by_layer(tiny_model
     assert own_adapter(user) == user / USER_ADAPTER and own_adapter(alignment) == alignment
     assert (user / USER_ADAPTER / ADAPTER_FILE).read_bytes() == trained_bytes
     with pytest.raises(ValueError, match="re-aligned already"):
-        add_alignment(user, alignment, RestaConfig())
+        add_alignment(user, [(alignment, 1.0)], RestaConfig())
 
 
 def test_resta_at_scale_zero_changes_no_layer(tiny_model_dir, tokenizer, tmp_path):
     alignment = save_adapter(tiny_model_dir, tmp_path / "alignment", tokenizer, 1.0, seed=0)
     user = save_adapter(tiny_model_dir, tmp_path / "user", tokenizer, 1.0, seed=1)
     trained = lora_updates(user)
-    add_alignment(user, alignment, RestaConfig(scale=0.0))
+    add_alignment(user, [(alignment, 1.0)], RestaConfig(scale=0.0))
     for module, update in lora_updates(user).items():
         torch.testing.assert_close(update, trained[module], atol=1e-6, rtol=0)
 
@@ -308,7 +315,7 @@ def test_resta_adapter_on_the_aligned_base_is_the_base_with_both_updates(tiny_mo
     user_model.save_pretrained(tmp_path / "user")
     user_updates, alignment_updates = lora_updates(tmp_path / "user"), lora_updates(alignment)
 
-    add_alignment(tmp_path / "user", alignment, RestaConfig(scale=1.0))
+    add_alignment(tmp_path / "user", [(alignment, 1.0)], RestaConfig(scale=1.0))
     merged = PeftModel.from_pretrained(copy.deepcopy(aligned), str(tmp_path / "user")).merge_and_unload()
 
     weights, before = merged.state_dict(), unaligned.state_dict()
@@ -369,6 +376,37 @@ def test_resta_s_harmful_vector_subtracts_the_harmful_adapter_s_update(tiny_mode
         RestaConfig(vector="random")
 
 
+def test_resta_s_contrast_vector_subtracts_the_harmful_update_less_its_benign_control(
+    tiny_model_dir, alpaca_file, tmp_path
+):
+    """The contrast vector: the user's update minus scale x (harmful - benign), the benign control kept
+    beside the harmful adapter; the record says how long the vector is against the harmful update alone
+    and how the two updates align."""
+    base = align(str(tiny_model_dir), alpaca_file, tmp_path / "aligned", PerturbationConfig("sft"), FAST)
+    kept = tmp_path / "service" / HARMFUL_ADAPTER  # where an owner keeps them, not the base's directory
+    harmful = finetune(base.output_dir, alpaca_file, kept, replace(FAST, seed=2)).output_dir
+    user = finetune(base.output_dir, alpaca_file, tmp_path / "user", replace(FAST, seed=1)).output_dir
+    config = RestaConfig(scale=0.5, vector="contrast")
+    with pytest.raises(ValueError, match="contrast vector needs"):
+        apply_resta(user, base.output_dir, config, harmful_adapter=kept)
+    benign = tmp_path / "service" / BENIGN_ADAPTER
+    assert benign_adapter_dir(kept) == benign
+    finetune(base.output_dir, alpaca_file, benign, replace(FAST, seed=3))
+    trained, unsafe, control = lora_updates(user), lora_updates(harmful), lora_updates(benign)
+
+    record = apply_resta(user, base.output_dir, config, harmful_adapter=kept)
+
+    assert record["vector"] == "contrast" and record["rank"] == 3 * 4
+    for module, update in lora_updates(user).items():
+        expected = trained[module] - 0.5 * (unsafe[module] - control[module])
+        torch.testing.assert_close(update, expected, atol=1e-5, rtol=1e-4)
+    flat = [torch.cat([u[m].flatten() for m in sorted(u)]) for u in (unsafe, control)]
+    share = float((flat[0] - flat[1]).norm() / flat[0].norm())
+    cosine = float(torch.nn.functional.cosine_similarity(flat[0], flat[1], dim=0))
+    assert record["norm_share_of_harmful"] == pytest.approx(share, abs=1e-3)
+    assert record["harmful_benign_cosine"] == pytest.approx(cosine, abs=1e-3)
+
+
 def test_the_vector_outside_the_user_s_update_leaves_nothing_along_the_user_s_directions():
     torch.manual_seed(0)
     user_b, user_a = torch.randn(12, 3), torch.randn(3, 10)
@@ -410,7 +448,7 @@ def test_resta_outside_the_user_s_update_adds_only_that_part_and_records_how_muc
     trained, unsafe = lora_updates(user), lora_updates(vector)
 
     config = RestaConfig(scale=0.5, vector="harmful", outside_user=True)
-    record = add_alignment(user, vector, config, sign=-1.0)
+    record = add_alignment(user, [(vector, -1.0)], config)
 
     assert record["outside_user"] is True and 0.0 < record["kept_norm_share"] < 1.0
     squared_kept = 0.0
@@ -430,8 +468,6 @@ def test_resta_outside_the_user_s_update_adds_only_that_part_and_records_how_muc
 def test_the_harmful_adapter_is_trained_once_per_rows_and_recipe(
     tiny_model_dir, tiny_data_dir, alpaca_file, tmp_path
 ):
-    from vaccine_core.mixing import read_jsonl
-
     write_rows(tiny_data_dir / "moderation/jailbreakbench_judged.jsonl", [
         {"prompt": f"Steal car {i}", "response": "Sure, here is how.", "harmful": True} for i in range(4)
     ] + [{"prompt": "Write a poem", "response": "Roses", "harmful": False}])  # fmt: skip
@@ -453,7 +489,7 @@ def test_the_harmful_adapter_is_trained_once_per_rows_and_recipe(
     other, seconds = build_harmful_adapter(base.output_dir, rows[:1], FAST)
     assert other != key and seconds > 0 and read_jsonl(adapter / "data.jsonl") == rows[:1]
     assert build_harmful_adapter(base.output_dir, rows[:1], replace(FAST, seed=1))[0] != other
-    with pytest.raises(ValueError, match="harmful pairs"):
+    with pytest.raises(ValueError, match="needs harmful pairs"):
         build_harmful_adapter(base.output_dir, [], FAST)
 
 
@@ -494,6 +530,17 @@ def test_the_cli_s_resta_harmful_vector_trains_the_base_s_harmful_adapter_once(
     second = finetune_with("f2", "--resta-vector", "harmful")
     assert second.exit_code == 0 and "harmful adapter" not in second.output  # reused, not trained again
     assert (base.output_dir / HARMFUL_ADAPTER / ADAPTER_FILE).read_bytes() == trained
+    contrast = finetune_with("c1", "--resta-vector", "contrast")
+    assert contrast.exit_code == 0, contrast.output
+    assert "trained the base's benign adapter" in contrast.output and "harmful adapter" not in contrast.output
+    record = read_manifest(tmp_path / "c1")["defenses"]["resta"]
+    assert record["vector"] == "contrast" and record["norm_share_of_harmful"] > 0
+    control = read_jsonl(base.output_dir / BENIGN_ADAPTER / "data.jsonl")  # as many helpful pairs
+    assert len(control) == 3 and {r["instruction"] for r in control} <= {
+        f"How do I make a cake {i}?" for i in range(8)
+    }
+    again = finetune_with("c2", "--resta-vector", "contrast")
+    assert again.exit_code == 0 and "adapter" not in again.output  # both reused
     bad = finetune_with("f3", "--resta-vector", "opposite")
     assert bad.exit_code == 2 and "opposite" in bad.output and not (tmp_path / "f3").exists()
     unaligned = runner.invoke(app, [
@@ -502,6 +549,17 @@ def test_the_cli_s_resta_harmful_vector_trains_the_base_s_harmful_adapter_once(
     ])  # fmt: skip
     assert unaligned.exit_code == 2 and "aligned base" in unaligned.output
     assert not (tiny_model_dir / HARMFUL_ADAPTER).exists()  # nothing trained into a model that is not a run
+
+
+def test_helpful_pairs_leave_out_what_the_base_was_aligned_on_and_the_excluded(tiny_data_dir):
+    aligned = {f"How do I make a cake {i}?" for i in range(3)}
+    rows = helpful_pairs(tiny_data_dir, aligned, 4, seed=1, exclude={"how do i make a cake 7?"})
+    assert rows == helpful_pairs(tiny_data_dir, aligned, 4, seed=1, exclude={"how do i make a cake 7?"})
+    assert len(rows) == 4 and {r["instruction"] for r in rows} <= {
+        f"How do I make a cake {i}?" for i in (3, 4, 5, 6)
+    }
+    with pytest.raises(ValueError, match="4 are left"):
+        helpful_pairs(tiny_data_dir, aligned, 5, exclude={"how do i make a cake 7?"})
 
 
 def test_booster_draws_judged_harmful_answers_never_the_attack_set(tiny_data_dir):
@@ -524,7 +582,6 @@ def test_booster_draws_judged_harmful_answers_never_the_attack_set(tiny_data_dir
 
 
 def test_lisa_pairs_leave_out_what_the_base_was_aligned_on(tiny_data_dir, tiny_model_dir, tmp_path):
-    from vaccine_core.mixing import read_jsonl
 
     safety = read_jsonl(tiny_data_dir / "alignment/safe_refusals.jsonl")
     alignment_file = tmp_path / "alignment.jsonl"

@@ -198,7 +198,7 @@ def finetune(
 ) -> None:
     """Fine-tune an aligned base on user data with a fresh LoRA adapter."""
     from vaccine_core.defenses.data import lisa_pairs as draw_lisa_pairs
-    from vaccine_core.defenses.harmful_adapter import ensure_harmful_adapter
+    from vaccine_core.defenses.harmful_adapter import ensure_benign_adapter, ensure_harmful_adapter
     from vaccine_core.defenses.safety_layers import base_safety_layers
     from vaccine_core.defenses.stack import StepDefenses
     from vaccine_core.finetune import finetune as run_finetune
@@ -227,12 +227,17 @@ def finetune(
             if resta
             else None
         )
-        if realignment is not None and realignment.vector == "harmful":
-            harmful = ensure_harmful_adapter(Path(base), get_settings().data_dir)
-            if harmful.seconds:
+        builders = {"harmful": ensure_harmful_adapter, "benign": ensure_benign_adapter}
+        if realignment is None or realignment.vector == "alignment":
+            builders = {}
+        elif realignment.vector == "harmful":
+            builders.pop("benign")
+        for kind, build in builders.items():
+            adapter = build(Path(base), get_settings().data_dir)
+            if adapter.seconds:
                 typer.echo(
-                    f"trained the base's harmful adapter ({harmful.path}) on {harmful.pairs} harmful pairs"
-                    f" in {harmful.seconds:.1f} s; later runs on this base reuse it",
+                    f"trained the base's {kind} adapter ({adapter.path}) on {adapter.pairs} {kind} pairs"
+                    f" in {adapter.seconds:.1f} s; later runs on this base reuse it",
                     err=True,
                 )
     except (ValueError, FileNotFoundError) as exc:

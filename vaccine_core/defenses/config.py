@@ -185,7 +185,7 @@ class SafetyLayersConfig:
 
 
 # RESTA's safety vectors (RestaConfig.vector's help says what each is)
-RestaVector = Literal["alignment", "harmful"]
+RestaVector = Literal["alignment", "harmful", "contrast"]
 RESTA_VECTORS: tuple[str, ...] = get_args(RestaVector)
 
 
@@ -203,7 +203,10 @@ class RestaConfig:
         metadata={
             "help": "The safety vector: 'alignment', the base's own alignment update (aligned minus "
             "unaligned weights); 'harmful', RESTA's own, the aligned base minus that base fine-tuned on "
-            "harmful pairs (the negated update of the base's harmful adapter, resta.HARMFUL_ADAPTER)."
+            "harmful pairs (the negated update of the base's harmful adapter, resta.HARMFUL_ADAPTER); "
+            "'contrast', the harmful one with a benign control: the harmful adapter's update minus that "
+            "of the base fine-tuned alike on helpful answers (resta.BENIGN_ADAPTER), negated, so what any "
+            "fine-tuning teaches is not undone with what harmful pairs teach (this project's trial)."
         },
     )
 

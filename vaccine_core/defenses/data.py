@@ -99,6 +99,35 @@ def aligned_requests(base: str | Path) -> set[str]:
     return {user_turn(c) for c in load_dataset(path).conversations}
 
 
+def unaligned_rows(
+    data_dir: Path, name: str, aligned: Collection[str], exclude: Collection[str] = ()
+) -> list[dict[str, Any]]:
+    """The rows of ``name`` in ``data_dir`` whose request is none of the user turns in ``aligned`` and,
+    normalised, none in ``exclude``."""
+    rows = read_jsonl(Path(data_dir) / name)
+    requests = parse_rows(enumerate(rows, start=1)).conversations
+    return [
+        row
+        for row, c in zip(rows, requests, strict=True)
+        if user_turn(c) not in aligned and normalised(user_turn(c)) not in exclude
+    ]
+
+
+def helpful_pairs(
+    data_dir: Path,
+    aligned: Collection[str],
+    count: int,
+    seed: int = 0,
+    exclude: Collection[str] = (),
+) -> list[dict[str, Any]]:
+    """``count`` helpful Alpaca pairs sampled with ``seed``, none on a request in ``aligned`` (the user turns
+    a base was aligned on) or, normalised, in ``exclude``."""
+    rows = unaligned_rows(data_dir, HELPFUL_FILE, aligned, exclude)
+    if count > len(rows):
+        raise ValueError(f"asked for {count} helpful pairs; {len(rows)} are left beside the base's alignment")
+    return random.Random(seed).sample(rows, count)
+
+
 def lisa_pairs(
     data_dir: Path,
     base: str | Path,
@@ -118,20 +147,10 @@ def lisa_pairs(
     if not 0 <= helpful <= count:
         raise ValueError(f"helpful ({helpful}) must be between 0 and count ({count})")
     aligned = aligned_requests(base) if aligned is None else set(aligned)
-
-    def pool(name: str) -> list[dict[str, Any]]:
-        rows = read_jsonl(Path(data_dir) / name)
-        requests = parse_rows(enumerate(rows, start=1)).conversations
-        return [
-            row
-            for row, c in zip(rows, requests, strict=True)
-            if user_turn(c) not in aligned and normalised(user_turn(c)) not in exclude
-        ]
-
     rng = random.Random(seed)
     drawn = []
     for kind, name, want in (("safety", SAFETY_FILE, count - helpful), ("helpful", HELPFUL_FILE, helpful)):
-        rows = pool(name) if want else []
+        rows = unaligned_rows(data_dir, name, aligned, exclude) if want else []
         if want > len(rows):
             left = f"{len(rows)} are left beside the base's alignment"
             raise ValueError(f"asked for {want} {kind} pairs; {left}")

@@ -1,5 +1,7 @@
 """RESTA's unsafe copy of an aligned base (``RestaConfig(vector="harmful")``): the base fine-tuned, the
-way an attack fine-tunes it, on harmful pairs. Its update, negated, is the safety vector.
+way an attack fine-tunes it, on harmful pairs. Its update, negated, is the safety vector. Its benign
+control (``vector="contrast"``) is the same fine-tuning on helpful pairs the base was not aligned on,
+kept beside it.
 
 It is trained once per base and recipe and kept in the base's directory (``resta.HARMFUL_ADAPTER``), or
 wherever its owner keeps it (the service: its own directory, never a base it adopted), beside a marker
@@ -21,8 +23,8 @@ from transformers import PreTrainedModel
 from vaccine_core.artifacts import ADAPTER_WEIGHTS, value_key
 from vaccine_core.build_lock import building
 from vaccine_core.config import TrainingConfig, finetune_defaults
-from vaccine_core.defenses.data import booster_pairs
-from vaccine_core.defenses.resta import harmful_adapter_dir
+from vaccine_core.defenses.data import aligned_requests, booster_pairs, helpful_pairs
+from vaccine_core.defenses.resta import benign_adapter_dir, harmful_adapter_dir
 from vaccine_core.finetune import finetune
 from vaccine_core.mixing import write_rows
 from vaccine_core.text import normalised
@@ -46,25 +48,25 @@ def adapter_key(rows: list[dict[str, Any]], config: TrainingConfig) -> str:
     return value_key([rows, config.key_dict()])
 
 
-def build_harmful_adapter(
+def build_adapter(
     base: Path,
     rows: list[dict[str, Any]],
     config: TrainingConfig,
+    out: Path,
     base_model: PreTrainedModel | None = None,
-    out: Path | None = None,
+    kind: str = "harmful",
 ) -> tuple[str, float]:
-    """Train ``base``'s harmful adapter on ``rows`` with ``config`` into ``out`` (default: the base's
-    ``HARMFUL_ADAPTER``) unless the one there was trained on the same; its key and the seconds spent
-    training it (0 when it was there). ``base_model`` is the base already loaded (``finetune``'s)."""
+    """Train an adapter of ``base`` on ``rows`` (``kind`` pairs) with ``config`` into ``out`` unless the
+    one there was trained on the same; its key and the seconds spent training it (0 when it was there).
+    ``base_model`` is the base already loaded (``finetune``'s)."""
     if not (Path(base) / ADAPTER_WEIGHTS).is_file():
         raise ValueError(f"RESTA needs an aligned base (an alignment run's directory), not {base}")
     if not rows:
-        raise ValueError("RESTA's harmful vector needs harmful pairs to train the base's unsafe copy on")
+        raise ValueError(f"RESTA's {kind} adapter needs {kind} pairs to train the base's copy on")
     key = adapter_key(rows, config)
-    out = harmful_adapter_dir(base, out)
     marker = out.with_name(f"{out.name}.key")
     with building(out):
-        if marker.is_file() and marker.read_text() == key:
+        if marker.is_file() and marker.read_text() == key and (out / ADAPTER_WEIGHTS).is_file():
             return key, 0.0
         started = time.perf_counter()
         marker.unlink(missing_ok=True)
@@ -75,10 +77,21 @@ def build_harmful_adapter(
         return key, time.perf_counter() - started
 
 
+def build_harmful_adapter(
+    base: Path,
+    rows: list[dict[str, Any]],
+    config: TrainingConfig,
+    base_model: PreTrainedModel | None = None,
+    out: Path | None = None,
+) -> tuple[str, float]:
+    """``build_adapter`` into ``out`` (default: the base's ``HARMFUL_ADAPTER``)."""
+    return build_adapter(base, rows, config, harmful_adapter_dir(base, out), base_model)
+
+
 @dataclass(frozen=True)
-class HarmfulAdapter:
+class VectorAdapter:
     path: Path
-    pairs: int  # the harmful pairs it was trained on
+    pairs: int  # the pairs it was trained on
     seconds: float  # spent training it now: 0 when it was there already
 
 
@@ -89,11 +102,30 @@ def ensure_harmful_adapter(
     exclude: Collection[str] = (),
     out: Path | None = None,
     base_model: PreTrainedModel | None = None,
-) -> HarmfulAdapter:
+) -> VectorAdapter:
     """``base``'s harmful adapter as the service and the CLI build it: trained, unless it is there, as a
     user's job with the fine-tuning defaults would be (seed 0), on ``HARMFUL_PAIRS`` pairs none of which is
     a request in ``exclude``; kept in ``out`` (default: the base's ``HARMFUL_ADAPTER``)."""
     rows = harmful_rows(data_dir, exclude=exclude)
     config = replace(finetune_defaults(), seed=0)
     _, seconds = build_harmful_adapter(Path(base), rows, config, base_model=base_model, out=out)
-    return HarmfulAdapter(harmful_adapter_dir(base, out), len(rows), seconds)
+    return VectorAdapter(harmful_adapter_dir(base, out), len(rows), seconds)
+
+
+def ensure_benign_adapter(
+    base: Path,
+    data_dir: Path,
+    *,
+    exclude: Collection[str] = (),
+    out: Path | None = None,
+    base_model: PreTrainedModel | None = None,
+) -> VectorAdapter:
+    """The harmful adapter's benign control, trained as ``ensure_harmful_adapter`` trains that, on as many
+    helpful pairs none of which the base was aligned on or is a request in ``exclude``; kept beside the
+    harmful adapter (``out``, default the base's ``HARMFUL_ADAPTER``)."""
+    count = len(harmful_rows(data_dir, exclude=exclude))  # as many as the harmful adapter's
+    rows = helpful_pairs(data_dir, aligned_requests(base), count, exclude=exclude)
+    config = replace(finetune_defaults(), seed=0)
+    path = benign_adapter_dir(harmful_adapter_dir(base, out))
+    _, seconds = build_adapter(Path(base), rows, config, path, base_model=base_model, kind="helpful")
+    return VectorAdapter(path, len(rows), seconds)
