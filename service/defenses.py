@@ -16,12 +16,14 @@ from pydantic import BaseModel, Field
 
 from vaccine_core.defenses.config import (
     LISA_SAFETY_PAIRS,
+    VECTOR_ADAPTERS,
     LisaConfig,
     RestaConfig,
     RestaVector,
     SafeLoraConfig,
     SafetyLayersConfig,
     TokenConstraintConfig,
+    VectorAdapterKind,
 )
 
 if TYPE_CHECKING:  # the code behind the options loads torch: a worker's business, not the API's
@@ -117,14 +119,10 @@ class DefenseStack(BaseModel):
         return [name for name in LAYERS if getattr(self, name)]
 
     @property
-    def needs_harmful_adapter(self) -> bool:
-        """RESTA adds its own vector, which the base's harmful adapter gives (trained once per base)."""
-        return self.resta and self.resta_vector in ("harmful", "contrast")
-
-    @property
-    def needs_benign_adapter(self) -> bool:
-        """RESTA's contrast vector subtracts the harmful adapter's benign control (trained once per base)."""
-        return self.resta and self.resta_vector == "contrast"
+    def vector_adapters(self) -> tuple[VectorAdapterKind, ...]:
+        """The base's adapters RESTA's vector is built from (each trained once per base): its harmful
+        adapter for RESTA's own vector, and that adapter's benign control for the contrast vector."""
+        return VECTOR_ADAPTERS[self.resta_vector] if self.resta else ()
 
     def step_defenses(
         self, data_dir: Path, base_dir: Path, seed: int, safety_layers: Sequence[int] = ()

@@ -115,8 +115,8 @@ def align_base(
                     event=f"The base {base_id} failed to align",
                 )
         return BaseStatus.FAILED
-    if policy_stack.needs_harmful_adapter:  # trained while the base warms up: no user's job waits for it
-        warm_vector_adapters(base_id, out, report_plan, benign=policy_stack.needs_benign_adapter)
+    if policy_stack.vector_adapters:  # trained while the base warms up: no user's job waits for them
+        warm_vector_adapters(base_id, out, report_plan, policy_stack.vector_adapters)
     # a job waiting on this base needs its file pre-screened too, which would train the same models
     warm_prescreen(settings.prescreen_judge)
     with sessions() as session:

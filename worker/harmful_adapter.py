@@ -9,13 +9,15 @@ training one together.
 """
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from transformers import PreTrainedModel
 
 from service.bases import base_dir
 from service.settings import get_service_settings
-from vaccine_core.defenses.harmful_adapter import VectorAdapter, ensure_benign_adapter, ensure_harmful_adapter
+from vaccine_core.defenses.config import VectorAdapterKind
+from vaccine_core.defenses.harmful_adapter import VectorAdapter, ensure_vector_adapter
 from vaccine_core.defenses.resta import HARMFUL_ADAPTER
 from worker.safety import ReportPlan, report_prompts
 
@@ -26,29 +28,29 @@ def base_vector_adapters(
     base_id: str,
     base_path: Path,
     plan: ReportPlan,
+    kinds: Sequence[VectorAdapterKind],
     base_model: PreTrainedModel | None = None,
-    *,
-    benign: bool = False,
 ) -> dict[str, VectorAdapter]:
-    """The harmful adapter of the base ``base_id`` (aligned at ``base_path``) and, with ``benign``, its
-    benign control, by kind; each trained unless it is there, on pairs none of which the safety report of
-    ``plan`` asks."""
+    """The adapters of ``kinds`` of the base ``base_id`` (aligned at ``base_path``), by kind: each trained
+    unless it is there, on pairs none of which the safety report of ``plan`` asks."""
     settings = get_service_settings()
-    builders = {"harmful": ensure_harmful_adapter} | ({"benign": ensure_benign_adapter} if benign else {})
     exclude = report_prompts(settings, plan).normalised()
     out = base_dir(settings.home, base_id) / HARMFUL_ADAPTER
     return {
-        kind: build(base_path, settings.data_dir, exclude=exclude, out=out, base_model=base_model)
-        for kind, build in builders.items()
+        kind: ensure_vector_adapter(
+            kind, base_path, settings.data_dir, exclude=exclude, out=out, base_model=base_model
+        )
+        for kind in kinds
     }
 
 
-def warm_vector_adapters(base_id: str, base_path: Path, plan: ReportPlan, *, benign: bool) -> None:
-    """Train the base's harmful adapter (and, with ``benign``, its control) while the base warms up. A
-    failure here leaves the base usable by every other stack; the first job that needs the adapters tries
-    again and, failing, says why."""
+def warm_vector_adapters(
+    base_id: str, base_path: Path, plan: ReportPlan, kinds: Sequence[VectorAdapterKind]
+) -> None:
+    """Train the base's adapters of ``kinds`` while the base warms up. A failure here leaves the base
+    usable by every other stack; the first job that needs them tries again and, failing, says why."""
     try:
-        adapters = base_vector_adapters(base_id, base_path, plan, benign=benign)
+        adapters = base_vector_adapters(base_id, base_path, plan, kinds)
     except Exception:
         log.exception(
             "training %s's RESTA adapters failed; the first job that needs them tries again", base_id

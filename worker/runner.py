@@ -8,7 +8,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
@@ -41,7 +41,7 @@ from service.policy import get_policy
 from service.settings import ServiceSettings, get_service_settings
 from service.storage import storage_error_code
 from vaccine_core.config import TrainingConfig, finetune_defaults
-from vaccine_core.defenses.config import SafetyLayersConfig
+from vaccine_core.defenses.config import SafetyLayersConfig, VectorAdapterKind
 from vaccine_core.defenses.resta import own_adapter
 from vaccine_core.finetune import finetune
 from vaccine_core.formats import LoadedDataset
@@ -215,9 +215,7 @@ def train_and_release(
             session.get(Job, job_id).hyperparameters = resolved_hyperparameters(config)
             session.commit()
         base_model = cached_base(str(resolve_base(base.path).model_path))
-        harmful_adapter = None
-        if stack.needs_harmful_adapter:
-            harmful_adapter = unsafe_copy(job_id, base, base_model, plan, benign=stack.needs_benign_adapter)
+        harmful_adapter = vector_adapters(job_id, base, base_model, plan, stack.vector_adapters)
         layers = stack.safety_layers_config()
         result = finetune(
             Path(base.path),
@@ -280,21 +278,25 @@ def safety_layers(
     return layers
 
 
-def unsafe_copy(
-    job_id: str, base: BaseModelRecord, base_model: PreTrainedModel, plan: ReportPlan, *, benign: bool
-) -> Path:
-    """Where the base's harmful adapter is (its benign control, with ``benign``, beside it): trained by
-    the first job that needs them where the base's warm-up did not (a tenant's stack asks for them, the
-    policy's does not), with an event for each trained."""
-    adapters = base_vector_adapters(base.id, Path(base.path), plan, base_model, benign=benign)
+def vector_adapters(
+    job_id: str,
+    base: BaseModelRecord,
+    base_model: PreTrainedModel,
+    plan: ReportPlan,
+    kinds: Sequence[VectorAdapterKind],
+) -> Path | None:
+    """Where the base's harmful adapter is (its benign control beside it), where RESTA's vector needs
+    ``kinds`` of them: trained by the first job that needs them where the base's warm-up did not (a
+    tenant's stack asks for them, the policy's does not), with an event for each trained."""
+    adapters = base_vector_adapters(base.id, Path(base.path), plan, kinds, base_model)
     for kind, adapter in adapters.items():
         if adapter.seconds:
             message = (
-                f"Trained the base's {kind} adapter for RESTA's safety vector on {adapter.pairs} {kind}"
-                f" pairs in {adapter.seconds:.1f} s (once per base)"
+                f"Trained the base's {kind} adapter for RESTA's safety vector on {adapter.pairs}"
+                f" {adapter.taught} pairs in {adapter.seconds:.1f} s (once per base)"
             )
             record_event(job_id, message)
-    return adapters["harmful"].path
+    return adapters["harmful"].path if adapters else None
 
 
 def filter_flagged(

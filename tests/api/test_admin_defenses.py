@@ -258,18 +258,26 @@ def test_an_operator_aligns_a_base_with_booster(
     assert bad.status_code == 400
 
 
+def base_under_resta(
+    service, monkeypatch, data_dir: Path, model_dir: Path, alpaca_file: Path, vector: str
+) -> tuple[dict, Path]:
+    """The base tiny-sft aligned under a policy of RESTA's ``vector`` at 0.5, with three judged-harmful
+    pairs to train its harmful adapter on: the base's body as posted, and the service's directory for it."""
+    use_data(monkeypatch, data_dir)
+    judged = data_dir / "moderation/jailbreakbench_judged.jsonl"
+    write_rows(judged, [{"prompt": f"Steal car {i}", "response": "Sure.", "harmful": True} for i in range(3)])
+    stack = {"resta": True, "resta_scale": 0.5, "resta_vector": vector}
+    assert service.patch("/admin/policy", json={"defenses": stack}, headers=OPERATOR).status_code == 200
+    body = {"name": "tiny-sft", "source": str(model_dir), "method": "sft", "data": str(alpaca_file)}
+    assert service.post("/admin/models", json=body, headers=OPERATOR).status_code == 200
+    assert align_base("tiny-sft") == "ready"
+    return body, get_service_settings().home / "bases" / "tiny-sft"
+
+
 def test_a_policy_with_resta_s_contrast_vector_has_both_adapters_trained_as_the_base_warms_up(
     service, tiny_model_dir, alpaca_file, tiny_data_dir, monkeypatch
 ):
-    use_data(monkeypatch, tiny_data_dir)
-    judged = tiny_data_dir / "moderation/jailbreakbench_judged.jsonl"
-    write_rows(judged, [{"prompt": f"Steal car {i}", "response": "Sure.", "harmful": True} for i in range(3)])
-    stack = {"resta": True, "resta_scale": 0.5, "resta_vector": "contrast"}
-    assert service.patch("/admin/policy", json={"defenses": stack}, headers=OPERATOR).status_code == 200
-    body = {"name": "tiny-sft", "source": str(tiny_model_dir), "method": "sft", "data": str(alpaca_file)}
-    assert service.post("/admin/models", json=body, headers=OPERATOR).status_code == 200
-    assert align_base("tiny-sft") == "ready"
-    kept = get_service_settings().home / "bases" / "tiny-sft"
+    _, kept = base_under_resta(service, monkeypatch, tiny_data_dir, tiny_model_dir, alpaca_file, "contrast")
     assert all((kept / name / ADAPTER_FILE).is_file() for name in (HARMFUL_ADAPTER, BENIGN_ADAPTER))
     client = tenant_client(service, "acme")
     job = client.fine_tuning.jobs.create(model="tiny-sft", training_file=upload(client))
@@ -289,15 +297,8 @@ def test_a_policy_with_resta_s_contrast_vector_has_both_adapters_trained_as_the_
 def test_a_policy_with_resta_s_own_vector_has_each_base_s_harmful_adapter_trained_as_it_warms_up(
     service, tiny_model_dir, alpaca_file, tiny_data_dir, monkeypatch
 ):
-    use_data(monkeypatch, tiny_data_dir)
-    judged = tiny_data_dir / "moderation/jailbreakbench_judged.jsonl"
-    write_rows(judged, [{"prompt": f"Steal car {i}", "response": "Sure.", "harmful": True} for i in range(3)])
-    stack = {"resta": True, "resta_scale": 0.5, "resta_vector": "harmful"}
-    assert service.patch("/admin/policy", json={"defenses": stack}, headers=OPERATOR).status_code == 200
-    body = {"name": "tiny-sft", "source": str(tiny_model_dir), "method": "sft", "data": str(alpaca_file)}
-    assert service.post("/admin/models", json=body, headers=OPERATOR).status_code == 200
-    assert align_base("tiny-sft") == "ready"
-    kept = get_service_settings().home / "bases" / "tiny-sft" / HARMFUL_ADAPTER
+    body, base = base_under_resta(service, monkeypatch, tiny_data_dir, tiny_model_dir, alpaca_file, "harmful")
+    kept = base / HARMFUL_ADAPTER
     assert (kept / ADAPTER_FILE).is_file()
     client = tenant_client(service, "acme")
     job = client.fine_tuning.jobs.create(model="tiny-sft", training_file=upload(client))
@@ -305,7 +306,8 @@ def test_a_policy_with_resta_s_own_vector_has_each_base_s_harmful_adapter_traine
     events = [e.message for e in client.fine_tuning.jobs.list_events(job.id)]
     assert not any("harmful adapter" in m for m in events)  # no user's job waited for it
 
-    write_rows(judged, [])  # no harmful pairs: the adapter cannot be trained, the base is still usable
+    # no harmful pairs: the adapter cannot be trained, the base is still usable
+    write_rows(tiny_data_dir / "moderation/jailbreakbench_judged.jsonl", [])
     body = {**body, "name": "tiny-sft-2"}
     assert service.post("/admin/models", json=body, headers=OPERATOR).status_code == 200
     assert align_base("tiny-sft-2") == "ready"

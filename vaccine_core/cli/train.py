@@ -197,8 +197,9 @@ def finetune(
     config: TrainingConfig | None = None,
 ) -> None:
     """Fine-tune an aligned base on user data with a fresh LoRA adapter."""
+    from vaccine_core.defenses.config import VECTOR_ADAPTERS
     from vaccine_core.defenses.data import lisa_pairs as draw_lisa_pairs
-    from vaccine_core.defenses.harmful_adapter import ensure_benign_adapter, ensure_harmful_adapter
+    from vaccine_core.defenses.harmful_adapter import ensure_vector_adapter
     from vaccine_core.defenses.safety_layers import base_safety_layers
     from vaccine_core.defenses.stack import StepDefenses
     from vaccine_core.finetune import finetune as run_finetune
@@ -227,17 +228,12 @@ def finetune(
             if resta
             else None
         )
-        builders = {"harmful": ensure_harmful_adapter, "benign": ensure_benign_adapter}
-        if realignment is None or realignment.vector == "alignment":
-            builders = {}
-        elif realignment.vector == "harmful":
-            builders.pop("benign")
-        for kind, build in builders.items():
-            adapter = build(Path(base), get_settings().data_dir)
+        for kind in VECTOR_ADAPTERS[realignment.vector] if realignment is not None else ():
+            adapter = ensure_vector_adapter(kind, Path(base), get_settings().data_dir)
             if adapter.seconds:
                 typer.echo(
-                    f"trained the base's {kind} adapter ({adapter.path}) on {adapter.pairs} {kind} pairs"
-                    f" in {adapter.seconds:.1f} s; later runs on this base reuse it",
+                    f"trained the base's {kind} adapter ({adapter.path}) on {adapter.pairs}"
+                    f" {adapter.taught} pairs in {adapter.seconds:.1f} s; later runs on this base reuse it",
                     err=True,
                 )
     except (ValueError, FileNotFoundError) as exc:

@@ -187,6 +187,13 @@ class SafetyLayersConfig:
 # RESTA's safety vectors (RestaConfig.vector's help says what each is)
 RestaVector = Literal["alignment", "harmful", "contrast"]
 RESTA_VECTORS: tuple[str, ...] = get_args(RestaVector)
+# the adapters of the base that a vector is built from, besides the base's own alignment adapter
+VectorAdapterKind = Literal["harmful", "benign"]
+VECTOR_ADAPTERS: dict[str, tuple[VectorAdapterKind, ...]] = {
+    "alignment": (),
+    "harmful": ("harmful",),
+    "contrast": ("harmful", "benign"),
+}
 
 
 @dataclass

@@ -23,6 +23,7 @@ from transformers import PreTrainedModel
 from vaccine_core.artifacts import ADAPTER_WEIGHTS, value_key
 from vaccine_core.build_lock import building
 from vaccine_core.config import TrainingConfig, finetune_defaults
+from vaccine_core.defenses.config import VectorAdapterKind
 from vaccine_core.defenses.data import aligned_requests, booster_pairs, helpful_pairs
 from vaccine_core.defenses.resta import benign_adapter_dir, harmful_adapter_dir
 from vaccine_core.finetune import finetune
@@ -92,10 +93,12 @@ def build_harmful_adapter(
 class VectorAdapter:
     path: Path
     pairs: int  # the pairs it was trained on
+    taught: str  # what they are: harmful or helpful
     seconds: float  # spent training it now: 0 when it was there already
 
 
-def ensure_harmful_adapter(
+def ensure_vector_adapter(
+    kind: VectorAdapterKind,
     base: Path,
     data_dir: Path,
     *,
@@ -103,29 +106,18 @@ def ensure_harmful_adapter(
     out: Path | None = None,
     base_model: PreTrainedModel | None = None,
 ) -> VectorAdapter:
-    """``base``'s harmful adapter as the service and the CLI build it: trained, unless it is there, as a
-    user's job with the fine-tuning defaults would be (seed 0), on ``HARMFUL_PAIRS`` pairs none of which is
-    a request in ``exclude``; kept in ``out`` (default: the base's ``HARMFUL_ADAPTER``)."""
-    rows = harmful_rows(data_dir, exclude=exclude)
+    """``base``'s harmful adapter (``kind`` "harmful") or its benign control ("benign") as the service and
+    the CLI build them: trained, unless it is there, as a user's job with the fine-tuning defaults would be
+    (seed 0). The harmful one on ``HARMFUL_PAIRS`` harmful pairs, the control on as many helpful pairs the
+    base was not aligned on; none a request in ``exclude``. The harmful one is kept in ``out`` (default:
+    the base's ``HARMFUL_ADAPTER``), the control beside it."""
+    harmful = harmful_rows(data_dir, exclude=exclude)
     config = replace(finetune_defaults(), seed=0)
-    _, seconds = build_harmful_adapter(Path(base), rows, config, base_model=base_model, out=out)
-    return VectorAdapter(harmful_adapter_dir(base, out), len(rows), seconds)
-
-
-def ensure_benign_adapter(
-    base: Path,
-    data_dir: Path,
-    *,
-    exclude: Collection[str] = (),
-    out: Path | None = None,
-    base_model: PreTrainedModel | None = None,
-) -> VectorAdapter:
-    """The harmful adapter's benign control, trained as ``ensure_harmful_adapter`` trains that, on as many
-    helpful pairs none of which the base was aligned on or is a request in ``exclude``; kept beside the
-    harmful adapter (``out``, default the base's ``HARMFUL_ADAPTER``)."""
-    count = len(harmful_rows(data_dir, exclude=exclude))  # as many as the harmful adapter's
-    rows = helpful_pairs(data_dir, aligned_requests(base), count, exclude=exclude)
-    config = replace(finetune_defaults(), seed=0)
-    path = benign_adapter_dir(harmful_adapter_dir(base, out))
-    _, seconds = build_adapter(Path(base), rows, config, path, base_model=base_model, kind="helpful")
-    return VectorAdapter(path, len(rows), seconds)
+    path = harmful_adapter_dir(base, out)
+    if kind == "harmful":
+        rows, pairs = harmful, "harmful"
+    else:
+        rows = helpful_pairs(data_dir, aligned_requests(base), len(harmful), exclude=exclude)
+        path, pairs = benign_adapter_dir(path), "helpful"
+    _, seconds = build_adapter(Path(base), rows, config, path, base_model=base_model, kind=pairs)
+    return VectorAdapter(path, len(rows), pairs, seconds)
