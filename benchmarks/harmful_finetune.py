@@ -639,7 +639,7 @@ class Benchmark:
         if not build:
             return adapter_key(rows, config)
         out = benign_adapter_dir(harmful_adapter_dir(base))
-        return build_adapter(Path(base), rows, config, out, kind="helpful")[0]
+        return build_adapter(Path(base), rows, config, out, taught="helpful")[0]
 
     @functools.cached_property
     def evaluated_requests(self) -> set[str]:

@@ -55,15 +55,15 @@ def build_adapter(
     config: TrainingConfig,
     out: Path,
     base_model: PreTrainedModel | None = None,
-    kind: str = "harmful",
+    taught: str = "harmful",
 ) -> tuple[str, float]:
-    """Train an adapter of ``base`` on ``rows`` (``kind`` pairs) with ``config`` into ``out`` unless the
+    """Train an adapter of ``base`` on ``rows`` (``taught`` pairs) with ``config`` into ``out`` unless the
     one there was trained on the same; its key and the seconds spent training it (0 when it was there).
     ``base_model`` is the base already loaded (``finetune``'s)."""
     if not (Path(base) / ADAPTER_WEIGHTS).is_file():
         raise ValueError(f"RESTA needs an aligned base (an alignment run's directory), not {base}")
     if not rows:
-        raise ValueError(f"RESTA's {kind} adapter needs {kind} pairs to train the base's copy on")
+        raise ValueError(f"RESTA needs {taught} pairs to train the base's {Path(out).name} on")
     key = adapter_key(rows, config)
     marker = out.with_name(f"{out.name}.key")
     with building(out):
@@ -115,9 +115,9 @@ def ensure_vector_adapter(
     config = replace(finetune_defaults(), seed=0)
     path = harmful_adapter_dir(base, out)
     if kind == "harmful":
-        rows, pairs = harmful, "harmful"
+        rows, taught = harmful, "harmful"
     else:
         rows = helpful_pairs(data_dir, aligned_requests(base), len(harmful), exclude=exclude)
-        path, pairs = benign_adapter_dir(path), "helpful"
-    _, seconds = build_adapter(Path(base), rows, config, path, base_model=base_model, kind=pairs)
-    return VectorAdapter(path, len(rows), pairs, seconds)
+        path, taught = benign_adapter_dir(path), "helpful"
+    _, seconds = build_adapter(Path(base), rows, config, path, base_model=base_model, taught=taught)
+    return VectorAdapter(path, len(rows), taught, seconds)

@@ -15,8 +15,9 @@ fine-tuning learns rather than toward everything alignment taught, refusals of h
 
 ``RestaConfig.vector = "contrast"`` gives the harmful adapter a control, as task arithmetic does: the base
 fine-tuned alike on helpful answers (``BENIGN_ADAPTER``, kept beside the harmful adapter), subtracted
-from it before it is negated. What any such fine-tuning teaches (answer style and length, drift every
-task shares) cancels; what the harmful pairs alone teach is left. A trial of this project's.
+from it before it is negated, so that what any such fine-tuning teaches (answer style and length, drift
+every task shares) cancels and what the harmful pairs alone teach is left. A trial of this project's; the
+manifest records how long the vector is against the harmful update and how the two updates align.
 
 With ``RestaConfig.outside_user`` only the vector's part outside the user's update is added: per layer,
 (I - P_out) V (I - P_in), P_out and P_in the projectors onto the user's update's column and row spaces.
