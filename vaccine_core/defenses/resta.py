@@ -128,17 +128,21 @@ def norm(factors: Factors) -> float:
     return float(sum((b @ a).square().sum() for b, a in factors.values())) ** 0.5
 
 
-def contrast_record(harmful: Factors, benign: Factors, vector: Factors) -> dict[str, float]:
-    """How the contrast vector relates to the harmful update it was built from: its norm as a share of the
-    harmful update's, and the cosine between the harmful and benign updates over every layer."""
-    inner = sum(
-        float(((b @ a) * (benign[module][0] @ benign[module][1])).sum())
-        for module, (b, a) in harmful.items()
-        if module in benign
+def contrast_record(harmful: Factors, benign: Factors) -> dict[str, float]:
+    """How the contrast vector (benign minus harmful update) relates to the harmful update it was built
+    from: its norm as a share of the harmful update's, and the cosine between the two updates over every
+    layer. Each layer's update is formed once."""
+    h = {module: b @ a for module, (b, a) in harmful.items()}
+    g = {module: b @ a for module, (b, a) in benign.items()}
+    zero = torch.zeros(())
+    inner = sum(float((h[m] * g[m]).sum()) for m in h.keys() & g.keys())
+    harmful_norm = sum(float(u.square().sum()) for u in h.values()) ** 0.5
+    benign_norm = sum(float(u.square().sum()) for u in g.values()) ** 0.5
+    vector_norm = (
+        sum(float((g.get(m, zero) - h.get(m, zero)).square().sum()) for m in h.keys() | g.keys()) ** 0.5
     )
-    harmful_norm, benign_norm = norm(harmful), norm(benign)
     return {
-        "norm_share_of_harmful": round(norm(vector) / harmful_norm, 4),
+        "norm_share_of_harmful": round(vector_norm / harmful_norm, 4),
         "harmful_benign_cosine": round(inner / (harmful_norm * benign_norm), 4),
     }
 
@@ -172,7 +176,7 @@ def add_alignment(
     vector, rank_vector = stacked(parts), sum(rank for _, rank, _ in parts)
     record: dict[str, Any] = {}
     if config.vector == "contrast":  # parts: the harmful adapter's, then its benign control's
-        record |= contrast_record(parts[0][0], parts[1][0], vector)
+        record |= contrast_record(parts[0][0], parts[1][0])
 
     if config.outside_user:
         norm_before = norm(vector)
